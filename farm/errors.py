@@ -1,0 +1,150 @@
+"""One rooted hierarchy of farm's errors: one type per failure cause, data carried as attributes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FarmError(Exception):
+    """Root of every error farm raises on purpose."""
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class ParseError(FarmError):
+    """A rule or term file does not follow the grammar."""
+
+    def __init__(self, location: SourceLocation, message: str) -> None:
+        super().__init__(f"{location}: {message}")
+        self.location = location
+        self.detail = message
+
+
+class RuleError(FarmError):
+    """A rule is well-formed text but not a valid rewrite rule."""
+
+    def __init__(self, rule: str, message: str, location: SourceLocation | None = None) -> None:
+        where = f"{location}: " if location else ""
+        super().__init__(f"{where}rule {rule!r}: {message}")
+        self.rule = rule
+        self.location = location
+        self.detail = message
+
+
+class UnboundVariableError(RuleError):
+    """A target or guard uses a variable the source pattern does not bind."""
+
+
+class ArityError(RuleError):
+    """One operator is used with two different arities."""
+
+
+class UnknownOperatorError(FarmError):
+    """A term or rule names an operator that does not exist where it is used."""
+
+
+class TermError(FarmError):
+    """A term is malformed (arity clash with the ruleset, bad literal, ...)."""
+
+
+class RewriteError(FarmError):
+    """Normalisation could not finish."""
+
+
+class NonTermination(RewriteError):
+    """Rewriting does not reach a normal form."""
+
+    def __init__(self, message: str, steps: int) -> None:
+        super().__init__(message)
+        self.steps = steps
+
+
+class FuelExhausted(NonTermination):
+    """More rewrite steps than the fuel budget allows."""
+
+
+class RewriteCycle(NonTermination):
+    """A term rewrites (through other terms) back to itself: it has no normal form."""
+
+
+class ArenaOutOfMemory(RewriteError):
+    """The native arena could not grow."""
+
+
+class CodegenError(FarmError):
+    """A ruleset cannot be expressed in the requested code generation target."""
+
+
+class UnsupportedTarget(FarmError):
+    """The target name is not in the registry, or the host cannot run it."""
+
+
+class ToolchainError(FarmError):
+    """Base of the staged toolchain's failures."""
+
+
+class ToolNotFound(ToolchainError):
+    def __init__(self, tool: str, package: str) -> None:
+        super().__init__(
+            f"LLVM tool {tool!r} was not found on PATH; install it with "
+            f"`apt-get install {package}` or point FARM_{tool.upper().replace('.', '_').replace('-', '_')} at it"
+        )
+        self.tool = tool
+        self.package = package
+
+
+class StageFailed(ToolchainError):
+    """A toolchain stage exited non-zero; carries that tool's stderr."""
+
+    def __init__(self, stage: str, returncode: int, stderr: str) -> None:
+        super().__init__(f"{stage} failed (exit {returncode}):\n{stderr.strip()}")
+        self.stage = stage
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class StageTimeout(ToolchainError):
+    def __init__(self, stage: str, seconds: float) -> None:
+        super().__init__(f"{stage} did not finish within {seconds:g} s")
+        self.stage = stage
+        self.seconds = seconds
+
+
+class InvalidIR(ToolchainError):
+    """IR handed to compile_llvm_ir is empty or has no function to export."""
+
+
+class WorkDirError(FarmError):
+    """The work or cache directory cannot be written (permissions, disk full)."""
+
+
+class ArtifactError(FarmError):
+    """Base of artifact store failures."""
+
+
+class ArtifactMissing(ArtifactError):
+    pass
+
+
+class IntegrityError(ArtifactError):
+    """An artifact's bytes do not match its recorded sha256: refused before dlopen."""
+
+
+class IncompatibleArtifact(ArtifactError):
+    """The artifact was built for a CPU or ABI this host cannot run."""
+
+
+class LoadError(FarmError):
+    """dlopen or symbol lookup failed."""
+
+
+class InvalidPatternId(FarmError):
+    """A pattern ID is empty, too long or contains a NUL byte."""

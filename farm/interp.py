@@ -1,0 +1,177 @@
+"""The reference interpreter: the same innermost, memoised, fuel-bounded strategy as the native code.
+
+Native code and this interpreter must agree on everything observable: normal forms, firing counts,
+and which error (fuel or cycle) a root ends with. Both use an explicit stack of (node, next child).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from farm.errors import NonTermination
+from farm.rules import App, Compare, Computed, Constraint, IsConst, Lit, PatternExpr, TermCondition, Var
+from farm.semantics import DEFAULT_FUEL, compare, cycle_error, eval_lit, fuel_error
+from farm.terms import LIT, TermGraph
+from farm.transduce import RewriteRule, RuleSet
+
+
+@dataclass
+class RewriteResult:
+    """Normal form (a node of `graph`) or the error, per root; firing counts per rule index."""
+
+    graph: TermGraph
+    outcomes: list[int | NonTermination]
+    firings: list[int]
+    engine: str = "interpreter"
+    steps: list[int] = field(default_factory=list)
+
+    def texts(self) -> list[str]:
+        return [self.graph.to_text(o) if isinstance(o, int) else f"error: {o}" for o in self.outcomes]
+
+
+class Interpreter:
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        sig = ruleset.make_signature()
+        self._by_op: dict[int, list[RewriteRule]] = {}
+        for rule in ruleset.rules:
+            self._by_op.setdefault(sig.lookup(rule.source.op), []).append(rule)  # type: ignore[arg-type]
+
+    def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
+        run = _Run(self, graph, fuel)
+        outcomes: list[int | NonTermination] = []
+        steps = []
+        for root in roots:
+            run.steps = 0
+            try:
+                outcomes.append(run.normalize(root))
+            except NonTermination as exc:
+                outcomes.append(exc)
+            steps.append(run.steps)
+        return RewriteResult(graph, outcomes, run.firings, "interpreter", steps)
+
+
+class _Run:
+    def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int) -> None:
+        self.rules_by_op = interp._by_op
+        self.rules = interp.ruleset.rules
+        self.g = graph
+        self.fuel = fuel
+        self.steps = 0
+        self.last_rule = ""
+        self.firings = [0] * len(self.rules)
+        self.nf: dict[int, int] = {}
+        self.via: dict[int, int] = {}
+        self.on_stack: set[int] = set()
+        self.stack: list[list[int]] = []  # [node, next child to look at]
+
+    def normalize(self, root: int) -> int:
+        if root in self.nf:
+            return self.nf[root]
+        base = len(self.stack)
+        self._push(root)
+        try:
+            while len(self.stack) > base:
+                self._step()
+        except NonTermination:
+            for node, _ in self.stack[base:]:
+                self.on_stack.discard(node)
+                self.via.pop(node, None)
+            del self.stack[base:]
+            raise
+        return self.nf[root]
+
+    def _push(self, node: int) -> None:
+        if node in self.on_stack:
+            raise cycle_error(self.steps, self.last_rule)
+        self.on_stack.add(node)
+        self.stack.append([node, 0])
+
+    def _done(self, node: int, normal: int) -> None:
+        self.nf[node] = normal
+        self.on_stack.discard(node)
+        self.stack.pop()
+
+    def _step(self) -> None:
+        g, nf = self.g, self.nf
+        frame = self.stack[-1]
+        node = frame[0]
+        if node in self.via:
+            self._done(node, nf[self.via.pop(node)])
+            return
+        if g.ops[node] == LIT:
+            self._done(node, node)
+            return
+        kids = g.kids(node)
+        k = frame[1]
+        while k < len(kids) and kids[k] in nf:
+            k += 1
+        if k < len(kids):
+            frame[1] = k
+            self._push(kids[k])
+            return
+        reduced = g.app(g.ops[node], [nf[kid] for kid in kids])
+        if reduced == node:
+            reduced = self._match(node)
+            if reduced is None:
+                self._done(node, node)
+                return
+        if reduced in nf:
+            self._done(node, nf[reduced])
+            return
+        self._push(reduced)
+        self.via[node] = reduced
+
+    def _match(self, node: int) -> int | None:
+        for rule in self.rules_by_op.get(self.g.ops[node], ()):
+            binding: dict[str, int] = {}
+            if self._match_pattern(rule.source, node, binding) and self._guards(rule.constraints, binding):
+                self.firings[rule.index] += 1
+                self.steps += 1
+                self.last_rule = rule.name
+                if self.steps > self.fuel:
+                    raise fuel_error(self.fuel, rule.name)
+                return self._build(rule.target, binding)
+        return None
+
+    def _match_pattern(self, pattern: PatternExpr, node: int, binding: dict[str, int]) -> bool:
+        g = self.g
+        if isinstance(pattern, Var):
+            return binding.setdefault(pattern.name, node) == node
+        if isinstance(pattern, Lit):
+            return g.ops[node] == LIT and g.value(node) == pattern.value
+        assert isinstance(pattern, App)
+        if g.ops[node] == LIT or g.signature.names[g.ops[node]] != pattern.op:
+            return False
+        return all(self._match_pattern(p, kid, binding) for p, kid in zip(pattern.args, g.kids(node)))
+
+    def _guards(self, constraints: tuple[Constraint, ...], binding: dict[str, int]) -> bool:
+        g = self.g
+        for c in constraints:
+            if isinstance(c, IsConst):
+                ok = g.is_lit(binding[c.var.name])
+            elif isinstance(c, Compare):
+                a, b = (self._build(side, binding) for side in (c.left, c.right))
+                if c.op in ("==", "!="):
+                    ok = (a == b) == (c.op == "==")
+                else:
+                    ok = g.is_lit(a) and g.is_lit(b) and compare(c.op, g.value(a), g.value(b))
+            else:
+                assert isinstance(c, TermCondition)
+                left = self.normalize(self._build(c.left, binding))
+                right = self.normalize(self._build(c.right, binding))
+                ok = (left == right) == c.equal
+            if not ok:
+                return False
+        return True
+
+    def _build(self, expr: PatternExpr, binding: dict[str, int]) -> int:
+        g = self.g
+        if isinstance(expr, Var):
+            return binding[expr.name]
+        if isinstance(expr, Lit):
+            return g.lit(expr.value)
+        if isinstance(expr, Computed):
+            return g.lit(eval_lit(expr.expr, {name: g.value(node) for name, node in binding.items()
+                                              if g.is_lit(node)}))
+        return g.app_named(expr.op, [self._build(a, binding) for a in expr.args])

@@ -1,0 +1,217 @@
+"""Ground terms as a hash-consed DAG in a flat arena, with an iterative parser and printer.
+
+Equal subterms share one node id, so structural equality is id equality. Nothing here recurses on
+the depth of a term: a Peano numeral a million levels deep parses, prints and converts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from farm.errors import ParseError, TermError
+from farm.lexer import TokenStream
+
+LIT = -1  # op id of an integer literal node
+
+
+def wrap_i64(value: int) -> int:
+    """Two's-complement wrap of a Python int to signed 64 bits."""
+    return ((value + 2**63) % 2**64) - 2**63
+
+
+@dataclass
+class Signature:
+    """Operator names and arities; ids are positions. A ruleset's operators come first."""
+
+    names: list[str] = field(default_factory=list)
+    arities: list[int] = field(default_factory=list)
+    _ids: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ops: Iterable[tuple[str, int]]) -> Signature:
+        sig = cls()
+        for name, arity in ops:
+            sig.declare(name, arity)
+        return sig
+
+    def copy(self) -> Signature:
+        return Signature(list(self.names), list(self.arities), dict(self._ids))
+
+    def declare(self, name: str, arity: int, where: str = "") -> int:
+        op = self._ids.get(name)
+        if op is None:
+            op = len(self.names)
+            self.names.append(name)
+            self.arities.append(arity)
+            self._ids[name] = op
+        elif self.arities[op] != arity:
+            raise TermError(f"{where}operator {name!r} has arity {self.arities[op]}, used here with {arity}")
+        return op
+
+    def lookup(self, name: str) -> int | None:
+        return self._ids.get(name)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class TermGraph:
+    """A flat arena of nodes: `ops[i]` is an op id or LIT; `payload[i]` the literal value or kid ids."""
+
+    def __init__(self, signature: Signature | None = None) -> None:
+        self.signature = signature.copy() if signature is not None else Signature()
+        self.ops: list[int] = []
+        self.payload: list[object] = []
+        self._cons: dict[tuple[int, object], int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def lit(self, value: int) -> int:
+        return self._intern(LIT, wrap_i64(value))
+
+    def app(self, op: int, kids: Sequence[int] = ()) -> int:
+        return self._intern(op, tuple(kids))
+
+    def app_named(self, name: str, kids: Sequence[int] = ()) -> int:
+        return self.app(self.signature.declare(name, len(kids)), kids)
+
+    def _intern(self, op: int, payload: object) -> int:
+        key = (op, payload)
+        node = self._cons.get(key)
+        if node is None:
+            node = len(self.ops)
+            self.ops.append(op)
+            self.payload.append(payload)
+            self._cons[key] = node
+        return node
+
+    def is_lit(self, node: int) -> bool:
+        return self.ops[node] == LIT
+
+    def value(self, node: int) -> int:
+        assert self.ops[node] == LIT
+        return self.payload[node]  # type: ignore[return-value]
+
+    def kids(self, node: int) -> tuple[int, ...]:
+        payload = self.payload[node]
+        return payload if isinstance(payload, tuple) else ()
+
+    def to_text(self, root: int) -> str:
+        """Print `(op a b)`, constants bare, literals in decimal; iterative."""
+        parts: list[str] = []
+        stack: list[tuple[int, int]] = [(root, 0)]
+        names = self.signature.names
+        while stack:
+            node, state = stack.pop()
+            if node < 0:  # closing marker
+                parts.append(")")
+                continue
+            if state:
+                parts.append(" ")
+            op = self.ops[node]
+            if op == LIT:
+                parts.append(str(self.payload[node]))
+                continue
+            kids = self.kids(node)
+            if not kids:
+                parts.append(names[op])
+                continue
+            parts.append("(" + names[op])
+            stack.append((-1, 0))
+            stack.extend((kid, 1) for kid in reversed(kids))
+        return "".join(parts)
+
+    def depth(self, root: int) -> int:
+        """Longest path from root to a leaf, computed over the DAG without recursion."""
+        memo: dict[int, int] = {}
+        stack = [root]
+        while stack:
+            node = stack[-1]
+            pending = [k for k in self.kids(node) if k not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            memo[node] = 1 + max((memo[k] for k in self.kids(node)), default=0)
+        return memo[root]
+
+    def parse(self, text: str, filename: str = "<terms>") -> list[int]:
+        """Parse whitespace-separated terms; returns their root ids in order."""
+        stream = TokenStream(text, filename)
+        roots: list[int] = []
+        frames: list[tuple[str, object, list[int]]] = []  # (op name, location, kids so far)
+        while True:
+            tok = stream.next()
+            node: int | None = None
+            if tok.kind == "EOF":
+                if frames:
+                    raise ParseError(tok.location, f"expected ')' to close the term opened at {frames[-1][1]}")
+                return roots
+            if tok.kind == "INT":
+                node = self.lit(int(tok.text))
+            elif tok.kind == "IDENT":
+                node = self._declare_at(tok.text, 0, tok.location)
+            elif tok.text == "(":
+                head = stream.expect_kind("IDENT", "an operator name after '('")
+                frames.append((head.text, head.location, []))
+            elif tok.text == ")":
+                if not frames:
+                    raise ParseError(tok.location, "unbalanced ')'")
+                name, loc, kids = frames.pop()
+                node = self.app(self._declare_at(name, len(kids), loc, app=True), kids)
+            else:
+                raise ParseError(tok.location, f"expected a term, found {tok.describe()}")
+            if node is not None:
+                if frames:
+                    frames[-1][2].append(node)
+                else:
+                    roots.append(node)
+
+    def _declare_at(self, name: str, arity: int, location: object, app: bool = False) -> int:
+        try:
+            op = self.signature.declare(name, arity)
+        except TermError as exc:
+            raise ParseError(location, str(exc)) from None  # type: ignore[arg-type]
+        return op if app else self.app(op)
+
+    def import_from(self, other: TermGraph, root: int) -> int:
+        """Copy a term from another graph (by operator name) into this one, without recursion."""
+        done: dict[int, int] = {}
+        stack = [root]
+        while stack:
+            node = stack[-1]
+            if node in done:
+                stack.pop()
+                continue
+            kids = other.kids(node)
+            pending = [k for k in kids if k not in done]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            if other.ops[node] == LIT:
+                done[node] = self.lit(other.value(node))
+            else:
+                name = other.signature.names[other.ops[node]]
+                done[node] = self.app_named(name, [done[k] for k in kids])
+        return done[root]
+
+    def reachable(self, roots: Iterable[int]) -> list[int]:
+        """Nodes reachable from roots, children before parents (the order a native import needs)."""
+        order: list[int] = []
+        seen: set[int] = set()
+        for root in roots:
+            stack = [(root, False)]
+            while stack:
+                node, expanded = stack.pop()
+                if expanded:
+                    order.append(node)
+                    continue
+                if node in seen:
+                    continue
+                seen.add(node)
+                stack.append((node, True))
+                stack.extend((k, False) for k in self.kids(node) if k not in seen)
+        return order
