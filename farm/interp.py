@@ -42,7 +42,7 @@ class Interpreter:
         outcomes: list[int | NonTermination] = []
         steps = []
         for root in roots:
-            run.steps = 0
+            run.steps, run.last_rule = 0, ""
             try:
                 outcomes.append(run.normalize(root))
             except NonTermination as exc:

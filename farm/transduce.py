@@ -175,7 +175,12 @@ def _check(p: TopologicalPattern, name: str, direction: Polarity, source: Patter
                 _check_division(sub, p.constraints, fail)
     implicit = tuple(IsConst(Var(v)) for v in dict.fromkeys(computed_vars)
                      if IsConst(Var(v)) not in p.constraints)
-    return RewriteRule(-1, name, p.name, direction, source, target, implicit + p.constraints, p.priority, p.location)
+    # Pure guards go first: they have no side effects, and they must run before any computed literal
+    # in a condition divides by a guarded divisor. Conditions (which normalise) keep their order.
+    pure = tuple(c for c in p.constraints if not isinstance(c, TermCondition))
+    conditions = tuple(c for c in p.constraints if isinstance(c, TermCondition))
+    return RewriteRule(-1, name, p.name, direction, source, target, implicit + pure + conditions, p.priority,
+                       p.location)
 
 
 def _check_division(computed: Computed, constraints: tuple[Constraint, ...], fail: object) -> None:

@@ -1,0 +1,708 @@
+"""Whole-ruleset LLVM IR: a hash-consed term arena, decision-tree matchers and the innermost normaliser.
+
+The module is self-contained apart from malloc/calloc/realloc/free. Its exported C ABI is described in
+docs/abi.md; loader.py mirrors the arena struct. Rule and operator names never reach an IR identifier:
+functions are named by operator index, and the module name is fixed.
+
+Semantics mirror farm/interp.py step for step (the same stack discipline, fuel and cycle checks), so
+that native code and the interpreter agree on normal forms, firing counts and errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+from farm.matchtree import Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
+from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
+from farm.transduce import RuleSet
+
+ABI_VERSION = 1
+I1, I64, PTR, VOID = ir.IntType(1), ir.IntType(64), ir.PointerType(), ir.VoidType()
+
+# Node record: NODE_STRIDE i64 fields.
+NODE_STRIDE = 6
+F_OP, F_ARITY, F_PAYLOAD, F_NF, F_VIA, F_MARK = range(NODE_STRIDE)
+# Arena struct fields, in order (loader.ArenaStruct mirrors this).
+ARENA_FIELDS = [("nodes", PTR), ("n_nodes", I64), ("cap_nodes", I64), ("kids", PTR), ("n_kids", I64),
+                ("cap_kids", I64), ("table", PTR), ("table_mask", I64), ("stack", PTR), ("sp", I64),
+                ("cap_stack", I64), ("steps", I64), ("fuel", I64), ("counters", PTR), ("last_rule", I64)]
+A = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
+ARENA = ir.LiteralStructType([t for _, t in ARENA_FIELDS])
+LIT_OP = -1
+NO_MATCH, ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT = -1, -2, -3, -4, -5
+INITIAL = {"nodes": 1024, "kids": 2048, "table": 2048, "stack": 256}
+
+
+def c64(value: int) -> ir.Constant:
+    return ir.Constant(I64, ((value + 2**63) % 2**64) - 2**63)
+
+
+class _Fn:
+    """An IR function under construction, with helpers that read like the arena operations."""
+
+    def __init__(self, module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type],
+                 internal: bool = True) -> None:
+        self.fn = ir.Function(module, ir.FunctionType(ret, args), name)
+        self.fn.attributes.add("nounwind")
+        if internal:
+            self.fn.linkage = "internal"
+        self.entry = self.fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        self.arena = self.fn.args[0] if args and args[0] == PTR else None
+
+    @classmethod
+    def define(cls, fn: ir.Function) -> _Fn:
+        """Give a body to a function declared earlier (farm_match is called before it is built)."""
+        self = cls.__new__(cls)
+        self.fn = fn
+        self.entry = fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        self.arena = fn.args[0]
+        return self
+
+    @property
+    def args(self) -> tuple[ir.Argument, ...]:
+        return tuple(self.fn.args)
+
+    def block(self, name: str = "") -> ir.Block:
+        return self.fn.append_basic_block(name)
+
+    def var(self, init: ir.Value, ty: ir.Type = I64) -> ir.AllocaInstr:
+        """A mutable local; opt's mem2reg turns it into SSA form."""
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            slot = self.b.alloca(ty)
+        self.b.store(init, slot)
+        return slot
+
+    # arena fields
+    def field(self, name: str) -> ir.Value:
+        return self.b.gep(self.arena, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), A[name])],
+                          source_etype=ARENA)
+
+    def get(self, name: str) -> ir.Value:
+        return self.b.load(self.field(name), typ=ARENA_FIELDS[A[name]][1])
+
+    def put(self, name: str, value: ir.Value) -> None:
+        self.b.store(value, self.field(name))
+
+    def elem(self, base: ir.Value, index: ir.Value) -> ir.Value:
+        return self.b.gep(base, [index], source_etype=I64)
+
+    def load_at(self, base: ir.Value, index: ir.Value) -> ir.Value:
+        return self.b.load(self.elem(base, index), typ=I64)
+
+    def store_at(self, base: ir.Value, index: ir.Value, value: ir.Value) -> None:
+        self.b.store(value, self.elem(base, index))
+
+    # node records (the nodes pointer is reloaded each time: mk may have moved it)
+    def _node_index(self, node: ir.Value, f: int) -> ir.Value:
+        return self.b.add(self.b.mul(node, c64(NODE_STRIDE)), c64(f))
+
+    def nget(self, node: ir.Value, f: int) -> ir.Value:
+        return self.load_at(self.get("nodes"), self._node_index(node, f))
+
+    def nput(self, node: ir.Value, f: int, value: ir.Value) -> None:
+        self.store_at(self.get("nodes"), self._node_index(node, f), value)
+
+    def kid(self, offset: ir.Value, j: ir.Value) -> ir.Value:
+        return self.load_at(self.get("kids"), self.b.add(offset, j))
+
+    # control flow
+    @contextmanager
+    def loop(self, start: ir.Value, stop: ir.Value) -> Iterator[ir.Value]:
+        """for (i = start; i < stop; i++) — `stop` is evaluated once."""
+        i = self.var(start)
+        head, body, done = self.block("loop"), self.block("body"), self.block("done")
+        self.b.branch(head)
+        self.b.position_at_end(head)
+        cur = self.b.load(i, typ=I64)
+        self.b.cbranch(self.b.icmp_signed("<", cur, stop), body, done)
+        self.b.position_at_end(body)
+        yield cur
+        if not self.b.block.is_terminated:
+            self.b.store(self.b.add(cur, c64(1)), i)
+            self.b.branch(head)
+        self.b.position_at_end(done)
+
+    def return_if(self, cond: ir.Value, value: ir.Value) -> None:
+        with self.b.if_then(cond, likely=False):
+            self.b.ret(value)
+
+    def return_if_error(self, value: ir.Value, below: int = 0) -> None:
+        self.return_if(self.b.icmp_signed("<", value, c64(below)), value)
+
+
+class LLVMCodegen:
+    """Builds the IR module for one ruleset."""
+
+    def __init__(self, ruleset: RuleSet, triple: str | None = None) -> None:
+        self.ruleset = ruleset
+        self.m = ir.Module(name="farm")
+        if triple:
+            self.m.triple = triple
+        self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
+        self.fns: dict[str, ir.Function] = {}
+
+    def generate(self) -> str:
+        self._libc()
+        self._reserve("reserve_nodes", "nodes", "n_nodes", "cap_nodes", 8 * NODE_STRIDE)
+        self._reserve("reserve_kids", "kids", "n_kids", "cap_kids", 8)
+        self._reserve("reserve_stack", "stack", "sp", "cap_stack", 16)
+        self._hash()
+        self._node_equals()
+        self._grow_table()
+        self._mk()
+        self._push()
+        self._fire()
+        self._match_declaration()
+        self._normalize()
+        self._matchers()
+        self._rewrite()
+        self._load()
+        self._arena_free()
+        self._arena_new()
+        self._constants()
+        return str(self.m)
+
+    def max_arity(self) -> int:
+        return max((a for _, a in self.ruleset.signature), default=0)
+
+    def _call(self, f: _Fn, name: str, *args: ir.Value) -> ir.Value:
+        return f.b.call(self.fns[name], list(args))
+
+    def _libc(self) -> None:
+        for name, ret, args in [("malloc", PTR, [I64]), ("calloc", PTR, [I64, I64]),
+                                ("realloc", PTR, [PTR, I64]), ("free", VOID, [PTR])]:
+            self.fns[name] = ir.Function(self.m, ir.FunctionType(ret, args), name)
+
+    def _new(self, name: str, ret: ir.Type, args: list[ir.Type], internal: bool = True) -> _Fn:
+        f = _Fn(self.m, name, ret, args, internal)
+        self.fns[name] = f.fn
+        return f
+
+    def _reserve(self, name: str, ptr: str, count: str, cap: str, elem_bytes: int) -> None:
+        """Make room for `need` more elements; false when realloc fails (the old block stays valid)."""
+        f = self._new(name, I1, [PTR, I64])
+        b, need = f.b, f.args[1]
+        want = b.add(f.get(count), need)
+        old_cap = f.get(cap)
+        f.return_if(b.icmp_signed("<=", want, old_cap), ir.Constant(I1, 1))
+        doubled = b.mul(old_cap, c64(2))
+        new_cap = b.select(b.icmp_signed("<", doubled, want), want, doubled)
+        grown = self._call(f, "realloc", f.get(ptr), b.mul(new_cap, c64(elem_bytes)))
+        f.return_if(b.icmp_unsigned("==", grown, ir.Constant(PTR, None)), ir.Constant(I1, 0))
+        f.put(ptr, grown)
+        f.put(cap, new_cap)
+        b.ret(ir.Constant(I1, 1))
+
+    def _hash(self) -> None:
+        f = self._new("hash_node", I64, [I64, I64, I64, PTR])
+        b = f.b
+        op, arity, value, kids = f.args
+        h = f.var(b.xor(b.xor(b.mul(op, c64(0x9E3779B97F4A7C15)), b.shl(arity, c64(32))), value))
+        with f.loop(c64(0), arity) as j:
+            mixed = b.mul(b.xor(b.load(h, typ=I64), f.load_at(kids, j)), c64(0xFF51AFD7ED558CCD))
+            b.store(b.xor(mixed, b.lshr(mixed, c64(29))), h)
+        final = b.load(h, typ=I64)
+        b.ret(b.xor(final, b.lshr(final, c64(32))))
+
+    def _node_equals(self) -> None:
+        f = self._new("node_equals", I1, [PTR, I64, I64, I64, I64, PTR])
+        b = f.b
+        _, cand, op, arity, value, kids = f.args
+        no, yes = ir.Constant(I1, 0), ir.Constant(I1, 1)
+        f.return_if(b.icmp_signed("!=", f.nget(cand, F_OP), op), no)
+        f.return_if(b.icmp_signed("!=", f.nget(cand, F_ARITY), arity), no)
+        payload = f.nget(cand, F_PAYLOAD)
+        with b.if_then(b.icmp_signed("==", op, c64(LIT_OP))):
+            b.ret(b.icmp_signed("==", payload, value))
+        with f.loop(c64(0), arity) as j:
+            f.return_if(b.icmp_signed("!=", f.kid(payload, j), f.load_at(kids, j)), no)
+        b.ret(yes)
+
+    def _probe(self, f: _Fn, table: ir.Value, mask: ir.Value, start: ir.Value,
+               on_slot: Callable[[ir.Value, ir.Value], None]) -> ir.Value:
+        """Linear probing from `start`; `on_slot(index, slot)` may return out of the function.
+        Returns the index of the first empty slot."""
+        b = f.b
+        i = f.var(b.and_(start, mask))
+        head, occupied, empty = f.block("probe"), f.block("occupied"), f.block("empty")
+        b.branch(head)
+        b.position_at_end(head)
+        idx = b.load(i, typ=I64)
+        slot = f.load_at(table, idx)
+        b.cbranch(b.icmp_signed("==", slot, c64(0)), empty, occupied)
+        b.position_at_end(occupied)
+        on_slot(idx, slot)
+        b.store(b.and_(b.add(idx, c64(1)), mask), i)
+        b.branch(head)
+        b.position_at_end(empty)
+        return b.load(i, typ=I64)
+
+    def _grow_table(self) -> None:
+        f = self._new("grow_table", I1, [PTR])
+        b = f.b
+        new_cap = b.mul(b.add(f.get("table_mask"), c64(1)), c64(2))
+        new_mask = b.sub(new_cap, c64(1))
+        table = self._call(f, "calloc", new_cap, c64(8))
+        f.return_if(b.icmp_unsigned("==", table, ir.Constant(PTR, None)), ir.Constant(I1, 0))
+        with f.loop(c64(0), f.get("n_nodes")) as node:
+            op = f.nget(node, F_OP)
+            is_lit = b.icmp_signed("==", op, c64(LIT_OP))
+            payload = f.nget(node, F_PAYLOAD)
+            kids = f.elem(f.get("kids"), b.select(is_lit, c64(0), payload))
+            h = self._call(f, "hash_node", op, f.nget(node, F_ARITY), b.select(is_lit, payload, c64(0)), kids)
+            free_slot = self._probe(f, table, new_mask, h, lambda idx, slot: None)
+            f.store_at(table, free_slot, b.add(node, c64(1)))
+        self._call(f, "free", f.get("table"))
+        f.put("table", table)
+        f.put("table_mask", new_mask)
+        b.ret(ir.Constant(I1, 1))
+
+    def _mk(self) -> None:
+        """Hash-consing constructor: the existing node equal to (op, kids | value), or a new one.
+        `kids` may point into the arena's own kids array only if the caller reserved `arity` slots first."""
+        f = self._new("farm_mk", I64, [PTR, I64, I64, I64, PTR], internal=False)
+        b = f.b
+        arena, op, arity, value, kids = f.args
+        full = b.icmp_signed(">", b.mul(b.add(f.get("n_nodes"), c64(1)), c64(2)), b.add(f.get("table_mask"), c64(1)))
+        with b.if_then(full, likely=False):
+            f.return_if(b.not_(self._call(f, "grow_table", arena)), c64(ERR_OOM))
+        h = self._call(f, "hash_node", op, arity, value, kids)
+
+        def on_slot(idx: ir.Value, slot: ir.Value) -> None:
+            cand = b.sub(slot, c64(1))
+            f.return_if(self._call(f, "node_equals", arena, cand, op, arity, value, kids), cand)
+
+        free_slot = self._probe(f, f.get("table"), f.get("table_mask"), h, on_slot)
+        room = b.and_(self._call(f, "reserve_nodes", arena, c64(1)), self._call(f, "reserve_kids", arena, arity))
+        f.return_if(b.not_(room), c64(ERR_OOM))
+        node, offset = f.get("n_nodes"), f.get("n_kids")
+        f.nput(node, F_OP, op)
+        f.nput(node, F_ARITY, arity)
+        f.nput(node, F_PAYLOAD, b.select(b.icmp_signed("==", op, c64(LIT_OP)), value, offset))
+        f.nput(node, F_NF, c64(-1))
+        f.nput(node, F_VIA, c64(-1))
+        f.nput(node, F_MARK, c64(0))
+        with f.loop(c64(0), arity) as j:
+            f.store_at(f.get("kids"), b.add(offset, j), f.load_at(kids, j))
+        f.put("n_kids", b.add(offset, arity))
+        f.put("n_nodes", b.add(node, c64(1)))
+        f.store_at(f.get("table"), free_slot, b.add(node, c64(1)))
+        b.ret(node)
+
+    def _push(self) -> None:
+        """Push a frame (node, next child = 0); a node already on the stack means a rewrite cycle."""
+        f = self._new("push", I64, [PTR, I64])
+        b = f.b
+        arena, node = f.args
+        f.return_if(b.icmp_signed("!=", f.nget(node, F_MARK), c64(0)), c64(ERR_CYCLE))
+        f.return_if(b.not_(self._call(f, "reserve_stack", arena, c64(1))), c64(ERR_OOM))
+        sp = f.get("sp")
+        frame = b.mul(sp, c64(2))
+        f.store_at(f.get("stack"), frame, node)
+        f.store_at(f.get("stack"), b.add(frame, c64(1)), c64(0))
+        f.put("sp", b.add(sp, c64(1)))
+        f.nput(node, F_MARK, c64(1))
+        b.ret(c64(0))
+
+    def _fire(self) -> None:
+        """Count a rule firing and one rewrite step; false once the fuel is spent."""
+        f = self._new("fire", I1, [PTR, I64])
+        b = f.b
+        rule = f.args[1]
+        counters = f.get("counters")
+        f.store_at(counters, rule, b.add(f.load_at(counters, rule), c64(1)))
+        steps = b.add(f.get("steps"), c64(1))
+        f.put("steps", steps)
+        f.put("last_rule", rule)
+        b.ret(b.icmp_signed("<=", steps, f.get("fuel")))
+
+    def _match_declaration(self) -> None:
+        self.fns["farm_match"] = ir.Function(self.m, ir.FunctionType(I64, [PTR, I64]), "farm_match")
+        self.fns["farm_match"].attributes.add("nounwind")
+
+    def _normalize(self) -> None:
+        """Innermost normal form of `root`, memoised in the node records; re-entrant (conditions call it)."""
+        f = self._new("farm_normalize", I64, [PTR, I64], internal=False)
+        b = f.b
+        arena, root = f.args
+        known = f.nget(root, F_NF)
+        f.return_if(b.icmp_signed("!=", known, c64(-1)), known)
+        base = f.get("sp")
+        f.return_if_error(self._call(f, "push", arena, root))
+        head, step, done, fail = f.block("frames"), f.block("step"), f.block("finished"), f.block("fail")
+        code = f.var(c64(0))
+        b.branch(head)
+
+        b.position_at_end(head)
+        b.cbranch(b.icmp_signed("==", f.get("sp"), base), done, step)
+
+        b.position_at_end(step)
+        top = b.mul(b.sub(f.get("sp"), c64(1)), c64(2))
+        node = f.load_at(f.get("stack"), top)
+
+        def finish(normal: ir.Value) -> None:
+            f.nput(node, F_NF, normal)
+            f.nput(node, F_MARK, c64(0))
+            f.put("sp", b.sub(f.get("sp"), c64(1)))
+            b.branch(head)
+
+        def fail_with(value: ir.Value) -> None:
+            with b.if_then(b.icmp_signed("<", value, c64(NO_MATCH))):
+                b.store(value, code)
+                b.branch(fail)
+
+        via = f.nget(node, F_VIA)
+        with b.if_then(b.icmp_signed("!=", via, c64(-1))):
+            f.nput(node, F_VIA, c64(-1))
+            finish(f.nget(via, F_NF))
+        op = f.nget(node, F_OP)
+        with b.if_then(b.icmp_signed("==", op, c64(LIT_OP))):
+            finish(node)
+        arity, offset = f.nget(node, F_ARITY), f.nget(node, F_PAYLOAD)
+        # Descend into the first child without a normal form, if any.
+        cursor = f.var(f.load_at(f.get("stack"), b.add(top, c64(1))))
+        scan, check, descend, reduce_ = f.block("scan"), f.block("check"), f.block("descend"), f.block("reduce")
+        b.branch(scan)
+        b.position_at_end(scan)
+        k = b.load(cursor, typ=I64)
+        b.cbranch(b.icmp_signed("<", k, arity), check, reduce_)
+        b.position_at_end(check)
+        child = f.kid(offset, k)
+        b.store(b.add(k, c64(1)), cursor)
+        b.cbranch(b.icmp_signed("==", f.nget(child, F_NF), c64(-1)), descend, scan)
+        b.position_at_end(descend)
+        f.store_at(f.get("stack"), b.add(top, c64(1)), k)
+        fail_with(self._call(f, "push", arena, child))
+        b.branch(head)
+
+        # All children normal: rebuild with normal children (staged at the end of the kids array).
+        b.position_at_end(reduce_)
+        fail_with(b.select(self._call(f, "reserve_kids", arena, arity), c64(0), c64(ERR_OOM)))
+        stage = f.get("n_kids")
+        changed = f.var(ir.Constant(I1, 0), I1)
+        offset = f.nget(node, F_PAYLOAD)
+        with f.loop(c64(0), arity) as j:
+            normal = f.nget(f.kid(offset, j), F_NF)
+            b.store(b.or_(b.load(changed, typ=I1), b.icmp_signed("!=", normal, f.kid(offset, j))), changed)
+            f.store_at(f.get("kids"), b.add(stage, j), normal)
+        reduced = f.var(node)
+        with b.if_else(b.load(changed, typ=I1)) as (rebuilt, same):
+            with rebuilt:
+                m = self._call(f, "farm_mk", arena, op, arity, c64(0), f.elem(f.get("kids"), stage))
+                fail_with(m)
+                b.store(m, reduced)
+            with same:
+                t = b.call(self.fns["farm_match"], [arena, node])
+                with b.if_then(b.icmp_signed("==", t, c64(NO_MATCH))):
+                    finish(node)
+                fail_with(t)
+                b.store(t, reduced)
+        target = b.load(reduced, typ=I64)
+        target_nf = f.nget(target, F_NF)
+        with b.if_then(b.icmp_signed("!=", target_nf, c64(-1))):
+            finish(target_nf)
+        fail_with(self._call(f, "push", arena, target))
+        f.nput(node, F_VIA, target)
+        b.branch(head)
+
+        b.position_at_end(done)
+        b.ret(f.nget(root, F_NF))
+
+        # Unwind this call's frames so the arena stays usable for the next root.
+        b.position_at_end(fail)
+        with f.loop(base, f.get("sp")) as i:
+            frame_node = f.load_at(f.get("stack"), b.mul(i, c64(2)))
+            f.nput(frame_node, F_MARK, c64(0))
+            f.nput(frame_node, F_VIA, c64(-1))
+        f.put("sp", base)
+        b.ret(b.load(code, typ=I64))
+
+    def _rewrite(self) -> None:
+        """farm_rewrite: normalise n roots; out[i] = normal form or error; info[2i..] = steps, last rule."""
+        f = self._new("farm_rewrite", I64, [PTR, I64, PTR, PTR, PTR, I64], internal=False)
+        b = f.b
+        arena, n, roots, out, info, fuel = f.args
+        f.put("fuel", fuel)
+        with f.loop(c64(0), n) as i:
+            f.put("steps", c64(0))
+            f.put("last_rule", c64(-1))
+            result = self._call(f, "farm_normalize", arena, f.load_at(roots, i))
+            f.store_at(out, i, result)
+            f.store_at(info, b.mul(i, c64(2)), f.get("steps"))
+            f.store_at(info, b.add(b.mul(i, c64(2)), c64(1)), f.get("last_rule"))
+        b.ret(c64(0))
+
+    def _load(self) -> None:
+        """farm_load: import a term graph given children-first as flat arrays (see docs/abi.md)."""
+        f = self._new("farm_load", I64, [PTR, I64, PTR, PTR, PTR, PTR, PTR], internal=False)
+        b = f.b
+        arena, n, ops, arities, values, kids, out = f.args
+        arity_table = ir.GlobalVariable(self.m, ir.ArrayType(I64, len(self.ruleset.signature)) if
+                                        self.ruleset.signature else ir.ArrayType(I64, 1), "op_arity")
+        arity_table.linkage = "internal"
+        arity_table.global_constant = True
+        arity_table.initializer = ir.Constant(arity_table.value_type,
+                                              [a for _, a in self.ruleset.signature] or [0])
+        bad = c64(ERR_INPUT)
+        with f.loop(c64(0), n) as i:
+            op = f.load_at(ops, i)
+            f.return_if(b.icmp_signed("<", op, c64(LIT_OP)), bad)
+            result = f.var(c64(0))
+            with b.if_else(b.icmp_signed("==", op, c64(LIT_OP))) as (literal, app):
+                with literal:
+                    b.store(self._call(f, "farm_mk", arena, op, c64(0), f.load_at(values, i), ir.Constant(PTR, None)),
+                            result)
+                with app:
+                    arity = f.load_at(arities, i)
+                    f.return_if(b.icmp_signed("<", arity, c64(0)), bad)
+                    with b.if_then(b.icmp_signed("<", op, c64(len(self.ruleset.signature)))):
+                        expected = b.load(b.gep(arity_table, [c64(0), op], source_etype=arity_table.value_type),
+                                          typ=I64)
+                        f.return_if(b.icmp_signed("!=", arity, expected), bad)
+                    offset = f.load_at(values, i)
+                    with f.loop(c64(0), arity) as j:
+                        k = f.load_at(kids, b.add(offset, j))
+                        f.return_if(b.or_(b.icmp_signed("<", k, c64(0)), b.icmp_signed(">=", k, i)), bad)
+                        f.store_at(kids, b.add(offset, j), f.load_at(out, k))
+                    b.store(self._call(f, "farm_mk", arena, op, arity, c64(0), f.elem(kids, offset)), result)
+            node = b.load(result, typ=I64)
+            f.return_if_error(node)
+            f.store_at(out, i, node)
+        b.ret(c64(0))
+
+    def _arena_new(self) -> None:
+        f = self._new("farm_arena_new", PTR, [], internal=False)
+        b = f.b
+        arena = self._call(f, "calloc", c64(1), c64(8 * len(ARENA_FIELDS)))
+        f.arena = arena
+        f.return_if(b.icmp_unsigned("==", arena, ir.Constant(PTR, None)), ir.Constant(PTR, None))
+        blocks = {"nodes": self._call(f, "malloc", c64(INITIAL["nodes"] * 8 * NODE_STRIDE)),
+                  "kids": self._call(f, "malloc", c64(INITIAL["kids"] * 8)),
+                  "table": self._call(f, "calloc", c64(INITIAL["table"]), c64(8)),
+                  "stack": self._call(f, "malloc", c64(INITIAL["stack"] * 16)),
+                  "counters": self._call(f, "calloc", c64(max(1, len(self.ruleset.rules))), c64(8))}
+        for name, value in blocks.items():
+            f.put(name, value)
+        f.put("cap_nodes", c64(INITIAL["nodes"]))
+        f.put("cap_kids", c64(INITIAL["kids"]))
+        f.put("table_mask", c64(INITIAL["table"] - 1))
+        f.put("cap_stack", c64(INITIAL["stack"]))
+        f.put("last_rule", c64(-1))
+        missing = ir.Constant(I1, 0)
+        for value in blocks.values():
+            missing = b.or_(missing, b.icmp_unsigned("==", value, ir.Constant(PTR, None)))
+        with b.if_then(missing, likely=False):
+            self._call(f, "farm_arena_free", arena)
+            b.ret(ir.Constant(PTR, None))
+        b.ret(arena)
+
+    def _arena_free(self) -> None:
+        f = _Fn(self.m, "farm_arena_free", VOID, [PTR], internal=False)
+        self.fns["farm_arena_free"] = f.fn
+        b = f.b
+        with b.if_then(b.icmp_unsigned("!=", f.arena, ir.Constant(PTR, None))):
+            for name in ("nodes", "kids", "table", "stack", "counters"):
+                self._call(f, "free", f.get(name))
+            self._call(f, "free", f.arena)
+        b.ret_void()
+
+    def _constants(self) -> None:
+        for name, value in [("farm_abi_version", ABI_VERSION), ("farm_rule_count", len(self.ruleset.rules)),
+                            ("farm_op_count", len(self.ruleset.signature)), ("farm_node_stride", NODE_STRIDE)]:
+            f = _Fn(self.m, name, I64, [], internal=False)
+            f.b.ret(c64(value))
+
+    # ---- the ruleset-specific part ----
+
+    def _matchers(self) -> None:
+        """farm_match dispatches on the root operator, then runs that operator's decision tree."""
+        by_root = self.ruleset.rules_by_root()
+        f = _Fn.define(self.fns["farm_match"])
+        node = f.fn.args[1]
+        no_match = f.block("no_match")
+        switch = f.b.switch(f.nget(node, F_OP), no_match)
+        for op_name, rules in by_root.items():
+            op = self.op_ids[op_name]
+            tree_fn = self._tree_function(op, build_tree(rules))
+            case = f.block(f"op{op}")
+            switch.add_case(c64(op), case)
+            f.b.position_at_end(case)
+            f.b.ret(f.b.call(tree_fn, [f.arena, node]))
+        f.b.position_at_end(no_match)
+        f.b.ret(c64(NO_MATCH))
+
+    def _tree_function(self, op: int, tree: Tree) -> ir.Function:
+        f = self._new(f"match_op{op}", I64, [PTR, I64])
+        _TreeEmitter(self, f).emit(tree, {(): f.args[1]}, None)
+        return f.fn
+
+
+class _TreeEmitter:
+    """Lowers a decision tree (matchtree.py) into one function's blocks."""
+
+    def __init__(self, gen: LLVMCodegen, f: _Fn) -> None:
+        self.gen, self.f, self.b = gen, f, f.b
+        self.scratch: ir.Value | None = None
+
+    def emit(self, tree: Tree, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> None:
+        b = self.b
+        if isinstance(tree, Fail):
+            if on_fail is not None:
+                b.branch(on_fail)
+            else:
+                b.ret(c64(NO_MATCH))
+        elif isinstance(tree, Chain):
+            rest = self.f.block("next_chunk")
+            self.emit(tree.first, env, rest)
+            b.position_at_end(rest)
+            self.emit(tree.rest, {(): env[()]}, on_fail)
+        elif isinstance(tree, Switch):
+            self._switch(tree, env, on_fail)
+        else:
+            self._leaf(tree, env, on_fail)
+
+    def _switch(self, tree: Switch, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> None:
+        b, f = self.b, self.f
+        value = env[tree.occurrence]
+        op = f.nget(value, F_OP)
+        lits = [(h, t) for h, t in tree.cases if h[0] == "lit"]
+        apps = [(h, t) for h, t in tree.cases if h[0] == "app"]
+        default = f.block("default")
+        if lits:
+            lit_block, app_block = f.block("literal"), f.block("application")
+            b.cbranch(b.icmp_signed("==", op, c64(LIT_OP)), lit_block, app_block)
+            b.position_at_end(lit_block)
+            sw = b.switch(f.nget(value, F_PAYLOAD), default)
+            for head, sub in lits:
+                case = f.block("lit")
+                sw.add_case(c64(head[1]), case)  # type: ignore[arg-type]
+                b.position_at_end(case)
+                self.emit(sub, env, on_fail)
+            b.position_at_end(app_block)
+        sw = b.switch(op, default)
+        for head, sub in apps:
+            case = f.block("app")
+            sw.add_case(c64(self.gen.op_ids[head[1]]), case)  # type: ignore[index]
+            b.position_at_end(case)
+            inner = dict(env)
+            if head[2]:
+                offset = f.nget(value, F_PAYLOAD)
+                for j in range(head[2]):
+                    inner[tree.occurrence + (j,)] = f.kid(offset, c64(j))
+            self.emit(sub, inner, on_fail)
+        b.position_at_end(default)
+        self.emit(tree.default, env, on_fail)
+
+    def _leaf(self, leaf: Leaf, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> None:
+        b, f = self.b, self.f
+        bound = {name: env[occ] for name, occ in leaf.bindings.items()}
+        otherwise = f.block("otherwise")
+        tests = [b.icmp_signed("==", env[x], env[y]) for x, y in leaf.equalities]
+        for test in tests:
+            self._require(test, otherwise)
+        for constraint in leaf.rule.constraints:
+            self._require(self._guard(constraint, bound), otherwise)
+        fuel_ok = b.call(self.gen.fns["fire"], [f.arena, c64(leaf.rule.index)])
+        f.return_if(b.not_(fuel_ok), c64(ERR_FUEL))
+        b.ret(self._build(leaf.rule.target, bound))
+        b.position_at_end(otherwise)
+        self.emit(leaf.otherwise if leaf.otherwise is not None else Fail(), env, on_fail)
+
+    def _require(self, cond: ir.Value, otherwise: ir.Block) -> None:
+        passed = self.f.block("passed")
+        self.b.cbranch(cond, passed, otherwise)
+        self.b.position_at_end(passed)
+
+    def _guard(self, c: Constraint, bound: dict[str, ir.Value]) -> ir.Value:
+        b, f = self.b, self.f
+        if isinstance(c, IsConst):
+            return self._is_lit(bound[c.var.name])
+        if isinstance(c, Compare):
+            if c.op in ("==", "!="):
+                same = self._same_term(c.left, c.right, bound)
+                return same if c.op == "==" else b.not_(same)
+            (lit_a, a), (lit_b, b_) = self._literal(c.left, bound), self._literal(c.right, bound)
+            return b.and_(b.and_(lit_a, lit_b), b.icmp_signed(c.op, a, b_))
+        left = self._normalized(c.left, bound)
+        right = self._normalized(c.right, bound)
+        return b.icmp_signed("==" if c.equal else "!=", left, right)
+
+    def _normalized(self, expr: PatternExpr, bound: dict[str, ir.Value]) -> ir.Value:
+        term = self._build(expr, bound)
+        result = self.b.call(self.gen.fns["farm_normalize"], [self.f.arena, term])
+        self.f.return_if_error(result)
+        return result
+
+    def _is_lit(self, node: ir.Value) -> ir.Value:
+        return self.b.icmp_signed("==", self.f.nget(node, F_OP), c64(LIT_OP))
+
+    def _literal(self, side: Var | Lit, bound: dict[str, ir.Value]) -> tuple[ir.Value, ir.Value]:
+        if isinstance(side, Lit):
+            return ir.Constant(I1, 1), c64(side.value)
+        node = bound[side.name]
+        return self._is_lit(node), self.f.nget(node, F_PAYLOAD)
+
+    def _same_term(self, left: Var | Lit, right: Var | Lit, bound: dict[str, ir.Value]) -> ir.Value:
+        """Term equality without building anything: hash-consing makes it id equality."""
+        b = self.b
+        if isinstance(left, Var) and isinstance(right, Var):
+            return b.icmp_signed("==", bound[left.name], bound[right.name])
+        if isinstance(left, Lit) and isinstance(right, Lit):
+            return ir.Constant(I1, int(left.value == right.value))
+        var, lit = (left, right) if isinstance(left, Var) else (right, left)
+        is_lit, value = self._literal(var, bound)  # type: ignore[arg-type]
+        return b.and_(is_lit, b.icmp_signed("==", value, c64(lit.value)))  # type: ignore[union-attr]
+
+    def _scratch(self, size: int) -> ir.Value:
+        """One kids buffer per function, in the entry block; children are computed before it is filled."""
+        if self.scratch is None:
+            f = self.f
+            with f.b.goto_block(f.entry):
+                f.b.position_at_start(f.entry)
+                self.scratch = f.b.alloca(I64, size=max(1, self.gen.max_arity()))
+        return self.scratch
+
+    def _build(self, expr: PatternExpr, bound: dict[str, ir.Value]) -> ir.Value:
+        b, f = self.b, self.f
+        if isinstance(expr, Var):
+            return bound[expr.name]
+        if isinstance(expr, (Lit, Computed)):
+            value = c64(expr.value) if isinstance(expr, Lit) else self._arith(expr.expr, bound)
+            node = b.call(self.gen.fns["farm_mk"], [f.arena, c64(LIT_OP), c64(0), value, ir.Constant(PTR, None)])
+        else:
+            assert isinstance(expr, App)
+            kids = [self._build(a, bound) for a in expr.args]
+            buf = self._scratch(len(kids)) if kids else ir.Constant(PTR, None)
+            for j, kid in enumerate(kids):
+                f.store_at(buf, c64(j), kid)
+            node = b.call(self.gen.fns["farm_mk"], [f.arena, c64(self.gen.op_ids[expr.op]), c64(len(kids)),
+                                                    c64(0), buf])
+        f.return_if_error(node)
+        return node
+
+    def _arith(self, expr: LitExpr, bound: dict[str, ir.Value]) -> ir.Value:
+        b = self.b
+        if isinstance(expr, Lit):
+            return c64(expr.value)
+        if isinstance(expr, Var):
+            return self.f.nget(bound[expr.name], F_PAYLOAD)
+        if isinstance(expr, Neg):
+            return b.sub(c64(0), self._arith(expr.operand, bound))
+        assert isinstance(expr, BinOp)
+        x, y = self._arith(expr.left, bound), self._arith(expr.right, bound)
+        ops = {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv, "%": b.srem, "&": b.and_, "|": b.or_, "^": b.xor}
+        if expr.op in ops:
+            return ops[expr.op](x, y)
+        shift = b.and_(y, c64(63))
+        return b.shl(x, shift) if expr.op == "<<" else b.ashr(x, shift)
+
+
+def generate_llvm_ir(ruleset: RuleSet, triple: str | None = None) -> str:
+    """The LLVM IR text of the whole ruleset (opaque pointers; accepted by llvm-16 tools and llvmlite)."""
+    return LLVMCodegen(ruleset, triple).generate()
