@@ -1,0 +1,111 @@
+"""Compile-or-fetch against a cache index and an artifact store: the one path every deployment shares."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.codegen.llvm import generate_llvm_ir
+from farm.config import FarmConfig
+from farm.errors import FarmError, IntegrityError, InvalidPatternId
+from farm.index import CacheIndex
+from farm.index.sqlite import SQLiteIndex
+from farm.loader import sha256_file
+from farm.store import ArtifactMeta, ArtifactStore
+from farm.store.local import LocalStore
+from farm.targets import Target, resolve
+from farm.toolchain import Toolchain, cache_key, find_tool, remove_build_dir, tool_versions
+from farm.transduce import RuleSet
+
+MAX_PATTERN_ID = 4096
+
+
+def check_pattern_id(pattern_id: str) -> str:
+    """Pattern IDs are data (stored in the index), never paths: only emptiness, NUL and length are refused."""
+    if not isinstance(pattern_id, str) or not pattern_id:
+        raise InvalidPatternId("a pattern ID must be a non-empty string")
+    if "\0" in pattern_id:
+        raise InvalidPatternId(f"pattern ID {pattern_id[:40]!r} contains a NUL byte")
+    if len(pattern_id) > MAX_PATTERN_ID:
+        raise InvalidPatternId(f"pattern ID is {len(pattern_id)} characters long; the limit is {MAX_PATTERN_ID}")
+    return pattern_id
+
+
+@dataclass
+class Artifact:
+    meta: ArtifactMeta
+    path: Path
+    cached: bool  # served from the store rather than compiled now
+    seconds: float  # wall time of this request
+
+
+class ArtifactBuilder:
+    def __init__(self, config: FarmConfig | None = None, index: CacheIndex | None = None,
+                 store: ArtifactStore | None = None) -> None:
+        self.config = config or FarmConfig.from_env()
+        self.index = index or SQLiteIndex(self.config.cache_dir / "index.sqlite")
+        self.store = store or LocalStore(self.config.cache_dir)
+        self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout)
+
+    def target(self, name: str | None = None) -> Target:
+        name = name or self.config.target
+        return resolve(name, find_tool("llc") if name == "native" else None)
+
+    def key_for(self, ir_text: str, target: Target, opt_level: int) -> str:
+        return cache_key(ir_text, target, opt_level, tool_versions())
+
+    def ensure_ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
+                       opt_level: int | None = None) -> Artifact:
+        resolved = self.target(target)
+        return self.ensure_ir(generate_llvm_ir(ruleset, resolved.triple), pattern_id, resolved.name, opt_level)
+
+    def ensure_ir(self, ir_text: str, pattern_id: str, target: str | None = None,
+                  opt_level: int | None = None) -> Artifact:
+        check_pattern_id(pattern_id)
+        start = time.perf_counter()
+        resolved = self.target(target)
+        opt = self.config.opt_level if opt_level is None else opt_level
+        key = self.key_for(ir_text, resolved, opt)
+        self.index.incr("requests")
+        found = self._fetch_verified(key)
+        if found is not None:
+            path, meta = found
+            self.index.record(pattern_id, resolved.name, meta)
+            self.index.touch(key)
+            self.index.incr("hits")
+            return Artifact(meta, path, True, time.perf_counter() - start)
+        self.index.incr("misses")
+        try:
+            build = self.toolchain.build(ir_text, resolved, opt)
+        except FarmError:
+            self.index.incr("compilations_failed")
+            raise
+        try:
+            meta = ArtifactMeta(key=key, sha256=sha256_file(build.so_path), size=build.so_path.stat().st_size,
+                                target=resolved.name, triple=resolved.triple, cpu=resolved.cpu, opt_level=opt,
+                                stage_seconds=build.stage_seconds, pattern_ids=[pattern_id],
+                                toolchain=build.versions)
+            self.store.put(build.so_path, meta)
+        finally:
+            remove_build_dir(build)
+        self.index.record(pattern_id, resolved.name, meta)  # only after the object is stored
+        self.index.incr("compilations_ok")
+        for stage, seconds in meta.stage_seconds.items():
+            self.index.incr(f"stage_seconds_{stage}", seconds)
+        fetched = self.store.fetch(key)
+        assert fetched is not None
+        return Artifact(meta, fetched[0], False, time.perf_counter() - start)
+
+    def _fetch_verified(self, key: str) -> tuple[Path, ArtifactMeta] | None:
+        """A stored artifact whose bytes match its sha256; a missing or corrupt one counts as a miss."""
+        found = self.store.fetch(key)
+        if found is None:
+            return None
+        path, meta = found
+        if sha256_file(path) != meta.sha256:
+            self.store.delete(key)
+            return None
+        return path, meta
+
+

@@ -1,0 +1,78 @@
+"""The embedded driver: compile a ruleset (cached), load it, rewrite natively or fall back to the interpreter."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from farm.builder import Artifact, ArtifactBuilder
+from farm.config import FarmConfig
+from farm.errors import FarmError, IncompatibleArtifact, LoadError, ToolchainError, UnsupportedTarget
+from farm.interp import Interpreter, RewriteResult
+from farm.loader import NativeRuleset
+from farm.semantics import DEFAULT_FUEL
+from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
+from farm.terms import TermGraph
+from farm.transduce import RuleSet
+
+
+class FallbackWarning(UserWarning):
+    """Native code was not available; the interpreter gave the (identical) results."""
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    ruleset: RuleSet
+    pattern_id: str
+    target: str
+    opt_level: int
+
+
+def load_native(ruleset: RuleSet, artifact: Artifact) -> NativeRuleset:
+    target = REGISTRY.get(artifact.meta.target) or resolve("native")
+    if artifact.meta.target != "native" and not host_can_run(target):
+        raise IncompatibleArtifact(f"artifact {artifact.meta.key[:12]} is built for {artifact.meta.target}; "
+                                   f"this host lacks {', '.join(missing_flags(target)) or target.arch}")
+    return NativeRuleset(artifact.path, ruleset, artifact.meta.sha256)
+
+
+class Engine:
+    def __init__(self, config: FarmConfig | None = None, builder: ArtifactBuilder | None = None) -> None:
+        self.config = config or FarmConfig.from_env()
+        self.builder = builder or ArtifactBuilder(self.config)
+
+    def compile(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
+                opt_level: int | None = None) -> Artifact:
+        return self.builder.ensure_ruleset(ruleset, pattern_id, target, opt_level)
+
+    def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:
+        """Compile jobs in a local process pool; yields each job with its artifact or error as it finishes."""
+        workers = self.config.workers or None
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_compile_job, self.config, job): job for job in jobs}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+    def rewrite(self, ruleset: RuleSet, graph: TermGraph, roots: list[int], pattern_id: str,
+                fuel: int = DEFAULT_FUEL, engine: str = "auto", target: str | None = None) -> RewriteResult:
+        """engine: "native" (errors propagate), "interpreter", or "auto" (native, else interpreter + warning)."""
+        if engine == "interpreter":
+            return Interpreter(ruleset).rewrite(graph, roots, fuel)
+        try:
+            native = load_native(ruleset, self.compile(ruleset, pattern_id, target))
+        except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:
+            if engine == "native":
+                raise
+            warnings.warn(f"native code unavailable ({exc}); using the interpreter", FallbackWarning, stacklevel=2)
+            self.builder.index.incr("fallbacks")
+            return Interpreter(ruleset).rewrite(graph, roots, fuel)
+        return native.rewrite(graph, roots, fuel)
+
+
+def _compile_job(config: FarmConfig, job: CompileJob) -> Artifact | FarmError:
+    try:
+        return ArtifactBuilder(config).ensure_ruleset(job.ruleset, job.pattern_id, job.target, job.opt_level)
+    except FarmError as exc:
+        return exc

@@ -1,0 +1,80 @@
+"""Embedded cache index: one SQLite file shared by every process on the machine (WAL, one transaction per write)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from farm.errors import WorkDirError
+from farm.index import CacheIndex
+from farm.store import ArtifactMeta
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS patterns (pattern_id TEXT NOT NULL, target TEXT NOT NULL, key TEXT NOT NULL,
+                                     PRIMARY KEY (pattern_id, target));
+CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, meta TEXT NOT NULL, last_hit REAL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+
+
+class SQLiteIndex(CacheIndex):
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise WorkDirError(f"cannot open the cache index {self.path}: {exc}") from None
+
+    def _write(self, sql: str, *params: object) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise WorkDirError(f"cannot write the cache index {self.path}: {exc}") from None
+
+    def lookup(self, pattern_id: str, target: str) -> str | None:
+        row = self._db.execute("SELECT key FROM patterns WHERE pattern_id=? AND target=?",
+                               (pattern_id, target)).fetchone()
+        return row[0] if row else None
+
+    def meta(self, key: str) -> ArtifactMeta | None:
+        row = self._db.execute("SELECT meta FROM artifacts WHERE key=?", (key,)).fetchone()
+        return ArtifactMeta.from_json(row[0]) if row else None
+
+    def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT OR REPLACE INTO artifacts(key, meta, last_hit) VALUES (?, ?, NULL)",
+                                 (meta.key, meta.to_json()))
+                self._db.execute("INSERT OR REPLACE INTO patterns(pattern_id, target, key) VALUES (?, ?, ?)",
+                                 (pattern_id, target, meta.key))
+        except sqlite3.OperationalError as exc:
+            raise WorkDirError(f"cannot write the cache index {self.path}: {exc}") from None
+
+    def forget(self, pattern_id: str, target: str) -> None:
+        self._write("DELETE FROM patterns WHERE pattern_id=? AND target=?", pattern_id, target)
+
+    def touch(self, key: str) -> None:
+        self._write("UPDATE artifacts SET last_hit=? WHERE key=?", time.time(), key)
+
+    def incr(self, counter: str, amount: float = 1) -> None:
+        self._write("INSERT INTO counters(name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", counter, amount)
+
+    def counters(self) -> dict[str, float]:
+        return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        return list(self._db.execute("SELECT pattern_id, target, key FROM patterns ORDER BY pattern_id, target"))
+
+    def clear(self) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for table in ("patterns", "artifacts", "counters"):
+                self._db.execute(f"DELETE FROM {table}")

@@ -1,0 +1,49 @@
+"""Artifact stores: where .so files and their metadata live. One base, one module per backend."""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ArtifactMeta:
+    key: str
+    sha256: str
+    size: int
+    target: str
+    triple: str
+    cpu: str
+    opt_level: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    pattern_ids: list[str] = field(default_factory=list)
+    toolchain: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArtifactMeta:
+        return cls(**json.loads(text))
+
+
+class ArtifactStore(ABC):
+    """Content-addressed: an artifact's name is its cache key, never a pattern ID."""
+
+    @abstractmethod
+    def put(self, so_path: Path, meta: ArtifactMeta) -> None:
+        """Store the .so, then its metadata; a reader never sees metadata without the object."""
+
+    @abstractmethod
+    def fetch(self, key: str) -> tuple[Path, ArtifactMeta] | None:
+        """A local path of the .so (not yet verified) and its metadata, or None."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
