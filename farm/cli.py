@@ -1,0 +1,260 @@
+"""The `farm` command. Each subcommand returns an exit code; errors become one clear line (traceback with -v)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from farm.errors import FarmError
+
+out = Console()
+err = Console(stderr=True)
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False)
+
+
+def _load_ruleset(path: str, show_warnings: bool = False):  # type: ignore[no-untyped-def]
+    from farm.dsl import load_rules
+    from farm.transduce import transduce_patterns
+
+    try:
+        rule_file = load_rules(path)
+    except FileNotFoundError:
+        raise FarmError(f"{path}: no such rule file") from None
+    ruleset = transduce_patterns(rule_file.patterns, rule_file.declared_ops, warn=False)
+    if ruleset.warnings:
+        if show_warnings:
+            for w in ruleset.warnings:
+                err.print(f"[yellow]warning[/]: {escape(path)}: {escape(w.message)}", highlight=False)
+        else:
+            kinds = sorted({w.kind for w in ruleset.warnings})
+            err.print(f"[yellow]{len(ruleset.warnings)} rule warning(s)[/] ({', '.join(kinds)}); "
+                      "--warnings lists them", highlight=False)
+    return ruleset
+
+
+def _pattern_id(path: str) -> str:
+    return Path(path).stem
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from farm.engine import CompileJob, Engine
+
+    ruleset = _load_ruleset(args.rules, args.warnings)
+    engine = Engine()
+    opt = engine.config.opt_level if args.opt is None else args.opt
+    targets = args.target or [engine.config.target]
+    results = []
+    if len(targets) == 1:
+        results.append((targets[0], engine.compile(ruleset, _pattern_id(args.rules), targets[0], opt)))
+    else:
+        jobs = [CompileJob(ruleset, _pattern_id(args.rules), t, opt) for t in targets]
+        with _progress() as bar:
+            task = bar.add_task("compiling", total=len(jobs))
+            for job, result in engine.compile_many(jobs):
+                if isinstance(result, FarmError):
+                    raise result
+                results.append((job.target, result))
+                bar.advance(task)
+    table = Table(title=f"{args.rules}: {len(ruleset.rules)} rules, -O{opt}, stage times in ms")
+    table.add_column("target")
+    for stage in ("llvm-as", "opt", "llc", "as", "ld"):
+        table.add_column(stage, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("cache")
+    table.add_column("size", justify="right")
+    for target, art in results:
+        s = art.meta.stage_seconds
+        table.add_row(target, *(f"{s.get(k, 0) * 1000:.1f}" for k in ("llvm-as", "opt", "llc", "as", "ld")),
+                      f"{sum(s.values()) * 1000:.1f}", f"hit ({art.seconds * 1000:.1f} ms)" if art.cached else "built",
+                      f"{art.meta.size:,}")
+    for _, art in results:
+        print(art.path)
+    err.print(table)
+    return EXIT_OK
+
+
+def cmd_rewrite(args: argparse.Namespace) -> int:
+    from farm.engine import Engine
+    from farm.errors import NonTermination
+    from farm.terms import TermGraph
+
+    ruleset = _load_ruleset(args.rules, args.warnings)
+    graph = TermGraph(ruleset.make_signature())
+    roots = graph.parse(Path(args.terms).read_text(encoding="utf-8"), args.terms)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = Engine().rewrite(ruleset, graph, roots, _pattern_id(args.rules), args.fuel, args.engine,
+                                  args.target)
+    for w in caught:
+        err.print(f"[yellow]warning[/]: {escape(str(w.message))}", highlight=False)
+    elapsed = time.perf_counter() - start
+    failed = 0
+    for outcome in result.outcomes:
+        if isinstance(outcome, NonTermination):
+            failed += 1
+            print(f"error: {outcome}")
+        else:
+            print(result.graph.to_text(outcome))
+    err.print(f"{len(roots)} term(s) rewritten by the {result.engine} in {elapsed * 1000:.1f} ms, "
+              f"{sum(result.firings)} rule firings", highlight=False)
+    if args.stats:
+        table = Table(title="rule firings")
+        table.add_column("rule")
+        table.add_column("firings", justify="right")
+        for rule, count in sorted(zip(ruleset.rules, result.firings), key=lambda p: -p[1]):
+            if count:
+                table.add_row(rule.name, f"{count:,}")
+        err.print(table)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from farm.engine import Engine, load_native
+    from farm.verify import VerifyReport, differential
+
+    ruleset = _load_ruleset(args.rules, args.warnings)
+    native = None
+    if args.engine != "interpreter":
+        engine = Engine()
+        native = load_native(ruleset, engine.compile(ruleset, _pattern_id(args.rules), args.target))
+    report = VerifyReport()
+    batch = max(1, min(500, args.cases))
+    with _progress() as bar:
+        task = bar.add_task("verifying", total=args.cases)
+        seed = args.seed
+        while report.cases < args.cases:
+            n = min(batch, args.cases - report.cases)
+            differential(ruleset, native, n, seed, args.fuel, report)
+            seed += 1
+            bar.advance(task, n)
+    table = Table(title=f"differential check of {args.rules}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in [("random cases", report.cases), ("checked against the oracle", report.oracle_checked),
+                        ("non-terminating (fuel)", report.nonterminating), ("rule firings", report.firings),
+                        ("engines", "native, interpreter, oracle" if native else "interpreter, oracle"),
+                        ("mismatches", len(report.mismatches))]:
+        table.add_row(name, f"{value:,}" if isinstance(value, int) else value)
+    err.print(table)
+    for line in report.mismatches[:20]:
+        print(f"MISMATCH {line}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from farm.config import FarmConfig
+    from farm.index import COUNTERS
+    from farm.index.sqlite import SQLiteIndex
+
+    config = FarmConfig.from_env()
+    index = SQLiteIndex(config.cache_dir / "index.sqlite")
+    counters = index.counters()
+    table = Table(title=f"farm cache statistics ({config.cache_dir})")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name in COUNTERS:
+        table.add_row(name, f"{int(counters.get(name, 0)):,}")
+    requests = counters.get("requests", 0)
+    table.add_row("hit rate", f"{counters.get('hits', 0) / requests:.1%}" if requests else "n/a")
+    for name, value in sorted(counters.items()):
+        if name.startswith("stage_seconds_"):
+            table.add_row(f"{name.removeprefix('stage_seconds_')} stage seconds", f"{value:.3f}")
+    entries = index.entries()
+    table.add_row("indexed (pattern, target) entries", f"{len(entries):,}")
+    objects = list((config.cache_dir / "objects").glob("*/*.so"))
+    table.add_row("artifacts stored", f"{len(objects):,}")
+    table.add_row("bytes stored", f"{sum(p.stat().st_size for p in objects):,}")
+    out.print(table)
+    return EXIT_OK
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
+    from farm.toolchain import find_tool
+
+    table = Table(title="compilation targets")
+    for col in ("target", "triple", "cpu", "runs on this host"):
+        table.add_column(col)
+    try:
+        native = resolve("native", find_tool("llc"))
+    except FarmError:
+        native = resolve("native")
+    for target in [*REGISTRY.values(), native]:
+        runs = host_can_run(target)
+        why = "yes" if runs else f"no ({', '.join(missing_flags(target)[:4]) or target.arch})"
+        table.add_row(target.name, target.triple, target.cpu, why)
+    out.print(table)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "compile": (cmd_compile, "compile a rule file to a shared library"),
+    "rewrite": (cmd_rewrite, "rewrite the terms of a file to normal form"),
+    "verify": (cmd_verify, "differential check: native == interpreter == oracle on random terms"),
+    "stats": (cmd_stats, "cache and compilation statistics"),
+    "targets": (cmd_targets, "list compilation targets"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from farm.semantics import DEFAULT_FUEL
+
+    parser = argparse.ArgumentParser(prog="farm", description="Compile term-rewrite rules to native code.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name in ("compile", "rewrite", "verify"):
+            p.add_argument("rules", help="rule file (see docs/rules.md)")
+            p.add_argument("--warnings", action="store_true", help="list rule overlap warnings")
+        if name == "compile":
+            p.add_argument("--target", action="append", help="target name (repeat for several); default native")
+            p.add_argument("-O", dest="opt", type=int, choices=range(4), help="optimisation level")
+        if name == "rewrite":
+            p.add_argument("terms", help="file of terms, e.g. (add x 0)")
+            p.add_argument("--stats", action="store_true", help="show the rule firing table")
+        if name in ("rewrite", "verify"):
+            p.add_argument("--target", default=None)
+            p.add_argument("--fuel", type=int, default=DEFAULT_FUEL if name == "rewrite" else 10_000)
+            p.add_argument("--engine", choices=("auto", "native", "interpreter"), default="auto")
+        if name == "verify":
+            p.add_argument("--cases", type=int, default=2000)
+            p.add_argument("--seed", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][0](args)
+    except FarmError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        err.print(f"[red]farm: error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_ERROR
+    except OSError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        err.print(f"[red]farm: error:[/] {escape(str(exc.filename or ''))}: {escape(str(exc.strerror or exc))}",
+                  highlight=False)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
