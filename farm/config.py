@@ -21,6 +21,10 @@ class FarmConfig:
     stage_timeout: float = 120.0
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
 
+    def __post_init__(self) -> None:
+        self.cache_dir = Path(self.cache_dir)
+        self.work_dir = Path(self.work_dir) if self.work_dir is not None else None
+
     @property
     def build_dir(self) -> Path:
         return self.work_dir or self.cache_dir / "work"

@@ -73,6 +73,10 @@ class NativeRuleset:
         want = (ABI_VERSION, len(ruleset.rules), len(ruleset.signature), NODE_STRIDE)
         if abi != want:
             raise LoadError(f"{self.path}: library reports (abi, rules, ops, stride) = {abi}, expected {want}")
+        lib.farm_fingerprint.restype = ctypes.c_char_p
+        if lib.farm_fingerprint() != ruleset.fingerprint().encode():
+            raise LoadError(f"{self.path} was built for another ruleset (fingerprint "
+                            f"{lib.farm_fingerprint().decode()[:12]}, expected {ruleset.fingerprint()[:12]})")
         lib.farm_arena_new.restype = ctypes.POINTER(ArenaStruct)
         lib.farm_arena_free.argtypes = [ctypes.POINTER(ArenaStruct)]
         lib.farm_arena_free.restype = None
@@ -84,34 +88,36 @@ class NativeRuleset:
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
         to_native, to_graph = self._op_maps(graph)
-        order = graph.reachable(roots)
-        position = {node: i for i, node in enumerate(order)}
+        # Graph ids are children-first already, so the prefix up to the last root is a valid import order
+        # with positions equal to ids: no reachability pass, no renumbering.
+        count = max(roots) + 1 if roots else 0
         ops, arities, values, kids = array("q"), array("q"), array("q"), array("q")
-        for node in order:
-            op = graph.ops[node]
+        graph_ops, payload = graph.ops, graph.payload
+        for node in range(count):
+            op = graph_ops[node]
             if op == LIT:
                 ops.append(LIT_OP)
                 arities.append(0)
-                values.append(graph.value(node))
+                values.append(payload[node])  # type: ignore[arg-type]
             else:
-                node_kids = graph.kids(node)
+                node_kids: tuple[int, ...] = payload[node]  # type: ignore[assignment]
                 ops.append(to_native[op])
                 arities.append(len(node_kids))
                 values.append(len(kids))
-                kids.extend(position[k] for k in node_kids)
+                kids.extend(node_kids)
         arena = self.lib.farm_arena_new()
         if not arena:
             raise ArenaOutOfMemory("farm_arena_new could not allocate the arena")
         try:
-            ids = array("q", bytes(8 * max(1, len(order))))
-            code = self.lib.farm_load(arena, len(order), *(ctypes.cast(_i64_array(a), I64P)
+            ids = array("q", bytes(8 * max(1, count)))
+            code = self.lib.farm_load(arena, count, *(ctypes.cast(_i64_array(a), I64P)
                                                            for a in (ops, arities, values, kids, ids)))
             if code == ERR_OOM:
                 raise ArenaOutOfMemory("the native arena ran out of memory while loading the terms")
             if code != 0:
                 raise TermError(f"the native library rejected the term graph (code {code}): an arity does not "
                                 "match the ruleset or a child index is out of order")
-            native_roots = array("q", [ids[position[r]] for r in roots])
+            native_roots = array("q", [ids[r] for r in roots])
             out = array("q", bytes(8 * max(1, len(roots))))
             info = array("q", bytes(16 * max(1, len(roots))))
             self.lib.farm_rewrite(arena, len(roots), *(ctypes.cast(_i64_array(a), I64P)

@@ -8,7 +8,7 @@ from farm.errors import FuelExhausted, RewriteCycle
 from farm.rules import BinOp, Lit, LitExpr, Neg, Var
 from farm.terms import wrap_i64
 
-DEFAULT_FUEL = 1_000_000
+DEFAULT_FUEL = 10_000_000
 
 
 def arith(op: str, a: int, b: int) -> int:

@@ -6,11 +6,22 @@ the depth of a term: a Peano numeral a million levels deep parses, prints and co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from farm.errors import ParseError, TermError
-from farm.lexer import TokenStream
+from farm.errors import SourceLocation
+from farm.lexer import I64_MAX, I64_MIN
+
+_TERM_TOKEN = re.compile(r"\s+|[;#][^\n]*|[()]|[^\s();#]+")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.']*")
+_INT = re.compile(r"-?[0-9]+")
+
+
+def _location(text: str, filename: str, offset: int) -> SourceLocation:
+    line = text.count("\n", 0, offset) + 1
+    return SourceLocation(filename, line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
 
 LIT = -1  # op id of an integer literal node
 
@@ -138,43 +149,59 @@ class TermGraph:
         return memo[root]
 
     def parse(self, text: str, filename: str = "<terms>") -> list[int]:
-        """Parse whitespace-separated terms; returns their root ids in order."""
-        stream = TokenStream(text, filename)
-        roots: list[int] = []
-        frames: list[tuple[str, object, list[int]]] = []  # (op name, location, kids so far)
-        while True:
-            tok = stream.next()
-            node: int | None = None
-            if tok.kind == "EOF":
-                if frames:
-                    raise ParseError(tok.location, f"expected ')' to close the term opened at {frames[-1][1]}")
-                return roots
-            if tok.kind == "INT":
-                node = self.lit(int(tok.text))
-            elif tok.kind == "IDENT":
-                node = self._declare_at(tok.text, 0, tok.location)
-            elif tok.text == "(":
-                head = stream.expect_kind("IDENT", "an operator name after '('")
-                frames.append((head.text, head.location, []))
-            elif tok.text == ")":
-                if not frames:
-                    raise ParseError(tok.location, "unbalanced ')'")
-                name, loc, kids = frames.pop()
-                node = self.app(self._declare_at(name, len(kids), loc, app=True), kids)
-            else:
-                raise ParseError(tok.location, f"expected a term, found {tok.describe()}")
-            if node is not None:
-                if frames:
-                    frames[-1][2].append(node)
-                else:
-                    roots.append(node)
+        """Parse whitespace-separated terms (`;` and `#` start comments); returns their root ids in order.
 
-    def _declare_at(self, name: str, arity: int, location: object, app: bool = False) -> int:
+        A dedicated scanner rather than the DSL's tokenizer: term files can hold millions of tokens.
+        Positions are turned into line and column only when there is an error to report.
+        """
+        roots: list[int] = []
+        frames: list[tuple[str, int, list[int]]] = []  # (op name, offset, kids so far)
+        lit = self.lit
+        expect_head = False
+        for m in _TERM_TOKEN.finditer(text):
+            tok = m.group()
+            first = tok[0]
+            if first in " \t\r\n;#":
+                continue
+            if expect_head:
+                if not _IDENT.fullmatch(tok):
+                    raise ParseError(_location(text, filename, m.start()),
+                                     f"expected an operator name after '(', found {tok!r}")
+                frames.append((tok, m.start(), []))
+                expect_head = False
+                continue
+            if first == "(":
+                expect_head = True
+                continue
+            if first == ")":
+                if not frames:
+                    raise ParseError(_location(text, filename, m.start()), "unbalanced ')'")
+                name, offset, kids = frames.pop()
+                node = self._app_at(text, filename, offset, name, kids)
+            elif _INT.fullmatch(tok):
+                value = int(tok)
+                if not I64_MIN <= value <= I64_MAX:
+                    raise ParseError(_location(text, filename, m.start()),
+                                     f"integer literal {tok} does not fit in a signed 64-bit integer")
+                node = lit(value)
+            elif _IDENT.fullmatch(tok):
+                node = self._app_at(text, filename, m.start(), tok, [])
+            else:
+                raise ParseError(_location(text, filename, m.start()), f"expected a term, found {tok!r}")
+            if frames:
+                frames[-1][2].append(node)
+            else:
+                roots.append(node)
+        if expect_head or frames:
+            opened = _location(text, filename, frames[-1][1]) if frames else "the end"
+            raise ParseError(_location(text, filename, len(text)), f"expected ')' to close the term opened at {opened}")
+        return roots
+
+    def _app_at(self, text: str, filename: str, offset: int, name: str, kids: list[int]) -> int:
         try:
-            op = self.signature.declare(name, arity)
+            return self.app(self.signature.declare(name, len(kids)), kids)
         except TermError as exc:
-            raise ParseError(location, str(exc)) from None  # type: ignore[arg-type]
-        return op if app else self.app(op)
+            raise ParseError(_location(text, filename, offset), str(exc)) from None
 
     def import_from(self, other: TermGraph, root: int) -> int:
         """Copy a term from another graph (by operator name) into this one, without recursion."""

@@ -166,6 +166,7 @@ class LLVMCodegen:
         self._arena_free()
         self._arena_new()
         self._constants()
+        self._fingerprint()
         return str(self.m)
 
     def max_arity(self) -> int:
@@ -511,6 +512,16 @@ class LLVMCodegen:
                 self._call(f, "free", f.get(name))
             self._call(f, "free", f.arena)
         b.ret_void()
+
+    def _fingerprint(self) -> None:
+        """farm_fingerprint(): the ruleset's fingerprint, so a loader can refuse a library built for other rules."""
+        text = bytearray(self.ruleset.fingerprint().encode() + b"\0")
+        data = ir.GlobalVariable(self.m, ir.ArrayType(ir.IntType(8), len(text)), "fingerprint")
+        data.linkage = "internal"
+        data.global_constant = True
+        data.initializer = ir.Constant(data.value_type, text)
+        f = _Fn(self.m, "farm_fingerprint", PTR, [], internal=False)
+        f.b.ret(data)
 
     def _constants(self) -> None:
         for name, value in [("farm_abi_version", ABI_VERSION), ("farm_rule_count", len(self.ruleset.rules)),
