@@ -1,0 +1,67 @@
+"""The `farm` command end to end, in a subprocess like a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import EXAMPLES, ROOT
+
+
+def farm(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FARM_CACHE_DIR": str(cache), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "farm.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300, check=False)
+
+
+def test_compile_rewrite_verify_stats_targets(tmp_path: Path) -> None:
+    arith = str(EXAMPLES / "arith.farm")
+    compiled = farm("compile", arith, "--target", "x86-64", "--target", "aarch64", "-O", "1", cache=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    paths = compiled.stdout.split()
+    assert len(paths) == 2 and all(Path(p).exists() for p in paths)
+    assert "llvm-as" in compiled.stderr and "llc" in compiled.stderr
+
+    rewritten = farm("rewrite", arith, str(EXAMPLES / "arith.terms"), "--stats", cache=tmp_path)
+    assert rewritten.returncode == 0, rewritten.stderr
+    lines = rewritten.stdout.splitlines()
+    assert lines[1] == "(add x 6)" and "rewritten by the native" in rewritten.stderr and "fold_add" in rewritten.stderr
+
+    verified = farm("verify", arith, "--cases", "500", cache=tmp_path)
+    assert verified.returncode == 0 and "mismatches" in verified.stderr
+
+    stats = farm("stats", cache=tmp_path)
+    assert stats.returncode == 0 and "compilations_ok" in stats.stdout and "hit rate" in stats.stdout
+
+    targets = farm("targets", cache=tmp_path)
+    assert "aarch64-neoverse-n1" in targets.stdout and "x86-64-v4" in targets.stdout
+
+
+def test_bad_rule_file_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.farm"
+    bad.write_text("rule ok: (f ?x) => ?x\nrule broken: (f ?x => ?x\n")
+    result = farm("compile", str(bad), cache=tmp_path)
+    assert result.returncode == 2
+    assert f"{bad}:2:" in result.stderr and "Traceback" not in result.stderr
+    missing = farm("rewrite", str(tmp_path / "none.farm"), "x", cache=tmp_path)
+    assert missing.returncode == 2 and "no such rule file" in missing.stderr
+
+
+def test_nonterminating_terms_report_errors_per_term(tmp_path: Path) -> None:
+    rules = tmp_path / "loop.farm"
+    rules.write_text("rule swap [bidirectional]: (f a) => (f b)\n")
+    terms = tmp_path / "t.terms"
+    terms.write_text("(f a) (g a)")
+    result = farm("rewrite", str(rules), str(terms), "--fuel", "100", cache=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].startswith("error: rewriting loops") and result.stdout.splitlines()[1] == "(g a)"
+
+
+def test_interpreter_engine_gives_the_same_output(tmp_path: Path) -> None:
+    args = (str(EXAMPLES / "bool.farm"), str(EXAMPLES / "bool.terms"))
+    native = farm("rewrite", *args, "--engine", "native", cache=tmp_path)
+    interp = farm("rewrite", *args, "--engine", "interpreter", cache=tmp_path)
+    assert native.stdout == interp.stdout and native.returncode == interp.returncode == 0
+    assert "interpreter" in interp.stderr
