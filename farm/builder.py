@@ -8,7 +8,7 @@ from pathlib import Path
 
 from farm.codegen.llvm import generate_llvm_ir
 from farm.config import FarmConfig
-from farm.errors import FarmError, IntegrityError, InvalidPatternId
+from farm.errors import FarmError, InvalidPatternId
 from farm.index import CacheIndex
 from farm.index.sqlite import SQLiteIndex
 from farm.loader import sha256_file

@@ -23,7 +23,6 @@ from farm.rules import (
     TermCondition,
     TopologicalPattern,
     Var,
-
 )
 
 KEYWORDS = frozenset({"rule", "op", "if", "const"})

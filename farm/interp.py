@@ -110,12 +110,13 @@ class _Run:
             frame[1] = k
             self._push(kids[k])
             return
-        reduced = g.app(g.ops[node], [nf[kid] for kid in kids])
+        reduced: int | None = g.app(g.ops[node], [nf[kid] for kid in kids])
         if reduced == node:
             reduced = self._match(node)
             if reduced is None:
                 self._done(node, node)
                 return
+        assert reduced is not None
         if reduced in nf:
             self._done(node, nf[reduced])
             return

@@ -12,7 +12,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from farm.builder import ArtifactBuilder, check_pattern_id
@@ -132,7 +132,7 @@ class JitCompiler:
             self._stats.fallbacks += 1
             warnings.warn(f"compiling pattern {pattern_id!r} failed, falling back to interpretation: {exc}",
                           RuntimeWarning, stacklevel=2)
-            return CompiledFunction(name, pattern_id, llvm_ir, datetime.now(timezone.utc),
+            return CompiledFunction(name, pattern_id, llvm_ir, datetime.now(UTC),
                                     (time.perf_counter() - start) * 1000, None, None, key)
         elapsed_ms = (time.perf_counter() - start) * 1000
         if artifact.cached:
@@ -142,7 +142,7 @@ class JitCompiler:
             self._stats.total_compilations += 1
             self._stats.successful_compilations += 1
             self._stats.total_compilation_time_ms += elapsed_ms
-        compiled = CompiledFunction(name, pattern_id, llvm_ir, datetime.now(timezone.utc), elapsed_ms,
+        compiled = CompiledFunction(name, pattern_id, llvm_ir, datetime.now(UTC), elapsed_ms,
                                     artifact.path, pointer, key, artifact.cached, lib)
         if self.config.cache_enabled:
             self._remember(compiled)

@@ -80,7 +80,7 @@ class NativeRuleset:
         lib.farm_arena_new.restype = ctypes.POINTER(ArenaStruct)
         lib.farm_arena_free.argtypes = [ctypes.POINTER(ArenaStruct)]
         lib.farm_arena_free.restype = None
-        lib.farm_load.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64] + [I64P] * 5
+        lib.farm_load.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P, I64P, I64P, I64P]
         lib.farm_load.restype = ctypes.c_int64
         lib.farm_rewrite.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P, I64P, ctypes.c_int64]
         lib.farm_rewrite.restype = ctypes.c_int64
@@ -145,8 +145,8 @@ class NativeRuleset:
 
     def _collect(self, arena: ArenaStruct, graph: TermGraph, to_graph: dict[int, int], out: list[int],
                  info: array, fuel: int) -> RewriteResult:
-        nodes = memoryview((ctypes.c_int64 * (arena.n_nodes * NODE_STRIDE)).from_address(arena.nodes)).cast("B").cast("q")
-        kids = memoryview((ctypes.c_int64 * max(1, arena.n_kids)).from_address(arena.kids)).cast("B").cast("q")
+        nodes = _int64_view(arena.nodes, arena.n_nodes * NODE_STRIDE)
+        kids = _int64_view(arena.kids, max(1, arena.n_kids))
         names = [r.name for r in self.ruleset.rules]
         outcomes: list[int | NonTermination] = []
         wanted = sorted(_reachable(nodes, kids, [r for r in out if r >= 0]))
@@ -174,6 +174,11 @@ class NativeRuleset:
                 raise LoadError(f"farm_rewrite returned unknown code {result}")
         counters = list((ctypes.c_int64 * max(1, len(names))).from_address(arena.counters))[:len(names)]
         return RewriteResult(graph, outcomes, counters, "native", list(info[0::2][:len(out)]))
+
+
+def _int64_view(address: int, count: int) -> memoryview:
+    """The arena's memory as Python ints, without copying."""
+    return memoryview((ctypes.c_int64 * count).from_address(address)).cast("B").cast("q")
 
 
 def _reachable(nodes: memoryview, kids: memoryview, roots: list[int]) -> set[int]:

@@ -116,7 +116,7 @@ class _Compiler:
             return Leaf(first.rule, first.bindings, first.equalities, rest)
         col = next(i for i, p in enumerate(first.patterns) if p is not None)
         occ = occurrences[col]
-        heads = list(dict.fromkeys(head_of(r.patterns[col]) for r in rows if r.patterns[col] is not None))
+        heads = list(dict.fromkeys(head_of(p) for p in (r.patterns[col] for r in rows) if p is not None))
         cases = [(h, self._specialize(occurrences, rows, col, h)) for h in heads]
         others = occurrences[:col] + occurrences[col + 1:]
         default_rows = [_Row(r.patterns[:col] + r.patterns[col + 1:], r.rule, r.bindings, r.equalities)

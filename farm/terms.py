@@ -10,8 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from farm.errors import ParseError, TermError
-from farm.errors import SourceLocation
+from farm.errors import ParseError, SourceLocation, TermError
 from farm.lexer import I64_MAX, I64_MIN
 
 _TERM_TOKEN = re.compile(r"\s+|[;#][^\n]*|[()]|[^\s();#]+")

@@ -126,7 +126,8 @@ class Transducer:
             for expr in exprs:
                 for sub in subexprs(expr):
                     if isinstance(sub, App):
-                        arity = sig.arities[sig.lookup(sub.op)] if sub.op in sig.names else None
+                        op = sig.lookup(sub.op)
+                        arity = sig.arities[op] if op is not None else None
                         if arity is not None and arity != len(sub.args):
                             raise ArityError(pattern.name, f"operator {sub.op!r} is used with arity {len(sub.args)} "
                                                            f"but elsewhere with {arity}", pattern.location)

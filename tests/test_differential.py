@@ -42,7 +42,7 @@ def source_pattern(depth: int = 2) -> st.SearchStrategy[PatternExpr]:
         return leaf
     sub = source_pattern(depth - 1)
     return st.one_of(leaf, st.builds(lambda s: App("g", (s,)), sub),
-                     st.builds(lambda op, l, r: App(op, (l, r)), st.sampled_from(["f", "h"]), sub, sub))
+                     st.builds(lambda op, left, right: App(op, (left, right)), st.sampled_from(["f", "h"]), sub, sub))
 
 
 @st.composite

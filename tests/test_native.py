@@ -123,8 +123,9 @@ def test_second_process_hits_the_sqlite_cache(engine: Engine, cache_dir: Path) -
     art = engine.compile(example("bool"), "bool")
     code = ("import json; from farm.engine import Engine; from tests.test_native import example;"
             "a = Engine().compile(example('bool'), 'bool'); print(json.dumps([a.cached, a.meta.key, a.seconds]))")
+    env = {**os.environ, "FARM_CACHE_DIR": str(cache_dir)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "FARM_CACHE_DIR": str(cache_dir)})
+                         cwd=Path(__file__).resolve().parent.parent, env=env)
     cached, key, seconds = json.loads(out.stdout)
     assert cached and key == art.meta.key
 

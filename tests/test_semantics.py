@@ -51,13 +51,16 @@ def test_computed_literals_wrap_and_truncate() -> None:
                        rule mod: (mod ?a ?b) if ?b > 0 => {?a % ?b}
                        rule shl: (shl ?a ?b) => {?a << ?b}
                        rule shr: (shr ?a ?b) => {?a >> ?b}""")
-    texts, _ = normalize(rs, "(add 9223372036854775807 1) (div -7 2) (mod -7 3) (shl 1 65) (shr -8 1) (div 1 0) (add x 1)")
+    texts, _ = normalize(rs, "(add 9223372036854775807 1) (div -7 2) (mod -7 3) (shl 1 65) (shr -8 1) "
+                             "(div 1 0) (add x 1)")
     assert texts == ["-9223372036854775808", "-3", "-1", "2", "-4", "(div 1 0)", "(add x 1)"]
     assert arith("/", -(2**63), 1) == -(2**63)
 
 
 def test_ordering_guards_hold_only_between_literals() -> None:
-    rs = ruleset_of("rule pos: (p ?x) if ?x > 0 => yes\nrule eq: (q ?x) if ?x == 0 => zero\nrule ne: (r ?x) if ?x != 0 => nz")
+    rs = ruleset_of("rule pos: (p ?x) if ?x > 0 => yes\n"
+                    "rule eq: (q ?x) if ?x == 0 => zero\n"
+                    "rule ne: (r ?x) if ?x != 0 => nz")
     assert normalize(rs, "(p 3) (p -3) (p x) (q 0) (q x) (r x) (r 0)")[0] == ["yes", "(p -3)", "(p x)", "zero",
                                                                           "(q x)", "nz", "(r 0)"]
 

@@ -631,7 +631,7 @@ class _TreeEmitter:
         self.b.position_at_end(passed)
 
     def _guard(self, c: Constraint, bound: dict[str, ir.Value]) -> ir.Value:
-        b, f = self.b, self.f
+        b = self.b
         if isinstance(c, IsConst):
             return self._is_lit(bound[c.var.name])
         if isinstance(c, Compare):
