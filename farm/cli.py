@@ -157,6 +157,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def cmd_codegen(args: argparse.Namespace) -> int:
+    from farm.codegen.llvm import generate_llvm_ir
+    from farm.codegen.qasm import generate_qasm
+    from farm.codegen.rust import generate_rust
+    from farm.store.local import atomic_write
+
+    ruleset = _load_ruleset(args.rules, args.warnings)
+    emitters = {"llvm": generate_llvm_ir, "rust": lambda rs: generate_rust(rs, args.main), "qasm": generate_qasm}
+    text = emitters[args.lang](ruleset)
+    if args.output:
+        atomic_write(Path(args.output), text.encode())
+        err.print(f"wrote {escape(args.output)} ({len(text):,} bytes of {args.lang})", highlight=False)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from farm.config import FarmConfig
     from farm.index import COUNTERS
@@ -207,6 +224,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "compile": (cmd_compile, "compile a rule file to a shared library"),
     "rewrite": (cmd_rewrite, "rewrite the terms of a file to normal form"),
     "verify": (cmd_verify, "differential check: native == interpreter == oracle on random terms"),
+    "codegen": (cmd_codegen, "emit a ruleset as LLVM IR, Rust or OpenQASM 3 text"),
     "stats": (cmd_stats, "cache and compilation statistics"),
     "targets": (cmd_targets, "list compilation targets"),
 }
@@ -220,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        if name in ("compile", "rewrite", "verify"):
+        if name in ("compile", "rewrite", "verify", "codegen"):
             p.add_argument("rules", help="rule file (see docs/rules.md)")
             p.add_argument("--warnings", action="store_true", help="list rule overlap warnings")
         if name == "compile":
@@ -233,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--target", default=None)
             p.add_argument("--fuel", type=int, default=DEFAULT_FUEL if name == "rewrite" else 10_000)
             p.add_argument("--engine", choices=("auto", "native", "interpreter"), default="auto")
+        if name == "codegen":
+            p.add_argument("--lang", choices=("llvm", "rust", "qasm"), default="llvm")
+            p.add_argument("--main", action="store_true", help="rust: add a stdin/stdout main (docs/abi.md format)")
+            p.add_argument("-o", "--output", help="write to this file (atomically) instead of stdout")
         if name == "verify":
             p.add_argument("--cases", type=int, default=2000)
             p.add_argument("--seed", type=int, default=1)

@@ -35,6 +35,11 @@ def test_compile_rewrite_verify_stats_targets(tmp_path: Path) -> None:
     stats = farm("stats", cache=tmp_path)
     assert stats.returncode == 0 and "compilations_ok" in stats.stdout and "hit rate" in stats.stdout
 
+    rust = farm("codegen", arith, "--lang", "rust", "-o", str(tmp_path / "arith.rs"), cache=tmp_path)
+    assert rust.returncode == 0 and "pub fn match_node" in (tmp_path / "arith.rs").read_text()
+    qasm = farm("codegen", arith, "--lang", "qasm", cache=tmp_path)
+    assert qasm.returncode == 2 and "cannot be expressed in OpenQASM" in qasm.stderr
+
     targets = farm("targets", cache=tmp_path)
     assert "aarch64-neoverse-n1" in targets.stdout and "x86-64-v4" in targets.stdout
 
