@@ -67,14 +67,12 @@ class ArtifactBuilder:
         resolved = self.target(target)
         opt = self.config.opt_level if opt_level is None else opt_level
         key = self.key_for(ir_text, resolved, opt)
-        self.index.incr("requests")
         found = self._fetch_verified(key)
         if found is not None:
             path, meta = found
-            self.index.record(pattern_id, resolved.name, meta)
-            self.index.touch(key)
-            self.index.incr("hits")
+            self.index.note_hit(pattern_id, resolved.name, meta)
             return Artifact(meta, path, True, time.perf_counter() - start)
+        self.index.incr("requests")
         self.index.incr("misses")
         try:
             build = self.toolchain.build(ir_text, resolved, opt)
@@ -89,10 +87,7 @@ class ArtifactBuilder:
             self.store.put(build.so_path, meta)
         finally:
             remove_build_dir(build)
-        self.index.record(pattern_id, resolved.name, meta)  # only after the object is stored
-        self.index.incr("compilations_ok")
-        for stage, seconds in meta.stage_seconds.items():
-            self.index.incr(f"stage_seconds_{stage}", seconds)
+        self.index.note_build(pattern_id, resolved.name, meta)  # only after the object is stored
         fetched = self.store.fetch(key)
         assert fetched is not None
         return Artifact(meta, fetched[0], False, time.perf_counter() - start)

@@ -24,6 +24,7 @@ class RewriteResult:
     firings: list[int]
     engine: str = "interpreter"
     steps: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # native: import, rewrite (in the .so), collect
 
     def texts(self) -> list[str]:
         return [self.graph.to_text(o) if isinstance(o, int) else f"error: {o}" for o in self.outcomes]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import time
 from array import array
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class NativeRuleset:
         self.lib = lib
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
+        started = time.perf_counter()
         to_native, to_graph = self._op_maps(graph)
         # Graph ids are children-first already, so the prefix up to the last root is a valid import order
         # with positions equal to ids: no reachability pass, no renumbering.
@@ -117,12 +119,17 @@ class NativeRuleset:
             if code != 0:
                 raise TermError(f"the native library rejected the term graph (code {code}): an arity does not "
                                 "match the ruleset or a child index is out of order")
+            loaded = time.perf_counter()
             native_roots = array("q", [ids[r] for r in roots])
             out = array("q", bytes(8 * max(1, len(roots))))
             info = array("q", bytes(16 * max(1, len(roots))))
             self.lib.farm_rewrite(arena, len(roots), *(ctypes.cast(_i64_array(a), I64P)
                                                        for a in (native_roots, out, info)), fuel)
-            return self._collect(arena.contents, graph, to_graph, list(out[:len(roots)]), info, fuel)
+            rewritten = time.perf_counter()
+            result = self._collect(arena.contents, graph, to_graph, list(out[:len(roots)]), info, fuel)
+            result.seconds = {"import": loaded - started, "rewrite": rewritten - loaded,
+                              "collect": time.perf_counter() - rewritten}
+            return result
         finally:
             self.lib.farm_arena_free(arena)
 

@@ -7,6 +7,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from farm.errors import ArityError, RuleError, SourceLocation, UnboundVariableError
 from farm.lexer import I64_MIN
@@ -79,9 +80,13 @@ class RuleSet:
             by_root[rule.source.op].append(rule)
         return by_root
 
-    def fingerprint(self) -> str:
+    @cached_property
+    def fingerprint_hex(self) -> str:
         text = repr((self.signature, [(r.name, str(r)) for r in self.rules]))
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def fingerprint(self) -> str:
+        return self.fingerprint_hex
 
 
 class Transducer:

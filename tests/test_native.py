@@ -210,3 +210,34 @@ def test_every_registered_target_builds(session_engine: Engine) -> None:
     for target, art in results.items():
         assert not isinstance(art, FarmError), art
         assert elf_header(art.path)[1] == REGISTRY[target].elf_machine
+
+
+@pytest.mark.parametrize("name", ["arith", "bool"])
+def test_llvmlite_accepts_the_same_ir(name: str) -> None:
+    import llvmlite.binding as llvm
+
+    from farm.codegen.llvm import generate_llvm_ir
+
+    module = llvm.parse_assembly(generate_llvm_ir(example(name), "x86_64-unknown-linux-gnu"))
+    module.verify()
+    exported = {f.name for f in module.functions if not f.is_declaration and f.linkage == llvm.Linkage.external}
+    assert {"farm_rewrite", "farm_load", "farm_arena_new", "farm_match", "farm_fingerprint"} <= exported
+
+
+def test_generated_thousand_rule_ruleset_verifies_natively(session_engine: Engine, tmp_path: Path) -> None:
+    from farm.verify import differential
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import gen_rules
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    text, _ = gen_rules.generate(1000)
+    (tmp_path / "gen.farm").write_text(text)
+    parsed = load_rules(tmp_path / "gen.farm")
+    rs = transduce_patterns(parsed.patterns, parsed.declared_ops, warn=False)
+    assert len(rs.rules) == 1000
+    native = load_native(rs, session_engine.compile(rs, "gen1000"))
+    report = differential(rs, native, cases=400, seed=3, fuel=10_000)
+    assert report.ok, report.mismatches[:5]
+    assert report.firings > 100

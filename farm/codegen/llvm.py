@@ -10,6 +10,7 @@ that native code and the interpreter agree on normal forms, firing counts and er
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -714,6 +715,20 @@ class _TreeEmitter:
         return b.shl(x, shift) if expr.op == "<<" else b.ashr(x, shift)
 
 
+_IR_MEMO: OrderedDict[tuple[str, str | None], str] = OrderedDict()
+_IR_MEMO_SIZE = 64
+
+
 def generate_llvm_ir(ruleset: RuleSet, triple: str | None = None) -> str:
-    """The LLVM IR text of the whole ruleset (opaque pointers; accepted by llvm-16 tools and llvmlite)."""
-    return LLVMCodegen(ruleset, triple).generate()
+    """The LLVM IR text of the whole ruleset (opaque pointers; accepted by llvm-16 tools and llvmlite).
+
+    The text is a pure function of the ruleset, so it is memoised by fingerprint: a cache hit should not
+    pay for code generation just to compute its key."""
+    memo_key = (ruleset.fingerprint(), triple)
+    text = _IR_MEMO.get(memo_key)
+    if text is None:
+        text = _IR_MEMO[memo_key] = LLVMCodegen(ruleset, triple).generate()
+        while len(_IR_MEMO) > _IR_MEMO_SIZE:
+            _IR_MEMO.popitem(last=False)
+    _IR_MEMO.move_to_end(memo_key)
+    return text

@@ -39,3 +39,17 @@ class CacheIndex(ABC):
 
     @abstractmethod
     def clear(self) -> None: ...
+
+    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        """A request served from the store: point the pattern at the key and count it (backends batch this)."""
+        self.record(pattern_id, target, meta)
+        self.touch(meta.key)
+        self.incr("requests")
+        self.incr("hits")
+
+    def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        """A fresh artifact, already stored: index it and count the compilation and its stage times."""
+        self.record(pattern_id, target, meta)
+        self.incr("compilations_ok")
+        for stage, seconds in meta.stage_seconds.items():
+            self.incr(f"stage_seconds_{stage}", seconds)

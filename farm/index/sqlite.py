@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from farm.errors import WorkDirError
@@ -25,17 +27,25 @@ class SQLiteIndex(CacheIndex):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL with synchronous=NORMAL never corrupts; a crash may drop the last counts, not entries' files.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.OperationalError) as exc:
             raise WorkDirError(f"cannot open the cache index {self.path}: {exc}") from None
 
-    def _write(self, sql: str, *params: object) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; every multi-row update goes through here so readers see all or nothing."""
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(sql, params)
+                yield self._db
         except sqlite3.OperationalError as exc:
             raise WorkDirError(f"cannot write the cache index {self.path}: {exc}") from None
+
+    def _write(self, sql: str, *params: object) -> None:
+        with self._transaction() as db:
+            db.execute(sql, params)
 
     def lookup(self, pattern_id: str, target: str) -> str | None:
         row = self._db.execute("SELECT key FROM patterns WHERE pattern_id=? AND target=?",
@@ -47,15 +57,31 @@ class SQLiteIndex(CacheIndex):
         return ArtifactMeta.from_json(row[0]) if row else None
 
     def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
-        try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("INSERT OR REPLACE INTO artifacts(key, meta, last_hit) VALUES (?, ?, NULL)",
-                                 (meta.key, meta.to_json()))
-                self._db.execute("INSERT OR REPLACE INTO patterns(pattern_id, target, key) VALUES (?, ?, ?)",
-                                 (pattern_id, target, meta.key))
-        except sqlite3.OperationalError as exc:
-            raise WorkDirError(f"cannot write the cache index {self.path}: {exc}") from None
+        with self._transaction() as db:
+            self._record(db, pattern_id, target, meta)
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        db.execute("INSERT INTO artifacts(key, meta, last_hit) VALUES (?, ?, NULL) "
+                   "ON CONFLICT(key) DO UPDATE SET meta = excluded.meta", (meta.key, meta.to_json()))
+        db.execute("INSERT OR REPLACE INTO patterns(pattern_id, target, key) VALUES (?, ?, ?)",
+                   (pattern_id, target, meta.key))
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, counters: dict[str, float]) -> None:
+        db.executemany("INSERT INTO counters(name, value) VALUES (?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", counters.items())
+
+    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        with self._transaction() as db:
+            self._record(db, pattern_id, target, meta)
+            db.execute("UPDATE artifacts SET last_hit=? WHERE key=?", (time.time(), meta.key))
+            self._add(db, {"requests": 1, "hits": 1})
+
+    def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        with self._transaction() as db:
+            self._record(db, pattern_id, target, meta)
+            self._add(db, {"compilations_ok": 1, **{f"stage_seconds_{k}": v for k, v in meta.stage_seconds.items()}})
 
     def forget(self, pattern_id: str, target: str) -> None:
         self._write("DELETE FROM patterns WHERE pattern_id=? AND target=?", pattern_id, target)
@@ -64,8 +90,8 @@ class SQLiteIndex(CacheIndex):
         self._write("UPDATE artifacts SET last_hit=? WHERE key=?", time.time(), key)
 
     def incr(self, counter: str, amount: float = 1) -> None:
-        self._write("INSERT INTO counters(name, value) VALUES (?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", counter, amount)
+        with self._transaction() as db:
+            self._add(db, {counter: amount})
 
     def counters(self) -> dict[str, float]:
         return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
@@ -74,7 +100,6 @@ class SQLiteIndex(CacheIndex):
         return list(self._db.execute("SELECT pattern_id, target, key FROM patterns ORDER BY pattern_id, target"))
 
     def clear(self) -> None:
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             for table in ("patterns", "artifacts", "counters"):
-                self._db.execute(f"DELETE FROM {table}")
+                db.execute(f"DELETE FROM {table}")
