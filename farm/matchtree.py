@@ -10,6 +10,7 @@ the second half's tree (`Fail` there means "try the next chunk"), so code size s
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from farm.rules import App, Lit, PatternExpr, Var
@@ -87,11 +88,11 @@ def build_tree(rules: list[RewriteRule], budget: int = NODE_BUDGET) -> Tree:
     """Decision tree for rules that share one root operator, in firing order."""
     if not rules:
         return Fail()
+    rows = [_Row([], r).with_columns([r.source], [()]) for r in rules]
     try:
-        return _Compiler(budget).compile([()], [_Row([], r).with_columns([r.source], [()]) for r in rules])
+        # One rule's tree is linear in its pattern, so it is built whatever the budget.
+        return _Compiler(budget if len(rules) > 1 else sys.maxsize).compile([()], rows)
     except _TooLarge:
-        if len(rules) == 1:
-            raise AssertionError("a single rule always fits the budget") from None
         half = len(rules) // 2
         return Chain(build_tree(rules[:half], budget), build_tree(rules[half:], budget))
 

@@ -13,6 +13,7 @@ from farm.codegen.qasm import generate_qasm
 from farm.codegen.rust import generate_rust, harness_input, harness_output
 from farm.errors import CodegenError, NonTermination
 from farm.interp import Interpreter
+from farm.matchtree import NODE_BUDGET
 from farm.terms import TermGraph
 from farm.transduce import RuleSet
 from farm.verify import TermGenerator
@@ -23,11 +24,11 @@ from .test_native import example
 RUSTC = shutil.which("rustc") or str(Path.home() / ".cargo/bin/rustc")
 
 
-def rust_binary(ruleset: RuleSet, tmp_path: Path) -> Path:
+def rust_binary(ruleset: RuleSet, tmp_path: Path, tree_budget: int = NODE_BUDGET) -> Path:
     if not Path(RUSTC).exists():
         pytest.skip("rustc is not installed")
     source = tmp_path / "rules.rs"
-    source.write_text(generate_rust(ruleset, with_main=True))
+    source.write_text(generate_rust(ruleset, with_main=True, tree_budget=tree_budget))
     binary = tmp_path / "rules"
     proc = subprocess.run([RUSTC, "-O", "--edition", "2021", "-o", str(binary), str(source)],
                           capture_output=True, text=True, check=False)
@@ -42,10 +43,10 @@ def interpreter_texts(ruleset: RuleSet, text: str, fuel: int) -> tuple[list[str]
     return texts, result.firings
 
 
-@pytest.mark.parametrize("name", ["arith", "bool"])
-def test_rust_target_compiles_and_rewrites_like_the_interpreter(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name, budget", [("arith", NODE_BUDGET), ("bool", NODE_BUDGET), ("arith", 3)])
+def test_rust_target_compiles_and_rewrites_like_the_interpreter(tmp_path: Path, name: str, budget: int) -> None:
     ruleset = example(name)
-    binary = rust_binary(ruleset, tmp_path)
+    binary = rust_binary(ruleset, tmp_path, budget)
     gen = TermGenerator(ruleset, random.Random(5))
     g = TermGraph(ruleset.make_signature())
     sample = (EXAMPLES / f"{name}.terms").read_text()

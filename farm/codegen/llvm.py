@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
-from farm.matchtree import Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
+from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
 from farm.transduce import RuleSet
 
@@ -140,8 +140,9 @@ class _Fn:
 class LLVMCodegen:
     """Builds the IR module for one ruleset."""
 
-    def __init__(self, ruleset: RuleSet, triple: str | None = None) -> None:
+    def __init__(self, ruleset: RuleSet, triple: str | None = None, tree_budget: int = NODE_BUDGET) -> None:
         self.ruleset = ruleset
+        self.tree_budget = tree_budget
         self.m = ir.Module(name="farm")
         if triple:
             self.m.triple = triple
@@ -541,7 +542,7 @@ class LLVMCodegen:
         switch = f.b.switch(f.nget(node, F_OP), no_match)
         for op_name, rules in by_root.items():
             op = self.op_ids[op_name]
-            tree_fn = self._tree_function(op, build_tree(rules))
+            tree_fn = self._tree_function(op, build_tree(rules, self.tree_budget))
             case = f.block(f"op{op}")
             switch.add_case(c64(op), case)
             f.b.position_at_end(case)
@@ -715,19 +716,19 @@ class _TreeEmitter:
         return b.shl(x, shift) if expr.op == "<<" else b.ashr(x, shift)
 
 
-_IR_MEMO: OrderedDict[tuple[str, str | None], str] = OrderedDict()
+_IR_MEMO: OrderedDict[tuple[str, str | None, int], str] = OrderedDict()
 _IR_MEMO_SIZE = 64
 
 
-def generate_llvm_ir(ruleset: RuleSet, triple: str | None = None) -> str:
+def generate_llvm_ir(ruleset: RuleSet, triple: str | None = None, tree_budget: int = NODE_BUDGET) -> str:
     """The LLVM IR text of the whole ruleset (opaque pointers; accepted by llvm-16 tools and llvmlite).
 
     The text is a pure function of the ruleset, so it is memoised by fingerprint: a cache hit should not
     pay for code generation just to compute its key."""
-    memo_key = (ruleset.fingerprint(), triple)
+    memo_key = (ruleset.fingerprint(), triple, tree_budget)
     text = _IR_MEMO.get(memo_key)
     if text is None:
-        text = _IR_MEMO[memo_key] = LLVMCodegen(ruleset, triple).generate()
+        text = _IR_MEMO[memo_key] = LLVMCodegen(ruleset, triple, tree_budget).generate()
         while len(_IR_MEMO) > _IR_MEMO_SIZE:
             _IR_MEMO.popitem(last=False)
     _IR_MEMO.move_to_end(memo_key)
