@@ -111,8 +111,12 @@ class Toolchain:
             "ld": [tools["ld"], "-shared", "--build-id=none", "-o", "module.so", "module.o"],
         }
         result = BuildResult(tmp / "module.so", versions=tool_versions())
-        for stage, argv in commands.items():
-            result.stage_seconds[stage] = self._run(stage, argv, tmp)
+        try:
+            for stage, argv in commands.items():
+                result.stage_seconds[stage] = self._run(stage, argv, tmp)
+        except BaseException:
+            remove_build_dir(result)  # a failed build leaves no partial files behind
+            raise
         return result
 
     def _run(self, stage: str, argv: list[str], cwd: Path) -> float:

@@ -168,6 +168,7 @@ def test_invalid_ir_carries_the_tool_stderr_and_leaves_nothing(engine: Engine, c
     assert info.value.stage == "llvm-as" and "error:" in info.value.stderr and "llvm-as" in str(info.value)
     assert engine.builder.index.lookup("bad-ir", engine.config.target) is None
     assert not list(cache_dir.glob("objects/*/*"))
+    assert not list(engine.config.build_dir.iterdir())  # no half-built files either
     assert engine.builder.index.counters()["compilations_failed"] == 1
 
 
