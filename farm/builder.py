@@ -6,14 +6,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.backends import make_index, make_store
 from farm.codegen.llvm import generate_llvm_ir
 from farm.config import FarmConfig
-from farm.errors import FarmError, InvalidPatternId
+from farm.errors import FarmError, InvalidPatternId, ToolchainMismatch
 from farm.index import CacheIndex
-from farm.index.sqlite import SQLiteIndex
 from farm.loader import sha256_file
+from farm.serialize import ruleset_to_json
+from farm.signing import sign
 from farm.store import ArtifactMeta, ArtifactStore
-from farm.store.local import LocalStore
 from farm.targets import Target, resolve
 from farm.toolchain import Toolchain, cache_key, find_tool, remove_build_dir, tool_versions
 from farm.transduce import RuleSet
@@ -44,8 +45,8 @@ class ArtifactBuilder:
     def __init__(self, config: FarmConfig | None = None, index: CacheIndex | None = None,
                  store: ArtifactStore | None = None) -> None:
         self.config = config or FarmConfig.from_env()
-        self.index = index or SQLiteIndex(self.config.cache_dir / "index.sqlite")
-        self.store = store or LocalStore(self.config.cache_dir)
+        self.index = index or make_index(self.config)
+        self.store = store or make_store(self.config)
         self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout)
 
     def target(self, name: str | None = None) -> Target:
@@ -58,15 +59,24 @@ class ArtifactBuilder:
     def ensure_ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
                        opt_level: int | None = None) -> Artifact:
         resolved = self.target(target)
-        return self.ensure_ir(generate_llvm_ir(ruleset, resolved.triple), pattern_id, resolved.name, opt_level)
+        return self.ensure_ir(generate_llvm_ir(ruleset, resolved.triple), pattern_id, resolved.name, opt_level,
+                              ruleset_to_json(ruleset))
 
     def ensure_ir(self, ir_text: str, pattern_id: str, target: str | None = None,
-                  opt_level: int | None = None) -> Artifact:
+                  opt_level: int | None = None, ruleset_json: str = "",
+                  versions: dict[str, str] | None = None) -> Artifact:
+        """The artifact for this IR: fetched (verified) if stored, else built, stored, then indexed.
+
+        `versions` is the toolchain the caller computed the key with (a cluster coordinator); a worker whose
+        tools differ refuses the job rather than store it under a key that does not describe it."""
         check_pattern_id(pattern_id)
         start = time.perf_counter()
         resolved = self.target(target)
         opt = self.config.opt_level if opt_level is None else opt_level
         key = self.key_for(ir_text, resolved, opt)
+        if versions is not None and versions != tool_versions():
+            raise ToolchainMismatch(f"this worker's toolchain {tool_versions()} differs from the one the "
+                                    f"request was keyed with {versions}")
         found = self._fetch_verified(key)
         if found is not None:
             path, meta = found
@@ -83,7 +93,9 @@ class ArtifactBuilder:
             meta = ArtifactMeta(key=key, sha256=sha256_file(build.so_path), size=build.so_path.stat().st_size,
                                 target=resolved.name, triple=resolved.triple, cpu=resolved.cpu, opt_level=opt,
                                 stage_seconds=build.stage_seconds, pattern_ids=[pattern_id],
-                                toolchain=build.versions)
+                                toolchain=build.versions, ruleset=ruleset_json)
+            if self.config.signing_key:
+                meta.signature = sign(meta, self.config.signing_key)
             self.store.put(build.so_path, meta)
         finally:
             remove_build_dir(build)

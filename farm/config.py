@@ -20,6 +20,18 @@ class FarmConfig:
     opt_level: int = 2
     stage_timeout: float = 120.0
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
+    # cluster deployment: each one unset means the embedded default for that concern
+    redis_url: str | None = None  # shared cache index, locks and counters
+    broker_url: str | None = None  # Celery broker; defaults to redis_url
+    s3_endpoint: str | None = None  # host:port of an S3-compatible server (MinIO)
+    s3_bucket: str = "farm-artifacts"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    signing_key: str | None = None  # HMAC key: artifacts are signed at build and checked before dlopen
+    task_time_limit: float = 600.0
+    max_deliveries: int = 3  # a compile message redelivered more often than this is dead-lettered
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir)
@@ -31,7 +43,10 @@ class FarmConfig:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> FarmConfig:
+        """Environment variables, over an optional config file named by FARM_CONFIG (KEY=value lines)."""
         env = dict(os.environ if env is None else env)
+        if env.get("FARM_CONFIG"):
+            env = {**read_config_file(Path(env["FARM_CONFIG"])), **env}
         cfg = cls()
         if env.get("FARM_CACHE_DIR"):
             cfg.cache_dir = Path(env["FARM_CACHE_DIR"])
@@ -41,4 +56,39 @@ class FarmConfig:
         cfg.opt_level = int(env.get("FARM_OPT_LEVEL", cfg.opt_level))
         cfg.stage_timeout = float(env.get("FARM_STAGE_TIMEOUT", cfg.stage_timeout))
         cfg.workers = int(env.get("FARM_WORKERS", cfg.workers))
+        cfg.redis_url = env.get("FARM_REDIS_URL") or None
+        cfg.broker_url = env.get("FARM_BROKER_URL") or cfg.redis_url
+        cfg.s3_endpoint = env.get("FARM_S3_ENDPOINT") or None
+        cfg.s3_bucket = env.get("FARM_S3_BUCKET", cfg.s3_bucket)
+        cfg.s3_access_key = env.get("FARM_S3_ACCESS_KEY") or None
+        cfg.s3_secret_key = env.get("FARM_S3_SECRET_KEY") or None
+        cfg.s3_secure = env.get("FARM_S3_SECURE", "").lower() in ("1", "true", "yes")
+        cfg.s3_region = env.get("FARM_S3_REGION", cfg.s3_region)
+        cfg.signing_key = env.get("FARM_SIGNING_KEY") or None
+        cfg.task_time_limit = float(env.get("FARM_TASK_TIME_LIMIT", cfg.task_time_limit))
+        cfg.max_deliveries = int(env.get("FARM_MAX_DELIVERIES", cfg.max_deliveries))
         return cfg
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.redis_url and self.broker_url and self.s3_endpoint)
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """`FARM_NAME=value` lines; `#` comments. Errors name the file and line."""
+    from farm.errors import ConfigError
+
+    values: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().startswith("FARM_"):
+            raise ConfigError(f"{path}:{number}: expected FARM_NAME=value, found {raw!r}")
+        values[name.strip()] = value.strip().strip('"')
+    return values

@@ -118,6 +118,10 @@ class StageTimeout(ToolchainError):
         self.seconds = seconds
 
 
+class ToolchainMismatch(ToolchainError):
+    """A worker's tool versions differ from those a request's cache key was computed with."""
+
+
 class InvalidIR(ToolchainError):
     """IR handed to compile_llvm_ir is empty or has no function to export."""
 
@@ -148,3 +152,31 @@ class LoadError(FarmError):
 
 class InvalidPatternId(FarmError):
     """A pattern ID is empty, too long or contains a NUL byte."""
+
+
+class ConfigError(FarmError):
+    """A configuration file or value is malformed."""
+
+
+class ClusterError(FarmError):
+    """Base of the cluster deployment's failures."""
+
+
+class BackendUnavailable(ClusterError):
+    """Redis, the broker or the S3 server cannot be reached."""
+
+
+class NoWorkerForTarget(ClusterError):
+    """No worker has registered a toolchain for this target's queue."""
+
+
+class CompileTimeout(ClusterError):
+    """A cluster compilation did not finish in time."""
+
+
+class RemoteCompileFailed(ClusterError):
+    """A worker reported a failed compilation; carries its message."""
+
+
+class SignatureError(IntegrityError):
+    """An artifact's HMAC signature is missing or wrong: refused before dlopen."""

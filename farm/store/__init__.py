@@ -22,13 +22,24 @@ class ArtifactMeta:
     pattern_ids: list[str] = field(default_factory=list)
     toolchain: dict[str, str] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
+    signature: str = ""  # HMAC-SHA256 (farm/signing.py) when a signing key is configured
+    ruleset: str = ""  # the ruleset as JSON (farm/serialize.py), so a node can load what it pulls
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ArtifactMeta:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def check_key(key: str) -> str:
+    """Keys are sha256 hex: the only thing allowed into an object name or a path."""
+    if not (len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
+        raise ValueError(f"not a content key: {key!r}")
+    return key
 
 
 class ArtifactStore(ABC):

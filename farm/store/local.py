@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from farm.errors import WorkDirError
-from farm.store import ArtifactMeta, ArtifactStore
+from farm.store import ArtifactMeta, ArtifactStore, check_key
 
 
 def atomic_write(path: Path, data: bytes | None = None, source: Path | None = None) -> None:
@@ -38,8 +38,7 @@ class LocalStore(ArtifactStore):
         self.root = Path(root)
 
     def _paths(self, key: str) -> tuple[Path, Path]:
-        if not (len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
-            raise ValueError(f"not a content key: {key!r}")
+        check_key(key)
         folder = self.root / "objects" / key[:2]
         return folder / f"{key}.so", folder / f"{key}.json"
 

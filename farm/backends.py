@@ -1,0 +1,28 @@
+"""Pick the index and store for a configuration: the embedded ones, or Redis and S3 for the cluster."""
+
+from __future__ import annotations
+
+from farm.config import FarmConfig
+from farm.index import CacheIndex
+from farm.store import ArtifactStore
+from farm.store.local import LocalStore
+
+
+def make_index(config: FarmConfig) -> CacheIndex:
+    if config.redis_url:
+        from farm.index.redis import RedisIndex
+
+        return RedisIndex(config.redis_url)
+    from farm.index.sqlite import SQLiteIndex
+
+    return SQLiteIndex(config.cache_dir / "index.sqlite")
+
+
+def make_store(config: FarmConfig) -> ArtifactStore:
+    local = LocalStore(config.cache_dir)
+    if config.s3_endpoint:
+        from farm.store.s3 import S3Store
+
+        return S3Store.connect(config.s3_endpoint, config.s3_bucket, local, config.s3_access_key,
+                               config.s3_secret_key, config.s3_secure, config.s3_region)
+    return local
