@@ -43,7 +43,9 @@ class Artifact:
 
 class ArtifactBuilder:
     def __init__(self, config: FarmConfig | None = None, index: CacheIndex | None = None,
-                 store: ArtifactStore | None = None) -> None:
+                 store: ArtifactStore | None = None, count_requests: bool = True) -> None:
+        """count_requests: False on cluster workers, whose requests the coordinator already counted."""
+        self.count_requests = count_requests
         self.config = config or FarmConfig.from_env()
         self.index = index or make_index(self.config)
         self.store = store or make_store(self.config)
@@ -80,10 +82,14 @@ class ArtifactBuilder:
         found = self._fetch_verified(key)
         if found is not None:
             path, meta = found
-            self.index.note_hit(pattern_id, resolved.name, meta)
+            if self.count_requests:
+                self.index.note_hit(pattern_id, resolved.name, meta)
+            else:
+                self.index.record(pattern_id, resolved.name, meta)
             return Artifact(meta, path, True, time.perf_counter() - start)
-        self.index.incr("requests")
-        self.index.incr("misses")
+        if self.count_requests:
+            self.index.incr("requests")
+            self.index.incr("misses")
         try:
             build = self.toolchain.build(ir_text, resolved, opt)
         except FarmError:

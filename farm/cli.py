@@ -174,6 +174,113 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Celery worker consuming the queues of the given targets (replaces this process)."""
+    import os
+
+    from farm import keys
+    from farm.cluster import require_cluster
+    from farm.config import FarmConfig
+    from farm.targets import REGISTRY
+
+    require_cluster(FarmConfig.from_env())
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in REGISTRY]
+    if not targets or unknown:
+        raise FarmError(f"--targets takes registered target names ({', '.join(REGISTRY)}); got {args.targets!r}")
+    os.environ["FARM_WORKER_TARGETS"] = ",".join(targets)
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(map(keys.queue, targets)),
+            "-c", str(args.concurrency), "-n", f"farm-{'-'.join(targets)}-{os.getpid()}@%h",
+            "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"]
+    os.execv(sys.executable, argv)
+    return EXIT_ERROR  # not reached
+
+
+def cmd_prewarm(args: argparse.Namespace) -> int:
+    from farm.cluster import CompileRequest, Coordinator, Outcome
+    from farm.dsl import load_rules
+    from farm.transduce import transduce_patterns
+
+    parsed = load_rules(args.hot_list)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    coordinator = Coordinator()
+    requests = []
+    for pattern in parsed.patterns:  # each rule of the hot list is one pattern, compiled on its own
+        ruleset = transduce_patterns([pattern], parsed.declared_ops, warn=False)
+        requests += [CompileRequest.for_ruleset(pattern.name, ruleset, t, args.opt) for t in targets]
+    start = time.perf_counter()
+    with _progress() as bar:
+        task = bar.add_task(f"pre-warming {len(parsed.patterns)} patterns x {len(targets)} targets",
+                            total=len(requests))
+        outcomes = coordinator.ensure(requests, args.timeout, lambda _: bar.advance(task))
+    elapsed = time.perf_counter() - start
+    table = Table(title=f"pre-warm of {args.hot_list} in {elapsed:.1f} s")
+    for col in ("target", "compiled", "already cached", "failed", "dead-lettered"):
+        table.add_column(col, justify="right")
+    by_target: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        by_target.setdefault(o.request.target, []).append(o)
+    for target, rows in by_target.items():
+        count = {s: sum(o.status == s for o in rows) for s in ("compiled", "cached", "failed", "dead-letter")}
+        table.add_row(target, *(str(count[s]) for s in ("compiled", "cached", "failed", "dead-letter")))
+    err.print(table)
+    failures = [o for o in outcomes if o.status not in ("compiled", "cached")]
+    for o in failures[:10]:
+        err.print(f"[red]failed[/]: {escape(o.request.pattern_id)} on {o.request.target}: {escape(o.error)}",
+                  highlight=False)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from farm.backends import make_index
+    from farm.config import FarmConfig
+    from farm.pull import pull
+
+    config = FarmConfig.from_env()
+    result = pull(args.pattern_id, config, args.target)
+    table = Table(title=f"pulled {args.pattern_id}")
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in [("target", result.meta.target), ("cpu", result.meta.cpu), ("key", result.meta.key),
+                        ("sha256", f"{result.meta.sha256} (verified)"),
+                        ("signature", "verified" if result.signature_checked else "not configured"),
+                        ("bytes", f"{result.meta.size:,}"), ("local path", str(result.path)),
+                        ("rules", str(len(result.native.ruleset.rules)) if result.native else "IR only")]:
+        table.add_row(name, value)
+    err.print(table)
+    print(result.path)
+    if args.rewrite:
+        if result.native is None:
+            raise FarmError("this artifact carries no ruleset; it cannot rewrite terms")
+        from farm.terms import TermGraph
+
+        graph = TermGraph(result.native.ruleset.make_signature())
+        roots = graph.parse(Path(args.rewrite).read_text(encoding="utf-8"), args.rewrite)
+        rewritten = result.native.rewrite(graph, roots)
+        make_index(config).note_hot(args.pattern_id, sum(rewritten.firings))
+        for line in rewritten.texts():
+            print(line)
+    return EXIT_OK
+
+
+def cmd_hot(args: argparse.Namespace) -> int:
+    from farm.backends import make_index
+    from farm.config import FarmConfig
+    from farm.index.redis import RedisIndex
+
+    index = make_index(FarmConfig.from_env())
+    if not isinstance(index, RedisIndex):
+        raise FarmError("`farm hot` reads the cluster's hot-pattern set; set FARM_REDIS_URL")
+    table = Table(title=f"top {args.top} hot patterns (requests + native rule firings)")
+    table.add_column("#", justify="right")
+    table.add_column("pattern")
+    table.add_column("score", justify="right")
+    for rank, (pattern, score) in enumerate(index.hot(args.top), 1):
+        table.add_row(str(rank), escape(pattern), f"{score:,.0f}")
+    out.print(table)
+    return EXIT_OK
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from farm.config import FarmConfig
     from farm.index import COUNTERS
@@ -226,6 +333,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "verify": (cmd_verify, "differential check: native == interpreter == oracle on random terms"),
     "codegen": (cmd_codegen, "emit a ruleset as LLVM IR, Rust or OpenQASM 3 text"),
     "stats": (cmd_stats, "cache and compilation statistics"),
+    "prewarm": (cmd_prewarm, "cluster: compile every rule of a hot list for some targets, in batches"),
+    "pull": (cmd_pull, "cluster: fetch, verify and load the best artifact of a pattern for this host"),
+    "hot": (cmd_hot, "cluster: the hottest patterns"),
+    "worker": (cmd_worker, "cluster: run a Celery worker for some targets"),
     "targets": (cmd_targets, "list compilation targets"),
 }
 
@@ -255,6 +366,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--lang", choices=("llvm", "rust", "qasm"), default="llvm")
             p.add_argument("--main", action="store_true", help="rust: add a stdin/stdout main (docs/abi.md format)")
             p.add_argument("-o", "--output", help="write to this file (atomically) instead of stdout")
+        if name == "prewarm":
+            p.add_argument("hot_list", help="rule file: each rule is one pattern (its name is the pattern ID)")
+            p.add_argument("--targets", required=True, help="comma-separated target names")
+            p.add_argument("-O", dest="opt", type=int, choices=range(4), default=2)
+            p.add_argument("--timeout", type=float, default=3600.0)
+        if name == "pull":
+            p.add_argument("pattern_id")
+            p.add_argument("--target", help="this target instead of the best one for the host")
+            p.add_argument("--rewrite", metavar="TERMS", help="then rewrite this term file with it")
+        if name == "hot":
+            p.add_argument("--top", type=int, default=20)
+        if name == "worker":
+            p.add_argument("--targets", required=True, help="comma-separated target names this host builds")
+            p.add_argument("--concurrency", type=int, default=1)
+            p.add_argument("--loglevel", default="info")
         if name == "verify":
             p.add_argument("--cases", type=int, default=2000)
             p.add_argument("--seed", type=int, default=1)

@@ -9,10 +9,17 @@ from dataclasses import dataclass
 
 from farm.builder import Artifact, ArtifactBuilder
 from farm.config import FarmConfig
-from farm.errors import FarmError, IncompatibleArtifact, LoadError, ToolchainError, UnsupportedTarget
+from farm.errors import (
+    FarmError,
+    IncompatibleArtifact,
+    LoadError,
+    ToolchainError,
+    UnsupportedTarget,
+)
 from farm.interp import Interpreter, RewriteResult
 from farm.loader import NativeRuleset
 from farm.semantics import DEFAULT_FUEL
+from farm.signing import verify as verify_signature
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 from farm.terms import TermGraph
 from farm.transduce import RuleSet
@@ -30,7 +37,9 @@ class CompileJob:
     opt_level: int
 
 
-def load_native(ruleset: RuleSet, artifact: Artifact) -> NativeRuleset:
+def load_native(ruleset: RuleSet, artifact: Artifact, signing_key: str | None = None) -> NativeRuleset:
+    """Check the host can run it and (with a key) its signature; NativeRuleset checks the sha256."""
+    verify_signature(artifact.meta, signing_key)
     target = REGISTRY.get(artifact.meta.target) or resolve("native")
     if artifact.meta.target != "native" and not host_can_run(target):
         raise IncompatibleArtifact(f"artifact {artifact.meta.key[:12]} is built for {artifact.meta.target}; "
@@ -61,14 +70,16 @@ class Engine:
         if engine == "interpreter":
             return Interpreter(ruleset).rewrite(graph, roots, fuel)
         try:
-            native = load_native(ruleset, self.compile(ruleset, pattern_id, target))
-        except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:
+            native = load_native(ruleset, self.compile(ruleset, pattern_id, target), self.config.signing_key)
+        except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:  # tampering is never masked
             if engine == "native":
                 raise
             warnings.warn(f"native code unavailable ({exc}); using the interpreter", FallbackWarning, stacklevel=2)
             self.builder.index.incr("fallbacks")
             return Interpreter(ruleset).rewrite(graph, roots, fuel)
-        return native.rewrite(graph, roots, fuel)
+        result = native.rewrite(graph, roots, fuel)
+        self.builder.index.note_hot(pattern_id, sum(result.firings))
+        return result
 
 
 def _compile_job(config: FarmConfig, job: CompileJob) -> Artifact | FarmError:

@@ -40,6 +40,9 @@ class CacheIndex(ABC):
     @abstractmethod
     def clear(self) -> None: ...
 
+    def note_hot(self, pattern_id: str, amount: float = 1) -> None:  # noqa: B027 - optional hook
+        """Feed the hot-pattern ranking (requests, native firings); only the shared index keeps one."""
+
     def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         """A request served from the store: point the pattern at the key and count it (backends batch this)."""
         self.record(pattern_id, target, meta)

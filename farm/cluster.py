@@ -1,0 +1,229 @@
+"""The compilation farm: a coordinator that keys, deduplicates and batches compile requests into Celery
+tasks on per-target queues, and the worker side of those tasks.
+
+Single flight: the first request for a cache key takes `farm:lock:{key}` (SET NX PX) with its task ID as
+the value; later requests for the same key wait on that task's result instead of sending another.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from farm import keys
+from farm.backends import make_store
+from farm.builder import ArtifactBuilder, check_pattern_id
+from farm.codegen.llvm import generate_llvm_ir
+from farm.config import FarmConfig
+from farm.errors import (
+    BackendUnavailable,
+    CompileTimeout,
+    ConfigError,
+    FarmError,
+    NoWorkerForTarget,
+    RemoteCompileFailed,
+    UnsupportedTarget,
+)
+from farm.index.redis import RedisIndex
+from farm.serialize import ruleset_to_json
+from farm.store import ArtifactMeta
+from farm.targets import REGISTRY, resolve
+from farm.toolchain import cache_key, tool_versions
+from farm.transduce import RuleSet
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    pattern_id: str
+    target: str
+    opt_level: int
+    ir: str
+    ruleset_json: str = ""
+
+    @classmethod
+    def for_ruleset(cls, pattern_id: str, ruleset: RuleSet, target: str, opt_level: int) -> CompileRequest:
+        if target not in REGISTRY:
+            raise UnsupportedTarget(f"cluster targets must be named ({', '.join(REGISTRY)}), not {target!r}")
+        ir = generate_llvm_ir(ruleset, REGISTRY[target].triple)
+        return cls(check_pattern_id(pattern_id), target, opt_level, ir, ruleset_to_json(ruleset))
+
+
+@dataclass
+class Outcome:
+    request: CompileRequest
+    key: str
+    status: str  # cached | compiled | failed | dead-letter
+    meta: ArtifactMeta | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+
+def require_cluster(config: FarmConfig) -> None:
+    missing = [name for name, value in (("FARM_REDIS_URL", config.redis_url), ("FARM_BROKER_URL", config.broker_url),
+                                        ("FARM_S3_ENDPOINT", config.s3_endpoint)) if not value]
+    if missing:
+        raise ConfigError(f"this command needs the cluster deployment; set {', '.join(missing)} (see README.md)")
+
+
+class Coordinator:
+    def __init__(self, config: FarmConfig | None = None, app: Any = None) -> None:
+        self.config = config or FarmConfig.from_env()
+        require_cluster(self.config)
+        self.index = RedisIndex(self.config.redis_url)  # type: ignore[arg-type]
+        self.store = make_store(self.config)
+        if app is None:
+            from workers.app import make_app
+
+            app = make_app(self.config)
+        self.app = app
+
+    def key_for(self, request: CompileRequest) -> tuple[str, dict[str, str]]:
+        versions = self.index.toolchain(request.target)
+        if versions is None:
+            raise NoWorkerForTarget(f"no worker serves target {request.target!r}; start one with "
+                                    f"`farm worker --targets {request.target}`")
+        return cache_key(request.ir, resolve(request.target), request.opt_level, versions), versions
+
+    def request(self, request: CompileRequest, timeout: float = 600.0) -> Outcome:
+        return self.ensure([request], timeout)[0]
+
+    def ensure(self, requests: list[CompileRequest], timeout: float = 600.0,
+               progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+        """Artifacts for every request: shared hits answered at once, misses compiled once per key."""
+        start = time.perf_counter()
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        waiting: dict[str, list[int]] = {}
+        messages: list[Any] = []
+        for i, req in enumerate(requests):
+            key, versions = self.key_for(req)
+            self.index.note_hot(req.pattern_id)
+            meta = self.index.meta(key)
+            if meta is not None and self.store.exists(key):
+                self.index.note_hit(req.pattern_id, req.target, meta)
+                outcomes[i] = Outcome(req, key, "cached", meta, seconds=time.perf_counter() - start)
+                if progress:
+                    progress(outcomes[i])  # type: ignore[arg-type]
+                continue
+            self.index.incr("requests")
+            self.index.incr("misses")
+            mine = f"farm-{key[:24]}-{uuid.uuid4().hex[:12]}"
+            holder = self.index.acquire(key, mine, ttl=self.config.task_time_limit * 2)
+            if holder == mine:
+                message = {"pattern_id": req.pattern_id, "target": req.target, "opt_level": req.opt_level,
+                           "ir": req.ir, "ruleset": req.ruleset_json, "key": key, "versions": versions}
+                messages.append(self.app.signature("farm.compile", args=(message,), task_id=mine,
+                                                   queue=keys.queue(req.target)))
+            waiting.setdefault(holder, []).append(i)
+        if messages:
+            from celery import group
+
+            with _broker_errors(self.config):
+                group(messages).apply_async()
+        for task_id, indices in waiting.items():
+            result = self._wait(task_id, start + timeout)
+            for i in indices:
+                outcomes[i] = self._settle(requests[i], result, time.perf_counter() - start)
+                if progress:
+                    progress(outcomes[i])  # type: ignore[arg-type]
+        return outcomes  # type: ignore[return-value]
+
+    def _wait(self, task_id: str, deadline: float) -> dict[str, Any]:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+        from celery.result import AsyncResult
+
+        result = AsyncResult(task_id, app=self.app)
+        try:
+            with _broker_errors(self.config):
+                value = result.get(timeout=max(0.1, deadline - time.perf_counter()), propagate=False,
+                                   interval=0.05)
+        except CeleryTimeout:
+            raise CompileTimeout(f"compile task {task_id} did not finish in time; is a worker running for "
+                                 "its target queue?") from None
+        if isinstance(value, dict):
+            return value
+        return {"status": "failed", "error": f"{type(value).__name__}: {value}"}
+
+    def _settle(self, req: CompileRequest, result: dict[str, Any], seconds: float) -> Outcome:
+        key = result.get("key", "")
+        if result.get("status") in ("compiled", "cached"):
+            meta = self.index.meta(key)
+            if meta is not None:
+                self.index.record(req.pattern_id, req.target, meta)
+                return Outcome(req, key, result["status"], meta, seconds=seconds)
+            return Outcome(req, key, "failed", error="the worker reported success but the index has no entry",
+                           seconds=seconds)
+        return Outcome(req, key, result.get("status", "failed"), error=result.get("error", ""), seconds=seconds)
+
+    def artifact(self, request: CompileRequest, timeout: float = 600.0) -> ArtifactMeta:
+        outcome = self.request(request, timeout)
+        if outcome.meta is None:
+            raise RemoteCompileFailed(f"compiling {request.pattern_id!r} for {request.target}: {outcome.error}")
+        return outcome.meta
+
+
+@contextmanager
+def _broker_errors(config: FarmConfig) -> Iterator[None]:
+    from kombu.exceptions import OperationalError
+
+    try:
+        yield
+    except (OperationalError, ConnectionError) as exc:
+        raise BackendUnavailable(f"the broker at {config.broker_url} is unreachable: {exc}") from None
+
+
+# ---- worker side ----
+
+@cache
+def _worker_builder() -> ArtifactBuilder:
+    config = FarmConfig.from_env()
+    return ArtifactBuilder(config, RedisIndex(config.redis_url), make_store(config),  # type: ignore[arg-type]
+                           count_requests=False)
+
+
+def announce_worker(targets: list[str]) -> None:
+    """Publish this worker's tool versions for each target it serves (coordinators key requests with them)."""
+    builder = _worker_builder()
+    index = builder.index
+    assert isinstance(index, RedisIndex)
+    for target in filter(None, targets):
+        index.publish_toolchain(target, tool_versions())
+
+
+def worker_compile(message: dict[str, Any], task_id: str) -> dict[str, Any]:
+    builder = _worker_builder()
+    index = builder.index
+    assert isinstance(index, RedisIndex)
+    key, target = message["key"], message["target"]
+    deliveries = index.delivered(task_id, ttl=builder.config.task_time_limit * 20)
+    if deliveries > 1:
+        index.incr("redeliveries")
+    if deliveries > builder.config.max_deliveries:
+        index.dead_letter({"task_id": task_id, "key": key, "pattern_id": message["pattern_id"], "target": target,
+                           "deliveries": deliveries, "at": time.time()})
+        index.release(key, task_id)
+        return {"status": "dead-letter", "key": key,
+                "error": f"delivered {deliveries} times (the cap is {builder.config.max_deliveries}); dead-lettered"}
+    start = time.perf_counter()
+    try:
+        artifact = builder.ensure_ir(message["ir"], message["pattern_id"], target, message["opt_level"],
+                                     message.get("ruleset", ""), versions=message["versions"])
+    except BackendUnavailable:
+        raise  # Celery retries these with backoff
+    except FarmError as exc:
+        index.incr("compilations_failed")
+        index.incr(f"compilations_failed:{target}")
+        index.release(key, task_id)
+        return {"status": "failed", "key": key, "error": f"{type(exc).__name__}: {exc}"}
+    index.release(key, task_id)
+    if artifact.meta.key != key:
+        return {"status": "failed", "key": key, "error": f"worker computed key {artifact.meta.key}, expected {key}"}
+    return {"status": "cached" if artifact.cached else "compiled", "key": key, "sha256": artifact.meta.sha256,
+            "seconds": time.perf_counter() - start}
+
+
+__all__ = ["CompileRequest", "Coordinator", "Outcome", "announce_worker", "worker_compile"]

@@ -1,0 +1,113 @@
+"""Real servers for tests and benchmarks, as subprocesses on free loopback ports; each stops itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check, what: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:  # type: ignore[type-arg, no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} was not ready within {timeout} s")
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:  # type: ignore[type-arg]
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (scripts/test installs it with apt-get)")
+    port = port or free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir), "--protected-mode", "yes"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    try:
+        _wait(ping, "redis-server", proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def s3_server(port: int | None = None) -> Iterator[str]:
+    """moto's S3 server mode: a real HTTP server speaking the S3 protocol."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1) as r:
+            return r.status == 200
+
+    try:
+        _wait(up, "moto S3 server", proc, timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+def cluster_env(redis_url: str, s3_endpoint: str, cache_dir: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "FARM_REDIS_URL": redis_url, "FARM_BROKER_URL": redis_url, "FARM_S3_ENDPOINT": s3_endpoint,
+           "FARM_S3_ACCESS_KEY": "testing", "FARM_S3_SECRET_KEY": "testing-secret", "FARM_S3_BUCKET": "farm-test",
+           "FARM_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT), **extra}
+    return env
+
+
+@contextmanager
+def celery_worker(targets: str, env: dict[str, str], log: Path, concurrency: int = 1) -> Iterator[subprocess.Popen]:  # type: ignore[type-arg]
+    """A real Celery worker process (through `farm worker`) serving the queues of `targets`."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "worker", "--targets", targets,
+                                 "--concurrency", str(concurrency), "--loglevel", "warning"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

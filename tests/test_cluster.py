@@ -1,0 +1,220 @@
+"""The farm on real components: redis-server, an S3-protocol server (moto) and two Celery worker processes
+serving different targets, all on loopback. No mocks."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from minio import Minio
+
+from farm import keys
+from farm.cluster import CompileRequest, Coordinator
+from farm.config import FarmConfig
+from farm.dsl import parse_rules
+from farm.errors import IntegrityError, NoWorkerForTarget, SignatureError
+from farm.index.redis import RedisIndex
+from farm.interp import Interpreter
+from farm.pull import pull
+from farm.serialize import ruleset_from_json
+from farm.terms import TermGraph
+from farm.transduce import transduce_patterns
+from farm.verify import TermGenerator
+
+from .conftest import EXAMPLES
+from .servers import celery_worker, cluster_env, redis_server, s3_server
+
+TARGETS = ("x86-64", "aarch64")
+SIGNING_KEY = "test-signing-key"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    with redis_server(tmp) as redis_url, s3_server() as s3:
+        workers = []
+        with celery_worker(TARGETS[0], cluster_env(redis_url, s3, tmp / "w0", FARM_SIGNING_KEY=SIGNING_KEY),
+                           tmp / "w0.log") as w0, \
+             celery_worker(TARGETS[1], cluster_env(redis_url, s3, tmp / "w1", FARM_SIGNING_KEY=SIGNING_KEY),
+                           tmp / "w1.log") as w1:
+            workers = [w0, w1]
+            index = RedisIndex(redis_url)
+            deadline = time.monotonic() + 90
+            while not all(index.toolchain(t) for t in TARGETS):
+                assert all(w.poll() is None for w in workers), (tmp / "w0.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "workers did not register"
+                time.sleep(0.2)
+            yield {"redis": redis_url, "s3": s3, "tmp": str(tmp)}
+
+
+def coordinator(cluster: dict[str, str], cache: str, **extra: str) -> Coordinator:
+    env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / cache,
+                      FARM_SIGNING_KEY=SIGNING_KEY, **extra)
+    return Coordinator(FarmConfig.from_env(env))
+
+
+def patterns_from(text: str) -> list[tuple[str, object]]:
+    parsed = parse_rules(text)
+    return [(p.name, transduce_patterns([p], parsed.declared_ops, warn=False)) for p in parsed.patterns]
+
+
+def generated(n: int, seed: int) -> list[tuple[str, object]]:
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    import gen_rules
+
+    text, _ = gen_rules.generate(n, seed)
+    return patterns_from(text.replace("rule r", f"rule s{seed}_r"))
+
+
+def test_prewarm_200_patterns_on_two_targets_then_all_hits_and_a_node_pulls(cluster: dict[str, str]) -> None:
+    coord = coordinator(cluster, "coord")
+    patterns = generated(200, seed=1)
+    requests = [CompileRequest.for_ruleset(pid, rs, t, 0) for pid, rs in patterns for t in TARGETS]  # type: ignore[arg-type]
+    before = coord.index.counters().get("compilations_ok", 0)
+    start = time.perf_counter()
+    first = coord.ensure(requests, timeout=900)
+    elapsed = time.perf_counter() - start
+    assert [o.status for o in first].count("compiled") == 400, {o.status + o.error for o in first}
+    assert coord.index.counters()["compilations_ok"] - before == 400
+    per_target = coord.index.counters()
+    assert per_target["compilations_ok:x86-64"] >= 200 and per_target["compilations_ok:aarch64"] >= 200
+
+    # Every artifact is in S3 with a matching sha256, and the index points each (pattern, target) at it.
+    s3 = Minio(cluster["s3"], "testing", "testing-secret", secure=False)
+    for outcome in first:
+        meta = outcome.meta
+        assert meta is not None and meta.signature
+        body = s3.get_object("farm-test", f"artifacts/{meta.key}.so").read()
+        import hashlib
+
+        assert hashlib.sha256(body).hexdigest() == meta.sha256
+        assert coord.index.lookup(outcome.request.pattern_id, outcome.request.target) == meta.key
+    entries = {(p, t) for p, t, _ in coord.index.entries()}
+    assert {(pid, t) for pid, _ in patterns for t in TARGETS} <= entries
+
+    second = coord.ensure(requests, timeout=120)
+    assert all(o.status == "cached" for o in second)
+    assert coord.index.counters()["compilations_ok"] - before == 400  # zero new compilations
+
+    # A node with an empty cache pulls one pattern's best artifact for its CPU and rewrites with it.
+    node_env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "node", FARM_SIGNING_KEY=SIGNING_KEY)
+    pid, ruleset = patterns[7]
+    pulled = pull(pid, FarmConfig.from_env(node_env))
+    assert pulled.meta.target == "x86-64" and pulled.native is not None and pulled.signature_checked
+    gen = TermGenerator(ruleset, random.Random(2))  # type: ignore[arg-type]
+    g1, g2 = TermGraph(pulled.native.ruleset.make_signature()), TermGraph(pulled.native.ruleset.make_signature())
+    texts = [g1.to_text(gen.term(g1)) for _ in range(300)]
+    native = pulled.native.rewrite(g2, [g2.parse(t)[0] for t in texts])
+    interp = Interpreter(ruleset_from_json(pulled.meta.ruleset)).rewrite(g1, [g1.parse(t)[0] for t in texts])
+    assert native.texts() == interp.texts() and native.firings == interp.firings and sum(native.firings) > 0
+    print(f"\npre-warm of 400 artifacts on 2 workers: {elapsed:.1f} s")
+
+
+def test_concurrent_requests_compile_each_key_exactly_once(cluster: dict[str, str]) -> None:
+    patterns = generated(10, seed=2)
+    coords = [coordinator(cluster, f"c{i}") for i in range(4)]
+    requests = [CompileRequest.for_ruleset(pid, rs, "x86-64", 0) for pid, rs in patterns]  # type: ignore[arg-type]
+    before = coords[0].index.counters().get("compilations_ok", 0)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def ask(i: int) -> None:
+        try:
+            results.append(coords[i % 4].request(requests[i % 10], timeout=300).status)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 100
+    assert set(results) <= {"compiled", "cached"}
+    assert coords[0].index.counters()["compilations_ok"] - before == 10
+
+
+def test_tampered_object_in_s3_is_refused_before_loading(cluster: dict[str, str]) -> None:
+    coord = coordinator(cluster, "coord-t")
+    (pid, rs), = patterns_from("rule tamper_me: (f (g ?x) 3) => (h ?x)")
+    meta = coord.artifact(CompileRequest.for_ruleset(pid, rs, "x86-64", 0))  # type: ignore[arg-type]
+    s3 = Minio(cluster["s3"], "testing", "testing-secret", secure=False)
+    name = f"artifacts/{meta.key}.so"
+    body = bytearray(s3.get_object("farm-test", name).read())
+    body[len(body) // 2] ^= 0x55
+    s3.put_object("farm-test", name, io.BytesIO(bytes(body)), len(body))
+    node_env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "node-t",
+                           FARM_SIGNING_KEY=SIGNING_KEY)
+    with pytest.raises(IntegrityError, match="tampered with or truncated"):
+        pull(pid, FarmConfig.from_env(node_env), "x86-64")
+    assert not list((Path(cluster["tmp"]) / "node-t").rglob("*.so"))  # nothing kept, nothing loaded
+
+
+def test_bad_signature_is_refused(cluster: dict[str, str]) -> None:
+    coord = coordinator(cluster, "coord-s")
+    (pid, rs), = patterns_from("rule sign_me: (f ?x (g 4)) => (h ?x)")
+    coord.artifact(CompileRequest.for_ruleset(pid, rs, "x86-64", 0))  # type: ignore[arg-type]
+    node_env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "node-s",
+                           FARM_SIGNING_KEY="another-key")
+    with pytest.raises(SignatureError, match="bad signature"):
+        pull(pid, FarmConfig.from_env(node_env), "x86-64")
+
+
+def test_hit_whose_object_is_gone_is_a_miss_and_repaired(cluster: dict[str, str]) -> None:
+    coord = coordinator(cluster, "coord-r")
+    (pid, rs), = patterns_from("rule repair_me: (f ?x (h 5 ?x)) => ?x")
+    request = CompileRequest.for_ruleset(pid, rs, "aarch64", 0)  # type: ignore[arg-type]
+    meta = coord.artifact(request)
+    s3 = Minio(cluster["s3"], "testing", "testing-secret", secure=False)
+    s3.remove_object("farm-test", f"artifacts/{meta.key}.so")
+    repaired = coord.request(request, timeout=120)
+    assert repaired.status == "compiled" and repaired.meta is not None and repaired.meta.sha256 == meta.sha256
+    s3.stat_object("farm-test", f"artifacts/{meta.key}.so")
+
+
+def test_unserved_target_is_a_clear_error(cluster: dict[str, str]) -> None:
+    coord = coordinator(cluster, "coord-u")
+    (pid, rs), = patterns_from("rule lonely: (f ?x ?x) => ?x")
+    with pytest.raises(NoWorkerForTarget, match="farm worker --targets x86-64-v4"):
+        coord.request(CompileRequest.for_ruleset(pid, rs, "x86-64-v4", 0))  # type: ignore[arg-type]
+
+
+def test_hot_patterns_and_cli(cluster: dict[str, str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    env = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "cli", FARM_SIGNING_KEY=SIGNING_KEY,
+                      COLUMNS="200")
+    hot = tmp_path / "hot.farm"
+    hot.write_text("rule hot_a: (f (g ?x) ?y) => (h ?y ?x)\nrule hot_b: (f 1 ?y) => ?y\n")
+    run = [sys.executable, "-m", "farm.cli"]
+    first = subprocess.run(run + ["prewarm", str(hot), "--targets", "x86-64,aarch64", "-O", "0"], env=env,
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(run + ["prewarm", str(hot), "--targets", "x86-64,aarch64", "-O", "0"], env=env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "already cached" in second.stderr
+    for target in ("x86-64", "aarch64"):  # compiled 0, already cached 2, failed 0
+        assert re.search(rf"{target}\s*│\s*0\s*│\s*2\s*│\s*0\s*│", second.stderr), second.stderr
+    terms = tmp_path / "t.terms"
+    terms.write_text(" ".join(f"(f (g a{i}) b)" for i in range(40)) + " (f 1 c)")
+    pulled = subprocess.run(run + ["pull", "hot_a", "--rewrite", str(terms)], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.splitlines()[-41:] == [f"(h b a{i})" for i in range(40)] + ["(f 1 c)"]
+    hot_list = subprocess.run(run + ["hot", "--top", "5"], env=env, cwd=ROOT, capture_output=True, text=True)
+    first_row = next(line for line in hot_list.stdout.splitlines() if line.startswith("│ 1 "))
+    assert "hot_a" in first_row  # 2 requests + 40 native firings put it on top
+    assert os.environ.get("FARM_REDIS_URL") is None  # the tests never leak cluster settings into this process
+    assert keys.queue("x86-64") == "farm.compile.x86-64"
