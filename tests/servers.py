@@ -53,6 +53,7 @@ def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
     if binary is None:
         raise RuntimeError("redis-server is not installed (scripts/test installs it with apt-get)")
     port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(workdir), "--protected-mode", "yes"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
