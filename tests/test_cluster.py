@@ -218,3 +218,34 @@ def test_hot_patterns_and_cli(cluster: dict[str, str], tmp_path: Path) -> None:
     assert "hot_a" in first_row  # 2 requests + 40 native firings put it on top
     assert os.environ.get("FARM_REDIS_URL") is None  # the tests never leak cluster settings into this process
     assert keys.queue("x86-64") == "farm.compile.x86-64"
+
+
+def test_redeliveries_are_counted_and_capped_into_a_dead_letter(cluster: dict[str, str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker side of a task, run in this process against the real Redis and S3: the same message
+    delivered again is counted, and past the cap it is dead-lettered instead of run."""
+    from farm import cluster as farm_cluster
+
+    env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "inproc", FARM_MAX_DELIVERIES="3",
+                      FARM_SIGNING_KEY=SIGNING_KEY)
+    for name, value in env.items():
+        if name.startswith("FARM_"):
+            monkeypatch.setenv(name, value)
+    farm_cluster._worker_builder.cache_clear()
+    try:
+        coord = coordinator(cluster, "coord-d")
+        (pid, rs), = patterns_from("rule deliver_me: (f ?x (g 9)) => (g ?x)")
+        request = CompileRequest.for_ruleset(pid, rs, "x86-64", 0)  # type: ignore[arg-type]
+        key, versions = coord.key_for(request)
+        message = {"pattern_id": pid, "target": "x86-64", "opt_level": 0, "ir": request.ir,
+                   "ruleset": request.ruleset_json, "key": key, "versions": versions}
+        before = coord.index.counters()
+        statuses = [farm_cluster.worker_compile(message, "task-redelivered")["status"] for _ in range(4)]
+        assert statuses == ["compiled", "cached", "cached", "dead-letter"]
+        after = coord.index.counters()
+        assert after["redeliveries"] - before.get("redeliveries", 0) == 3
+        assert after["dead_letters"] - before.get("dead_letters", 0) == 1
+        assert after["compilations_ok"] - before.get("compilations_ok", 0) == 1  # idempotent by content key
+        assert coord.index.dead_letters()[-1]["task_id"] == "task-redelivered"
+    finally:
+        farm_cluster._worker_builder.cache_clear()

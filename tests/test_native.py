@@ -242,3 +242,17 @@ def test_generated_thousand_rule_ruleset_verifies_natively(session_engine: Engin
     report = differential(rs, native, cases=400, seed=3, fuel=10_000)
     assert report.ok, report.mismatches[:5]
     assert report.firings > 100
+
+
+def test_config_file_under_the_environment(tmp_path: Path) -> None:
+    from farm.errors import ConfigError
+
+    good = tmp_path / "farm.conf"
+    good.write_text("# cluster\nFARM_REDIS_URL=redis://cache:6379/0\nFARM_OPT_LEVEL=3\n")
+    config = FarmConfig.from_env({"FARM_CONFIG": str(good), "FARM_OPT_LEVEL": "1"})
+    assert config.redis_url == "redis://cache:6379/0" and config.broker_url == config.redis_url
+    assert config.opt_level == 1  # the environment wins over the file
+    bad = tmp_path / "bad.conf"
+    bad.write_text("FARM_TARGET=x86-64\nredis = oops\n")
+    with pytest.raises(ConfigError, match=r"bad.conf:2: expected FARM_NAME=value"):
+        FarmConfig.from_env({"FARM_CONFIG": str(bad)})
