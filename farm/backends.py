@@ -18,11 +18,11 @@ def make_index(config: FarmConfig) -> CacheIndex:
     return SQLiteIndex(config.cache_dir / "index.sqlite")
 
 
-def make_store(config: FarmConfig) -> ArtifactStore:
+def make_store(config: FarmConfig, counters: CacheIndex | None = None) -> ArtifactStore:
     local = LocalStore(config.cache_dir)
     if config.s3_endpoint:
         from farm.store.s3 import S3Store
 
         return S3Store.connect(config.s3_endpoint, config.s3_bucket, local, config.s3_access_key,
-                               config.s3_secret_key, config.s3_secure, config.s3_region)
+                               config.s3_secret_key, config.s3_secure, config.s3_region, counters)
     return local

@@ -48,7 +48,7 @@ class ArtifactBuilder:
         self.count_requests = count_requests
         self.config = config or FarmConfig.from_env()
         self.index = index or make_index(self.config)
-        self.store = store or make_store(self.config)
+        self.store = store or make_store(self.config, self.index)
         self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout)
 
     def target(self, name: str | None = None) -> Target:
@@ -94,6 +94,7 @@ class ArtifactBuilder:
             build = self.toolchain.build(ir_text, resolved, opt)
         except FarmError:
             self.index.incr("compilations_failed")
+            self.index.incr(f"compilations_failed:{resolved.name}")
             raise
         try:
             meta = ArtifactMeta(key=key, sha256=sha256_file(build.so_path), size=build.so_path.stat().st_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import traceback
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from farm.errors import FarmError
+from farm.metrics import Snapshot
 
 out = Console()
 err = Console(stderr=True)
@@ -189,6 +191,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not targets or unknown:
         raise FarmError(f"--targets takes registered target names ({', '.join(REGISTRY)}); got {args.targets!r}")
     os.environ["FARM_WORKER_TARGETS"] = ",".join(targets)
+    if args.metrics_port:
+        os.environ["FARM_METRICS_PORT"] = str(args.metrics_port)
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(map(keys.queue, targets)),
             "-c", str(args.concurrency), "-n", f"farm-{'-'.join(targets)}-{os.getpid()}@%h",
             "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"]
@@ -281,30 +285,101 @@ def cmd_hot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
+def stats_table(snap: Snapshot, title: str, previous: Snapshot | None = None, seconds: float = 0.0) -> Table:
+    """The figures the exporter serves, as a table; with a previous snapshot, rates as well."""
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    if previous is not None:
+        table.add_column("per second", justify="right")
+
+    blank = [""] if previous is not None else []
+
+    def row(name: str, value: float, counter: str | None = None, fmt: str = "{:,.0f}") -> None:
+        cells = [name, fmt.format(value)]
+        if previous is not None:
+            cells.append(f"{(value - previous.get(counter)) / seconds:,.2f}" if counter and seconds else "")
+        table.add_row(*cells)
+
+    row(f"requests ({snap.tier} tier)", snap.get("hits") + snap.get("misses"))
+    row("hits", snap.get("hits"), "hits")
+    row("misses", snap.get("misses"), "misses")
+    table.add_row("hit rate", "n/a" if math.isnan(snap.hit_rate) else f"{snap.hit_rate:.1%}", *blank)
+    if snap.tier == "shared":
+        row("local-tier hits (node caches)", snap.get("local_hits"), "local_hits")
+    row("compilations ok", snap.get("compilations_ok"), "compilations_ok")
+    row("compilations failed", snap.get("compilations_failed"), "compilations_failed")
+    for (target, result), value in sorted(snap.compilations.items()):
+        row(f"  {target} {result}", value, f"compilations_{result}:{target}")
+    for (stage, target), hist in sorted(snap.histograms.items()):
+        table.add_row(f"  {stage} on {target}: p50 / p95 ms ({int(hist.count)} runs)",
+                      f"{hist.quantile(0.5) * 1000:.1f} / {hist.quantile(0.95) * 1000:.1f}", *blank)
+    row("fallbacks to the interpreter", snap.get("fallbacks"), "fallbacks")
+    row("artifacts stored", snap.artifacts)
+    row("artifact bytes stored", snap.get("artifact_bytes_stored"), "artifact_bytes_stored")
+    row("artifact bytes pulled", snap.get("artifact_bytes_pulled"), "artifact_bytes_pulled")
+    if snap.tier == "shared":
+        row("in-flight compilations", snap.inflight)
+        for target, depth in snap.queue_depth.items():
+            row(f"queue depth {target}", depth)
+        row("redeliveries", snap.get("redeliveries"), "redeliveries")
+        row("dead letters", snap.get("dead_letters"), "dead_letters")
+        for pattern, score in snap.hot[:5]:
+            table.add_row(f"hot: {escape(pattern)}", f"{score:,.0f}", *blank)
+    return table
+
+
+def _snapshot_source() -> tuple[Callable[[], Snapshot], str]:
+    from farm.backends import make_index
     from farm.config import FarmConfig
-    from farm.index import COUNTERS
-    from farm.index.sqlite import SQLiteIndex
+    from farm.metrics import snapshot
 
     config = FarmConfig.from_env()
-    index = SQLiteIndex(config.cache_dir / "index.sqlite")
-    counters = index.counters()
-    table = Table(title=f"farm cache statistics ({config.cache_dir})")
-    table.add_column("counter")
-    table.add_column("value", justify="right")
-    for name in COUNTERS:
-        table.add_row(name, f"{int(counters.get(name, 0)):,}")
-    requests = counters.get("requests", 0)
-    table.add_row("hit rate", f"{counters.get('hits', 0) / requests:.1%}" if requests else "n/a")
-    for name, value in sorted(counters.items()):
-        if name.startswith("stage_seconds_"):
-            table.add_row(f"{name.removeprefix('stage_seconds_')} stage seconds", f"{value:.3f}")
-    entries = index.entries()
-    table.add_row("indexed (pattern, target) entries", f"{len(entries):,}")
-    objects = list((config.cache_dir / "objects").glob("*/*.so"))
-    table.add_row("artifacts stored", f"{len(objects):,}")
-    table.add_row("bytes stored", f"{sum(p.stat().st_size for p in objects):,}")
-    out.print(table)
+    index = make_index(config)
+    where = config.redis_url or str(config.cache_dir)
+    return (lambda: snapshot(index)), where
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    take, where = _snapshot_source()
+    out.print(stats_table(take(), f"farm statistics ({escape(where)})"))
+    return EXIT_OK
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from rich.live import Live
+
+    take, where = _snapshot_source()
+    previous, last = take(), time.monotonic()
+    with Live(stats_table(previous, f"farm top ({escape(where)})", previous, 0.0), console=out,
+              refresh_per_second=4, transient=False) as live:
+        shown = 0
+        while args.iterations == 0 or shown < args.iterations:
+            time.sleep(args.interval)
+            now, current = time.monotonic(), take()
+            live.update(stats_table(current, f"farm top ({escape(where)}), every {args.interval:g} s", previous,
+                                    now - last))
+            previous, last, shown = current, now, shown + 1
+    return EXIT_OK
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    import signal
+
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.process_collector import ProcessCollector
+
+    from farm.backends import make_index
+    from farm.config import FarmConfig
+    from farm.metrics import FarmCollector
+
+    registry = CollectorRegistry()
+    registry.register(FarmCollector(make_index(FarmConfig.from_env())))
+    ProcessCollector(registry=registry)
+    server, _ = start_http_server(args.port, addr=args.host, registry=registry)
+    err.print(f"farm exporter serving http://{args.host}:{args.port}/metrics", highlight=False)
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    server.shutdown()
     return EXIT_OK
 
 
@@ -333,6 +408,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "verify": (cmd_verify, "differential check: native == interpreter == oracle on random terms"),
     "codegen": (cmd_codegen, "emit a ruleset as LLVM IR, Rust or OpenQASM 3 text"),
     "stats": (cmd_stats, "cache and compilation statistics"),
+    "top": (cmd_top, "a live terminal view of the statistics"),
+    "exporter": (cmd_exporter, "serve the farm's metrics to Prometheus"),
     "prewarm": (cmd_prewarm, "cluster: compile every rule of a hot list for some targets, in batches"),
     "pull": (cmd_pull, "cluster: fetch, verify and load the best artifact of a pattern for this host"),
     "hot": (cmd_hot, "cluster: the hottest patterns"),
@@ -375,12 +452,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("pattern_id")
             p.add_argument("--target", help="this target instead of the best one for the host")
             p.add_argument("--rewrite", metavar="TERMS", help="then rewrite this term file with it")
+        if name == "top":
+            p.add_argument("--interval", type=float, default=2.0)
+            p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
+        if name == "exporter":
+            p.add_argument("--port", type=int, default=9108)
+            p.add_argument("--host", default="0.0.0.0")
         if name == "hot":
             p.add_argument("--top", type=int, default=20)
         if name == "worker":
             p.add_argument("--targets", required=True, help="comma-separated target names this host builds")
             p.add_argument("--concurrency", type=int, default=1)
             p.add_argument("--loglevel", default="info")
+            p.add_argument("--metrics-port", type=int, default=0, help="serve this worker's process metrics")
         if name == "verify":
             p.add_argument("--cases", type=int, default=2000)
             p.add_argument("--seed", type=int, default=1)

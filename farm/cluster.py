@@ -75,7 +75,7 @@ class Coordinator:
         self.config = config or FarmConfig.from_env()
         require_cluster(self.config)
         self.index = RedisIndex(self.config.redis_url)  # type: ignore[arg-type]
-        self.store = make_store(self.config)
+        self.store = make_store(self.config, self.index)
         if app is None:
             from workers.app import make_app
 
@@ -181,8 +181,8 @@ def _broker_errors(config: FarmConfig) -> Iterator[None]:
 @cache
 def _worker_builder() -> ArtifactBuilder:
     config = FarmConfig.from_env()
-    return ArtifactBuilder(config, RedisIndex(config.redis_url), make_store(config),  # type: ignore[arg-type]
-                           count_requests=False)
+    index = RedisIndex(config.redis_url)  # type: ignore[arg-type]
+    return ArtifactBuilder(config, index, make_store(config, index), count_requests=False)
 
 
 def announce_worker(targets: list[str]) -> None:
@@ -215,8 +215,6 @@ def worker_compile(message: dict[str, Any], task_id: str) -> dict[str, Any]:
     except BackendUnavailable:
         raise  # Celery retries these with backoff
     except FarmError as exc:
-        index.incr("compilations_failed")
-        index.incr(f"compilations_failed:{target}")
         index.release(key, task_id)
         return {"status": "failed", "key": key, "error": f"{type(exc).__name__}: {exc}"}
     index.release(key, task_id)

@@ -2,6 +2,7 @@
 
     farm:idx:{target}        HASH   pattern ID -> cache key (pattern IDs are hash fields: binary-safe data)
     farm:art:{key}           HASH   meta (JSON), last_hit
+    farm:artifacts           SET    every indexed cache key
     farm:counters            HASH   cluster-wide counters (HINCRBYFLOAT); per-target ones as "name:target"
     farm:hot                 ZSET   pattern ID -> requests + native rule firings
     farm:lock:{key}          STRING single-flight lock; the value is the Celery task ID doing the work
@@ -24,6 +25,7 @@ def artifact(key: str) -> str:
 
 
 COUNTERS = f"{PREFIX}:counters"
+ARTIFACTS = f"{PREFIX}:artifacts"
 HOT = f"{PREFIX}:hot"
 DEADLETTER = f"{PREFIX}:deadletter"
 

@@ -38,7 +38,8 @@ def preference(host_cpu_name: str | None = None) -> list[str]:
 
 
 def pull(pattern_id: str, config: FarmConfig, target: str | None = None) -> Pulled:
-    index, store = make_index(config), make_store(config)
+    index = make_index(config)
+    store = make_store(config, index)
     try:
         cpu = host_cpu(find_tool("llc"))
     except Exception:  # a node may pull without LLVM installed

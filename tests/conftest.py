@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,10 @@ import pytest
 from farm.config import FarmConfig
 from farm.dsl import parse_rules
 from farm.engine import Engine
+from farm.index.redis import RedisIndex
 from farm.transduce import RuleSet, transduce_patterns
+
+from .servers import celery_worker, cluster_env, redis_server, s3_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -38,3 +43,26 @@ def session_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """One cache for tests that only need compiled rulesets, so each ruleset compiles once per run."""
     config = FarmConfig(cache_dir=tmp_path_factory.mktemp("session-cache"), opt_level=1)
     return Engine(config)
+
+
+CLUSTER_TARGETS = ("x86-64", "aarch64")
+SIGNING_KEY = "test-signing-key"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    with redis_server(tmp) as redis_url, s3_server() as s3:
+        workers = []
+        with celery_worker(CLUSTER_TARGETS[0], cluster_env(redis_url, s3, tmp / "w0", FARM_SIGNING_KEY=SIGNING_KEY),
+                           tmp / "w0.log") as w0, \
+             celery_worker(CLUSTER_TARGETS[1], cluster_env(redis_url, s3, tmp / "w1", FARM_SIGNING_KEY=SIGNING_KEY),
+                           tmp / "w1.log") as w1:
+            workers = [w0, w1]
+            index = RedisIndex(redis_url)
+            deadline = time.monotonic() + 90
+            while not all(index.toolchain(t) for t in CLUSTER_TARGETS):
+                assert all(w.poll() is None for w in workers), (tmp / "w0.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "workers did not register"
+                time.sleep(0.2)
+            yield {"redis": redis_url, "s3": s3, "tmp": str(tmp)}

@@ -9,7 +9,6 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from farm.cluster import CompileRequest, Coordinator
 from farm.config import FarmConfig
 from farm.dsl import parse_rules
 from farm.errors import IntegrityError, NoWorkerForTarget, SignatureError
-from farm.index.redis import RedisIndex
 from farm.interp import Interpreter
 from farm.pull import pull
 from farm.serialize import ruleset_from_json
@@ -28,30 +26,9 @@ from farm.terms import TermGraph
 from farm.transduce import transduce_patterns
 from farm.verify import TermGenerator
 
-from .conftest import EXAMPLES
-from .servers import celery_worker, cluster_env, redis_server, s3_server
-
-TARGETS = ("x86-64", "aarch64")
-SIGNING_KEY = "test-signing-key"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    tmp = tmp_path_factory.mktemp("cluster")
-    with redis_server(tmp) as redis_url, s3_server() as s3:
-        workers = []
-        with celery_worker(TARGETS[0], cluster_env(redis_url, s3, tmp / "w0", FARM_SIGNING_KEY=SIGNING_KEY),
-                           tmp / "w0.log") as w0, \
-             celery_worker(TARGETS[1], cluster_env(redis_url, s3, tmp / "w1", FARM_SIGNING_KEY=SIGNING_KEY),
-                           tmp / "w1.log") as w1:
-            workers = [w0, w1]
-            index = RedisIndex(redis_url)
-            deadline = time.monotonic() + 90
-            while not all(index.toolchain(t) for t in TARGETS):
-                assert all(w.poll() is None for w in workers), (tmp / "w0.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "workers did not register"
-                time.sleep(0.2)
-            yield {"redis": redis_url, "s3": s3, "tmp": str(tmp)}
+from .conftest import CLUSTER_TARGETS as TARGETS
+from .conftest import EXAMPLES, SIGNING_KEY
+from .servers import cluster_env
 
 
 def coordinator(cluster: dict[str, str], cache: str, **extra: str) -> Coordinator:

@@ -21,4 +21,8 @@ def compile_artifact(self: Task, message: dict[str, Any]) -> dict[str, Any]:
 
 @worker_ready.connect
 def _announce(**_: Any) -> None:
+    if os.environ.get("FARM_METRICS_PORT"):  # this worker's own process metrics; totals come from the exporter
+        from prometheus_client import start_http_server
+
+        start_http_server(int(os.environ["FARM_METRICS_PORT"]))
     announce_worker(os.environ.get("FARM_WORKER_TARGETS", "").split(","))

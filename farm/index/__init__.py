@@ -40,6 +40,9 @@ class CacheIndex(ABC):
     @abstractmethod
     def clear(self) -> None: ...
 
+    @abstractmethod
+    def artifact_count(self) -> int: ...
+
     def note_hot(self, pattern_id: str, amount: float = 1) -> None:  # noqa: B027 - optional hook
         """Feed the hot-pattern ranking (requests, native firings); only the shared index keeps one."""
 
@@ -52,7 +55,8 @@ class CacheIndex(ABC):
 
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         """A fresh artifact, already stored: index it and count the compilation and its stage times."""
+        from farm.metrics import build_fields
+
         self.record(pattern_id, target, meta)
-        self.incr("compilations_ok")
-        for stage, seconds in meta.stage_seconds.items():
-            self.incr(f"stage_seconds_{stage}", seconds)
+        for name, amount in build_fields(target, meta).items():
+            self.incr(name, amount)

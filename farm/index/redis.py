@@ -13,6 +13,7 @@ import redis
 from farm import keys
 from farm.errors import BackendUnavailable
 from farm.index import CacheIndex
+from farm.metrics import build_fields
 from farm.store import ArtifactMeta
 
 T = TypeVar("T")
@@ -54,6 +55,7 @@ class RedisIndex(CacheIndex):
 
     def _record(self, pipe: Any, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         pipe.hset(keys.artifact(meta.key), "meta", meta.to_json())
+        pipe.sadd(keys.ARTIFACTS, meta.key)
         pipe.hset(keys.index(target), pattern_id, meta.key)
 
     def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
@@ -75,11 +77,8 @@ class RedisIndex(CacheIndex):
         with self._errors():
             pipe = self.r.pipeline(transaction=True)
             self._record(pipe, pattern_id, target, meta)
-            pipe.hincrbyfloat(keys.COUNTERS, "compilations_ok", 1)
-            pipe.hincrbyfloat(keys.COUNTERS, f"compilations_ok:{target}", 1)
-            pipe.hincrbyfloat(keys.COUNTERS, "artifact_bytes_stored", meta.size)
-            for stage, seconds in meta.stage_seconds.items():
-                pipe.hincrbyfloat(keys.COUNTERS, f"stage_seconds_{stage}", seconds)
+            for name, amount in build_fields(target, meta).items():
+                pipe.hincrbyfloat(keys.COUNTERS, name, amount)
             pipe.execute()
 
     def forget(self, pattern_id: str, target: str) -> None:
@@ -107,6 +106,20 @@ class RedisIndex(CacheIndex):
         with self._errors():
             for name in self.r.scan_iter(match=f"{keys.PREFIX}:*"):
                 self.r.delete(name)
+
+    def artifact_count(self) -> int:
+        return int(self._call(lambda: self.r.scard(keys.ARTIFACTS)))
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in each served target's Celery queue (kombu keeps a Redis list per queue)."""
+        with self._errors():
+            targets = [name.decode().removeprefix(keys.toolchain("")) for name in
+                       self.r.scan_iter(match=keys.toolchain("*"))]
+            return {t: int(self.r.llen(keys.queue(t))) for t in sorted(targets)}
+
+    def inflight(self) -> int:
+        with self._errors():
+            return sum(1 for _ in self.r.scan_iter(match=keys.lock("*"), count=1000))
 
     # --- cluster-only: hot patterns, single flight, redelivery, toolchains ---
     def note_hot(self, pattern_id: str, amount: float = 1) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from farm.errors import WorkDirError
 from farm.index import CacheIndex
+from farm.metrics import build_fields
 from farm.store import ArtifactMeta
 
 SCHEMA = """
@@ -81,7 +82,7 @@ class SQLiteIndex(CacheIndex):
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._transaction() as db:
             self._record(db, pattern_id, target, meta)
-            self._add(db, {"compilations_ok": 1, **{f"stage_seconds_{k}": v for k, v in meta.stage_seconds.items()}})
+            self._add(db, build_fields(target, meta))
 
     def forget(self, pattern_id: str, target: str) -> None:
         self._write("DELETE FROM patterns WHERE pattern_id=? AND target=?", pattern_id, target)
@@ -95,6 +96,9 @@ class SQLiteIndex(CacheIndex):
 
     def counters(self) -> dict[str, float]:
         return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    def artifact_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0])
 
     def entries(self) -> list[tuple[str, str, str]]:
         return list(self._db.execute("SELECT pattern_id, target, key FROM patterns ORDER BY pattern_id, target"))

@@ -17,6 +17,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from farm.errors import BackendUnavailable, IntegrityError
+from farm.index import CacheIndex
 from farm.loader import sha256_file
 from farm.store import ArtifactMeta, ArtifactStore, check_key
 from farm.store.local import LocalStore
@@ -25,7 +26,10 @@ _MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
 
 
 class S3Store(ArtifactStore):
-    def __init__(self, client: Minio, bucket: str, local: LocalStore, endpoint: str = "") -> None:
+    def __init__(self, client: Minio, bucket: str, local: LocalStore, endpoint: str = "",
+                 counters: CacheIndex | None = None) -> None:
+        """counters: where local-tier hits/misses and pulled bytes are counted (the shared index)."""
+        self.counters = counters
         self.client = client
         self.bucket = bucket
         self.local = local
@@ -40,13 +44,14 @@ class S3Store(ArtifactStore):
 
     @classmethod
     def connect(cls, endpoint: str, bucket: str, local: LocalStore, access_key: str | None = None,
-                secret_key: str | None = None, secure: bool = False, region: str = "us-east-1") -> S3Store:
+                secret_key: str | None = None, secure: bool = False, region: str = "us-east-1",
+                counters: CacheIndex | None = None) -> S3Store:
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60),
                                    retries=urllib3.Retry(total=3, backoff_factor=0.2,
                                                          status_forcelist=[500, 502, 503, 504]))
         client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
                        http_client=http)
-        return cls(client, bucket, local, endpoint)
+        return cls(client, bucket, local, endpoint, counters)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -89,7 +94,9 @@ class S3Store(ArtifactStore):
         """The local copy if it is intact, else a verified download; None if S3 does not have it."""
         cached = self.local.fetch(key)
         if cached and sha256_file(cached[0]) == cached[1].sha256 and self._exists_remote(key):
+            self._count("local_hits")
             return cached
+        self._count("local_misses")
         meta = self.remote_meta(key)
         if meta is None:
             return None
@@ -109,7 +116,12 @@ class S3Store(ArtifactStore):
                 raise IntegrityError(f"s3://{self.bucket}/{so_name}: sha256 is {actual}, metadata says "
                                      f"{meta.sha256}; the object was tampered with or truncated, refusing it")
             self.local.put(target, meta)
+        self._count("artifact_bytes_pulled", meta.size)
         return self.local.fetch(key)
+
+    def _count(self, name: str, amount: float = 1) -> None:
+        if self.counters is not None:
+            self.counters.incr(name, amount)
 
     def _exists_remote(self, key: str) -> bool:
         """One HEAD of the .so: a local copy is served only while the shared object still exists."""
