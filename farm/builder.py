@@ -107,9 +107,7 @@ class ArtifactBuilder:
         finally:
             remove_build_dir(build)
         self.index.note_build(pattern_id, resolved.name, meta)  # only after the object is stored
-        fetched = self.store.fetch(key)
-        assert fetched is not None
-        return Artifact(meta, fetched[0], False, time.perf_counter() - start)
+        return Artifact(meta, self.store.local_path(key), False, time.perf_counter() - start)
 
     def _fetch_verified(self, key: str) -> tuple[Path, ArtifactMeta] | None:
         """A stored artifact whose bytes match its sha256; a missing or corrupt one counts as a miss."""

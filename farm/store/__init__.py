@@ -57,4 +57,8 @@ class ArtifactStore(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
+    def local_path(self, key: str) -> Path:
+        """Where this node keeps its copy of the .so (valid right after put)."""
+
+    @abstractmethod
     def delete(self, key: str) -> None: ...

@@ -53,6 +53,9 @@ class LocalStore(ArtifactStore):
             return None
         return so, ArtifactMeta.from_json(js.read_text())
 
+    def local_path(self, key: str) -> Path:
+        return self._paths(key)[0]
+
     def exists(self, key: str) -> bool:
         so, js = self._paths(key)
         return so.exists() and js.exists()

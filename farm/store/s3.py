@@ -135,6 +135,9 @@ class S3Store(ArtifactStore):
                 raise
         return True
 
+    def local_path(self, key: str) -> Path:
+        return self.local.local_path(key)
+
     def exists(self, key: str) -> bool:
         return self._exists_remote(key)
 
