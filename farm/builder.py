@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.backends import make_index, make_store
-from farm.codegen.llvm import generate_llvm_ir
+from farm.codegen.llvm import ruleset_parts
 from farm.config import FarmConfig
 from farm.errors import FarmError, InvalidPatternId, ToolchainMismatch
 from farm.index import CacheIndex
@@ -16,7 +16,7 @@ from farm.serialize import ruleset_to_json
 from farm.signing import sign
 from farm.store import ArtifactMeta, ArtifactStore
 from farm.targets import Target, resolve
-from farm.toolchain import Toolchain, cache_key, find_tool, remove_build_dir, tool_versions
+from farm.toolchain import ObjectCache, Toolchain, artifact_key, find_tool, remove_build_dir, tool_versions
 from farm.transduce import RuleSet
 
 MAX_PATTERN_ID = 4096
@@ -49,25 +49,36 @@ class ArtifactBuilder:
         self.config = config or FarmConfig.from_env()
         self.index = index or make_index(self.config)
         self.store = store or make_store(self.config, self.index)
-        self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout)
+        self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout,
+                                   compile_path=self.config.compile_path,
+                                   object_cache=ObjectCache(self.config.cache_dir / "objcache"))
 
     def target(self, name: str | None = None) -> Target:
         name = name or self.config.target
         return resolve(name, find_tool("llc") if name == "native" else None)
 
-    def key_for(self, ir_text: str, target: Target, opt_level: int) -> str:
-        return cache_key(ir_text, target, opt_level, tool_versions())
+    def versions(self) -> dict[str, str]:
+        return tool_versions(self.toolchain.compile_path)
+
+    def key_for(self, parts: list[tuple[str, str]], target: Target, opt_level: int) -> str:
+        return artifact_key(parts, target, opt_level, self.versions())
 
     def ensure_ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
                        opt_level: int | None = None) -> Artifact:
         resolved = self.target(target)
-        return self.ensure_ir(generate_llvm_ir(ruleset, resolved.triple), pattern_id, resolved.name, opt_level,
-                              ruleset_to_json(ruleset))
+        return self.ensure_parts(ruleset_parts(ruleset, resolved.triple), pattern_id, resolved.name, opt_level,
+                                 ruleset_to_json(ruleset))
 
     def ensure_ir(self, ir_text: str, pattern_id: str, target: str | None = None,
-                  opt_level: int | None = None, ruleset_json: str = "",
-                  versions: dict[str, str] | None = None) -> Artifact:
-        """The artifact for this IR: fetched (verified) if stored, else built, stored, then indexed.
+                  opt_level: int | None = None) -> Artifact:
+        """The artifact of one arbitrary module (the seed's compile_llvm_ir)."""
+        return self.ensure_parts([("module", ir_text)], pattern_id, target, opt_level)
+
+    def ensure_parts(self, parts: list[tuple[str, str]], pattern_id: str, target: str | None = None,
+                     opt_level: int | None = None, ruleset_json: str = "",
+                     versions: dict[str, str] | None = None) -> Artifact:
+        """The artifact linked from these modules: fetched (verified) if stored, else built (reusing cached
+        objects), stored, then indexed.
 
         `versions` is the toolchain the caller computed the key with (a cluster coordinator); a worker whose
         tools differ refuses the job rather than store it under a key that does not describe it."""
@@ -75,9 +86,9 @@ class ArtifactBuilder:
         start = time.perf_counter()
         resolved = self.target(target)
         opt = self.config.opt_level if opt_level is None else opt_level
-        key = self.key_for(ir_text, resolved, opt)
-        if versions is not None and versions != tool_versions():
-            raise ToolchainMismatch(f"this worker's toolchain {tool_versions()} differs from the one the "
+        key = self.key_for(parts, resolved, opt)
+        if versions is not None and versions != self.versions():
+            raise ToolchainMismatch(f"this worker's toolchain {self.versions()} differs from the one the "
                                     f"request was keyed with {versions}")
         found = self._fetch_verified(key)
         if found is not None:
@@ -91,7 +102,7 @@ class ArtifactBuilder:
             self.index.incr("requests")
             self.index.incr("misses")
         try:
-            build = self.toolchain.build(ir_text, resolved, opt)
+            build = self.toolchain.build_parts(parts, resolved, opt)
         except FarmError:
             self.index.incr("compilations_failed")
             self.index.incr(f"compilations_failed:{resolved.name}")
@@ -100,7 +111,8 @@ class ArtifactBuilder:
             meta = ArtifactMeta(key=key, sha256=sha256_file(build.so_path), size=build.so_path.stat().st_size,
                                 target=resolved.name, triple=resolved.triple, cpu=resolved.cpu, opt_level=opt,
                                 stage_seconds=build.stage_seconds, pattern_ids=[pattern_id],
-                                toolchain=build.versions, ruleset=ruleset_json)
+                                toolchain=build.versions, ruleset=ruleset_json,
+                                objects_compiled=build.objects_compiled, objects_reused=build.objects_reused)
             if self.config.signing_key:
                 meta.signature = sign(meta, self.config.signing_key)
             self.store.put(build.so_path, meta)

@@ -18,7 +18,7 @@ from typing import Any
 from farm import keys
 from farm.backends import make_store
 from farm.builder import ArtifactBuilder, check_pattern_id
-from farm.codegen.llvm import generate_llvm_ir
+from farm.codegen.llvm import ruleset_parts
 from farm.config import FarmConfig
 from farm.errors import (
     BackendUnavailable,
@@ -33,7 +33,7 @@ from farm.index.redis import RedisIndex
 from farm.serialize import ruleset_to_json
 from farm.store import ArtifactMeta
 from farm.targets import REGISTRY, resolve
-from farm.toolchain import cache_key, tool_versions
+from farm.toolchain import artifact_key
 from farm.transduce import RuleSet
 
 
@@ -42,15 +42,15 @@ class CompileRequest:
     pattern_id: str
     target: str
     opt_level: int
-    ir: str
+    parts: tuple[tuple[str, str], ...]  # (module name, IR text), linked in this order
     ruleset_json: str = ""
 
     @classmethod
     def for_ruleset(cls, pattern_id: str, ruleset: RuleSet, target: str, opt_level: int) -> CompileRequest:
         if target not in REGISTRY:
             raise UnsupportedTarget(f"cluster targets must be named ({', '.join(REGISTRY)}), not {target!r}")
-        ir = generate_llvm_ir(ruleset, REGISTRY[target].triple)
-        return cls(check_pattern_id(pattern_id), target, opt_level, ir, ruleset_to_json(ruleset))
+        parts = tuple(ruleset_parts(ruleset, REGISTRY[target].triple))
+        return cls(check_pattern_id(pattern_id), target, opt_level, parts, ruleset_to_json(ruleset))
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Coordinator:
         if versions is None:
             raise NoWorkerForTarget(f"no worker serves target {request.target!r}; start one with "
                                     f"`farm worker --targets {request.target}`")
-        return cache_key(request.ir, resolve(request.target), request.opt_level, versions), versions
+        return artifact_key(list(request.parts), resolve(request.target), request.opt_level, versions), versions
 
     def request(self, request: CompileRequest, timeout: float = 600.0) -> Outcome:
         return self.ensure([request], timeout)[0]
@@ -115,7 +115,7 @@ class Coordinator:
             holder = self.index.acquire(key, mine, ttl=self.config.task_time_limit * 2)
             if holder == mine:
                 message = {"pattern_id": req.pattern_id, "target": req.target, "opt_level": req.opt_level,
-                           "ir": req.ir, "ruleset": req.ruleset_json, "key": key, "versions": versions}
+                           "parts": req.parts, "ruleset": req.ruleset_json, "key": key, "versions": versions}
                 messages.append(self.app.signature("farm.compile", args=(message,), task_id=mine,
                                                    queue=keys.queue(req.target)))
             waiting.setdefault(holder, []).append(i)
@@ -191,7 +191,7 @@ def announce_worker(targets: list[str]) -> None:
     index = builder.index
     assert isinstance(index, RedisIndex)
     for target in filter(None, targets):
-        index.publish_toolchain(target, tool_versions())
+        index.publish_toolchain(target, builder.versions())
 
 
 def worker_compile(message: dict[str, Any], task_id: str) -> dict[str, Any]:
@@ -210,8 +210,8 @@ def worker_compile(message: dict[str, Any], task_id: str) -> dict[str, Any]:
                 "error": f"delivered {deliveries} times (the cap is {builder.config.max_deliveries}); dead-lettered"}
     start = time.perf_counter()
     try:
-        artifact = builder.ensure_ir(message["ir"], message["pattern_id"], target, message["opt_level"],
-                                     message.get("ruleset", ""), versions=message["versions"])
+        artifact = builder.ensure_parts([tuple(p) for p in message["parts"]], message["pattern_id"], target,  # type: ignore[misc]
+                                        message["opt_level"], message.get("ruleset", ""), versions=message["versions"])
     except BackendUnavailable:
         raise  # Celery retries these with backoff
     except FarmError as exc:

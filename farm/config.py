@@ -20,6 +20,8 @@ class FarmConfig:
     opt_level: int = 2
     stage_timeout: float = 120.0
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
+    # "staged" (llvm-as, opt, llc, llvm-mc) or "inprocess" (llvmlite); both link with ld.lld
+    compile_path: str = "staged"
     # cluster deployment: each one unset means the embedded default for that concern
     redis_url: str | None = None  # shared cache index, locks and counters
     broker_url: str | None = None  # Celery broker; defaults to redis_url
@@ -56,6 +58,7 @@ class FarmConfig:
         cfg.opt_level = int(env.get("FARM_OPT_LEVEL", cfg.opt_level))
         cfg.stage_timeout = float(env.get("FARM_STAGE_TIMEOUT", cfg.stage_timeout))
         cfg.workers = int(env.get("FARM_WORKERS", cfg.workers))
+        cfg.compile_path = env.get("FARM_COMPILE_PATH", cfg.compile_path)
         cfg.redis_url = env.get("FARM_REDIS_URL") or None
         cfg.broker_url = env.get("FARM_BROKER_URL") or cfg.redis_url
         cfg.s3_endpoint = env.get("FARM_S3_ENDPOINT") or None

@@ -113,7 +113,7 @@ class JitCompiler:
             raise InvalidIR("the IR is empty")
         name = entry_function(llvm_ir)
         target = self._builder.target()
-        key = self._builder.key_for(llvm_ir, target, self.config.optimization_level)
+        key = self._builder.key_for([("module", llvm_ir)], target, self.config.optimization_level)
         cached = self._lru.get(pattern_id) if self.config.cache_enabled else None
         if cached is not None and cached.cache_key == key:
             self._lru.move_to_end(pattern_id)

@@ -20,15 +20,14 @@ from farm.errors import StageFailed, StageTimeout, ToolNotFound, WorkDirError
 from farm.targets import Target
 
 LLVM_MAJOR = 16
-# stage -> (tool basename, Debian package, environment override)
+# compile stage -> (tool basename, Debian package); FARM_<TOOL> overrides a tool's path
 TOOLS: dict[str, tuple[str, str]] = {
     "llvm-as": ("llvm-as", f"llvm-{LLVM_MAJOR}"),
     "opt": ("opt", f"llvm-{LLVM_MAJOR}"),
     "llc": ("llc", f"llvm-{LLVM_MAJOR}"),
     "as": ("llvm-mc", f"llvm-{LLVM_MAJOR}"),
-    "ld": ("ld.lld", f"lld-{LLVM_MAJOR}"),
 }
-STAGES = list(TOOLS)
+PACKAGES = {tool: pkg for tool, pkg in TOOLS.values()} | {"ld.lld": f"lld-{LLVM_MAJOR}"}
 
 
 def _env_name(tool: str) -> str:
@@ -38,7 +37,7 @@ def _env_name(tool: str) -> str:
 @cache
 def find_tool(tool: str) -> str:
     """FARM_<TOOL> override, then the versioned Debian name, then the plain name on PATH."""
-    package = next(pkg for name, pkg in TOOLS.values() if name == tool)
+    package = PACKAGES[tool]
     override = os.environ.get(_env_name(tool))
     if override:
         if shutil.which(override):
@@ -59,8 +58,20 @@ def tool_version(path: str) -> str:
     return m.group(1) if m else text.strip().splitlines()[0] if text.strip() else "unknown"
 
 
-def tool_versions() -> dict[str, str]:
-    return {stage: f"{tool}={tool_version(find_tool(tool))}" for stage, (tool, _) in TOOLS.items()}
+COMPILE_PATHS = ("staged", "inprocess")
+
+
+def tool_versions(compile_path: str = "staged") -> dict[str, str]:
+    """Everything that can change the object code: part of every cache key."""
+    link = f"ld.lld={tool_version(find_tool('ld.lld'))}"
+    if compile_path == "inprocess":
+        import llvmlite
+        import llvmlite.binding as llvm
+
+        llvm_version = ".".join(map(str, llvm.llvm_version_info))
+        return {"path": "inprocess", "compile": f"llvmlite={llvmlite.__version__}/LLVM={llvm_version}", "ld": link}
+    versions = {stage: f"{tool}={tool_version(find_tool(tool))}" for stage, (tool, _) in TOOLS.items()}
+    return {"path": "staged", **versions}
 
 
 def cache_key(ir_text: str, target: Target, opt_level: int, versions: dict[str, str]) -> str:
@@ -73,51 +84,121 @@ def cache_key(ir_text: str, target: Target, opt_level: int, versions: dict[str, 
     return h.hexdigest()
 
 
+def artifact_key(parts: list[tuple[str, str]], target: Target, opt_level: int, versions: dict[str, str]) -> str:
+    """The key of the library linked from these modules (names and texts, in link order)."""
+    return cache_key("\0".join(f"{name}\n{text}" for name, text in parts), target, opt_level, versions)
+
+
 @dataclass
 class BuildResult:
     so_path: Path
     stage_seconds: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    objects_compiled: int = 0
+    objects_reused: int = 0
 
     @property
     def total_seconds(self) -> float:
         return sum(self.stage_seconds.values())
 
 
+class ObjectCache:
+    """Compiled objects of one node, by content key: a changed rule recompiles its own object only."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.o"
+
+    def get(self, key: str) -> Path | None:
+        path = self.path(key)
+        return path if path.exists() else None
+
+    def put(self, key: str, source: Path) -> Path:
+        from farm.store.local import atomic_write
+
+        atomic_write(self.path(key), source=source)
+        return self.path(key)
+
+
 @dataclass
 class Toolchain:
+    """Compiles modules to objects (staged tools or in-process llvmlite), caches them, links a .so."""
+
     work_dir: Path
     stage_timeout: float = 120.0
     memory_limit: int = 4 << 30  # address-space cap per stage, bytes
+    compile_path: str = "staged"
+    object_cache: ObjectCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile_path not in COMPILE_PATHS:
+            raise ValueError(f"compile path must be one of {COMPILE_PATHS}, not {self.compile_path!r}")
 
     def build(self, ir_text: str, target: Target, opt_level: int) -> BuildResult:
-        """Run every stage in a fresh temp dir under work_dir; the caller moves the .so where it belongs."""
+        return self.build_parts([("module", ir_text)], target, opt_level)
+
+    def build_parts(self, parts: list[tuple[str, str]], target: Target, opt_level: int) -> BuildResult:
+        """Compile each module (reusing cached objects) and link them into one shared library, in a fresh
+        temp dir under work_dir; the caller moves the .so where it belongs."""
         if not 0 <= opt_level <= 3:
             raise ValueError(f"optimisation level must be 0..3, not {opt_level}")
-        tools = {stage: find_tool(tool) for stage, (tool, _) in TOOLS.items()}
+        versions = tool_versions(self.compile_path)
+        tmp = self._temp_dir()
+        result = BuildResult(tmp / "module.so", versions=versions)
         try:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="build-", dir=self.work_dir))
-            (tmp / "module.ll").write_text(ir_text, encoding="utf-8")
-        except OSError as exc:
-            raise WorkDirError(f"cannot write the work directory {self.work_dir}: {exc.strerror or exc}") from None
-        mattr = [f"-mattr={target.features}"] if target.features else []
-        commands = {
-            "llvm-as": [tools["llvm-as"], "module.ll", "-o", "module.bc"],
-            "opt": [tools["opt"], f"-O{opt_level}", "module.bc", "-o", "opt.bc"],
-            "llc": [tools["llc"], f"-O{opt_level}", f"-mtriple={target.triple}", f"-mcpu={target.cpu}", *mattr,
-                    "-relocation-model=pic", "-filetype=asm", "opt.bc", "-o", "module.s"],
-            "as": [tools["as"], f"-triple={target.triple}", "-filetype=obj", "module.s", "-o", "module.o"],
-            "ld": [tools["ld"], "-shared", "--build-id=none", "-o", "module.so", "module.o"],
-        }
-        result = BuildResult(tmp / "module.so", versions=tool_versions())
-        try:
-            for stage, argv in commands.items():
-                result.stage_seconds[stage] = self._run(stage, argv, tmp)
+            objects = []
+            for name, text in parts:
+                key = cache_key(text, target, opt_level, versions)
+                cached = self.object_cache.get(key) if self.object_cache else None
+                if cached is not None:
+                    objects.append(cached)
+                    result.objects_reused += 1
+                    continue
+                obj, seconds = self._compile(text, target, opt_level, tmp, name)
+                for stage, value in seconds.items():
+                    result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + value
+                objects.append(self.object_cache.put(key, obj) if self.object_cache else obj)
+                result.objects_compiled += 1
+            ld = find_tool("ld.lld")
+            result.stage_seconds["ld"] = self._run("ld", [ld, "-shared", "-Bsymbolic", "--build-id=none", "-o",
+                                                          "module.so", *map(str, objects)], tmp)
         except BaseException:
             remove_build_dir(result)  # a failed build leaves no partial files behind
             raise
         return result
+
+    def _temp_dir(self) -> Path:
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix="build-", dir=self.work_dir))
+        except OSError as exc:
+            raise WorkDirError(f"cannot write the work directory {self.work_dir}: {exc.strerror or exc}") from None
+
+    def _compile(self, ir_text: str, target: Target, opt_level: int, tmp: Path,
+                 name: str) -> tuple[Path, dict[str, float]]:
+        if self.compile_path == "inprocess":
+            return compile_in_process(ir_text, target, opt_level, tmp / f"{name}.o")
+        return self._compile_staged(ir_text, target, opt_level, tmp, name)
+
+    def _compile_staged(self, ir_text: str, target: Target, opt_level: int, tmp: Path,
+                        name: str) -> tuple[Path, dict[str, float]]:
+        tools = {stage: find_tool(tool) for stage, (tool, _) in TOOLS.items()}
+        try:
+            (tmp / f"{name}.ll").write_text(ir_text, encoding="utf-8")
+        except OSError as exc:
+            raise WorkDirError(f"cannot write the work directory {tmp}: {exc.strerror or exc}") from None
+        mattr = [f"-mattr={target.features}"] if target.features else []
+        commands = {
+            "llvm-as": [tools["llvm-as"], f"{name}.ll", "-o", f"{name}.bc"],
+            "opt": [tools["opt"], f"-O{opt_level}", f"{name}.bc", "-o", f"{name}.opt.bc"],
+            "llc": [tools["llc"], f"-O{opt_level}", f"-mtriple={target.triple}", f"-mcpu={target.cpu}", *mattr,
+                    "-relocation-model=pic", "-filetype=asm", f"{name}.opt.bc", "-o", f"{name}.s"],
+            "as": [tools["as"], f"-triple={target.triple}", "-filetype=obj", f"{name}.s", "-o", f"{name}.o"],
+        }
+        seconds = {stage: self._run(stage, argv, tmp) for stage, argv in commands.items()}
+        return tmp / f"{name}.o", seconds
 
     def _run(self, stage: str, argv: list[str], cwd: Path) -> float:
         start = time.perf_counter()
@@ -146,3 +227,41 @@ def _limits(memory: int, seconds: float) -> Callable[[], None]:
 
 def remove_build_dir(result: BuildResult) -> None:
     shutil.rmtree(result.so_path.parent, ignore_errors=True)
+
+
+_llvm_ready = False
+
+
+def compile_in_process(ir_text: str, target: Target, opt_level: int, out: Path) -> tuple[Path, dict[str, float]]:
+    """The fast path: parse, optimise at the same level and emit the object for the same triple and CPU,
+    all inside this process through llvmlite. Errors carry LLVM's message like the staged tools'."""
+    import llvmlite.binding as llvm
+
+    global _llvm_ready
+    if not _llvm_ready:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        _llvm_ready = True
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        module = llvm.parse_assembly(ir_text)
+        module.verify()
+    except RuntimeError as exc:
+        raise StageFailed("parse", 1, str(exc)) from None
+    seconds["parse"] = time.perf_counter() - start
+    start = time.perf_counter()
+    machine = llvm.Target.from_triple(target.triple).create_target_machine(
+        cpu=target.cpu, features=target.features, opt=opt_level, reloc="pic", codemodel="default")
+    if opt_level:
+        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=opt_level))
+        builder.getModulePassManager().run(module, builder)
+    seconds["opt"] = time.perf_counter() - start
+    start = time.perf_counter()
+    data = machine.emit_object(module)
+    seconds["codegen"] = time.perf_counter() - start
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        raise WorkDirError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out, seconds

@@ -214,7 +214,7 @@ def test_redeliveries_are_counted_and_capped_into_a_dead_letter(cluster: dict[st
         (pid, rs), = patterns_from("rule deliver_me: (f ?x (g 9)) => (g ?x)")
         request = CompileRequest.for_ruleset(pid, rs, "x86-64", 0)  # type: ignore[arg-type]
         key, versions = coord.key_for(request)
-        message = {"pattern_id": pid, "target": "x86-64", "opt_level": 0, "ir": request.ir,
+        message = {"pattern_id": pid, "target": "x86-64", "opt_level": 0, "parts": request.parts,
                    "ruleset": request.ruleset_json, "key": key, "versions": versions}
         before = coord.index.counters()
         statuses = [farm_cluster.worker_compile(message, "task-redelivered")["status"] for _ in range(4)]

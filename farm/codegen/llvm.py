@@ -4,6 +4,14 @@ The module is self-contained apart from malloc/calloc/realloc/free. Its exported
 docs/abi.md; loader.py mirrors the arena struct. Rule and operator names never reach an IR identifier:
 functions are named by operator index, and the module name is fixed.
 
+A ruleset is emitted as separate modules, so that objects can be cached and relinked:
+  runtime   the arena and the normaliser; the same for every ruleset (per target, CPU and -O level)
+  manifest  farm_match (dispatch on the root operator), rule and operator counts, arities, fingerprint
+  chunk<i>  the decision trees of a group of root operators (farm_match_op<k>, one per operator)
+A small ruleset is runtime + one module. Changing one rule of a large ruleset recompiles its chunk's
+object and the manifest, then relinks. `single_module()`
+puts all of them in one module (for `farm codegen`, llvmlite checks and seed-API users).
+
 Semantics mirror farm/interp.py step for step (the same stack discipline, fuel and cycle checks), so
 that native code and the interpreter agree on normal forms, firing counts and errors.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 
 from llvmlite import ir
 
@@ -46,7 +55,9 @@ class _Fn:
 
     def __init__(self, module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type],
                  internal: bool = True) -> None:
-        self.fn = ir.Function(module, ir.FunctionType(ret, args), name)
+        existing = module.globals.get(name)
+        self.fn = existing if isinstance(existing, ir.Function) else \
+            ir.Function(module, ir.FunctionType(ret, args), name)
         self.fn.attributes.add("nounwind")
         if internal:
             self.fn.linkage = "internal"
@@ -137,20 +148,46 @@ class _Fn:
         self.return_if(self.b.icmp_signed("<", value, c64(below)), value)
 
 
+# Functions one module may call in another: declared wherever they are used, defined in one part.
+SIGNATURES: dict[str, tuple[ir.Type, list[ir.Type]]] = {
+    "malloc": (PTR, [I64]), "calloc": (PTR, [I64, I64]), "realloc": (PTR, [PTR, I64]), "free": (VOID, [PTR]),
+    "farm_mk": (I64, [PTR, I64, I64, I64, PTR]), "farm_normalize": (I64, [PTR, I64]), "farm_fire": (I1, [PTR, I64]),
+    "farm_match": (I64, [PTR, I64]), "farm_rule_count": (I64, []), "farm_op_count": (I64, []),
+    "farm_op_arity": (I64, [I64]), "farm_arena_free": (VOID, [PTR]),
+}
+MATCH_OP_TYPE = ir.FunctionType(I64, [PTR, I64, I64])  # (arena, node, index of the op's first rule)
+CHUNK_RULES = 64
+
+
 class LLVMCodegen:
-    """Builds the IR module for one ruleset."""
+    """Builds the IR modules of one ruleset."""
 
     def __init__(self, ruleset: RuleSet, triple: str | None = None, tree_budget: int = NODE_BUDGET) -> None:
         self.ruleset = ruleset
+        self.triple = triple
         self.tree_budget = tree_budget
-        self.m = ir.Module(name="farm")
-        if triple:
-            self.m.triple = triple
         self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
-        self.fns: dict[str, ir.Function] = {}
+        self.m = self._module()
 
-    def generate(self) -> str:
-        self._libc()
+    def _module(self) -> ir.Module:
+        m = ir.Module(name="farm")
+        if self.triple:
+            m.triple = self.triple
+        return m
+
+    def _declared(self, name: str) -> ir.Function:
+        """The function `name` in the current module: its definition if emitted, else a declaration."""
+        existing = self.m.globals.get(name)
+        if isinstance(existing, ir.Function):
+            return existing
+        ret, args = SIGNATURES[name]
+        fn = ir.Function(self.m, ir.FunctionType(ret, args), name)
+        fn.attributes.add("nounwind")
+        return fn
+
+    # ---- the three kinds of module ----
+
+    def _emit_runtime(self) -> None:
         self._reserve("reserve_nodes", "nodes", "n_nodes", "cap_nodes", 8 * NODE_STRIDE)
         self._reserve("reserve_kids", "kids", "n_kids", "cap_kids", 8)
         self._reserve("reserve_stack", "stack", "sp", "cap_stack", 16)
@@ -160,32 +197,82 @@ class LLVMCodegen:
         self._mk()
         self._push()
         self._fire()
-        self._match_declaration()
         self._normalize()
-        self._matchers()
         self._rewrite()
         self._load()
         self._arena_free()
         self._arena_new()
-        self._constants()
+        for name, value in [("farm_abi_version", ABI_VERSION), ("farm_node_stride", NODE_STRIDE)]:
+            _Fn(self.m, name, I64, [], internal=False).b.ret(c64(value))
+
+    def _emit_manifest(self) -> None:
+        self._dispatch()
+        counts = [("farm_rule_count", len(self.ruleset.rules)), ("farm_op_count", len(self.ruleset.signature))]
+        for name, value in counts:
+            _Fn(self.m, name, I64, [], internal=False).b.ret(c64(value))
+        self._op_arity()
         self._fingerprint()
+
+    def _emit_op(self, op_name: str) -> None:
+        rules = self.ruleset.rules_by_root()[op_name]
+        op = self.op_ids[op_name]
+        f = _Fn(self.m, f"farm_match_op{op}", I64, [PTR, I64, I64], internal=False)
+        _TreeEmitter(self, f, base=f.args[2], first_rule=rules[0].index).emit(
+            build_tree(rules, self.tree_budget), {(): f.args[1]}, None)
+
+    def chunks(self) -> list[list[str]]:
+        """Root operators grouped, in signature order, into chunks of at most CHUNK_RULES rules: one object
+        each. Per-chunk rather than per-operator objects keep the number of tool runs low."""
+        by_root = self.ruleset.rules_by_root()
+        out: list[list[str]] = []
+        size = 0
+        for op_name, _ in self.ruleset.signature:
+            if op_name not in by_root:
+                continue
+            if not out or size + len(by_root[op_name]) > CHUNK_RULES:
+                out.append([])
+                size = 0
+            out[-1].append(op_name)
+            size += len(by_root[op_name])
+        return out
+
+    def parts(self) -> list[tuple[str, str]]:
+        """(name, IR text) of every module to compile and link for this ruleset, runtime first. A small
+        ruleset is one module besides the runtime; a large one has a manifest and one module per chunk."""
+        out = [("runtime", runtime_ir(self.triple))]
+        chunks = self.chunks()
+        self.m = self._module()
+        self._emit_manifest()
+        if len(chunks) <= 1:
+            for op_name in chunks[0] if chunks else []:
+                self._emit_op(op_name)
+            return [*out, ("rules", str(self.m))]
+        out.append(("manifest", str(self.m)))
+        for i, chunk in enumerate(chunks):
+            self.m = self._module()
+            for op_name in chunk:
+                self._emit_op(op_name)
+            out.append((f"chunk{i}", str(self.m)))
+        return out
+
+    def single_module(self) -> str:
+        self.m = self._module()
+        self._emit_runtime()
+        self._emit_manifest()
+        for op_name in self.ruleset.rules_by_root():
+            self._emit_op(op_name)
         return str(self.m)
 
     def max_arity(self) -> int:
         return max((a for _, a in self.ruleset.signature), default=0)
 
     def _call(self, f: _Fn, name: str, *args: ir.Value) -> ir.Value:
-        return f.b.call(self.fns[name], list(args))
-
-    def _libc(self) -> None:
-        for name, ret, args in [("malloc", PTR, [I64]), ("calloc", PTR, [I64, I64]),
-                                ("realloc", PTR, [PTR, I64]), ("free", VOID, [PTR])]:
-            self.fns[name] = ir.Function(self.m, ir.FunctionType(ret, args), name)
+        existing = self.m.globals.get(name)
+        fn = existing if isinstance(existing, ir.Function) else self._declared(name)
+        return f.b.call(fn, list(args))
 
     def _new(self, name: str, ret: ir.Type, args: list[ir.Type], internal: bool = True) -> _Fn:
-        f = _Fn(self.m, name, ret, args, internal)
-        self.fns[name] = f.fn
-        return f
+        return _Fn(self.m, name, ret, args, internal)
 
     def _reserve(self, name: str, ptr: str, count: str, cap: str, elem_bytes: int) -> None:
         """Make room for `need` more elements; false when realloc fails (the old block stays valid)."""
@@ -315,7 +402,7 @@ class LLVMCodegen:
 
     def _fire(self) -> None:
         """Count a rule firing and one rewrite step; false once the fuel is spent."""
-        f = self._new("fire", I1, [PTR, I64])
+        f = self._new("farm_fire", I1, [PTR, I64], internal=False)
         b = f.b
         rule = f.args[1]
         counters = f.get("counters")
@@ -324,10 +411,6 @@ class LLVMCodegen:
         f.put("steps", steps)
         f.put("last_rule", rule)
         b.ret(b.icmp_signed("<=", steps, f.get("fuel")))
-
-    def _match_declaration(self) -> None:
-        self.fns["farm_match"] = ir.Function(self.m, ir.FunctionType(I64, [PTR, I64]), "farm_match")
-        self.fns["farm_match"].attributes.add("nounwind")
 
     def _normalize(self) -> None:
         """Innermost normal form of `root`, memoised in the node records; re-entrant (conditions call it)."""
@@ -401,7 +484,7 @@ class LLVMCodegen:
                 fail_with(m)
                 b.store(m, reduced)
             with same:
-                t = b.call(self.fns["farm_match"], [arena, node])
+                t = self._call(f, "farm_match", arena, node)
                 with b.if_then(b.icmp_signed("==", t, c64(NO_MATCH))):
                     finish(node)
                 fail_with(t)
@@ -446,12 +529,6 @@ class LLVMCodegen:
         f = self._new("farm_load", I64, [PTR, I64, PTR, PTR, PTR, PTR, PTR], internal=False)
         b = f.b
         arena, n, ops, arities, values, kids, out = f.args
-        arity_table = ir.GlobalVariable(self.m, ir.ArrayType(I64, len(self.ruleset.signature)) if
-                                        self.ruleset.signature else ir.ArrayType(I64, 1), "op_arity")
-        arity_table.linkage = "internal"
-        arity_table.global_constant = True
-        arity_table.initializer = ir.Constant(arity_table.value_type,
-                                              [a for _, a in self.ruleset.signature] or [0])
         bad = c64(ERR_INPUT)
         with f.loop(c64(0), n) as i:
             op = f.load_at(ops, i)
@@ -464,10 +541,8 @@ class LLVMCodegen:
                 with app:
                     arity = f.load_at(arities, i)
                     f.return_if(b.icmp_signed("<", arity, c64(0)), bad)
-                    with b.if_then(b.icmp_signed("<", op, c64(len(self.ruleset.signature)))):
-                        expected = b.load(b.gep(arity_table, [c64(0), op], source_etype=arity_table.value_type),
-                                          typ=I64)
-                        f.return_if(b.icmp_signed("!=", arity, expected), bad)
+                    with b.if_then(b.icmp_signed("<", op, self._call(f, "farm_op_count"))):
+                        f.return_if(b.icmp_signed("!=", arity, self._call(f, "farm_op_arity", op)), bad)
                     offset = f.load_at(values, i)
                     with f.loop(c64(0), arity) as j:
                         k = f.load_at(kids, b.add(offset, j))
@@ -489,7 +564,7 @@ class LLVMCodegen:
                   "kids": self._call(f, "malloc", c64(INITIAL["kids"] * 8)),
                   "table": self._call(f, "calloc", c64(INITIAL["table"]), c64(8)),
                   "stack": self._call(f, "malloc", c64(INITIAL["stack"] * 16)),
-                  "counters": self._call(f, "calloc", c64(max(1, len(self.ruleset.rules))), c64(8))}
+                  "counters": self._call(f, "calloc", b.add(self._call(f, "farm_rule_count"), c64(1)), c64(8))}
         for name, value in blocks.items():
             f.put(name, value)
         f.put("cap_nodes", c64(INITIAL["nodes"]))
@@ -507,7 +582,6 @@ class LLVMCodegen:
 
     def _arena_free(self) -> None:
         f = _Fn(self.m, "farm_arena_free", VOID, [PTR], internal=False)
-        self.fns["farm_arena_free"] = f.fn
         b = f.b
         with b.if_then(b.icmp_unsigned("!=", f.arena, ir.Constant(PTR, None))):
             for name in ("nodes", "kids", "table", "stack", "counters"):
@@ -525,42 +599,45 @@ class LLVMCodegen:
         f = _Fn(self.m, "farm_fingerprint", PTR, [], internal=False)
         f.b.ret(data)
 
-    def _constants(self) -> None:
-        for name, value in [("farm_abi_version", ABI_VERSION), ("farm_rule_count", len(self.ruleset.rules)),
-                            ("farm_op_count", len(self.ruleset.signature)), ("farm_node_stride", NODE_STRIDE)]:
-            f = _Fn(self.m, name, I64, [], internal=False)
-            f.b.ret(c64(value))
-
-    # ---- the ruleset-specific part ----
-
-    def _matchers(self) -> None:
-        """farm_match dispatches on the root operator, then runs that operator's decision tree."""
-        by_root = self.ruleset.rules_by_root()
-        f = _Fn.define(self.fns["farm_match"])
-        node = f.fn.args[1]
-        no_match = f.block("no_match")
-        switch = f.b.switch(f.nget(node, F_OP), no_match)
-        for op_name, rules in by_root.items():
-            op = self.op_ids[op_name]
-            tree_fn = self._tree_function(op, build_tree(rules, self.tree_budget))
+    def _op_arity(self) -> None:
+        f = _Fn(self.m, "farm_op_arity", I64, [I64], internal=False)
+        unknown = f.block("unknown")
+        switch = f.b.switch(f.args[0], unknown)
+        for op, (_, arity) in enumerate(self.ruleset.signature):
             case = f.block(f"op{op}")
             switch.add_case(c64(op), case)
             f.b.position_at_end(case)
-            f.b.ret(f.b.call(tree_fn, [f.arena, node]))
+            f.b.ret(c64(arity))
+        f.b.position_at_end(unknown)
+        f.b.ret(c64(-1))
+
+    def _dispatch(self) -> None:
+        """farm_match: dispatch on the root operator to that operator's decision tree."""
+        f = _Fn(self.m, "farm_match", I64, [PTR, I64], internal=False)
+        node = f.args[1]
+        no_match = f.block("no_match")
+        switch = f.b.switch(f.nget(node, F_OP), no_match)
+        for op_name, rules in self.ruleset.rules_by_root().items():
+            op = self.op_ids[op_name]
+            existing = self.m.globals.get(f"farm_match_op{op}")
+            tree_fn = existing if isinstance(existing, ir.Function) else \
+                ir.Function(self.m, MATCH_OP_TYPE, f"farm_match_op{op}")
+            case = f.block(f"op{op}")
+            switch.add_case(c64(op), case)
+            f.b.position_at_end(case)
+            f.b.ret(f.b.call(tree_fn, [f.arena, node, c64(rules[0].index)]))
         f.b.position_at_end(no_match)
         f.b.ret(c64(NO_MATCH))
-
-    def _tree_function(self, op: int, tree: Tree) -> ir.Function:
-        f = self._new(f"match_op{op}", I64, [PTR, I64])
-        _TreeEmitter(self, f).emit(tree, {(): f.args[1]}, None)
-        return f.fn
 
 
 class _TreeEmitter:
     """Lowers a decision tree (matchtree.py) into one function's blocks."""
 
-    def __init__(self, gen: LLVMCodegen, f: _Fn) -> None:
+    def __init__(self, gen: LLVMCodegen, f: _Fn, base: ir.Value, first_rule: int) -> None:
+        """Rule indices are written relative to the op's first rule and offset by `base` (an argument),
+        so this object does not change when rules of other operators are added or reordered."""
         self.gen, self.f, self.b = gen, f, f.b
+        self.base, self.first_rule = base, first_rule
         self.scratch: ir.Value | None = None
 
     def emit(self, tree: Tree, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> None:
@@ -621,7 +698,8 @@ class _TreeEmitter:
             self._require(test, otherwise)
         for constraint in leaf.rule.constraints:
             self._require(self._guard(constraint, bound), otherwise)
-        fuel_ok = b.call(self.gen.fns["fire"], [f.arena, c64(leaf.rule.index)])
+        rule = b.add(self.base, c64(leaf.rule.index - self.first_rule))
+        fuel_ok = self.gen._call(f, "farm_fire", f.arena, rule)
         f.return_if(b.not_(fuel_ok), c64(ERR_FUEL))
         b.ret(self._build(leaf.rule.target, bound))
         b.position_at_end(otherwise)
@@ -648,7 +726,7 @@ class _TreeEmitter:
 
     def _normalized(self, expr: PatternExpr, bound: dict[str, ir.Value]) -> ir.Value:
         term = self._build(expr, bound)
-        result = self.b.call(self.gen.fns["farm_normalize"], [self.f.arena, term])
+        result = self.gen._call(self.f, "farm_normalize", self.f.arena, term)
         self.f.return_if_error(result)
         return result
 
@@ -682,20 +760,19 @@ class _TreeEmitter:
         return self.scratch
 
     def _build(self, expr: PatternExpr, bound: dict[str, ir.Value]) -> ir.Value:
-        b, f = self.b, self.f
+        f = self.f
         if isinstance(expr, Var):
             return bound[expr.name]
         if isinstance(expr, (Lit, Computed)):
             value = c64(expr.value) if isinstance(expr, Lit) else self._arith(expr.expr, bound)
-            node = b.call(self.gen.fns["farm_mk"], [f.arena, c64(LIT_OP), c64(0), value, ir.Constant(PTR, None)])
+            node = self.gen._call(f, "farm_mk", f.arena, c64(LIT_OP), c64(0), value, ir.Constant(PTR, None))
         else:
             assert isinstance(expr, App)
             kids = [self._build(a, bound) for a in expr.args]
             buf = self._scratch(len(kids)) if kids else ir.Constant(PTR, None)
             for j, kid in enumerate(kids):
                 f.store_at(buf, c64(j), kid)
-            node = b.call(self.gen.fns["farm_mk"], [f.arena, c64(self.gen.op_ids[expr.op]), c64(len(kids)),
-                                                    c64(0), buf])
+            node = self.gen._call(f, "farm_mk", f.arena, c64(self.gen.op_ids[expr.op]), c64(len(kids)), c64(0), buf)
         f.return_if_error(node)
         return node
 
@@ -716,20 +793,41 @@ class _TreeEmitter:
         return b.shl(x, shift) if expr.op == "<<" else b.ashr(x, shift)
 
 
-_IR_MEMO: OrderedDict[tuple[str, str | None, int], str] = OrderedDict()
+_IR_MEMO: OrderedDict[tuple[str, str | None, int, str], object] = OrderedDict()
 _IR_MEMO_SIZE = 64
 
 
-def generate_llvm_ir(ruleset: RuleSet, triple: str | None = None, tree_budget: int = NODE_BUDGET) -> str:
-    """The LLVM IR text of the whole ruleset (opaque pointers; accepted by llvm-16 tools and llvmlite).
-
-    The text is a pure function of the ruleset, so it is memoised by fingerprint: a cache hit should not
-    pay for code generation just to compute its key."""
-    memo_key = (ruleset.fingerprint(), triple, tree_budget)
-    text = _IR_MEMO.get(memo_key)
-    if text is None:
-        text = _IR_MEMO[memo_key] = LLVMCodegen(ruleset, triple, tree_budget).generate()
+def _memo(kind: str, ruleset: RuleSet, triple: str | None, tree_budget: int, make: Callable[[], object]) -> object:
+    """IR is a pure function of the ruleset: memoised by fingerprint, so a cache hit does not pay for
+    code generation just to compute its key."""
+    key = (ruleset.fingerprint(), triple, tree_budget, kind)
+    value = _IR_MEMO.get(key)
+    if value is None:
+        value = _IR_MEMO[key] = make()
         while len(_IR_MEMO) > _IR_MEMO_SIZE:
             _IR_MEMO.popitem(last=False)
-    _IR_MEMO.move_to_end(memo_key)
-    return text
+    _IR_MEMO.move_to_end(key)
+    return value
+
+
+@cache
+def runtime_ir(triple: str | None) -> str:
+    """The ruleset-independent module: arena, hash-consing, normaliser and the exported API."""
+    from farm.transduce import RuleSet as _RuleSet
+
+    gen = LLVMCodegen(_RuleSet((), ()), triple)
+    gen._emit_runtime()
+    return str(gen.m)
+
+
+def generate_llvm_ir(ruleset: RuleSet, triple: str | None = None, tree_budget: int = NODE_BUDGET) -> str:
+    """The whole ruleset as one module (opaque pointers; accepted by llvm-16 tools and llvmlite)."""
+    return _memo("single", ruleset, triple, tree_budget,
+                 lambda: LLVMCodegen(ruleset, triple, tree_budget).single_module())  # type: ignore[return-value]
+
+
+def ruleset_parts(ruleset: RuleSet, triple: str | None = None,
+                  tree_budget: int = NODE_BUDGET) -> list[tuple[str, str]]:
+    """The ruleset as separately compiled modules: runtime, manifest, one per root operator."""
+    return _memo("parts", ruleset, triple, tree_budget,
+                 lambda: LLVMCodegen(ruleset, triple, tree_budget).parts())  # type: ignore[return-value]

@@ -24,6 +24,8 @@ class ArtifactMeta:
     created_at: float = field(default_factory=time.time)
     signature: str = ""  # HMAC-SHA256 (farm/signing.py) when a signing key is configured
     ruleset: str = ""  # the ruleset as JSON (farm/serialize.py), so a node can load what it pulls
+    objects_compiled: int = 0  # modules compiled for this library; the others came from the object cache
+    objects_reused: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

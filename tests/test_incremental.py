@@ -1,0 +1,73 @@
+"""Object-level caching and the in-process (llvmlite) compile path."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+from farm.config import FarmConfig
+from farm.dsl import parse_rules
+from farm.engine import Engine, load_native
+from farm.terms import TermGraph
+from farm.transduce import RuleSet, transduce_patterns
+from farm.verify import TermGenerator, differential
+
+from .conftest import EXAMPLES
+from .test_native import elf_header, example
+
+
+def generated(n: int, change: int | None = None) -> RuleSet:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import gen_rules
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    text, _ = gen_rules.generate(n)
+    if change is not None:  # give one rule another target
+        lines = text.splitlines()
+        i = next(k for k, line in enumerate(lines) if line.startswith(f"rule r{change}:"))
+        lines[i] = lines[i].split("=>")[0] + "=> (c3 c0)"
+        text = "\n".join(lines)
+    parsed = parse_rules(text)
+    return transduce_patterns(parsed.patterns, parsed.declared_ops, warn=False)
+
+
+def test_changing_one_rule_relinks_instead_of_recompiling_everything(tmp_path: Path) -> None:
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=1))
+    first = engine.compile(generated(1000), "big")
+    assert first.meta.objects_compiled >= 10  # runtime, manifest and the chunks
+    changed_rules = generated(1000, change=500)
+    second = engine.compile(changed_rules, "big")
+    assert second.meta.key != first.meta.key
+    assert (second.meta.objects_compiled, second.meta.objects_reused) == (2, first.meta.objects_compiled - 2)
+    assert sum(second.meta.stage_seconds.values()) < sum(first.meta.stage_seconds.values()) / 3
+    report = differential(changed_rules, load_native(changed_rules, second), cases=300, seed=4, fuel=10_000)
+    assert report.ok, report.mismatches[:3]
+
+
+def test_runtime_object_is_shared_by_rulesets(tmp_path: Path) -> None:
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=1))
+    engine.compile(example("bool"), "bool")
+    arith = engine.compile(example("arith"), "arith")
+    assert (arith.meta.objects_compiled, arith.meta.objects_reused) == (1, 1)
+
+
+def test_in_process_path_rewrites_exactly_like_the_staged_path(tmp_path: Path) -> None:
+    staged = Engine(FarmConfig(cache_dir=tmp_path / "staged", opt_level=2))
+    inproc = Engine(FarmConfig(cache_dir=tmp_path / "inproc", opt_level=2, compile_path="inprocess"))
+    for name in ("arith", "bool"):
+        rs = example(name)
+        a, b = staged.compile(rs, name, "x86-64"), inproc.compile(rs, name, "x86-64")
+        assert set(b.meta.stage_seconds) == {"parse", "opt", "codegen", "ld"}
+        assert a.meta.key != b.meta.key and b.meta.toolchain["path"] == "inprocess"
+        gen = TermGenerator(rs, random.Random(9), max_depth=5)
+        g = TermGraph(rs.make_signature())
+        texts = [g.to_text(gen.term(g)) for _ in range(1500)]
+        results = []
+        for art in (a, b):
+            graph = TermGraph(rs.make_signature())
+            results.append(load_native(rs, art).rewrite(graph, [graph.parse(t)[0] for t in texts]))
+        assert results[0].texts() == results[1].texts() and results[0].firings == results[1].firings
+    aarch64 = inproc.compile(example("arith"), "arith", "aarch64")
+    assert elf_header(aarch64.path) == (3, 183)
