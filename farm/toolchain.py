@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -52,10 +53,29 @@ def find_tool(tool: str) -> str:
 
 @cache
 def tool_version(path: str) -> str:
+    """A tool's version, remembered on disk by the binary's identity (path, size, mtime): asking five tools
+    `--version` costs a new process about 100 ms that a cache hit should not pay."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    identity = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+    memo = _VERSION_MEMO / hashlib.sha256(identity.encode()).hexdigest()[:32]
+    try:
+        return memo.read_text(encoding="utf-8")
+    except OSError:
+        pass
     out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
     text = out.stdout + out.stderr
     m = re.search(r"(?:LLVM|LLD) (?:version )?(\d+\.\d+\.\d+\S*)", text)
-    return m.group(1) if m else text.strip().splitlines()[0] if text.strip() else "unknown"
+    version = m.group(1) if m else text.strip().splitlines()[0] if text.strip() else "unknown"
+    with contextlib.suppress(OSError):  # the memo is an optimisation; an unwritable home is not an error
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}")
+        tmp.write_text(version, encoding="utf-8")
+        os.replace(tmp, memo)
+    return version
+
+
+_VERSION_MEMO = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "farm" / "tool-versions"
 
 
 COMPILE_PATHS = ("staged", "inprocess")

@@ -90,25 +90,43 @@ class _Fn:
         self.b.store(init, slot)
         return slot
 
+    def _tbaa(self, kind: str) -> ir.MDValue:
+        """Type-based alias tags: arena struct fields and array cells never alias, so a pointer loaded from
+        the arena stays valid across stores into nodes and kids (until a call may realloc)."""
+        module = self.fn.module
+        tags = getattr(module, "_farm_tbaa", None)
+        if tags is None:
+            root = module.add_metadata([ir.MetaDataString(module, "farm tbaa")])
+            tags = {}
+            for name in ("arena", "cell"):
+                node = module.add_metadata([ir.MetaDataString(module, f"farm {name}"), root, c64(0)])
+                tags[name] = module.add_metadata([node, node, c64(0)])
+            module._farm_tbaa = tags
+        return tags[kind]
+
     # arena fields
     def field(self, name: str) -> ir.Value:
         return self.b.gep(self.arena, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), A[name])],
                           source_etype=ARENA)
 
     def get(self, name: str) -> ir.Value:
-        return self.b.load(self.field(name), typ=ARENA_FIELDS[A[name]][1])
+        value = self.b.load(self.field(name), typ=ARENA_FIELDS[A[name]][1])
+        value.set_metadata("tbaa", self._tbaa("arena"))
+        return value
 
     def put(self, name: str, value: ir.Value) -> None:
-        self.b.store(value, self.field(name))
+        self.b.store(value, self.field(name)).set_metadata("tbaa", self._tbaa("arena"))
 
     def elem(self, base: ir.Value, index: ir.Value) -> ir.Value:
         return self.b.gep(base, [index], source_etype=I64)
 
     def load_at(self, base: ir.Value, index: ir.Value) -> ir.Value:
-        return self.b.load(self.elem(base, index), typ=I64)
+        value = self.b.load(self.elem(base, index), typ=I64)
+        value.set_metadata("tbaa", self._tbaa("cell"))
+        return value
 
     def store_at(self, base: ir.Value, index: ir.Value, value: ir.Value) -> None:
-        self.b.store(value, self.elem(base, index))
+        self.b.store(value, self.elem(base, index)).set_metadata("tbaa", self._tbaa("cell"))
 
     # node records (the nodes pointer is reloaded each time: mk may have moved it)
     def _node_index(self, node: ir.Value, f: int) -> ir.Value:
