@@ -28,7 +28,7 @@ from farm.codegen.llvm import (
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
 from farm.semantics import DEFAULT_FUEL, cycle_error, fuel_error
-from farm.terms import LIT, TermGraph
+from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
 
 I64P = ctypes.POINTER(ctypes.c_int64)
@@ -88,6 +88,10 @@ class NativeRuleset:
         self.lib = lib
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
+        with bulk():
+            return self._rewrite(graph, roots, fuel)
+
+    def _rewrite(self, graph: TermGraph, roots: list[int], fuel: int) -> RewriteResult:
         started = time.perf_counter()
         to_native, to_graph = self._op_maps(graph)
         # Graph ids are children-first already, so the prefix up to the last root is a valid import order

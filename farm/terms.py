@@ -6,8 +6,10 @@ the depth of a term: a Peano numeral a million levels deep parses, prints and co
 
 from __future__ import annotations
 
+import gc
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from farm.errors import ParseError, SourceLocation, TermError
@@ -23,6 +25,19 @@ def _location(text: str, filename: str, offset: int) -> SourceLocation:
     return SourceLocation(filename, line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
 
 LIT = -1  # op id of an integer literal node
+
+
+@contextmanager
+def bulk() -> Iterator[None]:
+    """Pause the cyclic GC while building many nodes: term tuples hold no cycles, and a million of them
+    would otherwise trigger repeated full collections (measured: ~7% of a large native rewrite)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def wrap_i64(value: int) -> int:
@@ -155,6 +170,11 @@ class TermGraph:
         """
         roots: list[int] = []
         frames: list[tuple[str, int, list[int]]] = []  # (op name, offset, kids so far)
+        with bulk():
+            self._scan(text, filename, roots, frames)
+        return roots
+
+    def _scan(self, text: str, filename: str, roots: list[int], frames: list[tuple[str, int, list[int]]]) -> None:
         lit = self.lit
         expect_head = False
         for m in _TERM_TOKEN.finditer(text):
@@ -194,7 +214,6 @@ class TermGraph:
         if expect_head or frames:
             opened = _location(text, filename, frames[-1][1]) if frames else "the end"
             raise ParseError(_location(text, filename, len(text)), f"expected ')' to close the term opened at {opened}")
-        return roots
 
     def _app_at(self, text: str, filename: str, offset: int, name: str, kids: list[int]) -> int:
         try:
