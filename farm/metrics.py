@@ -85,10 +85,8 @@ class Snapshot:
 
 
 def snapshot(index: CacheIndex) -> Snapshot:
-    from farm.index.redis import RedisIndex
-
     counters = index.counters()
-    snap = Snapshot("shared" if isinstance(index, RedisIndex) else "local", counters)
+    snap = Snapshot("shared" if index.shared else "local", counters)
     raw: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     sums: dict[tuple[str, str], float] = {}
     for name, value in counters.items():
@@ -111,10 +109,10 @@ def snapshot(index: CacheIndex) -> Snapshot:
             buckets.append((_le(bound), running))
         snap.histograms[series] = Histogram(buckets, sums.get(series, 0.0))
     snap.artifacts = index.artifact_count()
-    if isinstance(index, RedisIndex):
-        snap.queue_depth = index.queue_depths()
-        snap.inflight = index.inflight()
-        snap.hot = index.hot(HOT_TOP_K)
+    if index.shared:  # the Redis index (imported only with the cluster extras)
+        snap.queue_depth = index.queue_depths()  # type: ignore[attr-defined]
+        snap.inflight = index.inflight()  # type: ignore[attr-defined]
+        snap.hot = index.hot(HOT_TOP_K)  # type: ignore[attr-defined]
     return snap
 
 

@@ -71,21 +71,29 @@ def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def s3_server(port: int | None = None) -> Iterator[str]:
-    """moto's S3 server mode: a real HTTP server speaking the S3 protocol."""
-    port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def http_process(argv: list[str], ready_url: str, what: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, timeout: float = 60.0) -> Iterator[subprocess.Popen]:  # type: ignore[type-arg]
+    """A server process that is ready once `ready_url` answers 200; stopped on exit."""
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def up() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1) as r:
+        with urllib.request.urlopen(ready_url, timeout=2) as r:
             return r.status == 200
 
     try:
-        _wait(up, "moto S3 server", proc, timeout=60)
-        yield f"127.0.0.1:{port}"
+        _wait(up, what, proc, timeout=timeout)
+        yield proc
     finally:
         _stop(proc)
+
+
+@contextmanager
+def s3_server(port: int | None = None) -> Iterator[str]:
+    """moto's S3 server mode: a real HTTP server speaking the S3 protocol."""
+    port = port or free_port()
+    with http_process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                      f"http://127.0.0.1:{port}/moto-api/", "moto S3 server"):
+        yield f"127.0.0.1:{port}"
 
 
 def cluster_env(redis_url: str, s3_endpoint: str, cache_dir: Path, **extra: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from farm.terms import TermGraph
 from farm.transduce import transduce_patterns
 
 from .conftest import ROOT, SIGNING_KEY
-from .servers import _stop, _wait, cluster_env, free_port
+from .servers import cluster_env, free_port, http_process
 
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "farm.json"
@@ -71,18 +71,9 @@ def test_dashboard_is_provisioned_against_the_prometheus_source() -> None:
 def exporter(cluster: dict[str, str], tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "exporter")
-    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "exporter", "--port", str(port), "--host", "127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            return r.status == 200
-
-    try:
-        _wait(up, "farm exporter", proc)
+    with http_process([sys.executable, "-m", "farm.cli", "exporter", "--port", str(port), "--host", "127.0.0.1"],
+                      f"http://127.0.0.1:{port}/metrics", "farm exporter", env=env, cwd=ROOT):
         yield f"127.0.0.1:{port}"
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture
@@ -93,19 +84,9 @@ def prometheus(exporter: str, tmp_path: Path) -> Iterator[str]:
     config = tmp_path / "prometheus.yml"
     config.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: farm\n"
                       f"    static_configs:\n      - targets: ['{exporter}']\n")
-    proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def ready() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
-            return r.status == 200
-
-    try:
-        _wait(ready, "prometheus", proc, timeout=60)
+    with http_process([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                       f"--web.listen-address=127.0.0.1:{port}"], f"http://127.0.0.1:{port}/-/ready", "prometheus"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
 
 
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(cluster: dict[str, str], prometheus: str,

@@ -10,6 +10,8 @@ COUNTERS = ("requests", "hits", "misses", "compilations_ok", "compilations_faile
 
 
 class CacheIndex(ABC):
+    shared = False  # True for the cluster's index: it also has queues, locks and the hot set
+
     @abstractmethod
     def lookup(self, pattern_id: str, target: str) -> str | None: ...
 

@@ -26,6 +26,8 @@ return 0
 
 
 class RedisIndex(CacheIndex):
+    shared = True
+
     def __init__(self, url: str, client: redis.Redis | None = None) -> None:
         self.url = url
         # Typed as Any: redis-py declares bytes | str results for a client that always returns bytes here.
