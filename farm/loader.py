@@ -11,6 +11,7 @@ import hashlib
 import time
 from array import array
 from pathlib import Path
+from typing import Any
 
 from farm.codegen.llvm import (
     ABI_VERSION,
@@ -19,10 +20,6 @@ from farm.codegen.llvm import (
     ERR_FUEL,
     ERR_INPUT,
     ERR_OOM,
-    F_ARITY,
-    F_OP,
-    F_PAYLOAD,
-    LIT_OP,
     NODE_STRIDE,
 )
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
@@ -50,10 +47,6 @@ def verify_sha256(path: str | Path, expected: str) -> None:
     actual = sha256_file(path)
     if actual != expected:
         raise IntegrityError(f"{path}: sha256 is {actual}, expected {expected}; refusing to load it")
-
-
-def _i64_array(values: array) -> ctypes.Array:
-    return (ctypes.c_int64 * max(1, len(values))).from_buffer(values if len(values) else array("q", [0]))
 
 
 class NativeRuleset:
@@ -85,6 +78,10 @@ class NativeRuleset:
         lib.farm_load.restype = ctypes.c_int64
         lib.farm_rewrite.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P, I64P, ctypes.c_int64]
         lib.farm_rewrite.restype = ctypes.c_int64
+        lib.farm_mark.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P]
+        lib.farm_mark.restype = ctypes.c_int64
+        lib.farm_export.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P, I64P, I64P, I64P, I64P]
+        lib.farm_export.restype = ctypes.c_int64
         self.lib = lib
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
@@ -92,32 +89,19 @@ class NativeRuleset:
             return self._rewrite(graph, roots, fuel)
 
     def _rewrite(self, graph: TermGraph, roots: list[int], fuel: int) -> RewriteResult:
+        """Import the graph's columns as they are (one call), normalise every root (one call), export the
+        normal forms' subgraph into fresh columns (two calls): no per-node Python work on the native side.
+        The outcomes are nodes of a new TermGraph over those columns, with the input's signature."""
         started = time.perf_counter()
-        to_native, to_graph = self._op_maps(graph)
-        # Graph ids are children-first already, so the prefix up to the last root is a valid import order
-        # with positions equal to ids: no reachability pass, no renumbering.
-        count = max(roots) + 1 if roots else 0
-        ops, arities, values, kids = array("q"), array("q"), array("q"), array("q")
-        graph_ops, payload = graph.ops, graph.payload
-        for node in range(count):
-            op = graph_ops[node]
-            if op == LIT:
-                ops.append(LIT_OP)
-                arities.append(0)
-                values.append(payload[node])  # type: ignore[arg-type]
-            else:
-                node_kids: tuple[int, ...] = payload[node]  # type: ignore[assignment]
-                ops.append(to_native[op])
-                arities.append(len(node_kids))
-                values.append(len(kids))
-                kids.extend(node_kids)
+        to_native = self._op_map(graph)
+        ops = graph.ops if to_native is None else array("q", [op if op == LIT else to_native[op] for op in graph.ops])
+        count = max(roots) + 1 if roots else 0  # ids are children-first: the prefix is a valid import order
         arena = self.lib.farm_arena_new()
         if not arena:
             raise ArenaOutOfMemory("farm_arena_new could not allocate the arena")
         try:
-            ids = array("q", bytes(8 * max(1, count)))
-            code = self.lib.farm_load(arena, count, *(ctypes.cast(_i64_array(a), I64P)
-                                                           for a in (ops, arities, values, kids, ids)))
+            ids = _zeros(count)
+            code = self.lib.farm_load(arena, count, *map(_ptr, (ops, graph.arities, graph.vals, graph.kid_ids, ids)))
             if code == ERR_OOM:
                 raise ArenaOutOfMemory("the native arena ran out of memory while loading the terms")
             if code != 0:
@@ -125,20 +109,51 @@ class NativeRuleset:
                                 "match the ruleset or a child index is out of order")
             loaded = time.perf_counter()
             native_roots = array("q", [ids[r] for r in roots])
-            out = array("q", bytes(8 * max(1, len(roots))))
-            info = array("q", bytes(16 * max(1, len(roots))))
-            self.lib.farm_rewrite(arena, len(roots), *(ctypes.cast(_i64_array(a), I64P)
-                                                       for a in (native_roots, out, info)), fuel)
+            out, info = _zeros(len(roots)), _zeros(2 * len(roots))
+            self.lib.farm_rewrite(arena, len(roots), _ptr(native_roots), _ptr(out), _ptr(info), fuel)
             rewritten = time.perf_counter()
-            result = self._collect(arena.contents, graph, to_graph, list(out[:len(roots)]), info, fuel)
+            result = self._collect(arena, graph, to_native, out, info, fuel)
             result.seconds = {"import": loaded - started, "rewrite": rewritten - loaded,
                               "collect": time.perf_counter() - rewritten}
             return result
         finally:
             self.lib.farm_arena_free(arena)
 
-    def _op_maps(self, graph: TermGraph) -> tuple[list[int], dict[int, int]]:
-        """Graph op id -> native op id (ruleset ops first, then free constructors), and back."""
+    def _collect(self, arena: Any, graph: TermGraph, to_native: list[int] | None, out: array, info: array,
+                 fuel: int) -> RewriteResult:
+        sizes = _zeros(2)
+        if self.lib.farm_mark(arena, len(out), _ptr(out), _ptr(sizes)) != 0:
+            raise ArenaOutOfMemory("the native arena ran out of memory while collecting the results")
+        ops, vals, arities, kids, mapped = _zeros(sizes[0]), _zeros(sizes[0]), _zeros(sizes[0]), _zeros(sizes[1]), \
+            _zeros(len(out))
+        self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals), _ptr(arities),
+                             _ptr(kids))
+        if to_native is not None:
+            to_graph = {native: op for op, native in enumerate(to_native)}
+            ops = array("q", [op if op == LIT else to_graph[op] for op in ops[:sizes[0]]])
+        result_graph = TermGraph.from_columns(graph.signature, ops[:sizes[0]], vals[:sizes[0]], arities[:sizes[0]],
+                                              kids[:sizes[1]])
+        names = [r.name for r in self.ruleset.rules]
+        outcomes: list[int | NonTermination] = []
+        for i, result in enumerate(out):
+            steps, last = info[2 * i], info[2 * i + 1]
+            rule = names[last] if last >= 0 else ""
+            if result >= 0:
+                outcomes.append(mapped[i])
+            elif result == ERR_FUEL:
+                outcomes.append(fuel_error(fuel, rule))
+            elif result == ERR_CYCLE:
+                outcomes.append(cycle_error(steps, rule))
+            elif result == ERR_OOM:
+                raise ArenaOutOfMemory("the native arena ran out of memory while rewriting")
+            else:
+                raise LoadError(f"farm_rewrite returned unknown code {result}")
+        counters = list((ctypes.c_int64 * max(1, len(names))).from_address(arena.contents.counters))[:len(names)]
+        return RewriteResult(result_graph, outcomes, counters, "native", list(info[0::2]))
+
+    def _op_map(self, graph: TermGraph) -> list[int] | None:
+        """Graph op id -> native op id (ruleset ops first, then free constructors); None when they are the
+        same (a graph made with ruleset.make_signature()), so the columns go to the library untouched."""
         native_ids = {name: i for i, (name, _) in enumerate(self.ruleset.signature)}
         to_native: list[int] = []
         free = len(native_ids)
@@ -151,60 +166,16 @@ class NativeRuleset:
             else:
                 to_native.append(free)
                 free += 1
-        to_graph = {native: g for g, native in enumerate(to_native)}
-        return to_native, to_graph
+        return None if to_native == list(range(len(to_native))) else to_native
 
-    def _collect(self, arena: ArenaStruct, graph: TermGraph, to_graph: dict[int, int], out: list[int],
-                 info: array, fuel: int) -> RewriteResult:
-        nodes = _int64_view(arena.nodes, arena.n_nodes * NODE_STRIDE)
-        kids = _int64_view(arena.kids, max(1, arena.n_kids))
-        names = [r.name for r in self.ruleset.rules]
-        outcomes: list[int | NonTermination] = []
-        wanted = sorted(_reachable(nodes, kids, [r for r in out if r >= 0]))
-        mapped: dict[int, int] = {}
-        for node in wanted:  # native ids are children-first, so ascending order builds kids before parents
-            base = node * NODE_STRIDE
-            op = nodes[base + F_OP]
-            if op == LIT_OP:
-                mapped[node] = graph.lit(nodes[base + F_PAYLOAD])
-            else:
-                offset, arity = nodes[base + F_PAYLOAD], nodes[base + F_ARITY]
-                mapped[node] = graph.app(to_graph[op], [mapped[kids[offset + j]] for j in range(arity)])
-        for i, result in enumerate(out):
-            steps, last = info[2 * i], info[2 * i + 1]
-            rule = names[last] if last >= 0 else ""
-            if result >= 0:
-                outcomes.append(mapped[result])
-            elif result == ERR_FUEL:
-                outcomes.append(fuel_error(fuel, rule))
-            elif result == ERR_CYCLE:
-                outcomes.append(cycle_error(steps, rule))
-            elif result == ERR_OOM:
-                raise ArenaOutOfMemory("the native arena ran out of memory while rewriting")
-            else:
-                raise LoadError(f"farm_rewrite returned unknown code {result}")
-        counters = list((ctypes.c_int64 * max(1, len(names))).from_address(arena.counters))[:len(names)]
-        return RewriteResult(graph, outcomes, counters, "native", list(info[0::2][:len(out)]))
+def _zeros(count: int) -> array:
+    return array("q", bytes(8 * max(1, count)))
 
 
-def _int64_view(address: int, count: int) -> memoryview:
-    """The arena's memory as Python ints, without copying."""
-    return memoryview((ctypes.c_int64 * count).from_address(address)).cast("B").cast("q")
-
-
-def _reachable(nodes: memoryview, kids: memoryview, roots: list[int]) -> set[int]:
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        base = node * NODE_STRIDE
-        if nodes[base + F_OP] != LIT_OP:
-            offset = nodes[base + F_PAYLOAD]
-            stack.extend(kids[offset + j] for j in range(nodes[base + F_ARITY]))
-    return seen
+def _ptr(values: array) -> Any:
+    """A pointer to an array's buffer, valid while the array is alive and not resized."""
+    address, _ = values.buffer_info()
+    return ctypes.cast(address, I64P)
 
 
 __all__ = ["ERR_INPUT", "NativeRuleset", "sha256_file", "verify_sha256"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import re
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -82,46 +83,83 @@ class Signature:
 
 
 class TermGraph:
-    """A flat arena of nodes: `ops[i]` is an op id or LIT; `payload[i]` the literal value or kid ids."""
+    """A flat arena of nodes in four columns, the layout the native library reads and writes directly:
+    `ops[i]` is an op id or LIT; `vals[i]` the literal value, or where node i's children start in
+    `kid_ids`; `arities[i]` how many children it has. Children always have smaller ids than parents."""
 
     def __init__(self, signature: Signature | None = None) -> None:
         self.signature = signature.copy() if signature is not None else Signature()
-        self.ops: list[int] = []
-        self.payload: list[object] = []
-        self._cons: dict[tuple[int, object], int] = {}
+        self.ops = array("q")
+        self.vals = array("q")
+        self.arities = array("q")
+        self.kid_ids = array("q")
+        self._cons: dict[tuple[int, object], int] | None = {}
+        # The children tuples the interning keys hold anyway, kept per node so Python-side walks (the
+        # interpreter) need not slice the columns; absent for graphs built from native columns.
+        self._kid_tuples: list[tuple[int, ...]] | None = []
+
+    @classmethod
+    def from_columns(cls, signature: Signature, ops: array, vals: array, arities: array,
+                     kid_ids: array) -> TermGraph:
+        """A graph over columns someone else filled (a native export): already hash-consed, children
+        first. The interning table is rebuilt only if Python adds nodes to it later."""
+        graph = cls(signature)
+        graph.ops, graph.vals, graph.arities, graph.kid_ids = ops, vals, arities, kid_ids
+        graph._cons = None
+        graph._kid_tuples = None
+        return graph
 
     def __len__(self) -> int:
         return len(self.ops)
 
     def lit(self, value: int) -> int:
-        return self._intern(LIT, wrap_i64(value))
+        return self._intern(LIT, wrap_i64(value), ())
 
     def app(self, op: int, kids: Sequence[int] = ()) -> int:
-        return self._intern(op, tuple(kids))
+        kids = tuple(kids)
+        return self._intern(op, kids, kids)
 
     def app_named(self, name: str, kids: Sequence[int] = ()) -> int:
         return self.app(self.signature.declare(name, len(kids)), kids)
 
-    def _intern(self, op: int, payload: object) -> int:
+    def _intern(self, op: int, payload: object, kids: tuple[int, ...]) -> int:
+        cons = self._cons if self._cons is not None else self._rebuild_cons()
         key = (op, payload)
-        node = self._cons.get(key)
+        node = cons.get(key)
         if node is None:
             node = len(self.ops)
             self.ops.append(op)
-            self.payload.append(payload)
-            self._cons[key] = node
+            if op == LIT:
+                self.vals.append(payload)  # type: ignore[arg-type]
+                self.arities.append(0)
+            else:
+                self.vals.append(len(self.kid_ids))
+                self.arities.append(len(kids))
+                self.kid_ids.extend(kids)
+            cons[key] = node
+            if self._kid_tuples is not None:
+                self._kid_tuples.append(kids)
         return node
+
+    def _rebuild_cons(self) -> dict[tuple[int, object], int]:
+        self._cons = {(op, self.vals[n] if op == LIT else self.kids(n)): n for n, op in enumerate(self.ops)}
+        return self._cons
 
     def is_lit(self, node: int) -> bool:
         return self.ops[node] == LIT
 
     def value(self, node: int) -> int:
         assert self.ops[node] == LIT
-        return self.payload[node]  # type: ignore[return-value]
+        return self.vals[node]
 
     def kids(self, node: int) -> tuple[int, ...]:
-        payload = self.payload[node]
-        return payload if isinstance(payload, tuple) else ()
+        if self._kid_tuples is not None:
+            return self._kid_tuples[node]
+        arity = self.arities[node]
+        if not arity:
+            return ()
+        start = self.vals[node]
+        return tuple(self.kid_ids[start:start + arity])
 
     def to_text(self, root: int) -> str:
         """Print `(op a b)`, constants bare, literals in decimal; iterative."""
@@ -137,7 +175,7 @@ class TermGraph:
                 parts.append(" ")
             op = self.ops[node]
             if op == LIT:
-                parts.append(str(self.payload[node]))
+                parts.append(str(self.vals[node]))
                 continue
             kids = self.kids(node)
             if not kids:

@@ -29,7 +29,7 @@ from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, T
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
 from farm.transduce import RuleSet
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 I1, I64, PTR, VOID = ir.IntType(1), ir.IntType(64), ir.PointerType(), ir.VoidType()
 
 # Node record: NODE_STRIDE i64 fields.
@@ -138,6 +138,9 @@ class _Fn:
     def nput(self, node: ir.Value, f: int, value: ir.Value) -> None:
         self.store_at(self.get("nodes"), self._node_index(node, f), value)
 
+    def marked(self, node: ir.Value) -> ir.Value:
+        return self.b.icmp_signed("==", self.nget(node, F_MARK), c64(2))
+
     def kid(self, offset: ir.Value, j: ir.Value) -> ir.Value:
         return self.load_at(self.get("kids"), self.b.add(offset, j))
 
@@ -218,6 +221,8 @@ class LLVMCodegen:
         self._normalize()
         self._rewrite()
         self._load()
+        self._mark()
+        self._export()
         self._arena_free()
         self._arena_new()
         for name, value in [("farm_abi_version", ABI_VERSION), ("farm_node_stride", NODE_STRIDE)]:
@@ -543,7 +548,9 @@ class LLVMCodegen:
         b.ret(c64(0))
 
     def _load(self) -> None:
-        """farm_load: import a term graph given children-first as flat arrays (see docs/abi.md)."""
+        """farm_load: import a term graph given children-first as flat arrays (see docs/abi.md). The caller's
+        arrays are only read: children are mapped into the arena's own staging area (reserved first, so
+        farm_mk cannot move it)."""
         f = self._new("farm_load", I64, [PTR, I64, PTR, PTR, PTR, PTR, PTR], internal=False)
         b = f.b
         arena, n, ops, arities, values, kids, out = f.args
@@ -562,15 +569,97 @@ class LLVMCodegen:
                     with b.if_then(b.icmp_signed("<", op, self._call(f, "farm_op_count"))):
                         f.return_if(b.icmp_signed("!=", arity, self._call(f, "farm_op_arity", op)), bad)
                     offset = f.load_at(values, i)
+                    f.return_if(b.not_(self._call(f, "reserve_kids", arena, arity)), c64(ERR_OOM))
+                    stage = f.get("n_kids")
                     with f.loop(c64(0), arity) as j:
                         k = f.load_at(kids, b.add(offset, j))
                         f.return_if(b.or_(b.icmp_signed("<", k, c64(0)), b.icmp_signed(">=", k, i)), bad)
-                        f.store_at(kids, b.add(offset, j), f.load_at(out, k))
-                    b.store(self._call(f, "farm_mk", arena, op, arity, c64(0), f.elem(kids, offset)), result)
+                        f.store_at(f.get("kids"), b.add(stage, j), f.load_at(out, k))
+                    b.store(self._call(f, "farm_mk", arena, op, arity, c64(0), f.elem(f.get("kids"), stage)),
+                            result)
             node = b.load(result, typ=I64)
             f.return_if_error(node)
             f.store_at(out, i, node)
         b.ret(c64(0))
+
+    def _mark(self) -> None:
+        """farm_mark: mark the nodes reachable from the (non-negative) roots; sizes[0..1] = nodes, children.
+        Marks (F_MARK = 2) stay set for farm_export, which clears them."""
+        f = self._new("farm_mark", I64, [PTR, I64, PTR, PTR], internal=False)
+        b = f.b
+        arena, n, roots, sizes = f.args
+        nodes, kids = f.var(c64(0)), f.var(c64(0))
+        base = f.get("sp")
+
+        def visit(node: ir.Value) -> None:
+            """Push an unmarked node (the stack's frames hold one node each here)."""
+            with b.if_then(b.icmp_signed("==", f.nget(node, F_MARK), c64(0))):
+                f.return_if(b.not_(self._call(f, "reserve_stack", arena, c64(1))), c64(ERR_OOM))
+                sp = f.get("sp")
+                f.store_at(f.get("stack"), b.mul(sp, c64(2)), node)
+                f.put("sp", b.add(sp, c64(1)))
+                f.nput(node, F_MARK, c64(2))
+                b.store(b.add(b.load(nodes, typ=I64), c64(1)), nodes)
+
+        with f.loop(c64(0), n) as i:
+            root = f.load_at(roots, i)
+            with b.if_then(b.icmp_signed(">=", root, c64(0))):
+                visit(root)
+        head, body, done = f.block("walk"), f.block("children"), f.block("walked")
+        b.branch(head)
+        b.position_at_end(head)
+        b.cbranch(b.icmp_signed(">", f.get("sp"), base), body, done)
+        b.position_at_end(body)
+        sp = b.sub(f.get("sp"), c64(1))
+        node = f.load_at(f.get("stack"), b.mul(sp, c64(2)))
+        f.put("sp", sp)
+        with b.if_then(b.icmp_signed("!=", f.nget(node, F_OP), c64(LIT_OP))):
+            arity = f.nget(node, F_ARITY)
+            b.store(b.add(b.load(kids, typ=I64), arity), kids)
+            with f.loop(c64(0), arity) as j:
+                visit(f.kid(f.nget(node, F_PAYLOAD), j))
+        b.branch(head)
+        b.position_at_end(done)
+        f.store_at(sizes, c64(0), b.load(nodes, typ=I64))
+        f.store_at(sizes, c64(1), b.load(kids, typ=I64))
+        b.ret(c64(0))
+
+    def _export(self) -> None:
+        """farm_export: after farm_mark, write the marked nodes children-first, renumbered from 0, into the
+        caller's columns (ops, vals, arities, kids: the TermGraph layout) and map the roots; clears marks."""
+        f = self._new("farm_export", I64, [PTR, I64, PTR, PTR, PTR, PTR, PTR, PTR], internal=False)
+        b = f.b
+        arena, n, roots, out_roots, ops, vals, arities, kids = f.args
+        count, written = f.var(c64(0)), f.var(c64(0))
+        with f.loop(c64(0), f.get("n_nodes")) as node, b.if_then(f.marked(node)):
+            fresh = b.load(count, typ=I64)
+            op = f.nget(node, F_OP)
+            f.store_at(ops, fresh, op)
+            f.nput(node, F_VIA, fresh)  # children have smaller ids, so theirs are already assigned
+            with b.if_else(b.icmp_signed("==", op, c64(LIT_OP))) as (literal, app):
+                with literal:
+                    f.store_at(vals, fresh, f.nget(node, F_PAYLOAD))
+                    f.store_at(arities, fresh, c64(0))
+                with app:
+                    arity = f.nget(node, F_ARITY)
+                    start = b.load(written, typ=I64)
+                    f.store_at(vals, fresh, start)
+                    f.store_at(arities, fresh, arity)
+                    offset = f.nget(node, F_PAYLOAD)
+                    with f.loop(c64(0), arity) as j:
+                        f.store_at(kids, b.add(start, j), f.nget(f.kid(offset, j), F_VIA))
+                    b.store(b.add(start, arity), written)
+            b.store(b.add(fresh, c64(1)), count)
+        with f.loop(c64(0), n) as i:
+            root = f.load_at(roots, i)
+            mapped = f.var(root)
+            with b.if_then(b.icmp_signed(">=", root, c64(0))):
+                b.store(f.nget(root, F_VIA), mapped)
+            f.store_at(out_roots, i, b.load(mapped, typ=I64))
+        with f.loop(c64(0), f.get("n_nodes")) as node, b.if_then(f.marked(node)):
+            f.nput(node, F_MARK, c64(0))
+            f.nput(node, F_VIA, c64(-1))
+        b.ret(b.load(count, typ=I64))
 
     def _arena_new(self) -> None:
         f = self._new("farm_arena_new", PTR, [], internal=False)
