@@ -81,9 +81,21 @@ class Coordinator:
 
             app = make_app(self.config)
         self.app = app
+        self._toolchains: dict[str, tuple[float, dict[str, str]]] = {}
+
+    TOOLCHAIN_TTL = 10.0  # seconds a target's published toolchain is trusted without asking Redis again
+
+    def _toolchain(self, target: str) -> dict[str, str] | None:
+        cached = self._toolchains.get(target)
+        if cached is not None and time.monotonic() - cached[0] < self.TOOLCHAIN_TTL:
+            return cached[1]
+        versions = self.index.toolchain(target)
+        if versions is not None:
+            self._toolchains[target] = (time.monotonic(), versions)
+        return versions
 
     def key_for(self, request: CompileRequest) -> tuple[str, dict[str, str]]:
-        versions = self.index.toolchain(request.target)
+        versions = self._toolchain(request.target)
         if versions is None:
             raise NoWorkerForTarget(f"no worker serves target {request.target!r}; start one with "
                                     f"`farm worker --targets {request.target}`")
@@ -101,16 +113,14 @@ class Coordinator:
         messages: list[Any] = []
         for i, req in enumerate(requests):
             key, versions = self.key_for(req)
-            self.index.note_hot(req.pattern_id)
             meta = self.index.meta(key)
             if meta is not None and self.store.exists(key):
-                self.index.note_hit(req.pattern_id, req.target, meta)
+                self.index.note_hit(req.pattern_id, req.target, meta, hot=True)
                 outcomes[i] = Outcome(req, key, "cached", meta, seconds=time.perf_counter() - start)
                 if progress:
                     progress(outcomes[i])  # type: ignore[arg-type]
                 continue
-            self.index.incr("requests")
-            self.index.incr("misses")
+            self.index.note_miss(req.pattern_id)
             mine = f"farm-{key[:24]}-{uuid.uuid4().hex[:12]}"
             holder = self.index.acquire(key, mine, ttl=self.config.task_time_limit * 2)
             if holder == mine:

@@ -43,6 +43,9 @@ A = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
 ARENA = ir.LiteralStructType([t for _, t in ARENA_FIELDS])
 LIT_OP = -1
 NO_MATCH, ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT = -1, -2, -3, -4, -5
+# Hash-table slots hold (hash >> TAG_SHIFT) << TAG_SHIFT | (node id + 1): ids below 2^36 (68 G nodes).
+TAG_SHIFT = 36
+SLOT_ID_MASK = (1 << TAG_SHIFT) - 1
 INITIAL = {"nodes": 1024, "kids": 2048, "table": 2048, "stack": 256}
 
 
@@ -370,7 +373,7 @@ class LLVMCodegen:
             kids = f.elem(f.get("kids"), b.select(is_lit, c64(0), payload))
             h = self._call(f, "hash_node", op, f.nget(node, F_ARITY), b.select(is_lit, payload, c64(0)), kids)
             free_slot = self._probe(f, table, new_mask, h, lambda idx, slot: None)
-            f.store_at(table, free_slot, b.add(node, c64(1)))
+            f.store_at(table, free_slot, self._slot(b, h, node))
         self._call(f, "free", f.get("table"))
         f.put("table", table)
         f.put("table_mask", new_mask)
@@ -387,9 +390,13 @@ class LLVMCodegen:
             f.return_if(b.not_(self._call(f, "grow_table", arena)), c64(ERR_OOM))
         h = self._call(f, "hash_node", op, arity, value, kids)
 
+        tag = b.lshr(h, c64(TAG_SHIFT))
+
         def on_slot(idx: ir.Value, slot: ir.Value) -> None:
-            cand = b.sub(slot, c64(1))
-            f.return_if(self._call(f, "node_equals", arena, cand, op, arity, value, kids), cand)
+            # Compare the stored hash tag first: a probe past another node's slot touches no node memory.
+            with b.if_then(b.icmp_signed("==", b.lshr(slot, c64(TAG_SHIFT)), tag)):
+                cand = b.sub(b.and_(slot, c64(SLOT_ID_MASK)), c64(1))
+                f.return_if(self._call(f, "node_equals", arena, cand, op, arity, value, kids), cand)
 
         free_slot = self._probe(f, f.get("table"), f.get("table_mask"), h, on_slot)
         room = b.and_(self._call(f, "reserve_nodes", arena, c64(1)), self._call(f, "reserve_kids", arena, arity))
@@ -405,8 +412,13 @@ class LLVMCodegen:
             f.store_at(f.get("kids"), b.add(offset, j), f.load_at(kids, j))
         f.put("n_kids", b.add(offset, arity))
         f.put("n_nodes", b.add(node, c64(1)))
-        f.store_at(f.get("table"), free_slot, b.add(node, c64(1)))
+        f.store_at(f.get("table"), free_slot, self._slot(b, h, node))
         b.ret(node)
+
+    @staticmethod
+    def _slot(b: ir.IRBuilder, h: ir.Value, node: ir.Value) -> ir.Value:
+        """A table slot: the hash's high bits as a tag above node id + 1 (0 is an empty slot)."""
+        return b.or_(b.shl(b.lshr(h, c64(TAG_SHIFT)), c64(TAG_SHIFT)), b.add(node, c64(1)))
 
     def _push(self) -> None:
         """Push a frame (node, next child = 0); a node already on the stack means a rewrite cycle."""

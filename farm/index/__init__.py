@@ -48,12 +48,20 @@ class CacheIndex(ABC):
     def note_hot(self, pattern_id: str, amount: float = 1) -> None:  # noqa: B027 - optional hook
         """Feed the hot-pattern ranking (requests, native firings); only the shared index keeps one."""
 
-    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
-        """A request served from the store: point the pattern at the key and count it (backends batch this)."""
+    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, hot: bool = False) -> None:
+        """A request served from the store: point the pattern at the key and count it (and, with `hot`, feed
+        the hot-pattern ranking); backends batch this into one write."""
         self.record(pattern_id, target, meta)
         self.touch(meta.key)
         self.incr("requests")
         self.incr("hits")
+        if hot:
+            self.note_hot(pattern_id)
+
+    def note_miss(self, pattern_id: str) -> None:
+        self.incr("requests")
+        self.incr("misses")
+        self.note_hot(pattern_id)
 
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         """A fresh artifact, already stored: index it and count the compilation and its stage times."""

@@ -66,13 +66,23 @@ class RedisIndex(CacheIndex):
             self._record(pipe, pattern_id, target, meta)
             pipe.execute()
 
-    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, hot: bool = False) -> None:
         with self._errors():
             pipe = self.r.pipeline(transaction=True)
             self._record(pipe, pattern_id, target, meta)
             pipe.hset(keys.artifact(meta.key), "last_hit", time.time())
             pipe.hincrbyfloat(keys.COUNTERS, "requests", 1)
             pipe.hincrbyfloat(keys.COUNTERS, "hits", 1)
+            if hot:
+                pipe.zincrby(keys.HOT, 1, pattern_id)
+            pipe.execute()
+
+    def note_miss(self, pattern_id: str) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hincrbyfloat(keys.COUNTERS, "requests", 1)
+            pipe.hincrbyfloat(keys.COUNTERS, "misses", 1)
+            pipe.zincrby(keys.HOT, 1, pattern_id)
             pipe.execute()
 
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:

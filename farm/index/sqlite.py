@@ -73,7 +73,7 @@ class SQLiteIndex(CacheIndex):
         db.executemany("INSERT INTO counters(name, value) VALUES (?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", counters.items())
 
-    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, hot: bool = False) -> None:
         with self._transaction() as db:
             self._record(db, pattern_id, target, meta)
             db.execute("UPDATE artifacts SET last_hit=? WHERE key=?", (time.time(), meta.key))
