@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Any
 
 from farm.builder import Artifact, ArtifactBuilder
 from farm.config import FarmConfig
@@ -22,6 +23,7 @@ from farm.semantics import DEFAULT_FUEL
 from farm.signing import verify as verify_signature
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 from farm.terms import TermGraph
+from farm.toolchain import ObjectCache
 from farm.transduce import RuleSet
 
 
@@ -51,10 +53,26 @@ class Engine:
     def __init__(self, config: FarmConfig | None = None, builder: ArtifactBuilder | None = None) -> None:
         self.config = config or FarmConfig.from_env()
         self.builder = builder or ArtifactBuilder(self.config)
+        self._in_memory: dict[tuple[str, int], Any] = {}
 
     def compile(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
                 opt_level: int | None = None) -> Artifact:
         return self.builder.ensure_ruleset(ruleset, pattern_id, target, opt_level)
+
+    def load_in_memory(self, ruleset: RuleSet, target: str | None = None,
+                       opt_level: int | None = None) -> NativeRuleset:
+        """Compile and load into this process with llvmlite: no files, no linker (local use only)."""
+        from farm.inmemory import InMemoryCompiler
+
+        resolved = self.builder.target(target)
+        opt = self.config.opt_level if opt_level is None else opt_level
+        key = (resolved.name, opt)
+        compiler = self._in_memory.get(key)
+        if compiler is None:
+            compiler = self._in_memory[key] = InMemoryCompiler(resolved, opt, self.builder.toolchain.object_cache
+                                                               or ObjectCache(self.config.cache_dir / "objcache"),
+                                                               self.config.build_dir)
+        return compiler.load(ruleset)
 
     def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:
         """Compile jobs in a local process pool; yields each job with its artifact or error as it finishes."""

@@ -10,6 +10,7 @@ import ctypes
 import hashlib
 import time
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,57 @@ def verify_sha256(path: str | Path, expected: str) -> None:
         raise IntegrityError(f"{path}: sha256 is {actual}, expected {expected}; refusing to load it")
 
 
+ARENA_P = ctypes.POINTER(ArenaStruct)
+I64 = ctypes.c_int64
+# The library's exported functions: name -> (result type, argument types).
+ABI: dict[str, tuple[Any, list[Any]]] = {
+    "farm_abi_version": (I64, []), "farm_rule_count": (I64, []), "farm_op_count": (I64, []),
+    "farm_node_stride": (I64, []), "farm_fingerprint": (ctypes.c_char_p, []),
+    "farm_arena_new": (ARENA_P, []), "farm_arena_free": (None, [ARENA_P]),
+    "farm_load": (I64, [ARENA_P, I64, I64P, I64P, I64P, I64P, I64P]),
+    "farm_rewrite": (I64, [ARENA_P, I64, I64P, I64P, I64P, I64]),
+    "farm_mark": (I64, [ARENA_P, I64, I64P, I64P]),
+    "farm_export": (I64, [ARENA_P, I64, I64P, I64P, I64P, I64P, I64P, I64P]),
+}
+
+
+class _Bound:
+    """The ABI's functions as ctypes callables, from a dlopen'ed library or from raw addresses."""
+
+    farm_abi_version: Any
+    farm_rule_count: Any
+    farm_op_count: Any
+    farm_node_stride: Any
+    farm_fingerprint: Any
+    farm_arena_new: Any
+    farm_arena_free: Any
+    farm_load: Any
+    farm_rewrite: Any
+    farm_mark: Any
+    farm_export: Any
+
+    def __init__(self, resolve: Callable[[str, Any, list[Any]], Any]) -> None:
+        for name, (restype, argtypes) in ABI.items():
+            setattr(self, name, resolve(name, restype, argtypes))
+
+
+def _from_library(lib: ctypes.CDLL) -> _Bound:
+    def resolve(name: str, restype: Any, argtypes: list[Any]) -> Any:
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+        return fn
+
+    return _Bound(resolve)
+
+
+def _from_addresses(address: Callable[[str], int]) -> _Bound:
+    return _Bound(lambda name, restype, argtypes: ctypes.CFUNCTYPE(restype, *argtypes)(address(name)))
+
+
 class NativeRuleset:
     """A loaded ruleset library. Not thread-safe per call: each rewrite() owns a fresh arena."""
+
+    _keepalive: object = None  # for in-memory code: the JIT engine that owns it
 
     def __init__(self, path: str | Path, ruleset: RuleSet, sha256: str | None = None) -> None:
         self.path = Path(path)
@@ -58,31 +108,32 @@ class NativeRuleset:
         if sha256 is not None:
             verify_sha256(self.path, sha256)
         try:
-            lib = ctypes.CDLL(str(self.path))
+            self.lib = _from_library(ctypes.CDLL(str(self.path)))
         except OSError as exc:
             raise LoadError(f"cannot load {self.path}: {exc}") from None
-        for name in ("farm_abi_version", "farm_rule_count", "farm_op_count", "farm_node_stride"):
-            getattr(lib, name).restype = ctypes.c_int64
+        self._check(str(self.path))
+
+    @classmethod
+    def in_memory(cls, address: Callable[[str], int], ruleset: RuleSet, keepalive: object) -> NativeRuleset:
+        """Code loaded into this process by a JIT: `address(name)` finds each function; `keepalive` owns
+        the memory the code lives in."""
+        self = cls.__new__(cls)
+        self.path = Path("<in-memory>")
+        self.ruleset = ruleset
+        self.lib = _from_addresses(address)
+        self._keepalive = keepalive
+        self._check("in-memory code")
+        return self
+
+    def _check(self, where: str) -> None:
+        lib, ruleset = self.lib, self.ruleset
         abi = (lib.farm_abi_version(), lib.farm_rule_count(), lib.farm_op_count(), lib.farm_node_stride())
         want = (ABI_VERSION, len(ruleset.rules), len(ruleset.signature), NODE_STRIDE)
         if abi != want:
-            raise LoadError(f"{self.path}: library reports (abi, rules, ops, stride) = {abi}, expected {want}")
-        lib.farm_fingerprint.restype = ctypes.c_char_p
+            raise LoadError(f"{where}: library reports (abi, rules, ops, stride) = {abi}, expected {want}")
         if lib.farm_fingerprint() != ruleset.fingerprint().encode():
-            raise LoadError(f"{self.path} was built for another ruleset (fingerprint "
+            raise LoadError(f"{where} was built for another ruleset (fingerprint "
                             f"{lib.farm_fingerprint().decode()[:12]}, expected {ruleset.fingerprint()[:12]})")
-        lib.farm_arena_new.restype = ctypes.POINTER(ArenaStruct)
-        lib.farm_arena_free.argtypes = [ctypes.POINTER(ArenaStruct)]
-        lib.farm_arena_free.restype = None
-        lib.farm_load.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P, I64P, I64P, I64P]
-        lib.farm_load.restype = ctypes.c_int64
-        lib.farm_rewrite.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P, I64P, ctypes.c_int64]
-        lib.farm_rewrite.restype = ctypes.c_int64
-        lib.farm_mark.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P]
-        lib.farm_mark.restype = ctypes.c_int64
-        lib.farm_export.argtypes = [ctypes.POINTER(ArenaStruct), ctypes.c_int64, I64P, I64P, I64P, I64P, I64P, I64P]
-        lib.farm_export.restype = ctypes.c_int64
-        self.lib = lib
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
         with bulk():

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from farm.codegen.llvm import ABI_VERSION
 from farm.errors import StageFailed, StageTimeout, ToolNotFound, WorkDirError
@@ -250,11 +251,34 @@ def remove_build_dir(result: BuildResult) -> None:
 
 
 _llvm_ready = False
+_MACHINES: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
+
+def _machine(target: Target, opt_level: int) -> tuple[Any, Any]:
+    """One target machine and pass builder per (triple, CPU, features, level), reused for every module."""
+    import llvmlite.binding as llvm
+
+    key = (target.triple, target.cpu, target.features, opt_level)
+    if key not in _MACHINES:
+        machine = llvm.Target.from_triple(target.triple).create_target_machine(
+            cpu=target.cpu, features=target.features, opt=opt_level, reloc="pic", codemodel="default")
+        tuning = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+        _MACHINES[key] = (machine, llvm.create_pass_builder(machine, tuning) if opt_level else None)
+    return _MACHINES[key]
 
 
 def compile_in_process(ir_text: str, target: Target, opt_level: int, out: Path) -> tuple[Path, dict[str, float]]:
     """The fast path: parse, optimise at the same level and emit the object for the same triple and CPU,
     all inside this process through llvmlite. Errors carry LLVM's message like the staged tools'."""
+    data, seconds = emit_object_in_process(ir_text, target, opt_level)
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        raise WorkDirError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out, seconds
+
+
+def emit_object_in_process(ir_text: str, target: Target, opt_level: int) -> tuple[bytes, dict[str, float]]:
     import llvmlite.binding as llvm
 
     global _llvm_ready
@@ -271,17 +295,11 @@ def compile_in_process(ir_text: str, target: Target, opt_level: int, out: Path) 
         raise StageFailed("parse", 1, str(exc)) from None
     seconds["parse"] = time.perf_counter() - start
     start = time.perf_counter()
-    machine = llvm.Target.from_triple(target.triple).create_target_machine(
-        cpu=target.cpu, features=target.features, opt=opt_level, reloc="pic", codemodel="default")
-    if opt_level:
-        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=opt_level))
+    machine, builder = _machine(target, opt_level)
+    if builder is not None:
         builder.getModulePassManager().run(module, builder)
     seconds["opt"] = time.perf_counter() - start
     start = time.perf_counter()
     data = machine.emit_object(module)
     seconds["codegen"] = time.perf_counter() - start
-    try:
-        out.write_bytes(data)
-    except OSError as exc:
-        raise WorkDirError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return out, seconds
+    return data, seconds

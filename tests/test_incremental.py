@@ -71,3 +71,30 @@ def test_in_process_path_rewrites_exactly_like_the_staged_path(tmp_path: Path) -
         assert results[0].texts() == results[1].texts() and results[0].firings == results[1].firings
     aarch64 = inproc.compile(example("arith"), "arith", "aarch64")
     assert elf_header(aarch64.path) == (3, 183)
+
+
+def test_in_memory_load_rewrites_like_the_interpreter(tmp_path: Path) -> None:
+    from farm.interp import Interpreter
+
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=2))
+    for name in ("arith", "bool"):
+        rs = example(name)
+        native = engine.load_in_memory(rs, "x86-64")
+        assert str(native.path) == "<in-memory>"
+        gen = TermGenerator(rs, random.Random(11), max_depth=5)
+        g = TermGraph(rs.make_signature())
+        texts = [g.to_text(gen.term(g)) for _ in range(1500)]
+        g1, g2 = TermGraph(rs.make_signature()), TermGraph(rs.make_signature())
+        a = native.rewrite(g1, [g1.parse(t)[0] for t in texts])
+        b = Interpreter(rs).rewrite(g2, [g2.parse(t)[0] for t in texts])
+        assert a.texts() == b.texts() and a.firings == b.firings and sum(a.firings) > 0
+    assert list((tmp_path / "objcache").rglob("*.o"))  # the shared runtime object is kept for next time
+
+
+def test_in_memory_refuses_code_this_host_cannot_run(tmp_path: Path) -> None:
+    import pytest
+
+    from farm.errors import IncompatibleArtifact
+
+    with pytest.raises(IncompatibleArtifact, match="cannot load aarch64 code into this process"):
+        Engine(FarmConfig(cache_dir=tmp_path)).load_in_memory(example("bool"), "aarch64")

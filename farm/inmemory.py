@@ -1,0 +1,70 @@
+"""Rulesets compiled and loaded inside this process, with no files and no linker: the fast local path.
+
+The rules module is compiled by llvmlite (the in-process compile path) and linked in memory with the
+shared runtime object by llvmlite's MCJIT. The runtime object is compiled once per target and -O level
+and kept in the object cache. Use it for local, immediate rewriting; artifacts to store or ship go
+through ArtifactBuilder (a .so linked by ld.lld).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from farm.codegen.llvm import ruleset_parts
+from farm.errors import IncompatibleArtifact
+from farm.loader import NativeRuleset
+from farm.targets import Target, host_can_run, missing_flags
+from farm.toolchain import ObjectCache, cache_key, compile_in_process, emit_object_in_process, tool_versions
+from farm.transduce import RuleSet
+
+
+class InMemoryCompiler:
+    def __init__(self, target: Target, opt_level: int, object_cache: ObjectCache, work_dir: Path) -> None:
+        if target.name != "native" and not host_can_run(target):
+            raise IncompatibleArtifact(f"cannot load {target.name} code into this process; the host lacks "
+                                       f"{', '.join(missing_flags(target)) or target.arch}")
+        self.target, self.opt_level = target, opt_level
+        self.objects = object_cache
+        self.work_dir = work_dir
+        self._runtime: bytes | None = None
+
+    def load(self, ruleset: RuleSet) -> NativeRuleset:
+        import llvmlite.binding as llvm
+
+        (_, runtime), *rules = ruleset_parts(ruleset, self.target.triple)
+        objects = [self._runtime_object(runtime), *(self._compile(name, text) for name, text in rules)]
+        # The engine takes ownership of its target machine and module: a fresh pair for each engine.
+        machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
+            cpu=self.target.cpu, features=self.target.features, opt=self.opt_level, reloc="pic")
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(f'target triple = "{self.target.triple}"'),
+                                            machine)
+        for data in objects:
+            engine.add_object_file(llvm.ObjectFileRef.from_data(data))
+        engine.finalize_object()
+        return NativeRuleset.in_memory(engine.get_function_address, ruleset, keepalive=engine)
+
+    def _runtime_object(self, text: str) -> bytes:
+        """The shared runtime: compiled once per target and -O level, kept on disk and in memory."""
+        if self._runtime is None:
+            key = cache_key(text, self.target, self.opt_level, tool_versions("inprocess"))
+            cached = self.objects.get(key)
+            if cached is None:
+                built = self._compile_to_file("runtime", text)
+                cached = self.objects.put(key, built)
+                built.unlink(missing_ok=True)
+            self._runtime = cached.read_bytes()
+        return self._runtime
+
+    def _compile(self, name: str, text: str) -> bytes:
+        """A ruleset's own modules are compiled fresh, straight to memory."""
+        return emit_object_in_process(text, self.target, self.opt_level)[0]
+
+    def _compile_to_file(self, name: str, text: str) -> Path:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+            out, _ = compile_in_process(text, self.target, self.opt_level, Path(tmp) / f"{name}.o")
+            kept = self.work_dir / f".runtime-{os.getpid()}.o"
+            os.replace(out, kept)
+        return kept
