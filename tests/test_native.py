@@ -219,7 +219,9 @@ def test_llvmlite_accepts_the_same_ir(name: str) -> None:
 
     from farm.codegen.llvm import generate_llvm_ir
 
-    module = llvm.parse_assembly(generate_llvm_ir(example(name), "x86_64-unknown-linux-gnu"))
+    text = generate_llvm_ir(example(name), "x86_64-unknown-linux-gnu")
+    assert "*" not in text  # opaque pointers only: no `T*` anywhere
+    module = llvm.parse_assembly(text)
     module.verify()
     exported = {f.name for f in module.functions if not f.is_declaration and f.linkage == llvm.Linkage.external}
     assert {"farm_rewrite", "farm_load", "farm_arena_new", "farm_match", "farm_fingerprint"} <= exported

@@ -49,6 +49,13 @@ SLOT_ID_MASK = (1 << TAG_SHIFT) - 1
 INITIAL = {"nodes": 1024, "kids": 2048, "table": 2048, "stack": 256}
 
 
+def opaque(slot: ir.AllocaInstr) -> ir.AllocaInstr:
+    """llvmlite types an alloca as a typed pointer (printed `i64*`); make it `ptr` like every other
+    pointer, so the module is opaque-pointer IR throughout."""
+    slot.type = PTR
+    return slot
+
+
 def c64(value: int) -> ir.Constant:
     return ir.Constant(I64, ((value + 2**63) % 2**64) - 2**63)
 
@@ -89,7 +96,7 @@ class _Fn:
         """A mutable local; opt's mem2reg turns it into SSA form."""
         with self.b.goto_block(self.entry):
             self.b.position_at_start(self.entry)
-            slot = self.b.alloca(ty)
+            slot = opaque(self.b.alloca(ty))
         self.b.store(init, slot)
         return slot
 
@@ -715,6 +722,7 @@ class LLVMCodegen:
         data.linkage = "internal"
         data.global_constant = True
         data.initializer = ir.Constant(data.value_type, text)
+        data.type = PTR  # referenced as `ptr`, not `[N x i8]*`
         f = _Fn(self.m, "farm_fingerprint", PTR, [], internal=False)
         f.b.ret(data)
 
@@ -875,7 +883,7 @@ class _TreeEmitter:
             f = self.f
             with f.b.goto_block(f.entry):
                 f.b.position_at_start(f.entry)
-                self.scratch = f.b.alloca(I64, size=max(1, self.gen.max_arity()))
+                self.scratch = opaque(f.b.alloca(I64, size=max(1, self.gen.max_arity())))
         return self.scratch
 
     def _build(self, expr: PatternExpr, bound: dict[str, ir.Value]) -> ir.Value:
