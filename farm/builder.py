@@ -99,8 +99,7 @@ class ArtifactBuilder:
                 self.index.record(pattern_id, resolved.name, meta)
             return Artifact(meta, path, True, time.perf_counter() - start)
         if self.count_requests:
-            self.index.incr("requests")
-            self.index.incr("misses")
+            self.index.note_miss(pattern_id)
         try:
             build = self.toolchain.build_parts(parts, resolved, opt)
         except FarmError:

@@ -69,9 +69,8 @@ class Engine:
         key = (resolved.name, opt)
         compiler = self._in_memory.get(key)
         if compiler is None:
-            compiler = self._in_memory[key] = InMemoryCompiler(resolved, opt, self.builder.toolchain.object_cache
-                                                               or ObjectCache(self.config.cache_dir / "objcache"),
-                                                               self.config.build_dir)
+            compiler = self._in_memory[key] = InMemoryCompiler(
+                resolved, opt, self.builder.toolchain.object_cache or ObjectCache(self.config.cache_dir / "objcache"))
         return compiler.load(ruleset)
 
     def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:

@@ -8,33 +8,28 @@ through ArtifactBuilder (a .so linked by ld.lld).
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 from farm.codegen.llvm import ruleset_parts
 from farm.errors import IncompatibleArtifact
 from farm.loader import NativeRuleset
 from farm.targets import Target, host_can_run, missing_flags
-from farm.toolchain import ObjectCache, cache_key, compile_in_process, emit_object_in_process, tool_versions
+from farm.toolchain import ObjectCache, cache_key, emit_object_in_process, tool_versions
 from farm.transduce import RuleSet
 
 
 class InMemoryCompiler:
-    def __init__(self, target: Target, opt_level: int, object_cache: ObjectCache, work_dir: Path) -> None:
+    def __init__(self, target: Target, opt_level: int, object_cache: ObjectCache) -> None:
         if target.name != "native" and not host_can_run(target):
             raise IncompatibleArtifact(f"cannot load {target.name} code into this process; the host lacks "
                                        f"{', '.join(missing_flags(target)) or target.arch}")
         self.target, self.opt_level = target, opt_level
         self.objects = object_cache
-        self.work_dir = work_dir
         self._runtime: bytes | None = None
 
     def load(self, ruleset: RuleSet) -> NativeRuleset:
         import llvmlite.binding as llvm
 
         (_, runtime), *rules = ruleset_parts(ruleset, self.target.triple)
-        objects = [self._runtime_object(runtime), *(self._compile(name, text) for name, text in rules)]
+        objects = [self._runtime_object(runtime), *(self._compile(text) for _, text in rules)]
         # The engine takes ownership of its target machine and module: a fresh pair for each engine.
         machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
             cpu=self.target.cpu, features=self.target.features, opt=self.opt_level, reloc="pic")
@@ -50,21 +45,13 @@ class InMemoryCompiler:
         if self._runtime is None:
             key = cache_key(text, self.target, self.opt_level, tool_versions("inprocess"))
             cached = self.objects.get(key)
-            if cached is None:
-                built = self._compile_to_file("runtime", text)
-                cached = self.objects.put(key, built)
-                built.unlink(missing_ok=True)
-            self._runtime = cached.read_bytes()
+            if cached is not None:
+                self._runtime = cached.read_bytes()
+            else:
+                self._runtime = self._compile(text)
+                self.objects.put(key, self._runtime)
         return self._runtime
 
-    def _compile(self, name: str, text: str) -> bytes:
-        """A ruleset's own modules are compiled fresh, straight to memory."""
+    def _compile(self, text: str) -> bytes:
+        """A module compiled straight to memory; a ruleset's own modules are never written to disk."""
         return emit_object_in_process(text, self.target, self.opt_level)[0]
-
-    def _compile_to_file(self, name: str, text: str) -> Path:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-            out, _ = compile_in_process(text, self.target, self.opt_level, Path(tmp) / f"{name}.o")
-            kept = self.work_dir / f".runtime-{os.getpid()}.o"
-            os.replace(out, kept)
-        return kept

@@ -136,10 +136,13 @@ class ObjectCache:
         path = self.path(key)
         return path if path.exists() else None
 
-    def put(self, key: str, source: Path) -> Path:
+    def put(self, key: str, source: Path | bytes) -> Path:
         from farm.store.local import atomic_write
 
-        atomic_write(self.path(key), source=source)
+        if isinstance(source, bytes):
+            atomic_write(self.path(key), data=source)
+        else:
+            atomic_write(self.path(key), source=source)
         return self.path(key)
 
 

@@ -877,7 +877,7 @@ class _TreeEmitter:
         is_lit, value = self._literal(var, bound)  # type: ignore[arg-type]
         return b.and_(is_lit, b.icmp_signed("==", value, c64(lit.value)))  # type: ignore[union-attr]
 
-    def _scratch(self, size: int) -> ir.Value:
+    def _scratch(self) -> ir.Value:
         """One kids buffer per function, in the entry block; children are computed before it is filled."""
         if self.scratch is None:
             f = self.f
@@ -896,7 +896,7 @@ class _TreeEmitter:
         else:
             assert isinstance(expr, App)
             kids = [self._build(a, bound) for a in expr.args]
-            buf = self._scratch(len(kids)) if kids else ir.Constant(PTR, None)
+            buf = self._scratch() if kids else ir.Constant(PTR, None)
             for j, kid in enumerate(kids):
                 f.store_at(buf, c64(j), kid)
             node = self.gen._call(f, "farm_mk", f.arena, c64(self.gen.op_ids[expr.op]), c64(len(kids)), c64(0), buf)

@@ -79,6 +79,10 @@ class SQLiteIndex(CacheIndex):
             db.execute("UPDATE artifacts SET last_hit=? WHERE key=?", (time.time(), meta.key))
             self._add(db, {"requests": 1, "hits": 1})
 
+    def note_miss(self, pattern_id: str) -> None:
+        with self._transaction() as db:
+            self._add(db, {"requests": 1, "misses": 1})
+
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._transaction() as db:
             self._record(db, pattern_id, target, meta)
