@@ -82,3 +82,27 @@ def test_failed_compile_falls_back_with_a_warning(jit: JitCompiler) -> None:
     with pytest.warns(RuntimeWarning, match="falling back to interpretation"):
         f = jit.compile_llvm_ir("define i64 @f(i64 %x) {\n  ret i32 %x\n}\n", "bad")
     assert not f.is_native and jit.get_stats().fallbacks == 1
+
+
+def test_a_batch_shares_one_library_and_relinks_on_change(tmp_path: Path) -> None:
+    jit = JitCompiler(JitConfig(work_dir=tmp_path / "w", cache_dir=tmp_path / "c"))
+    helper = ("@k = internal constant i64 {k}\n"
+              "define i64 @helper(i64 %x) {{\n  %k = load i64, ptr @k\n  %r = mul i64 %x, %k\n  ret i64 %r\n}}\n"
+              "define i64 @twice(i64 %x) {{\n  %r = call i64 @helper(i64 %x)\n  ret i64 %r\n}}\n")
+    items = [(ADD.format(k=k), f"add{k}") for k in range(5)] + [(helper.format(k=k), f"mul{k}") for k in (2, 3)]
+    batch = jit.compile_batch(items)
+    assert len({f.native_code_path for f in batch}) == 1  # same-named functions, one library
+    assert [call(f.function_pointer, 10) for f in batch] == [10, 11, 12, 13, 14, 20, 30]  # type: ignore[arg-type]
+    assert jit.compile_llvm_ir(ADD.format(k=2), "add2") is batch[2]  # the batch fills the LRU
+    changed = jit.compile_batch(items[:-1] + [(helper.format(k=7), "mul3")])
+    assert call(changed[-1].function_pointer, 10) == 70  # type: ignore[arg-type]
+    assert call(changed[0].function_pointer, 10) == 10  # type: ignore[arg-type]
+    assert jit.get_stats().successful_compilations == 14
+
+
+def test_a_batch_that_cannot_build_falls_back_to_one_at_a_time(tmp_path: Path) -> None:
+    jit = JitCompiler(JitConfig(work_dir=tmp_path / "w", cache_dir=tmp_path / "c"))
+    bad = "define i64 @f(i64 %x) {\n  ret i32 %x\n}\n"
+    with pytest.warns(RuntimeWarning):
+        functions = jit.compile_batch([(ADD.format(k=1), "good"), (bad, "bad")])
+    assert call(functions[0].function_pointer, 1) == 2 and not functions[1].is_native  # type: ignore[arg-type]
