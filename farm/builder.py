@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,15 +10,17 @@ from pathlib import Path
 from farm.backends import make_index, make_store
 from farm.codegen.llvm import ruleset_parts
 from farm.config import FarmConfig
-from farm.errors import FarmError, InvalidPatternId, ToolchainMismatch
+from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMismatch
 from farm.index import CacheIndex
-from farm.loader import sha256_file
+from farm.loader import sha256_file, verify_sha256
 from farm.serialize import ruleset_to_json
 from farm.signing import sign
 from farm.store import ArtifactMeta, ArtifactStore
 from farm.targets import Target, resolve
 from farm.toolchain import ObjectCache, Toolchain, artifact_key, find_tool, remove_build_dir, tool_versions
 from farm.transduce import RuleSet
+
+log = logging.getLogger(__name__)
 
 MAX_PATTERN_ID = 4096
 
@@ -50,6 +53,7 @@ class ArtifactBuilder:
         self.index = index or make_index(self.config)
         self.store = store or make_store(self.config, self.index)
         self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout,
+                                   memory_limit=self.config.stage_memory_mb << 20,
                                    compile_path=self.config.compile_path,
                                    object_cache=ObjectCache(self.config.cache_dir / "objcache"))
 
@@ -121,12 +125,16 @@ class ArtifactBuilder:
         return Artifact(meta, self.store.local_path(key), False, time.perf_counter() - start)
 
     def _fetch_verified(self, key: str) -> tuple[Path, ArtifactMeta] | None:
-        """A stored artifact whose bytes match its sha256; a missing or corrupt one counts as a miss."""
-        found = self.store.fetch(key)
-        if found is None:
-            return None
-        path, meta = found
-        if sha256_file(path) != meta.sha256:
+        """A stored artifact whose bytes match its sha256; a missing one counts as a miss, and so does a
+        corrupt or swapped one, after it is deleted and the reason logged."""
+        try:
+            found = self.store.fetch(key)
+            if found is None:
+                return None
+            path, meta = found
+            verify_sha256(path, meta.sha256)
+        except IntegrityError as exc:
+            log.warning("refused stored artifact %s, rebuilding it: %s", key[:12], exc)
             self.store.delete(key)
             return None
         return path, meta

@@ -19,6 +19,7 @@ class FarmConfig:
     target: str = "native"
     opt_level: int = 2
     stage_timeout: float = 120.0
+    stage_memory_mb: int = 4096  # address-space cap of each toolchain stage
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
     # "staged" (llvm-as, opt, llc, llvm-mc) or "inprocess" (llvmlite); both link with ld.lld
     compile_path: str = "staged"
@@ -34,6 +35,8 @@ class FarmConfig:
     signing_key: str | None = None  # HMAC key: artifacts are signed at build and checked before dlopen
     task_time_limit: float = 600.0
     max_deliveries: int = 3  # a compile message redelivered more often than this is dead-lettered
+    # Unacknowledged messages of a worker that died whole are redelivered after this; None = 6x time limit
+    visibility_timeout: float | None = None
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir)
@@ -57,6 +60,7 @@ class FarmConfig:
         cfg.target = env.get("FARM_TARGET", cfg.target)
         cfg.opt_level = int(env.get("FARM_OPT_LEVEL", cfg.opt_level))
         cfg.stage_timeout = float(env.get("FARM_STAGE_TIMEOUT", cfg.stage_timeout))
+        cfg.stage_memory_mb = int(env.get("FARM_STAGE_MEMORY_MB", cfg.stage_memory_mb))
         cfg.workers = int(env.get("FARM_WORKERS", cfg.workers))
         cfg.compile_path = env.get("FARM_COMPILE_PATH", cfg.compile_path)
         cfg.redis_url = env.get("FARM_REDIS_URL") or None
@@ -70,6 +74,8 @@ class FarmConfig:
         cfg.signing_key = env.get("FARM_SIGNING_KEY") or None
         cfg.task_time_limit = float(env.get("FARM_TASK_TIME_LIMIT", cfg.task_time_limit))
         cfg.max_deliveries = int(env.get("FARM_MAX_DELIVERIES", cfg.max_deliveries))
+        if env.get("FARM_VISIBILITY_TIMEOUT"):
+            cfg.visibility_timeout = float(env["FARM_VISIBILITY_TIMEOUT"])
         return cfg
 
     @property

@@ -126,6 +126,10 @@ class InvalidIR(ToolchainError):
     """IR handed to compile_llvm_ir is empty or has no function to export."""
 
 
+class PolicyViolation(InvalidIR):
+    """IR or a library would import a function outside the allow-list, or run code when loaded."""
+
+
 class WorkDirError(FarmError):
     """The work or cache directory cannot be written (permissions, disk full)."""
 

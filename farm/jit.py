@@ -19,7 +19,7 @@ from pathlib import Path
 from farm.builder import ArtifactBuilder, check_pattern_id
 from farm.config import FarmConfig
 from farm.errors import InvalidIR, LoadError, ToolchainError
-from farm.loader import verify_sha256
+from farm.loader import open_library
 
 _NAME = r'("(?:[^"\\]|\\.)*"|[-a-zA-Z$._][-a-zA-Z$._0-9]*)'
 _DEFINE = re.compile(rf'^define\b[^@\n]*@{_NAME}\s*\(', re.MULTILINE)
@@ -35,6 +35,7 @@ class JitConfig:
     max_cached_functions: int = 1000
     target: str = "native"
     cache_dir: Path | None = None  # artifact store + index; None = FARM_CACHE_DIR or ~/.cache/farm
+    compile_path: str | None = None  # "staged" or "inprocess"; None = FARM_COMPILE_PATH or staged
 
     def __post_init__(self) -> None:
         if not 0 <= self.optimization_level <= 3:
@@ -129,6 +130,7 @@ class JitCompiler:
         farm_config.work_dir = Path(self.config.work_dir)
         farm_config.opt_level = self.config.optimization_level
         farm_config.target = self.config.target
+        farm_config.compile_path = self.config.compile_path or farm_config.compile_path
         self._builder = ArtifactBuilder(farm_config)
         self._lru: OrderedDict[str, CompiledFunction] = OrderedDict()
         self._stats = CompilationStats()
@@ -146,7 +148,7 @@ class JitCompiler:
         try:
             artifact = self._builder.ensure_ir(llvm_ir, pattern_id, self.config.target,
                                                self.config.optimization_level)
-            lib = self._open(artifact.path, artifact.meta.sha256)
+            lib = open_library(artifact.path, artifact.meta.sha256)
             pointer = symbol_address(lib, name)
         except (ToolchainError, LoadError) as exc:
             self._stats.total_compilations += 1
@@ -182,7 +184,7 @@ class JitCompiler:
             artifact = self._builder.ensure_parts(parts, items[0][1], target, self.config.optimization_level)
             for _, pattern_id in items[1:]:
                 self._builder.index.record(pattern_id, target, artifact.meta)
-            lib = self._open(artifact.path, artifact.meta.sha256)
+            lib = open_library(artifact.path, artifact.meta.sha256)
             pointers = [symbol_address(lib, f"{name}.farm{k}") for k, name in enumerate(names)]
         except (ToolchainError, LoadError) as exc:
             warnings.warn(f"the batch of {len(items)} functions failed ({exc}); compiling them one at a time",
@@ -215,13 +217,6 @@ class JitCompiler:
         self._stats.total_compilations += functions
         self._stats.successful_compilations += functions
         self._stats.total_compilation_time_ms += elapsed_ms
-
-    def _open(self, path: Path, sha256: str) -> ctypes.CDLL:
-        verify_sha256(path, sha256)
-        try:
-            return ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise LoadError(f"cannot load {path}: {exc}") from None
 
     def _remember(self, compiled: CompiledFunction) -> None:
         if not self.config.cache_enabled:

@@ -25,6 +25,7 @@ from farm.codegen.llvm import (
 )
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
+from farm.policy import check_library
 from farm.semantics import DEFAULT_FUEL, cycle_error, fuel_error
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
@@ -48,6 +49,18 @@ def verify_sha256(path: str | Path, expected: str) -> None:
     actual = sha256_file(path)
     if actual != expected:
         raise IntegrityError(f"{path}: sha256 is {actual}, expected {expected}; refusing to load it")
+
+
+def open_library(path: Path, sha256: str | None) -> ctypes.CDLL:
+    """dlopen, only after the bytes are the ones recorded and the library passes the load policy (no imports
+    outside the allow-list, nothing that runs on load): a refused library never has a chance to run."""
+    if sha256 is not None:
+        verify_sha256(path, sha256)
+    check_library(path)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise LoadError(f"cannot load {path}: {exc}") from None
 
 
 ARENA_P = ctypes.POINTER(ArenaStruct)
@@ -105,12 +118,7 @@ class NativeRuleset:
     def __init__(self, path: str | Path, ruleset: RuleSet, sha256: str | None = None) -> None:
         self.path = Path(path)
         self.ruleset = ruleset
-        if sha256 is not None:
-            verify_sha256(self.path, sha256)
-        try:
-            self.lib = _from_library(ctypes.CDLL(str(self.path)))
-        except OSError as exc:
-            raise LoadError(f"cannot load {self.path}: {exc}") from None
+        self.lib = _from_library(open_library(self.path, sha256))
         self._check(str(self.path))
 
     @classmethod
@@ -229,4 +237,4 @@ def _ptr(values: array) -> Any:
     return ctypes.cast(address, I64P)
 
 
-__all__ = ["ERR_INPUT", "NativeRuleset", "sha256_file", "verify_sha256"]
+__all__ = ["ERR_INPUT", "NativeRuleset", "open_library", "sha256_file", "verify_sha256"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from farm.codegen.llvm import ABI_VERSION
 from farm.errors import StageFailed, StageTimeout, ToolNotFound, WorkDirError
+from farm.policy import check_ir, check_library, defined_functions
 from farm.targets import Target
 
 LLVM_MAJOR = 16
@@ -171,6 +172,8 @@ class Toolchain:
         versions = tool_versions(self.compile_path)
         tmp = self._temp_dir()
         result = BuildResult(tmp / "module.so", versions=versions)
+        provided = frozenset().union(*map(defined_functions, (text for _, text in parts))) if len(parts) > 1 \
+            else frozenset()
         try:
             objects = []
             for name, text in parts:
@@ -180,6 +183,7 @@ class Toolchain:
                     objects.append(cached)
                     result.objects_reused += 1
                     continue
+                check_ir(text, name, provided)  # before any tool sees it
                 obj, seconds = self._compile(text, target, opt_level, tmp, name)
                 for stage, value in seconds.items():
                     result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + value
@@ -188,6 +192,7 @@ class Toolchain:
             ld = find_tool("ld.lld")
             result.stage_seconds["ld"] = self._run("ld", [ld, "-shared", "-Bsymbolic", "--build-id=none", "-o",
                                                           "module.so", *map(str, objects)], tmp)
+            check_library(result.so_path)  # what the linked code really imports, libcalls included
         except BaseException:
             remove_build_dir(result)  # a failed build leaves no partial files behind
             raise

@@ -19,7 +19,7 @@ def make_app(config: FarmConfig | None = None) -> Celery:
         task_time_limit=config.task_time_limit,
         task_soft_time_limit=config.task_time_limit * 0.9,
         # Unacknowledged messages come back after this long: well above the task time limit.
-        broker_transport_options={"visibility_timeout": int(config.task_time_limit * 6)},
+        broker_transport_options={"visibility_timeout": int(config.visibility_timeout or config.task_time_limit * 6)},
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

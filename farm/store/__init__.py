@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from farm.errors import IntegrityError
+
 
 @dataclass
 class ArtifactMeta:
@@ -31,10 +33,20 @@ class ArtifactMeta:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ArtifactMeta:
-        data = json.loads(text)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_json(cls, text: str, expected_key: str | None = None) -> ArtifactMeta:
+        """The metadata; with expected_key, refused unless it describes that artifact (a swapped or
+        truncated metadata object must not vouch for the bytes next to it)."""
+        try:
+            data = json.loads(text)
+            known = {f for f in cls.__dataclass_fields__}
+            meta = cls(**{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"the metadata of artifact {(expected_key or '?')[:12]} is unreadable "
+                                 f"(truncated or tampered with): {exc}") from None
+        if expected_key is not None and meta.key != expected_key:
+            raise IntegrityError(f"the metadata stored for artifact {expected_key[:12]} describes artifact "
+                                 f"{str(meta.key)[:12]}: swapped; refusing it")
+        return meta
 
 
 def check_key(key: str) -> str:

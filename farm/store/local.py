@@ -51,7 +51,7 @@ class LocalStore(ArtifactStore):
         so, js = self._paths(key)
         if not (so.exists() and js.exists()):
             return None
-        return so, ArtifactMeta.from_json(js.read_text())
+        return so, ArtifactMeta.from_json(js.read_text(errors="replace"), key)
 
     def local_path(self, key: str) -> Path:
         return self._paths(key)[0]

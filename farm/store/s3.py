@@ -81,7 +81,7 @@ class S3Store(ArtifactStore):
             try:
                 response = self.client.get_object(self.bucket, meta_name)
                 try:
-                    return ArtifactMeta.from_json(response.read().decode())
+                    return ArtifactMeta.from_json(response.read().decode(errors="replace"), key)
                 finally:
                     response.close()
                     response.release_conn()

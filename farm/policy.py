@@ -1,0 +1,140 @@
+"""What the farm will build and load: no code that runs on load, no imports beyond an allow-list.
+
+Two checks, because either alone can be bypassed. The IR check refuses what a module shows (declared
+imports, inline asm, constructors, load-time resolvers) before any tool runs, with the line at fault.
+The ELF check refuses what a linked library really imports or runs when loaded, whatever produced it
+(calls the backend lowered to libcalls included); the loader runs it again before every dlopen.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+from farm.errors import PolicyViolation
+
+ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset"})
+MAX_IR_BYTES = 256 << 20  # a module larger than this is refused before it reaches a tool
+
+_NAME = r'(?:"((?:[^"\\]|\\.)*)"|([-a-zA-Z$._][-a-zA-Z$._0-9]*))'
+_DECLARE = re.compile(rf"^[ \t]*declare\b[^@\n]*@{_NAME}[ \t]*\(", re.MULTILINE)
+_EXTERNAL_GLOBAL = re.compile(rf"^[ \t]*@{_NAME}[ \t]*=[ \t]*(?:[a-z_]+[ \t]+)*?(?:external|extern_weak)\b",
+                              re.MULTILINE)
+_CONSTRUCTORS = re.compile(r'^[ \t]*@"?llvm\.global_[cd]tors\b', re.MULTILINE)
+_LOAD_TIME_SECTION = re.compile(r'\bsection[ \t]+"([^"\n]*(?:init|fini|ctors|dtors)[^"\n]*)"')
+_SUSPECT_WORD = re.compile(r"\b(?:asm|ifunc)\b")
+_STRING = re.compile(r'c?"(?:[^"\\\n]|\\.)*"')
+
+
+_DEFINE = re.compile(rf"^[ \t]*define\b[^@\n]*@{_NAME}[ \t]*\(", re.MULTILINE)
+
+
+def defined_functions(ir_text: str) -> set[str]:
+    """Functions a module defines: the other modules of the same library may import them."""
+    return {m.group(1) or m.group(2) for m in _DEFINE.finditer(ir_text)}
+
+
+def check_ir(ir_text: str, source: str = "module", provided: frozenset[str] = frozenset()) -> None:
+    """Refuse IR that would import or run anything beyond the allow-list; PolicyViolation names the line.
+    `provided`: functions the other modules linked into the same library define.
+
+    Whole-text scans, not a loop over lines: generated modules run to hundreds of thousands of lines."""
+    if len(ir_text) > MAX_IR_BYTES:
+        raise PolicyViolation(f"{source}: the IR is {len(ir_text):,} bytes; the limit is {MAX_IR_BYTES:,}")
+
+    def refuse(at: int, reason: str) -> PolicyViolation:
+        return PolicyViolation(f"{source}:{ir_text.count(chr(10), 0, at) + 1}: {reason}")
+
+    for declared in _DECLARE.finditer(ir_text):
+        name = declared.group(1) or declared.group(2)
+        if name not in ALLOWED_IMPORTS and name not in provided and not name.startswith("llvm."):
+            raise refuse(declared.start(), f"declares the external function @{name}; only {_allowed()} and LLVM "
+                                    "intrinsics may be imported")
+    m = _EXTERNAL_GLOBAL.search(ir_text)
+    if m:
+        raise refuse(m.start(), f"imports the external global @{m.group(1) or m.group(2)}; no global may be imported")
+    m = _CONSTRUCTORS.search(ir_text)
+    if m:
+        raise refuse(m.start(), "defines a global constructor or destructor, which would run code on load")
+    m = _LOAD_TIME_SECTION.search(ir_text) if "section" in ir_text else None  # `in` first: regexes are slow
+    if m:
+        raise refuse(m.start(), f"places code or data in section {m.group(1)!r}, which runs on load")
+    suspects = _SUSPECT_WORD.finditer(ir_text) if "asm" in ir_text or "ifunc" in ir_text else ()
+    for suspect in suspects:  # rare: then look at the whole line, outside strings and comments
+        line_start = ir_text.rfind("\n", 0, suspect.start()) + 1
+        line_end = ir_text.find("\n", suspect.start())
+        code = _STRING.sub('""', _strip_comment(ir_text[line_start:line_end if line_end >= 0 else None]))
+        word = _SUSPECT_WORD.search(code)
+        if word:
+            raise refuse(suspect.start(), "contains inline assembly" if word.group() == "asm"
+                         else "defines an ifunc, whose resolver would run on load")
+
+
+def _strip_comment(line: str) -> str:
+    """The line without its `;` comment, where a `;` inside a string does not start one."""
+    if '"' not in line:
+        return line.split(";", 1)[0]
+    in_string = False
+    for i, char in enumerate(line):
+        if char == '"' and (i == 0 or line[i - 1] != "\\"):
+            in_string = not in_string
+        elif char == ";" and not in_string:
+            return line[:i]
+    return line
+
+
+def _allowed() -> str:
+    return ", ".join(sorted(ALLOWED_IMPORTS))
+
+
+# ---- ELF: what a linked library imports and runs on load ----
+
+_SHT_DYNSYM = 11
+_LOAD_TIME_SECTIONS = (".init", ".fini", ".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors")
+
+
+def check_library(path: Path) -> None:
+    """Refuse a shared library that imports a symbol outside the allow-list or runs code when loaded."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise PolicyViolation(f"{path.name} is not a little-endian ELF64 shared library")
+    sections = _sections(data)
+    for name, _, _, _, size in sections:
+        if name in _LOAD_TIME_SECTIONS and size:
+            raise PolicyViolation(f"{path.name} has a {name} section: it would run code on load")
+    undefined = sorted(_undefined_symbols(data, sections) - ALLOWED_IMPORTS)
+    if undefined:
+        raise PolicyViolation(f"{path.name} imports {', '.join(undefined[:8])}; only {_allowed()} may be imported")
+
+
+_Section = tuple[str, int, int, int, int]  # name, type, offset, link, size
+
+
+def _sections(data: bytes) -> list[_Section]:
+    try:
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+        raw = [struct.unpack_from("<IIQQQQII", data, shoff + k * shentsize) for k in range(shnum)]
+        names_at = raw[shstrndx][4]
+        return [(_cstring(data, names_at + s[0]), s[1], s[4], s[6], s[5]) for s in raw]
+    except (struct.error, IndexError):
+        raise PolicyViolation("the library's ELF section table is truncated or malformed") from None
+
+
+def _undefined_symbols(data: bytes, sections: list[_Section]) -> set[str]:
+    names: set[str] = set()
+    for _, kind, offset, link, size in sections:
+        if kind != _SHT_DYNSYM:
+            continue
+        strings_at = sections[link][2]
+        for at in range(offset + 24, offset + size, 24):  # entry 0 is the null symbol
+            name, info, _, shndx = struct.unpack_from("<IBBH", data, at)
+            if shndx == 0 and info >> 4 != 0:  # undefined, not local
+                names.add(_cstring(data, strings_at + name))
+    return names
+
+
+def _cstring(data: bytes, at: int) -> str:
+    end = data.index(b"\0", at)
+    return data[at:end].decode("utf-8", "replace")
