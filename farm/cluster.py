@@ -7,13 +7,14 @@ the value; later requests for the same key wait on that task's result instead of
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from functools import cache, partial
+from typing import Any, TypeVar
 
 from farm import keys
 from farm.backends import make_store
@@ -35,6 +36,25 @@ from farm.store import ArtifactMeta
 from farm.targets import REGISTRY, resolve
 from farm.toolchain import artifact_key
 from farm.transduce import RuleSet
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def riding_out(fn: Callable[[], T], deadline: float, what: str) -> T:
+    """fn(), retried with capped exponential backoff while Redis, the broker or S3 is unreachable, until
+    `deadline` (time.perf_counter); then the last BackendUnavailable propagates. Every step it retries is
+    idempotent: content-keyed artifacts, and an index entry written only after its object is stored."""
+    delay = 0.1
+    while True:
+        try:
+            return fn()
+        except BackendUnavailable as exc:
+            if time.perf_counter() + delay > deadline:
+                raise
+            log.warning("%s: %s; retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 @dataclass(frozen=True)
@@ -106,57 +126,85 @@ class Coordinator:
 
     def ensure(self, requests: list[CompileRequest], timeout: float = 600.0,
                progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-        """Artifacts for every request: shared hits answered at once, misses compiled once per key."""
+        """Artifacts for every request: shared hits answered at once, misses compiled once per key. An outage
+        of Redis, the broker or S3 shorter than the outage grace (and the timeout) is ridden out."""
         start = time.perf_counter()
+        deadline = start + timeout
+        grace = lambda: min(deadline, time.perf_counter() + self.config.outage_grace)  # noqa: E731
         outcomes: list[Outcome | None] = [None] * len(requests)
         waiting: dict[str, list[int]] = {}
         messages: list[Any] = []
+
+        def done(i: int, outcome: Outcome) -> None:
+            outcomes[i] = outcome
+            if progress:
+                progress(outcome)
+
         for i, req in enumerate(requests):
-            key, versions = self.key_for(req)
-            meta = self.index.meta(key)
-            if meta is not None and self.store.exists(key):
-                self.index.note_hit(req.pattern_id, req.target, meta, hot=True)
-                outcomes[i] = Outcome(req, key, "cached", meta, seconds=time.perf_counter() - start)
-                if progress:
-                    progress(outcomes[i])  # type: ignore[arg-type]
+            mine = f"farm-{uuid.uuid4().hex}"  # chosen once: a retried lock attempt must recognise its own lock
+            hit, holder, message = riding_out(partial(self._hit_or_lock, req, mine), grace(), "coordinator")
+            if hit is not None:
+                done(i, Outcome(req, hit.key, "cached", hit, seconds=time.perf_counter() - start))
                 continue
-            self.index.note_miss(req.pattern_id)
-            mine = f"farm-{key[:24]}-{uuid.uuid4().hex[:12]}"
-            holder = self.index.acquire(key, mine, ttl=self.config.task_time_limit * 2)
-            if holder == mine:
-                message = {"pattern_id": req.pattern_id, "target": req.target, "opt_level": req.opt_level,
-                           "parts": req.parts, "ruleset": req.ruleset_json, "key": key, "versions": versions}
-                messages.append(self.app.signature("farm.compile", args=(message,), task_id=mine,
-                                                   queue=keys.queue(req.target)))
+            if message is not None:
+                messages.append(message)
             waiting.setdefault(holder, []).append(i)
         if messages:
-            from celery import group
-
-            with _broker_errors(self.config):
-                group(messages).apply_async()
+            riding_out(lambda: self._publish(messages), grace(), "coordinator publishing")
         for task_id, indices in waiting.items():
-            result = self._wait(task_id, start + timeout)
+            result = self._wait(task_id, deadline)
             for i in indices:
-                outcomes[i] = self._settle(requests[i], result, time.perf_counter() - start)
-                if progress:
-                    progress(outcomes[i])  # type: ignore[arg-type]
+                settle = partial(self._settle, requests[i], result, time.perf_counter() - start)
+                done(i, riding_out(settle, grace(), "coordinator"))
         return outcomes  # type: ignore[return-value]
 
+    def _hit_or_lock(self, req: CompileRequest, mine: str) -> tuple[ArtifactMeta | None, str, Any]:
+        """A shared hit; or the task ID to wait on, with the message to send if that task is ours."""
+        key, versions = self.key_for(req)
+        meta = self.index.meta(key)
+        if meta is not None and self.store.exists(key):
+            self.index.note_hit(req.pattern_id, req.target, meta, hot=True)
+            return meta, "", None
+        self.index.note_miss(req.pattern_id)
+        holder = self.index.acquire(key, mine, ttl=self.config.task_time_limit * 2)
+        if holder != mine:
+            return None, holder, None
+        message = {"pattern_id": req.pattern_id, "target": req.target, "opt_level": req.opt_level,
+                   "parts": req.parts, "ruleset": req.ruleset_json, "key": key, "versions": versions}
+        return None, mine, self.app.signature("farm.compile", args=(message,), task_id=mine,
+                                              queue=keys.queue(req.target))
+
+    def _publish(self, messages: list[Any]) -> None:
+        from celery import group
+
+        with _broker_errors(self.config):
+            group(messages).apply_async()
+
     def _wait(self, task_id: str, deadline: float) -> dict[str, Any]:
+        """The task's result. Polled in slices: each new get() reads the stored result first, so a result
+        published while the connection was down is still found once it is back."""
         from celery.exceptions import TimeoutError as CeleryTimeout
         from celery.result import AsyncResult
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import RedisError
 
         result = AsyncResult(task_id, app=self.app)
-        try:
-            with _broker_errors(self.config):
-                value = result.get(timeout=max(0.1, deadline - time.perf_counter()), propagate=False,
-                                   interval=0.05)
-        except CeleryTimeout:
-            raise CompileTimeout(f"compile task {task_id} did not finish in time; is a worker running for "
-                                 "its target queue?") from None
-        if isinstance(value, dict):
-            return value
-        return {"status": "failed", "error": f"{type(value).__name__}: {value}"}
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise CompileTimeout(f"compile task {task_id} did not finish in time; is a worker running for "
+                                     "its target queue?")
+            try:
+                value = result.get(timeout=min(remaining, 5.0), propagate=False, interval=0.05)
+            except CeleryTimeout:
+                continue
+            except (RedisError, OperationalError, OSError) as exc:
+                log.warning("waiting for %s: the result backend is unreachable (%s); retrying", task_id, exc)
+                time.sleep(0.5)
+                continue
+            if isinstance(value, dict):
+                return value
+            return {"status": "failed", "error": f"{type(value).__name__}: {value}"}
 
     def _settle(self, req: CompileRequest, result: dict[str, Any], seconds: float) -> Outcome:
         key = result.get("key", "")
@@ -205,29 +253,37 @@ def announce_worker(targets: list[str]) -> None:
 
 
 def worker_compile(message: dict[str, Any], task_id: str) -> dict[str, Any]:
+    """One compile message: counted, dead-lettered past the delivery cap, else built (or found) and indexed.
+    An outage shorter than the grace is ridden out here; a longer one goes back to Celery's retry."""
     builder = _worker_builder()
     index = builder.index
     assert isinstance(index, RedisIndex)
+    deadline = time.perf_counter() + builder.config.outage_grace
+
+    def retried(fn: Callable[[], T]) -> T:
+        return riding_out(fn, deadline, f"worker, task {task_id}")
+
     key, target = message["key"], message["target"]
-    deliveries = index.delivered(task_id, ttl=builder.config.task_time_limit * 20)
+    deliveries = retried(lambda: index.delivered(task_id, ttl=builder.config.task_time_limit * 20))
     if deliveries > 1:
-        index.incr("redeliveries")
+        retried(lambda: index.incr("redeliveries"))
     if deliveries > builder.config.max_deliveries:
-        index.dead_letter({"task_id": task_id, "key": key, "pattern_id": message["pattern_id"], "target": target,
-                           "deliveries": deliveries, "at": time.time()})
-        index.release(key, task_id)
+        retried(lambda: index.dead_letter({"task_id": task_id, "key": key, "pattern_id": message["pattern_id"],
+                                           "target": target, "deliveries": deliveries, "at": time.time()}))
+        retried(lambda: index.release(key, task_id))
         return {"status": "dead-letter", "key": key,
                 "error": f"delivered {deliveries} times (the cap is {builder.config.max_deliveries}); dead-lettered"}
     start = time.perf_counter()
+    parts = [(str(name), str(text)) for name, text in message["parts"]]
     try:
-        artifact = builder.ensure_parts([tuple(p) for p in message["parts"]], message["pattern_id"], target,  # type: ignore[misc]
-                                        message["opt_level"], message.get("ruleset", ""), versions=message["versions"])
+        artifact = retried(lambda: builder.ensure_parts(parts, message["pattern_id"], target, message["opt_level"],
+                                                        message.get("ruleset", ""), versions=message["versions"]))
     except BackendUnavailable:
-        raise  # Celery retries these with backoff
+        raise  # past the grace: Celery retries the task with backoff
     except FarmError as exc:
-        index.release(key, task_id)
+        retried(lambda: index.release(key, task_id))
         return {"status": "failed", "key": key, "error": f"{type(exc).__name__}: {exc}"}
-    index.release(key, task_id)
+    retried(lambda: index.release(key, task_id))
     if artifact.meta.key != key:
         return {"status": "failed", "key": key, "error": f"worker computed key {artifact.meta.key}, expected {key}"}
     return {"status": "cached" if artifact.cached else "compiled", "key": key, "sha256": artifact.meta.sha256,

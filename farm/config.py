@@ -35,6 +35,7 @@ class FarmConfig:
     signing_key: str | None = None  # HMAC key: artifacts are signed at build and checked before dlopen
     task_time_limit: float = 600.0
     max_deliveries: int = 3  # a compile message redelivered more often than this is dead-lettered
+    outage_grace: float = 120.0  # seconds a coordinator or worker rides out an unreachable Redis or S3
     # Unacknowledged messages of a worker that died whole are redelivered after this; None = 6x time limit
     visibility_timeout: float | None = None
 
@@ -74,6 +75,7 @@ class FarmConfig:
         cfg.signing_key = env.get("FARM_SIGNING_KEY") or None
         cfg.task_time_limit = float(env.get("FARM_TASK_TIME_LIMIT", cfg.task_time_limit))
         cfg.max_deliveries = int(env.get("FARM_MAX_DELIVERIES", cfg.max_deliveries))
+        cfg.outage_grace = float(env.get("FARM_OUTAGE_GRACE", cfg.outage_grace))
         if env.get("FARM_VISIBILITY_TIMEOUT"):
             cfg.visibility_timeout = float(env["FARM_VISIBILITY_TIMEOUT"])
         return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -11,6 +12,7 @@ from typing import Any
 from farm.builder import Artifact, ArtifactBuilder
 from farm.config import FarmConfig
 from farm.errors import (
+    BackendUnavailable,
     FarmError,
     IncompatibleArtifact,
     LoadError,
@@ -25,6 +27,8 @@ from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 from farm.terms import TermGraph
 from farm.toolchain import ObjectCache
 from farm.transduce import RuleSet
+
+log = logging.getLogger(__name__)
 
 
 class FallbackWarning(UserWarning):
@@ -54,6 +58,9 @@ class Engine:
         self.config = config or FarmConfig.from_env()
         self.builder = builder or ArtifactBuilder(self.config)
         self._in_memory: dict[tuple[str, int], Any] = {}
+        # Loaded libraries by (fingerprint, target, -O): a loaded ruleset keeps rewriting with no index or
+        # store round trip, so it keeps serving through a Redis or S3 outage.
+        self._loaded: dict[tuple[str, str, int], NativeRuleset] = {}
 
     def compile(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
                 opt_level: int | None = None) -> Artifact:
@@ -87,7 +94,7 @@ class Engine:
         if engine == "interpreter":
             return Interpreter(ruleset).rewrite(graph, roots, fuel)
         try:
-            native = load_native(ruleset, self.compile(ruleset, pattern_id, target), self.config.signing_key)
+            native = self._native(ruleset, pattern_id, target)
         except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:  # tampering is never masked
             if engine == "native":
                 raise
@@ -95,8 +102,19 @@ class Engine:
             self.builder.index.incr("fallbacks")
             return Interpreter(ruleset).rewrite(graph, roots, fuel)
         result = native.rewrite(graph, roots, fuel)
-        self.builder.index.note_hot(pattern_id, sum(result.firings))
+        try:
+            self.builder.index.note_hot(pattern_id, sum(result.firings))
+        except BackendUnavailable as exc:  # the hot set is advisory: a rewrite never fails for it
+            log.warning("hot-pattern count for %r not recorded: %s", pattern_id, exc)
         return result
+
+    def _native(self, ruleset: RuleSet, pattern_id: str, target: str | None) -> NativeRuleset:
+        memo = (ruleset.fingerprint(), self.builder.target(target).name, self.config.opt_level)
+        native = self._loaded.get(memo)
+        if native is None:
+            native = load_native(ruleset, self.compile(ruleset, pattern_id, target), self.config.signing_key)
+            self._loaded[memo] = native
+        return native
 
 
 def _compile_job(config: FarmConfig, job: CompileJob) -> Artifact | FarmError:

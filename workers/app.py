@@ -18,8 +18,13 @@ def make_app(config: FarmConfig | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=config.task_time_limit,
         task_soft_time_limit=config.task_time_limit * 0.9,
-        # Unacknowledged messages come back after this long: well above the task time limit.
-        broker_transport_options={"visibility_timeout": int(config.visibility_timeout or config.task_time_limit * 6)},
+        broker_transport_options=_transport_options(config),
+        # A Redis restart must not hang a worker or a coordinator on a dead socket: time out, reconnect.
+        redis_socket_timeout=10,
+        redis_socket_connect_timeout=5,
+        redis_retry_on_timeout=True,
+        redis_backend_health_check_interval=10,
+        broker_connection_max_retries=None,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -29,6 +34,15 @@ def make_app(config: FarmConfig | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def _transport_options(config: FarmConfig) -> dict[str, float]:
+    # Unacknowledged messages (their worker died whole) come back after the visibility timeout, well above
+    # the task time limit; the sweep that returns them runs often enough for that timeout to mean something.
+    visibility = config.visibility_timeout or config.task_time_limit * 6
+    return {"visibility_timeout": int(visibility), "unacked_restore_interval": max(1, min(10, int(visibility / 5))),
+            "unacked_restore_throttle": 1, "socket_timeout": 10, "socket_connect_timeout": 5,
+            "health_check_interval": 10}
 
 
 app = make_app()
