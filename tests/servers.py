@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,13 +48,16 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:  # type: ignore[
 
 
 @contextmanager
-def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+def redis_server(workdir: Path, port: int | None = None, durable: bool = False) -> Iterator[str]:
+    """durable: an append-only file synced on every write, so a restart on the same port and directory
+    comes back with every key (as deploy/ runs it)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (scripts/test installs it with apt-get)")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence,
                              "--dir", str(workdir), "--protected-mode", "yes"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -94,6 +97,40 @@ def s3_server(port: int | None = None) -> Iterator[str]:
     with http_process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                       f"http://127.0.0.1:{port}/moto-api/", "moto S3 server"):
         yield f"127.0.0.1:{port}"
+
+
+@contextmanager
+def tcp_proxy(target_port: int, port: int | None = None) -> Iterator[int]:
+    """A proxy process (tests/tcpproxy.py) in front of a loopback service; leaving the block kills it."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.tcpproxy", str(port), str(target_port)], cwd=ROOT)
+
+    def accepting() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    try:
+        _wait(accepting, "tcp proxy", proc)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def process_children(pid: int) -> list[int]:
+    """Direct children of a process, from /proc (Linux)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def cluster_env(redis_url: str, s3_endpoint: str, cache_dir: Path, **extra: str) -> dict[str, str]:
