@@ -66,3 +66,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 assert time.monotonic() < deadline, "workers did not register"
                 time.sleep(0.2)
             yield {"redis": redis_url, "s3": s3, "tmp": str(tmp)}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures the fault and fuzz tests measured in this run: faults injected, jobs lost, cases run."""
+    from . import test_faults, test_fuzz
+
+    figures = {**test_faults.FIGURES, **test_fuzz.FIGURES}
+    if figures:
+        terminalreporter.section("farm reliability figures")
+        for name, values in figures.items():
+            terminalreporter.write_line(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))

@@ -1,13 +1,9 @@
 from __future__ import annotations
 
-import contextlib
-
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from farm.dsl import load_rules, parse_rules
-from farm.errors import ArityError, FarmError, ParseError, RuleError, UnboundVariableError, UnknownOperatorError
+from farm.errors import ArityError, ParseError, RuleError, UnboundVariableError, UnknownOperatorError
 from farm.rules import App, Compare, Computed, IsConst, Lit, Polarity, TermCondition, TopologicalPattern, Var
 from farm.transduce import transduce_patterns
 
@@ -103,23 +99,3 @@ def test_non_utf8_file_is_a_parse_error(tmp_path) -> None:  # type: ignore[no-un
         load_rules(path)
 
 
-FUZZ_CASES = {"count": 0}
-
-
-@settings(max_examples=400, deadline=1000)
-@given(st.text(alphabet=st.sampled_from(list("rule op if const()[]{}?:,=><!-+*/%&|^0123456789abfxyz _\n#;")),
-               max_size=120))
-def test_fuzzed_rule_text_gives_only_typed_errors(text: str) -> None:
-    FUZZ_CASES["count"] += 1
-    try:
-        parsed = parse_rules(text, "fuzz.farm")
-        transduce_patterns(parsed.patterns, parsed.declared_ops, warn=False)
-    except FarmError:
-        pass
-
-
-@settings(max_examples=200, deadline=1000)
-@given(st.text(max_size=80))
-def test_fuzzed_unicode_rule_text_gives_only_typed_errors(text: str) -> None:
-    with contextlib.suppress(FarmError):
-        parse_rules(text, "fuzz.farm")

@@ -3,10 +3,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from farm.errors import FarmError, ParseError
+from farm.errors import ParseError
 from farm.terms import Signature, TermGraph, wrap_i64
 
 
@@ -53,12 +51,3 @@ def test_wrap_i64() -> None:
     assert wrap_i64(-(2**63) - 1) == 2**63 - 1
 
 
-@settings(max_examples=300, deadline=1000)
-@given(st.text(alphabet=st.sampled_from(list("()fgx 0123456789-\n;")), max_size=100))
-def test_fuzzed_terms_give_only_typed_errors(text: str) -> None:
-    try:
-        g = TermGraph()
-        for root in g.parse(text, "fuzz"):
-            assert TermGraph().parse(g.to_text(root))
-    except FarmError:
-        pass
