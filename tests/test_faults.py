@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -238,7 +239,8 @@ def test_redis_restart_during_prewarm_loses_nothing(tmp_path: Path) -> None:
 
 
 def kill_redis(port: int) -> None:
-    """SIGKILL the redis-server listening on `port` (found through /proc, as an operator would with ss)."""
+    """SIGKILL the redis-server listening on `port` (found through /proc, as an operator would with ss), then
+    wait until the port refuses connections."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or process_name(int(proc.name)) != "redis-server":
             continue
@@ -246,12 +248,19 @@ def kill_redis(port: int) -> None:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if str(port).encode() in argv or any(a.endswith(f":{port}".encode()) for a in argv):
+        if any(arg == str(port).encode() or arg.endswith(f":{port}".encode()) for arg in argv):  # proctitle
             os.kill(int(proc.name), signal.SIGKILL)
-            while Path(f"/proc/{proc.name}").exists() and process_name(int(proc.name)) == "redis-server":
-                time.sleep(0.05)
+            break
+    else:
+        raise AssertionError(f"no redis-server on port {port}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
             return
-    raise AssertionError(f"no redis-server on port {port}")
+        time.sleep(0.05)
+    raise AssertionError(f"redis-server on port {port} survived SIGKILL")
 
 
 # ---- S3 outage ----
