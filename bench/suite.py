@@ -34,7 +34,7 @@ from farm.config import FarmConfig  # noqa: E402
 from farm.dsl import load_rules, parse_rules  # noqa: E402
 from farm.engine import Engine, load_native  # noqa: E402
 from farm.interp import Interpreter  # noqa: E402
-from farm.jit import CompiledFunction, JitCompiler, JitConfig  # noqa: E402
+from farm.jit import JitCompiler, JitConfig  # noqa: E402
 from farm.terms import TermGraph  # noqa: E402
 from farm.transduce import RuleSet, transduce_patterns  # noqa: E402
 from farm.verify import TermGenerator  # noqa: E402
@@ -178,28 +178,38 @@ def rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def p5_load(mode: str, cache: Path, count: int) -> tuple[float, bool]:
+    """Resident KB per 1000 of `count` functions compiled (or fetched from `cache`), loaded and each called
+    once: one library per function (compile_llvm_ir) or one per batch (compile_batch). Also: were they all
+    served from the cache."""
+    jit = JitCompiler(JitConfig(work_dir=cache / "work", cache_dir=cache, max_cached_functions=count + 10,
+                                compile_path="inprocess"))
+    items = [(f"define i64 @f(i64 %x) {{\n  %r = add i64 %x, {k}\n  ret i64 %r\n}}\n", f"fn-{k}")
+             for k in range(count)]
+    jit.compile_llvm_ir("define i64 @g(i64 %x) {\n  ret i64 %x\n}\n", "warm")
+    before = rss_kb()
+    functions = (jit.compile_batch(items) if mode == "batch"
+                 else [jit.compile_llvm_ir(ir, pattern_id) for ir, pattern_id in items])
+    call = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
+    assert all(call(f.function_pointer)(1) == k + 1 for k, f in enumerate(functions))
+    return (rss_kb() - before) * 1000 / count, all(f.from_cache for f in functions)
+
+
 def p5(tmp: Path, count: int) -> dict[str, Any]:
-    """Resident memory of the JIT's cache of compiled, loaded functions, per 1000: one library per function
-    (compile_llvm_ir, measured on a fifth as many: each is a link) and one library per batch (compile_batch).
-    Every function is called once. In-process compiles: memory, not compile time, is measured here."""
-    Compile = Callable[[JitCompiler, list[str]], list[CompiledFunction]]
-
-    def grown_kb(label: str, count: int, compile_all: Compile) -> float:
-        jit = JitCompiler(JitConfig(work_dir=tmp / f"{label}w", cache_dir=tmp / f"{label}c",
-                                    max_cached_functions=count + 10, compile_path="inprocess"))
-        irs = [f"define i64 @f(i64 %x) {{\n  %r = add i64 %x, {k}\n  ret i64 %r\n}}\n" for k in range(count)]
-        jit.compile_llvm_ir("define i64 @g(i64 %x) {\n  ret i64 %x\n}\n", "warm")
-        before = rss_kb()
-        functions = compile_all(jit, irs)
-        call = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
-        assert all(call(f.function_pointer)(1) == k + 1 for k, f in enumerate(functions))
-        return (rss_kb() - before) * 1000 / count
-
-    one = grown_kb("one", max(count // 5, 1),
-                   lambda jit, irs: [jit.compile_llvm_ir(ir, f"fn-{k}") for k, ir in enumerate(irs)])
-    batched = grown_kb("batch", count,
-                       lambda jit, irs: jit.compile_batch([(ir, f"fn-{k}") for k, ir in enumerate(irs)]))
-    return {"functions": count, "kb_per_1000_one_library_each": one, "kb_per_1000": batched}
+    """Resident memory per 1000 cached functions, on a node: a fresh process loads functions compiled
+    earlier (so the compiler's own heap is not counted) and calls each once. One library per function is
+    measured on a fifth as many (each is a link); one library per batch on all of them."""
+    report: dict[str, Any] = {"functions": count}
+    for mode, n in (("one", max(count // 5, 1)), ("batch", count)):
+        cache = tmp / f"p5-{mode}"
+        report[f"kb_per_1000_{mode}_compiling_process"] = p5_load(mode, cache, n)[0]
+        node = subprocess.run([sys.executable, __file__, "--p5-node", mode, str(cache), str(n)], check=True,
+                              capture_output=True, text=True)
+        kb, from_cache = json.loads(node.stdout.strip().splitlines()[-1])
+        assert from_cache, "the node recompiled instead of loading from the cache"
+        report[f"kb_per_1000_{mode}_node"] = kb
+    report["kb_per_1000"] = report["kb_per_1000_batch_node"]
+    return report
 
 
 def p3(tmp: Path, patterns: int) -> dict[str, Any]:
@@ -270,7 +280,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--patterns", type=int, default=500, help="P3: artifacts to pre-warm (half per target)")
     parser.add_argument("--functions", type=int, default=1000, help="P5: compiled functions to cache")
+    parser.add_argument("--p5-node", nargs=3, metavar=("MODE", "CACHE", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.p5_node:  # the fresh node process of P5
+        mode, cache, count = args.p5_node
+        print(json.dumps(p5_load(mode, Path(cache), int(count))))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"),

@@ -146,6 +146,39 @@ def test_bad_signature_is_refused(cluster: dict[str, str]) -> None:
         pull(pid, FarmConfig.from_env(node_env), "x86-64")
 
 
+def test_swapped_objects_in_s3_are_refused_with_the_reason(cluster: dict[str, str]) -> None:
+    """Another artifact's library and metadata, both intact, copied under this key: every sha256 matches,
+    only the key inside the metadata tells, and it is checked before anything is kept or loaded."""
+    coord = coordinator(cluster, "coord-w")
+    (pa, ra), (pb, rb) = patterns_from("rule swap_a: (f (g ?x) 7) => ?x\nrule swap_b: (f (h ?x) 8) => ?x")
+    a = coord.artifact(CompileRequest.for_ruleset(pa, ra, "x86-64", 0))  # type: ignore[arg-type]
+    b = coord.artifact(CompileRequest.for_ruleset(pb, rb, "x86-64", 0))  # type: ignore[arg-type]
+    s3 = Minio(cluster["s3"], "testing", "testing-secret", secure=False)
+    for suffix in (".so", ".json"):
+        body = s3.get_object("farm-test", f"artifacts/{b.key}{suffix}").read()
+        s3.put_object("farm-test", f"artifacts/{a.key}{suffix}", io.BytesIO(body), len(body))
+    node = Path(cluster["tmp"]) / "node-w"
+    with pytest.raises(IntegrityError, match="describes artifact .*: swapped"):
+        pull(pa, FarmConfig.from_env(cluster_env(cluster["redis"], cluster["s3"], node)), "x86-64")
+    assert not list(node.rglob("*.so"))
+
+
+HOSTILE_IDS = ["../../etc/passwd", "a\nb\r\nc", "quote\"'`", "ünïcødé ☃", "$(id); rm -rf /", "x" * 4000,
+               "farm:idx:x86-64", "*", "\\..\\..", "%00%2e%2e"]
+
+
+def test_hostile_pattern_ids_are_only_data_in_redis_celery_and_s3(cluster: dict[str, str]) -> None:
+    coord = coordinator(cluster, "coord-h")
+    (_, rs), = patterns_from("rule hostile: (hh ?x (hh ?x ?x)) => ?x")
+    outcomes = coord.ensure([CompileRequest.for_ruleset(pid, rs, "x86-64", 0)  # type: ignore[arg-type]
+                             for pid in HOSTILE_IDS], timeout=300)
+    assert all(o.status in ("compiled", "cached") for o in outcomes) and len({o.key for o in outcomes}) == 1
+    assert all(coord.index.lookup(pid, "x86-64") == outcomes[0].key for pid in HOSTILE_IDS)
+    s3 = Minio(cluster["s3"], "testing", "testing-secret", secure=False)
+    names = [o.object_name for o in s3.list_objects("farm-test", prefix="", recursive=True)]
+    assert names and all(re.fullmatch(r"artifacts/[0-9a-f]{64}\.(so|json)", str(n)) for n in names)
+
+
 def test_hit_whose_object_is_gone_is_a_miss_and_repaired(cluster: dict[str, str]) -> None:
     coord = coordinator(cluster, "coord-r")
     (pid, rs), = patterns_from("rule repair_me: (f ?x (h 5 ?x)) => ?x")
