@@ -20,10 +20,7 @@ from farm.builder import ArtifactBuilder, check_pattern_id
 from farm.config import FarmConfig
 from farm.errors import InvalidIR, LoadError, ToolchainError
 from farm.loader import open_library
-
-_NAME = r'("(?:[^"\\]|\\.)*"|[-a-zA-Z$._][-a-zA-Z$._0-9]*)'
-_DEFINE = re.compile(rf'^define\b[^@\n]*@{_NAME}\s*\(', re.MULTILINE)
-_GLOBAL = re.compile(rf'^@{_NAME}\s*=', re.MULTILINE)
+from farm.policy import DEFINE, GLOBAL_DEFINITION
 
 
 @dataclass
@@ -90,11 +87,10 @@ class CacheStatistics:
 
 
 def entry_function(llvm_ir: str) -> str:
-    m = _DEFINE.search(llvm_ir)
+    m = DEFINE.search(llvm_ir)
     if not m:
         raise InvalidIR("the IR defines no function to export (expected a line starting with `define`)")
-    name = m.group(1)
-    return name[1:-1] if name.startswith('"') else name
+    return m.group(1) if m.group(1) is not None else m.group(2)
 
 
 def rename_definitions(llvm_ir: str, suffix: str) -> str:
@@ -102,12 +98,13 @@ def rename_definitions(llvm_ir: str, suffix: str) -> str:
     without clashing; declarations (what the module imports) keep their names."""
     if re.search(r"\bcomdat\b", llvm_ir):
         raise InvalidIR("a module with comdats cannot share a library (the linker would fold them)")
-    defined = {m.group(1) for pattern in (_DEFINE, _GLOBAL) for m in pattern.finditer(llvm_ir)}
-    for name in sorted(defined, key=len, reverse=True):
-        if name.startswith('"'):
-            llvm_ir = llvm_ir.replace(f"@{name}", f'@{name[:-1]}{suffix}"')
-        else:
-            llvm_ir = re.sub(rf"@{re.escape(name)}(?![-a-zA-Z$._0-9])", f'@"{name}{suffix}"', llvm_ir)
+    definitions = [m for pattern in (DEFINE, GLOBAL_DEFINITION) for m in pattern.finditer(llvm_ir)]
+    quoted = {m.group(1) for m in definitions if m.group(1) is not None}
+    bare = {m.group(2) for m in definitions if m.group(1) is None}
+    for name in quoted:
+        llvm_ir = llvm_ir.replace(f'@"{name}"', f'@"{name}{suffix}"')
+    for name in sorted(bare, key=len, reverse=True):
+        llvm_ir = re.sub(rf"@{re.escape(name)}(?![-a-zA-Z$._0-9])", f'@"{name}{suffix}"', llvm_ir)
     return llvm_ir
 
 

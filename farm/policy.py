@@ -17,9 +17,12 @@ from farm.errors import PolicyViolation
 ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset"})
 MAX_IR_BYTES = 256 << 20  # a module larger than this is refused before it reaches a tool
 
-_NAME = r'(?:"((?:[^"\\]|\\.)*)"|([-a-zA-Z$._][-a-zA-Z$._0-9]*))'
-_DECLARE = re.compile(rf"^[ \t]*declare\b[^@\n]*@{_NAME}[ \t]*\(", re.MULTILINE)
-_EXTERNAL_GLOBAL = re.compile(rf"^[ \t]*@{_NAME}[ \t]*=[ \t]*(?:[a-z_]+[ \t]+)*?(?:external|extern_weak)\b",
+# An LLVM global name: group 1 is a quoted name's text, group 2 a bare name. Shared with the JIT's renaming.
+IR_NAME = r'(?:"((?:[^"\\]|\\.)*)"|([-a-zA-Z$._][-a-zA-Z$._0-9]*))'
+DEFINE = re.compile(rf"^[ \t]*define\b[^@\n]*@{IR_NAME}[ \t]*\(", re.MULTILINE)
+GLOBAL_DEFINITION = re.compile(rf"^[ \t]*@{IR_NAME}[ \t]*=", re.MULTILINE)
+_DECLARE = re.compile(rf"^[ \t]*declare\b[^@\n]*@{IR_NAME}[ \t]*\(", re.MULTILINE)
+_EXTERNAL_GLOBAL = re.compile(rf"^[ \t]*@{IR_NAME}[ \t]*=[ \t]*(?:[a-z_]+[ \t]+)*?(?:external|extern_weak)\b",
                               re.MULTILINE)
 _CONSTRUCTORS = re.compile(r'^[ \t]*@"?llvm\.global_[cd]tors\b', re.MULTILINE)
 _LOAD_TIME_SECTION = re.compile(r'\bsection[ \t]+"([^"\n]*(?:init|fini|ctors|dtors)[^"\n]*)"')
@@ -27,12 +30,9 @@ _SUSPECT_WORD = re.compile(r"\b(?:asm|ifunc)\b")
 _STRING = re.compile(r'c?"(?:[^"\\\n]|\\.)*"')
 
 
-_DEFINE = re.compile(rf"^[ \t]*define\b[^@\n]*@{_NAME}[ \t]*\(", re.MULTILINE)
-
-
 def defined_functions(ir_text: str) -> set[str]:
     """Functions a module defines: the other modules of the same library may import them."""
-    return {m.group(1) or m.group(2) for m in _DEFINE.finditer(ir_text)}
+    return {m.group(1) or m.group(2) for m in DEFINE.finditer(ir_text)}
 
 
 def check_ir(ir_text: str, source: str = "module", provided: frozenset[str] = frozenset()) -> None:

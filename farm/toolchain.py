@@ -172,8 +172,7 @@ class Toolchain:
         versions = tool_versions(self.compile_path)
         tmp = self._temp_dir()
         result = BuildResult(tmp / "module.so", versions=versions)
-        provided = frozenset().union(*map(defined_functions, (text for _, text in parts))) if len(parts) > 1 \
-            else frozenset()
+        provided: frozenset[str] | None = None  # what the library's modules define; scanned only if one is built
         try:
             objects = []
             for name, text in parts:
@@ -183,6 +182,8 @@ class Toolchain:
                     objects.append(cached)
                     result.objects_reused += 1
                     continue
+                if provided is None:
+                    provided = frozenset().union(*(defined_functions(other) for _, other in parts))
                 check_ir(text, name, provided)  # before any tool sees it
                 obj, seconds = self._compile(text, target, opt_level, tmp, name)
                 for stage, value in seconds.items():
