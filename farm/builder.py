@@ -14,7 +14,7 @@ from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMi
 from farm.index import CacheIndex
 from farm.loader import sha256_file, verify_sha256
 from farm.serialize import ruleset_to_json
-from farm.signing import sign
+from farm.signing import signer_of, trusted_keys_of, verify
 from farm.store import ArtifactMeta, ArtifactStore
 from farm.targets import Target, resolve
 from farm.toolchain import ObjectCache, Toolchain, artifact_key, find_tool, remove_build_dir, tool_versions
@@ -52,6 +52,9 @@ class ArtifactBuilder:
         self.config = config or FarmConfig.from_env()
         self.index = index or make_index(self.config)
         self.store = store or make_store(self.config, self.index)
+        # Loaded now, so a bad key file stops a builder or worker at start, not at its first artifact
+        self.signer = signer_of(self.config)
+        self.trusted = trusted_keys_of(self.config)
         self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout,
                                    memory_limit=self.config.stage_memory_mb << 20,
                                    compile_path=self.config.compile_path,
@@ -116,8 +119,8 @@ class ArtifactBuilder:
                                 stage_seconds=build.stage_seconds, pattern_ids=[pattern_id],
                                 toolchain=build.versions, ruleset=ruleset_json,
                                 objects_compiled=build.objects_compiled, objects_reused=build.objects_reused)
-            if self.config.signing_key:
-                meta.signature = sign(meta, self.config.signing_key)
+            if self.signer is not None:
+                meta.signature = self.signer.sign(meta)
             self.store.put(build.so_path, meta)
         finally:
             remove_build_dir(build)
@@ -126,13 +129,16 @@ class ArtifactBuilder:
 
     def _fetch_verified(self, key: str) -> tuple[Path, ArtifactMeta] | None:
         """A stored artifact whose bytes match its sha256; a missing one counts as a miss, and so does a
-        corrupt or swapped one, after it is deleted and the reason logged."""
+        corrupt or swapped one, after it is deleted and the reason logged. A builder that signs also refuses
+        (and so rebuilds and re-signs) one no key it trusts signed: after a rotation, or a forgery."""
         try:
             found = self.store.fetch(key)
             if found is None:
                 return None
             path, meta = found
             verify_sha256(path, meta.sha256)
+            if self.signer is not None:
+                verify(meta, self.trusted)
         except IntegrityError as exc:
             log.warning("refused stored artifact %s, rebuilding it: %s", key[:12], exc)
             self.store.delete(key)

@@ -134,7 +134,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     native = None
     if args.engine != "interpreter":
         engine = Engine()
-        native = load_native(ruleset, engine.compile(ruleset, _pattern_id(args.rules), args.target))
+        native = load_native(ruleset, engine.compile(ruleset, _pattern_id(args.rules), args.target),
+                             engine.builder.trusted)
     report = VerifyReport()
     batch = max(1, min(500, args.cases))
     with _progress() as bar:
@@ -183,9 +184,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from farm import keys
     from farm.cluster import require_cluster
     from farm.config import FarmConfig
+    from farm.signing import trusted_keys_of
     from farm.targets import REGISTRY
 
-    require_cluster(FarmConfig.from_env())
+    config = FarmConfig.from_env()
+    require_cluster(config)
+    trusted_keys_of(config)  # a bad key file is reported here, not in the log of every task
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in REGISTRY]
     if not targets or unknown:
@@ -198,6 +202,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "--loglevel", args.loglevel, "--without-gossip", "--without-mingle"]
     os.execv(sys.executable, argv)
     return EXIT_ERROR  # not reached
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from farm.signing import write_key_pair
+
+    pair = write_key_pair(Path(args.output))
+    print(f"private key: {pair.private_path}  (mode 0600: builders only, as FARM_SIGNING_KEY)")
+    print(f"public key:  {pair.public_path}  (every node, as FARM_VERIFY_KEY)")
+    print(f"key id:      {pair.key_id}")
+    return EXIT_OK
 
 
 def cmd_prewarm(args: argparse.Namespace) -> int:
@@ -415,6 +429,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "hot": (cmd_hot, "cluster: the hottest patterns"),
     "worker": (cmd_worker, "cluster: run a Celery worker for some targets"),
     "targets": (cmd_targets, "list compilation targets"),
+    "keygen": (cmd_keygen, "make an Ed25519 key pair: PREFIX.key signs (builders), PREFIX.pub verifies (nodes)"),
 }
 
 
@@ -465,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--concurrency", type=int, default=1)
             p.add_argument("--loglevel", default="info")
             p.add_argument("--metrics-port", type=int, default=0, help="serve this worker's process metrics")
+        if name == "keygen":
+            p.add_argument("-o", "--output", default="farm-signing", metavar="PREFIX",
+                           help="write PREFIX.key and PREFIX.pub (never overwritten); default farm-signing")
         if name == "verify":
             p.add_argument("--cases", type=int, default=2000)
             p.add_argument("--seed", type=int, default=1)

@@ -32,7 +32,10 @@ class FarmConfig:
     s3_secret_key: str | None = None
     s3_secure: bool = False
     s3_region: str = "us-east-1"
-    signing_key: str | None = None  # HMAC key: artifacts are signed at build and checked before dlopen
+    # Ed25519 key files (farm/signing.py): a builder's private key signs what it builds; nodes hold only
+    # public keys, and with any key configured load only artifacts signed by a trusted one
+    signing_key: Path | None = None
+    verify_keys: tuple[Path, ...] = ()
     task_time_limit: float = 600.0
     max_deliveries: int = 3  # a compile message redelivered more often than this is dead-lettered
     outage_grace: float = 120.0  # seconds a coordinator or worker rides out an unreachable Redis or S3
@@ -42,6 +45,8 @@ class FarmConfig:
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir)
         self.work_dir = Path(self.work_dir) if self.work_dir is not None else None
+        self.signing_key = Path(self.signing_key) if self.signing_key else None
+        self.verify_keys = tuple(Path(p) for p in self.verify_keys)
 
     @property
     def build_dir(self) -> Path:
@@ -72,7 +77,8 @@ class FarmConfig:
         cfg.s3_secret_key = env.get("FARM_S3_SECRET_KEY") or None
         cfg.s3_secure = env.get("FARM_S3_SECURE", "").lower() in ("1", "true", "yes")
         cfg.s3_region = env.get("FARM_S3_REGION", cfg.s3_region)
-        cfg.signing_key = env.get("FARM_SIGNING_KEY") or None
+        cfg.signing_key = Path(env["FARM_SIGNING_KEY"]) if env.get("FARM_SIGNING_KEY") else None
+        cfg.verify_keys = tuple(Path(p.strip()) for p in env.get("FARM_VERIFY_KEY", "").split(",") if p.strip())
         cfg.task_time_limit = float(env.get("FARM_TASK_TIME_LIMIT", cfg.task_time_limit))
         cfg.max_deliveries = int(env.get("FARM_MAX_DELIVERIES", cfg.max_deliveries))
         cfg.outage_grace = float(env.get("FARM_OUTAGE_GRACE", cfg.outage_grace))

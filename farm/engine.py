@@ -22,6 +22,7 @@ from farm.errors import (
 from farm.interp import Interpreter, RewriteResult
 from farm.loader import NativeRuleset
 from farm.semantics import DEFAULT_FUEL
+from farm.signing import TrustedKeys
 from farm.signing import verify as verify_signature
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 from farm.terms import TermGraph
@@ -43,9 +44,9 @@ class CompileJob:
     opt_level: int
 
 
-def load_native(ruleset: RuleSet, artifact: Artifact, signing_key: str | None = None) -> NativeRuleset:
-    """Check the host can run it and (with a key) its signature; NativeRuleset checks the sha256."""
-    verify_signature(artifact.meta, signing_key)
+def load_native(ruleset: RuleSet, artifact: Artifact, trusted: TrustedKeys | None = None) -> NativeRuleset:
+    """Check (with trusted keys) its signature and that the host can run it; NativeRuleset checks the sha256."""
+    verify_signature(artifact.meta, trusted)
     target = REGISTRY.get(artifact.meta.target) or resolve("native")
     if artifact.meta.target != "native" and not host_can_run(target):
         raise IncompatibleArtifact(f"artifact {artifact.meta.key[:12]} is built for {artifact.meta.target}; "
@@ -112,7 +113,7 @@ class Engine:
         memo = (ruleset.fingerprint(), self.builder.target(target).name, self.config.opt_level)
         native = self._loaded.get(memo)
         if native is None:
-            native = load_native(ruleset, self.compile(ruleset, pattern_id, target), self.config.signing_key)
+            native = load_native(ruleset, self.compile(ruleset, pattern_id, target), self.builder.trusted)
             self._loaded[memo] = native
         return native
 

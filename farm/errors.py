@@ -182,5 +182,39 @@ class RemoteCompileFailed(ClusterError):
     """A worker reported a failed compilation; carries its message."""
 
 
+class KeyFileError(ConfigError):
+    """A signing or verify key file is missing, unreadable, open to other users or not an Ed25519 key."""
+
+    def __init__(self, variable: str, path: str, problem: str) -> None:
+        super().__init__(f"{variable}={path}: {problem}")
+        self.variable = variable
+        self.path = path
+        self.problem = problem
+
+
+class KeyFileExists(FarmError):
+    """`farm keygen` would overwrite a key file."""
+
+
 class SignatureError(IntegrityError):
-    """An artifact's HMAC signature is missing or wrong: refused before dlopen."""
+    """An artifact's signature is missing, from an untrusted key, or wrong: refused before dlopen."""
+
+
+class UnsignedArtifact(SignatureError):
+    """A node that trusts only signed artifacts was handed one without a signature."""
+
+
+class UntrustedSigner(SignatureError):
+    """The artifact is signed by a key this node does not trust; carries that key's id."""
+
+    def __init__(self, message: str, key_id: str) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class BadSignature(SignatureError):
+    """The signature does not match the signed fields of the metadata (or is malformed)."""
+
+
+class LegacySignature(SignatureError):
+    """An HMAC signature from before farm signed with Ed25519: no node accepts shared-secret signatures."""

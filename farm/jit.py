@@ -21,6 +21,7 @@ from farm.config import FarmConfig
 from farm.errors import InvalidIR, LoadError, ToolchainError
 from farm.loader import open_library
 from farm.policy import DEFINE, GLOBAL_DEFINITION
+from farm.signing import verify as verify_signature
 
 
 @dataclass
@@ -145,6 +146,7 @@ class JitCompiler:
         try:
             artifact = self._builder.ensure_ir(llvm_ir, pattern_id, self.config.target,
                                                self.config.optimization_level)
+            verify_signature(artifact.meta, self._builder.trusted)
             lib = open_library(artifact.path, artifact.meta.sha256)
             pointer = symbol_address(lib, name)
         except (ToolchainError, LoadError) as exc:
@@ -181,6 +183,7 @@ class JitCompiler:
             artifact = self._builder.ensure_parts(parts, items[0][1], target, self.config.optimization_level)
             for _, pattern_id in items[1:]:
                 self._builder.index.record(pattern_id, target, artifact.meta)
+            verify_signature(artifact.meta, self._builder.trusted)
             lib = open_library(artifact.path, artifact.meta.sha256)
             pointers = [symbol_address(lib, f"{name}.farm{k}") for k, name in enumerate(names)]
         except (ToolchainError, LoadError) as exc:

@@ -15,7 +15,7 @@ from farm.config import FarmConfig
 from farm.errors import ArtifactMissing, IncompatibleArtifact
 from farm.loader import NativeRuleset, verify_sha256
 from farm.serialize import ruleset_from_json
-from farm.signing import verify
+from farm.signing import trusted_keys_of, verify
 from farm.store import ArtifactMeta
 from farm.targets import REGISTRY, host_can_run, host_cpu
 from farm.toolchain import find_tool
@@ -38,6 +38,7 @@ def preference(host_cpu_name: str | None = None) -> list[str]:
 
 
 def pull(pattern_id: str, config: FarmConfig, target: str | None = None) -> Pulled:
+    trusted = trusted_keys_of(config)
     index = make_index(config)
     store = make_store(config, index)
     try:
@@ -56,9 +57,9 @@ def pull(pattern_id: str, config: FarmConfig, target: str | None = None) -> Pull
         if target and not host_can_run(REGISTRY[target]):
             raise IncompatibleArtifact(f"{pattern_id!r} for {target} cannot run on this host")
         verify_sha256(path, meta.sha256)
-        verify(meta, config.signing_key)
+        verify(meta, trusted)
         native = NativeRuleset(path, ruleset_from_json(meta.ruleset), meta.sha256) if meta.ruleset else None
-        return Pulled(meta, path, native, bool(config.signing_key))
+        return Pulled(meta, path, native, trusted is not None)
     tried = ", ".join(candidates) or "none runnable here"
     raise ArtifactMissing(f"no artifact of pattern {pattern_id!r} for this host (tried: {tried}); pre-warm it "
                           "with `farm prewarm`")

@@ -24,7 +24,7 @@ class ArtifactMeta:
     pattern_ids: list[str] = field(default_factory=list)
     toolchain: dict[str, str] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
-    signature: str = ""  # HMAC-SHA256 (farm/signing.py) when a signing key is configured
+    signature: str = ""  # "ed25519:<key id>:<base64>" (farm/signing.py) when a signing key is configured
     ruleset: str = ""  # the ruleset as JSON (farm/serialize.py), so a node can load what it pulls
     objects_compiled: int = 0  # modules compiled for this library; the others came from the object cache
     objects_reused: int = 0
