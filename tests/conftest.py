@@ -12,6 +12,7 @@ from farm.config import FarmConfig
 from farm.dsl import parse_rules
 from farm.engine import Engine
 from farm.index.redis import RedisIndex
+from farm.signing import KeyPair, write_key_pair
 from farm.transduce import RuleSet, transduce_patterns
 
 from .servers import celery_worker, cluster_env, redis_server, s3_server
@@ -46,17 +47,24 @@ def session_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 
 
 CLUSTER_TARGETS = ("x86-64", "aarch64")
-SIGNING_KEY = "test-signing-key"
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def key_pair(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    """A builders' key pair, as `farm keygen` makes it: FARM_SIGNING_KEY for builders, FARM_VERIFY_KEY for nodes."""
+    return write_key_pair(tmp_path_factory.mktemp("keys") / "builders")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, key_pair: KeyPair) -> Iterator[dict[str, str]]:
+    """Workers sign with the private key; tests give nodes cluster["verify_key"] (the public key) only."""
     tmp = tmp_path_factory.mktemp("cluster")
+    signing = str(key_pair.private_path)
     with redis_server(tmp) as redis_url, s3_server() as s3:
         workers = []
-        with celery_worker(CLUSTER_TARGETS[0], cluster_env(redis_url, s3, tmp / "w0", FARM_SIGNING_KEY=SIGNING_KEY),
+        with celery_worker(CLUSTER_TARGETS[0], cluster_env(redis_url, s3, tmp / "w0", FARM_SIGNING_KEY=signing),
                            tmp / "w0.log") as w0, \
-             celery_worker(CLUSTER_TARGETS[1], cluster_env(redis_url, s3, tmp / "w1", FARM_SIGNING_KEY=SIGNING_KEY),
+             celery_worker(CLUSTER_TARGETS[1], cluster_env(redis_url, s3, tmp / "w1", FARM_SIGNING_KEY=signing),
                            tmp / "w1.log") as w1:
             workers = [w0, w1]
             index = RedisIndex(redis_url)
@@ -65,7 +73,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 assert all(w.poll() is None for w in workers), (tmp / "w0.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "workers did not register"
                 time.sleep(0.2)
-            yield {"redis": redis_url, "s3": s3, "tmp": str(tmp)}
+            yield {"redis": redis_url, "s3": s3, "tmp": str(tmp), "signing_key": signing,
+                   "verify_key": str(key_pair.public_path)}
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

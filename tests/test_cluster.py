@@ -18,22 +18,23 @@ from farm import keys
 from farm.cluster import CompileRequest, Coordinator
 from farm.config import FarmConfig
 from farm.dsl import parse_rules
-from farm.errors import IntegrityError, NoWorkerForTarget, SignatureError
+from farm.errors import IntegrityError, NoWorkerForTarget, UntrustedSigner
 from farm.interp import Interpreter
 from farm.pull import pull
 from farm.serialize import ruleset_from_json
+from farm.signing import key_id, load_public_key, write_key_pair
 from farm.terms import TermGraph
 from farm.transduce import transduce_patterns
 from farm.verify import TermGenerator
 
 from .conftest import CLUSTER_TARGETS as TARGETS
-from .conftest import EXAMPLES, SIGNING_KEY
+from .conftest import EXAMPLES
 from .servers import cluster_env
 
 
 def coordinator(cluster: dict[str, str], cache: str, **extra: str) -> Coordinator:
     env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / cache,
-                      FARM_SIGNING_KEY=SIGNING_KEY, **extra)
+                      FARM_VERIFY_KEY=cluster["verify_key"], **extra)
     return Coordinator(FarmConfig.from_env(env))
 
 
@@ -83,7 +84,8 @@ def test_prewarm_200_patterns_on_two_targets_then_all_hits_and_a_node_pulls(clus
     assert coord.index.counters()["compilations_ok"] - before == 400  # zero new compilations
 
     # A node with an empty cache pulls one pattern's best artifact for its CPU and rewrites with it.
-    node_env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "node", FARM_SIGNING_KEY=SIGNING_KEY)
+    node_env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "node",
+                           FARM_VERIFY_KEY=cluster["verify_key"])
     pid, ruleset = patterns[7]
     pulled = pull(pid, FarmConfig.from_env(node_env))
     assert pulled.meta.target == "x86-64" and pulled.native is not None and pulled.signature_checked
@@ -130,19 +132,23 @@ def test_tampered_object_in_s3_is_refused_before_loading(cluster: dict[str, str]
     body[len(body) // 2] ^= 0x55
     s3.put_object("farm-test", name, io.BytesIO(bytes(body)), len(body))
     node_env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "node-t",
-                           FARM_SIGNING_KEY=SIGNING_KEY)
+                           FARM_VERIFY_KEY=cluster["verify_key"])
     with pytest.raises(IntegrityError, match="tampered with or truncated"):
         pull(pid, FarmConfig.from_env(node_env), "x86-64")
     assert not list((Path(cluster["tmp"]) / "node-t").rglob("*.so"))  # nothing kept, nothing loaded
 
 
-def test_bad_signature_is_refused(cluster: dict[str, str]) -> None:
+def test_a_node_trusting_another_key_refuses_the_workers_artifacts(cluster: dict[str, str],
+                                                                   tmp_path: Path) -> None:
     coord = coordinator(cluster, "coord-s")
     (pid, rs), = patterns_from("rule sign_me: (f ?x (g 4)) => (h ?x)")
-    coord.artifact(CompileRequest.for_ruleset(pid, rs, "x86-64", 0))  # type: ignore[arg-type]
+    meta = coord.artifact(CompileRequest.for_ruleset(pid, rs, "x86-64", 0))  # type: ignore[arg-type]
+    workers_key = key_id(load_public_key(Path(cluster["verify_key"])))
+    assert meta.signature.startswith(f"ed25519:{workers_key}:")
+    other = write_key_pair(tmp_path / "other")
     node_env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "node-s",
-                           FARM_SIGNING_KEY="another-key")
-    with pytest.raises(SignatureError, match="bad signature"):
+                           FARM_VERIFY_KEY=str(other.public_path))
+    with pytest.raises(UntrustedSigner, match=f"signed by key '{workers_key}', which this node does not trust"):
         pull(pid, FarmConfig.from_env(node_env), "x86-64")
 
 
@@ -204,7 +210,7 @@ def test_hot_patterns_and_cli(cluster: dict[str, str], tmp_path: Path) -> None:
 
     from .conftest import ROOT
 
-    env = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "cli", FARM_SIGNING_KEY=SIGNING_KEY,
+    env = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "cli", FARM_VERIFY_KEY=cluster["verify_key"],
                       COLUMNS="200")
     hot = tmp_path / "hot.farm"
     hot.write_text("rule hot_a: (f (g ?x) ?y) => (h ?y ?x)\nrule hot_b: (f 1 ?y) => ?y\n")
@@ -237,7 +243,7 @@ def test_redeliveries_are_counted_and_capped_into_a_dead_letter(cluster: dict[st
     from farm import cluster as farm_cluster
 
     env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "inproc", FARM_MAX_DELIVERIES="3",
-                      FARM_SIGNING_KEY=SIGNING_KEY)
+                      FARM_SIGNING_KEY=cluster["signing_key"])
     for name, value in env.items():
         if name.startswith("FARM_"):
             monkeypatch.setenv(name, value)

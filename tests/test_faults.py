@@ -32,6 +32,7 @@ from farm.config import FarmConfig
 from farm.engine import Engine
 from farm.errors import WorkDirError
 from farm.index.redis import RedisIndex
+from farm.signing import write_key_pair
 from farm.terms import TermGraph
 from farm.transduce import RuleSet
 
@@ -66,15 +67,21 @@ def requests_for(jobs: list[tuple[str, RuleSet]], opt_level: int = 1) -> list[Co
 @contextmanager
 def farm_cluster(tmp: Path, workers: int = 2, redis_port: int | None = None, s3_endpoint: str | None = None,
                  **env_extra: str) -> Iterator[dict[str, Any]]:
-    """redis-server, moto S3 (unless an endpoint is given) and `workers` Celery workers for TARGET."""
+    """redis-server, moto S3 (unless an endpoint is given) and `workers` Celery workers for TARGET. The
+    workers sign with a fresh key pair's private key ("worker_env"); "env" (coordinators, nodes) holds only
+    its public key."""
     with ExitStack() as stack:
         redis_url = stack.enter_context(redis_server(tmp / "redis", redis_port, durable=True))
         s3 = s3_endpoint or stack.enter_context(s3_server())
-        env = cluster_env(redis_url, s3, tmp / "coordinator", FARM_MAX_DELIVERIES="10", **env_extra)
-        procs = [stack.enter_context(celery_worker(TARGET, {**env, "FARM_CACHE_DIR": str(tmp / f"w{n}")},
+        pair = write_key_pair(tmp / "builders")
+        env = cluster_env(redis_url, s3, tmp / "coordinator", FARM_MAX_DELIVERIES="10",
+                          FARM_VERIFY_KEY=str(pair.public_path), **env_extra)
+        worker_env = {**env, "FARM_SIGNING_KEY": str(pair.private_path)}
+        procs = [stack.enter_context(celery_worker(TARGET, {**worker_env, "FARM_CACHE_DIR": str(tmp / f"w{n}")},
                                                    tmp / f"w{n}.log")) for n in range(workers)]
         wait_registered(redis_url, procs, tmp)
-        yield {"redis": redis_url, "s3": s3, "env": env, "workers": procs, "stack": stack}
+        yield {"redis": redis_url, "s3": s3, "env": env, "worker_env": worker_env, "workers": procs,
+               "stack": stack}
 
 
 def wait_registered(redis_url: str, procs: list[subprocess.Popen], tmp: Path) -> None:  # type: ignore[type-arg]
@@ -177,7 +184,8 @@ def test_sigkilled_workers_lose_no_job_and_index_nothing_partial(tmp_path: Path)
                 os.killpg(workers[n].pid, signal.SIGKILL)
                 workers[n].wait()
                 workers[n] = farm["stack"].enter_context(celery_worker(
-                    TARGET, {**farm["env"], "FARM_CACHE_DIR": str(tmp_path / f"w{n}b")}, tmp_path / f"w{n}b.log"))
+                    TARGET, {**farm["worker_env"], "FARM_CACHE_DIR": str(tmp_path / f"w{n}b")},
+                    tmp_path / f"w{n}b.log"))
                 node_kills += 1
         outcomes = result_of(thread, box, 900)
         distinct = assert_all_done(outcomes, 200)
@@ -205,8 +213,10 @@ def test_redis_restart_during_prewarm_loses_nothing(tmp_path: Path) -> None:
     jobs = job_rulesets(60, "redis")
     with farm_cluster(tmp_path, workers=2, redis_port=port) as farm:
         env = farm["env"]
-        # A node that loaded a ruleset before the outage (the in-process cache).
-        node = Engine(FarmConfig.from_env({**env, "FARM_CACHE_DIR": str(tmp_path / "node"), "FARM_OPT_LEVEL": "0"}))
+        # A node that loaded a ruleset before the outage (the in-process cache); it builds it itself, so it
+        # holds the builders' key.
+        node = Engine(FarmConfig.from_env({**farm["worker_env"], "FARM_CACHE_DIR": str(tmp_path / "node"),
+                                           "FARM_OPT_LEVEL": "0"}))
         served_rs = ruleset_of("rule a: (plus 0 ?y) => ?y\nrule b: (plus (s ?x) ?y) => (s (plus ?x ?y))")
 
         def rewrite_on_node() -> str:

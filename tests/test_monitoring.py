@@ -22,7 +22,7 @@ from farm.pull import pull
 from farm.terms import TermGraph
 from farm.transduce import transduce_patterns
 
-from .conftest import ROOT, SIGNING_KEY
+from .conftest import ROOT
 from .servers import cluster_env, free_port, http_process
 
 DEPLOY = ROOT / "deploy"
@@ -91,7 +91,7 @@ def prometheus(exporter: str, tmp_path: Path) -> Iterator[str]:
 
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(cluster: dict[str, str], prometheus: str,
                                                                     tmp_path: Path) -> None:
-    env = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "coord", FARM_SIGNING_KEY=SIGNING_KEY)
+    env = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "coord", FARM_VERIFY_KEY=cluster["verify_key"])
     coord = Coordinator(FarmConfig.from_env(env))
     parsed = parse_rules("\n".join(f"rule mon_{i}: (f (g ?x) {i}) => (h ?x {i})" for i in range(6)))
     time.sleep(3)  # a few scrapes before the run, so rates have a baseline
@@ -100,7 +100,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(cluster: dict
                     for p in parsed.patterns for t in ("x86-64", "aarch64")]
         assert all(o.status in ("compiled", "cached") for o in coord.ensure(requests, timeout=300))
         time.sleep(2)
-    node = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "node", FARM_SIGNING_KEY=SIGNING_KEY)
+    node = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "node", FARM_VERIFY_KEY=cluster["verify_key"])
     pulled = pull("mon_3", FarmConfig.from_env(node))
     assert pulled.native is not None
     graph = TermGraph(pulled.native.ruleset.make_signature())
@@ -126,7 +126,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(cluster: dict
 
 def test_stats_and_top_show_the_shared_counters(cluster: dict[str, str], tmp_path: Path) -> None:
     env = {**cluster_env(cluster["redis"], cluster["s3"], tmp_path / "cli"), "COLUMNS": "160"}
-    coord = Coordinator(FarmConfig.from_env({**env, "FARM_SIGNING_KEY": SIGNING_KEY}))
+    coord = Coordinator(FarmConfig.from_env({**env, "FARM_VERIFY_KEY": cluster["verify_key"]}))
     (pattern,) = parse_rules("rule stats_me: (f ?x (h 1 2)) => ?x").patterns
     for target in ("x86-64", "aarch64"):
         coord.artifact(CompileRequest.for_ruleset(pattern.name, transduce_patterns([pattern], warn=False), target, 0))

@@ -14,12 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import farm.policy
+from farm.builder import Artifact
 from farm.config import FarmConfig
 from farm.engine import Engine, load_native
-from farm.errors import IntegrityError, PolicyViolation, SignatureError, StageFailed, StageTimeout
+from farm.errors import BadSignature, IntegrityError, PolicyViolation, StageFailed, StageTimeout
 from farm.jit import JitCompiler, JitConfig
-from farm.loader import NativeRuleset, open_library
+from farm.loader import NativeRuleset, open_library, sha256_file
 from farm.policy import check_ir, check_library
+from farm.signing import KeyPair
 from farm.toolchain import find_tool
 
 from .conftest import ruleset_of
@@ -121,8 +123,8 @@ def test_each_stage_runs_under_memory_and_time_limits(tmp_path: Path) -> None:
 # ---- tampered, truncated and swapped artifacts ----
 
 @pytest.fixture
-def signed(tmp_path: Path) -> Engine:
-    return Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0, signing_key="k"))
+def signed(tmp_path: Path, key_pair: KeyPair) -> Engine:
+    return Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0, signing_key=key_pair.private_path))
 
 
 def test_truncated_library_is_refused_before_dlopen(signed: Engine) -> None:
@@ -146,15 +148,21 @@ def test_swapped_artifacts_are_refused_with_the_reason(signed: Engine, caplog: p
     with caplog.at_level(logging.WARNING, logger="farm.builder"):
         rebuilt = signed.compile(ruleset_of(PEANO), "a", "x86-64")
     assert not rebuilt.cached and "swapped" in caplog.text  # refused, rebuilt, never served
-    # 2. The other library, with this key's metadata edited to its sha256: only the signature catches it.
+    # 2. The other library, with this key's metadata edited to its sha256: only the signature catches it,
+    # on a loading node and in the builder, which rebuilds (and re-signs) rather than serve it.
     shutil.copy(b.path, rebuilt.path)
     meta = json.loads(meta_a.read_text())
     meta["sha256"] = b.meta.sha256
     meta_a.write_text(json.dumps(meta))
-    forged = signed.compile(ruleset_of(PEANO), "a", "x86-64")
-    assert forged.cached and forged.meta.sha256 == b.meta.sha256
-    with pytest.raises(SignatureError, match="bad signature"):
-        load_native(ruleset_of(PEANO), forged, "k")
+    fetched = store.fetch(a.meta.key)
+    assert fetched is not None and fetched[1].sha256 == b.meta.sha256 == sha256_file(fetched[0])
+    with pytest.raises(BadSignature, match="bad signature"):
+        load_native(ruleset_of(PEANO), Artifact(fetched[1], fetched[0], True, 0.0), signed.builder.trusted)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="farm.builder"):
+        resigned = signed.compile(ruleset_of(PEANO), "a", "x86-64")
+    assert not resigned.cached and "bad signature" in caplog.text
+    assert resigned.meta.sha256 == a.meta.sha256 and load_native(ruleset_of(PEANO), resigned, signed.builder.trusted)
     # 3. Truncated metadata.
     meta_a.write_text(meta_a.read_text()[:40])
     with pytest.raises(IntegrityError, match="unreadable"):
