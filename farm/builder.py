@@ -50,11 +50,12 @@ class ArtifactBuilder:
         """count_requests: False on cluster workers, whose requests the coordinator already counted."""
         self.count_requests = count_requests
         self.config = config or FarmConfig.from_env()
-        self.index = index or make_index(self.config)
-        self.store = store or make_store(self.config, self.index)
-        # Loaded now, so a bad key file stops a builder or worker at start, not at its first artifact
+        # Loaded first, so a bad key file stops a builder or worker at start (before any connection), not at
+        # its first artifact
         self.signer = signer_of(self.config)
         self.trusted = trusted_keys_of(self.config)
+        self.index = index or make_index(self.config)
+        self.store = store or make_store(self.config, self.index)
         self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout,
                                    memory_limit=self.config.stage_memory_mb << 20,
                                    compile_path=self.config.compile_path,

@@ -141,30 +141,29 @@ def _looks_like_hmac(signature: str) -> bool:
 
 # ---- key files ----
 
-def _read_key_file(path: Path, variable: str, private: bool) -> bytes:
-    """The bytes of a regular key file; a private one must be readable by its owner only."""
+def _read_key_file(path: Path, variable: str) -> tuple[bytes, int]:
+    """The bytes and permission bits of a regular key file (both read through one open file; non-blocking, so
+    a FIFO named by mistake is refused rather than waited on)."""
     try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise KeyFileError(variable, str(path), "not a regular file")
-            if private and info.st_mode & 0o077:
-                # Refused, not warned about (as ssh does): a key others can read may already be theirs, and
-                # with it they sign code that every node will run. A warning in a worker log goes unread.
-                raise KeyFileError(variable, str(path), f"the private key is open to other users (mode "
-                                   f"{stat.S_IMODE(info.st_mode):04o}); `chmod 600 {path}` and keep it on "
-                                   "builders only")
-            data = handle.read(MAX_KEY_FILE + 1)
+            data = os.read(fd, MAX_KEY_FILE + 1)  # one read: a regular file this small is read whole
+        finally:
+            os.close(fd)
     except OSError as exc:
         problem = "no such key file" if isinstance(exc, FileNotFoundError) else f"cannot read it: {exc.strerror}"
         raise KeyFileError(variable, str(path), problem) from None
     if len(data) > MAX_KEY_FILE:
         raise KeyFileError(variable, str(path), f"larger than {MAX_KEY_FILE} bytes: not a key file")
-    return data
+    return data, stat.S_IMODE(info.st_mode)
 
 
 def load_private_key(path: Path, variable: str = SIGNING_VARIABLE) -> Ed25519PrivateKey:
-    data = _read_key_file(path, variable, private=True)
+    """The Ed25519 private key of a PEM PKCS8 file that only its owner may read or write."""
+    data, mode = _read_key_file(path, variable)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -175,11 +174,17 @@ def load_private_key(path: Path, variable: str = SIGNING_VARIABLE) -> Ed25519Pri
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(variable, str(path), f"a {_kind(key)} private key; farm signs with Ed25519 "
                            "(`farm keygen` makes a pair)")
+    if mode & 0o077:
+        # Refused, not warned about (as ssh does): a key others can read may already be theirs, and with it
+        # they sign code that every node will run; one others can write may be replaced. A warning in a
+        # worker's log goes unread.
+        raise KeyFileError(variable, str(path), f"the private key is open to other users (mode {mode:04o}); "
+                           f"`chmod 600 {path}` and keep it on builders only")
     return key
 
 
 def load_public_key(path: Path, variable: str = VERIFY_VARIABLE) -> Ed25519PublicKey:
-    data = _read_key_file(path, variable, private=False)
+    data, _ = _read_key_file(path, variable)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
