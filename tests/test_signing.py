@@ -281,9 +281,9 @@ BAD_KEY_FILES: list[tuple[str, str, bytes | None, int, str]] = [
     ("FARM_VERIFY_KEY", "garbage", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", 0o644,
      "not a PEM Ed25519 public key"),
     ("FARM_VERIFY_KEY", "too large", b"#" * (65 << 10), 0o644, "larger than"),
-    ("FARM_SIGNING_KEY", "group-readable", pem_private(ED), 0o640, r"the private key is open to other users \(mode 0640\)"),
-    ("FARM_SIGNING_KEY", "world-readable", pem_private(ED), 0o604, r"the private key is open to other users \(mode 0604\)"),
-    ("FARM_SIGNING_KEY", "group-writable", pem_private(ED), 0o620, r"the private key is open to other users \(mode 0620\)"),
+    *[("FARM_SIGNING_KEY", f"mode {mode:04o}", pem_private(ED), mode,
+       rf"the private key is open to other users \(mode {mode:04o}\)")
+      for mode in (0o640, 0o604, 0o620, 0o602, 0o610, 0o601, 0o644, 0o666)],
     ("FARM_SIGNING_KEY", "public key", pem_public(ED), 0o600, "this is a public key"),
     ("FARM_VERIFY_KEY", "private key", pem_private(ED), 0o600, "this is a private key; nodes hold only public"),
     ("FARM_SIGNING_KEY", "RSA", pem_private(rsa.generate_private_key(65537, 2048)), 0o600, "a RSA private key"),
