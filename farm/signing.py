@@ -116,8 +116,9 @@ class TrustedKeys:
         signer, _, encoded = rest.partition(":")
         public_key = self.by_id.get(signer)
         if public_key is None:
-            raise UntrustedSigner(f"{name} is signed by key {signer[:KEY_ID_HEX * 2]!r}, which this node does "
-                                  f"not trust ({self.describe()}); refusing it", signer)
+            shown = signer[:KEY_ID_HEX * 2]  # the field is the artifact's to choose: bounded in messages
+            raise UntrustedSigner(f"{name} is signed by key {shown!r}, which this node does not trust "
+                                  f"({self.describe()}); refusing it", shown)
         try:
             public_key.verify(base64.b64decode(encoded, validate=True), signed_message(meta))
         except (InvalidSignature, binascii.Error, ValueError):
