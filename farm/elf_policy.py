@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -69,6 +69,7 @@ DF_SYMBOLIC, DF_TEXTREL, DF_BIND_NOW = 0x2, 0x4, 0x8
 _ALLOWED_FLAGS = DF_SYMBOLIC | DF_BIND_NOW
 
 STT_GNU_IFUNC, STB_LOCAL, SHN_UNDEF = 10, 0, 0
+_SYMBOL_TYPE = bytes(info & 0xF for info in range(256))  # st_info -> STT_* (a bytes.translate table)
 # Dynamic relocation types per machine: only those that write an address (of this library or of an allowed
 # import) into the library's own writable memory; never COPY, IRELATIVE (runs a resolver) or TLS.
 ALLOWED_RELOCATIONS = {
@@ -255,11 +256,15 @@ class _Reader:
             raise self.malformed("has neither DT_HASH nor DT_GNU_HASH: the size of its symbol table is unknown")
         view.symbol_count = max(counts)  # both present: check the larger table, so neither hides a symbol
         table = self._bytes(tags[DT_SYMTAB], view.symbol_count * _SYMBOL.size, "the dynamic symbol table")
-        for index, (name, info, _, shndx, _, _) in enumerate(_SYMBOL.iter_unpack(table)):
-            if info & 0xF == STT_GNU_IFUNC:
-                view.ifuncs[index] = self._string(tags, name, f"symbol #{index}'s name")
-            if shndx == SHN_UNDEF and name:
-                view.undefined[index] = self._string(tags, name, f"symbol #{index}'s name")
+        # Columns of the table as bytes, searched in C: a Python loop over every symbol costs more than the rest.
+        for index in _positions(table[4::_SYMBOL.size].translate(_SYMBOL_TYPE), STT_GNU_IFUNC):
+            view.ifuncs[index] = self._symbol_name(tags, table, index)
+        for index in _positions(_or(table[6::_SYMBOL.size], table[7::_SYMBOL.size]), SHN_UNDEF):
+            if _SYMBOL.unpack_from(table, index * _SYMBOL.size)[0]:  # named: index 0 is the null symbol
+                view.undefined[index] = self._symbol_name(tags, table, index)
+
+    def _symbol_name(self, tags: dict[int, int], table: bytes, index: int) -> str:
+        return self._string(tags, _SYMBOL.unpack_from(table, index * _SYMBOL.size)[0], f"symbol #{index}'s name")
 
     def _hash_count(self, vaddr: int) -> int:
         _, nchain = struct.unpack(b"<II", self._bytes(vaddr, 8, "DT_HASH"))
@@ -354,9 +359,12 @@ def _relocation_reasons(view: LoaderView) -> list[str]:
     names = _REFUSED_RELOCATION_NAMES[view.machine]
     reasons = [f"has {names.get(t, f'relocations of type {t}')} relocations; only {_names(allowed.values())} are "
                "allowed" for t in sorted(refused)]
-    stray = [r.offset for r in view.relocations if not _writable(view, r.offset, 8)]
-    got = dict(view.dynamic).get(DT_PLTGOT)
-    stray += [got] if got is not None and DT_JMPREL in dict(view.dynamic) and not _writable(view, got, 24) else []
+    writable = [(s.vaddr, s.vaddr + s.memsz) for s in view.segments if s.type == PT_LOAD and s.flags & PF_W]
+    stray = [r.offset for r in view.relocations if not _inside(writable, r.offset, 8)]
+    tags = dict(view.dynamic)  # the loader writes GOT[1] and GOT[2] of a library with PLT relocations
+    got = tags.get(DT_PLTGOT, 0)
+    if DT_JMPREL in tags and not _inside(writable, got, 24):
+        stray.append(got)
     if stray:
         reasons.append(f"writes outside its own writable memory, at {_names(f'0x{a:x}' for a in stray)}")
     if not view.flags & DF_SYMBOLIC:
@@ -367,9 +375,20 @@ def _relocation_reasons(view: LoaderView) -> list[str]:
     return reasons
 
 
-def _writable(view: LoaderView, vaddr: int, size: int) -> bool:
-    return any(s.type == PT_LOAD and s.flags & PF_W and s.vaddr <= vaddr and vaddr + size <= s.vaddr + s.memsz
-               for s in view.segments)
+def _inside(ranges: list[tuple[int, int]], vaddr: int, size: int) -> bool:
+    return any(start <= vaddr and vaddr + size <= end for start, end in ranges)
+
+
+def _positions(column: bytes, value: int) -> Iterator[int]:
+    at = column.find(value)
+    while at >= 0:
+        yield at
+        at = column.find(value, at + 1)
+
+
+def _or(low: bytes, high: bytes) -> bytes:
+    """Bytewise low | high (two columns of one 16-bit field: zero where the field is zero), in C."""
+    return (int.from_bytes(low, "little") | int.from_bytes(high, "little")).to_bytes(len(low), "little")
 
 
 def _names(names: Iterable[str]) -> str:
