@@ -357,7 +357,7 @@ def _relocation_reasons(view: LoaderView) -> list[str]:
     allowed = ALLOWED_RELOCATIONS[view.machine]
     refused = {r.type for r in view.relocations if r.type not in allowed}
     names = _REFUSED_RELOCATION_NAMES[view.machine]
-    reasons = [f"has {names.get(t, f'relocations of type {t}')} relocations; only {_names(allowed.values())} are "
+    reasons = [f"has {names.get(t, f'type {t}')} relocations; only {_names(allowed.values())} are "
                "allowed" for t in sorted(refused)]
     writable = [(s.vaddr, s.vaddr + s.memsz) for s in view.segments if s.type == PT_LOAD and s.flags & PF_W]
     stray = [r.offset for r in view.relocations if not _inside(writable, r.offset, 8)]
