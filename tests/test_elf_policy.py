@@ -131,7 +131,10 @@ static long sys3(long n, long a, long b, long c) {
     __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
     return r;
 }
-void touch(void) { long fd = sys3(2, (long)"canary", 0101, 0600); if (fd >= 0) sys3(3, fd, 0, 0); }
+__attribute__((unused)) static void touch(void) {
+    long fd = sys3(2, (long)"canary", 0101, 0600);
+    if (fd >= 0) sys3(3, fd, 0, 0);
+}
 long farm_abi_version(void) { return 0; }
 """
 IFUNC = r"""
@@ -143,7 +146,7 @@ static void *resolve(void) { touch(); return (void *)impl; }
 @dataclass(frozen=True)
 class Payload:
     source: str
-    link: tuple[str, ...] = ("-Bsymbolic",)  # {dep} is the constructor library's path, {depdir} its directory
+    link: tuple[str, ...] = ("-Bsymbolic",)  # {dep}: a constructor library's path; {depdir}: where one is found
     reason: str = ""  # a regular expression the refusal must match
     pic: bool = True
 
@@ -214,7 +217,7 @@ def _build_payload(root: Path, name: str, payload: Payload, dep: Path) -> Path:
     (work / "p.c").write_text(PRELUDE + payload.source + "\n")
     _run("gcc", "-c", "-fPIC" if payload.pic else "-fno-pic", *([] if payload.pic else ["-mcmodel=large"]),
          *CFLAGS, "p.c", "-o", "p.o", cwd=work)
-    link = [a.format(dep=dep, depdir=dep.parent) for a in payload.link]
+    link = [a.format(dep=dep, depdir=dep.parent / "search") for a in payload.link]
     _run("ld.lld-16", "-shared", "--build-id=none", *link, "p.o", "-o", "lib.so", cwd=work)
     return work / "lib.so"
 
@@ -222,6 +225,9 @@ def _build_payload(root: Path, name: str, payload: Payload, dep: Path) -> Path:
 def _hide(plain: Path, hiding: str, into: Path) -> Path:
     into.mkdir()
     target = into / "lib.so"
+    if hiding == "plain":
+        shutil.copy(plain, target)
+        return target
     if hiding == "stripped":
         _run("llvm-objcopy-16", "--strip-sections", plain, target, cwd=into)
         return target
@@ -238,7 +244,11 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], P
     (root / "dep").mkdir()
     (root / "dep" / "d.c").write_text(PRELUDE + "__attribute__((constructor)) static void c(void) { touch(); }\n")
     _run("gcc", "-c", "-fPIC", *CFLAGS, "d.c", "-o", "d.o", cwd=root / "dep")
-    _run("ld.lld-16", "-shared", "-soname", "libdep.so", "d.o", "-o", "libdep.so", cwd=root / "dep")
+    # Without a soname, DT_NEEDED records the path as linked, so the loader finds it; -ldep records the soname,
+    # which only the search path (DT_RPATH, DT_RUNPATH) finds.
+    _run("ld.lld-16", "-shared", "d.o", "-o", "libdep.so", cwd=root / "dep")
+    (root / "dep" / "search").mkdir()
+    _run("ld.lld-16", "-shared", "-soname", "libdep.so", "d.o", "-o", "search/libdep.so", cwd=root / "dep")
     libraries = {}
     for name, payload in PAYLOADS.items():
         plain = _build_payload(root, name, payload, root / "dep" / "libdep.so")
