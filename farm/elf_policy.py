@@ -165,6 +165,7 @@ class _Reader:
     def __init__(self, library: str, data: mmap.mmap) -> None:
         self.library, self.data = library, data
         self.loads: list[Segment] = []
+        self.symbols = b""  # the hashed part of the dynamic symbol table
 
     def malformed(self, detail: str) -> MalformedLibrary:
         return MalformedLibrary(self.library, detail)
@@ -207,6 +208,9 @@ class _Reader:
         for seg in loads:
             if seg.filesz > seg.memsz or seg.offset + seg.filesz > len(self.data):
                 raise self.malformed(f"a PT_LOAD segment at 0x{seg.vaddr:x} maps bytes beyond the end of the file")
+            if (seg.vaddr - seg.offset) % 0x1000:  # the loader refuses it too: memory would not show these bytes
+                raise self.malformed(f"a PT_LOAD segment's address 0x{seg.vaddr:x} and offset 0x{seg.offset:x} "
+                                     "differ by other than whole pages")
         for before, after in zip(loads, loads[1:]):
             if (before.vaddr + before.memsz + page - 1) // page > after.vaddr // page:
                 raise self.malformed(f"PT_LOAD segments at 0x{before.vaddr:x} and 0x{after.vaddr:x} are out of "
@@ -255,7 +259,8 @@ class _Reader:
         if not counts:
             raise self.malformed("has neither DT_HASH nor DT_GNU_HASH: the size of its symbol table is unknown")
         view.symbol_count = max(counts)  # both present: check the larger table, so neither hides a symbol
-        table = self._bytes(tags[DT_SYMTAB], view.symbol_count * _SYMBOL.size, "the dynamic symbol table")
+        self.symbols = table = self._bytes(tags[DT_SYMTAB], view.symbol_count * _SYMBOL.size,
+                                           "the dynamic symbol table")
         # Columns of the table as bytes, searched in C: a Python loop over every symbol costs more than the rest.
         for index in _positions(table[4::_SYMBOL.size].translate(_SYMBOL_TYPE), STT_GNU_IFUNC):
             view.ifuncs[index] = self._symbol_name(tags, table, index)
@@ -267,7 +272,12 @@ class _Reader:
         return self._string(tags, _SYMBOL.unpack_from(table, index * _SYMBOL.size)[0], f"symbol #{index}'s name")
 
     def _hash_count(self, vaddr: int) -> int:
-        _, nchain = struct.unpack(b"<II", self._bytes(vaddr, 8, "DT_HASH"))
+        """nchain, once no bucket or chain leads past it (a lookup follows them, wherever they point)."""
+        nbucket, nchain = struct.unpack(b"<II", self._bytes(vaddr, 8, "DT_HASH"))
+        links = self._bytes(vaddr + 8, 4 * (nbucket + nchain), "DT_HASH's buckets and chains")
+        farthest = max(struct.unpack(f"<{nbucket + nchain}I", links), default=0)
+        if farthest >= nchain:
+            raise self.malformed(f"DT_HASH leads to symbol {farthest}, beyond the {nchain} it declares")
         return int(nchain)
 
     def _gnu_hash_count(self, vaddr: int) -> int:
@@ -275,11 +285,11 @@ class _Reader:
         nbuckets, symoffset, bloom_words, _ = struct.unpack(b"<IIII", self._bytes(vaddr, 16, "DT_GNU_HASH"))
         buckets_at = vaddr + 16 + 8 * bloom_words
         buckets = struct.unpack(f"<{nbuckets}I", self._bytes(buckets_at, 4 * nbuckets, "the GNU hash buckets"))
-        last = max(buckets, default=0)
+        last, first = max(buckets, default=0), min(filter(None, buckets), default=symoffset)
+        if first < symoffset:  # a lookup would read a chain before the chain array
+            raise self.malformed(f"a GNU hash bucket points at symbol {first}, below the first hashed ({symoffset})")
         if last == 0:  # no bucket holds a symbol: only those below symoffset exist
             return int(symoffset)
-        if last < symoffset:
-            raise self.malformed(f"a GNU hash bucket points at symbol {last}, below the first hashed ({symoffset})")
         chain_at = buckets_at + 4 * nbuckets + 4 * (last - symoffset)
         start, end = self._locate(chain_at, 4, "the GNU hash chains")
         for step, (value,) in enumerate(struct.iter_unpack("<I", self.data[start:end - (end - start) % 4])):
@@ -301,10 +311,12 @@ class _Reader:
             view.relocations += [Relocation(offset, info & 0xFFFFFFFF, info >> 32)
                                  for offset, info, _ in _RELA.iter_unpack(table)]
         for index in {r.symbol for r in view.relocations if r.symbol}:  # any index, hashed or not
-            name, info, _, shndx, _, _ = _SYMBOL.unpack(
-                self._bytes(tags[DT_SYMTAB] + index * _SYMBOL.size, _SYMBOL.size, f"symbol #{index}"))
-            view.relocated[index] = SymbolRef(self._string(tags, name, f"symbol #{index}'s name"), info & 0xF,
-                                              info >> 4, shndx != SHN_UNDEF)
+            entry = self.symbols[index * _SYMBOL.size:(index + 1) * _SYMBOL.size] if index < view.symbol_count \
+                else self._bytes(tags[DT_SYMTAB] + index * _SYMBOL.size, _SYMBOL.size, f"symbol #{index}")
+            name, info, _, shndx, _, _ = _SYMBOL.unpack(entry)
+            known = view.undefined.get(index) or view.ifuncs.get(index)
+            view.relocated[index] = SymbolRef(known or self._string(tags, name, f"symbol #{index}'s name"),
+                                              info & 0xF, info >> 4, shndx != SHN_UNDEF)
 
 
 # ---- the judgement: each function lists its reasons, so a refusal names them all ----

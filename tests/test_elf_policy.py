@@ -363,6 +363,28 @@ def _rename_import(data: bytearray) -> None:
     data[at:at + 6] = b"system"
 
 
+def _bind_own_symbol_without_symbolic(data: bytearray) -> None:
+    _retag(data, 30, 30, 0)  # no DF_SYMBOLIC
+    at = _jump_slot_entry(bytes(data))
+    kind = struct.unpack_from("<Q", data, at + 8)[0] & 0xFFFFFFFF
+    struct.pack_into("<Q", data, at + 8, 5 << 32 | kind)  # symbol 5: an exported function of the library
+
+
+def _hash_word(tag: int, word: int, value: int) -> Any:
+    """Overwrite a 32-bit word of a hash table (farm's libraries: the first segment maps 1:1 from the file)."""
+    def patch(data: bytearray) -> None:
+        struct.pack_into("<I", data, dict(_dynamic_entries(bytes(data))[1])[tag] + 4 * word, value)
+    return patch
+
+
+def _nbucket(data: bytearray) -> int:
+    return int(struct.unpack_from("<I", data, dict(_dynamic_entries(bytes(data))[1])[4])[0])
+
+
+def _bloom_words(data: bytearray) -> int:
+    return int(struct.unpack_from("<I", data, dict(_dynamic_entries(bytes(data))[1])[0x6FFFFEF5] + 8)[0])
+
+
 def _patch_segment(kind: int, new_kind: int | None = None, flags: int | None = None) -> Any:
     def patch(data: bytearray) -> None:
         at = _program_header(bytes(data), kind)
@@ -400,6 +422,7 @@ PATCHES: dict[str, tuple[Any, str]] = {
     "duplicate-hash": (lambda d: _retag(d, 30, 4, dict(_dynamic_entries(bytes(d))[1])[4]), "repeats DT_HASH"),
     "ifunc-symbol": (_patch_symbol_type, "has ifunc symbols farm_"),
     "import-system": (_rename_import, "imports system; only"),
+    "interpose": (_bind_own_symbol_without_symbolic, "binds its own farm_[a-z_0-9]+ without DF_SYMBOLIC"),
     "relocation-outside": (_patch_relocation_offset, "writes outside its own writable memory, at 0x10"),
     "stack-executable": (_patch_segment(0x6474E551, flags=7), "executable stack"),
     "stack-missing": (_patch_segment(0x6474E551, new_kind=0), "executable stack"),
@@ -446,8 +469,8 @@ def _overlapping_segments(data: bytearray) -> None:
     phoff, = struct.unpack_from("<Q", data, 0x20)
     loads = [phoff + 56 * i for i in range(struct.unpack_from("<H", data, 0x38)[0])
              if struct.unpack_from("<I", data, phoff + 56 * i)[0] == 1]
-    first_vaddr, = struct.unpack_from("<Q", data, loads[0] + 16)
-    struct.pack_into("<Q", data, loads[1] + 16, first_vaddr + 8)  # the second segment lands on the first's page
+    second_vaddr, = struct.unpack_from("<Q", data, loads[1] + 16)
+    struct.pack_into("<Q", data, loads[1] + 16, second_vaddr - 0x1000)  # now on the first segment's last page
 
 
 def _set_dynamic(tag: int, value: int) -> Any:
@@ -473,6 +496,9 @@ MALFORMED: dict[str, tuple[Any, str]] = {
     "jmprel-unmapped": (_set_dynamic(23, 1 << 33), "DT_JMPREL"),
     "pltrelsz-ragged": (_set_dynamic(2, 95), "not a whole number"),
     "syment": (_set_dynamic(11, 16), "DT_SYMENT"),
+    "hash-bucket-beyond": (_hash_word(4, 2, 100_000), "DT_HASH leads to symbol 100000"),
+    "hash-chain-beyond": (lambda d: _hash_word(4, 2 + _nbucket(d), 70_000)(d), "DT_HASH leads to symbol 70000"),
+    "gnu-bucket-below": (lambda d: _hash_word(0x6FFFFEF5, 4 + 2 * _bloom_words(d), 1)(d), "below the first hashed"),
 }
 
 
