@@ -68,7 +68,7 @@ _REFUSED_TAGS = {
 DF_SYMBOLIC, DF_TEXTREL, DF_BIND_NOW = 0x2, 0x4, 0x8
 _ALLOWED_FLAGS = DF_SYMBOLIC | DF_BIND_NOW
 
-STT_GNU_IFUNC, STB_LOCAL, SHN_UNDEF = 10, 0, 0
+STT_GNU_IFUNC, STB_LOCAL, STV_DEFAULT, SHN_UNDEF = 10, 0, 0, 0
 _SYMBOL_TYPE = bytes(info & 0xF for info in range(256))  # st_info -> STT_* (a bytes.translate table)
 # Dynamic relocation types per machine: only those that write an address (of this library or of an allowed
 # import) into the library's own writable memory; never COPY, IRELATIVE (runs a resolver) or TLS.
@@ -103,10 +103,12 @@ class Relocation(NamedTuple):
 
 
 class SymbolRef(NamedTuple):
+    """A symbol a relocation binds."""
+
     name: str
     kind: int  # STT_*
-    binding: int
-    defined: bool
+    by_name: bool  # global or weak with default visibility: the loader looks the name up in the process
+    defined: bool  # has a section index (whether the lookup finds this definition is another matter)
 
 
 @dataclass
@@ -313,10 +315,11 @@ class _Reader:
         for index in {r.symbol for r in view.relocations if r.symbol}:  # any index, hashed or not
             entry = self.symbols[index * _SYMBOL.size:(index + 1) * _SYMBOL.size] if index < view.symbol_count \
                 else self._bytes(tags[DT_SYMTAB] + index * _SYMBOL.size, _SYMBOL.size, f"symbol #{index}")
-            name, info, _, shndx, _, _ = _SYMBOL.unpack(entry)
+            name, info, other, shndx, _, _ = _SYMBOL.unpack(entry)
             known = view.undefined.get(index) or view.ifuncs.get(index)
             view.relocated[index] = SymbolRef(known or self._string(tags, name, f"symbol #{index}'s name"),
-                                              info & 0xF, info >> 4, shndx != SHN_UNDEF)
+                                              info & 0xF, info >> 4 != STB_LOCAL and other & 3 == STV_DEFAULT,
+                                              shndx != SHN_UNDEF)
 
 
 # ---- the judgement: each function lists its reasons, so a refusal names them all ----
@@ -358,10 +361,16 @@ def _symbol_reasons(view: LoaderView) -> list[str]:
     ifuncs = {*view.ifuncs.values(), *(s.name for s in view.relocated.values() if s.kind == STT_GNU_IFUNC)}
     if ifuncs:
         reasons.append(f"has ifunc symbols {_names(ifuncs)}, whose resolvers run when bound")
-    imports = {*view.undefined.values(), *(s.name for s in view.relocated.values() if not s.defined)}
-    imports -= ALLOWED_IMPORTS
+    by_name = [s for s in view.relocated.values() if s.by_name and s.name not in ALLOWED_IMPORTS]
+    imports = {*view.undefined.values(), *(s.name for s in by_name if not s.defined)} - ALLOWED_IMPORTS
     if imports:
         reasons.append(f"imports {_names(imports)}; only {_names(ALLOWED_IMPORTS)} may be imported")
+    # A definition of its own does not make a lookup by name safe: the bloom filter, the hash chains, a zero
+    # value or DF_SYMBOLIC's absence can each send the loader to another library's symbol of that name.
+    own = {s.name for s in by_name if s.defined}
+    if own:
+        reasons.append(f"binds its own {_names(own)} by name: the loader may take them from another library; "
+                       f"only {_names(ALLOWED_IMPORTS)} may be bound by name")
     return reasons
 
 
@@ -379,11 +388,6 @@ def _relocation_reasons(view: LoaderView) -> list[str]:
         stray.append(got)
     if stray:
         reasons.append(f"writes outside its own writable memory, at {_names(f'0x{a:x}' for a in stray)}")
-    if not view.flags & DF_SYMBOLIC:
-        interposed = [s.name for s in view.relocated.values() if s.defined and s.binding != STB_LOCAL]
-        if interposed:
-            reasons.append(f"binds its own {_names(interposed)} without DF_SYMBOLIC: the loader would look them "
-                           "up in the process first (another library's function of the same name would run)")
     return reasons
 
 

@@ -183,7 +183,7 @@ PAYLOADS = {
                       reason=r"imports system, unlink; only"),
     "interpose": Payload("int creat(const char *p, int m) { return 0; }\n"
                          'long f(void) { return creat("canary", 0600); }', (),
-                         r"binds its own creat without DF_SYMBOLIC"),
+                         r"binds its own creat by name"),
 }
 # How a payload is hidden from a reader of section headers; the loader ignores all of it.
 RENAMES = [".init_array", ".fini_array", ".preinit_array", ".init", ".fini", ".dynsym", ".dynstr", ".dynamic",
@@ -363,11 +363,14 @@ def _rename_import(data: bytearray) -> None:
     data[at:at + 6] = b"system"
 
 
-def _bind_own_symbol_without_symbolic(data: bytearray) -> None:
-    _retag(data, 30, 30, 0)  # no DF_SYMBOLIC
-    at = _jump_slot_entry(bytes(data))
-    kind = struct.unpack_from("<Q", data, at + 8)[0] & 0xFFFFFFFF
-    struct.pack_into("<Q", data, at + 8, 5 << 32 | kind)  # symbol 5: an exported function of the library
+def _bind_own_symbol(symbolic: bool) -> Any:
+    def patch(data: bytearray) -> None:
+        if not symbolic:
+            _retag(data, 30, 30, 0)
+        at = _jump_slot_entry(bytes(data))
+        kind = struct.unpack_from("<Q", data, at + 8)[0] & 0xFFFFFFFF
+        struct.pack_into("<Q", data, at + 8, 5 << 32 | kind)  # symbol 5: an exported function of the library
+    return patch
 
 
 def _hash_word(tag: int, word: int, value: int) -> Any:
@@ -422,7 +425,8 @@ PATCHES: dict[str, tuple[Any, str]] = {
     "duplicate-hash": (lambda d: _retag(d, 30, 4, dict(_dynamic_entries(bytes(d))[1])[4]), "repeats DT_HASH"),
     "ifunc-symbol": (_patch_symbol_type, "has ifunc symbols farm_"),
     "import-system": (_rename_import, "imports system; only"),
-    "interpose": (_bind_own_symbol_without_symbolic, "binds its own farm_[a-z_0-9]+ without DF_SYMBOLIC"),
+    "bind-own": (_bind_own_symbol(symbolic=True), "binds its own farm_[a-z_0-9]+ by name"),
+    "bind-own-unsymbolic": (_bind_own_symbol(symbolic=False), "binds its own farm_[a-z_0-9]+ by name"),
     "relocation-outside": (_patch_relocation_offset, "writes outside its own writable memory, at 0x10"),
     "stack-executable": (_patch_segment(0x6474E551, flags=7), "executable stack"),
     "stack-missing": (_patch_segment(0x6474E551, new_kind=0), "executable stack"),
