@@ -30,10 +30,12 @@ _ET_DYN = 3
 # The largest page the loader may map a segment with, per machine: segments sharing such a page would overlay.
 _PAGE = {EM_X86_64: 0x1000, EM_AARCH64: 0x10000}
 
-PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_TLS, PT_GNU_STACK = 1, 2, 3, 7, 0x6474E551
+PT_NULL, PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE, PT_PHDR, PT_TLS = 0, 1, 2, 3, 4, 6, 7
+PT_GNU_EH_FRAME, PT_GNU_STACK, PT_GNU_RELRO, PT_GNU_PROPERTY = 0x6474E550, 0x6474E551, 0x6474E552, 0x6474E553
 PF_X, PF_W = 1, 2
 # Program headers the loader acts on harmlessly; anything else (PT_INTERP, PT_TLS, unknown types) is refused.
-_HARMLESS_SEGMENTS = frozenset({0, PT_LOAD, PT_DYNAMIC, 4, 6, 0x6474E550, PT_GNU_STACK, 0x6474E552, 0x6474E553})
+_HARMLESS_SEGMENTS = frozenset({PT_NULL, PT_LOAD, PT_DYNAMIC, PT_NOTE, PT_PHDR, PT_GNU_EH_FRAME, PT_GNU_STACK,
+                                PT_GNU_RELRO, PT_GNU_PROPERTY})
 _SEGMENT_NAMES = {PT_INTERP: "PT_INTERP (a program interpreter)", PT_TLS: "PT_TLS (thread-local storage)"}
 
 DT_NULL, DT_NEEDED, DT_PLTRELSZ, DT_PLTGOT, DT_HASH, DT_STRTAB, DT_SYMTAB = 0, 1, 2, 3, 4, 5, 6
@@ -56,15 +58,17 @@ TAG_NAMES = {
 ALLOWED_TAGS = frozenset({DT_NULL, DT_PLTRELSZ, DT_PLTGOT, DT_HASH, DT_STRTAB, DT_SYMTAB, DT_RELA, DT_RELASZ,
                           DT_RELAENT, DT_STRSZ, DT_SYMENT, DT_PLTREL, DT_JMPREL, DT_FLAGS, DT_GNU_HASH, DT_RELACOUNT})
 ALLOWED_NEEDED: frozenset[str] = frozenset()  # farm's libraries take malloc & co. from the process itself
+_TAG = {name: tag for tag, name in TAG_NAMES.items()}
 # Tags whose value names a file or path in the string table; each makes the loader open another file.
-_PATH_TAGS = {DT_NEEDED: "loads {}, whose constructors would run", 0x7FFFFFFD: "loads the auxiliary filter {}",
-              0x7FFFFFFF: "loads the filtee {}", 0x6FFFFEFC: "loads the audit library {}",
-              0x6FFFFEFB: "loads the audit library {}", 15: "searches libraries in {}", 29: "searches libraries in {}"}
-_REFUSED_TAGS = {
-    12: "runs code on load", 25: "runs code on load", 27: "runs code on load", 32: "runs code on load",
-    33: "runs code on load", 13: "runs code on unload", 26: "runs code on unload", 28: "runs code on unload",
-    22: "has text relocations (its code is made writable while loading)",
-}
+_PATH_TAGS = {_TAG[name]: reason for name, reason in {
+    "DT_NEEDED": "loads {}, whose constructors would run", "DT_AUXILIARY": "loads the auxiliary filter {}",
+    "DT_FILTER": "loads the filtee {}", "DT_AUDIT": "loads the audit library {}",
+    "DT_DEPAUDIT": "loads the audit library {}", "DT_RPATH": "searches libraries in {}",
+    "DT_RUNPATH": "searches libraries in {}"}.items()}
+_REFUSED_TAGS = {_TAG[name]: reason for names, reason in [
+    (("DT_INIT", "DT_INIT_ARRAY", "DT_INIT_ARRAYSZ", "DT_PREINIT_ARRAY", "DT_PREINIT_ARRAYSZ"), "runs code on load"),
+    (("DT_FINI", "DT_FINI_ARRAY", "DT_FINI_ARRAYSZ"), "runs code on unload"),
+    (("DT_TEXTREL",), "has text relocations (its code is made writable while loading)")] for name in names}
 DF_SYMBOLIC, DF_TEXTREL, DF_BIND_NOW = 0x2, 0x4, 0x8
 _ALLOWED_FLAGS = DF_SYMBOLIC | DF_BIND_NOW
 
