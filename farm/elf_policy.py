@@ -280,6 +280,8 @@ class _Reader:
     def _hash_count(self, vaddr: int) -> int:
         """nchain, once no bucket or chain leads past it (a lookup follows them, wherever they point)."""
         nbucket, nchain = struct.unpack(b"<II", self._bytes(vaddr, 8, "DT_HASH"))
+        if not nbucket:  # every lookup divides by it
+            raise self.malformed("DT_HASH has no buckets")
         links = self._bytes(vaddr + 8, 4 * (nbucket + nchain), "DT_HASH's buckets and chains")
         farthest = max(struct.unpack(f"<{nbucket + nchain}I", links), default=0)
         if farthest >= nchain:
@@ -289,6 +291,8 @@ class _Reader:
     def _gnu_hash_count(self, vaddr: int) -> int:
         """Symbols a GNU hash table reaches: past the highest bucket's chain, whose last entry has bit 0 set."""
         nbuckets, symoffset, bloom_words, _ = struct.unpack(b"<IIII", self._bytes(vaddr, 16, "DT_GNU_HASH"))
+        if not nbuckets or not bloom_words:  # every lookup divides by both
+            raise self.malformed("DT_GNU_HASH has no buckets or no bloom filter words")
         buckets_at = vaddr + 16 + 8 * bloom_words
         buckets = struct.unpack(f"<{nbuckets}I", self._bytes(buckets_at, 4 * nbuckets, "the GNU hash buckets"))
         last, first = max(buckets, default=0), min(filter(None, buckets), default=symoffset)

@@ -502,6 +502,8 @@ MALFORMED: dict[str, tuple[Any, str]] = {
     "syment": (_set_dynamic(11, 16), "DT_SYMENT"),
     "hash-bucket-beyond": (_hash_word(4, 2, 100_000), "DT_HASH leads to symbol 100000"),
     "hash-chain-beyond": (lambda d: _hash_word(4, 2 + _nbucket(d), 70_000)(d), "DT_HASH leads to symbol 70000"),
+    "hash-no-buckets": (_hash_word(4, 0, 0), "DT_HASH has no buckets"),
+    "gnu-no-buckets": (_hash_word(0x6FFFFEF5, 0, 0), "DT_GNU_HASH has no buckets"),
     "gnu-bucket-below": (lambda d: _hash_word(0x6FFFFEF5, 4 + 2 * _bloom_words(d), 1)(d), "below the first hashed"),
 }
 
