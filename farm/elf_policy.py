@@ -344,10 +344,20 @@ def _segment_reasons(view: LoaderView) -> list[str]:
 
 def _tag_reasons(view: LoaderView) -> list[str]:
     reasons = [_PATH_TAGS[tag].format(repr(text)) + f" ({TAG_NAMES[tag]})" for tag, text in view.strings
-               if tag in _PATH_TAGS and not (tag == DT_NEEDED and text in ALLOWED_NEEDED)]
+               if not (tag == DT_NEEDED and text in ALLOWED_NEEDED)]
+    tags = set(view.tags)
+    if not tags <= ALLOWED_TAGS or len(tags) < len(view.tags):  # the common case skips the loop below
+        reasons += _unusual_tag_reasons(view.tags)
+    if view.flags & ~_ALLOWED_FLAGS:
+        textrel = " (DF_TEXTREL: its code is made writable while loading)" if view.flags & DF_TEXTREL else ""
+        reasons.append(f"has DT_FLAGS {view.flags:#x}; only DF_SYMBOLIC and DF_BIND_NOW are allowed{textrel}")
+    return reasons
+
+
+def _unusual_tag_reasons(tags: list[int]) -> list[str]:
     grouped: dict[str, list[str]] = {}  # reason ("{}": the tags) -> its tags, so each reason is said once
     seen: set[int] = set()
-    for tag in view.tags:
+    for tag in tags:
         name = TAG_NAMES.get(tag, f"{tag:#x}")
         if tag in seen and tag != DT_NEEDED:
             grouped.setdefault("repeats {} (the loader keeps the last one; this check will not guess)", []).append(name)
@@ -356,11 +366,7 @@ def _tag_reasons(view: LoaderView) -> list[str]:
             grouped.setdefault(_REFUSED_TAGS[tag] + " ({})", []).append(name)
         elif tag not in ALLOWED_TAGS and tag not in _PATH_TAGS:
             grouped.setdefault("has {}, which farm's libraries never carry", []).append(name)
-    reasons += [reason.format(", ".join(names)) for reason, names in grouped.items()]
-    if view.flags & ~_ALLOWED_FLAGS:
-        textrel = " (DF_TEXTREL: its code is made writable while loading)" if view.flags & DF_TEXTREL else ""
-        reasons.append(f"has DT_FLAGS {view.flags:#x}; only DF_SYMBOLIC and DF_BIND_NOW are allowed{textrel}")
-    return reasons
+    return [reason.format(", ".join(names)) for reason, names in grouped.items()]
 
 
 def _symbol_reasons(view: LoaderView) -> list[str]:
