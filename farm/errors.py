@@ -130,6 +130,25 @@ class PolicyViolation(InvalidIR):
     """IR or a library would import a function outside the allow-list, or run code when loaded."""
 
 
+class UnsafeLibrary(PolicyViolation):
+    """The dynamic loader would make a library do more than farm's own libraries do (load another library,
+    run code, bind a symbol outside the allow-list); carries every reason found."""
+
+    def __init__(self, library: str, reasons: list[str]) -> None:
+        super().__init__(f"{library} is refused: " + "; ".join(reasons))
+        self.library = library
+        self.reasons = reasons
+
+
+class MalformedLibrary(PolicyViolation):
+    """A library the loader could not map or read as its headers describe (truncated, overlapping, unmapped)."""
+
+    def __init__(self, library: str, detail: str) -> None:
+        super().__init__(f"{library} is refused as malformed: {detail}")
+        self.library = library
+        self.detail = detail
+
+
 class WorkDirError(FarmError):
     """The work or cache directory cannot be written (permissions, disk full)."""
 

@@ -23,9 +23,9 @@ from farm.codegen.llvm import (
     ERR_OOM,
     NODE_STRIDE,
 )
+from farm.elf_policy import check_library
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
-from farm.policy import check_library
 from farm.semantics import DEFAULT_FUEL, cycle_error, fuel_error
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet

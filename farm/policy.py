@@ -9,8 +9,6 @@ The ELF check refuses what a linked library really imports or runs when loaded, 
 from __future__ import annotations
 
 import re
-import struct
-from pathlib import Path
 
 from farm.errors import PolicyViolation
 
@@ -86,55 +84,3 @@ def _strip_comment(line: str) -> str:
 
 def _allowed() -> str:
     return ", ".join(sorted(ALLOWED_IMPORTS))
-
-
-# ---- ELF: what a linked library imports and runs on load ----
-
-_SHT_DYNSYM = 11
-_LOAD_TIME_SECTIONS = (".init", ".fini", ".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors")
-
-
-def check_library(path: Path) -> None:
-    """Refuse a shared library that imports a symbol outside the allow-list or runs code when loaded."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise PolicyViolation(f"{path.name} is not a little-endian ELF64 shared library")
-    sections = _sections(data)
-    for name, _, _, _, size in sections:
-        if name in _LOAD_TIME_SECTIONS and size:
-            raise PolicyViolation(f"{path.name} has a {name} section: it would run code on load")
-    undefined = sorted(_undefined_symbols(data, sections) - ALLOWED_IMPORTS)
-    if undefined:
-        raise PolicyViolation(f"{path.name} imports {', '.join(undefined[:8])}; only {_allowed()} may be imported")
-
-
-_Section = tuple[str, int, int, int, int]  # name, type, offset, link, size
-
-
-def _sections(data: bytes) -> list[_Section]:
-    try:
-        shoff, = struct.unpack_from("<Q", data, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-        raw = [struct.unpack_from("<IIQQQQII", data, shoff + k * shentsize) for k in range(shnum)]
-        names_at = raw[shstrndx][4]
-        return [(_cstring(data, names_at + s[0]), s[1], s[4], s[6], s[5]) for s in raw]
-    except (struct.error, IndexError):
-        raise PolicyViolation("the library's ELF section table is truncated or malformed") from None
-
-
-def _undefined_symbols(data: bytes, sections: list[_Section]) -> set[str]:
-    names: set[str] = set()
-    for _, kind, offset, link, size in sections:
-        if kind != _SHT_DYNSYM:
-            continue
-        strings_at = sections[link][2]
-        for at in range(offset + 24, offset + size, 24):  # entry 0 is the null symbol
-            name, info, _, shndx = struct.unpack_from("<IBBH", data, at)
-            if shndx == 0 and info >> 4 != 0:  # undefined, not local
-                names.add(_cstring(data, strings_at + name))
-    return names
-
-
-def _cstring(data: bytes, at: int) -> str:
-    end = data.index(b"\0", at)
-    return data[at:end].decode("utf-8", "replace")

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from farm.codegen.llvm import ABI_VERSION
+from farm.elf_policy import check_library
 from farm.errors import StageFailed, StageTimeout, ToolNotFound, WorkDirError
-from farm.policy import check_ir, check_library, defined_functions
+from farm.policy import check_ir, defined_functions
 from farm.targets import Target
 
 LLVM_MAJOR = 16
