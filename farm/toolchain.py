@@ -19,7 +19,7 @@ from typing import Any
 
 from farm.codegen.llvm import ABI_VERSION
 from farm.errors import StageFailed, StageTimeout, ToolNotFound, WorkDirError
-from farm.policy import check_ir, check_library, defined_functions
+from farm.policy import check_library, check_module, check_size, defined_functions, parse_bitcode, parse_ir
 from farm.targets import Target
 
 LLVM_MAJOR = 16
@@ -182,10 +182,10 @@ class Toolchain:
                     objects.append(cached)
                     result.objects_reused += 1
                     continue
+                check_size(text, name)  # before any parser or tool sees it
                 if provided is None:
                     provided = frozenset().union(*(defined_functions(other) for _, other in parts))
-                check_ir(text, name, provided)  # before any tool sees it
-                obj, seconds = self._compile(text, target, opt_level, tmp, name)
+                obj, seconds = self._compile(text, target, opt_level, tmp, name, provided)  # checks the module
                 for stage, value in seconds.items():
                     result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + value
                 objects.append(self.object_cache.put(key, obj) if self.object_cache else obj)
@@ -206,14 +206,17 @@ class Toolchain:
         except OSError as exc:
             raise WorkDirError(f"cannot write the work directory {self.work_dir}: {exc.strerror or exc}") from None
 
-    def _compile(self, ir_text: str, target: Target, opt_level: int, tmp: Path,
-                 name: str) -> tuple[Path, dict[str, float]]:
+    def _compile(self, ir_text: str, target: Target, opt_level: int, tmp: Path, name: str,
+                 provided: frozenset[str]) -> tuple[Path, dict[str, float]]:
         if self.compile_path == "inprocess":
-            return compile_in_process(ir_text, target, opt_level, tmp / f"{name}.o")
-        return self._compile_staged(ir_text, target, opt_level, tmp, name)
+            return compile_in_process(ir_text, target, opt_level, tmp / f"{name}.o", name, provided)
+        return self._compile_staged(ir_text, target, opt_level, tmp, name, provided)
 
-    def _compile_staged(self, ir_text: str, target: Target, opt_level: int, tmp: Path,
-                        name: str) -> tuple[Path, dict[str, float]]:
+    def _compile_staged(self, ir_text: str, target: Target, opt_level: int, tmp: Path, name: str,
+                        provided: frozenset[str]) -> tuple[Path, dict[str, float]]:
+        """llvm-as parses the text (under the stage limits); the load policy checks the bitcode it wrote, and
+        opt compiles that same file, so the check sees exactly what is compiled. llvmlite's LLVM 22 reads
+        LLVM 16's bitcode (bitcode is backward compatible), upgrading it the way any newer reader would."""
         tools = {stage: find_tool(tool) for stage, (tool, _) in TOOLS.items()}
         try:
             (tmp / f"{name}.ll").write_text(ir_text, encoding="utf-8")
@@ -227,8 +230,19 @@ class Toolchain:
                     "-relocation-model=pic", "-filetype=asm", f"{name}.opt.bc", "-o", f"{name}.s"],
             "as": [tools["as"], f"-triple={target.triple}", "-filetype=obj", f"{name}.s", "-o", f"{name}.o"],
         }
-        seconds = {stage: self._run(stage, argv, tmp) for stage, argv in commands.items()}
+        seconds = {"llvm-as": self._run("llvm-as", commands.pop("llvm-as"), tmp)}
+        start = time.perf_counter()
+        check_module(parse_bitcode(self._read(tmp / f"{name}.bc"), name), name, provided)
+        seconds["policy"] = time.perf_counter() - start
+        seconds |= {stage: self._run(stage, argv, tmp) for stage, argv in commands.items()}
         return tmp / f"{name}.o", seconds
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise WorkDirError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     def _run(self, stage: str, argv: list[str], cwd: Path) -> float:
         start = time.perf_counter()
@@ -276,10 +290,11 @@ def _machine(target: Target, opt_level: int) -> tuple[Any, Any]:
     return _MACHINES[key]
 
 
-def compile_in_process(ir_text: str, target: Target, opt_level: int, out: Path) -> tuple[Path, dict[str, float]]:
-    """The fast path: parse, optimise at the same level and emit the object for the same triple and CPU,
-    all inside this process through llvmlite. Errors carry LLVM's message like the staged tools'."""
-    data, seconds = emit_object_in_process(ir_text, target, opt_level)
+def compile_in_process(ir_text: str, target: Target, opt_level: int, out: Path, source: str = "module",
+                       provided: frozenset[str] = frozenset()) -> tuple[Path, dict[str, float]]:
+    """The fast path: parse, check, optimise at the same level and emit the object for the same triple and
+    CPU, all inside this process through llvmlite. Errors carry LLVM's message like the staged tools'."""
+    data, seconds = emit_object_in_process(ir_text, target, opt_level, source, provided)
     try:
         out.write_bytes(data)
     except OSError as exc:
@@ -287,7 +302,10 @@ def compile_in_process(ir_text: str, target: Target, opt_level: int, out: Path) 
     return out, seconds
 
 
-def emit_object_in_process(ir_text: str, target: Target, opt_level: int) -> tuple[bytes, dict[str, float]]:
+def emit_object_in_process(ir_text: str, target: Target, opt_level: int, source: str = "module",
+                           provided: frozenset[str] = frozenset()) -> tuple[bytes, dict[str, float]]:
+    """The object code of one module; the load policy checks the very module that is then optimised and
+    emitted. `provided`: functions the other modules linked with this one define."""
     import llvmlite.binding as llvm
 
     global _llvm_ready
@@ -297,12 +315,11 @@ def emit_object_in_process(ir_text: str, target: Target, opt_level: int) -> tupl
         _llvm_ready = True
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    try:
-        module = llvm.parse_assembly(ir_text)
-        module.verify()
-    except RuntimeError as exc:
-        raise StageFailed("parse", 1, str(exc)) from None
+    module = parse_ir(ir_text, source)
     seconds["parse"] = time.perf_counter() - start
+    start = time.perf_counter()
+    check_module(module, source, provided)
+    seconds["policy"] = time.perf_counter() - start
     start = time.perf_counter()
     machine, builder = _machine(target, opt_level)
     if builder is not None:
