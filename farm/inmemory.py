@@ -8,12 +8,14 @@ through ArtifactBuilder (a .so linked by ld.lld).
 
 from __future__ import annotations
 
+from typing import Any
+
 from farm.codegen.llvm import ruleset_parts
 from farm.errors import IncompatibleArtifact
 from farm.loader import NativeRuleset
-from farm.policy import defined_functions
+from farm.policy import check_module, defined_function_names, defined_functions, parse_ir
 from farm.targets import Target, host_can_run, missing_flags
-from farm.toolchain import ObjectCache, cache_key, emit_object_in_process, tool_versions
+from farm.toolchain import ObjectCache, cache_key, emit_module, emit_object_in_process, tool_versions
 from farm.transduce import RuleSet
 
 
@@ -29,11 +31,11 @@ class InMemoryCompiler:
     def load(self, ruleset: RuleSet) -> NativeRuleset:
         import llvmlite.binding as llvm
 
-        parts = ruleset_parts(ruleset, self.target.triple)
-        (_, runtime), *rules = parts
-        provided = frozenset().union(*(defined_functions(text) for _, text in parts))  # memoised by content
-        objects = [self._runtime_object(runtime, provided),
-                   *(self._compile(text, name, provided) for name, text in rules)]
+        (_, runtime), *rules = ruleset_parts(ruleset, self.target.triple)
+        modules = [(name, parse_ir(text, name)) for name, text in rules]  # each parsed once, checked, compiled
+        provided = defined_functions(runtime).union(*(defined_function_names(module) for _, module in modules))
+        objects = [self._runtime_object(runtime, provided), *(self._compile(module, name, provided)
+                                                               for name, module in modules)]
         # The engine takes ownership of its target machine and module: a fresh pair for each engine.
         machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
             cpu=self.target.cpu, features=self.target.features, opt=self.opt_level, reloc="pic")
@@ -52,11 +54,12 @@ class InMemoryCompiler:
             if cached is not None:
                 self._runtime = cached.read_bytes()
             else:
-                self._runtime = self._compile(text, "runtime", provided)
+                self._runtime = emit_object_in_process(text, self.target, self.opt_level, "runtime", provided)[0]
                 self.objects.put(key, self._runtime)
         return self._runtime
 
-    def _compile(self, text: str, name: str, provided: frozenset[str]) -> bytes:
+    def _compile(self, module: Any, name: str, provided: frozenset[str]) -> bytes:
         """A module compiled straight to memory, through the load policy like every other module; a ruleset's
         own modules are never written to disk."""
-        return emit_object_in_process(text, self.target, self.opt_level, name, provided)[0]
+        check_module(module, name, provided)
+        return emit_module(module, self.target, self.opt_level)[0]
