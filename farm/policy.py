@@ -52,6 +52,10 @@ LOAD_TIME_NAMES = frozenset({"_init", "_fini"})
 # llvm.dependent-libraries, which ld.lld turns into DT_NEEDED (another library, and its constructors).
 ALLOWED_NAMED_METADATA = frozenset({"llvm.module.flags", "llvm.ident", "llvm.dbg.cu", "llvm.commandline"})
 
+# Considered and allowed: thread_local globals (their initialisers are data in the TLS image), comdats,
+# `gc` strategies and personality functions (code, not load-time; a personality must still be defined or an
+# allowed import), and attributes that make the backend insert calls ("fentry-call", "probe-stack",
+# "instrument-function-entry"...): each such call is an import the ELF check refuses.
 _TYPE_SUFFIX = re.compile(r"(?:i\d+|f(?:16|32|64|80|128)|bf16|p\d+|v\d+(?:i\d+|f\d+|p\d+)|nxv\d+(?:i\d+|f\d+))")
 
 
