@@ -203,6 +203,13 @@ class Toolchain:
             raise
         return result
 
+    def _temp_dir(self) -> Path:
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix="build-", dir=self.work_dir))
+        except OSError as exc:
+            raise WorkDirError(f"cannot write the work directory {self.work_dir}: {exc.strerror or exc}") from None
+
     def _compile_pending(self, pending: list[tuple[int, str, str, str]], parts: list[tuple[str, str]],
                          objects: list[Path | None], target: Target, opt_level: int, tmp: Path,
                          result: BuildResult) -> None:
@@ -265,13 +272,6 @@ class Toolchain:
         }
         _add(seconds, {stage: self._run(stage, argv, tmp) for stage, argv in commands.items()})
         return tmp / f"{name}.o"
-
-    def _temp_dir(self) -> Path:
-        try:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix="build-", dir=self.work_dir))
-        except OSError as exc:
-            raise WorkDirError(f"cannot write the work directory {self.work_dir}: {exc.strerror or exc}") from None
 
     @staticmethod
     def _read(path: Path) -> bytes:
