@@ -8,11 +8,14 @@ through ArtifactBuilder (a .so linked by ld.lld).
 
 from __future__ import annotations
 
+from typing import Any
+
 from farm.codegen.llvm import ruleset_parts
 from farm.errors import IncompatibleArtifact
 from farm.loader import NativeRuleset
+from farm.policy import check_module, defined_function_names, defined_functions, parse_ir
 from farm.targets import Target, host_can_run, missing_flags
-from farm.toolchain import ObjectCache, cache_key, emit_object_in_process, tool_versions
+from farm.toolchain import ObjectCache, cache_key, emit_module, emit_object_in_process, tool_versions
 from farm.transduce import RuleSet
 
 
@@ -29,7 +32,10 @@ class InMemoryCompiler:
         import llvmlite.binding as llvm
 
         (_, runtime), *rules = ruleset_parts(ruleset, self.target.triple)
-        objects = [self._runtime_object(runtime), *(self._compile(text) for _, text in rules)]
+        modules = [(name, parse_ir(text, name)) for name, text in rules]  # each parsed once, checked, compiled
+        provided = defined_functions(runtime).union(*(defined_function_names(module) for _, module in modules))
+        objects = [self._runtime_object(runtime, provided), *(self._compile(module, name, provided)
+                                                               for name, module in modules)]
         # The engine takes ownership of its target machine and module: a fresh pair for each engine.
         machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
             cpu=self.target.cpu, features=self.target.features, opt=self.opt_level, reloc="pic")
@@ -40,7 +46,7 @@ class InMemoryCompiler:
         engine.finalize_object()
         return NativeRuleset.in_memory(engine.get_function_address, ruleset, keepalive=engine)
 
-    def _runtime_object(self, text: str) -> bytes:
+    def _runtime_object(self, text: str, provided: frozenset[str]) -> bytes:
         """The shared runtime: compiled once per target and -O level, kept on disk and in memory."""
         if self._runtime is None:
             key = cache_key(text, self.target, self.opt_level, tool_versions("inprocess"))
@@ -48,10 +54,12 @@ class InMemoryCompiler:
             if cached is not None:
                 self._runtime = cached.read_bytes()
             else:
-                self._runtime = self._compile(text)
+                self._runtime = emit_object_in_process(text, self.target, self.opt_level, "runtime", provided)[0]
                 self.objects.put(key, self._runtime)
         return self._runtime
 
-    def _compile(self, text: str) -> bytes:
-        """A module compiled straight to memory; a ruleset's own modules are never written to disk."""
-        return emit_object_in_process(text, self.target, self.opt_level)[0]
+    def _compile(self, module: Any, name: str, provided: frozenset[str]) -> bytes:
+        """A module compiled straight to memory, through the load policy like every other module; a ruleset's
+        own modules are never written to disk."""
+        check_module(module, name, provided)
+        return emit_module(module, self.target, self.opt_level)[0]

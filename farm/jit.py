@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from farm.builder import ArtifactBuilder, check_pattern_id
 from farm.config import FarmConfig
-from farm.errors import InvalidIR, LoadError, ToolchainError
+from farm.errors import InvalidIR, LoadError, StageFailed, ToolchainError
 from farm.loader import open_library
-from farm.policy import DEFINE, GLOBAL_DEFINITION
+from farm.policy import parse_ir
 from farm.signing import verify as verify_signature
 
 
@@ -87,26 +88,73 @@ class CacheStatistics:
         return self.hits / total if total else 0.0
 
 
-def entry_function(llvm_ir: str) -> str:
-    m = DEFINE.search(llvm_ir)
-    if not m:
-        raise InvalidIR("the IR defines no function to export (expected a line starting with `define`)")
-    return m.group(1) if m.group(1) is not None else m.group(2)
+def entry_function(llvm_ir: str) -> str | None:
+    """The first function the module defines, as LLVM parses it; None when LLVM cannot parse the text here
+    (the build then fails with the compiling tool's own message)."""
+    try:
+        module = parse_ir(llvm_ir)
+    except StageFailed:
+        return None
+    for fn in module.functions:
+        if not fn.is_declaration:
+            return str(fn.name)
+    raise InvalidIR("the IR defines no function to export")
+
+
+# LLVM's lexer, as far as `@` names go: a comment runs to the end of the line, a string (also a quoted name)
+# runs to the next `"` whatever precedes it (there is no escape for `"`), and LLVM 22 also skips /* */.
+_GLOBAL_TOKEN = re.compile(r';[^\n]*|/\*.*?\*/|"[^"]*"|@("[^"]*"|[-a-zA-Z$._][-a-zA-Z$._0-9]*)', re.DOTALL)
 
 
 def rename_definitions(llvm_ir: str, suffix: str) -> str:
     """The module with every global it defines renamed `<name><suffix>`, so many modules link into one library
-    without clashing; declarations (what the module imports) keep their names."""
-    if re.search(r"\bcomdat\b", llvm_ir):
+    without clashing; declarations (what the module imports) keep their names.
+
+    The parser names the definitions; the text is rewritten at exactly those `@name` tokens, then parsed again
+    and refused unless it defines exactly the renamed globals and imports what it did. (Renaming through
+    llvmlite would print LLVM 22 syntax that llvm-as-16 cannot always read.)"""
+    before = _globals_of(parse_ir(llvm_ir))
+    defined = before[0]
+
+    def rename(token: re.Match[str]) -> str:
+        name = token.group(1)
+        if name is None:
+            return token.group()
+        plain = _unescape_name(name[1:-1]) if name.startswith('"') else name
+        return f'@"{_escape_name(plain + suffix)}"' if plain in defined else token.group()
+
+    renamed = _GLOBAL_TOKEN.sub(rename, llvm_ir)
+    after = _globals_of(parse_ir(renamed))
+    if after != ({name + suffix for name in defined}, before[1]):
+        raise InvalidIR("renaming the module's definitions changed more than their names; refusing to link it")
+    return renamed
+
+
+def _globals_of(module: Any) -> tuple[set[str], set[str]]:
+    """(globals defined, functions declared) by a parsed module; a module with comdats is refused."""
+    if re.search(r"^\$.* = comdat ", str(module), re.MULTILINE):  # the canonical printout: one comdat a line
         raise InvalidIR("a module with comdats cannot share a library (the linker would fold them)")
-    definitions = [m for pattern in (DEFINE, GLOBAL_DEFINITION) for m in pattern.finditer(llvm_ir)]
-    quoted = {m.group(1) for m in definitions if m.group(1) is not None}
-    bare = {m.group(2) for m in definitions if m.group(1) is None}
-    for name in quoted:
-        llvm_ir = llvm_ir.replace(f'@"{name}"', f'@"{name}{suffix}"')
-    for name in sorted(bare, key=len, reverse=True):
-        llvm_ir = re.sub(rf"@{re.escape(name)}(?![-a-zA-Z$._0-9])", f'@"{name}{suffix}"', llvm_ir)
-    return llvm_ir
+    defined = {g.name for g in (*module.functions, *module.global_variables) if not g.is_declaration and g.name}
+    declared = {f.name for f in module.functions if f.is_declaration}
+    return defined, declared
+
+
+def _unescape_name(quoted: str) -> str:
+    """LLVM's reading of a quoted name: `\\XX` is a hex byte, `\\\\` a backslash, any other `\\` itself."""
+    raw = re.sub(rb"\\(\\|[0-9A-Fa-f]{2})", lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1), 16)]),
+                 quoted.encode())
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _escape_name(name: str) -> str:
+    return "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b:02X}"
+                   for b in name.encode("utf-8", "surrogateescape"))
+
+
+def _named(name: str | None) -> str:
+    if name is None:  # llvm-as-16 built text that llvmlite's newer LLVM could not parse: nothing named it
+        raise InvalidIR("LLVM could not parse the IR here to find the function to export")
+    return name
 
 
 def symbol_address(library: ctypes.CDLL, name: str) -> int:
@@ -148,7 +196,7 @@ class JitCompiler:
                                                self.config.optimization_level)
             verify_signature(artifact.meta, self._builder.trusted)
             lib = open_library(artifact.path, artifact.meta.sha256)
-            pointer = symbol_address(lib, name)
+            pointer = symbol_address(lib, _named(name))
         except (ToolchainError, LoadError) as exc:
             self._stats.total_compilations += 1
             self._stats.failed_compilations += 1
@@ -157,11 +205,11 @@ class JitCompiler:
             self._stats.fallbacks += 1
             warnings.warn(f"compiling pattern {pattern_id!r} failed, falling back to interpretation: {exc}",
                           RuntimeWarning, stacklevel=2)
-            return CompiledFunction(name, pattern_id, llvm_ir, datetime.now(UTC),
+            return CompiledFunction(name or "", pattern_id, llvm_ir, datetime.now(UTC),
                                     (time.perf_counter() - start) * 1000, None, None, key)
         elapsed_ms = (time.perf_counter() - start) * 1000
         self._count(artifact.cached, 1, elapsed_ms)
-        compiled = CompiledFunction(name, pattern_id, llvm_ir, datetime.now(UTC), elapsed_ms,
+        compiled = CompiledFunction(_named(name), pattern_id, llvm_ir, datetime.now(UTC), elapsed_ms,
                                     artifact.path, pointer, key, artifact.cached, lib)
         self._remember(compiled)
         return compiled
@@ -185,21 +233,21 @@ class JitCompiler:
                 self._builder.index.record(pattern_id, target, artifact.meta)
             verify_signature(artifact.meta, self._builder.trusted)
             lib = open_library(artifact.path, artifact.meta.sha256)
-            pointers = [symbol_address(lib, f"{name}.farm{k}") for k, name in enumerate(names)]
+            pointers = [symbol_address(lib, f"{_named(name)}.farm{k}") for k, name in enumerate(names)]
         except (ToolchainError, LoadError) as exc:
             warnings.warn(f"the batch of {len(items)} functions failed ({exc}); compiling them one at a time",
                           RuntimeWarning, stacklevel=2)
             return [self.compile_llvm_ir(llvm_ir, pattern_id) for llvm_ir, pattern_id in items]
         each_ms = (time.perf_counter() - start) * 1000 / len(items)
         self._count(artifact.cached, len(items), each_ms * len(items))
-        compiled = [CompiledFunction(name, pattern_id, llvm_ir, datetime.now(UTC), each_ms, artifact.path, pointer,
-                                     self._key(llvm_ir), artifact.cached, lib)
+        compiled = [CompiledFunction(_named(name), pattern_id, llvm_ir, datetime.now(UTC), each_ms, artifact.path,
+                                     pointer, self._key(llvm_ir), artifact.cached, lib)
                     for name, (llvm_ir, pattern_id), pointer in zip(names, items, pointers, strict=True)]
         for function in compiled:
             self._remember(function)
         return compiled
 
-    def _check(self, llvm_ir: str, pattern_id: str) -> str:
+    def _check(self, llvm_ir: str, pattern_id: str) -> str | None:
         check_pattern_id(pattern_id)
         if not llvm_ir.strip():
             raise InvalidIR("the IR is empty")

@@ -20,7 +20,14 @@ from typing import Any
 from farm.codegen.llvm import ABI_VERSION
 from farm.elf_policy import check_library
 from farm.errors import StageFailed, StageTimeout, ToolNotFound, WorkDirError
-from farm.policy import check_ir, defined_functions
+from farm.policy import (
+    check_module,
+    check_size,
+    defined_function_names,
+    defined_functions,
+    parse_bitcode,
+    parse_ir,
+)
 from farm.targets import Target
 
 LLVM_MAJOR = 16
@@ -173,24 +180,20 @@ class Toolchain:
         versions = tool_versions(self.compile_path)
         tmp = self._temp_dir()
         result = BuildResult(tmp / "module.so", versions=versions)
-        provided: frozenset[str] | None = None  # what the library's modules define; scanned only if one is built
         try:
-            objects = []
+            objects: list[Path | None] = []
+            pending: list[tuple[int, str, str, str]] = []  # (index, name, text, key) of the modules to compile
             for name, text in parts:
                 key = cache_key(text, target, opt_level, versions)
                 cached = self.object_cache.get(key) if self.object_cache else None
-                if cached is not None:
-                    objects.append(cached)
+                if cached is None:
+                    check_size(text, name)  # before any parser or tool sees it
+                    pending.append((len(objects), name, text, key))
+                else:
                     result.objects_reused += 1
-                    continue
-                if provided is None:
-                    provided = frozenset().union(*(defined_functions(other) for _, other in parts))
-                check_ir(text, name, provided)  # before any tool sees it
-                obj, seconds = self._compile(text, target, opt_level, tmp, name)
-                for stage, value in seconds.items():
-                    result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + value
-                objects.append(self.object_cache.put(key, obj) if self.object_cache else obj)
-                result.objects_compiled += 1
+                objects.append(cached)
+            if pending:
+                self._compile_pending(pending, parts, objects, target, opt_level, tmp, result)
             ld = find_tool("ld.lld")
             result.stage_seconds["ld"] = self._run("ld", [ld, "-shared", "-Bsymbolic", "--build-id=none", "-o",
                                                           "module.so", *map(str, objects)], tmp)
@@ -207,29 +210,75 @@ class Toolchain:
         except OSError as exc:
             raise WorkDirError(f"cannot write the work directory {self.work_dir}: {exc.strerror or exc}") from None
 
-    def _compile(self, ir_text: str, target: Target, opt_level: int, tmp: Path,
-                 name: str) -> tuple[Path, dict[str, float]]:
-        if self.compile_path == "inprocess":
-            return compile_in_process(ir_text, target, opt_level, tmp / f"{name}.o")
-        return self._compile_staged(ir_text, target, opt_level, tmp, name)
+    def _compile_pending(self, pending: list[tuple[int, str, str, str]], parts: list[tuple[str, str]],
+                         objects: list[Path | None], target: Target, opt_level: int, tmp: Path,
+                         result: BuildResult) -> None:
+        """Parse every module to compile, learn from those parses (and from the reused modules' texts) what the
+        library defines, then check and compile each parsed module: each is parsed once, and the check sees
+        the very module that is compiled."""
+        seconds: dict[str, float] = {}
+        modules = [self._parse(text, tmp, name, seconds) for _, name, text, _ in pending]
+        compiled = {index for index, *_ in pending}
+        provided = frozenset().union(*map(defined_function_names, modules),
+                                     *(defined_functions(text) for k, (_, text) in enumerate(parts)
+                                       if k not in compiled))
+        for (index, name, _, key), module in zip(pending, modules, strict=True):
+            start = time.perf_counter()
+            check_module(module, name, provided)
+            seconds["policy"] = seconds.get("policy", 0.0) + time.perf_counter() - start
+            obj = self._finish(module, target, opt_level, tmp, name, seconds)
+            objects[index] = self.object_cache.put(key, obj) if self.object_cache else obj
+            result.objects_compiled += 1
+        result.stage_seconds.update(seconds)
 
-    def _compile_staged(self, ir_text: str, target: Target, opt_level: int, tmp: Path,
-                        name: str) -> tuple[Path, dict[str, float]]:
-        tools = {stage: find_tool(tool) for stage, (tool, _) in TOOLS.items()}
+    def _parse(self, ir_text: str, tmp: Path, name: str, seconds: dict[str, float]) -> Any:
+        """The module as LLVM parses it. Staged: llvm-as-16 parses the text (under the stage limits) and the
+        bitcode it wrote is read back, so the check sees what opt will compile (llvmlite's LLVM 22 reads LLVM
+        16's bitcode: bitcode is backward compatible, upgraded as any newer reader would)."""
+        start = time.perf_counter()
+        if self.compile_path == "inprocess":
+            module = parse_ir(ir_text, name)
+            seconds["parse"] = seconds.get("parse", 0.0) + time.perf_counter() - start
+            return module
         try:
             (tmp / f"{name}.ll").write_text(ir_text, encoding="utf-8")
         except OSError as exc:
             raise WorkDirError(f"cannot write the work directory {tmp}: {exc.strerror or exc}") from None
+        seconds["llvm-as"] = seconds.get("llvm-as", 0.0) + self._run(
+            "llvm-as", [find_tool("llvm-as"), f"{name}.ll", "-o", f"{name}.bc"], tmp)
+        start = time.perf_counter()
+        module = parse_bitcode(self._read(tmp / f"{name}.bc"), name)
+        seconds["policy"] = seconds.get("policy", 0.0) + time.perf_counter() - start  # read only for the check
+        return module
+
+    def _finish(self, module: Any, target: Target, opt_level: int, tmp: Path, name: str,
+                seconds: dict[str, float]) -> Path:
+        """The checked module's object: in process from the module itself; staged from the same .bc file."""
+        if self.compile_path == "inprocess":
+            data, stage_seconds = emit_module(module, target, opt_level)
+            _add(seconds, stage_seconds)
+            try:
+                (tmp / f"{name}.o").write_bytes(data)
+            except OSError as exc:
+                raise WorkDirError(f"cannot write {tmp / name}.o: {exc.strerror or exc}") from None
+            return tmp / f"{name}.o"
+        tools = {stage: find_tool(tool) for stage, (tool, _) in TOOLS.items()}
         mattr = [f"-mattr={target.features}"] if target.features else []
         commands = {
-            "llvm-as": [tools["llvm-as"], f"{name}.ll", "-o", f"{name}.bc"],
             "opt": [tools["opt"], f"-O{opt_level}", f"{name}.bc", "-o", f"{name}.opt.bc"],
             "llc": [tools["llc"], f"-O{opt_level}", f"-mtriple={target.triple}", f"-mcpu={target.cpu}", *mattr,
                     "-relocation-model=pic", "-filetype=asm", f"{name}.opt.bc", "-o", f"{name}.s"],
             "as": [tools["as"], f"-triple={target.triple}", "-filetype=obj", f"{name}.s", "-o", f"{name}.o"],
         }
-        seconds = {stage: self._run(stage, argv, tmp) for stage, argv in commands.items()}
-        return tmp / f"{name}.o", seconds
+        _add(seconds, {stage: self._run(stage, argv, tmp) for stage, argv in commands.items()})
+        return tmp / f"{name}.o"
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise WorkDirError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     def _run(self, stage: str, argv: list[str], cwd: Path) -> float:
         start = time.perf_counter()
@@ -277,18 +326,29 @@ def _machine(target: Target, opt_level: int) -> tuple[Any, Any]:
     return _MACHINES[key]
 
 
-def compile_in_process(ir_text: str, target: Target, opt_level: int, out: Path) -> tuple[Path, dict[str, float]]:
-    """The fast path: parse, optimise at the same level and emit the object for the same triple and CPU,
-    all inside this process through llvmlite. Errors carry LLVM's message like the staged tools'."""
-    data, seconds = emit_object_in_process(ir_text, target, opt_level)
-    try:
-        out.write_bytes(data)
-    except OSError as exc:
-        raise WorkDirError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return out, seconds
+def _add(total: dict[str, float], more: dict[str, float]) -> None:
+    for stage, value in more.items():
+        total[stage] = total.get(stage, 0.0) + value
 
 
-def emit_object_in_process(ir_text: str, target: Target, opt_level: int) -> tuple[bytes, dict[str, float]]:
+def emit_object_in_process(ir_text: str, target: Target, opt_level: int, source: str = "module",
+                           provided: frozenset[str] = frozenset()) -> tuple[bytes, dict[str, float]]:
+    """The fast path for one module: parse, check, optimise at the same level and emit the object for the same
+    triple and CPU, all inside this process through llvmlite; the load policy checks the very module that is
+    then optimised and emitted. `provided`: functions the other modules linked with this one define. Errors
+    carry LLVM's message like the staged tools'."""
+    start = time.perf_counter()
+    module = parse_ir(ir_text, source)
+    seconds = {"parse": time.perf_counter() - start}
+    start = time.perf_counter()
+    check_module(module, source, provided)
+    seconds["policy"] = time.perf_counter() - start
+    data, more = emit_module(module, target, opt_level)
+    return data, seconds | more
+
+
+def emit_module(module: Any, target: Target, opt_level: int) -> tuple[bytes, dict[str, float]]:
+    """Optimise and emit a parsed module the policy has already checked."""
     import llvmlite.binding as llvm
 
     global _llvm_ready
@@ -297,13 +357,6 @@ def emit_object_in_process(ir_text: str, target: Target, opt_level: int) -> tupl
         llvm.initialize_all_asmprinters()
         _llvm_ready = True
     seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    try:
-        module = llvm.parse_assembly(ir_text)
-        module.verify()
-    except RuntimeError as exc:
-        raise StageFailed("parse", 1, str(exc)) from None
-    seconds["parse"] = time.perf_counter() - start
     start = time.perf_counter()
     machine, builder = _machine(target, opt_level)
     if builder is not None:

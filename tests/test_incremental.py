@@ -59,7 +59,7 @@ def test_in_process_path_rewrites_exactly_like_the_staged_path(tmp_path: Path) -
     for name in ("arith", "bool"):
         rs = example(name)
         a, b = staged.compile(rs, name, "x86-64"), inproc.compile(rs, name, "x86-64")
-        assert set(b.meta.stage_seconds) == {"parse", "opt", "codegen", "ld"}
+        assert set(b.meta.stage_seconds) == {"parse", "policy", "opt", "codegen", "ld"}
         assert a.meta.key != b.meta.key and b.meta.toolchain["path"] == "inprocess"
         gen = TermGenerator(rs, random.Random(9), max_depth=5)
         g = TermGraph(rs.make_signature())
