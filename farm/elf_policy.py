@@ -143,32 +143,39 @@ class LoaderView:
         return dict(self.dynamic).get(DT_FLAGS, 0)
 
 
-def check_library(path: Path) -> None:
-    """Refuse a shared library that the loader would make do more than farm's own libraries do: UnsafeLibrary
-    lists every reason, MalformedLibrary says what could not be read."""
-    view = read_library(path)
+def check_library(library: Path | bytes, name: str = "library") -> None:
+    """Refuse a shared library (a file, or its bytes as they will be loaded) that the loader would make do more
+    than farm's own libraries do: UnsafeLibrary lists every reason, MalformedLibrary says what could not be read."""
+    view = read_library(library, name)
     reasons = [*_segment_reasons(view), *_tag_reasons(view), *_symbol_reasons(view), *_relocation_reasons(view)]
     if reasons:
         raise UnsafeLibrary(view.library, reasons)
 
 
-def read_library(path: Path) -> LoaderView:
+def read_library(library: Path | bytes, name: str = "library") -> LoaderView:
     """The loader's view of a library; MalformedLibrary if it is not one the loader could map and read."""
-    with open(path, "rb") as fh:
-        size = fh.seek(0, 2)
-        if size < _ELF_HEADER.size:
-            raise MalformedLibrary(path.name, f"{size} bytes is too short for an ELF header")
+    if isinstance(library, bytes):
+        return _read(name, library)
+    with open(library, "rb") as fh:
+        if fh.seek(0, 2) < _ELF_HEADER.size:  # too short to map; _read says how short
+            return _read(library.name, b"\0" * fh.tell())
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            try:
-                return _Reader(path.name, data).read()
-            except struct.error as exc:  # every read is bounds-checked first: this is a safety net only
-                raise MalformedLibrary(path.name, f"truncated ({exc})") from None
+            return _read(library.name, data)
+
+
+def _read(name: str, data: bytes | mmap.mmap) -> LoaderView:
+    if len(data) < _ELF_HEADER.size:
+        raise MalformedLibrary(name, f"{len(data)} bytes is too short for an ELF header")
+    try:
+        return _Reader(name, data).read()
+    except struct.error as exc:  # every read is bounds-checked first: this is a safety net only
+        raise MalformedLibrary(name, f"truncated ({exc})") from None
 
 
 class _Reader:
     """Reads one mapped file the way the loader does; raises MalformedLibrary where the loader could not."""
 
-    def __init__(self, library: str, data: mmap.mmap) -> None:
+    def __init__(self, library: str, data: bytes | mmap.mmap) -> None:
         self.library, self.data = library, data
         self.loads: list[Segment] = []
         self.symbols = b""  # the hashed part of the dynamic symbol table

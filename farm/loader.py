@@ -6,8 +6,14 @@ One call into the library imports the whole graph (farm_load), one normalises ev
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import fcntl
 import hashlib
+import itertools
+import os
+import shutil
+import tempfile
 import time
 from array import array
 from collections.abc import Callable
@@ -51,16 +57,94 @@ def verify_sha256(path: str | Path, expected: str) -> None:
         raise IntegrityError(f"{path}: sha256 is {actual}, expected {expected}; refusing to load it")
 
 
+MAX_LIBRARY_BYTES = 1 << 30  # far above any ruleset's library; a bigger file is refused before it is read
+
+
 def open_library(path: Path, sha256: str | None) -> ctypes.CDLL:
     """dlopen, only after the bytes are the ones recorded and the library passes the load policy (no imports
-    outside the allow-list, nothing that runs on load): a refused library never has a chance to run."""
-    if sha256 is not None:
-        verify_sha256(path, sha256)
-    check_library(path)
+    outside the allow-list, nothing that runs on load): a refused library never has a chance to run.
+
+    The file is read once, and the sha256, the policy and dlopen all see that one copy: a library swapped in
+    the cache directory after its check is never the one loaded."""
+    data = _read_library(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and actual != sha256:
+        raise IntegrityError(f"{path}: sha256 is {actual}, expected {sha256}; refusing to load it")
+    check_library(data, path.name)
     try:
-        return ctypes.CDLL(str(path))
+        return _dlopen_copy(data, actual)
     except OSError as exc:
         raise LoadError(f"cannot load {path}: {exc}") from None
+
+
+def _read_library(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_LIBRARY_BYTES:
+                raise LoadError(f"{path} is {size:,} bytes; a library may be at most {MAX_LIBRARY_BYTES:,}")
+            return fh.read(MAX_LIBRARY_BYTES + 1)
+    except OSError as exc:
+        raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _dlopen_copy(data: bytes, sha256: str) -> ctypes.CDLL:
+    """dlopen these very bytes: a sealed memory file nobody else can write, reached through a fresh name in a
+    private directory (glibc reuses an already loaded object whose name matches, so /proc/self/fd/N alone is
+    not safe). Where memory files may not hold code (vm.memfd_noexec), a private copy on disk serves instead."""
+    name = _private_dir() / f"{sha256[:32]}-{os.getpid()}-{next(_LOADS)}.so"
+    try:
+        fd = _sealed_memory_file(data, sha256)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            name.symlink_to(f"/proc/self/fd/{fd}")
+            return ctypes.CDLL(str(name))
+        except OSError:
+            pass  # e.g. memory files may not be executable here: fall back to the private copy
+        finally:
+            os.close(fd)
+            name.unlink(missing_ok=True)
+    try:
+        name.write_bytes(data)
+        return ctypes.CDLL(str(name))
+    finally:
+        name.unlink(missing_ok=True)
+
+
+_LOADS = itertools.count()
+_PRIVATE_DIR: Path | None = None
+
+
+def _private_dir() -> Path:
+    """A directory (mode 0700) only this user can place a name in, made once per process."""
+    global _PRIVATE_DIR
+    if _PRIVATE_DIR is None or not _PRIVATE_DIR.is_dir():
+        _PRIVATE_DIR = Path(tempfile.mkdtemp(prefix="farm-load-"))
+        atexit.register(shutil.rmtree, _PRIVATE_DIR, True)
+    return _PRIVATE_DIR
+
+
+_MFD_EXEC = 0x10  # Linux 6.3+: ask for an executable memory file where vm.memfd_noexec would deny it
+
+
+def _sealed_memory_file(data: bytes, sha256: str) -> int:
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:
+        fd = os.memfd_create(f"farm-{sha256[:16]}", flags | _MFD_EXEC)
+    except OSError:  # an older kernel refuses the unknown flag
+        fd = os.memfd_create(f"farm-{sha256[:16]}", flags)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 ARENA_P = ctypes.POINTER(ArenaStruct)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import farm.loader
 import farm.policy
 from farm.builder import Artifact
 from farm.config import FarmConfig
@@ -137,6 +138,24 @@ def test_truncated_library_is_refused_before_dlopen(signed: Engine) -> None:
     art.path.write_bytes(data[: len(data) // 2])
     with pytest.raises(IntegrityError, match="sha256 is .* refusing to load it"):
         NativeRuleset(art.path, ruleset_of(PEANO), art.meta.sha256)
+
+
+def test_a_library_swapped_after_its_check_is_never_the_one_loaded(signed: Engine,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race a writer of the cache directory could win: the file changes between the check and dlopen.
+    The loader reads it once, so the checked bytes are the loaded bytes."""
+    a = signed.compile(ruleset_of(PEANO), "a", "x86-64")
+    b = signed.compile(ruleset_of(PEANO + "\nrule q: (q ?x) => ?x"), "b", "x86-64")
+    checked = farm.loader.check_library
+
+    def check_then_swap(library: Path | bytes, name: str = "library") -> None:
+        checked(library, name)
+        shutil.copy(b.path, a.path)  # too late: what was checked is what will be loaded
+
+    monkeypatch.setattr(farm.loader, "check_library", check_then_swap)
+    native = NativeRuleset(a.path, ruleset_of(PEANO), a.meta.sha256)  # built for A, checked as A
+    assert native.lib.farm_fingerprint() == ruleset_of(PEANO).fingerprint().encode()
+    assert a.path.read_bytes() == b.path.read_bytes()  # the swap did happen on disk
 
 
 def test_swapped_artifacts_are_refused_with_the_reason(signed: Engine, caplog: pytest.LogCaptureFixture) -> None:
