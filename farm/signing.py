@@ -136,6 +136,10 @@ def verify(meta: ArtifactMeta, trusted: TrustedKeys | None) -> None:
         trusted.verify(meta)
 
 
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith((".key", ".pem", ".pub"))
+
+
 def _looks_like_hmac(signature: str) -> bool:
     return len(signature) == 64 and all(c in "0123456789abcdef" for c in signature)
 
@@ -155,6 +159,10 @@ def _read_key_file(path: Path, variable: str) -> tuple[bytes, int]:
         finally:
             os.close(fd)
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not _looks_like_path(str(path)):
+            # Before Ed25519 this variable held an HMAC secret: never echo what may be a secret into a log.
+            raise KeyFileError(variable, "<not shown>", "names no file; it must be the path of a key file made by "
+                               "`farm keygen` (a shared HMAC secret is no longer used)") from None
         problem = "no such key file" if isinstance(exc, FileNotFoundError) else f"cannot read it: {exc.strerror}"
         raise KeyFileError(variable, str(path), problem) from None
     if len(data) > MAX_KEY_FILE:
