@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if verbose:
             traceback.print_exc()
-        err.print(f"[red]farm: error:[/] {escape(message)}", highlight=False)
+        err.print(f"[red]farm: error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line
         return EXIT_ERROR
 
 

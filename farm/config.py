@@ -223,8 +223,9 @@ def directory(text: str) -> Path:
     path = Path(text)
     if "\0" in text:
         raise ValueError("a directory path (without a NUL byte)")
-    if path.exists() and not path.is_dir():
-        raise ValueError("a directory; this path exists and is not one")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"a directory; {existing} exists and is not one")
     return path
 
 

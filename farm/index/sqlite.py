@@ -65,6 +65,21 @@ def _expected_shapes() -> dict[str, tuple[object, ...]]:
     return shapes
 
 
+def _check_tables(db: sqlite3.Connection) -> None:
+    """Each of farm's tables present in the file must be exactly what SCHEMA creates (absent ones are created)."""
+    try:
+        present = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        # A plain SQLITE_ERROR from this fixed query is about the file (e.g. "unsupported file format"): the
+        # environment's failures have codes of their own (CANTOPEN, IOERR, BUSY, READONLY, ...).
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
+            raise CorruptIndex(str(exc)) from None
+        raise
+    for table, shape in _expected_shapes().items():
+        if table in present and _table_shape(db, table) != shape:
+            raise CorruptIndex(f"table {table!r} is not the one farm creates")
+
+
 def _recovering(method: Callable[Concatenate[SQLiteIndex, P], R]) -> Callable[Concatenate[SQLiteIndex, P], R]:
     """Run a query; if SQLite finds the file corrupt, move it aside, start an empty index and run it again."""
     @functools.wraps(method)
@@ -103,14 +118,12 @@ class SQLiteIndex(CacheIndex):
         self._identity = _file_identity(self.path)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
+            _check_tables(db)  # before writing anything: a file that is not farm's is moved aside as it was
             db.execute("PRAGMA journal_mode=WAL")
             # WAL with synchronous=NORMAL never corrupts; a crash may drop the last counts, not entries' files.
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
             self._identity = _file_identity(self.path)
-            for table, shape in _expected_shapes().items():
-                if _table_shape(db, table) != shape:
-                    raise CorruptIndex(f"table {table!r} is not the one farm creates")
         except BaseException:
             db.close()
             raise
