@@ -267,7 +267,8 @@ def test_api_refuses_fuel_below_one(fuel: int, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("command", "fuel"), [("rewrite", "0"), ("rewrite", "-5"), ("verify", "0"),
                                                ("rewrite", str(1 << 63))])
-def test_cli_refuses_fuel_below_one(command: str, fuel: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_fuel_below_one(command: str, fuel: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     terms = tmp_path / "t.terms"
     terms.write_text("(not true)")
     args = [str(EXAMPLES / "bool.farm"), *([str(terms)] if command == "rewrite" else [])]
