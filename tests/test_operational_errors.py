@@ -277,7 +277,8 @@ def test_cli_refuses_fuel_below_one(command: str, fuel: str, tmp_path: Path,
     assert usage.value.code == 2 and "--fuel" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["top", "--interval", "-1"], ["top", "--interval", "0"],
+@pytest.mark.parametrize("argv", [["top", "--interval", "-1", "--iterations", "1"],
+                                  ["top", "--interval", "0", "--iterations", "1"],
                                   ["top", "--iterations", "-1"], ["exporter", "--port", "70000"],
                                   ["hot", "--top", "0"], ["worker", "--targets", "x86-64", "--concurrency", "0"],
                                   ["worker", "--targets", "x86-64", "--metrics-port", "-1"],
