@@ -99,13 +99,9 @@ class FarmConfig:
         return bool(self.redis_url and self.broker_url and self.s3_endpoint)
 
 
-def read_config_file(path: Path) -> dict[str, str]:
-    """`FARM_NAME=value` lines; `#` comments. Errors name the file and line."""
-    return {name: value for name, (value, _) in _config_file_lines(path).items()}
-
-
-def _config_file_lines(path: Path) -> dict[str, tuple[str, int]]:
-    """Each setting of the file with the number of the line that sets it."""
+def read_config_file(path: Path) -> dict[str, tuple[str, int]]:
+    """`FARM_NAME=value` lines; `#` comments: each value with the number of the line that sets it. Errors name
+    the file and line."""
     values: dict[str, tuple[str, int]] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -132,7 +128,7 @@ class SettingsReader:
         self.origins = {name: "in the environment" for name in self.values}
         if self.values.get("FARM_CONFIG"):
             path = Path(self.values["FARM_CONFIG"])
-            for name, (value, line) in _config_file_lines(path).items():
+            for name, (value, line) in read_config_file(path).items():
                 if name not in self.values:
                     self.values[name], self.origins[name] = value, f"at {path}:{line}"
 
