@@ -45,7 +45,7 @@ class CorruptIndex(Exception):
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
     """SQLite's own verdict (its primary result code), not a reading of the message."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _table_shape(db: sqlite3.Connection, table: str) -> tuple[object, ...]:
@@ -248,7 +248,7 @@ class SQLiteIndex(CacheIndex):
     @_recovering
     def clear(self) -> None:
         with self._transaction() as db:
-            for table in ("patterns", "artifacts", "counters"):
+            for table in TABLES:
                 db.execute(f"DELETE FROM {table}")
 
 
