@@ -518,8 +518,8 @@ def _error_message(exc: Exception) -> str | None:
 
     if isinstance(exc, FarmError):
         return str(exc)
-    if isinstance(exc, OSError):
-        return f"{exc.filename or ''}: {exc.strerror or exc}"
+    if isinstance(exc, OSError):  # e.g. a missing input file, a port in use
+        return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc)
     if isinstance(exc, ModuleNotFoundError):
         missing = missing_extra(exc)
         return str(missing) if missing else None
