@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from farm.config import FarmConfig
+from farm.extras import needs_extra
 from farm.index import CacheIndex
 from farm.store import ArtifactStore
 from farm.store.local import LocalStore
@@ -10,7 +11,8 @@ from farm.store.local import LocalStore
 
 def make_index(config: FarmConfig) -> CacheIndex:
     if config.redis_url:
-        from farm.index.redis import RedisIndex
+        with needs_extra():
+            from farm.index.redis import RedisIndex
 
         return RedisIndex(config.redis_url)
     from farm.index.sqlite import SQLiteIndex
@@ -21,7 +23,8 @@ def make_index(config: FarmConfig) -> CacheIndex:
 def make_store(config: FarmConfig, counters: CacheIndex | None = None) -> ArtifactStore:
     local = LocalStore(config.cache_dir)
     if config.s3_endpoint:
-        from farm.store.s3 import S3Store
+        with needs_extra():
+            from farm.store.s3 import S3Store
 
         return S3Store.connect(config.s3_endpoint, config.s3_bucket, local, config.s3_access_key,
                                config.s3_secret_key, config.s3_secure, config.s3_region, counters)

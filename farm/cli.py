@@ -10,18 +10,21 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from farm.errors import FarmError
+from farm.errors import FarmError, OutputPathError
 from farm.metrics import Snapshot
 
 out = Console()
 err = Console(stderr=True)
-EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+# 2: bad input or usage (argparse's own code too); 130: interrupted (128 + SIGINT, as shells report it)
+EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+T = TypeVar("T")
 
 
 def _progress() -> Progress:
@@ -51,6 +54,18 @@ def _load_ruleset(path: str, show_warnings: bool = False):  # type: ignore[no-un
 
 def _pattern_id(path: str) -> str:
     return Path(path).stem
+
+
+def _output_file(name: str) -> Path:
+    """A file the user named for output: its directory must already exist, so that a typo in the path is
+    reported rather than silently creating a tree of directories."""
+    path = Path(name)
+    if not path.parent.is_dir():
+        problem = "is not a directory" if path.parent.exists() else "does not exist"
+        raise OutputPathError(f"cannot write {name}: the directory {path.parent} {problem}")
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {name}: it is a directory")
+    return path
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -166,11 +181,12 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     from farm.codegen.rust import generate_rust
     from farm.store.local import atomic_write
 
+    output = _output_file(args.output) if args.output else None  # before the work, not after
     ruleset = _load_ruleset(args.rules, args.warnings)
     emitters = {"llvm": generate_llvm_ir, "rust": lambda rs: generate_rust(rs, args.main), "qasm": generate_qasm}
     text = emitters[args.lang](ruleset)
-    if args.output:
-        atomic_write(Path(args.output), text.encode())
+    if output:
+        atomic_write(output, text.encode())
         err.print(f"wrote {escape(args.output)} ({len(text):,} bytes of {args.lang})", highlight=False)
     else:
         sys.stdout.write(text)
@@ -190,6 +206,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = FarmConfig.from_env()
     require_cluster(config)
     trusted_keys_of(config)  # a bad key file is reported here, not in the log of every task
+    import workers.tasks  # noqa: F401 - an absent cluster extra fails here, clearly, not after the exec
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in REGISTRY]
     if not targets or unknown:
@@ -390,11 +407,19 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     registry.register(FarmCollector(make_index(FarmConfig.from_env())))
     ProcessCollector(registry=registry)
-    server, _ = start_http_server(args.port, addr=args.host, registry=registry)
-    err.print(f"farm exporter serving http://{args.host}:{args.port}/metrics", highlight=False)
-    signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    server.shutdown()
-    return EXIT_OK
+    # Blocked in every thread (the server's threads inherit the mask) so that sigwait, not a handler, takes them.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        server, _ = start_http_server(args.port, addr=args.host, registry=registry)
+        err.print(f"farm exporter serving http://{args.host}:{server.server_port}/metrics", highlight=False)
+        received = signal.sigwait(stop)
+        server.shutdown()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop)
+    if received == signal.SIGINT:
+        raise KeyboardInterrupt
+    return EXIT_OK  # SIGTERM: an orderly stop
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -433,8 +458,23 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 }
 
 
+def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from one of farm.config's parsers: a bad value is a usage error saying what is expected."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {exc}") from None
+
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from farm.semantics import DEFAULT_FUEL
+    from farm.config import integer, seconds
+    from farm.semantics import DEFAULT_FUEL, MAX_FUEL
+
+    count, positive_count, port = _checked(integer(0)), _checked(integer(1)), _checked(integer(0, 65535))
+    duration = _checked(seconds(above=0))
 
     parser = argparse.ArgumentParser(prog="farm", description="Compile term-rewrite rules to native code.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
@@ -452,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--stats", action="store_true", help="show the rule firing table")
         if name in ("rewrite", "verify"):
             p.add_argument("--target", default=None)
-            p.add_argument("--fuel", type=int, default=DEFAULT_FUEL if name == "rewrite" else 10_000)
+            p.add_argument("--fuel", type=_checked(integer(1, MAX_FUEL)), default=DEFAULT_FUEL if name == "rewrite"
+                           else 10_000, help="rewrite steps allowed per term (at least 1)")
             p.add_argument("--engine", choices=("auto", "native", "interpreter"), default="auto")
         if name == "codegen":
             p.add_argument("--lang", choices=("llvm", "rust", "qasm"), default="llvm")
@@ -462,47 +503,63 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("hot_list", help="rule file: each rule is one pattern (its name is the pattern ID)")
             p.add_argument("--targets", required=True, help="comma-separated target names")
             p.add_argument("-O", dest="opt", type=int, choices=range(4), default=2)
-            p.add_argument("--timeout", type=float, default=3600.0)
+            p.add_argument("--timeout", type=duration, default=3600.0)
         if name == "pull":
             p.add_argument("pattern_id")
             p.add_argument("--target", help="this target instead of the best one for the host")
             p.add_argument("--rewrite", metavar="TERMS", help="then rewrite this term file with it")
         if name == "top":
-            p.add_argument("--interval", type=float, default=2.0)
-            p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
+            p.add_argument("--interval", type=duration, default=2.0)
+            p.add_argument("--iterations", type=count, default=0, help="stop after N refreshes (0: until Ctrl-C)")
         if name == "exporter":
-            p.add_argument("--port", type=int, default=9108)
+            p.add_argument("--port", type=port, default=9108)
             p.add_argument("--host", default="0.0.0.0")
         if name == "hot":
-            p.add_argument("--top", type=int, default=20)
+            p.add_argument("--top", type=positive_count, default=20)
         if name == "worker":
             p.add_argument("--targets", required=True, help="comma-separated target names this host builds")
-            p.add_argument("--concurrency", type=int, default=1)
+            p.add_argument("--concurrency", type=positive_count, default=1)
             p.add_argument("--loglevel", default="info")
-            p.add_argument("--metrics-port", type=int, default=0, help="serve this worker's process metrics")
+            p.add_argument("--metrics-port", type=port, default=0, help="serve this worker's process metrics")
         if name == "keygen":
             p.add_argument("-o", "--output", default="farm-signing", metavar="PREFIX",
                            help="write PREFIX.key and PREFIX.pub (never overwritten); default farm-signing")
         if name == "verify":
-            p.add_argument("--cases", type=int, default=2000)
+            p.add_argument("--cases", type=positive_count, default=2000)
             p.add_argument("--seed", type=int, default=1)
     return parser
 
 
+def _error_message(exc: Exception) -> str | None:
+    """The one line an expected failure is reported with; None for a bug (its traceback is shown)."""
+    from farm.extras import missing_extra
+
+    if isinstance(exc, FarmError):
+        return str(exc)
+    if isinstance(exc, OSError):  # e.g. a missing input file, a port in use
+        return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc)
+    if isinstance(exc, ModuleNotFoundError):
+        missing = missing_extra(exc)
+        return str(missing) if missing else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    verbose = False
     try:
+        args = build_parser().parse_args(argv)
+        verbose = args.verbose
         return COMMANDS[args.command][0](args)
-    except FarmError as exc:
-        if args.verbose:
+    except KeyboardInterrupt:  # Ctrl-C is how `farm top` and the exporter are stopped: no traceback
+        err.print("farm: interrupted", highlight=False)
+        return EXIT_INTERRUPTED
+    except (FarmError, OSError, ModuleNotFoundError) as exc:
+        message = _error_message(exc)
+        if message is None:
+            raise
+        if verbose:
             traceback.print_exc()
-        err.print(f"[red]farm: error:[/] {escape(str(exc))}", highlight=False)
-        return EXIT_ERROR
-    except OSError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        err.print(f"[red]farm: error:[/] {escape(str(exc.filename or ''))}: {escape(str(exc.strerror or exc))}",
-                  highlight=False)
+        err.print(f"[red]farm: error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line
         return EXIT_ERROR
 
 

@@ -1,10 +1,27 @@
-"""Configuration from environment variables; unset means the embedded default (nothing to start)."""
+"""Configuration from environment variables; unset means the embedded default (nothing to start).
+
+Every value goes through one reader (SettingsReader) with a parser per variable: a parser takes the text and
+returns the value, or raises ValueError whose message says what is expected (see `integer`, `choice`, ...;
+any callable of that shape will do, e.g. `str`). A bad value is an InvalidSetting naming the variable, the
+value, where it was set and what is allowed, so adding a variable is one line in `FarmConfig.from_env`.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from farm.errors import ConfigError, InvalidSetting
+from farm.targets import target_names
+
+T = TypeVar("T")
+COMPILE_PATHS = ("staged", "inprocess")
 
 
 def _default_cache_dir() -> Path:
@@ -53,37 +70,34 @@ class FarmConfig:
         return self.work_dir or self.cache_dir / "work"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> FarmConfig:
-        """Environment variables, over an optional config file named by FARM_CONFIG (KEY=value lines)."""
-        env = dict(os.environ if env is None else env)
-        if env.get("FARM_CONFIG"):
-            env = {**read_config_file(Path(env["FARM_CONFIG"])), **env}
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FarmConfig:
+        """Environment variables, over an optional config file named by FARM_CONFIG (KEY=value lines).
+        Every value is checked here: a bad one is an InvalidSetting naming the variable, the value, where it
+        came from and what is allowed. An empty value means unset."""
+        read = SettingsReader(os.environ if env is None else env)
         cfg = cls()
-        if env.get("FARM_CACHE_DIR"):
-            cfg.cache_dir = Path(env["FARM_CACHE_DIR"])
-        if env.get("FARM_WORK_DIR"):
-            cfg.work_dir = Path(env["FARM_WORK_DIR"])
-        cfg.target = env.get("FARM_TARGET", cfg.target)
-        cfg.opt_level = int(env.get("FARM_OPT_LEVEL", cfg.opt_level))
-        cfg.stage_timeout = float(env.get("FARM_STAGE_TIMEOUT", cfg.stage_timeout))
-        cfg.stage_memory_mb = int(env.get("FARM_STAGE_MEMORY_MB", cfg.stage_memory_mb))
-        cfg.workers = int(env.get("FARM_WORKERS", cfg.workers))
-        cfg.compile_path = env.get("FARM_COMPILE_PATH", cfg.compile_path)
-        cfg.redis_url = env.get("FARM_REDIS_URL") or None
-        cfg.broker_url = env.get("FARM_BROKER_URL") or cfg.redis_url
-        cfg.s3_endpoint = env.get("FARM_S3_ENDPOINT") or None
-        cfg.s3_bucket = env.get("FARM_S3_BUCKET", cfg.s3_bucket)
-        cfg.s3_access_key = env.get("FARM_S3_ACCESS_KEY") or None
-        cfg.s3_secret_key = env.get("FARM_S3_SECRET_KEY") or None
-        cfg.s3_secure = env.get("FARM_S3_SECURE", "").lower() in ("1", "true", "yes")
-        cfg.s3_region = env.get("FARM_S3_REGION", cfg.s3_region)
-        cfg.signing_key = Path(env["FARM_SIGNING_KEY"]) if env.get("FARM_SIGNING_KEY") else None
-        cfg.verify_keys = tuple(Path(p.strip()) for p in env.get("FARM_VERIFY_KEY", "").split(",") if p.strip())
-        cfg.task_time_limit = float(env.get("FARM_TASK_TIME_LIMIT", cfg.task_time_limit))
-        cfg.max_deliveries = int(env.get("FARM_MAX_DELIVERIES", cfg.max_deliveries))
-        cfg.outage_grace = float(env.get("FARM_OUTAGE_GRACE", cfg.outage_grace))
-        if env.get("FARM_VISIBILITY_TIMEOUT"):
-            cfg.visibility_timeout = float(env["FARM_VISIBILITY_TIMEOUT"])
+        cfg.cache_dir = read("FARM_CACHE_DIR", cfg.cache_dir, directory)
+        cfg.work_dir = read("FARM_WORK_DIR", cfg.work_dir, directory)
+        cfg.target = read("FARM_TARGET", cfg.target, choice(*target_names()))
+        cfg.opt_level = read("FARM_OPT_LEVEL", cfg.opt_level, integer(0, 3))
+        cfg.stage_timeout = read("FARM_STAGE_TIMEOUT", cfg.stage_timeout, seconds(above=0))
+        cfg.stage_memory_mb = read("FARM_STAGE_MEMORY_MB", cfg.stage_memory_mb, integer(1))
+        cfg.workers = read("FARM_WORKERS", cfg.workers, integer(0))
+        cfg.compile_path = read("FARM_COMPILE_PATH", cfg.compile_path, choice(*COMPILE_PATHS))
+        cfg.redis_url = read("FARM_REDIS_URL", cfg.redis_url, url("redis", "rediss", "unix"))
+        cfg.broker_url = read("FARM_BROKER_URL", cfg.redis_url, url())
+        cfg.s3_endpoint = read("FARM_S3_ENDPOINT", cfg.s3_endpoint, host_port)
+        cfg.s3_bucket = read("FARM_S3_BUCKET", cfg.s3_bucket, S3_BUCKET)
+        cfg.s3_access_key = read("FARM_S3_ACCESS_KEY", cfg.s3_access_key, str)
+        cfg.s3_secret_key = read("FARM_S3_SECRET_KEY", cfg.s3_secret_key, str)
+        cfg.s3_secure = read("FARM_S3_SECURE", cfg.s3_secure, flag)
+        cfg.s3_region = read("FARM_S3_REGION", cfg.s3_region, S3_REGION)
+        cfg.signing_key = read("FARM_SIGNING_KEY", cfg.signing_key, Path)
+        cfg.verify_keys = read("FARM_VERIFY_KEY", cfg.verify_keys, key_files)
+        cfg.task_time_limit = read("FARM_TASK_TIME_LIMIT", cfg.task_time_limit, seconds(above=0))
+        cfg.max_deliveries = read("FARM_MAX_DELIVERIES", cfg.max_deliveries, integer(1))
+        cfg.outage_grace = read("FARM_OUTAGE_GRACE", cfg.outage_grace, seconds(at_least=0))
+        cfg.visibility_timeout = read("FARM_VISIBILITY_TIMEOUT", cfg.visibility_timeout, seconds(above=0))
         return cfg
 
     @property
@@ -91,15 +105,16 @@ class FarmConfig:
         return bool(self.redis_url and self.broker_url and self.s3_endpoint)
 
 
-def read_config_file(path: Path) -> dict[str, str]:
-    """`FARM_NAME=value` lines; `#` comments. Errors name the file and line."""
-    from farm.errors import ConfigError
-
-    values: dict[str, str] = {}
+def read_config_file(path: Path) -> dict[str, tuple[str, int]]:
+    """`FARM_NAME=value` lines; `#` comments: each value with the number of the line that sets it. Errors name
+    the file and line."""
+    values: dict[str, tuple[str, int]] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not UTF-8 text (byte {exc.start})") from None
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -107,5 +122,152 @@ def read_config_file(path: Path) -> dict[str, str]:
         name, sep, value = line.partition("=")
         if not sep or not name.strip().startswith("FARM_"):
             raise ConfigError(f"{path}:{number}: expected FARM_NAME=value, found {raw!r}")
-        values[name.strip()] = value.strip().strip('"')
+        values[name.strip()] = (value.strip().strip('"'), number)
     return values
+
+
+class SettingsReader:
+    """Reads FARM_* settings from the environment over the FARM_CONFIG file, checking each with its parser."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.values = dict(env)
+        self.origins = {name: "in the environment" for name in self.values}
+        if self.values.get("FARM_CONFIG"):
+            path = Path(self.values["FARM_CONFIG"])
+            for name, (value, line) in read_config_file(path).items():
+                if name not in self.values:
+                    self.values[name], self.origins[name] = value, f"at {path}:{line}"
+
+    def __call__(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        """The parsed value of `name`, or `default` when it is unset or empty."""
+        text = self.values.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise InvalidSetting(name, _shown(name, text), str(exc), self.origins[name]) from None
+
+
+def _shown(name: str, text: str) -> str:
+    """The value as an error message may print it: secrets hidden, a URL's password masked."""
+    if "SECRET" in name or name.endswith("_KEY"):
+        return "<hidden>"
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
+
+
+# Parsers: each returns the value or raises ValueError("<what is expected>").
+
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    expected = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
+def seconds(above: float | None = None, at_least: float | None = None) -> Callable[[str], float]:
+    """A finite number of seconds, either > `above` or >= `at_least`."""
+    expected = f"a number of seconds > {above:g}" if above is not None else f"a number of seconds >= {at_least:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        too_small = (above is not None and value <= above) or (at_least is not None and value < at_least)
+        if not math.isfinite(value) or too_small:
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def matching(pattern: str, description: str) -> Callable[[str], str]:
+    regex = re.compile(pattern)
+
+    def parse(text: str) -> str:
+        if not regex.fullmatch(text):
+            raise ValueError(description)
+        return text
+
+    return parse
+
+
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def flag(text: str) -> bool:
+    try:
+        return _FLAGS[text.lower()]
+    except KeyError:
+        raise ValueError(f"one of {', '.join(_FLAGS)}") from None
+
+
+def directory(text: str) -> Path:
+    """A directory path; it need not exist yet (farm creates it), but must not be something else."""
+    path = Path(text)
+    if "\0" in text:
+        raise ValueError("a directory path (without a NUL byte)")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"a directory; {existing} exists and is not one")
+    return path
+
+
+def url(*schemes: str) -> Callable[[str], str]:
+    expected = f"a URL {' or '.join(f'{s}://...' for s in schemes)}" if schemes else "a URL scheme://..."
+
+    def parse(text: str) -> str:
+        parts = urlsplit(text)
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise ValueError(f"{expected} with a port from 1 to 65535") from None
+        if "://" not in text or not parts.scheme or (schemes and parts.scheme not in schemes):
+            raise ValueError(expected)
+        return text
+
+    return parse
+
+
+def host_port(text: str) -> str:
+    """host or host:port, with no scheme or path (what an S3 client takes as its endpoint)."""
+    expected = "host:port with no scheme or path, e.g. minio:9000"
+    parts = urlsplit(f"//{text}")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError(expected) from None
+    if "://" in text or not parts.hostname or parts.path or parts.query or parts.fragment or "@" in text:
+        raise ValueError(expected)
+    return text
+
+
+S3_BUCKET = matching(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "an S3 bucket name: 3-63 of a-z 0-9 . -, "
+                     "starting and ending with a letter or digit")
+S3_REGION = matching(r"[A-Za-z0-9._-]+", "a region name such as us-east-1")
+
+
+def key_files(text: str) -> tuple[Path, ...]:
+    """One or more key file paths, comma-separated (several public keys are trusted during a rotation)."""
+    paths = tuple(Path(part.strip()) for part in text.split(",") if part.strip())
+    if not paths:
+        raise ValueError("one or more key file paths, comma-separated")
+    return paths

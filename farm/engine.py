@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,7 +22,7 @@ from farm.errors import (
 )
 from farm.interp import Interpreter, RewriteResult
 from farm.loader import NativeRuleset
-from farm.semantics import DEFAULT_FUEL
+from farm.semantics import DEFAULT_FUEL, check_fuel
 from farm.signing import TrustedKeys
 from farm.signing import verify as verify_signature
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
@@ -83,15 +84,18 @@ class Engine:
 
     def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:
         """Compile jobs in a local process pool; yields each job with its artifact or error as it finishes."""
-        workers = self.config.workers or None
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=self.config.workers or None, initializer=_leave_sigint_to_parent)
+        try:
             futures = {pool.submit(_compile_job, self.config, job): job for job in jobs}
             for future in as_completed(futures):
                 yield futures[future], future.result()
+        finally:  # also on Ctrl-C or when the caller stops early: jobs not started yet are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def rewrite(self, ruleset: RuleSet, graph: TermGraph, roots: list[int], pattern_id: str,
                 fuel: int = DEFAULT_FUEL, engine: str = "auto", target: str | None = None) -> RewriteResult:
         """engine: "native" (errors propagate), "interpreter", or "auto" (native, else interpreter + warning)."""
+        check_fuel(fuel)  # before any compile
         if engine == "interpreter":
             return Interpreter(ruleset).rewrite(graph, roots, fuel)
         try:
@@ -116,6 +120,12 @@ class Engine:
             native = load_native(ruleset, self.compile(ruleset, pattern_id, target), self.builder.trusted)
             self._loaded[memo] = native
         return native
+
+
+def _leave_sigint_to_parent() -> None:
+    """In a pool process: Ctrl-C reaches the whole process group; the parent stops the pool, so a worker
+    prints no traceback of its own. A Python-level no-op (not SIG_IGN) so the tools it runs still stop."""
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 
 def _compile_job(config: FarmConfig, job: CompileJob) -> Artifact | FarmError:

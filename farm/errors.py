@@ -181,6 +181,41 @@ class ConfigError(FarmError):
     """A configuration file or value is malformed."""
 
 
+class InvalidSetting(ConfigError):
+    """One configuration variable holds a value outside what it allows."""
+
+    def __init__(self, name: str, value: str, expected: str, origin: str) -> None:
+        super().__init__(f"{name}={value!r} {origin}: expected {expected}")
+        self.name = name
+        self.value = value
+        self.expected = expected
+        self.origin = origin
+
+
+class InvalidArgument(FarmError, ValueError):
+    """An argument of farm's Python API is outside its allowed range (a ValueError too, for old callers)."""
+
+    def __init__(self, name: str, value: object, expected: str) -> None:
+        super().__init__(f"{name}={value!r}: expected {expected}")
+        self.name = name
+        self.value = value
+        self.expected = expected
+
+
+class MissingExtra(FarmError):
+    """A feature needs an optional dependency group (a pip extra) that is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(f"this needs the Python module {module!r} of farm's {extra!r} extra, which is not "
+                         f"installed; install it with `pip install 'farm[{extra}]'`")
+        self.module = module
+        self.extra = extra
+
+
+class OutputPathError(FarmError):
+    """A user-named output file cannot be written where asked (e.g. its directory does not exist)."""
+
+
 class ClusterError(FarmError):
     """Base of the cluster deployment's failures."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from farm.errors import NonTermination
 from farm.rules import App, Compare, Computed, Constraint, IsConst, Lit, PatternExpr, TermCondition, Var
-from farm.semantics import DEFAULT_FUEL, compare, cycle_error, eval_lit, fuel_error
+from farm.semantics import DEFAULT_FUEL, check_fuel, compare, cycle_error, eval_lit, fuel_error
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
 
@@ -39,7 +39,7 @@ class Interpreter:
             self._by_op.setdefault(sig.lookup(rule.source.op), []).append(rule)  # type: ignore[arg-type]
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
-        run = _Run(self, graph, fuel)
+        run = _Run(self, graph, check_fuel(fuel))
         outcomes: list[int | NonTermination] = []
         steps = []
         for root in roots:

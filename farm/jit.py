@@ -19,7 +19,7 @@ from typing import Any
 
 from farm.builder import ArtifactBuilder, check_pattern_id
 from farm.config import FarmConfig
-from farm.errors import InvalidIR, LoadError, StageFailed, ToolchainError
+from farm.errors import InvalidArgument, InvalidIR, LoadError, StageFailed, ToolchainError
 from farm.loader import open_library
 from farm.policy import parse_ir
 from farm.signing import verify as verify_signature
@@ -38,9 +38,9 @@ class JitConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.optimization_level <= 3:
-            raise ValueError(f"optimization_level must be 0..3, not {self.optimization_level}")
+            raise InvalidArgument("optimization_level", self.optimization_level, "an integer from 0 to 3")
         if self.max_cached_functions < 1:
-            raise ValueError("max_cached_functions must be at least 1")
+            raise InvalidArgument("max_cached_functions", self.max_cached_functions, "an integer >= 1")
 
 
 @dataclass

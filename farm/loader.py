@@ -32,7 +32,7 @@ from farm.codegen.llvm import (
 from farm.elf_policy import check_library
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
-from farm.semantics import DEFAULT_FUEL, cycle_error, fuel_error
+from farm.semantics import DEFAULT_FUEL, check_fuel, cycle_error, fuel_error
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
 
@@ -228,6 +228,7 @@ class NativeRuleset:
                             f"{lib.farm_fingerprint().decode()[:12]}, expected {ruleset.fingerprint()[:12]})")
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
+        check_fuel(fuel)
         with bulk():
             return self._rewrite(graph, roots, fuel)
 

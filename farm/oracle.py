@@ -7,7 +7,7 @@ against. It recurses on term depth, so it is meant for the small random terms of
 from __future__ import annotations
 
 from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var
-from farm.semantics import DEFAULT_FUEL, compare, eval_lit, fuel_error
+from farm.semantics import DEFAULT_FUEL, check_fuel, compare, eval_lit, fuel_error
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
 
@@ -31,7 +31,7 @@ def to_text(term: Term) -> str:
 class Oracle:
     def __init__(self, ruleset: RuleSet, fuel: int = DEFAULT_FUEL) -> None:
         self.rules = ruleset.rules
-        self.fuel = fuel
+        self.fuel = check_fuel(fuel)
         self.steps = 0
 
     def normalize(self, term: Term) -> Term:

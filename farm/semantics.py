@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from farm.errors import FuelExhausted, RewriteCycle
+from farm.errors import FuelExhausted, InvalidArgument, RewriteCycle
 from farm.rules import BinOp, Lit, LitExpr, Neg, Var
 from farm.terms import wrap_i64
 
 DEFAULT_FUEL = 10_000_000
+MAX_FUEL = (1 << 63) - 1  # the native ABI passes fuel as an i64
+
+
+def check_fuel(fuel: int) -> int:
+    """Fuel is a number of rewrite steps, at least 1: 0 or less would fail every term that has a redex."""
+    if isinstance(fuel, bool) or not isinstance(fuel, int) or not 1 <= fuel <= MAX_FUEL:
+        raise InvalidArgument("fuel", fuel, f"an integer from 1 to {MAX_FUEL}")
+    return fuel
 
 
 def arith(op: str, a: int, b: int) -> int:

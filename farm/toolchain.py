@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from farm.codegen.llvm import ABI_VERSION
+from farm.config import COMPILE_PATHS
 from farm.elf_policy import check_library
-from farm.errors import StageFailed, StageTimeout, ToolNotFound, WorkDirError
+from farm.errors import InvalidArgument, StageFailed, StageTimeout, ToolNotFound, WorkDirError
 from farm.policy import (
     check_module,
     check_size,
@@ -88,7 +89,6 @@ def tool_version(path: str) -> str:
 _VERSION_MEMO = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "farm" / "tool-versions"
 
 
-COMPILE_PATHS = ("staged", "inprocess")
 
 
 def tool_versions(compile_path: str = "staged") -> dict[str, str]:
@@ -167,7 +167,7 @@ class Toolchain:
 
     def __post_init__(self) -> None:
         if self.compile_path not in COMPILE_PATHS:
-            raise ValueError(f"compile path must be one of {COMPILE_PATHS}, not {self.compile_path!r}")
+            raise InvalidArgument("compile_path", self.compile_path, f"one of {', '.join(COMPILE_PATHS)}")
 
     def build(self, ir_text: str, target: Target, opt_level: int) -> BuildResult:
         return self.build_parts([("module", ir_text)], target, opt_level)
@@ -176,7 +176,7 @@ class Toolchain:
         """Compile each module (reusing cached objects) and link them into one shared library, in a fresh
         temp dir under work_dir; the caller moves the .so where it belongs."""
         if not 0 <= opt_level <= 3:
-            raise ValueError(f"optimisation level must be 0..3, not {opt_level}")
+            raise InvalidArgument("opt_level", opt_level, "an integer from 0 to 3")
         versions = tool_versions(self.compile_path)
         tmp = self._temp_dir()
         result = BuildResult(tmp / "module.so", versions=versions)

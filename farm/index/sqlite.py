@@ -1,17 +1,32 @@
-"""Embedded cache index: one SQLite file shared by every process on the machine (WAL, one transaction per write)."""
+"""Embedded cache index: one SQLite file shared by every process on the machine (WAL, one transaction per write).
+
+The index is a cache: a file SQLite reports corrupt, or whose tables are not the ones farm creates, is moved
+aside (`index.sqlite.corrupt-<time>-<pid>`, with its -wal/-shm files), a warning is logged, and an empty index
+takes its place, whether that is found on opening or by any later query.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import logging
+import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from farm.errors import WorkDirError
 from farm.index import CacheIndex
 from farm.metrics import build_fields
 from farm.store import ArtifactMeta
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patterns (pattern_id TEXT NOT NULL, target TEXT NOT NULL, key TEXT NOT NULL,
@@ -19,20 +34,131 @@ CREATE TABLE IF NOT EXISTS patterns (pattern_id TEXT NOT NULL, target TEXT NOT N
 CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, meta TEXT NOT NULL, last_hit REAL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
 """
+TABLES = ("patterns", "artifacts", "counters")
+SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's companions of a database file, moved aside with it
+
+
+class CorruptIndex(Exception):
+    """Internal: the file is not farm's index; never leaves this module (the index is rebuilt instead)."""
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite's own verdict (its primary result code), not a reading of the message."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _table_shape(db: sqlite3.Connection, table: str) -> tuple[object, ...]:
+    """A table's columns (name, type, not null, default, key position) and unique keys, as SQLite reports them."""
+    columns = tuple(db.execute(f"PRAGMA table_info({table})"))
+    keys = sorted((origin, tuple(col[2] for col in db.execute("SELECT * FROM pragma_index_info(?)", (name,))))
+                  for _, name, unique, origin, _ in db.execute(f"PRAGMA index_list({table})") if unique)
+    return columns, tuple(keys)
+
+
+@functools.cache
+def _expected_shapes() -> dict[str, tuple[object, ...]]:
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    shapes = {table: _table_shape(db, table) for table in TABLES}
+    db.close()
+    return shapes
+
+
+def _check_tables(db: sqlite3.Connection) -> None:
+    """Each of farm's tables present in the file must be exactly what SCHEMA creates (absent ones are created)."""
+    try:
+        present = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        # A plain SQLITE_ERROR from this fixed query is about the file (e.g. "unsupported file format"): the
+        # environment's failures have codes of their own (CANTOPEN, IOERR, BUSY, READONLY, ...).
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
+            raise CorruptIndex(str(exc)) from None
+        raise
+    for table, shape in _expected_shapes().items():
+        if table in present and _table_shape(db, table) != shape:
+            raise CorruptIndex(f"table {table!r} is not the one farm creates")
+
+
+def _recovering(method: Callable[Concatenate[SQLiteIndex, P], R]) -> Callable[Concatenate[SQLiteIndex, P], R]:
+    """Run a query; if SQLite finds the file corrupt, move it aside, start an empty index and run it again."""
+    @functools.wraps(method)
+    def run(self: SQLiteIndex, *args: P.args, **kwargs: P.kwargs) -> R:
+        db = self._db
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            self._recover(db, str(exc))
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class SQLiteIndex(CacheIndex):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._reopen = threading.Lock()
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file this connection opened
+        try:
+            self._db = self._connect()
+        except (sqlite3.DatabaseError, CorruptIndex) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and not _is_corrupt(exc):
+                raise WorkDirError(f"cannot open the cache index {self.path}: {exc}") from None
+            self._quarantine(str(exc))
+            self._db = self._connect_or_fail()
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open (creating if need be) and check the index; raises CorruptIndex or sqlite3.DatabaseError."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+        except OSError as exc:
+            raise WorkDirError(f"cannot open the cache index {self.path}: {exc.strerror or exc}") from None
+        self._identity = _file_identity(self.path)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            _check_tables(db)  # before writing anything: a file that is not farm's is moved aside as it was
+            db.execute("PRAGMA journal_mode=WAL")
             # WAL with synchronous=NORMAL never corrupts; a crash may drop the last counts, not entries' files.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.OperationalError) as exc:
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            self._identity = _file_identity(self.path)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _connect_or_fail(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except (sqlite3.DatabaseError, CorruptIndex) as exc:
             raise WorkDirError(f"cannot open the cache index {self.path}: {exc}") from None
+
+    def _recover(self, failed: sqlite3.Connection, reason: str) -> None:
+        with self._reopen:
+            if self._db is not failed:  # another thread has recovered already
+                return
+            self._db.close()
+            self._quarantine(reason)
+            self._db = self._connect_or_fail()
+
+    def _quarantine(self, reason: str) -> None:
+        """Move the bad file aside, unless another process already did (the path then names a new index)."""
+        with _file_lock(self.path.with_name(self.path.name + ".lock")):
+            if _file_identity(self.path) != self._identity or self._identity is None:
+                return
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+            try:
+                for suffix in ("", *SIDE_FILES):
+                    source = self.path.with_name(self.path.name + suffix)
+                    if source.exists():
+                        source.rename(aside.with_name(aside.name + suffix))
+            except OSError as exc:
+                raise WorkDirError(f"the cache index {self.path} is unreadable ({reason}) and cannot be moved "
+                                   f"aside: {exc.strerror or exc}") from None
+        log.warning("the cache index %s is unreadable (%s); moved it to %s and started an empty index "
+                    "(a cache: entries come back as artifacts are requested)", self.path, reason, aside.name)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -48,15 +174,18 @@ class SQLiteIndex(CacheIndex):
         with self._transaction() as db:
             db.execute(sql, params)
 
+    @_recovering
     def lookup(self, pattern_id: str, target: str) -> str | None:
         row = self._db.execute("SELECT key FROM patterns WHERE pattern_id=? AND target=?",
                                (pattern_id, target)).fetchone()
         return row[0] if row else None
 
+    @_recovering
     def meta(self, key: str) -> ArtifactMeta | None:
         row = self._db.execute("SELECT meta FROM artifacts WHERE key=?", (key,)).fetchone()
         return ArtifactMeta.from_json(row[0]) if row else None
 
+    @_recovering
     def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._transaction() as db:
             self._record(db, pattern_id, target, meta)
@@ -73,41 +202,73 @@ class SQLiteIndex(CacheIndex):
         db.executemany("INSERT INTO counters(name, value) VALUES (?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", counters.items())
 
+    @_recovering
     def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, hot: bool = False) -> None:
         with self._transaction() as db:
             self._record(db, pattern_id, target, meta)
             db.execute("UPDATE artifacts SET last_hit=? WHERE key=?", (time.time(), meta.key))
             self._add(db, {"requests": 1, "hits": 1})
 
+    @_recovering
     def note_miss(self, pattern_id: str) -> None:
         with self._transaction() as db:
             self._add(db, {"requests": 1, "misses": 1})
 
+    @_recovering
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._transaction() as db:
             self._record(db, pattern_id, target, meta)
             self._add(db, build_fields(target, meta))
 
+    @_recovering
     def forget(self, pattern_id: str, target: str) -> None:
         self._write("DELETE FROM patterns WHERE pattern_id=? AND target=?", pattern_id, target)
 
+    @_recovering
     def touch(self, key: str) -> None:
         self._write("UPDATE artifacts SET last_hit=? WHERE key=?", time.time(), key)
 
+    @_recovering
     def incr(self, counter: str, amount: float = 1) -> None:
         with self._transaction() as db:
             self._add(db, {counter: amount})
 
+    @_recovering
     def counters(self) -> dict[str, float]:
         return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
 
+    @_recovering
     def artifact_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0])
 
+    @_recovering
     def entries(self) -> list[tuple[str, str, str]]:
         return list(self._db.execute("SELECT pattern_id, target, key FROM patterns ORDER BY pattern_id, target"))
 
+    @_recovering
     def clear(self) -> None:
         with self._transaction() as db:
-            for table in ("patterns", "artifacts", "counters"):
+            for table in TABLES:
                 db.execute(f"DELETE FROM {table}")
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes, so two of them never move the same index aside."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise WorkDirError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
