@@ -120,7 +120,10 @@ class TrustedKeys:
             raise UntrustedSigner(f"{name} is signed by key {shown!r}, which this node does not trust "
                                   f"({self.describe()}); refusing it", shown)
         try:
-            public_key.verify(base64.b64decode(encoded, validate=True), signed_message(meta))
+            raw = base64.b64decode(encoded, validate=True)
+            if base64.b64encode(raw).decode() != encoded:  # one encoding per signature: no spare padding bits
+                raise ValueError("non-canonical base64")
+            public_key.verify(raw, signed_message(meta))
         except (InvalidSignature, binascii.Error, ValueError):
             raise BadSignature(f"{name} has a bad signature for key {signer}: its metadata or its signature was "
                                "altered after signing; refusing to load it") from None
