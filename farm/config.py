@@ -89,11 +89,14 @@ def read_config_file(path: Path) -> dict[str, str]:
     """`FARM_NAME=value` lines; `#` comments. Errors name the file and line."""
     from farm.errors import ConfigError
 
+    from farm.errors import InputFileError, NotUtf8Text
+    from farm.inputs import CONFIG, read_input_text
+
     values: dict[str, str] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+        lines = read_input_text(path, CONFIG).splitlines()
+    except (InputFileError, NotUtf8Text) as exc:  # a config problem to whoever catches ConfigError
+        raise ConfigError(f"cannot read the config file: {exc}") from None
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):

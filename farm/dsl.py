@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farm.errors import ParseError, SourceLocation, UnknownOperatorError
+from farm.inputs import RULES, read_input_text
 from farm.lexer import TokenStream
 from farm.rules import (
     COMPARE_OPS,
@@ -46,12 +47,7 @@ def parse_rules(text: str, filename: str = "<rules>") -> RuleFile:
 
 
 def load_rules(path: str | Path) -> RuleFile:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParseError(SourceLocation(str(path), 1, 1), f"file is not UTF-8 text ({exc.reason})") from None
-    return parse_rules(text, str(path))
+    return parse_rules(read_input_text(path, RULES), str(path))
 
 
 class _Parser:

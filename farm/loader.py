@@ -207,7 +207,7 @@ class NativeRuleset:
                 raise ArenaOutOfMemory("the native arena ran out of memory while rewriting")
             else:
                 raise LoadError(f"farm_rewrite returned unknown code {result}")
-        counters = list((ctypes.c_int64 * max(1, len(names))).from_address(arena.contents.counters))[:len(names)]
+        counters = list((ctypes.c_int64 * len(names)).from_address(arena.contents.counters))
         return RewriteResult(result_graph, outcomes, counters, "native", list(info[0::2]))
 
     def _op_map(self, graph: TermGraph) -> list[int] | None:
@@ -228,7 +228,9 @@ class NativeRuleset:
         return None if to_native == list(range(len(to_native))) else to_native
 
 def _zeros(count: int) -> array:
-    return array("q", bytes(8 * max(1, count)))
+    """Exactly `count` zeroed cells: callers pass len() of these arrays to the library as element counts, so
+    a padded array (once sized max(1, count)) made the library read a node that does not exist."""
+    return array("q", bytes(8 * count))
 
 
 def _ptr(values: array) -> Any:
