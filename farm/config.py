@@ -87,9 +87,7 @@ class FarmConfig:
 
 def read_config_file(path: Path) -> dict[str, str]:
     """`FARM_NAME=value` lines; `#` comments. Errors name the file and line."""
-    from farm.errors import ConfigError
-
-    from farm.errors import InputFileError, NotUtf8Text
+    from farm.errors import ConfigError, InputFileError, NotUtf8Text
     from farm.inputs import CONFIG, read_input_text
 
     values: dict[str, str] = {}

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from farm.errors import NonTermination
-from farm.rules import App, Compare, Computed, Constraint, IsConst, Lit, PatternExpr, TermCondition, Var
+from farm.rules import (
+    App,
+    Compare,
+    Computed,
+    Constraint,
+    IsConst,
+    Lit,
+    PatternExpr,
+    TermCondition,
+    Var,
+    fold_apps,
+)
 from farm.semantics import DEFAULT_FUEL, compare, cycle_error, eval_lit, fuel_error
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
@@ -137,15 +148,24 @@ class _Run:
         return None
 
     def _match_pattern(self, pattern: PatternExpr, node: int, binding: dict[str, int]) -> bool:
+        """Match with a stack of (pattern, node) pairs: patterns may nest thousands deep."""
         g = self.g
-        if isinstance(pattern, Var):
-            return binding.setdefault(pattern.name, node) == node
-        if isinstance(pattern, Lit):
-            return g.ops[node] == LIT and g.value(node) == pattern.value
-        assert isinstance(pattern, App)
-        if g.ops[node] == LIT or g.signature.names[g.ops[node]] != pattern.op:
-            return False
-        return all(self._match_pattern(p, kid, binding) for p, kid in zip(pattern.args, g.kids(node)))
+        names = g.signature.names
+        todo = [(pattern, node)]
+        while todo:
+            p, n = todo.pop()
+            if isinstance(p, Var):
+                if binding.setdefault(p.name, n) != n:
+                    return False
+            elif isinstance(p, Lit):
+                if g.ops[n] != LIT or g.value(n) != p.value:
+                    return False
+            else:
+                assert isinstance(p, App)
+                if g.ops[n] == LIT or names[g.ops[n]] != p.op:
+                    return False
+                todo.extend(zip(p.args, g.kids(n)))
+        return True
 
     def _guards(self, constraints: tuple[Constraint, ...], binding: dict[str, int]) -> bool:
         g = self.g
@@ -171,9 +191,12 @@ class _Run:
         g = self.g
         if isinstance(expr, Var):
             return binding[expr.name]
-        if isinstance(expr, Lit):
-            return g.lit(expr.value)
-        if isinstance(expr, Computed):
-            return g.lit(eval_lit(expr.expr, {name: g.value(node) for name, node in binding.items()
-                                              if g.is_lit(node)}))
-        return g.app_named(expr.op, [self._build(a, binding) for a in expr.args])
+
+        def leaf(e: Var | Lit | Computed) -> int:
+            if isinstance(e, Var):
+                return binding[e.name]
+            if isinstance(e, Lit):
+                return g.lit(e.value)
+            return g.lit(eval_lit(e.expr, {name: g.value(node) for name, node in binding.items() if g.is_lit(node)}))
+
+        return fold_apps(expr, leaf, lambda app, kids: g.app_named(app.op, kids))

@@ -145,6 +145,26 @@ def fold(expr: Expr, combine: Callable[[Expr, list[T]], T]) -> T:
     return results[0]
 
 
+def fold_apps(expr: PatternExpr, leaf: Callable[[Var | Lit | Computed], T], app: Callable[[App, list[T]], T]) -> T:
+    """Bottom-up over the applications only: variables, literals and computed literals are leaves, visited
+    left to right (the order a recursive walk would take); without recursion."""
+    results: list[T] = []
+    stack: list[tuple[PatternExpr, bool]] = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if not isinstance(node, App):
+            results.append(leaf(node))
+        elif node.args and not expanded:
+            stack.append((node, True))
+            stack.extend((arg, False) for arg in reversed(node.args))
+        else:
+            first = len(results) - len(node.args)
+            combined = app(node, results[first:])
+            del results[first:]
+            results.append(combined)
+    return results[0]
+
+
 def _equal(a: Expr, b: Expr) -> bool:
     pairs = [(a, b)]
     while pairs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from farm.errors import FuelExhausted, RewriteCycle
-from farm.rules import BinOp, Lit, LitExpr, Neg, Var
+from farm.rules import BinOp, Expr, Lit, LitExpr, Neg, Var, fold
 from farm.terms import wrap_i64
 
 DEFAULT_FUEL = 10_000_000
@@ -38,14 +38,18 @@ def arith(op: str, a: int, b: int) -> int:
 
 
 def eval_lit(expr: LitExpr, values: Mapping[str, int]) -> int:
-    if isinstance(expr, Lit):
-        return expr.value
-    if isinstance(expr, Var):
-        return values[expr.name]
-    if isinstance(expr, Neg):
-        return wrap_i64(-eval_lit(expr.operand, values))
-    assert isinstance(expr, BinOp)
-    return arith(expr.op, eval_lit(expr.left, values), eval_lit(expr.right, values))
+    """The value of a computed literal, bottom-up without recursion (an expression may be long)."""
+    def combine(node: Expr, operands: list[int]) -> int:
+        if isinstance(node, Lit):
+            return node.value
+        if isinstance(node, Var):
+            return values[node.name]
+        if isinstance(node, Neg):
+            return wrap_i64(-operands[0])
+        assert isinstance(node, BinOp)
+        return arith(node.op, operands[0], operands[1])
+
+    return fold(expr, combine)
 
 
 def compare(op: str, a: int, b: int) -> bool:

@@ -17,7 +17,6 @@ from farm.rules import (
     Compare,
     Computed,
     Constraint,
-    Expr,
     IsConst,
     Lit,
     PatternExpr,
@@ -26,7 +25,7 @@ from farm.rules import (
     TopologicalPattern,
     Var,
     constraint_exprs,
-    fold,
+    fold_apps,
     subexprs,
     variables,
 )
@@ -233,10 +232,7 @@ def _excludes(expr: object, value: int, constraints: tuple[Constraint, ...]) -> 
 
 def _map_leaves(expr: PatternExpr, leaf: Callable[[PatternExpr], PatternExpr]) -> PatternExpr:
     """Rebuild the applications of `expr` with `leaf` applied, left to right, to every other node."""
-    def combine(node: Expr, args: list[PatternExpr]) -> PatternExpr:
-        return App(node.op, tuple(args)) if isinstance(node, App) else leaf(node)  # type: ignore[arg-type]
-
-    return fold(expr, combine) if isinstance(expr, App) else leaf(expr)  # type: ignore[arg-type]
+    return fold_apps(expr, leaf, lambda node, args: App(node.op, tuple(args)))
 
 
 def _canonical(expr: PatternExpr, names: dict[str, str]) -> PatternExpr:
