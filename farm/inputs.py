@@ -69,12 +69,12 @@ def read_input_bytes(path: str | Path, kind: InputKind) -> bytes:
     except FileNotFoundError:
         raise InputUnreadable(name, f"no such {kind.name}") from None
     except OSError as exc:
+        _refuse_if_special(name, kind)  # a socket cannot be opened at all: say what it is
         raise InputUnreadable(name, f"cannot open the {kind.name}: {exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise NotARegularFile(name, f"is {_describe(info.st_mode)}, not a regular file; a {kind.name} must be "
-                                        "a regular file")
+            raise _not_regular(name, kind, info.st_mode)
         if info.st_size > cap:
             raise _too_large(name, kind, cap)
         data = _read_at_most(fd, cap + 1)
@@ -112,6 +112,19 @@ def _read_at_most(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def _not_regular(name: str, kind: InputKind, mode: int) -> NotARegularFile:
+    return NotARegularFile(name, f"is {_describe(mode)}, not a regular file; a {kind.name} must be a regular file")
+
+
+def _refuse_if_special(name: str, kind: InputKind) -> None:
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise _not_regular(name, kind, mode)
 
 
 def _too_large(name: str, kind: InputKind, cap: int) -> InputTooLarge:

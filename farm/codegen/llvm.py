@@ -809,7 +809,9 @@ class _TreeEmitter:
             case = f.block("app")
             sw.add_case(c64(self.gen.op_ids[head[1]]), case)  # type: ignore[index]
             b.position_at_end(case)
-            inner = dict(env)
+            # One env for the whole tree, not a copy per case (quadratic in depth): each occurrence is
+            # written once on any path from the root, so a subtree reads only what its own path wrote.
+            inner = env
             if head[2]:
                 offset = f.nget(value, F_PAYLOAD)
                 for j in range(head[2]):

@@ -278,7 +278,9 @@ class RustCodegen:
         out.append(f"{pad}match {sel} {{")
         for i, (head, sub) in enumerate(tree.cases):
             out.append(f"{pad}    {i} => {{")
-            inner = dict(env)
+            # One env for the whole tree, not a copy per case (quadratic in depth): each occurrence is
+            # written once on any path from the root, so a subtree reads only what its own path wrote.
+            inner = env
             for j in range(head[2]):
                 kid = self._var("k")
                 out.append(f"{pad}        let {kid} = a.kid({v}, {j});")

@@ -1,0 +1,321 @@
+"""Ordinary bad input never crashes farm nor prints a traceback (issue 10, sections 4 and 5).
+
+Empty term files, bytes that are not UTF-8, patterns and terms thousands deep, conflicting operator
+declarations, and inputs that are not regular files or are too large: each is a clear error (exit 2 from the
+CLI) or, for empty input, an empty result, on every engine. CLI runs are subprocesses, so a segfault fails
+the test instead of killing pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.config import FarmConfig, read_config_file
+from farm.dsl import load_rules, parse_rules
+from farm.engine import Engine
+from farm.errors import ConfigError, InputTooLarge, InputUnreadable, NotARegularFile, NotUtf8Text, ParseError
+from farm.inputs import CONFIG, RULES, TERMS, InputKind, read_input_text
+from farm.interp import Interpreter
+from farm.serialize import ruleset_from_json, ruleset_to_json
+from farm.terms import TermGraph
+from farm.verify import differential
+
+from .conftest import EXAMPLES, ROOT, ruleset_of
+
+
+def farm(*args: str, cache: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "FARM_CACHE_DIR": str(cache), "COLUMNS": "200", "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-m", "farm.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=full_env, timeout=300, check=False)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit 2, one message naming what is wrong, no traceback and no signal."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.fixture
+def python_default_stack() -> Iterator[None]:
+    """conftest raises the recursion limit for the whole run; these tests prove depth needs no raise."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+# ---- 1. no roots: an empty result on every engine -------------------------------------------------
+
+EMPTY_TERM_FILES = ["", "\n", "   \t\n", "; only a comment\n", "# a comment\n; another\n\n"]
+
+
+@pytest.mark.parametrize("text", EMPTY_TERM_FILES)
+def test_no_roots_rewrite_to_an_empty_result_on_every_engine(session_engine: Engine, text: str) -> None:
+    rs = ruleset_of((EXAMPLES / "arith.farm").read_text())
+    graph = TermGraph(rs.make_signature())
+    roots = graph.parse(text)
+    assert roots == []
+    results = [session_engine.rewrite(rs, graph, roots, "arith", engine=engine) for engine in ("native", "interpreter")]
+    results.append(session_engine.load_in_memory(rs).rewrite(graph, roots))
+    for result in results:
+        assert result.outcomes == [] and result.steps == [] and result.firings == [0] * len(rs.rules)
+
+
+def test_no_roots_natively_in_a_subprocess(tmp_path: Path) -> None:
+    """The API path in its own process: on main this died of SIGSEGV (the result arrays were sized max(1, 0))."""
+    script = ("from farm.dsl import parse_rules; from farm.transduce import transduce_patterns;"
+              "from farm.engine import Engine; from farm.terms import TermGraph;"
+              "rs = transduce_patterns(parse_rules('rule a: (f ?x) => ?x').patterns);"
+              "g = TermGraph(rs.make_signature());"
+              "print(Engine().rewrite(rs, g, g.parse(''), 'a', engine='native').outcomes)")
+    env = {**os.environ, "FARM_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                            check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", (result.returncode, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize("text", [EMPTY_TERM_FILES[0], EMPTY_TERM_FILES[3]])
+@pytest.mark.parametrize("engine", ["native", "interpreter"])
+def test_cli_rewrites_an_empty_term_file(tmp_path: Path, text: str, engine: str) -> None:
+    terms = tmp_path / "empty.terms"
+    terms.write_text(text)
+    result = farm("rewrite", str(EXAMPLES / "bool.farm"), str(terms), "--engine", engine, cache=tmp_path)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout == "" and "0 term(s) rewritten" in result.stderr
+
+
+# ---- 2. bytes that are not UTF-8 ----------------------------------------------------------------------
+
+BAD_BYTES = [b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf8\x88\x80\x80\x80"]
+
+
+def _with_bad_bytes(good_lines: list[str], line: int, bad: bytes) -> tuple[bytes, int, int]:
+    """The lines with `bad` inserted after the first character of line `line` (1-based); its byte offset."""
+    head = "".join(good_lines[:line - 1]).encode()
+    target = good_lines[line - 1].encode()
+    data = head + target[:1] + bad + target[1:] + "".join(good_lines[line:]).encode()
+    return data, len(head) + 1, 2
+
+
+@pytest.mark.parametrize("bad", BAD_BYTES)
+@pytest.mark.parametrize("line", [1, 3])
+@pytest.mark.parametrize("kind", [RULES, TERMS, CONFIG], ids=lambda k: k.name)
+def test_non_utf8_names_file_line_and_byte_offset(tmp_path: Path, bad: bytes, line: int, kind: InputKind) -> None:
+    lines = {"rule file": ["rule a: (f ?x) => ?x\n", "# ok\n", "rule b: (g ?x) => ?x\n"],
+             "term file": ["(f x)\n", "(g y)\n", "(h z)\n"],
+             "config file": ["FARM_OPT_LEVEL=1\n", "# c\n", "FARM_TARGET=native\n"]}[kind.name]
+    data, offset, column = _with_bad_bytes(lines, line, bad)
+    path = tmp_path / "input"
+    path.write_bytes(data)
+    with pytest.raises(NotUtf8Text) as caught:
+        read_input_text(path, kind)
+    assert (caught.value.location.line, caught.value.location.column) == (line, column)
+    assert f"byte offset {offset}" in str(caught.value) and str(path) in str(caught.value)
+    assert isinstance(caught.value, ParseError)
+
+
+@pytest.mark.parametrize("bad", BAD_BYTES[:3])
+def test_cli_non_utf8_term_file_is_exit_2(tmp_path: Path, bad: bytes) -> None:
+    terms = tmp_path / "bad.terms"
+    terms.write_bytes(b"(and true false)\n(or " + bad + b" true)\n")
+    result = farm("rewrite", str(EXAMPLES / "bool.farm"), str(terms), "--engine", "interpreter", cache=tmp_path)
+    assert_clean_error(result, f"{terms}:2:5", "not UTF-8", "byte offset 21")
+
+
+# ---- 3. depth: patterns and terms thousands deep, no recursion -----------------------------------------
+
+def nest(inner: str, depth: int, op: str = "s") -> str:
+    return f"({op} " * depth + inner + ")" * depth
+
+
+def deep_rules(depth: int) -> str:
+    """A deep source and target, a long computed literal (a left-deep BinOp chain), parentheses and unary
+    minus nested in a computed literal, and a condition over deep terms."""
+    long_sum = " + ".join(["?y"] * depth)
+    parens = "(" * depth + "?y" + ")" * depth
+    negations = "- " * depth + "?y"
+    return (f"rule deep: (f {nest('?x', depth)}) => (g {nest('?x', depth)})\n"
+            f"rule sum: (sum ?y) => {{{long_sum}}} if const(?y)\n"
+            f"rule par: (par ?y) => {{{parens} * 2}} if const(?y)\n"
+            f"rule neg: (neg ?y) => {{{negations}}} if const(?y)\n"
+            f"rule cond: (c ?x) => ok if (f {nest('?x', depth // 2)}) = (g {nest('?x', depth // 2)})\n")
+
+
+def deep_terms(depth: int) -> str:
+    return "\n".join([f"(f {nest('z', depth)})", f"(f {nest('z', depth - 1)})", f"(f {nest('(s 1)', depth)})",
+                      "(sum 3)", "(par 5)", "(neg 7)", f"(c {nest('z', depth // 2)})", "(c z)",
+                      nest("z", 3 * depth, "wrap")])
+
+
+def expected_texts(depth: int) -> list[str]:
+    return [f"(g {nest('z', depth)})", f"(f {nest('z', depth - 1)})", f"(g {nest('(s 1)', depth)})",
+            str(3 * depth), "10", str(7 if depth % 2 == 0 else -7), "ok", "(c z)", nest("z", 3 * depth, "wrap")]
+
+
+@pytest.fixture(scope="module")
+def deep_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the API and CLI tests, so the 5,000-deep ruleset compiles once (at -O0)."""
+    return tmp_path_factory.mktemp("deep-cache")
+
+
+@pytest.mark.parametrize("depth", [400, 5000])
+def test_deep_patterns_and_terms_on_every_engine(deep_cache: Path, depth: int, python_default_stack: None) -> None:
+    rs = ruleset_of(deep_rules(depth), "deep.farm")
+    engine = Engine(FarmConfig(cache_dir=deep_cache, opt_level=0))
+    assert str(rs.rules[0].source).count("(s ") == depth and len(rs.fingerprint()) == 64
+    graph = TermGraph(rs.make_signature())
+    roots = graph.parse(deep_terms(depth))
+    interpreted = Interpreter(rs).rewrite(graph, roots)
+    assert interpreted.texts() == expected_texts(depth)
+    native = engine.rewrite(rs, graph, roots, "deep", engine="native")
+    assert native.engine == "native" and native.texts() == interpreted.texts()
+    assert native.firings == interpreted.firings and native.steps == interpreted.steps
+    # The forms a ruleset travels in: JSON in artifacts and cluster messages, pickles to the process pool.
+    assert ruleset_from_json(ruleset_to_json(rs)).fingerprint() == rs.fingerprint()
+    assert pickle.loads(pickle.dumps(rs)) == rs
+    report = differential(rs, None, 20, seed=depth)
+    assert report.ok and report.oracle_checked == 20
+
+
+def test_deep_rules_through_the_cli(tmp_path: Path, deep_cache: Path) -> None:
+    depth = 5000
+    rules, terms = tmp_path / "deep.farm", tmp_path / "deep.terms"
+    rules.write_text(deep_rules(depth))
+    terms.write_text(deep_terms(depth))
+    outputs = []
+    for engine in ("native", "interpreter"):
+        result = farm("rewrite", str(rules), str(terms), "--engine", engine, cache=deep_cache, FARM_OPT_LEVEL="0")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1] and outputs[0].splitlines() == expected_texts(depth)
+    for args in (["verify", str(rules), "--cases", "20", "--engine", "interpreter"],
+                 ["codegen", str(rules), "--lang", "rust", "-o", str(tmp_path / "deep.rs")],
+                 ["codegen", str(rules), "--lang", "llvm", "-o", str(tmp_path / "deep.ll")]):
+        result = farm(*args, cache=deep_cache, FARM_OPT_LEVEL="0")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize("text", ["rule a: (f " * 3 + "?x => ?x", "rule a: (f {((?x) + 1} => ?x",
+                                  "rule a: " + "(f " * 3000 + "?x" + ")" * 2999 + " => ?x"])
+def test_unclosed_deep_patterns_are_parse_errors(text: str, python_default_stack: None) -> None:
+    with pytest.raises(ParseError, match="expected"):
+        parse_rules(text, "open.farm")
+
+
+# ---- 6. a conflicting operator redeclaration --------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "line", "earlier"), [
+    ("op f/1, f/2\n", 1, "x.farm:1:4"),
+    ("op f/1\nop f/2\n", 2, "x.farm:1:4"),
+    ("op g/0, f/3\n# c\nop h/1,\n   f/0\nrule r: (f ?a ?b ?c) => g\n", 4, "x.farm:1:9"),
+])
+def test_conflicting_op_redeclaration_names_both_places(text: str, line: int, earlier: str) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_rules(text, "x.farm")
+    assert caught.value.location.line == line and "declared f/" in str(caught.value) and earlier in str(caught.value)
+
+
+def test_repeating_an_op_declaration_with_the_same_arity_is_fine() -> None:
+    assert parse_rules("op f/1, f/1\nop f/1\nrule r: (f ?x) => ?x\n").declared_ops == {"f": 1}
+
+
+# ---- 10. only regular files, under a size cap ---------------------------------------------------------------
+
+def _special_file(kind: str, tmp_path: Path) -> Path:
+    if kind == "dev-zero":
+        return Path("/dev/zero")
+    if kind == "dev-urandom":
+        return Path("/dev/urandom")
+    if kind == "directory":
+        return tmp_path
+    path = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody ever writes: reading it would block forever
+    else:
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))  # the socket file stays after close
+    return path
+
+
+SPECIAL = {"dev-zero": "a character device", "dev-urandom": "a character device", "directory": "a directory",
+           "fifo": r"a FIFO \(named pipe\)", "socket": "a socket"}
+
+
+@pytest.mark.parametrize("special", list(SPECIAL))
+@pytest.mark.parametrize("kind", [RULES, TERMS, CONFIG], ids=lambda k: k.name)
+def test_non_regular_inputs_are_refused_before_reading(tmp_path: Path, special: str, kind: InputKind) -> None:
+    path = _special_file(special, tmp_path)
+    with pytest.raises(NotARegularFile, match=f"{SPECIAL[special]}, not a regular file"):
+        read_input_text(path, kind)
+
+
+@pytest.mark.parametrize("kind", [RULES, TERMS, CONFIG], ids=lambda k: k.name)
+@pytest.mark.parametrize("cap", ["10", "1K", "2k", "1M"])
+def test_oversized_inputs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: InputKind,
+                                      cap: str) -> None:
+    monkeypatch.setenv(kind.variable, cap)
+    limit = kind.cap()
+    path = tmp_path / "big"
+    path.write_bytes(b"#" * limit)
+    assert len(read_input_text(path, kind)) == limit  # exactly the cap is allowed
+    path.write_bytes(b"#" * (limit + 1))
+    with pytest.raises(InputTooLarge, match=kind.variable) as caught:
+        read_input_text(path, kind)
+    assert caught.value.limit == limit
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5M", "12T", "M"])
+def test_size_cap_variables_are_validated(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(TERMS.variable, value)
+    with pytest.raises(ConfigError, match=TERMS.variable):
+        TERMS.cap()
+
+
+def test_default_caps_hold_the_examples() -> None:
+    for path in EXAMPLES.glob("*.farm"):
+        assert load_rules(path).patterns
+    assert RULES.default_cap < TERMS.default_cap and CONFIG.default_cap <= RULES.default_cap
+
+
+def test_config_file_problems_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="character device"):
+        read_config_file(Path("/dev/zero"))
+    with pytest.raises(ConfigError, match="no such config file"):
+        FarmConfig.from_env({"FARM_CONFIG": str(tmp_path / "missing.conf")})
+
+
+def test_missing_input_is_typed(tmp_path: Path) -> None:
+    with pytest.raises(InputUnreadable, match="no such term file"):
+        read_input_text(tmp_path / "none.terms", TERMS)
+
+
+@pytest.mark.parametrize("special", ["dev-zero", "fifo", "directory"])
+def test_cli_refuses_special_files_quickly(tmp_path: Path, special: str) -> None:
+    path = str(_special_file(special, tmp_path))
+    rules = str(EXAMPLES / "bool.farm")
+    assert_clean_error(farm("compile", path, cache=tmp_path), path, "not a regular file")
+    assert_clean_error(farm("rewrite", rules, path, "--engine", "interpreter", cache=tmp_path), path,
+                       "not a regular file")
+    assert_clean_error(farm("stats", cache=tmp_path, FARM_CONFIG=path), path, "not a regular file")
+
+
+def test_cli_refuses_an_oversized_rule_file(tmp_path: Path) -> None:
+    rules = tmp_path / "big.farm"
+    rules.write_text("rule a: (f ?x) => ?x\n" * 100)
+    assert_clean_error(farm("compile", str(rules), cache=tmp_path, FARM_MAX_RULE_FILE_BYTES="1K"), str(rules),
+                       "cap of 1,024 bytes", "FARM_MAX_RULE_FILE_BYTES")
+    assert_clean_error(farm("compile", str(rules), cache=tmp_path, FARM_MAX_RULE_FILE_BYTES="lots"),
+                       "FARM_MAX_RULE_FILE_BYTES='lots'")
