@@ -165,16 +165,10 @@ def expected_texts(depth: int) -> list[str]:
             str(3 * depth), "10", str(7 if depth % 2 == 0 else -7), "ok", "(c z)", nest("z", 3 * depth, "wrap")]
 
 
-@pytest.fixture(scope="module")
-def deep_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the API and CLI tests, so the 5,000-deep ruleset compiles once (at -O0)."""
-    return tmp_path_factory.mktemp("deep-cache")
-
-
 @pytest.mark.parametrize("depth", [400, 5000])
-def test_deep_patterns_and_terms_on_every_engine(deep_cache: Path, depth: int, python_default_stack: None) -> None:
+def test_deep_patterns_and_terms_on_every_engine(tmp_path: Path, depth: int, python_default_stack: None) -> None:
     rs = ruleset_of(deep_rules(depth), "deep.farm")
-    engine = Engine(FarmConfig(cache_dir=deep_cache, opt_level=0))
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=0))
     assert str(rs.rules[0].source).count("(s ") == depth and len(rs.fingerprint()) == 64
     graph = TermGraph(rs.make_signature())
     roots = graph.parse(deep_terms(depth))
@@ -190,26 +184,29 @@ def test_deep_patterns_and_terms_on_every_engine(deep_cache: Path, depth: int, p
     assert report.ok and report.oracle_checked == 20
 
 
-def test_deep_rules_through_the_cli(tmp_path: Path, deep_cache: Path) -> None:
+def test_deep_rules_through_the_cli(tmp_path: Path) -> None:
+    """The deep rule and the long computed literal (the CLI pays code generation even on a cache hit, so the
+    other rules, checked through the API above, are left out to keep the test short)."""
     depth = 5000
     rules, terms = tmp_path / "deep.farm", tmp_path / "deep.terms"
-    rules.write_text(deep_rules(depth))
-    terms.write_text(deep_terms(depth))
+    rules.write_text("".join(deep_rules(depth).splitlines(keepends=True)[:2]))
+    terms.write_text("\n".join(deep_terms(depth).splitlines()[:4]))
     outputs = []
     for engine in ("native", "interpreter"):
-        result = farm("rewrite", str(rules), str(terms), "--engine", engine, cache=deep_cache, FARM_OPT_LEVEL="0")
+        result = farm("rewrite", str(rules), str(terms), "--engine", engine, cache=tmp_path, FARM_OPT_LEVEL="0")
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"by the {engine}" in result.stderr
         outputs.append(result.stdout)
-    assert outputs[0] == outputs[1] and outputs[0].splitlines() == expected_texts(depth)
+    assert outputs[0] == outputs[1] and outputs[0].splitlines() == expected_texts(depth)[:4]
     for args in (["verify", str(rules), "--cases", "20", "--engine", "interpreter"],
-                 ["codegen", str(rules), "--lang", "rust", "-o", str(tmp_path / "deep.rs")],
-                 ["codegen", str(rules), "--lang", "llvm", "-o", str(tmp_path / "deep.ll")]):
-        result = farm(*args, cache=deep_cache, FARM_OPT_LEVEL="0")
+                 ["codegen", str(rules), "--lang", "rust", "-o", str(tmp_path / "deep.rs")]):
+        result = farm(*args, cache=tmp_path)
         assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr[-2000:])
 
 
 @pytest.mark.parametrize("text", ["rule a: (f " * 3 + "?x => ?x", "rule a: (f {((?x) + 1} => ?x",
-                                  "rule a: " + "(f " * 3000 + "?x" + ")" * 2999 + " => ?x"])
+                                  "rule a: " + "(f " * 3000 + "?x" + ")" * 2999 + " => ?x"],
+                         ids=["unclosed", "computed", "deep"])
 def test_unclosed_deep_patterns_are_parse_errors(text: str, python_default_stack: None) -> None:
     with pytest.raises(ParseError, match="expected"):
         parse_rules(text, "open.farm")
