@@ -104,6 +104,10 @@ class RewriteCycle(NonTermination):
     """A term rewrites (through other terms) back to itself: it has no normal form."""
 
 
+class ConditionsTooDeep(NonTermination):
+    """Conditions nest (a condition's normalisation needs another condition's, ...) past MAX_CONDITION_DEPTH."""
+
+
 class ArenaOutOfMemory(RewriteError):
     """The native arena could not grow."""
 

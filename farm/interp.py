@@ -21,7 +21,7 @@ from farm.rules import (
     Var,
     fold_apps,
 )
-from farm.semantics import DEFAULT_FUEL, compare, cycle_error, eval_lit, fuel_error
+from farm.semantics import DEFAULT_FUEL, MAX_CONDITION_DEPTH, compare, cycle_error, depth_error, eval_lit, fuel_error
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
 
@@ -76,13 +76,17 @@ class _Run:
         self.via: dict[int, int] = {}
         self.on_stack: set[int] = set()
         self.stack: list[list[int]] = []  # [node, next child to look at]
+        self.depth = 0  # normalize() calls in progress: 1 for a root, one more per nested condition
 
     def normalize(self, root: int) -> int:
         if root in self.nf:
             return self.nf[root]
+        if self.depth >= MAX_CONDITION_DEPTH:
+            raise depth_error(self.last_rule, self.steps)
         base = len(self.stack)
-        self._push(root)
+        self.depth += 1
         try:
+            self._push(root)
             while len(self.stack) > base:
                 self._step()
         except NonTermination:
@@ -91,6 +95,8 @@ class _Run:
                 self.via.pop(node, None)
             del self.stack[base:]
             raise
+        finally:
+            self.depth -= 1
         return self.nf[root]
 
     def _push(self, node: int) -> None:

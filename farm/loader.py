@@ -18,6 +18,7 @@ from farm.codegen.llvm import (
     ABI_VERSION,
     ARENA_FIELDS,
     ERR_CYCLE,
+    ERR_DEPTH,
     ERR_FUEL,
     ERR_INPUT,
     ERR_OOM,
@@ -26,7 +27,7 @@ from farm.codegen.llvm import (
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
 from farm.policy import check_library
-from farm.semantics import DEFAULT_FUEL, cycle_error, fuel_error
+from farm.semantics import DEFAULT_FUEL, cycle_error, depth_error, fuel_error
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
 
@@ -203,6 +204,8 @@ class NativeRuleset:
                 outcomes.append(fuel_error(fuel, rule))
             elif result == ERR_CYCLE:
                 outcomes.append(cycle_error(steps, rule))
+            elif result == ERR_DEPTH:
+                outcomes.append(depth_error(rule, steps))
             elif result == ERR_OOM:
                 raise ArenaOutOfMemory("the native arena ran out of memory while rewriting")
             else:

@@ -7,7 +7,7 @@ against. Like every walk over terms in farm, it keeps its pending work in lists,
 from __future__ import annotations
 
 from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var, fold_apps
-from farm.semantics import DEFAULT_FUEL, compare, eval_lit, fuel_error
+from farm.semantics import DEFAULT_FUEL, MAX_CONDITION_DEPTH, compare, depth_error, eval_lit, fuel_error
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
 
@@ -75,12 +75,23 @@ class Oracle:
         self.rules = ruleset.rules
         self.fuel = fuel
         self.steps = 0
+        self.depth = 0
+        self.last_rule = ""
 
     def normalize(self, term: Term) -> Term:
         """Innermost: arguments first, then the first rule that matches, and the result again; the pending
         terms are frames of a list, [term, next argument, normal head and arguments so far]."""
         if isinstance(term, int):
             return term
+        if self.depth >= MAX_CONDITION_DEPTH:
+            raise depth_error(self.last_rule, self.steps)
+        self.depth += 1
+        try:
+            return self._normalize(term)
+        finally:
+            self.depth -= 1
+
+    def _normalize(self, term: tuple) -> Term:
         stack: list[list] = [[term, 1, [term[0]]]]
         while True:
             frame = stack[-1]
@@ -110,6 +121,7 @@ class Oracle:
             binding: dict[str, Term] = {}
             if _match(rule.source, term, binding) and self._guards(rule, binding):
                 self.steps += 1
+                self.last_rule = rule.name
                 if self.steps > self.fuel:
                     raise fuel_error(self.fuel, rule.name)
                 return _build(rule.target, binding)

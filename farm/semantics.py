@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from farm.errors import FuelExhausted, RewriteCycle
+from farm.errors import ConditionsTooDeep, FuelExhausted, RewriteCycle
 from farm.rules import BinOp, Expr, Lit, LitExpr, Neg, Var, fold
 from farm.terms import wrap_i64
 
 DEFAULT_FUEL = 10_000_000
+# Normalisations nested by conditions (`if t1 = t2` normalises t1, whose rules may have conditions, ...): the
+# one recursion left in every engine, so it is bounded, identically everywhere, by a clear per-term error
+# instead of a RecursionError (interpreter, ~4 Python frames a level under Python's default limit of 1000)
+# or a stack overflow (native code, ~50,000 levels). The interpreter is the binding constraint.
+MAX_CONDITION_DEPTH = 200
 
 
 def arith(op: str, a: int, b: int) -> int:
@@ -59,6 +64,11 @@ def compare(op: str, a: int, b: int) -> bool:
 def fuel_error(fuel: int, last_rule: str) -> FuelExhausted:
     return FuelExhausted(f"no normal form within the fuel budget of {fuel} rewrite steps "
                          f"(last rule fired: {last_rule!r}); the rules may not terminate", fuel)
+
+
+def depth_error(last_rule: str, steps: int) -> ConditionsTooDeep:
+    return ConditionsTooDeep(f"conditions nest deeper than {MAX_CONDITION_DEPTH} levels (each condition "
+                             f"normalises a term whose rules have conditions; last rule fired: {last_rule!r})", steps)
 
 
 def cycle_error(steps: int, last_rule: str) -> RewriteCycle:

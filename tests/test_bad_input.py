@@ -23,9 +23,19 @@ import pytest
 from farm.config import FarmConfig, read_config_file
 from farm.dsl import load_rules, parse_rules
 from farm.engine import Engine
-from farm.errors import ConfigError, InputTooLarge, InputUnreadable, NotARegularFile, NotUtf8Text, ParseError
+from farm.errors import (
+    ConditionsTooDeep,
+    ConfigError,
+    InputTooLarge,
+    InputUnreadable,
+    NotARegularFile,
+    NotUtf8Text,
+    ParseError,
+)
 from farm.inputs import CONFIG, RULES, TERMS, InputKind, read_input_text
 from farm.interp import Interpreter
+from farm.oracle import Oracle, from_graph
+from farm.semantics import MAX_CONDITION_DEPTH
 from farm.serialize import ruleset_from_json, ruleset_to_json
 from farm.terms import TermGraph
 from farm.verify import differential
@@ -335,3 +345,46 @@ def test_cli_refuses_an_oversized_rule_file(tmp_path: Path) -> None:
                        "cap of 1,024 bytes", "FARM_MAX_RULE_FILE_BYTES")
     assert_clean_error(farm("compile", str(rules), cache=tmp_path, FARM_MAX_RULE_FILE_BYTES="lots"),
                        "FARM_MAX_RULE_FILE_BYTES='lots'")
+
+
+# ---- 3b. conditions nest normalisations: the one bounded recursion, the same bound on every engine ----------
+
+CONDITIONAL = "rule base: (f z) => t\nrule step: (f (s ?x)) => t if (f ?x) = t\n"
+
+
+@pytest.mark.parametrize("depth", [MAX_CONDITION_DEPTH, MAX_CONDITION_DEPTH + 1, 3 * MAX_CONDITION_DEPTH])
+def test_nested_conditions_are_bounded_alike_on_every_engine(session_engine: Engine, depth: int,
+                                                              python_default_stack: None) -> None:
+    """A term needing `depth` nested normalisations (the root's, then one per condition): its normal form up
+    to the bound, the same ConditionsTooDeep past it (not a RecursionError, not a stack overflow), on every
+    engine, the oracle included."""
+    rs = ruleset_of(CONDITIONAL, "cond.farm")
+    graph = TermGraph(rs.make_signature())
+    roots = graph.parse(f"(f {nest('z', depth - 1)})")
+    interpreted = Interpreter(rs).rewrite(graph, roots)
+    native = session_engine.rewrite(rs, graph, roots, "cond", engine="native")
+    assert native.texts() == interpreted.texts() and native.firings == interpreted.firings
+    assert native.steps == interpreted.steps
+    term = from_graph(graph, roots[0])
+    if depth <= MAX_CONDITION_DEPTH:
+        assert interpreted.texts() == ["t"] and Oracle(rs).normalize(term) == ("t",)
+        return
+    outcome = interpreted.outcomes[0]
+    assert isinstance(outcome, ConditionsTooDeep) and f"deeper than {MAX_CONDITION_DEPTH} levels" in str(outcome)
+    with pytest.raises(ConditionsTooDeep):
+        Oracle(rs).normalize(term)
+
+
+def test_deeply_nested_conditions_through_the_cli(tmp_path: Path) -> None:
+    """50,000 nested conditions overflowed the native stack on main (SIGSEGV) and the interpreter's (traceback)."""
+    rules, terms = tmp_path / "cond.farm", tmp_path / "cond.terms"
+    rules.write_text(CONDITIONAL)
+    terms.write_text(f"(f {nest('z', 50_000)})\n(f (s (s z)))\n")
+    outputs = []
+    for engine in ("native", "interpreter"):
+        result = farm("rewrite", str(rules), str(terms), "--engine", engine, cache=tmp_path, FARM_OPT_LEVEL="0")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (result.returncode, result.stderr[-2000:])
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1]
+    assert outputs[0].splitlines()[0].startswith(f"error: conditions nest deeper than {MAX_CONDITION_DEPTH} levels")
+    assert outputs[0].splitlines()[1] == "t"

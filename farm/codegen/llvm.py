@@ -27,10 +27,11 @@ from llvmlite import ir
 
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
+from farm.semantics import MAX_CONDITION_DEPTH
 from farm.trampoline import Step, run
 from farm.transduce import RuleSet
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 I1, I64, PTR, VOID = ir.IntType(1), ir.IntType(64), ir.PointerType(), ir.VoidType()
 
 # Node record: NODE_STRIDE i64 fields.
@@ -39,11 +40,12 @@ F_OP, F_ARITY, F_PAYLOAD, F_NF, F_VIA, F_MARK = range(NODE_STRIDE)
 # Arena struct fields, in order (loader.ArenaStruct mirrors this).
 ARENA_FIELDS = [("nodes", PTR), ("n_nodes", I64), ("cap_nodes", I64), ("kids", PTR), ("n_kids", I64),
                 ("cap_kids", I64), ("table", PTR), ("table_mask", I64), ("stack", PTR), ("sp", I64),
-                ("cap_stack", I64), ("steps", I64), ("fuel", I64), ("counters", PTR), ("last_rule", I64)]
+                ("cap_stack", I64), ("steps", I64), ("fuel", I64), ("counters", PTR), ("last_rule", I64),
+                ("depth", I64)]  # farm_normalize calls in progress (conditions nest them)
 A = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
 ARENA = ir.LiteralStructType([t for _, t in ARENA_FIELDS])
 LIT_OP = -1
-NO_MATCH, ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT = -1, -2, -3, -4, -5
+NO_MATCH, ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT, ERR_DEPTH = -1, -2, -3, -4, -5, -6
 # Hash-table slots hold (hash >> TAG_SHIFT) << TAG_SHIFT | (node id + 1): ids below 2^36 (68 G nodes).
 TAG_SHIFT = 36
 SLOT_ID_MASK = (1 << TAG_SHIFT) - 1
@@ -462,8 +464,14 @@ class LLVMCodegen:
         arena, root = f.args
         known = f.nget(root, F_NF)
         f.return_if(b.icmp_signed("!=", known, c64(-1)), known)
+        depth = b.add(f.get("depth"), c64(1))
+        f.return_if(b.icmp_signed(">", depth, c64(MAX_CONDITION_DEPTH)), c64(ERR_DEPTH))
+        f.put("depth", depth)
         base = f.get("sp")
-        f.return_if_error(self._call(f, "push", arena, root))
+        pushed = self._call(f, "push", arena, root)
+        with b.if_then(b.icmp_signed("<", pushed, c64(0)), likely=False):
+            f.put("depth", b.sub(f.get("depth"), c64(1)))
+            b.ret(pushed)
         head, step, done, fail = f.block("frames"), f.block("step"), f.block("finished"), f.block("fail")
         code = f.var(c64(0))
         b.branch(head)
@@ -541,6 +549,7 @@ class LLVMCodegen:
         b.branch(head)
 
         b.position_at_end(done)
+        f.put("depth", b.sub(f.get("depth"), c64(1)))
         b.ret(f.nget(root, F_NF))
 
         # Unwind this call's frames so the arena stays usable for the next root.
@@ -550,6 +559,7 @@ class LLVMCodegen:
             f.nput(frame_node, F_MARK, c64(0))
             f.nput(frame_node, F_VIA, c64(-1))
         f.put("sp", base)
+        f.put("depth", b.sub(f.get("depth"), c64(1)))
         b.ret(b.load(code, typ=I64))
 
     def _rewrite(self) -> None:

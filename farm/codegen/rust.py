@@ -13,6 +13,7 @@ import re
 
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
+from farm.semantics import MAX_CONDITION_DEPTH
 from farm.terms import TermGraph
 from farm.trampoline import Step, run
 from farm.transduce import RuleSet
@@ -24,6 +25,7 @@ pub const LIT: i64 = -1;
 pub const NO_MATCH: i64 = -1;
 pub const ERR_FUEL: i64 = -2;
 pub const ERR_CYCLE: i64 = -3;
+pub const ERR_DEPTH: i64 = -6;
 
 #[derive(Clone)]
 struct Node { op: i64, arity: usize, payload: i64, nf: i64, via: i64, mark: bool }
@@ -37,12 +39,13 @@ pub struct Arena {
     pub fuel: i64,
     pub last_rule: i64,
     pub counters: Vec<i64>,
+    depth: usize,
 }
 
 impl Arena {
     pub fn new() -> Arena {
         Arena { nodes: Vec::new(), kids: Vec::new(), table: HashMap::new(), stack: Vec::new(),
-                steps: 0, fuel: 0, last_rule: -1, counters: vec![0; RULE_COUNT] }
+                steps: 0, fuel: 0, last_rule: -1, counters: vec![0; RULE_COUNT], depth: 0 }
     }
 
     pub fn mk(&mut self, op: i64, value: i64, kids: &[i64]) -> i64 {
@@ -90,6 +93,14 @@ impl Arena {
     /// Innermost normal form of `root`, or a negative error code; the same steps as farm/interp.py.
     pub fn normalize(&mut self, root: i64) -> i64 {
         if self.nodes[root as usize].nf != -1 { return self.nodes[root as usize].nf; }
+        if self.depth >= MAX_CONDITION_DEPTH { return ERR_DEPTH; }
+        self.depth += 1;
+        let result = self.normalize_frames(root);
+        self.depth -= 1;
+        result
+    }
+
+    fn normalize_frames(&mut self, root: i64) -> i64 {
         let base = self.stack.len();
         let code = self.push(root);
         if code < 0 { return code; }
@@ -231,6 +242,7 @@ class RustCodegen:
             "#![allow(unused_variables, unused_mut, unused_labels, unreachable_code, dead_code, unused_parens)]",
             f"pub const RULE_COUNT: usize = {len(self.ruleset.rules)};",
             f"pub const OP_COUNT: usize = {len(self.ruleset.signature)};",
+            f"pub const MAX_CONDITION_DEPTH: usize = {MAX_CONDITION_DEPTH};",
         ]
         match = ["/// The rewrite of `n` (children normal) by the first matching rule, NO_MATCH, or an error.",
                  "pub fn match_node(a: &mut Arena, n: i64) -> i64 {", "    match a.op(n) {", *dispatch,
