@@ -388,3 +388,20 @@ def test_deeply_nested_conditions_through_the_cli(tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
     assert outputs[0].splitlines()[0].startswith(f"error: conditions nest deeper than {MAX_CONDITION_DEPTH} levels")
     assert outputs[0].splitlines()[1] == "t"
+
+
+def test_rust_target_bounds_nested_conditions_alike(tmp_path: Path) -> None:
+    from farm.codegen.rust import harness_input, harness_output
+
+    from .test_text_targets import rust_binary
+
+    rs = ruleset_of(CONDITIONAL, "cond.farm")
+    binary = rust_binary(rs, tmp_path)
+    graph = TermGraph(rs.make_signature())
+    roots = graph.parse(f"(f {nest('z', MAX_CONDITION_DEPTH - 1)}) (f {nest('z', 50_000)})")
+    proc = subprocess.run([str(binary)], input=harness_input(rs, graph, roots, 10_000_000), capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results, counters = harness_output(rs, graph, proc.stdout)
+    interpreted = Interpreter(rs).rewrite(graph, roots)
+    assert results[0] == "t" and results[1].startswith("error -6 ") and counters == interpreted.firings
