@@ -6,6 +6,7 @@ and which error (fuel or cycle) a root ends with. Both use an explicit stack of 
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from farm.errors import NonTermination
@@ -63,6 +64,16 @@ class Interpreter:
         return RewriteResult(graph, outcomes, run.firings, "interpreter", steps)
 
 
+class _Wait:
+    """A node's rule matching, suspended on a condition until `term` has a normal form. Conditions nest
+    normalisations; suspending them as frames of the one explicit stack keeps Python's stack flat."""
+
+    __slots__ = ("node", "matcher", "term")
+
+    def __init__(self, node: int, matcher: Generator[int, int, int | None], term: int) -> None:
+        self.node, self.matcher, self.term = node, matcher, term
+
+
 class _Run:
     def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int) -> None:
         self.rules_by_op = interp._by_op
@@ -75,28 +86,26 @@ class _Run:
         self.nf: dict[int, int] = {}
         self.via: dict[int, int] = {}
         self.on_stack: set[int] = set()
-        self.stack: list[list[int]] = []  # [node, next child to look at]
-        self.depth = 0  # normalize() calls in progress: 1 for a root, one more per nested condition
+        self.stack: list[list[int] | _Wait] = []  # [node, next child to look at], or a suspended match
+        self.depth = 0  # normalisations in progress: 1 for a root, one more per condition being decided
 
     def normalize(self, root: int) -> int:
         if root in self.nf:
             return self.nf[root]
-        if self.depth >= MAX_CONDITION_DEPTH:
-            raise depth_error(self.last_rule, self.steps)
-        base = len(self.stack)
-        self.depth += 1
+        self.depth = 1
         try:
             self._push(root)
-            while len(self.stack) > base:
+            while self.stack:
                 self._step()
         except NonTermination:
-            for node, _ in self.stack[base:]:
-                self.on_stack.discard(node)
-                self.via.pop(node, None)
-            del self.stack[base:]
+            for frame in self.stack:
+                if isinstance(frame, list):
+                    self.on_stack.discard(frame[0])
+                    self.via.pop(frame[0], None)
+            self.stack.clear()
             raise
         finally:
-            self.depth -= 1
+            self.depth = 0
         return self.nf[root]
 
     def _push(self, node: int) -> None:
@@ -113,6 +122,11 @@ class _Run:
     def _step(self) -> None:
         g, nf = self.g, self.nf
         frame = self.stack[-1]
+        if isinstance(frame, _Wait):
+            self.stack.pop()
+            self.depth -= 1
+            self._drive(frame.node, frame.matcher, nf[frame.term])
+            return
         node = frame[0]
         if node in self.via:
             self._done(node, nf[self.via.pop(node)])
@@ -128,23 +142,45 @@ class _Run:
             frame[1] = k
             self._push(kids[k])
             return
-        reduced: int | None = g.app(g.ops[node], [nf[kid] for kid in kids])
+        reduced = g.app(g.ops[node], [nf[kid] for kid in kids])
         if reduced == node:
-            reduced = self._match(node)
-            if reduced is None:
-                self._done(node, node)
-                return
-        assert reduced is not None
-        if reduced in nf:
-            self._done(node, nf[reduced])
-            return
-        self._push(reduced)
-        self.via[node] = reduced
+            self._drive(node, self._match(node), None)
+        else:
+            self._reduce_to(node, reduced)
 
-    def _match(self, node: int) -> int | None:
+    def _drive(self, node: int, matcher: Generator[int, int, int | None], value: int | None) -> None:
+        """Run the matcher until it decides, or until a condition needs a term normalised that is not yet:
+        then the match waits on the stack above the node, below that term (as a nested call would)."""
+        try:
+            term = matcher.send(value)  # type: ignore[arg-type]
+            while term in self.nf:
+                term = matcher.send(self.nf[term])
+        except StopIteration as decided:
+            self._reduce_to(node, decided.value)
+            return
+        if self.depth >= MAX_CONDITION_DEPTH:
+            raise depth_error(self.last_rule, self.steps)
+        self.depth += 1
+        self.stack.append(_Wait(node, matcher, term))
+        self._push(term)
+
+    def _reduce_to(self, node: int, reduced: int | None) -> None:
+        nf = self.nf
+        if reduced is None:
+            self._done(node, node)
+        elif reduced in nf:
+            self._done(node, nf[reduced])
+        else:
+            self._push(reduced)
+            self.via[node] = reduced
+
+    def _match(self, node: int) -> Generator[int, int, int | None]:
+        """The first rule that matches `node` and whose guards hold: its target built, or None. A generator:
+        it yields each term a condition needs normalised and receives its normal form."""
         for rule in self.rules_by_op.get(self.g.ops[node], ()):
             binding: dict[str, int] = {}
-            if self._match_pattern(rule.source, node, binding) and self._guards(rule.constraints, binding):
+            if self._match_pattern(rule.source, node, binding) and (yield from self._guards(rule.constraints,
+                                                                                             binding)):
                 self.firings[rule.index] += 1
                 self.steps += 1
                 self.last_rule = rule.name
@@ -173,7 +209,7 @@ class _Run:
                 todo.extend(zip(p.args, g.kids(n)))
         return True
 
-    def _guards(self, constraints: tuple[Constraint, ...], binding: dict[str, int]) -> bool:
+    def _guards(self, constraints: tuple[Constraint, ...], binding: dict[str, int]) -> Generator[int, int, bool]:
         g = self.g
         for c in constraints:
             if isinstance(c, IsConst):
@@ -186,8 +222,8 @@ class _Run:
                     ok = g.is_lit(a) and g.is_lit(b) and compare(c.op, g.value(a), g.value(b))
             else:
                 assert isinstance(c, TermCondition)
-                left = self.normalize(self._build(c.left, binding))
-                right = self.normalize(self._build(c.right, binding))
+                left = yield self._build(c.left, binding)
+                right = yield self._build(c.right, binding)
                 ok = (left == right) == c.equal
             if not ok:
                 return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var, fold_apps
 from farm.semantics import DEFAULT_FUEL, MAX_CONDITION_DEPTH, compare, depth_error, eval_lit, fuel_error
 from farm.terms import LIT, TermGraph
+from farm.trampoline import Step, run
 from farm.transduce import RewriteRule, RuleSet
 
 Term = int | tuple  # an int literal, or (op name, *args)
@@ -79,19 +80,21 @@ class Oracle:
         self.last_rule = ""
 
     def normalize(self, term: Term) -> Term:
-        """Innermost: arguments first, then the first rule that matches, and the result again; the pending
-        terms are frames of a list, [term, next argument, normal head and arguments so far]."""
+        depth = self.depth
+        try:
+            return run(self._normalize(term))
+        finally:
+            self.depth = depth  # a step that raised never ran its own decrement
+
+    def _normalize(self, term: Term) -> Step[Term]:
+        """Innermost: arguments first, then the first rule that matches, and the result again. The pending
+        terms are frames of a list, [term, next argument, normal head and arguments so far]; a condition's
+        normalisation is a trampoline step (farm/trampoline.py), so nothing here recurses in Python."""
         if isinstance(term, int):
             return term
         if self.depth >= MAX_CONDITION_DEPTH:
             raise depth_error(self.last_rule, self.steps)
         self.depth += 1
-        try:
-            return self._normalize(term)
-        finally:
-            self.depth -= 1
-
-    def _normalize(self, term: tuple) -> Term:
         stack: list[list] = [[term, 1, [term[0]]]]
         while True:
             frame = stack[-1]
@@ -105,21 +108,22 @@ class Oracle:
                     stack.append([arg, 1, [arg[0]]])
                 continue
             rebuilt = tuple(normal)
-            rewritten = self._rewrite(rebuilt)
+            rewritten = yield from self._rewrite(rebuilt)
             if isinstance(rewritten, tuple):
                 stack[-1] = [rewritten, 1, [rewritten[0]]]
                 continue
             result: Term = rebuilt if rewritten is None else rewritten
             stack.pop()
             if not stack:
+                self.depth -= 1
                 return result
             stack[-1][2].append(result)
 
-    def _rewrite(self, term: tuple) -> Term | None:
+    def _rewrite(self, term: tuple) -> Step[Term | None]:
         """The first matching rule's result, or None when no rule matches."""
         for rule in self.rules:
             binding: dict[str, Term] = {}
-            if _match(rule.source, term, binding) and self._guards(rule, binding):
+            if _match(rule.source, term, binding) and (yield from self._guards(rule, binding)):
                 self.steps += 1
                 self.last_rule = rule.name
                 if self.steps > self.fuel:
@@ -127,7 +131,7 @@ class Oracle:
                 return _build(rule.target, binding)
         return None
 
-    def _guards(self, rule: RewriteRule, b: dict[str, Term]) -> bool:
+    def _guards(self, rule: RewriteRule, b: dict[str, Term]) -> Step[bool]:
         for c in rule.constraints:
             if isinstance(c, IsConst):
                 ok = isinstance(b[c.var.name], int)
@@ -139,7 +143,9 @@ class Oracle:
                     ok = isinstance(x, int) and isinstance(y, int) and compare(c.op, x, y)
             else:
                 assert isinstance(c, TermCondition)
-                ok = same(self.normalize(_build(c.left, b)), self.normalize(_build(c.right, b))) == c.equal
+                left = yield self._normalize(_build(c.left, b))
+                right = yield self._normalize(_build(c.right, b))
+                ok = same(left, right) == c.equal
             if not ok:
                 return False
         return True
