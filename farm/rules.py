@@ -188,8 +188,8 @@ def _show(expr: Expr, kids: list[str]) -> str:
         return f"({kids[0]} {expr.op} {kids[1]})"
     if isinstance(expr, Neg):
         return f"-{kids[0]}"
-    if isinstance(expr, Computed):
-        return "{" + kids[0].removeprefix("(").removesuffix(")") + "}"
+    if isinstance(expr, Computed):  # a binary operation's own parentheses become the braces
+        return "{" + (kids[0][1:-1] if isinstance(expr.expr, BinOp) else kids[0]) + "}"
     return str(expr)
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from farm.config import FarmConfig, read_config_file
 from farm.dsl import load_rules, parse_rules
@@ -35,6 +37,7 @@ from farm.errors import (
 from farm.inputs import CONFIG, RULES, TERMS, InputKind, read_input_text
 from farm.interp import Interpreter
 from farm.oracle import Oracle, from_graph
+from farm.rules import App, BinOp, Computed, Lit, LitExpr, Neg, PatternExpr, Var
 from farm.semantics import MAX_CONDITION_DEPTH
 from farm.serialize import ruleset_from_json, ruleset_to_json
 from farm.terms import TermGraph
@@ -405,3 +408,47 @@ def test_rust_target_bounds_nested_conditions_alike(tmp_path: Path) -> None:
     results, counters = harness_output(rs, graph, proc.stdout)
     interpreted = Interpreter(rs).rewrite(graph, roots)
     assert results[0] == "t" and results[1].startswith("error -6 ") and counters == interpreted.firings
+
+
+# ---- generated deep expressions: print, parse, compare, hash, serialise, all without recursion ---------------
+
+LAYER = st.tuples(st.sampled_from(["wrap", "pair-left", "pair-right", "computed"]),
+                  st.sampled_from(["+", "-", "*", "&", "|", "^", "<<", ">>", "neg"]), st.integers(-50, 50))
+
+
+def build_expression(layers: list[tuple[str, str, int]]) -> App:
+    """A target as deep as `layers` is long: applications wrap it, and one computed literal grows a chain of
+    arithmetic on ?a and ?b (left-deep binary operators and nested negations); the text stays linear."""
+    expr: PatternExpr = Var("a")
+    arith: LitExpr = Var("b")
+    for kind, op, value in layers:
+        if kind == "computed":
+            operand: LitExpr = Lit(value) if value <= 0 else Var("a")  # `-5` reads back as the literal -5
+            arith = Neg(arith) if op == "neg" else BinOp(op, arith, operand)
+            continue
+        if kind == "wrap":
+            expr = App("f", (expr,))
+        else:
+            leaf: PatternExpr = Lit(value) if op == "neg" else Computed(BinOp(op, Var("b"), Lit(value)))
+            expr = App("g", (expr, leaf) if kind == "pair-left" else (leaf, expr))
+    return App("k", (expr, Computed(arith)))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(LAYER, min_size=1, max_size=8), st.integers(1, 600))
+def test_generated_deep_expressions_round_trip(motif: list[tuple[str, str, int]], repeats: int) -> None:
+    """A motif of layers repeated up to 600 times (up to 4,800 levels), at Python's default recursion limit."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        target = build_expression(motif * repeats)
+        parsed = parse_rules(f"rule r: (h ?a ?b) => {target} if const(?a), const(?b)\n", "gen.farm")
+        assert parsed.patterns[0].target == target and hash(parsed.patterns[0].target) == hash(target)
+        assert str(parsed.patterns[0].target) == str(target) and repr(parsed.patterns[0].target) == repr(target)
+        rs = ruleset_of(f"rule r: (h ?a ?b) => {target} if const(?a), const(?b)\n", "gen.farm")
+        assert ruleset_from_json(ruleset_to_json(rs)) == rs and pickle.loads(pickle.dumps(rs)) == rs
+        graph = TermGraph(rs.make_signature())
+        root = graph.parse("(h 3 -4)")
+        assert Interpreter(rs).rewrite(graph, root).texts()[0].startswith("(k ")
+    finally:
+        sys.setrecursionlimit(old)
