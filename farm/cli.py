@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from farm.errors import FarmError, OutputPathError
+from farm.inputs import TERMS, read_input_text
 from farm.metrics import Snapshot
 
 out = Console()
@@ -36,10 +37,7 @@ def _load_ruleset(path: str, show_warnings: bool = False):  # type: ignore[no-un
     from farm.dsl import load_rules
     from farm.transduce import transduce_patterns
 
-    try:
-        rule_file = load_rules(path)
-    except FileNotFoundError:
-        raise FarmError(f"{path}: no such rule file") from None
+    rule_file = load_rules(path)
     ruleset = transduce_patterns(rule_file.patterns, rule_file.declared_ops, warn=False)
     if ruleset.warnings:
         if show_warnings:
@@ -112,7 +110,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
 
     ruleset = _load_ruleset(args.rules, args.warnings)
     graph = TermGraph(ruleset.make_signature())
-    roots = graph.parse(Path(args.terms).read_text(encoding="utf-8"), args.terms)
+    roots = graph.parse(read_input_text(args.terms, TERMS), args.terms)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -290,7 +288,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         from farm.terms import TermGraph
 
         graph = TermGraph(result.native.ruleset.make_signature())
-        roots = graph.parse(Path(args.rewrite).read_text(encoding="utf-8"), args.rewrite)
+        roots = graph.parse(read_input_text(args.rewrite, TERMS), args.rewrite)
         rewritten = result.native.rewrite(graph, roots)
         make_index(config).note_hot(args.pattern_id, sum(rewritten.firings))
         for line in rewritten.texts():

@@ -108,13 +108,14 @@ class FarmConfig:
 def read_config_file(path: Path) -> dict[str, tuple[str, int]]:
     """`FARM_NAME=value` lines; `#` comments: each value with the number of the line that sets it. Errors name
     the file and line."""
+    from farm.errors import InputFileError, NotUtf8Text
+    from farm.inputs import CONFIG, read_input_text
+
     values: dict[str, tuple[str, int]] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"the config file {path} is not UTF-8 text (byte {exc.start})") from None
+        lines = read_input_text(path, CONFIG).splitlines()
+    except (InputFileError, NotUtf8Text) as exc:  # a config problem to whoever catches ConfigError
+        raise ConfigError(f"cannot read the config file: {exc}") from None
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farm.errors import ParseError, SourceLocation, UnknownOperatorError
-from farm.lexer import TokenStream
+from farm.inputs import RULES, read_input_text
+from farm.lexer import Token, TokenStream
 from farm.rules import (
     COMPARE_OPS,
     App,
@@ -25,10 +26,12 @@ from farm.rules import (
     Var,
 )
 
+_NEGATE, _OPEN = "unary -", "("
 KEYWORDS = frozenset({"rule", "op", "if", "const"})
 ARROWS = {"=>": Polarity.FORWARD, "<=": Polarity.BACKWARD, "<=>": Polarity.BIDIRECTIONAL}
 # Binary operators of computed literals, loosest first (C precedence).
 PRECEDENCE = [("|",), ("^",), ("&",), ("<<", ">>"), ("+", "-"), ("*", "/", "%")]
+_BINARY_LEVEL = {op: level for level, ops in enumerate(PRECEDENCE) for op in ops}
 
 
 @dataclass
@@ -39,19 +42,11 @@ class RuleFile:
 
 
 def parse_rules(text: str, filename: str = "<rules>") -> RuleFile:
-    try:
-        return _Parser(text, filename).parse_file()
-    except RecursionError:
-        raise ParseError(SourceLocation(filename, 1, 1), "pattern nested too deeply") from None
+    return _Parser(text, filename).parse_file()
 
 
 def load_rules(path: str | Path) -> RuleFile:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParseError(SourceLocation(str(path), 1, 1), f"file is not UTF-8 text ({exc.reason})") from None
-    return parse_rules(text, str(path))
+    return parse_rules(read_input_text(path, RULES), str(path))
 
 
 class _Parser:
@@ -59,6 +54,7 @@ class _Parser:
         self.s = TokenStream(text, filename)
         self.file = RuleFile(filename)
         self._op_locations: list[tuple[str, int, SourceLocation]] = []
+        self._declared_at: dict[str, SourceLocation] = {}
 
     def parse_file(self) -> RuleFile:
         while self.s.peek().kind != "EOF":
@@ -79,9 +75,18 @@ class _Parser:
             arity = self.s.expect_kind("INT", "the operator's arity")
             if int(arity.text) < 0:
                 raise ParseError(arity.location, "an arity cannot be negative")
-            self.file.declared_ops[name.text] = int(arity.text)
+            self._declare(name.text, int(arity.text), name.location)
             if not self.s.accept(","):
                 return
+
+    def _declare(self, name: str, arity: int, location: SourceLocation) -> None:
+        """A repeated declaration with the same arity is harmless; another arity is an error, not last-wins."""
+        earlier = self._declared_at.get(name)
+        if earlier is not None and self.file.declared_ops[name] != arity:
+            raise ParseError(location, f"operator {name!r} is declared again as {name}/{arity}; it was declared "
+                                       f"{name}/{self.file.declared_ops[name]} at {earlier}")
+        self.file.declared_ops[name] = arity
+        self._declared_at.setdefault(name, location)
 
     def parse_rule(self, location: SourceLocation) -> TopologicalPattern:
         name = self.s.expect_kind("IDENT", "a rule name")
@@ -150,7 +155,30 @@ class _Parser:
                                       f"found {op.describe()}")
 
     def parse_pattern(self) -> PatternExpr:
-        tok = self.s.next()
+        """A pattern, with an explicit stack of open applications: nesting depth is bounded by memory only."""
+        frames: list[tuple[Token, Token, list[PatternExpr]]] = []  # '(' token, operator token, arguments so far
+        while True:
+            while frames and (self.s.at(")") or self.s.peek().kind == "EOF"):
+                if not self.s.at(")"):
+                    raise ParseError(self.s.peek().location,
+                                     f"expected ')' to close the pattern at {frames[-1][0].location}")
+                self.s.next()
+                _, head, args = frames.pop()
+                self._op_locations.append((head.text, len(args), head.location))
+                closed = App(head.text, tuple(args))
+                if not frames:
+                    return closed
+                frames[-1][2].append(closed)
+            tok = self.s.next()
+            if tok.text == "(":
+                frames.append((tok, self.s.expect_kind("IDENT", "an operator name after '('"), []))
+                continue
+            expr = self.parse_pattern_atom(tok)
+            if not frames:
+                return expr
+            frames[-1][2].append(expr)
+
+    def parse_pattern_atom(self, tok: Token) -> PatternExpr:
         if tok.kind == "VAR":
             return Var(tok.text)
         if tok.kind == "INT":
@@ -158,47 +186,43 @@ class _Parser:
         if tok.kind == "IDENT" and tok.text not in KEYWORDS:
             self._op_locations.append((tok.text, 0, tok.location))
             return App(tok.text)
-        if tok.text == "(":
-            head = self.s.expect_kind("IDENT", "an operator name after '('")
-            args: list[PatternExpr] = []
-            while not self.s.at(")"):
-                if self.s.peek().kind == "EOF":
-                    raise ParseError(self.s.peek().location, f"expected ')' to close the pattern at {tok.location}")
-                args.append(self.parse_pattern())
-            self.s.next()
-            self._op_locations.append((head.text, len(args), head.location))
-            return App(head.text, tuple(args))
         if tok.text == "{":
-            expr = self.parse_arith(0)
+            expr = self.parse_arith()
             self.s.expect("}", "'}' to close the computed literal")
             return Computed(expr)
         raise ParseError(tok.location, f"expected a pattern (?var, integer, operator or '('), found {tok.describe()}")
 
-    def parse_arith(self, level: int) -> LitExpr:
-        if level == len(PRECEDENCE):
-            return self.parse_arith_atom()
-        left = self.parse_arith(level + 1)
-        while self.s.peek().kind == "PUNCT" and self.s.peek().text in PRECEDENCE[level]:
-            op = self.s.next().text
-            left = BinOp(op, left, self.parse_arith(level + 1))
-        return left
-
-    def parse_arith_atom(self) -> LitExpr:
-        tok = self.s.next()
-        if tok.kind == "VAR":
-            return Var(tok.text)
-        if tok.kind == "INT":
-            return Lit(int(tok.text))
-        if tok.text == "-":
-            operand = self.parse_arith_atom()
-            if isinstance(operand, Lit) and operand.value > 0:
-                return Lit(-operand.value)
-            return Neg(operand)
-        if tok.text == "(":
-            expr = self.parse_arith(0)
-            self.s.expect(")")
-            return expr
-        raise ParseError(tok.location, f"expected ?var, integer or '(' in a computed literal, found {tok.describe()}")
+    def parse_arith(self) -> LitExpr:
+        """A computed literal's expression by operator precedence (shunting-yard), without recursion: binary
+        operators are left-associative at the levels of PRECEDENCE; unary '-' and '(' bind to one operand."""
+        operands: list[LitExpr] = []
+        pending: list[str] = []  # NEGATE, OPEN or a binary operator
+        while True:
+            tok = self.s.next()
+            if tok.kind == "PUNCT" and tok.text in ("-", "("):
+                pending.append(_NEGATE if tok.text == "-" else _OPEN)
+                continue
+            if tok.kind not in ("VAR", "INT"):
+                raise ParseError(tok.location, "expected ?var, integer or '(' in a computed literal, "
+                                               f"found {tok.describe()}")
+            operands.append(Var(tok.text) if tok.kind == "VAR" else Lit(int(tok.text)))
+            while True:
+                _negate_pending(operands, pending)
+                nxt = self.s.peek()
+                level = _BINARY_LEVEL.get(nxt.text) if nxt.kind == "PUNCT" else None
+                if level is not None:
+                    _reduce(operands, pending, level)
+                    pending.append(self.s.next().text)
+                    break
+                if _OPEN in pending and self.s.at(")"):
+                    _reduce(operands, pending, 0)
+                    pending.pop()
+                    self.s.next()
+                    continue
+                if _OPEN in pending:
+                    self.s.expect(")")
+                _reduce(operands, pending, 0)
+                return operands[0]
 
     def check_declared(self) -> None:
         """With `op` declarations present, every operator a rule uses must be declared."""
@@ -214,6 +238,21 @@ class _Parser:
                                            f"used here with {arity}")
 
 
+
+
+def _negate_pending(operands: list[LitExpr], pending: list[str]) -> None:
+    """Unary minus binds to the operand just completed: `-5` is the literal -5, `-?x` is Neg(?x)."""
+    while pending and pending[-1] == _NEGATE:
+        pending.pop()
+        operand = operands.pop()
+        operands.append(Lit(-operand.value) if isinstance(operand, Lit) and operand.value > 0 else Neg(operand))
+
+
+def _reduce(operands: list[LitExpr], pending: list[str], level: int) -> None:
+    """Apply the pending binary operators that bind at least as tightly as `level` (left associativity)."""
+    while pending and pending[-1] in _BINARY_LEVEL and _BINARY_LEVEL[pending[-1]] >= level:
+        right, left = operands.pop(), operands.pop()
+        operands.append(BinOp(pending.pop(), left, right))
 
 
 __all__ = ["RuleFile", "load_rules", "parse_rules"]

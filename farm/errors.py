@@ -28,6 +28,35 @@ class ParseError(FarmError):
         self.detail = message
 
 
+class NotUtf8Text(ParseError):
+    """A rule, term or config file holds bytes that are not UTF-8; the location names the first bad byte."""
+
+
+class InputFileError(FarmError):
+    """A user's input file (rules, terms, config) cannot be taken as one; the message names the file."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class InputUnreadable(InputFileError):
+    """The input file is missing or cannot be opened."""
+
+
+class NotARegularFile(InputFileError):
+    """The input is a directory, FIFO, device or socket: it could block or never end, so it is refused."""
+
+
+class InputTooLarge(InputFileError):
+    """The input file is larger than its kind's size cap (overridable by an environment variable)."""
+
+    def __init__(self, path: str, message: str, limit: int, variable: str) -> None:
+        super().__init__(path, message)
+        self.limit = limit
+        self.variable = variable
+
+
 class RuleError(FarmError):
     """A rule is well-formed text but not a valid rewrite rule."""
 
@@ -73,6 +102,10 @@ class FuelExhausted(NonTermination):
 
 class RewriteCycle(NonTermination):
     """A term rewrites (through other terms) back to itself: it has no normal form."""
+
+
+class ConditionsTooDeep(NonTermination):
+    """Conditions nest (a condition's normalisation needs another condition's, ...) past MAX_CONDITION_DEPTH."""
 
 
 class ArenaOutOfMemory(RewriteError):

@@ -6,11 +6,32 @@ and which error (fuel or cycle) a root ends with. Both use an explicit stack of 
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from farm.errors import NonTermination
-from farm.rules import App, Compare, Computed, Constraint, IsConst, Lit, PatternExpr, TermCondition, Var
-from farm.semantics import DEFAULT_FUEL, check_fuel, compare, cycle_error, eval_lit, fuel_error
+from farm.rules import (
+    App,
+    Compare,
+    Computed,
+    Constraint,
+    IsConst,
+    Lit,
+    PatternExpr,
+    TermCondition,
+    Var,
+    fold_apps,
+)
+from farm.semantics import (
+    DEFAULT_FUEL,
+    MAX_CONDITION_DEPTH,
+    check_fuel,
+    compare,
+    cycle_error,
+    depth_error,
+    eval_lit,
+    fuel_error,
+)
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
 
@@ -52,6 +73,16 @@ class Interpreter:
         return RewriteResult(graph, outcomes, run.firings, "interpreter", steps)
 
 
+class _Wait:
+    """A node's rule matching, suspended on a condition until `term` has a normal form. Conditions nest
+    normalisations; suspending them as frames of the one explicit stack keeps Python's stack flat."""
+
+    __slots__ = ("node", "matcher", "term")
+
+    def __init__(self, node: int, matcher: Generator[int, int, int | None], term: int) -> None:
+        self.node, self.matcher, self.term = node, matcher, term
+
+
 class _Run:
     def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int) -> None:
         self.rules_by_op = interp._by_op
@@ -64,22 +95,26 @@ class _Run:
         self.nf: dict[int, int] = {}
         self.via: dict[int, int] = {}
         self.on_stack: set[int] = set()
-        self.stack: list[list[int]] = []  # [node, next child to look at]
+        self.stack: list[list[int] | _Wait] = []  # [node, next child to look at], or a suspended match
+        self.depth = 0  # normalisations in progress: 1 for a root, one more per condition being decided
 
     def normalize(self, root: int) -> int:
         if root in self.nf:
             return self.nf[root]
-        base = len(self.stack)
-        self._push(root)
+        self.depth = 1
         try:
-            while len(self.stack) > base:
+            self._push(root)
+            while self.stack:
                 self._step()
         except NonTermination:
-            for node, _ in self.stack[base:]:
-                self.on_stack.discard(node)
-                self.via.pop(node, None)
-            del self.stack[base:]
+            for frame in self.stack:
+                if isinstance(frame, list):
+                    self.on_stack.discard(frame[0])
+                    self.via.pop(frame[0], None)
+            self.stack.clear()
             raise
+        finally:
+            self.depth = 0
         return self.nf[root]
 
     def _push(self, node: int) -> None:
@@ -96,6 +131,11 @@ class _Run:
     def _step(self) -> None:
         g, nf = self.g, self.nf
         frame = self.stack[-1]
+        if isinstance(frame, _Wait):
+            self.stack.pop()
+            self.depth -= 1
+            self._drive(frame.node, frame.matcher, nf[frame.term])
+            return
         node = frame[0]
         if node in self.via:
             self._done(node, nf[self.via.pop(node)])
@@ -111,23 +151,45 @@ class _Run:
             frame[1] = k
             self._push(kids[k])
             return
-        reduced: int | None = g.app(g.ops[node], [nf[kid] for kid in kids])
+        reduced = g.app(g.ops[node], [nf[kid] for kid in kids])
         if reduced == node:
-            reduced = self._match(node)
-            if reduced is None:
-                self._done(node, node)
-                return
-        assert reduced is not None
-        if reduced in nf:
-            self._done(node, nf[reduced])
-            return
-        self._push(reduced)
-        self.via[node] = reduced
+            self._drive(node, self._match(node), None)
+        else:
+            self._reduce_to(node, reduced)
 
-    def _match(self, node: int) -> int | None:
+    def _drive(self, node: int, matcher: Generator[int, int, int | None], value: int | None) -> None:
+        """Run the matcher until it decides, or until a condition needs a term normalised that is not yet:
+        then the match waits on the stack above the node, below that term (as a nested call would)."""
+        try:
+            term = matcher.send(value)  # type: ignore[arg-type]
+            while term in self.nf:
+                term = matcher.send(self.nf[term])
+        except StopIteration as decided:
+            self._reduce_to(node, decided.value)
+            return
+        if self.depth >= MAX_CONDITION_DEPTH:
+            raise depth_error(self.last_rule, self.steps)
+        self.depth += 1
+        self.stack.append(_Wait(node, matcher, term))
+        self._push(term)
+
+    def _reduce_to(self, node: int, reduced: int | None) -> None:
+        nf = self.nf
+        if reduced is None:
+            self._done(node, node)
+        elif reduced in nf:
+            self._done(node, nf[reduced])
+        else:
+            self._push(reduced)
+            self.via[node] = reduced
+
+    def _match(self, node: int) -> Generator[int, int, int | None]:
+        """The first rule that matches `node` and whose guards hold: its target built, or None. A generator:
+        it yields each term a condition needs normalised and receives its normal form."""
         for rule in self.rules_by_op.get(self.g.ops[node], ()):
             binding: dict[str, int] = {}
-            if self._match_pattern(rule.source, node, binding) and self._guards(rule.constraints, binding):
+            if self._match_pattern(rule.source, node, binding) and (yield from self._guards(rule.constraints,
+                                                                                             binding)):
                 self.firings[rule.index] += 1
                 self.steps += 1
                 self.last_rule = rule.name
@@ -137,17 +199,26 @@ class _Run:
         return None
 
     def _match_pattern(self, pattern: PatternExpr, node: int, binding: dict[str, int]) -> bool:
+        """Match with a stack of (pattern, node) pairs: patterns may nest thousands deep."""
         g = self.g
-        if isinstance(pattern, Var):
-            return binding.setdefault(pattern.name, node) == node
-        if isinstance(pattern, Lit):
-            return g.ops[node] == LIT and g.value(node) == pattern.value
-        assert isinstance(pattern, App)
-        if g.ops[node] == LIT or g.signature.names[g.ops[node]] != pattern.op:
-            return False
-        return all(self._match_pattern(p, kid, binding) for p, kid in zip(pattern.args, g.kids(node)))
+        names = g.signature.names
+        todo = [(pattern, node)]
+        while todo:
+            p, n = todo.pop()
+            if isinstance(p, Var):
+                if binding.setdefault(p.name, n) != n:
+                    return False
+            elif isinstance(p, Lit):
+                if g.ops[n] != LIT or g.value(n) != p.value:
+                    return False
+            else:
+                assert isinstance(p, App)
+                if g.ops[n] == LIT or names[g.ops[n]] != p.op:
+                    return False
+                todo.extend(zip(p.args, g.kids(n)))
+        return True
 
-    def _guards(self, constraints: tuple[Constraint, ...], binding: dict[str, int]) -> bool:
+    def _guards(self, constraints: tuple[Constraint, ...], binding: dict[str, int]) -> Generator[int, int, bool]:
         g = self.g
         for c in constraints:
             if isinstance(c, IsConst):
@@ -160,8 +231,8 @@ class _Run:
                     ok = g.is_lit(a) and g.is_lit(b) and compare(c.op, g.value(a), g.value(b))
             else:
                 assert isinstance(c, TermCondition)
-                left = self.normalize(self._build(c.left, binding))
-                right = self.normalize(self._build(c.right, binding))
+                left = yield self._build(c.left, binding)
+                right = yield self._build(c.right, binding)
                 ok = (left == right) == c.equal
             if not ok:
                 return False
@@ -171,9 +242,12 @@ class _Run:
         g = self.g
         if isinstance(expr, Var):
             return binding[expr.name]
-        if isinstance(expr, Lit):
-            return g.lit(expr.value)
-        if isinstance(expr, Computed):
-            return g.lit(eval_lit(expr.expr, {name: g.value(node) for name, node in binding.items()
-                                              if g.is_lit(node)}))
-        return g.app_named(expr.op, [self._build(a, binding) for a in expr.args])
+
+        def leaf(e: Var | Lit | Computed) -> int:
+            if isinstance(e, Var):
+                return binding[e.name]
+            if isinstance(e, Lit):
+                return g.lit(e.value)
+            return g.lit(eval_lit(e.expr, {name: g.value(node) for name, node in binding.items() if g.is_lit(node)}))
+
+        return fold_apps(expr, leaf, lambda app, kids: g.app_named(app.op, kids))

@@ -24,6 +24,7 @@ from farm.codegen.llvm import (
     ABI_VERSION,
     ARENA_FIELDS,
     ERR_CYCLE,
+    ERR_DEPTH,
     ERR_FUEL,
     ERR_INPUT,
     ERR_OOM,
@@ -32,7 +33,7 @@ from farm.codegen.llvm import (
 from farm.elf_policy import check_library
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
-from farm.semantics import DEFAULT_FUEL, check_fuel, cycle_error, fuel_error
+from farm.semantics import DEFAULT_FUEL, check_fuel, cycle_error, depth_error, fuel_error
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
 
@@ -288,11 +289,13 @@ class NativeRuleset:
                 outcomes.append(fuel_error(fuel, rule))
             elif result == ERR_CYCLE:
                 outcomes.append(cycle_error(steps, rule))
+            elif result == ERR_DEPTH:
+                outcomes.append(depth_error(rule, steps))
             elif result == ERR_OOM:
                 raise ArenaOutOfMemory("the native arena ran out of memory while rewriting")
             else:
                 raise LoadError(f"farm_rewrite returned unknown code {result}")
-        counters = list((ctypes.c_int64 * max(1, len(names))).from_address(arena.contents.counters))[:len(names)]
+        counters = list((ctypes.c_int64 * len(names)).from_address(arena.contents.counters))
         return RewriteResult(result_graph, outcomes, counters, "native", list(info[0::2]))
 
     def _op_map(self, graph: TermGraph) -> list[int] | None:
@@ -313,7 +316,9 @@ class NativeRuleset:
         return None if to_native == list(range(len(to_native))) else to_native
 
 def _zeros(count: int) -> array:
-    return array("q", bytes(8 * max(1, count)))
+    """Exactly `count` zeroed cells: callers pass len() of these arrays to the library as element counts, so
+    a padded array (once sized max(1, count)) made the library read a node that does not exist."""
+    return array("q", bytes(8 * count))
 
 
 def _ptr(values: array) -> Any:

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from farm.rules import App, Lit, PatternExpr, Var
+from farm.trampoline import Step, run
 from farm.transduce import RewriteRule
 
 Occurrence = tuple[int, ...]  # path of child indices from the root of the matched node
@@ -91,7 +92,7 @@ def build_tree(rules: list[RewriteRule], budget: int = NODE_BUDGET) -> Tree:
     rows = [_Row([], r).with_columns([r.source], [()]) for r in rules]
     try:
         # One rule's tree is linear in its pattern, so it is built whatever the budget.
-        return _Compiler(budget if len(rules) > 1 else sys.maxsize).compile([()], rows)
+        return run(_Compiler(budget if len(rules) > 1 else sys.maxsize).compile([()], rows))
     except _TooLarge:
         half = len(rules) // 2
         return Chain(build_tree(rules[:half], budget), build_tree(rules[half:], budget))
@@ -106,25 +107,34 @@ class _Compiler:
         if self.budget < 0:
             raise _TooLarge()
 
-    def compile(self, occurrences: list[Occurrence], rows: list[_Row]) -> Tree:
+    def compile(self, occurrences: list[Occurrence], rows: list[_Row]) -> Step[Tree]:
+        """The tree of a clause matrix; a trampoline step (see farm/trampoline.py), as trees are as deep as
+        patterns are large."""
         self._count()
         if not rows:
             return Fail()
         first = rows[0]
         if all(p is None for p in first.patterns):
             has_tests = bool(first.equalities or first.rule.constraints)
-            rest = self.compile(occurrences, rows[1:]) if has_tests and rows[1:] else (Fail() if has_tests else None)
+            if has_tests and rows[1:]:
+                rest: Tree | None = yield self.compile(occurrences, rows[1:])
+            else:
+                rest = Fail() if has_tests else None
             return Leaf(first.rule, first.bindings, first.equalities, rest)
         col = next(i for i, p in enumerate(first.patterns) if p is not None)
         occ = occurrences[col]
         heads = list(dict.fromkeys(head_of(p) for p in (r.patterns[col] for r in rows) if p is not None))
-        cases = [(h, self._specialize(occurrences, rows, col, h)) for h in heads]
+        cases = []
+        for h in heads:
+            cases.append((h, (yield self.compile(*self._specialize(occurrences, rows, col, h)))))
         others = occurrences[:col] + occurrences[col + 1:]
         default_rows = [_Row(r.patterns[:col] + r.patterns[col + 1:], r.rule, r.bindings, r.equalities)
                         for r in rows if r.patterns[col] is None]
-        return Switch(occ, cases, self.compile(others, default_rows))
+        return Switch(occ, cases, (yield self.compile(others, default_rows)))
 
-    def _specialize(self, occurrences: list[Occurrence], rows: list[_Row], col: int, head: Head) -> Tree:
+    def _specialize(self, occurrences: list[Occurrence], rows: list[_Row], col: int,
+                    head: Head) -> tuple[list[Occurrence], list[_Row]]:
+        """The occurrences and rows of the matrix for the case `head` of column `col`."""
         arity = head[2]
         occ = occurrences[col]
         new_occs = [occ + (j,) for j in range(arity)]
@@ -142,14 +152,24 @@ class _Compiler:
             row = r.with_columns(subs, new_occs)
             row.patterns = row.patterns + rest
             out.append(row)
-        return self.compile(new_occs + others, out)
+        return new_occs + others, out
+
+
+def subtrees(tree: Tree) -> list[Tree]:
+    if isinstance(tree, Switch):
+        return [t for _, t in tree.cases] + [tree.default]
+    if isinstance(tree, Leaf):
+        return [tree.otherwise] if tree.otherwise else []
+    if isinstance(tree, Chain):
+        return [tree.first, tree.rest]
+    return []
 
 
 def tree_size(tree: Tree) -> int:
-    if isinstance(tree, Switch):
-        return 1 + sum(tree_size(t) for _, t in tree.cases) + tree_size(tree.default)
-    if isinstance(tree, Leaf):
-        return 1 + (tree_size(tree.otherwise) if tree.otherwise else 0)
-    if isinstance(tree, Chain):
-        return tree_size(tree.first) + tree_size(tree.rest)
-    return 1
+    """Nodes of the tree, Chain nodes not counted."""
+    size, todo = 0, [tree]
+    while todo:
+        node = todo.pop()
+        size += not isinstance(node, Chain)
+        todo.extend(subtrees(node))
+    return size

@@ -1,31 +1,74 @@
 """The naive oracle: terms as nested tuples, every rule tried in priority order, no memo, no sharing.
 
 It is deliberately the most literal reading of the semantics, to check the interpreter and native code
-against. It recurses on term depth, so it is meant for the small random terms of differential tests.
+against. Like every walk over terms in farm, it keeps its pending work in lists, not on Python's stack.
 """
 
 from __future__ import annotations
 
-from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var
-from farm.semantics import DEFAULT_FUEL, check_fuel, compare, eval_lit, fuel_error
+from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var, fold_apps
+from farm.semantics import DEFAULT_FUEL, MAX_CONDITION_DEPTH, check_fuel, compare, depth_error, eval_lit, fuel_error
 from farm.terms import LIT, TermGraph
+from farm.trampoline import Step, run
 from farm.transduce import RewriteRule, RuleSet
 
 Term = int | tuple  # an int literal, or (op name, *args)
 
 
 def from_graph(graph: TermGraph, node: int) -> Term:
-    if graph.ops[node] == LIT:
-        return graph.value(node)
-    return (graph.signature.names[graph.ops[node]], *(from_graph(graph, k) for k in graph.kids(node)))
+    """The term of a graph node as nested tuples, built children first without recursion."""
+    done: dict[int, Term] = {}
+    stack = [node]
+    while stack:
+        n = stack[-1]
+        if graph.ops[n] == LIT:
+            done[n] = graph.value(n)
+        else:
+            pending = [k for k in graph.kids(n) if k not in done]
+            if pending:
+                stack.extend(pending)
+                continue
+            done[n] = (graph.signature.names[graph.ops[n]], *(done[k] for k in graph.kids(n)))
+        stack.pop()
+    return done[node]
 
 
 def to_text(term: Term) -> str:
-    if isinstance(term, int):
-        return str(term)
-    if len(term) == 1:
-        return term[0]
-    return "(" + " ".join([term[0], *map(to_text, term[1:])]) + ")"
+    parts: list[str] = []
+    stack: list[Term | None] = [term]  # None closes a parenthesis
+    while stack:
+        t = stack.pop()
+        if t is None:
+            parts.append(")")
+            continue
+        if parts and parts[-1] != "(":
+            parts.append(" ")
+        if isinstance(t, int):
+            parts.append(str(t))
+        elif len(t) == 1:
+            parts.append(t[0])
+        else:
+            parts.extend(("(", t[0]))
+            stack.append(None)
+            stack.extend(reversed(t[1:]))
+    return "".join(parts)
+
+
+def same(a: Term, b: Term) -> bool:
+    """Structural equality of nested tuples without recursion (`==` on tuples recurses in C)."""
+    pairs = [(a, b)]
+    while pairs:
+        x, y = pairs.pop()
+        if x is y:
+            continue
+        if isinstance(x, int) or isinstance(y, int):
+            if not (isinstance(x, int) and isinstance(y, int) and x == y):
+                return False
+        elif len(x) != len(y) or x[0] != y[0]:
+            return False
+        else:
+            pairs.extend(zip(x[1:], y[1:]))
+    return True
 
 
 class Oracle:
@@ -33,56 +76,105 @@ class Oracle:
         self.rules = ruleset.rules
         self.fuel = check_fuel(fuel)
         self.steps = 0
+        self.depth = 0
+        self.last_rule = ""
 
     def normalize(self, term: Term) -> Term:
-        while True:
-            if isinstance(term, int):
-                return term
-            term = (term[0], *(self.normalize(a) for a in term[1:]))
-            for rule in self.rules:
-                binding: dict[str, Term] = {}
-                if _match(rule.source, term, binding) and self._guards(rule, binding):
-                    self.steps += 1
-                    if self.steps > self.fuel:
-                        raise fuel_error(self.fuel, rule.name)
-                    term = _build(rule.target, binding)
-                    break
-            else:
-                return term
+        depth = self.depth
+        try:
+            return run(self._normalize(term))
+        finally:
+            self.depth = depth  # a step that raised never ran its own decrement
 
-    def _guards(self, rule: RewriteRule, b: dict[str, Term]) -> bool:
+    def _normalize(self, term: Term) -> Step[Term]:
+        """Innermost: arguments first, then the first rule that matches, and the result again. The pending
+        terms are frames of a list, [term, next argument, normal head and arguments so far]; a condition's
+        normalisation is a trampoline step (farm/trampoline.py), so nothing here recurses in Python."""
+        if isinstance(term, int):
+            return term
+        if self.depth >= MAX_CONDITION_DEPTH:
+            raise depth_error(self.last_rule, self.steps)
+        self.depth += 1
+        stack: list[list] = [[term, 1, [term[0]]]]
+        while True:
+            frame = stack[-1]
+            current, i, normal = frame
+            if i < len(current):
+                frame[1] = i + 1
+                arg = current[i]
+                if isinstance(arg, int):
+                    normal.append(arg)
+                else:
+                    stack.append([arg, 1, [arg[0]]])
+                continue
+            rebuilt = tuple(normal)
+            rewritten = yield from self._rewrite(rebuilt)
+            if isinstance(rewritten, tuple):
+                stack[-1] = [rewritten, 1, [rewritten[0]]]
+                continue
+            result: Term = rebuilt if rewritten is None else rewritten
+            stack.pop()
+            if not stack:
+                self.depth -= 1
+                return result
+            stack[-1][2].append(result)
+
+    def _rewrite(self, term: tuple) -> Step[Term | None]:
+        """The first matching rule's result, or None when no rule matches."""
+        for rule in self.rules:
+            binding: dict[str, Term] = {}
+            if _match(rule.source, term, binding) and (yield from self._guards(rule, binding)):
+                self.steps += 1
+                self.last_rule = rule.name
+                if self.steps > self.fuel:
+                    raise fuel_error(self.fuel, rule.name)
+                return _build(rule.target, binding)
+        return None
+
+    def _guards(self, rule: RewriteRule, b: dict[str, Term]) -> Step[bool]:
         for c in rule.constraints:
             if isinstance(c, IsConst):
                 ok = isinstance(b[c.var.name], int)
             elif isinstance(c, Compare):
                 x, y = _build(c.left, b), _build(c.right, b)
                 if c.op in ("==", "!="):
-                    ok = (x == y) == (c.op == "==")
+                    ok = same(x, y) == (c.op == "==")
                 else:
                     ok = isinstance(x, int) and isinstance(y, int) and compare(c.op, x, y)
             else:
                 assert isinstance(c, TermCondition)
-                ok = (self.normalize(_build(c.left, b)) == self.normalize(_build(c.right, b))) == c.equal
+                left = yield self._normalize(_build(c.left, b))
+                right = yield self._normalize(_build(c.right, b))
+                ok = same(left, right) == c.equal
             if not ok:
                 return False
         return True
 
 
 def _match(p: PatternExpr, t: Term, b: dict[str, Term]) -> bool:
-    if isinstance(p, Var):
-        return b.setdefault(p.name, t) == t
-    if isinstance(p, Lit):
-        return isinstance(t, int) and t == p.value
-    assert isinstance(p, App)
-    return (isinstance(t, tuple) and t[0] == p.op and len(t) == len(p.args) + 1
-            and all(_match(q, u, b) for q, u in zip(p.args, t[1:])))
+    pairs = [(p, t)]
+    while pairs:
+        q, u = pairs.pop()
+        if isinstance(q, Var):
+            if not same(b.setdefault(q.name, u), u):
+                return False
+        elif isinstance(q, Lit):
+            if not (isinstance(u, int) and u == q.value):
+                return False
+        else:
+            assert isinstance(q, App)
+            if not (isinstance(u, tuple) and u[0] == q.op and len(u) == len(q.args) + 1):
+                return False
+            pairs.extend(zip(q.args, u[1:]))
+    return True
 
 
 def _build(p: PatternExpr, b: dict[str, Term]) -> Term:
-    if isinstance(p, Var):
-        return b[p.name]
-    if isinstance(p, Lit):
-        return p.value
-    if isinstance(p, Computed):
-        return eval_lit(p.expr, {k: v for k, v in b.items() if isinstance(v, int)})
-    return (p.op, *(_build(a, b) for a in p.args))
+    def leaf(e: Var | Lit | Computed) -> Term:
+        if isinstance(e, Var):
+            return b[e.name]
+        if isinstance(e, Lit):
+            return e.value
+        return eval_lit(e.expr, {k: v for k, v in b.items() if isinstance(v, int)})
+
+    return fold_apps(p, leaf, lambda app, args: (app.op, *args))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -25,6 +25,7 @@ from farm.rules import (
     TopologicalPattern,
     Var,
     constraint_exprs,
+    fold_apps,
     subexprs,
     variables,
 )
@@ -229,25 +230,32 @@ def _excludes(expr: object, value: int, constraints: tuple[Constraint, ...]) -> 
 
 # ---- overlap analysis (pairwise within one root operator, as ISLE does) ----
 
+def _map_leaves(expr: PatternExpr, leaf: Callable[[PatternExpr], PatternExpr]) -> PatternExpr:
+    """Rebuild the applications of `expr` with `leaf` applied, left to right, to every other node."""
+    return fold_apps(expr, leaf, lambda node, args: App(node.op, tuple(args)))
+
+
 def _canonical(expr: PatternExpr, names: dict[str, str]) -> PatternExpr:
-    if isinstance(expr, Var):
-        return Var(names.setdefault(expr.name, f"v{len(names)}"))
-    if isinstance(expr, App):
-        return App(expr.op, tuple(_canonical(a, names) for a in expr.args))
-    return expr
+    """Variables renamed v0, v1, ... in order of first occurrence (across calls sharing `names`)."""
+    return _map_leaves(expr, lambda e: Var(names.setdefault(e.name, f"v{len(names)}")) if isinstance(e, Var) else e)
 
 
 def _matches(general: PatternExpr, specific: PatternExpr, binding: dict[str, PatternExpr]) -> bool:
     """Does every instance of `specific` match `general`? (specific's variables are held fixed)."""
-    if isinstance(general, Var):
-        seen = binding.setdefault(general.name, specific)
-        return seen == specific
-    if isinstance(general, Lit):
-        return specific == general
-    if isinstance(general, App) and isinstance(specific, App):
-        return (general.op == specific.op and len(general.args) == len(specific.args)
-                and all(_matches(g, s, binding) for g, s in zip(general.args, specific.args)))
-    return False
+    pairs = [(general, specific)]
+    while pairs:
+        g, sp = pairs.pop()
+        if isinstance(g, Var):
+            if binding.setdefault(g.name, sp) != sp:
+                return False
+        elif isinstance(g, Lit):
+            if sp != g:
+                return False
+        elif isinstance(g, App) and isinstance(sp, App) and g.op == sp.op and len(g.args) == len(sp.args):
+            pairs.extend(reversed(list(zip(g.args, sp.args))))
+        else:
+            return False
+    return True
 
 
 def _unifiable(a: PatternExpr, b: PatternExpr) -> bool:
@@ -259,8 +267,14 @@ def _unifiable(a: PatternExpr, b: PatternExpr) -> bool:
         return e
 
     def occurs(name: str, e: PatternExpr) -> bool:
-        e = walk(e)
-        return (isinstance(e, Var) and e.name == name) or (isinstance(e, App) and any(occurs(name, x) for x in e.args))
+        todo = [e]
+        while todo:
+            e = walk(todo.pop())
+            if isinstance(e, Var) and e.name == name:
+                return True
+            if isinstance(e, App):
+                todo.extend(e.args)
+        return False
 
     pairs = [(a, b)]
     while pairs:
@@ -280,11 +294,7 @@ def _unifiable(a: PatternExpr, b: PatternExpr) -> bool:
 
 
 def _rename(expr: PatternExpr, suffix: str) -> PatternExpr:
-    if isinstance(expr, Var):
-        return Var(expr.name + suffix)
-    if isinstance(expr, App):
-        return App(expr.op, tuple(_rename(a, suffix) for a in expr.args))
-    return expr
+    return _map_leaves(expr, lambda e: Var(e.name + suffix) if isinstance(e, Var) else e)
 
 
 def find_overlaps(rules: tuple[RewriteRule, ...]) -> list[RuleWarning]:

@@ -27,9 +27,11 @@ from llvmlite import ir
 
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
+from farm.semantics import MAX_CONDITION_DEPTH
+from farm.trampoline import Step, run
 from farm.transduce import RuleSet
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 I1, I64, PTR, VOID = ir.IntType(1), ir.IntType(64), ir.PointerType(), ir.VoidType()
 
 # Node record: NODE_STRIDE i64 fields.
@@ -38,11 +40,12 @@ F_OP, F_ARITY, F_PAYLOAD, F_NF, F_VIA, F_MARK = range(NODE_STRIDE)
 # Arena struct fields, in order (loader.ArenaStruct mirrors this).
 ARENA_FIELDS = [("nodes", PTR), ("n_nodes", I64), ("cap_nodes", I64), ("kids", PTR), ("n_kids", I64),
                 ("cap_kids", I64), ("table", PTR), ("table_mask", I64), ("stack", PTR), ("sp", I64),
-                ("cap_stack", I64), ("steps", I64), ("fuel", I64), ("counters", PTR), ("last_rule", I64)]
+                ("cap_stack", I64), ("steps", I64), ("fuel", I64), ("counters", PTR), ("last_rule", I64),
+                ("depth", I64)]  # farm_normalize calls in progress (conditions nest them)
 A = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
 ARENA = ir.LiteralStructType([t for _, t in ARENA_FIELDS])
 LIT_OP = -1
-NO_MATCH, ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT = -1, -2, -3, -4, -5
+NO_MATCH, ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT, ERR_DEPTH = -1, -2, -3, -4, -5, -6
 # Hash-table slots hold (hash >> TAG_SHIFT) << TAG_SHIFT | (node id + 1): ids below 2^36 (68 G nodes).
 TAG_SHIFT = 36
 SLOT_ID_MASK = (1 << TAG_SHIFT) - 1
@@ -250,8 +253,8 @@ class LLVMCodegen:
         rules = self.ruleset.rules_by_root()[op_name]
         op = self.op_ids[op_name]
         f = _Fn(self.m, f"farm_match_op{op}", I64, [PTR, I64, I64], internal=False)
-        _TreeEmitter(self, f, base=f.args[2], first_rule=rules[0].index).emit(
-            build_tree(rules, self.tree_budget), {(): f.args[1]}, None)
+        run(_TreeEmitter(self, f, base=f.args[2], first_rule=rules[0].index).emit(
+            build_tree(rules, self.tree_budget), {(): f.args[1]}, None))
 
     def chunks(self) -> list[list[str]]:
         """Root operators grouped, in signature order, into chunks of at most CHUNK_RULES rules: one object
@@ -461,8 +464,14 @@ class LLVMCodegen:
         arena, root = f.args
         known = f.nget(root, F_NF)
         f.return_if(b.icmp_signed("!=", known, c64(-1)), known)
+        depth = b.add(f.get("depth"), c64(1))
+        f.return_if(b.icmp_signed(">", depth, c64(MAX_CONDITION_DEPTH)), c64(ERR_DEPTH))
+        f.put("depth", depth)
         base = f.get("sp")
-        f.return_if_error(self._call(f, "push", arena, root))
+        pushed = self._call(f, "push", arena, root)
+        with b.if_then(b.icmp_signed("<", pushed, c64(0)), likely=False):
+            f.put("depth", b.sub(f.get("depth"), c64(1)))
+            b.ret(pushed)
         head, step, done, fail = f.block("frames"), f.block("step"), f.block("finished"), f.block("fail")
         code = f.var(c64(0))
         b.branch(head)
@@ -540,6 +549,7 @@ class LLVMCodegen:
         b.branch(head)
 
         b.position_at_end(done)
+        f.put("depth", b.sub(f.get("depth"), c64(1)))
         b.ret(f.nget(root, F_NF))
 
         # Unwind this call's frames so the arena stays usable for the next root.
@@ -549,6 +559,7 @@ class LLVMCodegen:
             f.nput(frame_node, F_MARK, c64(0))
             f.nput(frame_node, F_VIA, c64(-1))
         f.put("sp", base)
+        f.put("depth", b.sub(f.get("depth"), c64(1)))
         b.ret(b.load(code, typ=I64))
 
     def _rewrite(self) -> None:
@@ -767,7 +778,8 @@ class _TreeEmitter:
         self.base, self.first_rule = base, first_rule
         self.scratch: ir.Value | None = None
 
-    def emit(self, tree: Tree, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> None:
+    def emit(self, tree: Tree, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> Step[None]:
+        """A trampoline step (farm/trampoline.py): trees are as deep as patterns are large."""
         b = self.b
         if isinstance(tree, Fail):
             if on_fail is not None:
@@ -776,15 +788,15 @@ class _TreeEmitter:
                 b.ret(c64(NO_MATCH))
         elif isinstance(tree, Chain):
             rest = self.f.block("next_chunk")
-            self.emit(tree.first, env, rest)
+            yield self.emit(tree.first, env, rest)
             b.position_at_end(rest)
-            self.emit(tree.rest, {(): env[()]}, on_fail)
+            yield self.emit(tree.rest, {(): env[()]}, on_fail)
         elif isinstance(tree, Switch):
-            self._switch(tree, env, on_fail)
+            yield self._switch(tree, env, on_fail)
         else:
-            self._leaf(tree, env, on_fail)
+            yield self._leaf(tree, env, on_fail)
 
-    def _switch(self, tree: Switch, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> None:
+    def _switch(self, tree: Switch, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> Step[None]:
         b, f = self.b, self.f
         value = env[tree.occurrence]
         op = f.nget(value, F_OP)
@@ -800,23 +812,25 @@ class _TreeEmitter:
                 case = f.block("lit")
                 sw.add_case(c64(head[1]), case)  # type: ignore[arg-type]
                 b.position_at_end(case)
-                self.emit(sub, env, on_fail)
+                yield self.emit(sub, env, on_fail)
             b.position_at_end(app_block)
         sw = b.switch(op, default)
         for head, sub in apps:
             case = f.block("app")
             sw.add_case(c64(self.gen.op_ids[head[1]]), case)  # type: ignore[index]
             b.position_at_end(case)
-            inner = dict(env)
+            # One env for the whole tree, not a copy per case (quadratic in depth): each occurrence is
+            # written once on any path from the root, so a subtree reads only what its own path wrote.
+            inner = env
             if head[2]:
                 offset = f.nget(value, F_PAYLOAD)
                 for j in range(head[2]):
                     inner[tree.occurrence + (j,)] = f.kid(offset, c64(j))
-            self.emit(sub, inner, on_fail)
+            yield self.emit(sub, inner, on_fail)
         b.position_at_end(default)
-        self.emit(tree.default, env, on_fail)
+        yield self.emit(tree.default, env, on_fail)
 
-    def _leaf(self, leaf: Leaf, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> None:
+    def _leaf(self, leaf: Leaf, env: dict[Occurrence, ir.Value], on_fail: ir.Block | None) -> Step[None]:
         b, f = self.b, self.f
         bound = {name: env[occ] for name, occ in leaf.bindings.items()}
         otherwise = f.block("otherwise")
@@ -830,7 +844,7 @@ class _TreeEmitter:
         f.return_if(b.not_(fuel_ok), c64(ERR_FUEL))
         b.ret(self._build(leaf.rule.target, bound))
         b.position_at_end(otherwise)
-        self.emit(leaf.otherwise if leaf.otherwise is not None else Fail(), env, on_fail)
+        yield self.emit(leaf.otherwise if leaf.otherwise is not None else Fail(), env, on_fail)
 
     def _require(self, cond: ir.Value, otherwise: ir.Block) -> None:
         passed = self.f.block("passed")
@@ -887,6 +901,9 @@ class _TreeEmitter:
         return self.scratch
 
     def _build(self, expr: PatternExpr, bound: dict[str, ir.Value]) -> ir.Value:
+        return run(self._build_step(expr, bound))
+
+    def _build_step(self, expr: PatternExpr, bound: dict[str, ir.Value]) -> Step[ir.Value]:
         f = self.f
         if isinstance(expr, Var):
             return bound[expr.name]
@@ -895,7 +912,9 @@ class _TreeEmitter:
             node = self.gen._call(f, "farm_mk", f.arena, c64(LIT_OP), c64(0), value, ir.Constant(PTR, None))
         else:
             assert isinstance(expr, App)
-            kids = [self._build(a, bound) for a in expr.args]
+            kids = []
+            for arg in expr.args:
+                kids.append((yield self._build_step(arg, bound)))
             buf = self._scratch() if kids else ir.Constant(PTR, None)
             for j, kid in enumerate(kids):
                 f.store_at(buf, c64(j), kid)
@@ -904,15 +923,19 @@ class _TreeEmitter:
         return node
 
     def _arith(self, expr: LitExpr, bound: dict[str, ir.Value]) -> ir.Value:
+        return run(self._arith_step(expr, bound))
+
+    def _arith_step(self, expr: LitExpr, bound: dict[str, ir.Value]) -> Step[ir.Value]:
         b = self.b
         if isinstance(expr, Lit):
             return c64(expr.value)
         if isinstance(expr, Var):
             return self.f.nget(bound[expr.name], F_PAYLOAD)
         if isinstance(expr, Neg):
-            return b.sub(c64(0), self._arith(expr.operand, bound))
+            return b.sub(c64(0), (yield self._arith_step(expr.operand, bound)))
         assert isinstance(expr, BinOp)
-        x, y = self._arith(expr.left, bound), self._arith(expr.right, bound)
+        x = yield self._arith_step(expr.left, bound)
+        y = yield self._arith_step(expr.right, bound)
         ops = {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv, "%": b.srem, "&": b.and_, "|": b.or_, "^": b.xor}
         if expr.op in ops:
             return ops[expr.op](x, y)

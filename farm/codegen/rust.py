@@ -13,7 +13,9 @@ import re
 
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
+from farm.semantics import MAX_CONDITION_DEPTH
 from farm.terms import TermGraph
+from farm.trampoline import Step, run
 from farm.transduce import RuleSet
 
 RUNTIME = r"""
@@ -23,6 +25,7 @@ pub const LIT: i64 = -1;
 pub const NO_MATCH: i64 = -1;
 pub const ERR_FUEL: i64 = -2;
 pub const ERR_CYCLE: i64 = -3;
+pub const ERR_DEPTH: i64 = -6;
 
 #[derive(Clone)]
 struct Node { op: i64, arity: usize, payload: i64, nf: i64, via: i64, mark: bool }
@@ -36,12 +39,13 @@ pub struct Arena {
     pub fuel: i64,
     pub last_rule: i64,
     pub counters: Vec<i64>,
+    depth: usize,
 }
 
 impl Arena {
     pub fn new() -> Arena {
         Arena { nodes: Vec::new(), kids: Vec::new(), table: HashMap::new(), stack: Vec::new(),
-                steps: 0, fuel: 0, last_rule: -1, counters: vec![0; RULE_COUNT] }
+                steps: 0, fuel: 0, last_rule: -1, counters: vec![0; RULE_COUNT], depth: 0 }
     }
 
     pub fn mk(&mut self, op: i64, value: i64, kids: &[i64]) -> i64 {
@@ -89,6 +93,14 @@ impl Arena {
     /// Innermost normal form of `root`, or a negative error code; the same steps as farm/interp.py.
     pub fn normalize(&mut self, root: i64) -> i64 {
         if self.nodes[root as usize].nf != -1 { return self.nodes[root as usize].nf; }
+        if self.depth >= MAX_CONDITION_DEPTH { return ERR_DEPTH; }
+        self.depth += 1;
+        let result = self.normalize_frames(root);
+        self.depth -= 1;
+        result
+    }
+
+    fn normalize_frames(&mut self, root: i64) -> i64 {
         let base = self.stack.len();
         let code = self.push(root);
         if code < 0 { return code; }
@@ -195,6 +207,15 @@ fn main() {
 """
 
 
+MAX_INDENT = 64
+
+
+def _indent(depth: int) -> str:
+    """Indentation stops growing past MAX_INDENT levels: a tree thousands deep must not make the text
+    quadratic in its depth (rustc reads it the same)."""
+    return "    " * min(depth, MAX_INDENT)
+
+
 def _comment(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ").replace("*/", "* /")
 
@@ -221,6 +242,7 @@ class RustCodegen:
             "#![allow(unused_variables, unused_mut, unused_labels, unreachable_code, dead_code, unused_parens)]",
             f"pub const RULE_COUNT: usize = {len(self.ruleset.rules)};",
             f"pub const OP_COUNT: usize = {len(self.ruleset.signature)};",
+            f"pub const MAX_CONDITION_DEPTH: usize = {MAX_CONDITION_DEPTH};",
         ]
         match = ["/// The rewrite of `n` (children normal) by the first matching rule, NO_MATCH, or an error.",
                  "pub fn match_node(a: &mut Arena, n: i64) -> i64 {", "    match a.op(n) {", *dispatch,
@@ -229,32 +251,34 @@ class RustCodegen:
 
     def _function(self, name: str, tree: Tree) -> None:
         body: list[str] = []
-        self._emit(tree, {(): "n"}, "NO_MATCH", body, 1)
+        run(self._emit(tree, {(): "n"}, "NO_MATCH", body, 1))
         self.functions.append("\n".join([f"fn {name}(a: &mut Arena, n: i64) -> i64 {{", *body, "}", ""]))
 
     def _var(self, prefix: str) -> str:
         return f"{prefix}{next(self._fresh)}"
 
-    def _emit(self, tree: Tree, env: dict[Occurrence, str], on_fail: str, out: list[str], depth: int) -> None:
-        pad = "    " * depth
+    def _emit(self, tree: Tree, env: dict[Occurrence, str], on_fail: str, out: list[str], depth: int) -> Step[None]:
+        """A trampoline step (farm/trampoline.py): trees are as deep as patterns are large."""
+        pad = _indent(depth)
         if isinstance(tree, Fail):
             out.append(f"{pad}return {on_fail};")
         elif isinstance(tree, Chain):
             rest = self._var("chunk")
-            self._emit_rest(rest, tree.rest, on_fail)
-            self._emit(tree.first, env, f"{rest}(a, n)", out, depth)
+            yield self._emit_rest(rest, tree.rest, on_fail)
+            yield self._emit(tree.first, env, f"{rest}(a, n)", out, depth)
         elif isinstance(tree, Switch):
-            self._switch(tree, env, on_fail, out, depth)
+            yield self._switch(tree, env, on_fail, out, depth)
         else:
-            self._leaf(tree, env, on_fail, out, depth)
+            yield self._leaf(tree, env, on_fail, out, depth)
 
-    def _emit_rest(self, name: str, tree: Tree, on_fail: str) -> None:
+    def _emit_rest(self, name: str, tree: Tree, on_fail: str) -> Step[None]:
         body: list[str] = []
-        self._emit(tree, {(): "n"}, on_fail, body, 1)
+        yield self._emit(tree, {(): "n"}, on_fail, body, 1)
         self.functions.append("\n".join([f"fn {name}(a: &mut Arena, n: i64) -> i64 {{", *body, "}", ""]))
 
-    def _switch(self, tree: Switch, env: dict[Occurrence, str], on_fail: str, out: list[str], depth: int) -> None:
-        pad = "    " * depth
+    def _switch(self, tree: Switch, env: dict[Occurrence, str], on_fail: str, out: list[str],
+                depth: int) -> Step[None]:
+        pad = _indent(depth)
         v = env[tree.occurrence]
         lits = [(i, h) for i, (h, _) in enumerate(tree.cases) if h[0] == "lit"]
         apps = [(i, h) for i, (h, _) in enumerate(tree.cases) if h[0] == "app"]
@@ -266,20 +290,22 @@ class RustCodegen:
         out.append(f"{pad}match {sel} {{")
         for i, (head, sub) in enumerate(tree.cases):
             out.append(f"{pad}    {i} => {{")
-            inner = dict(env)
+            # One env for the whole tree, not a copy per case (quadratic in depth): each occurrence is
+            # written once on any path from the root, so a subtree reads only what its own path wrote.
+            inner = env
             for j in range(head[2]):
                 kid = self._var("k")
                 out.append(f"{pad}        let {kid} = a.kid({v}, {j});")
                 inner[tree.occurrence + (j,)] = kid
-            self._emit(sub, inner, on_fail, out, depth + 2)
+            yield self._emit(sub, inner, on_fail, out, depth + 2)
             out.append(f"{pad}    }}")
         out.append(f"{pad}    _ => {{")
-        self._emit(tree.default, env, on_fail, out, depth + 2)
+        yield self._emit(tree.default, env, on_fail, out, depth + 2)
         out.append(f"{pad}    }}")
         out.append(f"{pad}}}")
 
-    def _leaf(self, leaf: Leaf, env: dict[Occurrence, str], on_fail: str, out: list[str], depth: int) -> None:
-        pad = "    " * depth
+    def _leaf(self, leaf: Leaf, env: dict[Occurrence, str], on_fail: str, out: list[str], depth: int) -> Step[None]:
+        pad = _indent(depth)
         bound = {name: env[occ] for name, occ in leaf.bindings.items()}
         label = self._var("'rule")
         out.append(f"{pad}// rule {leaf.rule.index}: {_comment(leaf.rule.name)}")
@@ -293,7 +319,7 @@ class RustCodegen:
         out.append(f"{inner}if !a.fire({leaf.rule.index}) {{ return ERR_FUEL; }}")
         out.append(f"{inner}return {self._build(leaf.rule.target, bound, out, inner)};")
         out.append(f"{pad}}}")
-        self._emit(leaf.otherwise if leaf.otherwise is not None else Fail(), env, on_fail, out, depth)
+        yield self._emit(leaf.otherwise if leaf.otherwise is not None else Fail(), env, on_fail, out, depth)
 
     def _guard(self, c: Constraint, bound: dict[str, str], out: list[str], pad: str) -> str:
         if isinstance(c, IsConst):
@@ -328,6 +354,9 @@ class RustCodegen:
         return f"({is_lit} && {value} == ({lit.value}i64))"
 
     def _build(self, expr: PatternExpr, bound: dict[str, str], out: list[str], pad: str) -> str:
+        return run(self._build_step(expr, bound, out, pad))
+
+    def _build_step(self, expr: PatternExpr, bound: dict[str, str], out: list[str], pad: str) -> Step[str]:
         if isinstance(expr, Var):
             return bound[expr.name]
         name = self._var("t")
@@ -337,19 +366,25 @@ class RustCodegen:
             out.append(f"{pad}let {name} = a.mk(LIT, {self._arith(expr.expr, bound)}, &[]);")
         else:
             assert isinstance(expr, App)
-            kids = [self._build(arg, bound, out, pad) for arg in expr.args]
+            kids = []
+            for arg in expr.args:
+                kids.append((yield self._build_step(arg, bound, out, pad)))
             out.append(f"{pad}let {name} = a.mk({self.op_ids[expr.op]}, 0, &[{', '.join(kids)}]);")
         return name
 
     def _arith(self, expr: LitExpr, bound: dict[str, str]) -> str:
+        return run(self._arith_step(expr, bound))
+
+    def _arith_step(self, expr: LitExpr, bound: dict[str, str]) -> Step[str]:
         if isinstance(expr, Lit):
             return f"({expr.value}i64)"
         if isinstance(expr, Var):
             return f"a.val({bound[expr.name]})"
         if isinstance(expr, Neg):
-            return f"({self._arith(expr.operand, bound)}).wrapping_neg()"
+            return f"({(yield self._arith_step(expr.operand, bound))}).wrapping_neg()"
         assert isinstance(expr, BinOp)
-        x, y = self._arith(expr.left, bound), self._arith(expr.right, bound)
+        x = yield self._arith_step(expr.left, bound)
+        y = yield self._arith_step(expr.right, bound)
         method = {"+": "wrapping_add", "-": "wrapping_sub", "*": "wrapping_mul", "/": "wrapping_div",
                   "%": "wrapping_rem"}.get(expr.op)
         if method:
