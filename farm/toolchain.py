@@ -299,10 +299,18 @@ class Toolchain:
 
 def _limits(memory: int, seconds: float) -> Callable[[], None]:
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        cpu = int(seconds) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        _lower_limit(resource.RLIMIT_AS, memory)
+        _lower_limit(resource.RLIMIT_CPU, int(seconds) + 1)
     return apply
+
+
+def _lower_limit(kind: int, value: int) -> None:
+    """Cap a resource at `value`, or at the hard limit this process already has if that is lower (raising a
+    hard limit is not allowed: asking would fail the stage instead of running it under the tighter cap)."""
+    _, hard = resource.getrlimit(kind)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(kind, (value, value))
 
 
 def remove_build_dir(result: BuildResult) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,6 +126,22 @@ def test_each_stage_runs_under_memory_and_time_limits(tmp_path: Path) -> None:
     hurried = Engine(FarmConfig(cache_dir=tmp_path / "b", stage_timeout=0.001))
     with pytest.raises(StageTimeout, match="llvm-as"):
         hurried.compile(ruleset_of(PEANO), "p", "x86-64")
+
+
+def test_a_stage_limit_above_the_process_hard_limit_runs_under_the_hard_limit(tmp_path: Path) -> None:
+    """FARM_STAGE_MEMORY_MB (4096 by default) above what the process may raise to: the stage runs capped at
+    the hard limit instead of failing in the child before exec."""
+    rules = tmp_path / "p.farm"
+    rules.write_text(PEANO + "\n")
+    hard = 3 << 30
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+    proc = subprocess.run([sys.executable, "-m", "farm.cli", "compile", str(rules), "--target", "x86-64"],
+                          capture_output=True, text=True, preexec_fn=cap, timeout=120,
+                          env={**os.environ, "FARM_CACHE_DIR": str(tmp_path / "c"), "FARM_COMPILE_PATH": "staged"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
 
 
 # ---- tampered, truncated and swapped artifacts ----
