@@ -3,13 +3,52 @@
 from __future__ import annotations
 
 import os
+import re
+import resource
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "farm"
+
+
+def _machine_memory() -> int:
+    """Physical RAM, or the cgroup's memory limit when a container has one below it."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return physical
+    return min(physical, int(limit)) if limit.isdigit() else physical
+
+
+@cache
+def default_max_memory() -> int:
+    """A quarter of the machine's memory (as the JVM's default heap cap): one runaway input stops well before
+    it takes the machine, while leaving room for the Python-side copy of the results and for other
+    processes. Under an address-space limit (RLIMIT_AS), at most half of it: the address space also holds
+    the interpreter, its libraries and the exported results, and the cap must be reached before malloc fails."""
+    cap = _machine_memory() // 4
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return cap if soft == resource.RLIM_INFINITY else min(cap, soft // 2)
+
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, variable: str) -> int:
+    """Bytes from `67108864`, `512M`, `4G`, `4GiB` (binary units); 0 means no cap."""
+    from farm.errors import ConfigError
+
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ConfigError(f"{variable}={text!r}: expected a size in bytes, optionally with a K, M, G or T suffix "
+                          "(e.g. 512M, 4G)")
+    return int(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
 @dataclass
@@ -20,6 +59,8 @@ class FarmConfig:
     opt_level: int = 2
     stage_timeout: float = 120.0
     stage_memory_mb: int = 4096  # address-space cap of each toolchain stage
+    # bytes a rewrite (native arena or interpreter) may hold before ArenaOutOfMemory; 0 = no cap
+    max_memory: int = field(default_factory=default_max_memory)
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
     # "staged" (llvm-as, opt, llc, llvm-mc) or "inprocess" (llvmlite); both link with ld.lld
     compile_path: str = "staged"
@@ -63,6 +104,8 @@ class FarmConfig:
         cfg.stage_timeout = float(env.get("FARM_STAGE_TIMEOUT", cfg.stage_timeout))
         cfg.stage_memory_mb = int(env.get("FARM_STAGE_MEMORY_MB", cfg.stage_memory_mb))
         cfg.workers = int(env.get("FARM_WORKERS", cfg.workers))
+        if env.get("FARM_MAX_MEMORY"):
+            cfg.max_memory = parse_size(env["FARM_MAX_MEMORY"], "FARM_MAX_MEMORY")
         cfg.compile_path = env.get("FARM_COMPILE_PATH", cfg.compile_path)
         cfg.redis_url = env.get("FARM_REDIS_URL") or None
         cfg.broker_url = env.get("FARM_BROKER_URL") or cfg.redis_url

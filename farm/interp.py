@@ -10,9 +10,15 @@ from dataclasses import dataclass, field
 
 from farm.errors import NonTermination
 from farm.rules import App, Compare, Computed, Constraint, IsConst, Lit, PatternExpr, TermCondition, Var
-from farm.semantics import DEFAULT_FUEL, compare, cycle_error, eval_lit, fuel_error
+from farm.semantics import DEFAULT_FUEL, compare, cycle_error, eval_lit, fuel_error, memory_error
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
+
+# Estimated bytes a graph node costs the interpreter: its columns, interning key, children tuple and memo
+# entries. Measured on CPython 3.11 with a growing term (tests/test_limits.py): 340-375 bytes per node of
+# arity 0-3; each child adds three 8-byte references (kid_ids, the children tuple, the interning key).
+BYTES_PER_NODE = 400
+BYTES_PER_CHILD = 24
 
 
 @dataclass
@@ -38,12 +44,18 @@ class Interpreter:
         for rule in ruleset.rules:
             self._by_op.setdefault(sig.lookup(rule.source.op), []).append(rule)  # type: ignore[arg-type]
 
-    def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
-        run = _Run(self, graph, fuel)
+    def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL,
+                max_memory: int | None = None) -> RewriteResult:
+        """max_memory: bytes the graph may grow to, estimated from its nodes (0: no cap); None takes
+        FARM_MAX_MEMORY or its default. Past it, ArenaOutOfMemory."""
+        from farm.config import FarmConfig
+
+        cap = FarmConfig.from_env().max_memory if max_memory is None else max_memory
+        run = _Run(self, graph, fuel, cap)
         outcomes: list[int | NonTermination] = []
         steps = []
-        for root in roots:
-            run.steps, run.last_rule = 0, ""
+        for number, root in enumerate(roots, 1):
+            run.steps, run.last_rule, run.term = 0, "", number
             try:
                 outcomes.append(run.normalize(root))
             except NonTermination as exc:
@@ -53,11 +65,13 @@ class Interpreter:
 
 
 class _Run:
-    def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int) -> None:
+    def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int, cap: int) -> None:
         self.rules_by_op = interp._by_op
         self.rules = interp.ruleset.rules
         self.g = graph
         self.fuel = fuel
+        self.cap = cap
+        self.term = 0  # which root (from 1), for messages
         self.steps = 0
         self.last_rule = ""
         self.firings = [0] * len(self.rules)
@@ -125,6 +139,9 @@ class _Run:
         self.via[node] = reduced
 
     def _match(self, node: int) -> int | None:
+        # Every node the run creates is matched once it is fully normal, so checking here bounds growth.
+        if self.cap:
+            self._check_memory()
         for rule in self.rules_by_op.get(self.g.ops[node], ()):
             binding: dict[str, int] = {}
             if self._match_pattern(rule.source, node, binding) and self._guards(rule.constraints, binding):
@@ -135,6 +152,12 @@ class _Run:
                     raise fuel_error(self.fuel, rule.name)
                 return self._build(rule.target, binding)
         return None
+
+    def _check_memory(self) -> None:
+        g = self.g
+        held = len(g.ops) * BYTES_PER_NODE + len(g.kid_ids) * BYTES_PER_CHILD
+        if held > self.cap:
+            raise memory_error(self.cap, held, f"while rewriting term {self.term}")
 
     def _match_pattern(self, pattern: PatternExpr, node: int, binding: dict[str, int]) -> bool:
         g = self.g
