@@ -7,11 +7,13 @@ against. It recurses on term depth, so it is meant for the small random terms of
 from __future__ import annotations
 
 from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var
-from farm.semantics import DEFAULT_FUEL, compare, eval_lit, fuel_error
+from farm.semantics import DEFAULT_FUEL, compare, eval_lit, fuel_error, memory_error
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
 
 Term = int | tuple  # an int literal, or (op name, *args)
+# Estimated bytes of one term node here: a tuple of a few slots and its share of the rebuilt parents.
+BYTES_PER_NODE = 100
 
 
 def from_graph(graph: TermGraph, node: int) -> Term:
@@ -29,10 +31,17 @@ def to_text(term: Term) -> str:
 
 
 class Oracle:
-    def __init__(self, ruleset: RuleSet, fuel: int = DEFAULT_FUEL) -> None:
+    def __init__(self, ruleset: RuleSet, fuel: int = DEFAULT_FUEL, max_memory: int | None = None) -> None:
+        """max_memory: bytes (0: no cap; None: FARM_MAX_MEMORY or its default), estimated from the nodes
+        the right-hand sides build, all counted as live: the oracle shares and frees nothing on purpose."""
+        from farm.config import FarmConfig
+
         self.rules = ruleset.rules
         self.fuel = fuel
         self.steps = 0
+        self.cap = FarmConfig.from_env().max_memory if max_memory is None else max_memory
+        self.built = 0  # nodes built by right-hand sides
+        self._rhs_nodes = [_size(rule.target) for rule in self.rules]
 
     def normalize(self, term: Term) -> Term:
         while True:
@@ -45,10 +54,16 @@ class Oracle:
                     self.steps += 1
                     if self.steps > self.fuel:
                         raise fuel_error(self.fuel, rule.name)
+                    self._grow(self._rhs_nodes[rule.index])
                     term = _build(rule.target, binding)
                     break
             else:
                 return term
+
+    def _grow(self, nodes: int) -> None:
+        self.built += nodes
+        if self.cap and self.built * BYTES_PER_NODE > self.cap:
+            raise memory_error(self.cap, self.built * BYTES_PER_NODE, "in the oracle")
 
     def _guards(self, rule: RewriteRule, b: dict[str, Term]) -> bool:
         for c in rule.constraints:
@@ -86,3 +101,15 @@ def _build(p: PatternExpr, b: dict[str, Term]) -> Term:
     if isinstance(p, Computed):
         return eval_lit(p.expr, {k: v for k, v in b.items() if isinstance(v, int)})
     return (p.op, *(_build(a, b) for a in p.args))
+
+
+def _size(p: PatternExpr) -> int:
+    """Nodes a right-hand side builds (variables are shared, not built); iterative, as patterns nest deep."""
+    count, stack = 0, [p]
+    while stack:
+        q = stack.pop()
+        if not isinstance(q, Var):
+            count += 1
+            if isinstance(q, App):
+                stack.extend(q.args)
+    return count
