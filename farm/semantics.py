@@ -73,5 +73,5 @@ def memory_error(cap: int, held: int, during: str) -> ArenaOutOfMemory:
         return ArenaOutOfMemory(f"rewriting stopped at the memory cap FARM_MAX_MEMORY={cap} ({mebibytes(cap)}) "
                                 f"{during}: it holds {mebibytes(held)} and needs more; the rules may not "
                                 "terminate, or raise FARM_MAX_MEMORY", cap)
-    return ArenaOutOfMemory(f"out of memory {during}: malloc refused at {mebibytes(held)} held, below the "
-                            f"memory cap FARM_MAX_MEMORY={cap or 'unset'}", cap)
+    below = f"below the memory cap FARM_MAX_MEMORY={cap}" if cap else "with no memory cap (FARM_MAX_MEMORY=0)"
+    return ArenaOutOfMemory(f"out of memory {during}: malloc refused at {mebibytes(held)} held, {below}", cap)

@@ -332,9 +332,14 @@ class LLVMCodegen:
         want = b.add(f.get(count), need)
         old_cap = f.get(cap)
         f.return_if(b.icmp_signed("<=", want, old_cap), ir.Constant(I1, 1))
+        old_bytes = b.mul(old_cap, c64(elem_bytes))
+        # Doubling, but no further than the cap allows: the last growth before the cap uses what is left.
+        fits = b.sdiv(b.add(b.sub(f.get("limit"), f.get("held")), old_bytes), c64(elem_bytes))
+        f.return_if(b.icmp_signed("<", fits, want), ir.Constant(I1, 0))
         doubled = b.mul(old_cap, c64(2))
         new_cap = b.select(b.icmp_signed("<", doubled, want), want, doubled)
-        old_bytes, new_bytes = b.mul(old_cap, c64(elem_bytes)), b.mul(new_cap, c64(elem_bytes))
+        new_cap = b.select(b.icmp_signed("<", fits, new_cap), fits, new_cap)
+        new_bytes = b.mul(new_cap, c64(elem_bytes))
         f.return_if(b.not_(self._call(f, "charge", f.arena, old_bytes, new_bytes)), ir.Constant(I1, 0))
         grown = self._call(f, "realloc", f.get(ptr), new_bytes)
         with b.if_then(b.icmp_unsigned("==", grown, ir.Constant(PTR, None)), likely=False):
