@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from farm.config import FarmConfig
 from farm.errors import NonTermination
 from farm.rules import App, Compare, Computed, Constraint, IsConst, Lit, PatternExpr, TermCondition, Var
 from farm.semantics import DEFAULT_FUEL, compare, cycle_error, eval_lit, fuel_error, memory_error
@@ -48,8 +49,6 @@ class Interpreter:
                 max_memory: int | None = None) -> RewriteResult:
         """max_memory: bytes the graph may grow to, estimated from its nodes (0: no cap); None takes
         FARM_MAX_MEMORY or its default. Past it, ArenaOutOfMemory."""
-        from farm.config import FarmConfig
-
         cap = FarmConfig.from_env().max_memory if max_memory is None else max_memory
         run = _Run(self, graph, fuel, cap)
         outcomes: list[int | NonTermination] = []

@@ -6,6 +6,7 @@ against. It recurses on term depth, so it is meant for the small random terms of
 
 from __future__ import annotations
 
+from farm.config import FarmConfig
 from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var
 from farm.semantics import DEFAULT_FUEL, compare, eval_lit, fuel_error, memory_error
 from farm.terms import LIT, TermGraph
@@ -34,8 +35,6 @@ class Oracle:
     def __init__(self, ruleset: RuleSet, fuel: int = DEFAULT_FUEL, max_memory: int | None = None) -> None:
         """max_memory: bytes (0: no cap; None: FARM_MAX_MEMORY or its default), estimated from the nodes
         the right-hand sides build, all counted as live: the oracle shares and frees nothing on purpose."""
-        from farm.config import FarmConfig
-
         self.rules = ruleset.rules
         self.fuel = fuel
         self.steps = 0

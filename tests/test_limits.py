@@ -220,7 +220,7 @@ def test_stale_build_dirs_are_removed_and_nothing_else(tmp_path: Path, count: in
 def _farm(*args: str, cache: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FARM_CACHE_DIR": str(cache), "FARM_OPT_LEVEL": "0"}
     return subprocess.Popen([sys.executable, "-m", "farm.cli", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def test_a_killed_compile_leaves_a_dir_the_next_compile_removes(tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_a_killed_compile_leaves_a_dir_the_next_compile_removes(tmp_path: Path) 
     while not (work.exists() and any(work.iterdir())):
         assert victim.poll() is None and time.monotonic() < deadline, "the compile never made a build dir"
         time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)
+    os.killpg(victim.pid, signal.SIGKILL)  # the toolchain stage it runs too, so none writes into the dir later
     victim.communicate()
     left = list(work.iterdir())
     assert len(left) == 1 and left[0].name.startswith(f"build-{build_dir_prefix().split('-')[1]}-{victim.pid}-")
