@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from farm import config
 from farm.backends import make_index
-from farm.config import FarmConfig, default_max_memory, parse_size
+from farm.config import FarmConfig, default_max_memory
 from farm.engine import Engine, load_native
 from farm.errors import ArenaOutOfMemory, ConfigError
 from farm.interp import Interpreter
@@ -65,13 +66,20 @@ def test_bad_max_memory_is_a_config_error(text: str) -> None:
     assert repr(text) in str(caught.value) and "512M" in str(caught.value)
 
 
-def test_default_cap_is_a_quarter_of_memory_and_under_the_address_space_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_cap_is_a_quarter_of_memory_and_under_the_address_space_limit(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path) -> None:
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < default_max_memory() <= physical // 4
     assert FarmConfig().max_memory == default_max_memory() == FarmConfig.from_env({}).max_memory
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1 << 30, resource.RLIM_INFINITY))
     assert default_max_memory.__wrapped__() == min(physical // 4, 1 << 29)  # type: ignore[attr-defined]
-    assert parse_size("2G", "X") == 2 << 30
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    monkeypatch.setattr(config, "_CGROUP_LIMITS", (str(v2), str(v1)))
+    v2.write_text("max\n")
+    v1.write_text(f"{1 << 30}\n")  # a container of 1 GiB: a quarter of it, below half the address space
+    assert default_max_memory.__wrapped__() == 1 << 28  # type: ignore[attr-defined]
+    v1.write_text(f"{1 << 62}\n")  # v1's "no limit"
+    assert default_max_memory.__wrapped__() == min(physical // 4, 1 << 29)  # type: ignore[attr-defined]
 
 
 # ---- the memory cap, on every engine
