@@ -13,7 +13,7 @@ from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
 
 Term = int | tuple  # an int literal, or (op name, *args)
-# Estimated bytes of one term node here: a tuple of a few slots and its share of the rebuilt parents.
+# Estimated bytes of one term node here: a tuple of a few slots.
 BYTES_PER_NODE = 100
 
 
@@ -33,19 +33,21 @@ def to_text(term: Term) -> str:
 
 class Oracle:
     def __init__(self, ruleset: RuleSet, fuel: int = DEFAULT_FUEL, max_memory: int | None = None) -> None:
-        """max_memory: bytes (0: no cap; None: FARM_MAX_MEMORY or its default), estimated from the nodes
-        the right-hand sides build, all counted as live: the oracle shares and frees nothing on purpose."""
+        """max_memory: bytes (0: no cap; None: FARM_MAX_MEMORY or its default), estimated from the nodes it
+        builds (right-hand sides and rebuilt parents), all counted as live: an upper bound, since the
+        oracle shares nothing on purpose."""
         self.rules = ruleset.rules
         self.fuel = fuel
         self.steps = 0
         self.cap = FarmConfig.from_env().max_memory if max_memory is None else max_memory
-        self.built = 0  # nodes built by right-hand sides
+        self.built = 0  # nodes built so far
         self._rhs_nodes = [_size(rule.target) for rule in self.rules]
 
     def normalize(self, term: Term) -> Term:
         while True:
             if isinstance(term, int):
                 return term
+            self._grow(1)  # the rebuilt node: over shared subterms, rebuilding alone can grow exponentially
             term = (term[0], *(self.normalize(a) for a in term[1:]))
             for rule in self.rules:
                 binding: dict[str, Term] = {}
