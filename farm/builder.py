@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from farm.backends import make_index, make_store
 from farm.codegen.llvm import ruleset_parts
 from farm.config import FarmConfig
-from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMismatch
+from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMismatch, WorkDirError
 from farm.index import CacheIndex
 from farm.loader import sha256_file, verify_sha256
 from farm.serialize import ruleset_to_json
@@ -34,6 +38,25 @@ def check_pattern_id(pattern_id: str) -> str:
     if len(pattern_id) > MAX_PATTERN_ID:
         raise InvalidPatternId(f"pattern ID is {len(pattern_id)} characters long; the limit is {MAX_PATTERN_ID}")
     return pattern_id
+
+
+@contextmanager
+def build_lock(cache_dir: Path, key: str) -> Iterator[None]:
+    """Single flight among the processes of this host that share a cache dir: one builds a key while the
+    others wait for it. flock is released by the kernel when its holder exits, even by SIGKILL, so a killed
+    compile never wedges the others. The lock files (empty, one per key) are left in place: removing one
+    safely while another process may be opening it is not worth an inode."""
+    path = cache_dir / "locks" / key[:2] / f"{key}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise WorkDirError(f"cannot create the build lock {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass
@@ -98,14 +121,30 @@ class ArtifactBuilder:
         if versions is not None and versions != self.versions():
             raise ToolchainMismatch(f"this worker's toolchain {self.versions()} differs from the one the "
                                     f"request was keyed with {versions}")
+        hit = self._hit(key, pattern_id, resolved.name, start)
+        if hit is not None:
+            return hit
+        with build_lock(self.config.cache_dir, key):
+            # Whoever held the lock before us may have built it: then it is a hit, and nothing is counted twice.
+            hit = self._hit(key, pattern_id, resolved.name, start)
+            if hit is not None:
+                return hit
+            return self._build(parts, key, pattern_id, resolved, opt, ruleset_json, start)
+
+    def _hit(self, key: str, pattern_id: str, target: str, start: float) -> Artifact | None:
         found = self._fetch_verified(key)
-        if found is not None:
-            path, meta = found
-            if self.count_requests:
-                self.index.note_hit(pattern_id, resolved.name, meta)
-            else:
-                self.index.record(pattern_id, resolved.name, meta)
-            return Artifact(meta, path, True, time.perf_counter() - start)
+        if found is None:
+            return None
+        path, meta = found
+        if self.count_requests:
+            self.index.note_hit(pattern_id, target, meta)
+        else:
+            self.index.record(pattern_id, target, meta)
+        return Artifact(meta, path, True, time.perf_counter() - start)
+
+    def _build(self, parts: list[tuple[str, str]], key: str, pattern_id: str, resolved: Target, opt: int,
+               ruleset_json: str, start: float) -> Artifact:
+        """Build, store, then index (counting the stored bytes): called under the key's build lock."""
         if self.count_requests:
             self.index.note_miss(pattern_id)
         try:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import resource
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -29,6 +31,52 @@ def _default_cache_dir() -> Path:
     return Path(base) / "farm"
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
+
+
+def _machine_memory() -> int:
+    """Physical RAM, or the cgroup's memory limit when a container has one below it ("max" in v2 and a
+    huge number in v1 mean none)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for name in _CGROUP_LIMITS:
+        try:
+            limit = Path(name).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            memory = min(memory, int(limit))
+    return memory
+
+
+@cache
+def default_max_memory() -> int:
+    """A quarter of the machine's memory (as the JVM's default heap cap): one runaway input stops well before
+    it takes the machine, while leaving room for the Python-side copy of the results and for other
+    processes. Under an address-space limit (RLIMIT_AS), at most half of it: the address space also holds
+    the interpreter, its libraries and the exported results, and the cap must be reached before malloc fails."""
+    cap = _machine_memory() // 4
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return cap if soft == resource.RLIM_INFINITY else min(cap, soft // 2)
+
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size(text: str) -> int:
+    """Bytes from `67108864`, `512M`, `4G`, `4GiB` (binary units); 0 means no cap."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("a size in bytes, optionally with a K, M, G or T suffix (e.g. 512M, 4G)")
+    return int(match[1]) * _SIZE_UNITS[match[2].upper()]
+
+
+def max_memory_from_env() -> int:
+    """FARM_MAX_MEMORY (environment over FARM_CONFIG) or its default: the cap an engine takes when its caller
+    gives none (an Engine passes its own config's)."""
+    return SettingsReader(os.environ)("FARM_MAX_MEMORY", None, size) or default_max_memory()
+
+
 @dataclass
 class FarmConfig:
     cache_dir: Path = field(default_factory=_default_cache_dir)
@@ -37,6 +85,8 @@ class FarmConfig:
     opt_level: int = 2
     stage_timeout: float = 120.0
     stage_memory_mb: int = 4096  # address-space cap of each toolchain stage
+    # bytes a rewrite (native arena or interpreter) may hold before ArenaOutOfMemory; 0 = no cap
+    max_memory: int = field(default_factory=default_max_memory)
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
     # "staged" (llvm-as, opt, llc, llvm-mc) or "inprocess" (llvmlite); both link with ld.lld
     compile_path: str = "staged"
@@ -83,6 +133,7 @@ class FarmConfig:
         cfg.stage_timeout = read("FARM_STAGE_TIMEOUT", cfg.stage_timeout, seconds(above=0))
         cfg.stage_memory_mb = read("FARM_STAGE_MEMORY_MB", cfg.stage_memory_mb, integer(1))
         cfg.workers = read("FARM_WORKERS", cfg.workers, integer(0))
+        cfg.max_memory = read("FARM_MAX_MEMORY", cfg.max_memory, size)
         cfg.compile_path = read("FARM_COMPILE_PATH", cfg.compile_path, choice(*COMPILE_PATHS))
         cfg.redis_url = read("FARM_REDIS_URL", cfg.redis_url, url("redis", "rediss", "unix"))
         cfg.broker_url = read("FARM_BROKER_URL", cfg.redis_url, url())

@@ -96,8 +96,9 @@ class Engine:
                 fuel: int = DEFAULT_FUEL, engine: str = "auto", target: str | None = None) -> RewriteResult:
         """engine: "native" (errors propagate), "interpreter", or "auto" (native, else interpreter + warning)."""
         check_fuel(fuel)  # before any compile
+        cap = self.config.max_memory
         if engine == "interpreter":
-            return Interpreter(ruleset).rewrite(graph, roots, fuel)
+            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
         try:
             native = self._native(ruleset, pattern_id, target)
         except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:  # tampering is never masked
@@ -105,8 +106,8 @@ class Engine:
                 raise
             warnings.warn(f"native code unavailable ({exc}); using the interpreter", FallbackWarning, stacklevel=2)
             self.builder.index.incr("fallbacks")
-            return Interpreter(ruleset).rewrite(graph, roots, fuel)
-        result = native.rewrite(graph, roots, fuel)
+            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+        result = native.rewrite(graph, roots, fuel, cap)
         try:
             self.builder.index.note_hot(pattern_id, sum(result.firings))
         except BackendUnavailable as exc:  # the hot set is advisory: a rewrite never fails for it

@@ -109,7 +109,11 @@ class ConditionsTooDeep(NonTermination):
 
 
 class ArenaOutOfMemory(RewriteError):
-    """The native arena could not grow."""
+    """Rewriting needs more memory than the cap (FARM_MAX_MEMORY) allows, or than malloc gives."""
+
+    def __init__(self, message: str, cap: int = 0) -> None:
+        super().__init__(message)
+        self.cap = cap  # bytes; 0 when no cap was set
 
 
 class CodegenError(FarmError):

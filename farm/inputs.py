@@ -16,22 +16,19 @@ Caps (bytes; the environment variable overrides, e.g. FARM_MAX_TERM_FILE_BYTES=5
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from farm.errors import (
-    ConfigError,
     InputTooLarge,
     InputUnreadable,
+    InvalidSetting,
     NotARegularFile,
     NotUtf8Text,
     SourceLocation,
 )
 
-_SIZE = re.compile(r"([0-9]+)([KMG]?)", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _CHUNK = 1 << 20
 
 
@@ -42,15 +39,20 @@ class InputKind:
     default_cap: int
 
     def cap(self) -> int:
-        """The size cap in bytes: the environment's value, validated, or the default."""
+        """The size cap in bytes: the environment's value, validated, or the default. Only the environment:
+        the config file is itself read under a cap."""
+        from farm.config import size
+
         text = os.environ.get(self.variable, "").strip()
         if not text:
             return self.default_cap
-        m = _SIZE.fullmatch(text)
-        value = int(m.group(1)) * _UNITS[m.group(2).lower()] if m else 0
+        try:
+            value = size(text)
+        except ValueError:
+            value = 0
         if value <= 0:
-            raise ConfigError(f"{self.variable}={text!r}: expected a positive size in bytes, optionally with a "
-                              f"K, M or G suffix (e.g. {self.default_cap >> 20}M)")
+            raise InvalidSetting(self.variable, text, "a positive size in bytes, optionally with a K, M, G or T "
+                                 f"suffix (e.g. {self.default_cap >> 20}M)", "in the environment")
         return value
 
 

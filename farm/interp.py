@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
+from farm.config import max_memory_from_env
 from farm.errors import NonTermination
 from farm.rules import (
     App,
@@ -31,9 +32,16 @@ from farm.semantics import (
     depth_error,
     eval_lit,
     fuel_error,
+    memory_error,
 )
 from farm.terms import LIT, TermGraph
 from farm.transduce import RewriteRule, RuleSet
+
+# Estimated bytes a graph node costs the interpreter: its columns, interning key, children tuple and memo
+# entries. Measured on CPython 3.11 with a growing term (tests/test_limits.py): 340-375 bytes per node of
+# arity 0-3; each child adds three 8-byte references (kid_ids, the children tuple, the interning key).
+BYTES_PER_NODE = 400
+BYTES_PER_CHILD = 24
 
 
 @dataclass
@@ -59,12 +67,16 @@ class Interpreter:
         for rule in ruleset.rules:
             self._by_op.setdefault(sig.lookup(rule.source.op), []).append(rule)  # type: ignore[arg-type]
 
-    def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
-        run = _Run(self, graph, check_fuel(fuel))
+    def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL,
+                max_memory: int | None = None) -> RewriteResult:
+        """max_memory: bytes the graph may grow to, estimated from its nodes (0: no cap); None takes
+        FARM_MAX_MEMORY or its default. Past it, ArenaOutOfMemory."""
+        cap = max_memory_from_env() if max_memory is None else max_memory
+        run = _Run(self, graph, check_fuel(fuel), cap)
         outcomes: list[int | NonTermination] = []
         steps = []
-        for root in roots:
-            run.steps, run.last_rule = 0, ""
+        for number, root in enumerate(roots, 1):
+            run.steps, run.last_rule, run.term = 0, "", number
             try:
                 outcomes.append(run.normalize(root))
             except NonTermination as exc:
@@ -84,11 +96,13 @@ class _Wait:
 
 
 class _Run:
-    def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int) -> None:
+    def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int, cap: int) -> None:
         self.rules_by_op = interp._by_op
         self.rules = interp.ruleset.rules
         self.g = graph
         self.fuel = fuel
+        self.cap = cap
+        self.term = 0  # which root (from 1), for messages
         self.steps = 0
         self.last_rule = ""
         self.firings = [0] * len(self.rules)
@@ -186,6 +200,9 @@ class _Run:
     def _match(self, node: int) -> Generator[int, int, int | None]:
         """The first rule that matches `node` and whose guards hold: its target built, or None. A generator:
         it yields each term a condition needs normalised and receives its normal form."""
+        # Every node the run creates is matched once it is fully normal, so checking here bounds growth.
+        if self.cap:
+            self._check_memory()
         for rule in self.rules_by_op.get(self.g.ops[node], ()):
             binding: dict[str, int] = {}
             if self._match_pattern(rule.source, node, binding) and (yield from self._guards(rule.constraints,
@@ -197,6 +214,12 @@ class _Run:
                     raise fuel_error(self.fuel, rule.name)
                 return self._build(rule.target, binding)
         return None
+
+    def _check_memory(self) -> None:
+        g = self.g
+        held = len(g.ops) * BYTES_PER_NODE + len(g.kid_ids) * BYTES_PER_CHILD
+        if held > self.cap:
+            raise memory_error(self.cap, held, f"while rewriting term {self.term}")
 
     def _match_pattern(self, pattern: PatternExpr, node: int, binding: dict[str, int]) -> bool:
         """Match with a stack of (pattern, node) pairs: patterns may nest thousands deep."""

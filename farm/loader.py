@@ -28,12 +28,14 @@ from farm.codegen.llvm import (
     ERR_FUEL,
     ERR_INPUT,
     ERR_OOM,
+    NO_LIMIT,
     NODE_STRIDE,
 )
+from farm.config import max_memory_from_env
 from farm.elf_policy import check_library
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
-from farm.semantics import DEFAULT_FUEL, check_fuel, cycle_error, depth_error, fuel_error
+from farm.semantics import DEFAULT_FUEL, check_fuel, cycle_error, depth_error, fuel_error, memory_error
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
 
@@ -228,12 +230,15 @@ class NativeRuleset:
             raise LoadError(f"{where} was built for another ruleset (fingerprint "
                             f"{lib.farm_fingerprint().decode()[:12]}, expected {ruleset.fingerprint()[:12]})")
 
-    def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL) -> RewriteResult:
+    def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL,
+                max_memory: int | None = None) -> RewriteResult:
+        """max_memory: bytes the arena may hold (0: no cap); None takes FARM_MAX_MEMORY or its default."""
         check_fuel(fuel)
+        cap = max_memory_from_env() if max_memory is None else max_memory
         with bulk():
-            return self._rewrite(graph, roots, fuel)
+            return self._rewrite(graph, roots, fuel, cap)
 
-    def _rewrite(self, graph: TermGraph, roots: list[int], fuel: int) -> RewriteResult:
+    def _rewrite(self, graph: TermGraph, roots: list[int], fuel: int, cap: int) -> RewriteResult:
         """Import the graph's columns as they are (one call), normalise every root (one call), export the
         normal forms' subgraph into fresh columns (two calls): no per-node Python work on the native side.
         The outcomes are nodes of a new TermGraph over those columns, with the input's signature."""
@@ -243,12 +248,13 @@ class NativeRuleset:
         count = max(roots) + 1 if roots else 0  # ids are children-first: the prefix is a valid import order
         arena = self.lib.farm_arena_new()
         if not arena:
-            raise ArenaOutOfMemory("farm_arena_new could not allocate the arena")
+            raise ArenaOutOfMemory("farm_arena_new could not allocate the arena", cap)
+        arena.contents.limit = cap or NO_LIMIT
         try:
             ids = _zeros(count)
             code = self.lib.farm_load(arena, count, *map(_ptr, (ops, graph.arities, graph.vals, graph.kid_ids, ids)))
             if code == ERR_OOM:
-                raise ArenaOutOfMemory("the native arena ran out of memory while loading the terms")
+                raise memory_error(cap, arena.contents.held, "while loading the terms")
             if code != 0:
                 raise TermError(f"the native library rejected the term graph (code {code}): an arity does not "
                                 "match the ruleset or a child index is out of order")
@@ -257,7 +263,7 @@ class NativeRuleset:
             out, info = _zeros(len(roots)), _zeros(2 * len(roots))
             self.lib.farm_rewrite(arena, len(roots), _ptr(native_roots), _ptr(out), _ptr(info), fuel)
             rewritten = time.perf_counter()
-            result = self._collect(arena, graph, to_native, out, info, fuel)
+            result = self._collect(arena, graph, to_native, out, info, fuel, cap)
             result.seconds = {"import": loaded - started, "rewrite": rewritten - loaded,
                               "collect": time.perf_counter() - rewritten}
             return result
@@ -265,10 +271,10 @@ class NativeRuleset:
             self.lib.farm_arena_free(arena)
 
     def _collect(self, arena: Any, graph: TermGraph, to_native: list[int] | None, out: array, info: array,
-                 fuel: int) -> RewriteResult:
+                 fuel: int, cap: int) -> RewriteResult:
         sizes = _zeros(2)
         if self.lib.farm_mark(arena, len(out), _ptr(out), _ptr(sizes)) != 0:
-            raise ArenaOutOfMemory("the native arena ran out of memory while collecting the results")
+            raise memory_error(cap, arena.contents.held, "while collecting the results")
         ops, vals, arities, kids, mapped = _zeros(sizes[0]), _zeros(sizes[0]), _zeros(sizes[0]), _zeros(sizes[1]), \
             _zeros(len(out))
         self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals), _ptr(arities),
@@ -292,7 +298,7 @@ class NativeRuleset:
             elif result == ERR_DEPTH:
                 outcomes.append(depth_error(rule, steps))
             elif result == ERR_OOM:
-                raise ArenaOutOfMemory("the native arena ran out of memory while rewriting")
+                raise memory_error(cap, arena.contents.held, f"while rewriting term {i + 1}")
             else:
                 raise LoadError(f"farm_rewrite returned unknown code {result}")
         counters = list((ctypes.c_int64 * len(names)).from_address(arena.contents.counters))

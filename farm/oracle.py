@@ -6,13 +6,25 @@ against. Like every walk over terms in farm, it keeps its pending work in lists,
 
 from __future__ import annotations
 
+from farm.config import max_memory_from_env
 from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var, fold_apps
-from farm.semantics import DEFAULT_FUEL, MAX_CONDITION_DEPTH, check_fuel, compare, depth_error, eval_lit, fuel_error
+from farm.semantics import (
+    DEFAULT_FUEL,
+    MAX_CONDITION_DEPTH,
+    check_fuel,
+    compare,
+    depth_error,
+    eval_lit,
+    fuel_error,
+    memory_error,
+)
 from farm.terms import LIT, TermGraph
 from farm.trampoline import Step, run
 from farm.transduce import RewriteRule, RuleSet
 
 Term = int | tuple  # an int literal, or (op name, *args)
+# Estimated bytes of one term node here: a tuple of a few slots.
+BYTES_PER_NODE = 100
 
 
 def from_graph(graph: TermGraph, node: int) -> Term:
@@ -72,10 +84,16 @@ def same(a: Term, b: Term) -> bool:
 
 
 class Oracle:
-    def __init__(self, ruleset: RuleSet, fuel: int = DEFAULT_FUEL) -> None:
+    def __init__(self, ruleset: RuleSet, fuel: int = DEFAULT_FUEL, max_memory: int | None = None) -> None:
+        """max_memory: bytes (0: no cap; None: FARM_MAX_MEMORY or its default), estimated from the nodes it
+        builds (right-hand sides and rebuilt parents), all counted as live: an upper bound, since the
+        oracle shares nothing on purpose."""
         self.rules = ruleset.rules
         self.fuel = check_fuel(fuel)
         self.steps = 0
+        self.cap = max_memory_from_env() if max_memory is None else max_memory
+        self.built = 0  # nodes built so far
+        self._rhs_nodes = [_size(rule.target) for rule in self.rules]
         self.depth = 0
         self.last_rule = ""
 
@@ -107,6 +125,7 @@ class Oracle:
                 else:
                     stack.append([arg, 1, [arg[0]]])
                 continue
+            self._grow(1)  # the rebuilt node: over shared subterms, rebuilding alone can grow exponentially
             rebuilt = tuple(normal)
             rewritten = yield from self._rewrite(rebuilt)
             if isinstance(rewritten, tuple):
@@ -128,8 +147,14 @@ class Oracle:
                 self.last_rule = rule.name
                 if self.steps > self.fuel:
                     raise fuel_error(self.fuel, rule.name)
+                self._grow(self._rhs_nodes[rule.index])
                 return _build(rule.target, binding)
         return None
+
+    def _grow(self, nodes: int) -> None:
+        self.built += nodes
+        if self.cap and self.built * BYTES_PER_NODE > self.cap:
+            raise memory_error(self.cap, self.built * BYTES_PER_NODE, "in the oracle")
 
     def _guards(self, rule: RewriteRule, b: dict[str, Term]) -> Step[bool]:
         for c in rule.constraints:
@@ -178,3 +203,15 @@ def _build(p: PatternExpr, b: dict[str, Term]) -> Term:
         return eval_lit(e.expr, {k: v for k, v in b.items() if isinstance(v, int)})
 
     return fold_apps(p, leaf, lambda app, args: (app.op, *args))
+
+
+def _size(p: PatternExpr) -> int:
+    """Nodes a right-hand side builds (variables are shared, not built); iterative, as patterns nest deep."""
+    count, stack = 0, [p]
+    while stack:
+        q = stack.pop()
+        if not isinstance(q, Var):
+            count += 1
+            if isinstance(q, App):
+                stack.extend(q.args)
+    return count

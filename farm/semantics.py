@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from farm.errors import ConditionsTooDeep, FuelExhausted, InvalidArgument, RewriteCycle
+from farm.errors import ArenaOutOfMemory, ConditionsTooDeep, FuelExhausted, InvalidArgument, RewriteCycle
 from farm.rules import BinOp, Expr, Lit, LitExpr, Neg, Var, fold
 from farm.terms import wrap_i64
 
@@ -83,3 +83,18 @@ def depth_error(last_rule: str, steps: int) -> ConditionsTooDeep:
 def cycle_error(steps: int, last_rule: str) -> RewriteCycle:
     return RewriteCycle(f"rewriting loops: a term rewrites back to itself after {steps} steps "
                         f"(last rule fired: {last_rule!r}); it has no normal form", steps)
+
+
+def mebibytes(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
+
+
+def memory_error(cap: int, held: int, during: str) -> ArenaOutOfMemory:
+    """The arena or the interpreter holds `held` bytes and cannot grow `during` some phase. Below the cap
+    it is malloc that refused: the machine itself is out of memory."""
+    if cap and held * 2 > cap:  # growth doubles, so a refused growth from over half the cap is the cap's
+        return ArenaOutOfMemory(f"rewriting stopped at the memory cap FARM_MAX_MEMORY={cap} ({mebibytes(cap)}) "
+                                f"{during}: it holds {mebibytes(held)} and needs more; the rules may not "
+                                "terminate, or raise FARM_MAX_MEMORY", cap)
+    below = f"below the memory cap FARM_MAX_MEMORY={cap}" if cap else "with no memory cap (FARM_MAX_MEMORY=0)"
+    return ArenaOutOfMemory(f"out of memory {during}: malloc refused at {mebibytes(held)} held, {below}", cap)

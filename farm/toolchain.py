@@ -8,6 +8,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -168,6 +169,7 @@ class Toolchain:
     def __post_init__(self) -> None:
         if self.compile_path not in COMPILE_PATHS:
             raise InvalidArgument("compile_path", self.compile_path, f"one of {', '.join(COMPILE_PATHS)}")
+        self._swept = False  # stale build dirs are looked for once, at this toolchain's first build
 
     def build(self, ir_text: str, target: Target, opt_level: int) -> BuildResult:
         return self.build_parts([("module", ir_text)], target, opt_level)
@@ -204,9 +206,13 @@ class Toolchain:
         return result
 
     def _temp_dir(self) -> Path:
+        """A fresh build dir named after its owner (build_dir_prefix), after removing those of dead owners."""
         try:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix="build-", dir=self.work_dir))
+            if not self._swept:
+                remove_stale_build_dirs(self.work_dir)
+                self._swept = True
+            return Path(tempfile.mkdtemp(prefix=build_dir_prefix(), dir=self.work_dir))
         except OSError as exc:
             raise WorkDirError(f"cannot write the work directory {self.work_dir}: {exc.strerror or exc}") from None
 
@@ -315,6 +321,49 @@ def _lower_limit(kind: int, value: int) -> None:
 
 def remove_build_dir(result: BuildResult) -> None:
     shutil.rmtree(result.so_path.parent, ignore_errors=True)
+
+
+# build-<host>-<pid>-<mkdtemp suffix>: the host, because a work dir may be shared (NFS) by several machines
+# whose pids mean nothing to each other. The host is reduced to [A-Za-z0-9.]: it is part of a path.
+BUILD_DIR = re.compile(r"build-(?P<host>[A-Za-z0-9.]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]{8}")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", ".", socket.gethostname()) or "localhost"
+
+
+def build_dir_prefix() -> str:
+    return f"build-{_host()}-{os.getpid()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OverflowError:  # not a pid this system can have: not one of ours, leave the dir alone
+        return True
+    return True
+
+
+def remove_stale_build_dirs(work_dir: Path) -> list[Path]:
+    """Remove the build dirs that a process of this host and user left when it died (killed mid-compile).
+    Only names matching BUILD_DIR, real directories (not symlinks) owned by this user, whose pid no longer
+    exists: a live build, another host's build, or anything else in the directory is left alone. A reused
+    pid only keeps a stale dir until that process ends too. One listdir of the work dir: cheap."""
+    host, uid, removed = _host(), os.getuid(), []
+    with os.scandir(work_dir) as entries:
+        for entry in entries:
+            match = BUILD_DIR.fullmatch(entry.name)
+            if match is None or match["host"] != host or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != uid or _process_alive(int(match["pid"])):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 _llvm_ready = False

@@ -173,6 +173,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "FARM_STAGE_TIMEOUT": ["0", "-5", "nan", "inf", "soon", "1e999"],
     "FARM_STAGE_MEMORY_MB": ["0", "-1", "4G", "1.5"],
     "FARM_WORKERS": ["-1", "many", "2.5"],
+    "FARM_MAX_MEMORY": ["lots", "-1", "4X", "1.5G", "G"],
     "FARM_COMPILE_PATH": ["fast", "Staged", "in-process"],
     "FARM_REDIS_URL": ["localhost:6379", "http://redis:6379", "redis://h:99999/0", "redis"],
     "FARM_BROKER_URL": ["localhost:6379", "redis://h:port/0", "amqp"],
@@ -189,7 +190,7 @@ FREE_TEXT = {"FARM_S3_ACCESS_KEY", "FARM_S3_SECRET_KEY", "FARM_SIGNING_KEY",  # 
              "FARM_VERIFY_KEY"}  # (key files are checked when keys are loaded: tests/test_signing.py)
 GOOD_VALUES = {"FARM_CACHE_DIR": "{dir}", "FARM_WORK_DIR": "{dir}/work", "FARM_TARGET": "aarch64",
                "FARM_OPT_LEVEL": "0", "FARM_STAGE_TIMEOUT": "2.5", "FARM_STAGE_MEMORY_MB": "512",
-               "FARM_WORKERS": "0", "FARM_COMPILE_PATH": "inprocess", "FARM_REDIS_URL": "redis://:pw@redis:6379/0",
+               "FARM_WORKERS": "0", "FARM_MAX_MEMORY": "512M", "FARM_COMPILE_PATH": "inprocess", "FARM_REDIS_URL": "redis://:pw@redis:6379/0",
                "FARM_BROKER_URL": "amqp://guest@rabbit//", "FARM_S3_ENDPOINT": "minio:9000",
                "FARM_S3_BUCKET": "farm.artifacts-2", "FARM_S3_SECURE": "TRUE", "FARM_S3_REGION": "eu-west-3",
                "FARM_TASK_TIME_LIMIT": "30", "FARM_MAX_DELIVERIES": "1", "FARM_OUTAGE_GRACE": "0",

@@ -41,7 +41,8 @@ F_OP, F_ARITY, F_PAYLOAD, F_NF, F_VIA, F_MARK = range(NODE_STRIDE)
 ARENA_FIELDS = [("nodes", PTR), ("n_nodes", I64), ("cap_nodes", I64), ("kids", PTR), ("n_kids", I64),
                 ("cap_kids", I64), ("table", PTR), ("table_mask", I64), ("stack", PTR), ("sp", I64),
                 ("cap_stack", I64), ("steps", I64), ("fuel", I64), ("counters", PTR), ("last_rule", I64),
-                ("depth", I64)]  # farm_normalize calls in progress (conditions nest them)
+                ("depth", I64),  # farm_normalize calls in progress (conditions nest them)
+                ("limit", I64), ("held", I64)]  # the memory cap in bytes, and the bytes the arena holds
 A = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
 ARENA = ir.LiteralStructType([t for _, t in ARENA_FIELDS])
 LIT_OP = -1
@@ -50,6 +51,9 @@ NO_MATCH, ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT, ERR_DEPTH = -1, -2, -3, -4, -
 TAG_SHIFT = 36
 SLOT_ID_MASK = (1 << TAG_SHIFT) - 1
 INITIAL = {"nodes": 1024, "kids": 2048, "table": 2048, "stack": 256}
+# Bytes per element of the arena's growable arrays; `held` counts their capacity in bytes.
+ELEM_BYTES = {"nodes": 8 * NODE_STRIDE, "kids": 8, "table": 8, "stack": 16}
+NO_LIMIT = 2**63 - 1  # the arena's `limit` until a loader sets the memory cap
 
 
 def opaque(slot: ir.AllocaInstr) -> ir.AllocaInstr:
@@ -222,9 +226,10 @@ class LLVMCodegen:
     # ---- the three kinds of module ----
 
     def _emit_runtime(self) -> None:
-        self._reserve("reserve_nodes", "nodes", "n_nodes", "cap_nodes", 8 * NODE_STRIDE)
-        self._reserve("reserve_kids", "kids", "n_kids", "cap_kids", 8)
-        self._reserve("reserve_stack", "stack", "sp", "cap_stack", 16)
+        self._charge()
+        self._reserve("reserve_nodes", "nodes", "n_nodes", "cap_nodes", ELEM_BYTES["nodes"])
+        self._reserve("reserve_kids", "kids", "n_kids", "cap_kids", ELEM_BYTES["kids"])
+        self._reserve("reserve_stack", "stack", "sp", "cap_stack", ELEM_BYTES["stack"])
         self._hash()
         self._node_equals()
         self._grow_table()
@@ -310,17 +315,39 @@ class LLVMCodegen:
     def _new(self, name: str, ret: ir.Type, args: list[ir.Type], internal: bool = True) -> _Fn:
         return _Fn(self.m, name, ret, args, internal)
 
+    def _charge(self) -> None:
+        """charge(arena, old bytes, new bytes): account a block growing from old to new bytes in `held`;
+        false (nothing changed) when that would take `held` past `limit`, the memory cap. Only the growth
+        paths call it, so the cap costs nothing per node."""
+        f = self._new("charge", I1, [PTR, I64, I64])
+        b = f.b
+        _, old, new = f.args
+        held = b.add(b.sub(f.get("held"), old), new)
+        f.return_if(b.icmp_signed(">", held, f.get("limit")), ir.Constant(I1, 0))
+        f.put("held", held)
+        b.ret(ir.Constant(I1, 1))
+
     def _reserve(self, name: str, ptr: str, count: str, cap: str, elem_bytes: int) -> None:
-        """Make room for `need` more elements; false when realloc fails (the old block stays valid)."""
+        """Make room for `need` more elements; false when the memory cap or realloc refuses (the old block
+        stays valid)."""
         f = self._new(name, I1, [PTR, I64])
         b, need = f.b, f.args[1]
         want = b.add(f.get(count), need)
         old_cap = f.get(cap)
         f.return_if(b.icmp_signed("<=", want, old_cap), ir.Constant(I1, 1))
+        old_bytes = b.mul(old_cap, c64(elem_bytes))
+        # Doubling, but no further than the cap allows: the last growth before the cap uses what is left.
+        fits = b.sdiv(b.add(b.sub(f.get("limit"), f.get("held")), old_bytes), c64(elem_bytes))
+        f.return_if(b.icmp_signed("<", fits, want), ir.Constant(I1, 0))
         doubled = b.mul(old_cap, c64(2))
         new_cap = b.select(b.icmp_signed("<", doubled, want), want, doubled)
-        grown = self._call(f, "realloc", f.get(ptr), b.mul(new_cap, c64(elem_bytes)))
-        f.return_if(b.icmp_unsigned("==", grown, ir.Constant(PTR, None)), ir.Constant(I1, 0))
+        new_cap = b.select(b.icmp_signed("<", fits, new_cap), fits, new_cap)
+        new_bytes = b.mul(new_cap, c64(elem_bytes))
+        f.return_if(b.not_(self._call(f, "charge", f.arena, old_bytes, new_bytes)), ir.Constant(I1, 0))
+        grown = self._call(f, "realloc", f.get(ptr), new_bytes)
+        with b.if_then(b.icmp_unsigned("==", grown, ir.Constant(PTR, None)), likely=False):
+            self._call(f, "charge", f.arena, new_bytes, old_bytes)  # give back: it did not grow
+            b.ret(ir.Constant(I1, 0))
         f.put(ptr, grown)
         f.put(cap, new_cap)
         b.ret(ir.Constant(I1, 1))
@@ -372,10 +399,15 @@ class LLVMCodegen:
     def _grow_table(self) -> None:
         f = self._new("grow_table", I1, [PTR])
         b = f.b
-        new_cap = b.mul(b.add(f.get("table_mask"), c64(1)), c64(2))
+        old_cap = b.add(f.get("table_mask"), c64(1))
+        new_cap = b.mul(old_cap, c64(2))
         new_mask = b.sub(new_cap, c64(1))
-        table = self._call(f, "calloc", new_cap, c64(8))
-        f.return_if(b.icmp_unsigned("==", table, ir.Constant(PTR, None)), ir.Constant(I1, 0))
+        old_bytes, new_bytes = b.mul(old_cap, c64(ELEM_BYTES["table"])), b.mul(new_cap, c64(ELEM_BYTES["table"]))
+        f.return_if(b.not_(self._call(f, "charge", f.arena, old_bytes, new_bytes)), ir.Constant(I1, 0))
+        table = self._call(f, "calloc", new_cap, c64(ELEM_BYTES["table"]))
+        with b.if_then(b.icmp_unsigned("==", table, ir.Constant(PTR, None)), likely=False):
+            self._call(f, "charge", f.arena, new_bytes, old_bytes)
+            b.ret(ir.Constant(I1, 0))
         with f.loop(c64(0), f.get("n_nodes")) as node:
             op = f.nget(node, F_OP)
             is_lit = b.icmp_signed("==", op, c64(LIT_OP))
@@ -697,10 +729,10 @@ class LLVMCodegen:
         arena = self._call(f, "calloc", c64(1), c64(8 * len(ARENA_FIELDS)))
         f.arena = arena
         f.return_if(b.icmp_unsigned("==", arena, ir.Constant(PTR, None)), ir.Constant(PTR, None))
-        blocks = {"nodes": self._call(f, "malloc", c64(INITIAL["nodes"] * 8 * NODE_STRIDE)),
-                  "kids": self._call(f, "malloc", c64(INITIAL["kids"] * 8)),
-                  "table": self._call(f, "calloc", c64(INITIAL["table"]), c64(8)),
-                  "stack": self._call(f, "malloc", c64(INITIAL["stack"] * 16)),
+        blocks = {"nodes": self._call(f, "malloc", c64(INITIAL["nodes"] * ELEM_BYTES["nodes"])),
+                  "kids": self._call(f, "malloc", c64(INITIAL["kids"] * ELEM_BYTES["kids"])),
+                  "table": self._call(f, "calloc", c64(INITIAL["table"]), c64(ELEM_BYTES["table"])),
+                  "stack": self._call(f, "malloc", c64(INITIAL["stack"] * ELEM_BYTES["stack"])),
                   "counters": self._call(f, "calloc", b.add(self._call(f, "farm_rule_count"), c64(1)), c64(8))}
         for name, value in blocks.items():
             f.put(name, value)
@@ -709,6 +741,8 @@ class LLVMCodegen:
         f.put("table_mask", c64(INITIAL["table"] - 1))
         f.put("cap_stack", c64(INITIAL["stack"]))
         f.put("last_rule", c64(-1))
+        f.put("limit", c64(NO_LIMIT))
+        f.put("held", c64(sum(INITIAL[name] * ELEM_BYTES[name] for name in INITIAL)))
         missing = ir.Constant(I1, 0)
         for value in blocks.values():
             missing = b.or_(missing, b.icmp_unsigned("==", value, ir.Constant(PTR, None)))
