@@ -305,7 +305,7 @@ def test_oversized_inputs_are_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     assert caught.value.limit == limit
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5M", "12T", "M"])
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5M", "12P", "M"])
 def test_size_cap_variables_are_validated(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv(TERMS.variable, value)
     with pytest.raises(ConfigError, match=TERMS.variable):
