@@ -183,7 +183,7 @@ class JitCompiler:
         self._cache = CacheStatistics(max_size=self.config.max_cached_functions)
 
     def compile_llvm_ir(self, llvm_ir: str, pattern_id: str) -> CompiledFunction:
-        name = self._check(llvm_ir, pattern_id)
+        self._check(llvm_ir, pattern_id)
         key = self._key(llvm_ir)
         cached = self._lru.get(pattern_id) if self.config.cache_enabled else None
         if cached is not None and cached.cache_key == key:
@@ -191,6 +191,7 @@ class JitCompiler:
             self._cache.hits += 1
             return cached
         start = time.perf_counter()
+        name = entry_function(llvm_ir)  # parsed only when this very IR is not loaded already: a hit stays cheap
         try:
             artifact = self._builder.ensure_ir(llvm_ir, pattern_id, self.config.target,
                                                self.config.optimization_level)
@@ -221,7 +222,9 @@ class JitCompiler:
         Each module stays its own object, cached by content, so a changed function recompiles alone and the
         library is relinked. If the batch cannot be built, each item goes through compile_llvm_ir on its own,
         with its own error or fallback."""
-        names = [self._check(llvm_ir, pattern_id) for llvm_ir, pattern_id in items]
+        for llvm_ir, pattern_id in items:
+            self._check(llvm_ir, pattern_id)
+        names = [entry_function(llvm_ir) for llvm_ir, _ in items]
         if not items:
             return []
         start = time.perf_counter()
@@ -247,11 +250,10 @@ class JitCompiler:
             self._remember(function)
         return compiled
 
-    def _check(self, llvm_ir: str, pattern_id: str) -> str | None:
+    def _check(self, llvm_ir: str, pattern_id: str) -> None:
         check_pattern_id(pattern_id)
         if not llvm_ir.strip():
             raise InvalidIR("the IR is empty")
-        return entry_function(llvm_ir)
 
     def _key(self, llvm_ir: str) -> str:
         return self._builder.key_for([("module", llvm_ir)], self._builder.target(self.config.target),
