@@ -10,6 +10,7 @@ table, the symbol and hash tables and the relocations (a few pages), through str
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import struct
 from collections.abc import Iterable, Iterator
@@ -129,6 +130,9 @@ class LoaderView:
     ifuncs: dict[int, str] = field(default_factory=dict)
     relocations: list[Relocation] = field(default_factory=list)
     relocated: dict[int, SymbolRef] = field(default_factory=dict)  # the symbols the relocations bind
+    # (what, vaddr, size) of everything the loader reads from the library's memory while it relocates it: the
+    # dynamic table, the symbol, string and hash tables, the relocation tables themselves
+    tables: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def tags(self) -> list[int]:
@@ -179,6 +183,8 @@ class _Reader:
         self.library, self.data = library, data
         self.loads: list[Segment] = []
         self.symbols = b""  # the hashed part of the dynamic symbol table
+        self.tables: list[tuple[str, int, int]] = []  # LoaderView.tables
+        self.string_end = 0  # the furthest string-table byte read, relative to DT_STRTAB
 
     def malformed(self, detail: str) -> MalformedLibrary:
         return MalformedLibrary(self.library, detail)
@@ -190,11 +196,18 @@ class _Reader:
         if len(dynamics) != 1:
             raise self.malformed(f"has {len(dynamics)} PT_DYNAMIC segments; a shared library has exactly one")
         view = LoaderView(self.library, machine, segments, self._dynamic(dynamics[0].vaddr))
+        self.tables.append(("the dynamic table", dynamics[0].vaddr,
+                            max(dynamics[0].memsz, _DYNAMIC_ENTRY.size * (len(view.dynamic) + 1))))
         tags = dict(view.dynamic)
         view.strings = [(tag, self._string(tags, value, TAG_NAMES[tag]))
                         for tag, value in view.dynamic if tag in _PATH_TAGS]
         self._symbols(view, tags)
         self._relocations(view, tags)
+        symbols = max(view.symbol_count, max(view.relocated, default=-1) + 1)
+        self.tables.append(("the dynamic symbol table", tags[DT_SYMTAB], symbols * _SYMBOL.size))
+        if DT_STRTAB in tags:
+            self.tables.append(("the string table", tags[DT_STRTAB], max(tags.get(DT_STRSZ, 0), self.string_end)))
+        view.tables = self.tables
         return view
 
     def _headers(self) -> tuple[int, list[Segment]]:
@@ -260,6 +273,7 @@ class _Reader:
         stop = self.data.find(b"\0", start, end)
         if stop < 0:
             raise self.malformed(f"the string of {what} at 0x{tags[DT_STRTAB] + offset:x} is not terminated")
+        self.string_end = max(self.string_end, offset + stop - start + 1)
         return self.data[start:stop].decode("utf-8", "backslashreplace")
 
     def _symbols(self, view: LoaderView, tags: dict[int, int]) -> None:
@@ -293,6 +307,7 @@ class _Reader:
         farthest = max(struct.unpack(f"<{nbucket + nchain}I", links), default=0)
         if farthest >= nchain:
             raise self.malformed(f"DT_HASH leads to symbol {farthest}, beyond the {nchain} it declares")
+        self.tables.append(("DT_HASH", vaddr, 8 + 4 * (nbucket + nchain)))
         return int(nchain)
 
     def _gnu_hash_count(self, vaddr: int) -> int:
@@ -306,11 +321,13 @@ class _Reader:
         if first < symoffset:  # a lookup would read a chain before the chain array
             raise self.malformed(f"a GNU hash bucket points at symbol {first}, below the first hashed ({symoffset})")
         if last == 0:  # no bucket holds a symbol: only those below symoffset exist
+            self.tables.append(("DT_GNU_HASH", vaddr, buckets_at + 4 * nbuckets - vaddr))
             return int(symoffset)
         chain_at = buckets_at + 4 * nbuckets + 4 * (last - symoffset)
         start, end = self._locate(chain_at, 4, "the GNU hash chains")
         for step, (value,) in enumerate(struct.iter_unpack("<I", self.data[start:end - (end - start) % 4])):
             if value & 1:
+                self.tables.append(("DT_GNU_HASH", vaddr, chain_at + 4 * (step + 1) - vaddr))
                 return int(last) + step + 1
         raise self.malformed("a GNU hash chain does not end within its segment")
 
@@ -325,6 +342,7 @@ class _Reader:
             if tags.get(size, 0) % _RELA.size:
                 raise self.malformed(f"{TAG_NAMES[size]} ({tags[size]}) is not a whole number of relocations")
             table = self._bytes(tags[at], tags.get(size, 0), TAG_NAMES[at])
+            self.tables.append((f"the {TAG_NAMES[at]} relocation table", tags[at], len(table)))
             view.relocations += [Relocation(offset, info & 0xFFFFFFFF, info >> 32)
                                  for offset, info, _ in _RELA.iter_unpack(table)]
         for index in {r.symbol for r in view.relocations if r.symbol}:  # any index, hashed or not
@@ -409,6 +427,27 @@ def _relocation_reasons(view: LoaderView) -> list[str]:
         stray.append(got)
     if stray:
         reasons.append(f"writes outside its own writable memory, at {_names(f'0x{a:x}' for a in stray)}")
+    reasons += _rewritten_table_reasons(view, got if DT_JMPREL in tags else None)
+    return reasons
+
+
+def _rewritten_table_reasons(view: LoaderView, got: int | None) -> list[str]:
+    """The loader reads the dynamic table, the symbol, string and hash tables and the relocation tables from
+    the library's memory while it relocates, one relocation after another: a relocation that writes into any of
+    them changes what the next ones do (a relocation type or symbol this check never saw, a symbol table swapped
+    for one with an ifunc), so none may. The loader's own writes (GOT[0..2]) may not land there either."""
+    writes = sorted([*(r.offset for r in view.relocations), *((got, got + 8, got + 16) if got is not None else ())])
+    reasons = []
+    for what, start, size in view.tables:
+        first = bisect.bisect_left(writes, start - 7)  # an 8-byte write from start - 7 on overlaps the table
+        hits = []
+        for at in writes[first:]:
+            if at >= start + size:
+                break
+            hits.append(at)
+        if hits:
+            reasons.append(f"relocates into {what} (at {_names(f'0x{a:x}' for a in hits)}), which the loader "
+                           "reads while relocating: the relocations after it would not be the ones checked")
     return reasons
 
 
