@@ -164,6 +164,7 @@ _KEYWORDS = ("asm", "alias", "ifunc", "section", "partition", "prologue", "prefi
 _KEYWORD = re.compile(rf"(?<![-\w$.%@!#^])({'|'.join(_KEYWORDS)})(?![-\w$.:])")
 _SECTION_ATTRIBUTE = re.compile(r'^attributes #\d+ = \{[^\n]*section', re.MULTILINE)
 _NAMED_METADATA = re.compile(r"^!([-a-zA-Z$._\\][-a-zA-Z$._0-9\\]*) = (.*)$", re.MULTILINE)
+_SECTION_FLAG = "Objective-C Image Info Section"  # a module flag whose string is a section name
 _FUNCTION_NAME = re.compile(r'"[^"]*"|@("[^"]*"|[-a-zA-Z$._0-9]+)')  # strings skipped, then the first @name
 _KEYWORD_REASONS = {
     "asm": "inline assembly",
@@ -201,6 +202,9 @@ def _check_printout(text: str, source: str) -> None:
     if '!"Linker Options"' in text:
         raise PolicyViolation(f"{source}: the module flag \"Linker Options\" is refused (it makes the linker add "
                               "libraries)")
+    if f'!"{_SECTION_FLAG}"' in text:  # the printout prints this ASCII key verbatim, however it was written
+        raise PolicyViolation(f"{source}: the module flag \"{_SECTION_FLAG}\" is refused (the ELF backend writes "
+                              "its data into the section it names; a section such as .init_array runs code on load)")
 
 
 def _code_of(line: str) -> str:

@@ -109,6 +109,9 @@ PAYLOADS = [
     Payload("dependent library", '!llvm.dependent-libraries = !{!202} !202 = !{!"/tmp/evil.so"}', "",
             "dependent-libraries"),
     Payload("prologue data", "define void @g() prologue i8 144 { ret void }", "", "prologue data"),
+    # The ELF backend writes this flag's two i32s into the section its string names: .init_array, or .text.
+    Payload("section module flag", '!llvm.module.flags = !{!203} !203 = !{i32 1, !"Objective-C Image Info '
+            'Section", !".init_array"}', "", "Objective-C Image Info Section"),
 ]
 
 CASES = [pytest.param(position, payload, id=f"{position.name}-{payload.name}")
