@@ -66,6 +66,22 @@ def _output_file(name: str) -> Path:
     return path
 
 
+def _is_special(path: Path) -> bool:
+    """Whether an output path exists as something other than a regular file (symlinks followed)."""
+    try:
+        return not path.is_file() and path.exists()
+    except OSError:
+        return False
+
+
+def _write_through(path: Path, data: bytes) -> None:
+    try:
+        with open(path, "wb") as out:
+            out.write(data)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from farm.engine import CompileJob, Engine
 
@@ -184,7 +200,10 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     emitters = {"llvm": generate_llvm_ir, "rust": lambda rs: generate_rust(rs, args.main), "qasm": generate_qasm}
     text = emitters[args.lang](ruleset)
     if output:
-        atomic_write(output, text.encode())
+        if _is_special(output):  # /dev/stdout, a FIFO, a device: written to, never replaced by a file
+            _write_through(output, text.encode())
+        else:
+            atomic_write(output, text.encode())
         err.print(f"wrote {escape(args.output)} ({len(text):,} bytes of {args.lang})", highlight=False)
     else:
         sys.stdout.write(text)

@@ -305,6 +305,20 @@ def test_codegen_output_directory_must_exist(where: str, tmp_path: Path, capsys:
     assert main(["codegen", str(EXAMPLES / "bool.farm"), "-o", str(tmp_path / "a-dir" / "x.ll")]) == 0
 
 
+@pytest.mark.parametrize(("device", "code"), [("/dev/null", 0), ("/dev/full", 2)])
+def test_codegen_writes_into_a_device_it_is_given_never_replaces_it(device: str, code: int, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o /dev/stdout` (a symlink to /proc/self/fd/1), a FIFO, a device: written to, never renamed over. The
+    atomic replace once put a regular file in its place (as root, /dev/stdout or /dev/full itself) and
+    reported success, also where every write fails (/dev/full). A symlink here stands for /dev/stdout."""
+    sink = tmp_path / "sink"
+    sink.symlink_to(device)
+    assert main(["codegen", str(EXAMPLES / "bool.farm"), "-o", str(sink)]) == code
+    assert sink.is_symlink() and os.readlink(sink) == device
+    if code:
+        assert f"cannot write {sink}: No space left on device" in capsys.readouterr().err
+
+
 # --- 8. a missing cluster extra says what to install -------------------------------------------------------------
 
 CLUSTER_ENV = {"FARM_REDIS_URL": "redis://127.0.0.1:9/0", "FARM_S3_ENDPOINT": "127.0.0.1:9"}
