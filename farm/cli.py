@@ -51,7 +51,11 @@ def _load_ruleset(path: str, show_warnings: bool = False):  # type: ignore[no-un
 
 
 def _pattern_id(path: str) -> str:
-    return Path(path).stem
+    """The rule file's name without its suffix. A name that is not UTF-8 reaches Python with its stray bytes as
+    lone surrogates, which no index takes: they become `\\xe9` escapes (`r\\xe9gles` for a Latin-1 `règles`)."""
+    import os
+
+    return os.fsencode(Path(path).stem).decode("utf-8", "backslashreplace")
 
 
 def _output_file(name: str) -> Path:

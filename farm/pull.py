@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.backends import make_index, make_store
+from farm.builder import check_pattern_id
 from farm.config import FarmConfig
 from farm.errors import ArtifactMissing, IncompatibleArtifact
 from farm.loader import NativeRuleset, verify_sha256
@@ -38,6 +39,7 @@ def preference(host_cpu_name: str | None = None) -> list[str]:
 
 
 def pull(pattern_id: str, config: FarmConfig, target: str | None = None) -> Pulled:
+    check_pattern_id(pattern_id)
     trusted = trusted_keys_of(config)
     index = make_index(config)
     store = make_store(config, index)

@@ -452,3 +452,33 @@ def test_generated_deep_expressions_round_trip(motif: list[tuple[str, str, int]]
         assert Interpreter(rs).rewrite(graph, root).texts()[0].startswith("(k ")
     finally:
         sys.setrecursionlimit(old)
+
+
+# ---- a rule file whose name is not UTF-8 ----
+
+@pytest.mark.parametrize("command", ["compile", "rewrite"])
+def test_a_rule_file_named_in_latin_1_compiles_under_an_escaped_pattern_id(tmp_path: Path, command: str) -> None:
+    """The pattern ID is the file's stem; a Latin-1 `règles.farm` reaches Python as 'r\\udce9gles', which the
+    index could not store: a UnicodeEncodeError traceback from `farm compile` and `farm rewrite`."""
+    rules = Path(os.fsdecode(bytes(tmp_path) + b"/r\xe9gles.farm"))
+    rules.write_text((EXAMPLES / "bool.farm").read_text())
+    extra = [str(EXAMPLES / "bool.terms")] if command == "rewrite" else []
+    proc = farm(command, str(rules), *extra, cache=tmp_path / "cache")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    from farm.index.sqlite import SQLiteIndex
+
+    index = SQLiteIndex(tmp_path / "cache" / "index.sqlite")
+    assert any(index.lookup("r\\xe9gles", target) for target in ("native", "x86-64", "x86-64-v2", "x86-64-v3",
+                                                                  "x86-64-v4", "aarch64"))
+
+
+@pytest.mark.parametrize("pattern_id", ["\ud800", "a\udce9b", "x" * 10 + "\udfff"])
+def test_a_pattern_id_with_a_lone_surrogate_is_refused_as_such(tmp_path: Path, pattern_id: str) -> None:
+    from farm.errors import InvalidPatternId
+    from farm.pull import pull
+
+    engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
+    with pytest.raises(InvalidPatternId, match="not Unicode text: a lone surrogate"):
+        engine.compile(ruleset_of("rule r: (f ?x) => ?x"), pattern_id, "x86-64")
+    with pytest.raises(InvalidPatternId, match="lone surrogate"):
+        pull(pattern_id, FarmConfig(cache_dir=tmp_path / "cache"), "x86-64")
