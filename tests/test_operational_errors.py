@@ -386,3 +386,18 @@ def test_exporter_stops_on_sigterm_with_exit_0(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 0
+
+
+# --- an index entry that names no content key is an error, not a traceback ---------------------------------------
+
+@pytest.mark.parametrize("key", ["../../../etc/passwd", "A" * 64, "ab" * 31, "ab" * 32 + "\n", " "])
+def test_pull_of_an_index_entry_that_is_not_a_content_key_is_a_one_line_error(
+        key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The index is a cache others may write (Redis in a cluster) or that may be corrupt: a key that is not sha256
+    hex never reaches a path (check_key), and `farm pull` says so instead of ending in a ValueError traceback."""
+    monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path))
+    SQLiteIndex(tmp_path / "index.sqlite").record("p", "x86-64", ArtifactMeta(
+        key=key, sha256="0" * 64, size=1, target="x86-64", triple="x86_64-pc-linux-gnu", cpu="x86-64", opt_level=0))
+    assert main(["pull", "p", "--target", "x86-64"]) == 2
+    err = capsys.readouterr().err
+    assert "not a content key" in err and "Traceback" not in err

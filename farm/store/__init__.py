@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from farm.errors import IntegrityError
+from farm.errors import IntegrityError, InvalidArtifactKey
 
 
 @dataclass
@@ -51,8 +51,9 @@ class ArtifactMeta:
 
 def check_key(key: str) -> str:
     """Keys are sha256 hex: the only thing allowed into an object name or a path."""
-    if not (len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
-        raise ValueError(f"not a content key: {key!r}")
+    if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
+        raise InvalidArtifactKey(f"not a content key (64 lowercase hex digits): {str(key)[:80]!r}; the index entry "
+                                 "naming it is corrupt or was edited")
     return key
 
 
