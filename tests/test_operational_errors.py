@@ -5,6 +5,7 @@ Each test also fails on the code before these fixes (tracebacks, ValueErrors, cr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -401,3 +402,28 @@ def test_pull_of_an_index_entry_that_is_not_a_content_key_is_a_one_line_error(
     assert main(["pull", "p", "--target", "x86-64"]) == 2
     err = capsys.readouterr().err
     assert "not a content key" in err and "Traceback" not in err
+
+
+# --- stored metadata of the wrong shape is a corrupt artifact: rebuilt, never a TypeError ------------------------
+
+@pytest.mark.parametrize(("field", "value"), [("target", [1]), ("target", {"a": 1}), ("size", "x"),
+                                              ("opt_level", None), ("toolchain", []), ("pattern_ids", "p"),
+                                              ("stage_seconds", 5), ("created_at", "now"), ("size", True)])
+def test_metadata_with_a_field_of_the_wrong_type_is_rebuilt(field: str, value: object, tmp_path: Path) -> None:
+    from farm.engine import Engine, load_native
+    from farm.errors import IntegrityError
+
+    from .conftest import ruleset_of
+
+    rules = ruleset_of("rule r: (f ?x) => ?x")
+    engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
+    art = engine.compile(rules, "p", "x86-64")
+    meta_file = art.path.with_suffix(".json")
+    data = json.loads(meta_file.read_text())
+    data[field] = value
+    meta_file.write_text(json.dumps(data))
+    with pytest.raises(IntegrityError, match=f"field {field!r}"):
+        ArtifactMeta.from_json(meta_file.read_text(), art.meta.key)
+    again = engine.compile(rules, "p", "x86-64")  # refused as corrupt, deleted, rebuilt
+    assert not again.cached
+    load_native(rules, again)

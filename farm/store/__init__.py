@@ -40,6 +40,7 @@ class ArtifactMeta:
             data = json.loads(text)
             known = {f for f in cls.__dataclass_fields__}
             meta = cls(**{k: v for k, v in data.items() if k in known})
+            _check_types(meta)
         except (ValueError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"the metadata of artifact {(expected_key or '?')[:12]} is unreadable "
                                  f"(truncated or tampered with): {exc}") from None
@@ -47,6 +48,23 @@ class ArtifactMeta:
             raise IntegrityError(f"the metadata stored for artifact {expected_key[:12]} describes artifact "
                                  f"{str(meta.key)[:12]}: swapped; refusing it")
         return meta
+
+
+# The JSON type of each field: a field of another type (a list where a target name belongs) is corrupt metadata,
+# refused here rather than a TypeError wherever it is used.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "key": str, "sha256": str, "size": int, "target": str, "triple": str, "cpu": str, "opt_level": int,
+    "stage_seconds": dict, "pattern_ids": list, "toolchain": dict, "created_at": (int, float), "signature": str,
+    "ruleset": str, "objects_compiled": int, "objects_reused": int,
+}
+
+
+def _check_types(meta: ArtifactMeta) -> None:
+    for name, expected in _FIELD_TYPES.items():
+        value = getattr(meta, name)
+        if isinstance(value, bool) or not isinstance(value, expected):  # JSON true is not a number here
+            raise ValueError(f"field {name!r} is {json.dumps(value)[:40]}, not of type "
+                             f"{getattr(expected, '__name__', 'number')}")
 
 
 def check_key(key: str) -> str:
