@@ -90,6 +90,11 @@ _REFUSED_RELOCATION_NAMES = {
                  1032: "R_AARCH64_IRELATIVE"},
 }
 _LISTED = 8  # names listed per reason before "..."
+# Entries of one kind (hashed symbols, hash buckets, relocations) this check reads. farm's libraries have a few
+# dozen; a batch of many JIT functions thousands. Each costs the check a Python object (~180 bytes, ~1.4 us for a
+# relocation): a library of a gigabyte of relocations would take ~7 GB and a minute before dlopen.
+MAX_ENTRIES = 1 << 20
+_LOW_BIT = bytes(b & 1 for b in range(256))  # a bytes.translate table: byte -> its bit 0
 _ABOVE_ANY_ADDRESS = 1 << 65  # sorts after every (address, end) pair that starts at a given address
 
 
@@ -248,6 +253,12 @@ class _Reader:
             raise self.malformed("has no PT_LOAD segment")
         return loads
 
+    def _bound(self, count: int, what: str) -> None:
+        """Refuse, before reading them one by one, more entries than the check reads (MAX_ENTRIES)."""
+        if count > MAX_ENTRIES:
+            raise UnsafeLibrary(self.library, [f"has {count:,} {what}; this check reads at most {MAX_ENTRIES:,} "
+                                               "(farm.elf_policy.MAX_ENTRIES): farm's libraries have a few dozen"])
+
     def _locate(self, vaddr: int, size: int, what: str) -> tuple[int, int]:
         """File offset of [vaddr, vaddr + size) and the end of its segment's file bytes. The loads are in
         address order and disjoint (_loads): only the last one starting at or below vaddr can hold it, found
@@ -293,6 +304,7 @@ class _Reader:
         if not counts:
             raise self.malformed("has neither DT_HASH nor DT_GNU_HASH: the size of its symbol table is unknown")
         view.symbol_count = max(counts)  # both present: check the larger table, so neither hides a symbol
+        self._bound(view.symbol_count, "hashed symbols")
         self.symbols = table = self._bytes(tags[DT_SYMTAB], view.symbol_count * _SYMBOL.size,
                                            "the dynamic symbol table")
         # Columns of the table as bytes, searched in C: a Python loop over every symbol costs more than the rest.
@@ -310,6 +322,7 @@ class _Reader:
         nbucket, nchain = struct.unpack(b"<II", self._bytes(vaddr, 8, "DT_HASH"))
         if not nbucket:  # every lookup divides by it
             raise self.malformed("DT_HASH has no buckets")
+        self._bound(max(nbucket, nchain), "DT_HASH buckets or symbols")
         links = self._bytes(vaddr + 8, 4 * (nbucket + nchain), "DT_HASH's buckets and chains")
         farthest = max(struct.unpack(f"<{nbucket + nchain}I", links), default=0)
         if farthest >= nchain:
@@ -323,6 +336,7 @@ class _Reader:
         if not nbuckets or not bloom_words:  # every lookup divides by both
             raise self.malformed("DT_GNU_HASH has no buckets or no bloom filter words")
         buckets_at = vaddr + 16 + 8 * bloom_words
+        self._bound(nbuckets, "GNU hash buckets")
         buckets = struct.unpack(f"<{nbuckets}I", self._bytes(buckets_at, 4 * nbuckets, "the GNU hash buckets"))
         last, first = max(buckets, default=0), min(filter(None, buckets), default=symoffset)
         if first < symoffset:  # a lookup would read a chain before the chain array
@@ -332,17 +346,19 @@ class _Reader:
             return int(symoffset)
         chain_at = buckets_at + 4 * nbuckets + 4 * (last - symoffset)
         start, end = self._locate(chain_at, 4, "the GNU hash chains")
-        for step, (value,) in enumerate(struct.iter_unpack("<I", self.data[start:end - (end - start) % 4])):
-            if value & 1:
-                self.tables.append(("DT_GNU_HASH", vaddr, chain_at + 4 * (step + 1) - vaddr))
-                return int(last) + step + 1
-        raise self.malformed("a GNU hash chain does not end within its segment")
+        # The first word with bit 0 set, searched in C: bit 0 of a little-endian word is in its first byte.
+        step = self.data[start:end - (end - start) % 4:4].translate(_LOW_BIT).find(1)
+        if step < 0:
+            raise self.malformed("a GNU hash chain does not end within its segment")
+        self.tables.append(("DT_GNU_HASH", vaddr, chain_at + 4 * (step + 1) - vaddr))
+        return int(last) + step + 1
 
     def _relocations(self, view: LoaderView, tags: dict[int, int]) -> None:
         """DT_RELA and DT_JMPREL, the relocation tables farm's libraries use (DT_REL and DT_RELR are refused
         as tags), and the symbols they bind (by index: the loader does not look at the hash tables for these)."""
         if tags.get(DT_RELAENT, _RELA.size) != _RELA.size or tags.get(DT_PLTREL, DT_RELA) != DT_RELA:
             raise self.malformed("DT_RELAENT is not 24 or DT_PLTREL is not DT_RELA")
+        self._bound(sum(tags.get(size, 0) for size in (DT_RELASZ, DT_PLTRELSZ)) // _RELA.size, "relocations")
         for at, size in ((DT_RELA, DT_RELASZ), (DT_JMPREL, DT_PLTRELSZ)):
             if at not in tags:
                 continue

@@ -678,3 +678,23 @@ def test_many_segments_times_many_relocations_cost_no_more_than_their_sum() -> N
     start = time.perf_counter()
     check_library(data)
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("relocations", [(1 << 20) + 1, 3 << 20])
+def test_more_relocations_than_the_check_reads_are_refused_before_they_are_read(relocations: int) -> None:
+    """Each relocation costs the check a Python object: a library of a gigabyte of them (which passed) would take
+    ~7 GB and a minute before dlopen. Past farm.elf_policy.MAX_ENTRIES it is refused from the table's size."""
+    import resource
+    import time
+
+    from farm.elf_policy import MAX_ENTRIES
+
+    data = _many_segments_library(1, relocations)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(UnsafeLibrary, match=f"has {relocations:,} relocations; this check reads at most "
+                                            f"{MAX_ENTRIES:,}"):
+        check_library(data)
+    assert time.perf_counter() - start < 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB: nothing per relocation
+    check_library(_many_segments_library(1, 1000))  # the same shape, smaller, passes
