@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -123,9 +123,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_text(pieces: Iterable[str]) -> None:
+    """Write a term's text as it is produced, a chunk at a time (a term shared many times over prints far longer
+    than it is in memory), then a newline."""
+    chunk: list[str] = []
+    size = 0
+    for piece in pieces:
+        chunk.append(piece)
+        size += len(piece)
+        if size >= 1 << 16:
+            sys.stdout.write("".join(chunk))
+            chunk, size = [], 0
+    chunk.append("\n")
+    sys.stdout.write("".join(chunk))
+
+
 def cmd_rewrite(args: argparse.Namespace) -> int:
+    from farm.config import max_memory_from_env
     from farm.engine import Engine
     from farm.errors import NonTermination
+    from farm.semantics import mebibytes
     from farm.terms import TermGraph
 
     ruleset = _load_ruleset(args.rules, args.warnings)
@@ -140,12 +157,17 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
         err.print(f"[yellow]warning[/]: {escape(str(w.message))}", highlight=False)
     elapsed = time.perf_counter() - start
     failed = 0
+    limit = max_memory_from_env()  # characters a printed normal form may take; 0: no limit
     for outcome in result.outcomes:
         if isinstance(outcome, NonTermination):
             failed += 1
             print(f"error: {outcome}")
+        elif limit and (length := result.graph.text_length(outcome)) > limit:
+            failed += 1
+            print(f"error: the normal form shares subterms, and printed in full it is {length:,} characters, past the "
+                  f"memory cap FARM_MAX_MEMORY={limit} ({mebibytes(limit)}); raise FARM_MAX_MEMORY to print it")
         else:
-            print(result.graph.to_text(outcome))
+            _print_text(result.graph.iter_text(outcome))
     err.print(f"{len(roots)} term(s) rewritten by the {result.engine} in {elapsed * 1000:.1f} ms, "
               f"{sum(result.firings)} rule firings", highlight=False)
     if args.stats:
