@@ -10,7 +10,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +20,9 @@ from rich.table import Table
 from farm.errors import FarmError, OutputPathError
 from farm.inputs import TERMS, read_input_text
 from farm.metrics import Snapshot
+
+if TYPE_CHECKING:
+    from farm.interp import RewriteResult
 
 out = Console()
 err = Console(stderr=True)
@@ -123,6 +126,28 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_normal_forms(result: RewriteResult) -> int:
+    """One line per term, its normal form or `error: ...`; the number of errors. A normal form printed in full
+    may take FARM_MAX_MEMORY characters (a shared subterm prints at every use: 51 nodes can print as 2^50)."""
+    from farm.config import max_memory_from_env
+    from farm.errors import NonTermination
+    from farm.semantics import mebibytes
+
+    failed = 0
+    limit = max_memory_from_env()  # 0: no limit
+    for outcome in result.outcomes:
+        if isinstance(outcome, NonTermination):
+            failed += 1
+            print(f"error: {outcome}")
+        elif limit and (length := result.graph.text_length(outcome)) > limit:
+            failed += 1
+            print(f"error: the normal form shares subterms, and printed in full it is {length:,} characters, past the "
+                  f"memory cap FARM_MAX_MEMORY={limit} ({mebibytes(limit)}); raise FARM_MAX_MEMORY to print it")
+        else:
+            _print_text(result.graph.iter_text(outcome))
+    return failed
+
+
 def _print_text(pieces: Iterable[str]) -> None:
     """Write a term's text as it is produced, a chunk at a time (a term shared many times over prints far longer
     than it is in memory), then a newline."""
@@ -139,10 +164,7 @@ def _print_text(pieces: Iterable[str]) -> None:
 
 
 def cmd_rewrite(args: argparse.Namespace) -> int:
-    from farm.config import max_memory_from_env
     from farm.engine import Engine
-    from farm.errors import NonTermination
-    from farm.semantics import mebibytes
     from farm.terms import TermGraph
 
     ruleset = _load_ruleset(args.rules, args.warnings)
@@ -156,18 +178,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     for w in caught:
         err.print(f"[yellow]warning[/]: {escape(str(w.message))}", highlight=False)
     elapsed = time.perf_counter() - start
-    failed = 0
-    limit = max_memory_from_env()  # characters a printed normal form may take; 0: no limit
-    for outcome in result.outcomes:
-        if isinstance(outcome, NonTermination):
-            failed += 1
-            print(f"error: {outcome}")
-        elif limit and (length := result.graph.text_length(outcome)) > limit:
-            failed += 1
-            print(f"error: the normal form shares subterms, and printed in full it is {length:,} characters, past the "
-                  f"memory cap FARM_MAX_MEMORY={limit} ({mebibytes(limit)}); raise FARM_MAX_MEMORY to print it")
-        else:
-            _print_text(result.graph.iter_text(outcome))
+    failed = _print_normal_forms(result)
     err.print(f"{len(roots)} term(s) rewritten by the {result.engine} in {elapsed * 1000:.1f} ms, "
               f"{sum(result.firings)} rule firings", highlight=False)
     if args.stats:
@@ -336,8 +347,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         roots = graph.parse(read_input_text(args.rewrite, TERMS), args.rewrite)
         rewritten = result.native.rewrite(graph, roots)
         make_index(config).note_hot(args.pattern_id, sum(rewritten.firings))
-        for line in rewritten.texts():
-            print(line)
+        _print_normal_forms(rewritten)  # as before, a term's error is its line, not the exit code
     return EXIT_OK
 
 

@@ -514,3 +514,13 @@ def test_text_length_is_the_length_of_the_text(name: str) -> None:
     for outcome in result.outcomes:
         if isinstance(outcome, int):
             assert result.graph.text_length(outcome) == len(result.graph.to_text(outcome))
+
+
+def test_pull_rewrite_prints_a_too_long_normal_form_as_an_error(tmp_path: Path) -> None:
+    Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0)).compile(ruleset_of(DOUBLING), "dup", "x86-64")
+    (tmp_path / "dup.terms").write_text("(dup " + "(s " * 50 + "z" + ")" * 50 + ")\n(dup (s z))\n")
+    result = farm("pull", "dup", "--target", "x86-64", "--rewrite", str(tmp_path / "dup.terms"),
+                  cache=tmp_path / "cache", memory_cap=2 << 30)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "past the memory cap FARM_MAX_MEMORY=" in lines[-2] and lines[-1] == "(pair z z)"
