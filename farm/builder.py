@@ -30,11 +30,17 @@ MAX_PATTERN_ID = 4096
 
 
 def check_pattern_id(pattern_id: str) -> str:
-    """Pattern IDs are data (stored in the index), never paths: only emptiness, NUL and length are refused."""
+    """Pattern IDs are data (stored in the index), never paths: only emptiness, NUL, length and text that is not
+    Unicode (lone surrogates, which no UTF-8 store takes) are refused."""
     if not isinstance(pattern_id, str) or not pattern_id:
         raise InvalidPatternId("a pattern ID must be a non-empty string")
     if "\0" in pattern_id:
         raise InvalidPatternId(f"pattern ID {pattern_id[:40]!r} contains a NUL byte")
+    try:  # the indexes (SQLite, Redis), the logs and the console all take UTF-8
+        pattern_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPatternId(f"pattern ID {pattern_id[:40]!r} is not Unicode text: a lone surrogate at "
+                               f"character {exc.start} (undecodable bytes of a file name?)") from None
     if len(pattern_id) > MAX_PATTERN_ID:
         raise InvalidPatternId(f"pattern ID is {len(pattern_id)} characters long; the limit is {MAX_PATTERN_ID}")
     return pattern_id

@@ -8,9 +8,9 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +20,9 @@ from rich.table import Table
 from farm.errors import FarmError, OutputPathError
 from farm.inputs import TERMS, read_input_text
 from farm.metrics import Snapshot
+
+if TYPE_CHECKING:
+    from farm.interp import RewriteResult
 
 out = Console()
 err = Console(stderr=True)
@@ -51,7 +54,11 @@ def _load_ruleset(path: str, show_warnings: bool = False):  # type: ignore[no-un
 
 
 def _pattern_id(path: str) -> str:
-    return Path(path).stem
+    """The rule file's name without its suffix. A name that is not UTF-8 reaches Python with its stray bytes as
+    lone surrogates, which no index takes: they become `\\xe9` escapes (`r\\xe9gles` for a Latin-1 `règles`)."""
+    import os
+
+    return os.fsencode(Path(path).stem).decode("utf-8", "backslashreplace")
 
 
 def _output_file(name: str) -> Path:
@@ -64,6 +71,22 @@ def _output_file(name: str) -> Path:
     if path.is_dir():
         raise OutputPathError(f"cannot write {name}: it is a directory")
     return path
+
+
+def _is_special(path: Path) -> bool:
+    """Whether an output path exists as something other than a regular file (symlinks followed)."""
+    try:
+        return not path.is_file() and path.exists()
+    except OSError:
+        return False
+
+
+def _write_through(path: Path, data: bytes) -> None:
+    try:
+        with open(path, "wb") as out:
+            out.write(data)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -103,9 +126,45 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_normal_forms(result: RewriteResult) -> int:
+    """One line per term, its normal form or `error: ...`; the number of errors. A normal form printed in full
+    may take FARM_MAX_MEMORY characters (a shared subterm prints at every use: 51 nodes can print as 2^50)."""
+    from farm.config import max_memory_from_env
+    from farm.errors import NonTermination
+    from farm.semantics import mebibytes
+
+    failed = 0
+    limit = max_memory_from_env()  # 0: no limit
+    for outcome in result.outcomes:
+        if isinstance(outcome, NonTermination):
+            failed += 1
+            print(f"error: {outcome}")
+        elif limit and (length := result.graph.text_length(outcome)) > limit:
+            failed += 1
+            print(f"error: the normal form shares subterms, and printed in full it is {length:,} characters, past the "
+                  f"memory cap FARM_MAX_MEMORY={limit} ({mebibytes(limit)}); raise FARM_MAX_MEMORY to print it")
+        else:
+            _print_text(result.graph.iter_text(outcome))
+    return failed
+
+
+def _print_text(pieces: Iterable[str]) -> None:
+    """Write a term's text as it is produced, a chunk at a time (a term shared many times over prints far longer
+    than it is in memory), then a newline."""
+    chunk: list[str] = []
+    size = 0
+    for piece in pieces:
+        chunk.append(piece)
+        size += len(piece)
+        if size >= 1 << 16:
+            sys.stdout.write("".join(chunk))
+            chunk, size = [], 0
+    chunk.append("\n")
+    sys.stdout.write("".join(chunk))
+
+
 def cmd_rewrite(args: argparse.Namespace) -> int:
     from farm.engine import Engine
-    from farm.errors import NonTermination
     from farm.terms import TermGraph
 
     ruleset = _load_ruleset(args.rules, args.warnings)
@@ -119,13 +178,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
     for w in caught:
         err.print(f"[yellow]warning[/]: {escape(str(w.message))}", highlight=False)
     elapsed = time.perf_counter() - start
-    failed = 0
-    for outcome in result.outcomes:
-        if isinstance(outcome, NonTermination):
-            failed += 1
-            print(f"error: {outcome}")
-        else:
-            print(result.graph.to_text(outcome))
+    failed = _print_normal_forms(result)
     err.print(f"{len(roots)} term(s) rewritten by the {result.engine} in {elapsed * 1000:.1f} ms, "
               f"{sum(result.firings)} rule firings", highlight=False)
     if args.stats:
@@ -184,7 +237,10 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     emitters = {"llvm": generate_llvm_ir, "rust": lambda rs: generate_rust(rs, args.main), "qasm": generate_qasm}
     text = emitters[args.lang](ruleset)
     if output:
-        atomic_write(output, text.encode())
+        if _is_special(output):  # /dev/stdout, a FIFO, a device: written to, never replaced by a file
+            _write_through(output, text.encode())
+        else:
+            atomic_write(output, text.encode())
         err.print(f"wrote {escape(args.output)} ({len(text):,} bytes of {args.lang})", highlight=False)
     else:
         sys.stdout.write(text)
@@ -291,8 +347,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         roots = graph.parse(read_input_text(args.rewrite, TERMS), args.rewrite)
         rewritten = result.native.rewrite(graph, roots)
         make_index(config).note_hot(args.pattern_id, sum(rewritten.firings))
-        for line in rewritten.texts():
-            print(line)
+        _print_normal_forms(rewritten)  # as before, a term's error is its line, not the exit code
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ table, the symbol and hash tables and the relocations (a few pages), through str
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import struct
 from collections.abc import Iterable, Iterator
@@ -89,6 +90,12 @@ _REFUSED_RELOCATION_NAMES = {
                  1032: "R_AARCH64_IRELATIVE"},
 }
 _LISTED = 8  # names listed per reason before "..."
+# Entries of one kind (hashed symbols, hash buckets, relocations) this check reads. farm's libraries have a few
+# dozen; a batch of many JIT functions thousands. Each costs the check a Python object (~180 bytes, ~1.4 us for a
+# relocation): a library of a gigabyte of relocations would take ~7 GB and a minute before dlopen.
+MAX_ENTRIES = 1 << 20
+_LOW_BIT = bytes(b & 1 for b in range(256))  # a bytes.translate table: byte -> its bit 0
+_ABOVE_ANY_ADDRESS = 1 << 65  # sorts after every (address, end) pair that starts at a given address
 
 
 class Segment(NamedTuple):
@@ -129,6 +136,9 @@ class LoaderView:
     ifuncs: dict[int, str] = field(default_factory=dict)
     relocations: list[Relocation] = field(default_factory=list)
     relocated: dict[int, SymbolRef] = field(default_factory=dict)  # the symbols the relocations bind
+    # (what, vaddr, size) of everything the loader reads from the library's memory while it relocates it: the
+    # dynamic table, the symbol, string and hash tables, the relocation tables themselves
+    tables: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def tags(self) -> list[int]:
@@ -178,7 +188,10 @@ class _Reader:
     def __init__(self, library: str, data: bytes | mmap.mmap) -> None:
         self.library, self.data = library, data
         self.loads: list[Segment] = []
+        self.load_starts: list[int] = []  # the loads' addresses, ascending (checked): _locate bisects them
         self.symbols = b""  # the hashed part of the dynamic symbol table
+        self.tables: list[tuple[str, int, int]] = []  # LoaderView.tables
+        self.string_end = 0  # the furthest string-table byte read, relative to DT_STRTAB
 
     def malformed(self, detail: str) -> MalformedLibrary:
         return MalformedLibrary(self.library, detail)
@@ -186,15 +199,23 @@ class _Reader:
     def read(self) -> LoaderView:
         machine, segments = self._headers()
         self.loads = self._loads(machine, segments)
+        self.load_starts = [seg.vaddr for seg in self.loads]
         dynamics = [s for s in segments if s.type == PT_DYNAMIC]
         if len(dynamics) != 1:
             raise self.malformed(f"has {len(dynamics)} PT_DYNAMIC segments; a shared library has exactly one")
         view = LoaderView(self.library, machine, segments, self._dynamic(dynamics[0].vaddr))
+        self.tables.append(("the dynamic table", dynamics[0].vaddr,
+                            max(dynamics[0].memsz, _DYNAMIC_ENTRY.size * (len(view.dynamic) + 1))))
         tags = dict(view.dynamic)
         view.strings = [(tag, self._string(tags, value, TAG_NAMES[tag]))
                         for tag, value in view.dynamic if tag in _PATH_TAGS]
         self._symbols(view, tags)
         self._relocations(view, tags)
+        symbols = max(view.symbol_count, max(view.relocated, default=-1) + 1)
+        self.tables.append(("the dynamic symbol table", tags[DT_SYMTAB], symbols * _SYMBOL.size))
+        if DT_STRTAB in tags:
+            self.tables.append(("the string table", tags[DT_STRTAB], max(tags.get(DT_STRSZ, 0), self.string_end)))
+        view.tables = self.tables
         return view
 
     def _headers(self) -> tuple[int, list[Segment]]:
@@ -232,10 +253,20 @@ class _Reader:
             raise self.malformed("has no PT_LOAD segment")
         return loads
 
+    def _bound(self, count: int, what: str) -> None:
+        """Refuse, before reading them one by one, more entries than the check reads (MAX_ENTRIES)."""
+        if count > MAX_ENTRIES:
+            raise UnsafeLibrary(self.library, [f"has {count:,} {what}; this check reads at most {MAX_ENTRIES:,} "
+                                               "(farm.elf_policy.MAX_ENTRIES): farm's libraries have a few dozen"])
+
     def _locate(self, vaddr: int, size: int, what: str) -> tuple[int, int]:
-        """File offset of [vaddr, vaddr + size) and the end of its segment's file bytes."""
-        for seg in self.loads:
-            if seg.vaddr <= vaddr and vaddr + size <= seg.vaddr + seg.filesz:
+        """File offset of [vaddr, vaddr + size) and the end of its segment's file bytes. The loads are in
+        address order and disjoint (_loads): only the last one starting at or below vaddr can hold it, found
+        by bisection (a library may have 65,534 segments, and this runs for every name and table read)."""
+        at = bisect.bisect_right(self.load_starts, vaddr) - 1
+        if at >= 0:
+            seg = self.loads[at]
+            if vaddr + size <= seg.vaddr + seg.filesz:
                 return seg.offset + vaddr - seg.vaddr, seg.offset + seg.filesz
         raise self.malformed(f"{what} at 0x{vaddr:x} ({size} bytes) is not in the file bytes of a PT_LOAD segment")
 
@@ -260,6 +291,7 @@ class _Reader:
         stop = self.data.find(b"\0", start, end)
         if stop < 0:
             raise self.malformed(f"the string of {what} at 0x{tags[DT_STRTAB] + offset:x} is not terminated")
+        self.string_end = max(self.string_end, offset + stop - start + 1)
         return self.data[start:stop].decode("utf-8", "backslashreplace")
 
     def _symbols(self, view: LoaderView, tags: dict[int, int]) -> None:
@@ -272,6 +304,7 @@ class _Reader:
         if not counts:
             raise self.malformed("has neither DT_HASH nor DT_GNU_HASH: the size of its symbol table is unknown")
         view.symbol_count = max(counts)  # both present: check the larger table, so neither hides a symbol
+        self._bound(view.symbol_count, "hashed symbols")
         self.symbols = table = self._bytes(tags[DT_SYMTAB], view.symbol_count * _SYMBOL.size,
                                            "the dynamic symbol table")
         # Columns of the table as bytes, searched in C: a Python loop over every symbol costs more than the rest.
@@ -289,10 +322,12 @@ class _Reader:
         nbucket, nchain = struct.unpack(b"<II", self._bytes(vaddr, 8, "DT_HASH"))
         if not nbucket:  # every lookup divides by it
             raise self.malformed("DT_HASH has no buckets")
+        self._bound(max(nbucket, nchain), "DT_HASH buckets or symbols")
         links = self._bytes(vaddr + 8, 4 * (nbucket + nchain), "DT_HASH's buckets and chains")
         farthest = max(struct.unpack(f"<{nbucket + nchain}I", links), default=0)
         if farthest >= nchain:
             raise self.malformed(f"DT_HASH leads to symbol {farthest}, beyond the {nchain} it declares")
+        self.tables.append(("DT_HASH", vaddr, 8 + 4 * (nbucket + nchain)))
         return int(nchain)
 
     def _gnu_hash_count(self, vaddr: int) -> int:
@@ -301,30 +336,36 @@ class _Reader:
         if not nbuckets or not bloom_words:  # every lookup divides by both
             raise self.malformed("DT_GNU_HASH has no buckets or no bloom filter words")
         buckets_at = vaddr + 16 + 8 * bloom_words
+        self._bound(nbuckets, "GNU hash buckets")
         buckets = struct.unpack(f"<{nbuckets}I", self._bytes(buckets_at, 4 * nbuckets, "the GNU hash buckets"))
         last, first = max(buckets, default=0), min(filter(None, buckets), default=symoffset)
         if first < symoffset:  # a lookup would read a chain before the chain array
             raise self.malformed(f"a GNU hash bucket points at symbol {first}, below the first hashed ({symoffset})")
         if last == 0:  # no bucket holds a symbol: only those below symoffset exist
+            self.tables.append(("DT_GNU_HASH", vaddr, buckets_at + 4 * nbuckets - vaddr))
             return int(symoffset)
         chain_at = buckets_at + 4 * nbuckets + 4 * (last - symoffset)
         start, end = self._locate(chain_at, 4, "the GNU hash chains")
-        for step, (value,) in enumerate(struct.iter_unpack("<I", self.data[start:end - (end - start) % 4])):
-            if value & 1:
-                return int(last) + step + 1
-        raise self.malformed("a GNU hash chain does not end within its segment")
+        # The first word with bit 0 set, searched in C: bit 0 of a little-endian word is in its first byte.
+        step = self.data[start:end - (end - start) % 4:4].translate(_LOW_BIT).find(1)
+        if step < 0:
+            raise self.malformed("a GNU hash chain does not end within its segment")
+        self.tables.append(("DT_GNU_HASH", vaddr, chain_at + 4 * (step + 1) - vaddr))
+        return int(last) + step + 1
 
     def _relocations(self, view: LoaderView, tags: dict[int, int]) -> None:
         """DT_RELA and DT_JMPREL, the relocation tables farm's libraries use (DT_REL and DT_RELR are refused
         as tags), and the symbols they bind (by index: the loader does not look at the hash tables for these)."""
         if tags.get(DT_RELAENT, _RELA.size) != _RELA.size or tags.get(DT_PLTREL, DT_RELA) != DT_RELA:
             raise self.malformed("DT_RELAENT is not 24 or DT_PLTREL is not DT_RELA")
+        self._bound(sum(tags.get(size, 0) for size in (DT_RELASZ, DT_PLTRELSZ)) // _RELA.size, "relocations")
         for at, size in ((DT_RELA, DT_RELASZ), (DT_JMPREL, DT_PLTRELSZ)):
             if at not in tags:
                 continue
             if tags.get(size, 0) % _RELA.size:
                 raise self.malformed(f"{TAG_NAMES[size]} ({tags[size]}) is not a whole number of relocations")
             table = self._bytes(tags[at], tags.get(size, 0), TAG_NAMES[at])
+            self.tables.append((f"the {TAG_NAMES[at]} relocation table", tags[at], len(table)))
             view.relocations += [Relocation(offset, info & 0xFFFFFFFF, info >> 32)
                                  for offset, info, _ in _RELA.iter_unpack(table)]
         for index in {r.symbol for r in view.relocations if r.symbol}:  # any index, hashed or not
@@ -401,7 +442,7 @@ def _relocation_reasons(view: LoaderView) -> list[str]:
     names = _REFUSED_RELOCATION_NAMES[view.machine]
     reasons = [f"has {names.get(t, f'type {t}')} relocations; only {_names(allowed.values())} are "
                "allowed" for t in sorted(refused)]
-    writable = [(s.vaddr, s.vaddr + s.memsz) for s in view.segments if s.type == PT_LOAD and s.flags & PF_W]
+    writable = sorted((s.vaddr, s.vaddr + s.memsz) for s in view.segments if s.type == PT_LOAD and s.flags & PF_W)
     stray = [r.offset for r in view.relocations if not _inside(writable, r.offset, 8)]
     tags = dict(view.dynamic)  # the loader writes GOT[1] and GOT[2] of a library with PLT relocations
     got = tags.get(DT_PLTGOT, 0)
@@ -409,11 +450,36 @@ def _relocation_reasons(view: LoaderView) -> list[str]:
         stray.append(got)
     if stray:
         reasons.append(f"writes outside its own writable memory, at {_names(f'0x{a:x}' for a in stray)}")
+    reasons += _rewritten_table_reasons(view, got if DT_JMPREL in tags else None)
+    return reasons
+
+
+def _rewritten_table_reasons(view: LoaderView, got: int | None) -> list[str]:
+    """The loader reads the dynamic table, the symbol, string and hash tables and the relocation tables from
+    the library's memory while it relocates, one relocation after another: a relocation that writes into any of
+    them changes what the next ones do (a relocation type or symbol this check never saw, a symbol table swapped
+    for one with an ifunc), so none may. The loader's own writes (GOT[0..2]) may not land there either."""
+    writes = sorted([*(r.offset for r in view.relocations), *((got, got + 8, got + 16) if got is not None else ())])
+    reasons = []
+    for what, start, size in view.tables:
+        first = bisect.bisect_left(writes, start - 7)  # an 8-byte write from start - 7 on overlaps the table
+        hits = []
+        for at in writes[first:]:
+            if at >= start + size:
+                break
+            hits.append(at)
+        if hits:
+            reasons.append(f"relocates into {what} (at {_names(f'0x{a:x}' for a in hits)}), which the loader "
+                           "reads while relocating: the relocations after it would not be the ones checked")
     return reasons
 
 
 def _inside(ranges: list[tuple[int, int]], vaddr: int, size: int) -> bool:
-    return any(start <= vaddr and vaddr + size <= end for start, end in ranges)
+    """Whether [vaddr, vaddr + size) lies in one of the ranges, which are sorted and disjoint (the PT_LOAD
+    segments are, _Reader._loads checks it): by bisection, not a scan per relocation, which cost segments x
+    relocations (65,534 segments without file bytes cost 56 bytes each)."""
+    at = bisect.bisect_right(ranges, (vaddr, _ABOVE_ANY_ADDRESS)) - 1
+    return at >= 0 and vaddr + size <= ranges[at][1]
 
 
 def _positions(column: bytes, value: int) -> Iterator[int]:

@@ -202,6 +202,11 @@ class IntegrityError(ArtifactError):
     """An artifact's bytes do not match its recorded sha256: refused before dlopen."""
 
 
+class InvalidArtifactKey(ArtifactError, ValueError):
+    """A key (from the index, which others may write, or a caller) is not sha256 hex: it never reaches a path or
+    an object name."""
+
+
 class IncompatibleArtifact(ArtifactError):
     """The artifact was built for a CPU or ABI this host cannot run."""
 

@@ -249,7 +249,8 @@ class NativeRuleset:
         arena = self.lib.farm_arena_new()
         if not arena:
             raise ArenaOutOfMemory("farm_arena_new could not allocate the arena", cap)
-        arena.contents.limit = cap or NO_LIMIT
+        # 0, or a cap past the arena's signed 64-bit counter (which ctypes would wrap): no cap
+        arena.contents.limit = cap if 0 < cap < NO_LIMIT else NO_LIMIT
         try:
             ids = _zeros(count)
             code = self.lib.farm_load(arena, count, *map(_ptr, (ops, graph.arities, graph.vals, graph.kid_ids, ids)))

@@ -19,6 +19,10 @@ from farm.errors import PolicyViolation, StageFailed
 
 ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset"})
 MAX_IR_BYTES = 256 << 20  # a module larger than this is refused before it reaches a parser or a tool
+# The bytes a module's globals may take, as the backend lays them out. A zeroinitializer is a few bytes of text
+# for any size: without a cap, `@big = constant [1 << 36 x i8] zeroinitializer` asks the in-process path for a
+# 64 GiB object in this process's memory (and the staged one for gigabytes of disk). farm's modules hold bytes.
+MAX_DATA_BYTES = 64 << 20
 
 # LLVM intrinsics a module may declare (names without their type suffixes). farm's own modules use none;
 # these are what opt forms from plain instructions (min/max, overflow checks, funnel shifts, memcpy from
@@ -123,6 +127,7 @@ def _check_functions(module: Any, source: str, provided: frozenset[str]) -> None
 
 
 def _check_globals(module: Any, source: str) -> None:
+    data, layout = 0, None
     for gv in module.global_variables:
         name = gv.name
         if name.startswith("llvm."):  # global_ctors/dtors run code on load; used/compiler.used farm never needs
@@ -133,6 +138,15 @@ def _check_globals(module: Any, source: str) -> None:
         if name in LOAD_TIME_NAMES:
             raise PolicyViolation(f"{source}: defines the global @{name}, which the linker makes the library's "
                                   "load-time initialiser/finaliser")
+        if layout is None:
+            import llvmlite.binding as llvm
+
+            layout = llvm.create_target_data(module.data_layout)
+        size = layout.get_abi_size(gv.global_value_type)  # the backend's own (64-bit, wrapping) arithmetic
+        data += size
+        if data > MAX_DATA_BYTES:
+            raise PolicyViolation(f"{source}: the global @{name} ({size:,} bytes) takes the module's data past "
+                                  f"{MAX_DATA_BYTES:,} bytes (farm.policy.MAX_DATA_BYTES)")
 
 
 def _is_declaration(value: Any) -> bool:
@@ -164,6 +178,7 @@ _KEYWORDS = ("asm", "alias", "ifunc", "section", "partition", "prologue", "prefi
 _KEYWORD = re.compile(rf"(?<![-\w$.%@!#^])({'|'.join(_KEYWORDS)})(?![-\w$.:])")
 _SECTION_ATTRIBUTE = re.compile(r'^attributes #\d+ = \{[^\n]*section', re.MULTILINE)
 _NAMED_METADATA = re.compile(r"^!([-a-zA-Z$._\\][-a-zA-Z$._0-9\\]*) = (.*)$", re.MULTILINE)
+_SECTION_FLAG = "Objective-C Image Info Section"  # a module flag whose string is a section name
 _FUNCTION_NAME = re.compile(r'"[^"]*"|@("[^"]*"|[-a-zA-Z$._0-9]+)')  # strings skipped, then the first @name
 _KEYWORD_REASONS = {
     "asm": "inline assembly",
@@ -201,6 +216,9 @@ def _check_printout(text: str, source: str) -> None:
     if '!"Linker Options"' in text:
         raise PolicyViolation(f"{source}: the module flag \"Linker Options\" is refused (it makes the linker add "
                               "libraries)")
+    if f'!"{_SECTION_FLAG}"' in text:  # the printout prints this ASCII key verbatim, however it was written
+        raise PolicyViolation(f"{source}: the module flag \"{_SECTION_FLAG}\" is refused (the ELF backend writes "
+                              "its data into the section it names; a section such as .init_array runs code on load)")
 
 
 def _code_of(line: str) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.backends import make_index, make_store
+from farm.builder import check_pattern_id
 from farm.config import FarmConfig
 from farm.errors import ArtifactMissing, IncompatibleArtifact
 from farm.loader import NativeRuleset, verify_sha256
@@ -38,6 +39,7 @@ def preference(host_cpu_name: str | None = None) -> list[str]:
 
 
 def pull(pattern_id: str, config: FarmConfig, target: str | None = None) -> Pulled:
+    check_pattern_id(pattern_id)
     trusted = trusted_keys_of(config)
     index = make_index(config)
     store = make_store(config, index)
@@ -58,6 +60,10 @@ def pull(pattern_id: str, config: FarmConfig, target: str | None = None) -> Pull
             raise IncompatibleArtifact(f"{pattern_id!r} for {target} cannot run on this host")
         verify_sha256(path, meta.sha256)
         verify(meta, trusted)
+        if meta.target != name:  # the index is not signed; the artifact's target is
+            raise IncompatibleArtifact(f"the index entry of {pattern_id!r} for {name} points at artifact "
+                                       f"{meta.key[:12]}, built for {meta.target}; refusing it (the index was "
+                                       "edited or is corrupt)")
         native = NativeRuleset(path, ruleset_from_json(meta.ruleset), meta.sha256) if meta.ruleset else None
         return Pulled(meta, path, native, trusted is not None)
     tried = ", ".join(candidates) or "none runnable here"

@@ -163,28 +163,55 @@ class TermGraph:
 
     def to_text(self, root: int) -> str:
         """Print `(op a b)`, constants bare, literals in decimal; iterative."""
-        parts: list[str] = []
+        return "".join(self.iter_text(root))
+
+    def iter_text(self, root: int) -> Iterator[str]:
+        """The pieces of to_text, in order: a shared subterm is printed at each of its uses, so the text can be
+        exponentially longer than the graph (see text_length); this holds only the path to the current node."""
         stack: list[tuple[int, int]] = [(root, 0)]
         names = self.signature.names
         while stack:
             node, state = stack.pop()
             if node < 0:  # closing marker
-                parts.append(")")
+                yield ")"
                 continue
             if state:
-                parts.append(" ")
+                yield " "
             op = self.ops[node]
             if op == LIT:
-                parts.append(str(self.vals[node]))
+                yield str(self.vals[node])
                 continue
             kids = self.kids(node)
             if not kids:
-                parts.append(names[op])
+                yield names[op]
                 continue
-            parts.append("(" + names[op])
+            yield "(" + names[op]
             stack.append((-1, 0))
             stack.extend((kid, 1) for kid in reversed(kids))
-        return "".join(parts)
+
+    def text_length(self, root: int) -> int:
+        """len(to_text(root)), computed on the graph (each shared node once, iteratively), never by printing."""
+        names = self.signature.names
+        length: dict[int, int] = {}
+        stack = [root]
+        while stack:
+            node = stack[-1]
+            if node in length:
+                stack.pop()
+                continue
+            op = self.ops[node]
+            if op == LIT:
+                length[node] = len(str(self.vals[node]))
+                stack.pop()
+                continue
+            kids = self.kids(node)
+            pending = [kid for kid in kids if kid not in length]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            length[node] = len(names[op]) + (2 + sum(1 + length[kid] for kid in kids) if kids else 0)
+        return length[root]
 
     def depth(self, root: int) -> int:
         """Longest path from root to a leaf, computed over the DAG without recursion."""

@@ -289,7 +289,8 @@ class Toolchain:
     def _run(self, stage: str, argv: list[str], cwd: Path) -> float:
         start = time.perf_counter()
         try:
-            proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=self.stage_timeout,
+            timeout = self.stage_timeout if self.stage_timeout < _NO_TIMEOUT else None
+            proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                                   preexec_fn=_limits(self.memory_limit, self.stage_timeout), check=False)
         except subprocess.TimeoutExpired:
             raise StageTimeout(stage, self.stage_timeout) from None
@@ -310,11 +311,21 @@ def _limits(memory: int, seconds: float) -> Callable[[], None]:
     return apply
 
 
+# Python's clock holds ~292 years in nanoseconds: a stage timeout beyond this many seconds means none (a wait
+# that long overflows it: OverflowError)
+_NO_TIMEOUT = 1e9
+_RLIMIT_MAX = (1 << 63) - 1  # the largest finite limit setrlimit takes; a larger setting means no limit
+
+
 def _lower_limit(kind: int, value: int) -> None:
     """Cap a resource at `value`, or at the hard limit this process already has if that is lower (raising a
-    hard limit is not allowed: asking would fail the stage instead of running it under the tighter cap)."""
+    hard limit is not allowed: asking would fail the stage instead of running it under the tighter cap). A
+    value no rlimit can hold (FARM_STAGE_TIMEOUT=1e20) leaves the hard limit in place: it would otherwise fail
+    the stage in the child, before exec, with a SubprocessError."""
     _, hard = resource.getrlimit(kind)
-    if hard != resource.RLIM_INFINITY:
+    if value > _RLIMIT_MAX:
+        value = hard
+    elif hard != resource.RLIM_INFINITY:
         value = min(value, hard)
     resource.setrlimit(kind, (value, value))
 

@@ -452,3 +452,75 @@ def test_generated_deep_expressions_round_trip(motif: list[tuple[str, str, int]]
         assert Interpreter(rs).rewrite(graph, root).texts()[0].startswith("(k ")
     finally:
         sys.setrecursionlimit(old)
+
+
+# ---- a rule file whose name is not UTF-8 ----
+
+@pytest.mark.parametrize("command", ["compile", "rewrite"])
+def test_a_rule_file_named_in_latin_1_compiles_under_an_escaped_pattern_id(tmp_path: Path, command: str) -> None:
+    """The pattern ID is the file's stem; a Latin-1 `règles.farm` reaches Python as 'r\\udce9gles', which the
+    index could not store: a UnicodeEncodeError traceback from `farm compile` and `farm rewrite`."""
+    rules = Path(os.fsdecode(bytes(tmp_path) + b"/r\xe9gles.farm"))
+    rules.write_text((EXAMPLES / "bool.farm").read_text())
+    extra = [str(EXAMPLES / "bool.terms")] if command == "rewrite" else []
+    proc = farm(command, str(rules), *extra, cache=tmp_path / "cache")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    from farm.index.sqlite import SQLiteIndex
+
+    index = SQLiteIndex(tmp_path / "cache" / "index.sqlite")
+    assert any(index.lookup("r\\xe9gles", target) for target in ("native", "x86-64", "x86-64-v2", "x86-64-v3",
+                                                                  "x86-64-v4", "aarch64"))
+
+
+@pytest.mark.parametrize("pattern_id", ["\ud800", "a\udce9b", "x" * 10 + "\udfff"])
+def test_a_pattern_id_with_a_lone_surrogate_is_refused_as_such(tmp_path: Path, pattern_id: str) -> None:
+    from farm.errors import InvalidPatternId
+    from farm.pull import pull
+
+    engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
+    with pytest.raises(InvalidPatternId, match="not Unicode text: a lone surrogate"):
+        engine.compile(ruleset_of("rule r: (f ?x) => ?x"), pattern_id, "x86-64")
+    with pytest.raises(InvalidPatternId, match="lone surrogate"):
+        pull(pattern_id, FarmConfig(cache_dir=tmp_path / "cache"), "x86-64")
+
+
+# ---- a normal form that shares subterms prints exponentially long ----
+
+DOUBLING = "op dup/1, pair/2, s/1, z/0\nrule d0: (dup z) => z\nrule ds: (dup (s ?x)) => (pair (dup ?x) (dup ?x))\n"
+
+
+def test_a_normal_form_too_long_to_print_is_an_error_not_gigabytes(tmp_path: Path) -> None:
+    """(dup s^50(z)) normalises to 51 shared nodes whose text has 2^50 leaves: `farm rewrite` grew past 7 GB in a
+    minute building it. Printed in full a normal form may take FARM_MAX_MEMORY characters; past it, an error."""
+    (tmp_path / "dup.farm").write_text(DOUBLING)
+    (tmp_path / "dup.terms").write_text("(dup " + "(s " * 50 + "z" + ")" * 50 + ")\n(dup (s (s z)))\n")
+    result = farm("rewrite", str(tmp_path / "dup.farm"), str(tmp_path / "dup.terms"), cache=tmp_path / "cache",
+                  memory_cap=2 << 30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    first, second = result.stdout.splitlines()
+    assert first.startswith("error: the normal form shares subterms, and printed in full it is ")
+    assert "past the memory cap FARM_MAX_MEMORY=" in first
+    assert second == "(pair (pair z z) (pair z z))"
+
+
+@pytest.mark.parametrize("name", ["arith", "bool", "big"])
+def test_text_length_is_the_length_of_the_text(name: str) -> None:
+    rules = ruleset_of((EXAMPLES / f"{name}.farm").read_text())
+    graph = TermGraph(rules.make_signature())
+    roots = graph.parse((EXAMPLES / f"{name}.terms").read_text())
+    result = Interpreter(rules).rewrite(graph, roots)
+    for root in roots:
+        assert graph.text_length(root) == len(graph.to_text(root))
+    for outcome in result.outcomes:
+        if isinstance(outcome, int):
+            assert result.graph.text_length(outcome) == len(result.graph.to_text(outcome))
+
+
+def test_pull_rewrite_prints_a_too_long_normal_form_as_an_error(tmp_path: Path) -> None:
+    Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0)).compile(ruleset_of(DOUBLING), "dup", "x86-64")
+    (tmp_path / "dup.terms").write_text("(dup " + "(s " * 50 + "z" + ")" * 50 + ")\n(dup (s z))\n")
+    result = farm("pull", "dup", "--target", "x86-64", "--rewrite", str(tmp_path / "dup.terms"),
+                  cache=tmp_path / "cache", memory_cap=2 << 30)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "past the memory cap FARM_MAX_MEMORY=" in lines[-2] and lines[-1] == "(pair z z)"

@@ -537,3 +537,164 @@ def test_truncated_or_corrupted_library_gives_a_policy_answer(farm_libraries: di
     path.write_bytes(bytes(content))
     with contextlib.suppress(PolicyViolation):
         check_library(path)
+
+
+# ---- relocations that rewrite what the loader reads next ----
+# The loader reads the relocation, symbol, string and hash tables and the dynamic table from the library's
+# memory while it relocates it, one relocation after another: a relocation that writes into one of them changes
+# the relocations after it. Each library below is written byte by byte (no linker would emit it); each passes a
+# check that judges the tables as they are in the file, and its resolver (raw syscalls creating ./canary) runs
+# inside dlopen.
+
+_RESOLVER = bytes.fromhex(
+    "488d3d00000000"  # lea rdi, [rip + path]
+    "be41000000"  # mov esi, O_WRONLY|O_CREAT
+    "baa4010000"  # mov edx, 0644
+    "b802000000" "0f05"  # open
+    "4889c7" "b803000000" "0f05"  # close
+    "488d0500000000"  # lea rax, [rip + the ret below]
+    "c3")
+_CODE, _PATH, _DYN, _RELA, _SLOT, _GOT, _TABLE, _JMPREL = 0x400, 0x480, 0x1000, 0x1200, 0x1300, 0x1340, 0x1400, 0x1500
+
+
+def _symbol(name: int, info: int, shndx: int, value: int) -> bytes:
+    return struct.pack("<IBBHQQ", name, info, 0, shndx, value, 0)
+
+
+def _rewriting_library(variant: str) -> bytes:
+    """A two-segment x86-64 library (R+X at 0, RW at 0x1000) whose first relocation rewrites a table:
+    rela-retype: the RELA table is writable; an R_X86_64_64 against a local absolute symbol writes
+        R_X86_64_IRELATIVE into the next relocation's r_info;
+    dynamic-symtab: a RELATIVE relocation points DT_SYMTAB's value at another symbol table, in which the symbol
+        a separate JMPREL table binds (malloc, to the check) is a local ifunc;
+    symtab-inplace: the symbol table is writable; an R_X86_64_64 rewrites a local symbol's type to ifunc before
+        the next relocation binds it."""
+    data = bytearray(0x2000)
+    code = bytearray(_RESOLVER)
+    struct.pack_into("<i", code, 3, _PATH - (_CODE + 7))
+    struct.pack_into("<i", code, len(code) - 5, len(code) - 1 - len(code))
+    data[_CODE:_CODE + len(code)] = code
+    data[_PATH:_PATH + 7] = b"canary\0"
+    symtab_at, strtab, hash_at = 0x200, b"\0malloc\0", 0x300
+    relas: list[tuple[int, int, int]] = []
+    jmprels: list[tuple[int, int, int]] = []
+    rela_at = 0x340  # read-only, unless the variant rewrites it
+    if variant == "rela-retype":
+        rela_at = _RELA
+        symbols = _symbol(0, 0, 0, 0) + _symbol(0, 0, 0xFFF1, 37)  # local, absolute: its value is 37 exactly
+        relas = [(_RELA + 24 + 8, 1 << 32 | 1, 0), (_SLOT, 8, _CODE)]  # R_X86_64_64 sym 1; then RELATIVE
+    elif variant == "dynamic-symtab":
+        symbols = _symbol(0, 0, 0, 0) + _symbol(1, 0x12, 0, 0)  # malloc, an allowed import
+        relas = [(_DYN + 16 * 2 + 8, 8, _TABLE)]  # DT_SYMTAB is the third entry
+        jmprels = [(_SLOT, 1 << 32 | 7, 0)]
+        swapped = _symbol(0, 0, 0, 0) + _symbol(0, 0x0A, 1, _CODE)
+        data[_TABLE:_TABLE + len(swapped)] = swapped
+    elif variant == "symtab-inplace":
+        symtab_at = _TABLE
+        symbols = _symbol(0, 0, 0, 0) + _symbol(0, 0, 0xFFF1, 10 << 32 | 1 << 48) + _symbol(0, 0, 1, _CODE)
+        relas = [(_TABLE + 48, 1 << 32 | 1, 0), (_SLOT, 2 << 32 | 1, 0)]
+    else:
+        raise AssertionError(variant)
+    count = len(symbols) // 24
+    data[symtab_at:symtab_at + len(symbols)] = symbols
+    data[0x2E0:0x2E0 + len(strtab)] = strtab
+    struct.pack_into(f"<II{1 + count}I", data, hash_at, 1, count, *[0] * (1 + count))
+    dynamic = [(4, hash_at), (5, 0x2E0), (6, symtab_at), (10, len(strtab)), (11, 24),
+               (7, rela_at), (8, 24 * len(relas)), (9, 24)]
+    if jmprels:
+        dynamic += [(3, _GOT), (2, 24 * len(jmprels)), (20, 7), (23, _JMPREL)]
+    dynamic += [(30, 2), (0, 0)]
+    for index, entry in enumerate(dynamic):
+        struct.pack_into("<qQ", data, _DYN + 16 * index, *entry)
+    for at, table in ((rela_at, relas), (_JMPREL, jmprels)):
+        for index, relocation in enumerate(table):
+            struct.pack_into("<QQq", data, at + 24 * index, *relocation)
+    headers = [(1, 5, 0, 0, 0, 0x1000, 0x1000, 0x1000), (1, 6, 0x1000, 0x1000, 0x1000, 0x1000, 0x1000, 0x1000),
+               (2, 6, _DYN, _DYN, _DYN, 16 * len(dynamic), 16 * len(dynamic), 8), (0x6474E551, 6, 0, 0, 0, 0, 0, 16)]
+    struct.pack_into("<4sBBBBB7xHHIQQQIHHHHHH", data, 0, b"\x7fELF", 2, 1, 1, 0, 0, 3, EM_X86_64, 1, 0, 64, 0, 0,
+                     64, 56, len(headers), 64, 0, 0)
+    for index, header in enumerate(headers):
+        struct.pack_into("<IIQQQQQQ", data, 64 + 56 * index, *header)
+    return bytes(data)
+
+
+REWRITING = ["rela-retype", "dynamic-symtab", "symtab-inplace"]
+PLAIN_DLOPEN = "import ctypes, os, sys\nos.chdir(os.path.dirname(sys.argv[1]))\nctypes.CDLL(sys.argv[1])\n"
+
+
+@pytest.mark.parametrize("variant", REWRITING)
+def test_relocation_rewriting_a_loader_table_is_refused(tmp_path: Path, variant: str) -> None:
+    path = tmp_path / "lib.so"
+    path.write_bytes(_rewriting_library(variant))
+    with pytest.raises(UnsafeLibrary, match=r"relocates into .*which the loader reads while relocating"):
+        check_library(path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", LOADER_SCRIPT, str(path)], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert "refused: lib.so is refused: " in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert not (tmp_path / "canary").exists(), f"the {variant} payload ran"
+    if platform.machine() == "x86_64" and sys.platform == "linux":  # the payload is real: a plain dlopen runs it
+        subprocess.run([sys.executable, "-c", PLAIN_DLOPEN, str(path)], timeout=60, check=False)
+        assert (tmp_path / "canary").exists(), f"the {variant} library did not run its resolver in dlopen"
+
+
+# ---- the check's own cost: bounded by the size of the library, whatever its shape ----
+
+def _many_segments_library(segments: int, relocations: int) -> bytes:
+    """A library the check accepts, with `segments` writable PT_LOAD segments that have no file bytes (56 bytes
+    of program header each) and `relocations` RELATIVE relocations into the last one."""
+    phnum = segments + 4
+    end_of_headers = 64 + 56 * phnum
+    rela_at = (end_of_headers + 0xFFF) & ~0xFFF
+    dynamic_at = (rela_at + 24 * relocations + 0xFFF) & ~0xFFF
+    data = bytearray(dynamic_at + 0x1000)
+    symtab, strtab, hash_at = end_of_headers, end_of_headers + 24, end_of_headers + 32
+    struct.pack_into("<III", data, hash_at, 1, 1, 0)
+    first_empty = dynamic_at + 0x1000
+    for index in range(relocations):
+        struct.pack_into("<QQq", data, rela_at + 24 * index, first_empty + 0x1000 * (segments - 1), 8, 0)
+    dynamic = [(4, hash_at), (5, strtab), (6, symtab), (10, 1), (11, 24), (7, rela_at), (8, 24 * relocations),
+               (9, 24), (30, 2), (0, 0)]
+    for index, entry in enumerate(dynamic):
+        struct.pack_into("<qQ", data, dynamic_at + 16 * index, *entry)
+    headers = [(1, 4, 0, 0, 0, dynamic_at, dynamic_at, 0x1000),
+               (1, 6, dynamic_at, dynamic_at, dynamic_at, 0x1000, 0x1000, 0x1000),
+               *[(1, 6, 0, first_empty + 0x1000 * k, 0, 0, 0x1000, 0x1000) for k in range(segments)],
+               (2, 6, dynamic_at, dynamic_at, dynamic_at, 16 * len(dynamic), 16 * len(dynamic), 8),
+               (0x6474E551, 6, 0, 0, 0, 0, 0, 16)]
+    struct.pack_into("<4sBBBBB7xHHIQQQIHHHHHH", data, 0, b"\x7fELF", 2, 1, 1, 0, 0, 3, EM_X86_64, 1, 0, 64, 0, 0,
+                     64, 56, phnum, 64, 0, 0)
+    for index, header in enumerate(headers):
+        struct.pack_into("<IIQQQQQQ", data, 64 + 56 * index, *header)
+    return bytes(data)
+
+
+def test_many_segments_times_many_relocations_cost_no_more_than_their_sum() -> None:
+    """Each relocation's target was looked for by a scan of every writable segment: 20,000 segments (1.1 MB of
+    program headers) and 20,000 relocations took ~16 s, and a 8 MB library ~9 minutes, before every dlopen."""
+    import time
+
+    data = _many_segments_library(20_000, 20_000)
+    start = time.perf_counter()
+    check_library(data)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("relocations", [(1 << 20) + 1, 3 << 20])
+def test_more_relocations_than_the_check_reads_are_refused_before_they_are_read(relocations: int) -> None:
+    """Each relocation costs the check a Python object: a library of a gigabyte of them (which passed) would take
+    ~7 GB and a minute before dlopen. Past farm.elf_policy.MAX_ENTRIES it is refused from the table's size."""
+    import resource
+    import time
+
+    from farm.elf_policy import MAX_ENTRIES
+
+    data = _many_segments_library(1, relocations)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(UnsafeLibrary, match=f"has {relocations:,} relocations; this check reads at most "
+                                            f"{MAX_ENTRIES:,}"):
+        check_library(data)
+    assert time.perf_counter() - start < 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB: nothing per relocation
+    check_library(_many_segments_library(1, 1000))  # the same shape, smaller, passes

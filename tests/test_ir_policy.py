@@ -19,9 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import farm.policy
 from farm.errors import PolicyViolation
 from farm.jit import JitCompiler, JitConfig, rename_definitions
 from farm.policy import check_ir
+from farm.targets import REGISTRY
+from farm.toolchain import Toolchain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,6 +112,9 @@ PAYLOADS = [
     Payload("dependent library", '!llvm.dependent-libraries = !{!202} !202 = !{!"/tmp/evil.so"}', "",
             "dependent-libraries"),
     Payload("prologue data", "define void @g() prologue i8 144 { ret void }", "", "prologue data"),
+    # The ELF backend writes this flag's two i32s into the section its string names: .init_array, or .text.
+    Payload("section module flag", '!llvm.module.flags = !{!203} !203 = !{i32 1, !"Objective-C Image Info '
+            'Section", !".init_array"}', "", "Objective-C Image Info Section"),
 ]
 
 CASES = [pytest.param(position, payload, id=f"{position.name}-{payload.name}")
@@ -282,3 +288,31 @@ def test_farm_modules_optimised_by_opt_still_pass() -> None:
 def test_allowed_intrinsics_pass(call: str) -> None:
     # LLVM 22 declares a known intrinsic a module calls without declaring it.
     check_ir(f"define void @f(ptr %p) {{\n  {call}\n  ret void\n}}\n")
+
+
+# ---- data out of all proportion to the text ----
+
+BIG_DATA = {
+    "constant zero array": "@big = constant [{n} x i8] zeroinitializer",
+    "nested arrays": "@big = internal constant [{k} x [1024 x i8]] zeroinitializer",
+    "struct of arrays": "@big = constant {{ [{n} x i8], i64 }} zeroinitializer",
+    "writable zero array": "@big = global [{n} x i8] zeroinitializer",
+    "many globals": "\n".join(f"@g{i} = constant [{{q}} x i8] zeroinitializer" for i in range(5)),
+}
+
+
+@pytest.mark.parametrize("form", BIG_DATA)
+@pytest.mark.parametrize("path", ["check_ir", "staged", "inprocess"])
+def test_a_few_bytes_of_ir_cannot_ask_for_gigabytes_of_data(form: str, path: str, tmp_path: Path) -> None:
+    """`@big = constant [1 << 36 x i8] zeroinitializer` is 60 bytes of text and 64 GiB of .rodata: the
+    in-process path would build the object in this process's memory, the staged one fill the disk. A module's
+    data is capped (farm.policy.MAX_DATA_BYTES), refused before anything is compiled."""
+    n = 1 << 36
+    text = BIG_DATA[form].format(n=n, k=n >> 10, q=farm.policy.MAX_DATA_BYTES // 4)
+    ir = f"{text}\ndefine i64 @f() {{\n  ret i64 0\n}}\n"
+    with pytest.raises(PolicyViolation, match=r"@(big|g\d) .*data .*MAX_DATA_BYTES"):
+        if path == "check_ir":
+            check_ir(ir)
+        else:
+            Toolchain(tmp_path, compile_path=path).build(ir, REGISTRY["x86-64"], 0)
+    check_ir(BIG_DATA[form].format(n=1 << 20, k=1 << 10, q=1 << 10) + "\n")  # a megabyte is fine

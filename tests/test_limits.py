@@ -107,6 +107,19 @@ def test_native_stops_at_the_cap(session_engine: Engine, case: str, loading: str
     assert native.rewrite(graph, graph.parse(normal), 5, max_memory=CAP).texts() == [normal]
 
 
+@pytest.mark.parametrize("cap", [2**63, 2**64 + 1, 10**30])
+def test_a_cap_beyond_the_arena_counter_is_no_cap(session_engine: Engine, cap: int) -> None:
+    """FARM_MAX_MEMORY accepts any size; one past the arena's signed 64-bit counter is more memory than any
+    machine has, so no cap. It once wrapped in the ctypes field: 2**63 became a negative cap (the first growth
+    failed, ArenaOutOfMemory naming 8 EiB) and 2**64 + 1 a cap of one byte."""
+    assert FarmConfig.from_env({"FARM_MAX_MEMORY": str(cap)}).max_memory == cap
+    rules = ruleset_of(GROWING["unary"][0])
+    native = load_native(rules, session_engine.compile(rules, "grow-unary"))
+    graph = TermGraph(rules.make_signature())
+    result = native.rewrite(graph, graph.parse(GROWING["unary"][1]), 200_000, max_memory=cap)
+    assert "fuel" in str(result.outcomes[0]).lower(), result.outcomes[0]
+
+
 # The oracle (farm verify) shares nothing: besides growing terms, re-normalising a shared normal form is
 # exponential with no rule firing at all (2^60 nodes here), which fuel cannot stop.
 ORACLE_CASES = {**GROWING, "shared rebuild": ("op it/2, f/2, s/1, z/0, a/0\nrule step: (it (s ?n) ?x) => "

@@ -5,6 +5,7 @@ Each test also fails on the code before these fixes (tracebacks, ValueErrors, cr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -305,6 +306,20 @@ def test_codegen_output_directory_must_exist(where: str, tmp_path: Path, capsys:
     assert main(["codegen", str(EXAMPLES / "bool.farm"), "-o", str(tmp_path / "a-dir" / "x.ll")]) == 0
 
 
+@pytest.mark.parametrize(("device", "code"), [("/dev/null", 0), ("/dev/full", 2)])
+def test_codegen_writes_into_a_device_it_is_given_never_replaces_it(device: str, code: int, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o /dev/stdout` (a symlink to /proc/self/fd/1), a FIFO, a device: written to, never renamed over. The
+    atomic replace once put a regular file in its place (as root, /dev/stdout or /dev/full itself) and
+    reported success, also where every write fails (/dev/full). A symlink here stands for /dev/stdout."""
+    sink = tmp_path / "sink"
+    sink.symlink_to(device)
+    assert main(["codegen", str(EXAMPLES / "bool.farm"), "-o", str(sink)]) == code
+    assert sink.is_symlink() and os.readlink(sink) == device
+    if code:
+        assert f"cannot write {sink}: No space left on device" in capsys.readouterr().err
+
+
 # --- 8. a missing cluster extra says what to install -------------------------------------------------------------
 
 CLUSTER_ENV = {"FARM_REDIS_URL": "redis://127.0.0.1:9/0", "FARM_S3_ENDPOINT": "127.0.0.1:9"}
@@ -372,3 +387,43 @@ def test_exporter_stops_on_sigterm_with_exit_0(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 0
+
+
+# --- an index entry that names no content key is an error, not a traceback ---------------------------------------
+
+@pytest.mark.parametrize("key", ["../../../etc/passwd", "A" * 64, "ab" * 31, "ab" * 32 + "\n", " "])
+def test_pull_of_an_index_entry_that_is_not_a_content_key_is_a_one_line_error(
+        key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The index is a cache others may write (Redis in a cluster) or that may be corrupt: a key that is not sha256
+    hex never reaches a path (check_key), and `farm pull` says so instead of ending in a ValueError traceback."""
+    monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path))
+    SQLiteIndex(tmp_path / "index.sqlite").record("p", "x86-64", ArtifactMeta(
+        key=key, sha256="0" * 64, size=1, target="x86-64", triple="x86_64-pc-linux-gnu", cpu="x86-64", opt_level=0))
+    assert main(["pull", "p", "--target", "x86-64"]) == 2
+    err = capsys.readouterr().err
+    assert "not a content key" in err and "Traceback" not in err
+
+
+# --- stored metadata of the wrong shape is a corrupt artifact: rebuilt, never a TypeError ------------------------
+
+@pytest.mark.parametrize(("field", "value"), [("target", [1]), ("target", {"a": 1}), ("size", "x"),
+                                              ("opt_level", None), ("toolchain", []), ("pattern_ids", "p"),
+                                              ("stage_seconds", 5), ("created_at", "now"), ("size", True)])
+def test_metadata_with_a_field_of_the_wrong_type_is_rebuilt(field: str, value: object, tmp_path: Path) -> None:
+    from farm.engine import Engine, load_native
+    from farm.errors import IntegrityError
+
+    from .conftest import ruleset_of
+
+    rules = ruleset_of("rule r: (f ?x) => ?x")
+    engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
+    art = engine.compile(rules, "p", "x86-64")
+    meta_file = art.path.with_suffix(".json")
+    data = json.loads(meta_file.read_text())
+    data[field] = value
+    meta_file.write_text(json.dumps(data))
+    with pytest.raises(IntegrityError, match=f"field {field!r}"):
+        ArtifactMeta.from_json(meta_file.read_text(), art.meta.key)
+    again = engine.compile(rules, "p", "x86-64")  # refused as corrupt, deleted, rebuilt
+    assert not again.cached
+    load_native(rules, again)

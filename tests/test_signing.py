@@ -339,3 +339,22 @@ def test_the_cli_reports_a_bad_key_in_one_line_with_exit_code_2(tmp_path: Path, 
     assert run.returncode == 2, run.stderr
     assert f"FARM_SIGNING_KEY={key}: the private key is open to other users (mode 0644)" in run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+# ---- an index entry cannot send a node a signed artifact built for another target ----
+
+def test_pull_refuses_a_signed_artifact_the_index_files_under_another_target(keys: dict[str, KeyPair],
+                                                                              tmp_path: Path) -> None:
+    """The index (Redis in a cluster) is not signed: whoever can write it can point a pattern's x86-64 entry at
+    any signed artifact. The signature covers the artifact's target, so the node compares it with the entry it
+    looked up: an x86-64-v4 library under the x86-64 entry would otherwise run AVX-512 code on a host without
+    it (SIGILL), an aarch64 one fail in dlopen."""
+    from farm.errors import IncompatibleArtifact
+    from farm.pull import pull
+
+    builder = ArtifactBuilder(FarmConfig(cache_dir=tmp_path / "c", opt_level=0, signing_key=keys["a"].private_path))
+    other = builder.ensure_ruleset(ruleset_of(PEANO), "peano", "aarch64")
+    builder.index.record("peano", "x86-64", other.meta)  # an index writer's edit: it needs no key
+    node_config = FarmConfig(cache_dir=tmp_path / "c", verify_keys=(keys["a"].public_path,))
+    with pytest.raises(IncompatibleArtifact, match="built for aarch64"):
+        pull("peano", node_config, "x86-64")

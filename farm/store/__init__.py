@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from farm.errors import IntegrityError
+from farm.errors import IntegrityError, InvalidArtifactKey
 
 
 @dataclass
@@ -40,6 +40,7 @@ class ArtifactMeta:
             data = json.loads(text)
             known = {f for f in cls.__dataclass_fields__}
             meta = cls(**{k: v for k, v in data.items() if k in known})
+            _check_types(meta)
         except (ValueError, TypeError, AttributeError) as exc:
             raise IntegrityError(f"the metadata of artifact {(expected_key or '?')[:12]} is unreadable "
                                  f"(truncated or tampered with): {exc}") from None
@@ -49,10 +50,28 @@ class ArtifactMeta:
         return meta
 
 
+# The JSON type of each field: a field of another type (a list where a target name belongs) is corrupt metadata,
+# refused here rather than a TypeError wherever it is used.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "key": str, "sha256": str, "size": int, "target": str, "triple": str, "cpu": str, "opt_level": int,
+    "stage_seconds": dict, "pattern_ids": list, "toolchain": dict, "created_at": (int, float), "signature": str,
+    "ruleset": str, "objects_compiled": int, "objects_reused": int,
+}
+
+
+def _check_types(meta: ArtifactMeta) -> None:
+    for name, expected in _FIELD_TYPES.items():
+        value = getattr(meta, name)
+        if isinstance(value, bool) or not isinstance(value, expected):  # JSON true is not a number here
+            raise ValueError(f"field {name!r} is {json.dumps(value)[:40]}, not of type "
+                             f"{getattr(expected, '__name__', 'number')}")
+
+
 def check_key(key: str) -> str:
     """Keys are sha256 hex: the only thing allowed into an object name or a path."""
-    if not (len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
-        raise ValueError(f"not a content key: {key!r}")
+    if not (isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key)):
+        raise InvalidArtifactKey(f"not a content key (64 lowercase hex digits): {str(key)[:80]!r}; the index entry "
+                                 "naming it is corrupt or was edited")
     return key
 
 
