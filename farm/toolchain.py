@@ -336,11 +336,14 @@ def remove_build_dir(result: BuildResult) -> None:
 
 # build-<host>-<pid>-<mkdtemp suffix>: the host, because a work dir may be shared (NFS) by several machines
 # whose pids mean nothing to each other. The host is reduced to [A-Za-z0-9.]: it is part of a path.
-BUILD_DIR = re.compile(r"build-(?P<host>[A-Za-z0-9.]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]{8}")
+BUILD_DIR = re.compile(r"build-(?P<host>[A-Za-z0-9._]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]{8}")
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", ".", socket.gethostname()) or "localhost"
+def _host(name: str | None = None) -> str:
+    """The host's name as a path part, escaped one-to-one (`_` and every byte outside [A-Za-z0-9.] as `_XX`):
+    two hosts sharing a work dir never take each other's build dirs for their own."""
+    raw = (socket.gethostname() if name is None else name).encode() or b"localhost"
+    return "".join(chr(b) if chr(b).isascii() and (chr(b).isalnum() or b == 0x2E) else f"_{b:02x}" for b in raw)
 
 
 def build_dir_prefix() -> str:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from farm import config
 from farm.backends import make_index
@@ -217,6 +219,16 @@ def _build_dir(work: Path, prefix: str) -> Path:
     path.mkdir(parents=True)
     (path / "module.ll").write_text("partial")
     return path
+
+
+@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+def test_host_names_stay_distinct_in_build_dir_names(a: str, b: str) -> None:
+    """Two hosts sharing a work dir (NFS) never take each other's build dirs for their own: `a-b` and `a.b`
+    were one name before."""
+    from farm.toolchain import BUILD_DIR, _host
+
+    assert (_host(a) == _host(b)) == (a == b)
+    assert BUILD_DIR.fullmatch(f"build-{_host(a)}-123-abcdefgh")
 
 
 @pytest.mark.parametrize("count", [1, 3])
