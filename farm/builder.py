@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from farm.backends import make_index, make_store
 from farm.codegen.llvm import ruleset_parts
 from farm.config import FarmConfig
-from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMismatch, WorkDirError
+from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMismatch
 from farm.index import CacheIndex
 from farm.loader import sha256_file, verify_sha256
+from farm.locks import file_lock
 from farm.serialize import ruleset_to_json
 from farm.signing import signer_of, trusted_keys_of, verify
 from farm.store import ArtifactMeta, ArtifactStore
@@ -46,23 +44,10 @@ def check_pattern_id(pattern_id: str) -> str:
     return pattern_id
 
 
-@contextmanager
-def build_lock(cache_dir: Path, key: str) -> Iterator[None]:
+def build_lock(cache_dir: Path, key: str) -> AbstractContextManager[None]:
     """Single flight among the processes of this host that share a cache dir: one builds a key while the
-    others wait for it. flock is released by the kernel when its holder exits, even by SIGKILL, so a killed
-    compile never wedges the others. The lock files (empty, one per key) are left in place: removing one
-    safely while another process may be opening it is not worth an inode."""
-    path = cache_dir / "locks" / key[:2] / f"{key}.lock"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        raise WorkDirError(f"cannot create the build lock {path}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    others wait for it (a lock file per key)."""
+    return file_lock(cache_dir / "locks" / key[:2] / f"{key}.lock")
 
 
 @dataclass

@@ -7,7 +7,6 @@ takes its place, whether that is found on opening or by any later query.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from farm.errors import WorkDirError
 from farm.index import CacheIndex
+from farm.locks import file_lock
 from farm.metrics import build_fields
 from farm.store import ArtifactMeta
 
@@ -145,7 +145,7 @@ class SQLiteIndex(CacheIndex):
 
     def _quarantine(self, reason: str) -> None:
         """Move the bad file aside, unless another process already did (the path then names a new index)."""
-        with _file_lock(self.path.with_name(self.path.name + ".lock")):
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
             if _file_identity(self.path) != self._identity or self._identity is None:
                 return
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
@@ -258,17 +258,3 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes, so two of them never move the same index aside."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise WorkDirError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
