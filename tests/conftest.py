@@ -77,11 +77,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, key_pair: KeyPair) -> Iter
                    "verify_key": str(key_pair.public_path)}
 
 
+# Hostile inputs refused in this run, by corpus: counted by the tests as each refusal is asserted.
+HOSTILE: dict[str, dict[str, int]] = {}
+
+
+def count_hostile(corpus: str, what: str, n: int = 1) -> None:
+    counts = HOSTILE.setdefault(corpus, {})
+    counts[what] = counts.get(what, 0) + n
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The figures the fault and fuzz tests measured in this run: faults injected, jobs lost, cases run."""
+    """The figures the fault, fuzz and hostile-input tests measured in this run: faults injected, jobs lost,
+    cases run, hostile inputs refused."""
     from . import test_faults, test_fuzz
 
-    figures = {**test_faults.FIGURES, **test_fuzz.FIGURES}
+    figures = {**test_faults.FIGURES, **test_fuzz.FIGURES, **HOSTILE}
     if figures:
         terminalreporter.section("farm reliability figures")
         for name, values in figures.items():

@@ -37,7 +37,7 @@ from farm.loader import open_library
 from farm.targets import REGISTRY
 from farm.toolchain import Toolchain
 
-from .conftest import EXAMPLES, ROOT, ruleset_of
+from .conftest import EXAMPLES, ROOT, count_hostile, ruleset_of
 
 # ---- the facts, read twice: by the check and by pyelftools ----
 
@@ -296,6 +296,7 @@ def test_hostile_library_is_refused_before_anything_runs(hostile: dict[tuple[str
     assert info.value.library == "lib.so" and str(info.value).startswith("lib.so is refused: ")
     assert load_attempts[path].startswith("refused: lib.so is refused: ")
     assert not (path.parent / "canary").exists(), f"the {payload} payload ran"
+    count_hostile("hostile ELF", "built libraries refused, canary absent")
 
 
 @needs_x86_toolchain
@@ -465,6 +466,7 @@ def test_patched_farm_library_is_refused_before_dlopen(farm_libraries: dict[str,
     with pytest.raises(UnsafeLibrary):
         open_library(path, None)
     assert not dlopened
+    count_hostile("hostile ELF", "patched libraries refused")
 
 
 # ---- malformed files: PolicyViolation, never an IndexError or struct.error ----
@@ -633,6 +635,7 @@ def test_relocation_rewriting_a_loader_table_is_refused(tmp_path: Path, variant:
                           text=True, timeout=60, check=False)
     assert "refused: lib.so is refused: " in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert not (tmp_path / "canary").exists(), f"the {variant} payload ran"
+    count_hostile("hostile ELF", "relocation-rewriting libraries refused, canary absent")
     if platform.machine() == "x86_64" and sys.platform == "linux":  # the payload is real: a plain dlopen runs it
         subprocess.run([sys.executable, "-c", PLAIN_DLOPEN, str(path)], timeout=60, check=False)
         assert (tmp_path / "canary").exists(), f"the {variant} library did not run its resolver in dlopen"

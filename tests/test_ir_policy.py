@@ -26,6 +26,8 @@ from farm.policy import check_ir
 from farm.targets import REGISTRY
 from farm.toolchain import Toolchain
 
+from .conftest import count_hostile
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -119,7 +121,6 @@ PAYLOADS = [
 
 CASES = [pytest.param(position, payload, id=f"{position.name}-{payload.name}")
          for position, payload in itertools.product(POSITIONS, PAYLOADS)]
-print(f"\nhostile IR corpus: {len(CASES)} cases ({len(POSITIONS)} positions x {len(PAYLOADS)} payloads)")
 
 
 def expected(position: Position, payload: Payload) -> str:
@@ -141,6 +142,7 @@ def test_check_ir_refuses_each_payload_behind_each_trick(position: Position, pay
     with pytest.raises(PolicyViolation, match=expected(position, payload)) as info:
         check_ir(position.module(payload), "hostile.ll")
     assert str(info.value).startswith("hostile.ll: ")
+    count_hostile("hostile IR", "refused by check_ir")
 
 
 @settings(max_examples=80, deadline=None)
@@ -150,6 +152,7 @@ def test_any_text_ending_in_a_backslash_hides_nothing(position: Position, payloa
     ir = position.module(payload, text.replace("\\", "\\\\") + "\\")
     with pytest.raises(PolicyViolation, match=expected(position, payload)):
         check_ir(ir, "hostile.ll")
+    count_hostile("hostile IR", "generated backslash names refused")
 
 
 @pytest.fixture(scope="module", params=["staged", "inprocess"])
@@ -165,6 +168,7 @@ def test_compile_llvm_ir_refuses_each_case_on_both_paths(strict_jit: JitCompiler
     with pytest.raises(PolicyViolation, match=expected(position, payload)):
         strict_jit.compile_llvm_ir(position.module(payload), "hostile")
     assert strict_jit.get_stats().successful_compilations == 0
+    count_hostile("hostile IR", "refused by compile_llvm_ir")
 
 
 # ---- the payloads that would do something: a canary file proves they did not run ----
@@ -227,6 +231,7 @@ def test_canary_payloads_are_refused_before_anything_runs(tmp_path: Path) -> Non
     assert len(refusals) == 2 * len(cases)
     for reason, (position, payload) in zip(refusals, cases * 2, strict=True):
         assert reason is not None and re.search(payload.reason, reason), (position.name, payload.name)
+    count_hostile("hostile IR", "canary compiles refused, nothing ran", len(refusals))
 
 
 # ---- the JIT's names come from the parser ----
