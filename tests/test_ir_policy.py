@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import farm.policy
-from farm.errors import PolicyViolation
+from farm.errors import PolicyViolation, StageFailed
 from farm.jit import JitCompiler, JitConfig, rename_definitions
 from farm.policy import check_ir
 from farm.targets import REGISTRY
@@ -150,8 +150,12 @@ def test_check_ir_refuses_each_payload_behind_each_trick(position: Position, pay
        st.text(st.characters(codec="ascii", exclude_characters='"\0\n{}'), max_size=12))
 def test_any_text_ending_in_a_backslash_hides_nothing(position: Position, payload: Payload, text: str) -> None:
     ir = position.module(payload, text.replace("\\", "\\\\") + "\\")
-    with pytest.raises(PolicyViolation, match=expected(position, payload)):
+    with pytest.raises((PolicyViolation, StageFailed)) as info:  # never accepted, whatever the text
         check_ir(ir, "hostile.ll")
+    # Refused for the payload itself, unless the text is refused on its own: a name in LLVM's reserved llvm.*
+    # space, or a carriage return (LLVM's lexer ends a comment there, and the rest of the line does not parse).
+    if not text.startswith("llvm.") and "\r" not in text:
+        assert isinstance(info.value, PolicyViolation) and re.search(expected(position, payload), str(info.value))
     count_hostile("hostile IR", "generated backslash names refused")
 
 
@@ -198,7 +202,7 @@ def canary_payloads(canary: Path) -> list[Payload]:
 CANARY_RUNNER = """
 import ctypes, json, sys
 from pathlib import Path
-from farm.errors import PolicyViolation
+from farm.errors import PolicyViolation, StageFailed
 from farm.jit import JitCompiler, JitConfig
 root, cases = Path(sys.argv[1]), json.loads(sys.stdin.read())
 refusals = []
