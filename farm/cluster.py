@@ -151,8 +151,9 @@ class Coordinator:
             waiting.setdefault(holder, []).append(i)
         if messages:
             riding_out(lambda: self._publish(messages), grace(), "coordinator publishing")
+        sent = {message.id: message for message in messages}
         for task_id, indices in waiting.items():
-            result = self._wait(task_id, deadline)
+            result = self._wait(task_id, deadline, sent.get(task_id))
             for i in indices:
                 settle = partial(self._settle, requests[i], result, time.perf_counter() - start)
                 done(i, riding_out(settle, grace(), "coordinator"))
@@ -180,23 +181,26 @@ class Coordinator:
         with _broker_errors(self.config):
             group(messages).apply_async()
 
-    def _wait(self, task_id: str, deadline: float) -> dict[str, Any]:
+    def _wait(self, task_id: str, deadline: float, message: Any = None) -> dict[str, Any]:
         """The task's result. Polled in slices: each new get() reads the stored result first, so a result
-        published while the connection was down is still found once it is back."""
+        published while the connection was down is still found once it is back. A message this coordinator
+        sent (`message`) that the broker lost is sent again (see _lost)."""
         from celery.exceptions import TimeoutError as CeleryTimeout
         from celery.result import AsyncResult
         from kombu.exceptions import OperationalError
         from redis.exceptions import RedisError
 
         result = AsyncResult(task_id, app=self.app)
+        suspected = False
         while True:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise CompileTimeout(f"compile task {task_id} did not finish in time; is a worker running for "
                                      "its target queue?")
             try:
-                value = result.get(timeout=min(remaining, 5.0), propagate=False, interval=0.05)
+                value = result.get(timeout=min(remaining, self.WAIT_SLICE), propagate=False, interval=0.05)
             except CeleryTimeout:
+                suspected = message is not None and self._lost(task_id, message, suspected)
                 continue
             except (RedisError, OperationalError, OSError) as exc:
                 log.warning("waiting for %s: the result backend is unreachable (%s); retrying", task_id, exc)
@@ -205,6 +209,48 @@ class Coordinator:
             if isinstance(value, dict):
                 return value
             return {"status": "failed", "error": f"{type(value).__name__}: {value}"}
+
+    WAIT_SLICE = 5.0  # seconds between looks at a task's result (and, if it is still missing, its message)
+
+    def _lost(self, task_id: str, message: Any, suspected: bool) -> bool:
+        """Whether the message looks lost: no worker ever started it, and it is neither queued nor held
+        unacknowledged by a worker. A Redis killed between a worker's BRPOP and its bookkeeping (or a reply
+        lost with the connection) drops a message for good, with our lock still taken. Seen twice, a slice
+        apart (a message in flight between the queue and a worker is in neither for a moment), it is sent
+        again under the same task ID; the worker's content key makes a duplicate cost nothing. Returns
+        whether it is suspected now."""
+        try:
+            if self.index.ever_delivered(task_id) or self._held_by_broker(task_id, message):
+                return False
+        except (FarmError, OSError) as exc:  # cannot tell during an outage: wait for the next slice
+            log.debug("cannot look for %s's message: %s", task_id, exc)
+            return False
+        if not suspected:
+            return True
+        log.warning("compile message %s was lost by the broker; sending it again", task_id)
+        self.index.incr("republished")
+        self._publish([message])
+        return False
+
+    def _held_by_broker(self, task_id: str, message: Any) -> bool:
+        """Is the message in its queue (at any priority) or in the broker's unacknowledged set? True when the
+        broker is not Redis: then there is nothing to look at, and nothing is resent."""
+        from kombu.exceptions import OperationalError
+
+        needle = task_id.encode()
+        try:
+            with self.app.connection_for_read() as connection:
+                channel = connection.default_channel
+                client = getattr(channel, "client", None)
+                if client is None or not hasattr(channel, "_q_for_pri"):
+                    return True
+                queue = message.options.get("queue") or keys.queue(message.args[0]["target"])
+                for priority in channel.priority_steps:
+                    if any(needle in item for item in client.lrange(channel._q_for_pri(queue, priority), 0, -1)):
+                        return True
+                return any(needle in item for item in client.hvals(channel.unacked_key))
+        except OperationalError as exc:
+            raise BackendUnavailable(str(exc)) from None
 
     def _settle(self, req: CompileRequest, result: dict[str, Any], seconds: float) -> Outcome:
         key = result.get("key", "")

@@ -197,6 +197,33 @@ def test_hit_whose_object_is_gone_is_a_miss_and_repaired(cluster: dict[str, str]
     s3.stat_object("farm-test", f"artifacts/{meta.key}.so")
 
 
+def test_a_message_the_broker_lost_is_sent_again(cluster: dict[str, str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis killed between a worker's BRPOP and its bookkeeping loses the message, with the lock still
+    taken: here the first publish of a pair is dropped outright, and the coordinator, seeing the message
+    neither queued, held nor ever started, sends it again instead of waiting out its timeout."""
+    coord = coordinator(cluster, "coord-l")
+    coord.WAIT_SLICE = 0.5
+    (a, rs_a), (b, rs_b) = patterns_from("rule lost_one: (lost ?x 1) => ?x\nrule kept_one: (kept ?x 2) => ?x")
+    requests = [CompileRequest.for_ruleset(a, rs_a, "x86-64", 0),  # type: ignore[arg-type]
+                CompileRequest.for_ruleset(b, rs_b, "x86-64", 0)]  # type: ignore[arg-type]
+    publish, dropped = coord._publish, []
+
+    def lossy(messages: list) -> None:
+        if not dropped:
+            dropped.append(messages[0].id)
+            messages = messages[1:]
+        publish(messages)
+
+    monkeypatch.setattr(coord, "_publish", lossy)
+    before = coord.index.counters().get("republished", 0)
+    started = time.monotonic()
+    outcomes = coord.ensure(requests, timeout=120)
+    assert [o.status for o in outcomes] == ["compiled", "compiled"] and dropped
+    assert coord.index.counters().get("republished", 0) == before + 1
+    assert time.monotonic() - started < 60  # found lost within a few slices, not at the timeout
+
+
 def test_unserved_target_is_a_clear_error(cluster: dict[str, str]) -> None:
     coord = coordinator(cluster, "coord-u")
     (pid, rs), = patterns_from("rule lonely: (f ?x ?x) => ?x")

@@ -152,6 +152,11 @@ class RedisIndex(CacheIndex):
     def release(self, key: str, task_id: str) -> None:
         self._call(lambda: self._release(keys=[keys.lock(key)], args=[task_id]))
 
+    def ever_delivered(self, task_id: str) -> bool:
+        """Whether a worker ever started this compile message (without counting a delivery)."""
+        with self._errors():
+            return bool(self.r.exists(keys.deliveries(task_id)))
+
     def delivered(self, task_id: str, ttl: float) -> int:
         """Count one more delivery of a compile message; the count expires with the message."""
         with self._errors():
