@@ -184,14 +184,14 @@ class Coordinator:
     def _wait(self, task_id: str, deadline: float, message: Any = None) -> dict[str, Any]:
         """The task's result. Polled in slices: each new get() reads the stored result first, so a result
         published while the connection was down is still found once it is back. A message this coordinator
-        sent (`message`) that the broker lost is sent again (see _lost)."""
+        sent (`message`) that the broker lost or orphaned is sent again (see _recover)."""
         from celery.exceptions import TimeoutError as CeleryTimeout
         from celery.result import AsyncResult
         from kombu.exceptions import OperationalError
         from redis.exceptions import RedisError
 
         result = AsyncResult(task_id, app=self.app)
-        suspected = False
+        since: dict[str, float] = {}
         while True:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -200,7 +200,8 @@ class Coordinator:
             try:
                 value = result.get(timeout=min(remaining, self.WAIT_SLICE), propagate=False, interval=0.05)
             except CeleryTimeout:
-                suspected = message is not None and self._lost(task_id, message, suspected)
+                if message is not None:
+                    since = self._recover(task_id, message, since)
                 continue
             except (RedisError, OperationalError, OSError) as exc:
                 log.warning("waiting for %s: the result backend is unreachable (%s); retrying", task_id, exc)
@@ -211,46 +212,57 @@ class Coordinator:
             return {"status": "failed", "error": f"{type(value).__name__}: {value}"}
 
     WAIT_SLICE = 5.0  # seconds between looks at a task's result (and, if it is still missing, its message)
+    # A message unacknowledged this long without its task starting was taken by a worker whose connection
+    # dropped (a Redis restart): with prefetch 1 and late acks, a live worker starts what it takes at once.
+    ORPHANED_AFTER = 30.0
 
-    def _lost(self, task_id: str, message: Any, suspected: bool) -> bool:
-        """Whether the message looks lost: no worker ever started it, and it is neither queued nor held
-        unacknowledged by a worker. A Redis killed between a worker's BRPOP and its bookkeeping (or a reply
-        lost with the connection) drops a message for good, with our lock still taken. Seen twice, a slice
-        apart (a message in flight between the queue and a worker is in neither for a moment), it is sent
-        again under the same task ID; the worker's content key makes a duplicate cost nothing. Returns
-        whether it is suspected now."""
+    def _recover(self, task_id: str, message: Any, since: dict[str, float]) -> dict[str, float]:
+        """Send the message again if the broker lost it: a Redis killed between a worker's BRPOP and its
+        bookkeeping drops it for good ("missing": neither queued, unacknowledged nor ever started, seen at two
+        looks a slice apart, since a message in flight is in neither for a moment), and one a worker took just
+        before its connection dropped stays unacknowledged until the visibility timeout ("orphaned"). Our lock
+        is still taken, so nobody else would send it. It goes again under the same task ID; the worker's
+        content key makes a duplicate cost nothing. `since`: when the current state was first seen."""
         try:
-            if self.index.ever_delivered(task_id) or self._held_by_broker(task_id, message):
-                return False
-        except (FarmError, OSError) as exc:  # cannot tell during an outage: wait for the next slice
+            state = self._message_state(task_id, message)
+        except (FarmError, OSError) as exc:  # cannot tell during an outage: look again next slice
             log.debug("cannot look for %s's message: %s", task_id, exc)
-            return False
-        if not suspected:
-            return True
-        log.warning("compile message %s was lost by the broker; sending it again", task_id)
+            return since
+        if state not in ("missing", "orphaned"):
+            return {}
+        now = time.monotonic()
+        if state not in since:
+            return {state: now}
+        if state == "orphaned" and now - since[state] < self.ORPHANED_AFTER:
+            return since
+        log.warning("compile message %s was %s by the broker; sending it again", task_id,
+                    "lost" if state == "missing" else "orphaned")
         self.index.incr("republished")
         self._publish([message])
-        return False
+        return {}
 
-    def _held_by_broker(self, task_id: str, message: Any) -> bool:
-        """Is the message in its queue (at any priority) or in the broker's unacknowledged set? True when the
-        broker is not Redis: then there is nothing to look at, and nothing is resent."""
+    def _message_state(self, task_id: str, message: Any) -> str:
+        """"started" (a worker ran it), "queued" (at any priority), "orphaned" (unacknowledged, never
+        started), or "missing". "queued" too when the broker is not Redis: there is nothing to look at."""
         from kombu.exceptions import OperationalError
 
+        if self.index.ever_delivered(task_id):
+            return "started"
         needle = task_id.encode()
         try:
             with self.app.connection_for_read() as connection:
                 channel = connection.default_channel
                 client = getattr(channel, "client", None)
                 if client is None or not hasattr(channel, "_q_for_pri"):
-                    return True
+                    return "queued"
                 queue = message.options.get("queue") or keys.queue(message.args[0]["target"])
                 for priority in channel.priority_steps:
                     if any(needle in item for item in client.lrange(channel._q_for_pri(queue, priority), 0, -1)):
-                        return True
-                return any(needle in item for item in client.hvals(channel.unacked_key))
+                        return "queued"
+                held = any(needle in item for item in client.hvals(channel.unacked_key))
         except OperationalError as exc:
             raise BackendUnavailable(str(exc)) from None
+        return "orphaned" if held else "missing"
 
     def _settle(self, req: CompileRequest, result: dict[str, Any], seconds: float) -> Outcome:
         key = result.get("key", "")

@@ -4,6 +4,7 @@ serving different targets, all on loopback. No mocks."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -197,31 +198,42 @@ def test_hit_whose_object_is_gone_is_a_miss_and_repaired(cluster: dict[str, str]
     s3.stat_object("farm-test", f"artifacts/{meta.key}.so")
 
 
-def test_a_message_the_broker_lost_is_sent_again(cluster: dict[str, str],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Redis killed between a worker's BRPOP and its bookkeeping loses the message, with the lock still
-    taken: here the first publish of a pair is dropped outright, and the coordinator, seeing the message
-    neither queued, held nor ever started, sends it again instead of waiting out its timeout."""
-    coord = coordinator(cluster, "coord-l")
-    coord.WAIT_SLICE = 0.5
-    (a, rs_a), (b, rs_b) = patterns_from("rule lost_one: (lost ?x 1) => ?x\nrule kept_one: (kept ?x 2) => ?x")
+@pytest.mark.parametrize("fate", ["missing", "orphaned"])
+def test_a_message_the_broker_lost_is_sent_again(cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                 fate: str) -> None:
+    """A Redis killed between a worker's BRPOP and its bookkeeping loses the message ("missing"); one a worker
+    took just before its connection dropped stays unacknowledged, never started ("orphaned"). Either way our
+    lock is still taken. Here the first publish of a pair is dropped (and, for "orphaned", left in the
+    broker's unacknowledged set as a vanished worker would): the coordinator sends it again instead of
+    waiting out its timeout."""
+    coord = coordinator(cluster, f"coord-{fate}")
+    coord.WAIT_SLICE, coord.ORPHANED_AFTER = 0.5, 1.0
+    (a, rs_a), (b, rs_b) = patterns_from(f"rule {fate}_one: ({fate} ?x 1) => ?x\nrule {fate}_two: ({fate} ?x 2) => ?x")
     requests = [CompileRequest.for_ruleset(a, rs_a, "x86-64", 0),  # type: ignore[arg-type]
                 CompileRequest.for_ruleset(b, rs_b, "x86-64", 0)]  # type: ignore[arg-type]
     publish, dropped = coord._publish, []
+    with coord.app.connection_for_write() as connection:
+        channel = connection.default_channel
+        broker, unacked = channel.client, channel.unacked_key
 
     def lossy(messages: list) -> None:
         if not dropped:
             dropped.append(messages[0].id)
+            if fate == "orphaned":
+                broker.hset(unacked, f"orphan-{fate}", json.dumps([{"headers": {"id": messages[0].id}}]))
             messages = messages[1:]
         publish(messages)
 
     monkeypatch.setattr(coord, "_publish", lossy)
     before = coord.index.counters().get("republished", 0)
     started = time.monotonic()
-    outcomes = coord.ensure(requests, timeout=120)
+    try:
+        outcomes = coord.ensure(requests, timeout=120)
+    finally:
+        broker.hdel(unacked, f"orphan-{fate}")
     assert [o.status for o in outcomes] == ["compiled", "compiled"] and dropped
     assert coord.index.counters().get("republished", 0) == before + 1
-    assert time.monotonic() - started < 60  # found lost within a few slices, not at the timeout
+    assert time.monotonic() - started < 60  # found within a few slices, not at the timeout
 
 
 def test_unserved_target_is_a_clear_error(cluster: dict[str, str]) -> None:
