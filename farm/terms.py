@@ -9,12 +9,15 @@ from __future__ import annotations
 import gc
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from farm.errors import ParseError, SourceLocation, TermError
 from farm.lexer import I64_MAX, I64_MIN
+
+T = TypeVar("T")
 
 _TERM_TOKEN = re.compile(r"\s+|[;#][^\n]*|[()]|[^\s();#]+")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.']*")
@@ -189,43 +192,40 @@ class TermGraph:
             stack.append((-1, 0))
             stack.extend((kid, 1) for kid in reversed(kids))
 
-    def text_length(self, root: int) -> int:
-        """len(to_text(root)), computed on the graph (each shared node once, iteratively), never by printing."""
-        names = self.signature.names
-        length: dict[int, int] = {}
+    def fold(self, root: int, combine: Callable[[int, list[T]], T]) -> T:
+        """A value per node from its children's values, children first, each shared node once, without
+        recursion: `combine(node, kid_values)`."""
+        memo: dict[int, T] = {}
         stack = [root]
         while stack:
             node = stack[-1]
-            if node in length:
-                stack.pop()
-                continue
-            op = self.ops[node]
-            if op == LIT:
-                length[node] = len(str(self.vals[node]))
+            if node in memo:
                 stack.pop()
                 continue
             kids = self.kids(node)
-            pending = [kid for kid in kids if kid not in length]
+            pending = [kid for kid in kids if kid not in memo]
             if pending:
                 stack.extend(pending)
                 continue
             stack.pop()
-            length[node] = len(names[op]) + (2 + sum(1 + length[kid] for kid in kids) if kids else 0)
-        return length[root]
+            memo[node] = combine(node, [memo[kid] for kid in kids])
+        return memo[root]
+
+    def text_length(self, root: int) -> int:
+        """len(to_text(root)), computed on the graph (each shared node once), never by printing."""
+        names = self.signature.names
+
+        def length(node: int, kids: list[int]) -> int:
+            op = self.ops[node]
+            if op == LIT:
+                return len(str(self.vals[node]))
+            return len(names[op]) + (2 + sum(1 + k for k in kids) if kids else 0)
+
+        return self.fold(root, length)
 
     def depth(self, root: int) -> int:
-        """Longest path from root to a leaf, computed over the DAG without recursion."""
-        memo: dict[int, int] = {}
-        stack = [root]
-        while stack:
-            node = stack[-1]
-            pending = [k for k in self.kids(node) if k not in memo]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            memo[node] = 1 + max((memo[k] for k in self.kids(node)), default=0)
-        return memo[root]
+        """Longest path from root to a leaf, computed over the DAG."""
+        return self.fold(root, lambda _, kids: 1 + max(kids, default=0))
 
     def parse(self, text: str, filename: str = "<terms>") -> list[int]:
         """Parse whitespace-separated terms (`;` and `#` start comments); returns their root ids in order.
@@ -288,25 +288,13 @@ class TermGraph:
 
     def import_from(self, other: TermGraph, root: int) -> int:
         """Copy a term from another graph (by operator name) into this one, without recursion."""
-        done: dict[int, int] = {}
-        stack = [root]
-        while stack:
-            node = stack[-1]
-            if node in done:
-                stack.pop()
-                continue
-            kids = other.kids(node)
-            pending = [k for k in kids if k not in done]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            if other.ops[node] == LIT:
-                done[node] = self.lit(other.value(node))
-            else:
-                name = other.signature.names[other.ops[node]]
-                done[node] = self.app_named(name, [done[k] for k in kids])
-        return done[root]
+        names = other.signature.names
+
+        def copy(node: int, kids: list[int]) -> int:
+            op = other.ops[node]
+            return self.lit(other.value(node)) if op == LIT else self.app_named(names[op], kids)
+
+        return other.fold(root, copy)
 
     def reachable(self, roots: Iterable[int]) -> list[int]:
         """Nodes reachable from roots, children before parents (the order a native import needs)."""
