@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import gen_rules  # noqa: E402
 
+from bench import maude  # noqa: E402
 from bench.cluster import hit_latency, prewarm  # noqa: E402
 from farm.config import FarmConfig  # noqa: E402
 from farm.dsl import load_rules, parse_rules  # noqa: E402
@@ -293,14 +294,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for name, run in [("P1", lambda: p1(tmp, args.repeat)), ("P2", lambda: p2(tmp)), ("P4", lambda: p4(tmp)),
-                          ("P5", lambda: p5(tmp, args.functions)), ("P3", lambda: p3(tmp, args.patterns))]:
+                          ("P5", lambda: p5(tmp, args.functions)), ("P3", lambda: p3(tmp, args.patterns)),
+                          ("vs_maude", maude.compare)]:
             start = time.perf_counter()
             report[name] = run()
             print(f"{name} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report))
+    (out / "report.md").write_text(markdown(report) + "\n\n## farm vs Maude (same run)\n\n"
+                                   + maude.markdown(report["vs_maude"]) + "\n")
     plotted = plot(report, out / "scaling.png")
     print(markdown(report))
+    print(maude.markdown(report["vs_maude"]))
     print(f"wrote {out / 'report.json'}, {out / 'report.md'}" + (f", {out / 'scaling.png'}" if plotted else ""))
     return 0
 
