@@ -21,7 +21,7 @@ from farm.builder import ArtifactBuilder, check_pattern_id
 from farm.config import FarmConfig
 from farm.errors import InvalidArgument, InvalidIR, LoadError, StageFailed, ToolchainError
 from farm.loader import open_library
-from farm.policy import parse_ir
+from farm.policy import parse_ir, unescape_name
 from farm.signing import verify as verify_signature
 
 
@@ -120,7 +120,7 @@ def rename_definitions(llvm_ir: str, suffix: str) -> str:
         name = token.group(1)
         if name is None:
             return token.group()
-        plain = _unescape_name(name[1:-1]) if name.startswith('"') else name
+        plain = unescape_name(name[1:-1]) if name.startswith('"') else name
         return f'@"{_escape_name(plain + suffix)}"' if plain in defined else token.group()
 
     renamed = _GLOBAL_TOKEN.sub(rename, llvm_ir)
@@ -137,13 +137,6 @@ def _globals_of(module: Any) -> tuple[set[str], set[str]]:
     defined = {g.name for g in (*module.functions, *module.global_variables) if not g.is_declaration and g.name}
     declared = {f.name for f in module.functions if f.is_declaration}
     return defined, declared
-
-
-def _unescape_name(quoted: str) -> str:
-    """LLVM's reading of a quoted name: `\\XX` is a hex byte, `\\\\` a backslash, any other `\\` itself."""
-    raw = re.sub(rb"\\(\\|[0-9A-Fa-f]{2})", lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1), 16)]),
-                 quoted.encode())
-    return raw.decode("utf-8", "surrogateescape")
 
 
 def _escape_name(name: str) -> str:

@@ -55,7 +55,10 @@ def sha256_file(path: str | Path) -> str:
 
 
 def verify_sha256(path: str | Path, expected: str) -> None:
-    actual = sha256_file(path)
+    _check_digest(path, sha256_file(path), expected)
+
+
+def _check_digest(path: str | Path, actual: str, expected: str) -> None:
     if actual != expected:
         raise IntegrityError(f"{path}: sha256 is {actual}, expected {expected}; refusing to load it")
 
@@ -71,8 +74,8 @@ def open_library(path: Path, sha256: str | None) -> ctypes.CDLL:
     the cache directory after its check is never the one loaded."""
     data = _read_library(path)
     actual = hashlib.sha256(data).hexdigest()
-    if sha256 is not None and actual != sha256:
-        raise IntegrityError(f"{path}: sha256 is {actual}, expected {sha256}; refusing to load it")
+    if sha256 is not None:
+        _check_digest(path, actual, sha256)
     check_library(data, path.name)
     try:
         return _dlopen_copy(data, actual)

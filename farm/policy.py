@@ -209,7 +209,7 @@ def _check_printout(text: str, source: str) -> None:
             raise PolicyViolation(f"{source}: an attribute group places code or data in a section "
                                   f"(`{_shorten(line)}`); a section such as .init_array runs code on load")
     for name, value in _NAMED_METADATA.findall(text, max(text.find("\n!"), 0)):
-        name = _unescape_metadata_name(name)
+        name = unescape_name(name)
         if name.startswith("llvm.") and name not in ALLOWED_NAMED_METADATA and value.strip() != "!{}":
             raise PolicyViolation(f"{source}: named metadata !{name} is refused (llvm.dependent-libraries and "
                                   "llvm.linker.options make the linker add libraries)")
@@ -252,8 +252,12 @@ def _shorten(line: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def _unescape_metadata_name(name: str) -> str:
-    return re.sub(r"\\([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), name)
+def unescape_name(quoted: str) -> str:
+    """LLVM's reading of an escaped name (a quoted global, a metadata name): `\\XX` is a hex byte, `\\\\` a
+    backslash, any other `\\` itself."""
+    raw = re.sub(rb"\\(\\|[0-9A-Fa-f]{2})", lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1), 16)]),
+                 quoted.encode())
+    return raw.decode("utf-8", "surrogateescape")
 
 
 # ---- what the modules of one library define ----

@@ -90,8 +90,6 @@ def tool_version(path: str) -> str:
 _VERSION_MEMO = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "farm" / "tool-versions"
 
 
-
-
 def tool_versions(compile_path: str = "staged") -> dict[str, str]:
     """Everything that can change the object code: part of every cache key."""
     link = f"ld.lld={tool_version(find_tool('ld.lld'))}"
@@ -335,7 +333,7 @@ def remove_build_dir(result: BuildResult) -> None:
 
 
 # build-<host>-<pid>-<mkdtemp suffix>: the host, because a work dir may be shared (NFS) by several machines
-# whose pids mean nothing to each other. The host is reduced to [A-Za-z0-9.]: it is part of a path.
+# whose pids mean nothing to each other. The host is escaped one-to-one (_host): it is part of a path.
 BUILD_DIR = re.compile(r"build-(?P<host>[A-Za-z0-9._]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]{8}")
 
 
