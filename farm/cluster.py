@@ -219,31 +219,38 @@ class Coordinator:
     def _recover(self, task_id: str, message: Any, since: dict[str, float]) -> dict[str, float]:
         """Send the message again if the broker lost it: a Redis killed between a worker's BRPOP and its
         bookkeeping drops it for good ("missing": neither queued, unacknowledged nor ever started, seen at two
-        looks a slice apart, since a message in flight is in neither for a moment), and one a worker took just
-        before its connection dropped stays unacknowledged until the visibility timeout ("orphaned"). Our lock
-        is still taken, so nobody else would send it. It goes again under the same task ID; the worker's
-        content key makes a duplicate cost nothing. `since`: when the current state was first seen."""
+        looks, since a message in flight is in neither for a moment), and one a worker took just before its
+        connection dropped stays unacknowledged until the visibility timeout ("orphaned"). Our lock is still
+        taken, so nobody else would send it. It goes again under the same task ID; the worker's content key
+        makes a duplicate cost nothing. `since`: when the current state was first seen, and when the queue was
+        last read ("scanned": messages carry their modules, so a long queue is read at most every
+        ORPHANED_AFTER seconds; between reads, a non-empty queue leaves the state unknown)."""
+        now = time.monotonic()
+        scan = now - since.get("scanned", -self.ORPHANED_AFTER) >= self.ORPHANED_AFTER
         try:
-            state = self._message_state(task_id, message)
+            state = self._message_state(task_id, message, scan)
         except (FarmError, OSError) as exc:  # cannot tell during an outage: look again next slice
             log.debug("cannot look for %s's message: %s", task_id, exc)
             return since
+        kept = {"scanned": now} if scan else {k: v for k, v in since.items() if k == "scanned"}
+        if state == "unknown":
+            return {**since, **kept}
         if state not in ("missing", "orphaned"):
-            return {}
-        now = time.monotonic()
+            return kept
         if state not in since:
-            return {state: now}
+            return {**kept, state: now}
         if state == "orphaned" and now - since[state] < self.ORPHANED_AFTER:
-            return since
+            return {**since, **kept}
         log.warning("compile message %s was %s by the broker; sending it again", task_id,
                     "lost" if state == "missing" else "orphaned")
         self.index.incr("republished")
         self._publish([message])
-        return {}
+        return kept
 
-    def _message_state(self, task_id: str, message: Any) -> str:
-        """"started" (a worker ran it), "queued" (at any priority), "orphaned" (unacknowledged, never
-        started), or "missing". "queued" too when the broker is not Redis: there is nothing to look at."""
+    def _message_state(self, task_id: str, message: Any, scan_queue: bool) -> str:
+        """"started" (a worker ran it), "orphaned" (unacknowledged, never started), "queued" (at any
+        priority), "missing", or "unknown" (its queue is not empty and `scan_queue` is false). "queued" too
+        when the broker is not Redis: there is nothing to look at."""
         from kombu.exceptions import OperationalError
 
         if self.index.ever_delivered(task_id):
@@ -255,14 +262,18 @@ class Coordinator:
                 client = getattr(channel, "client", None)
                 if client is None or not hasattr(channel, "_q_for_pri"):
                     return "queued"
+                if any(needle in item for item in client.hvals(channel.unacked_key)):  # a few in-flight ones
+                    return "orphaned"
                 queue = message.options.get("queue") or keys.queue(message.args[0]["target"])
-                for priority in channel.priority_steps:
-                    if any(needle in item for item in client.lrange(channel._q_for_pri(queue, priority), 0, -1)):
-                        return "queued"
-                held = any(needle in item for item in client.hvals(channel.unacked_key))
+                lists = [channel._q_for_pri(queue, priority) for priority in channel.priority_steps]
+                if not any(client.llen(name) for name in lists):
+                    return "missing"
+                if not scan_queue:
+                    return "unknown"
+                found = any(needle in item for name in lists for item in client.lrange(name, 0, -1))
         except OperationalError as exc:
             raise BackendUnavailable(str(exc)) from None
-        return "orphaned" if held else "missing"
+        return "queued" if found else "missing"
 
     def _settle(self, req: CompileRequest, result: dict[str, Any], seconds: float) -> Outcome:
         key = result.get("key", "")
