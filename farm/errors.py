@@ -108,6 +108,11 @@ class ConditionsTooDeep(NonTermination):
     """Conditions nest (a condition's normalisation needs another condition's, ...) past MAX_CONDITION_DEPTH."""
 
 
+class CallsTooDeep(NonTermination):
+    """Calls nest (a right-hand side calls an operator whose rule calls another, ...) past MAX_CALL_DEPTH, or
+    past what the native stack holds."""
+
+
 class ArenaOutOfMemory(RewriteError):
     """Rewriting needs more memory than the cap (FARM_MAX_MEMORY) allows, or than malloc gives."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from farm.errors import ArenaOutOfMemory, ConditionsTooDeep, FuelExhausted, InvalidArgument, RewriteCycle
+from farm.errors import ArenaOutOfMemory, CallsTooDeep, ConditionsTooDeep, FuelExhausted, InvalidArgument, RewriteCycle
 from farm.rules import BinOp, Expr, Lit, LitExpr, Neg, Var, fold
 from farm.terms import wrap_i64
 
@@ -16,6 +16,12 @@ MAX_FUEL = (1 << 63) - 1  # the native ABI passes fuel as an i64
 # rather than overflowing: 1,000 levels take at most ~0.4 MB of native stack at -O0 (10,000 levels needed
 # more than a 2 MB thread stack), well inside a thread's default 8 MB.
 MAX_CONDITION_DEPTH = 1_000
+# Calls in progress at once (docs/rules.md, "Semantics"): a right-hand side calls the operators it applies, so
+# recursion in the rules nests calls. 2^22 frames of compiled code fit the native stack the loader provides;
+# a term a million levels deep rewrites well within it.
+MAX_CALL_DEPTH = 1 << 22
+# Entries the memo of a memoised operator's calls holds at once (docs/rules.md, "Memo").
+MAX_MEMO_ENTRIES = 1 << 18
 
 
 def check_fuel(fuel: int) -> int:
@@ -78,6 +84,14 @@ def fuel_error(fuel: int, last_rule: str) -> FuelExhausted:
 def depth_error(last_rule: str, steps: int) -> ConditionsTooDeep:
     return ConditionsTooDeep(f"conditions nest deeper than {MAX_CONDITION_DEPTH} levels (each condition "
                              f"normalises a term whose rules have conditions; last rule fired: {last_rule!r})", steps)
+
+
+def calls_error(last_rule: str, steps: int, native_stack: int = 0) -> CallsTooDeep:
+    """Calls nested past MAX_CALL_DEPTH; or, with `native_stack` (bytes), past the compiled code's stack."""
+    where = f"past the {mebibytes(native_stack)} native stack" if native_stack else \
+        f"deeper than {MAX_CALL_DEPTH} levels"
+    return CallsTooDeep(f"rewriting nests calls {where} (each rule whose target applies a defined operator "
+                        f"calls it; last rule fired: {last_rule!r}); the rules may not terminate", steps)
 
 
 def cycle_error(steps: int, last_rule: str) -> RewriteCycle:

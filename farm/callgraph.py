@@ -1,0 +1,156 @@
+"""Which operators' calls are memoised, and the order a rule evaluates its expressions in.
+
+Rewriting is compiled as calls (docs/rules.md, "Semantics"): a target that applies a defined operator calls
+it. Every engine (interpreter, LLVM, Rust) takes both decisions below from here, so they agree step for step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from farm.rules import App, PatternExpr, TermCondition, Var
+from farm.transduce import RewriteRule, RuleSet
+
+Occurrence = tuple[int, ...]  # path of argument/child indices from a call's arguments: (i,) is argument i
+
+
+def fresh_subexpressions(expr: PatternExpr, seen: set[PatternExpr]) -> list[PatternExpr]:
+    """The sub-expressions of `expr` that evaluating it computes, innermost and left to right, each once:
+    those already in `seen` (evaluated earlier in the same rule) are reused and skipped. Variables are
+    bound, not computed. Adds what it returns to `seen`. No recursion: targets may nest thousands deep."""
+    out: list[PatternExpr] = []
+    stack: list[tuple[PatternExpr, bool]] = [(expr, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if isinstance(node, Var) or node in seen:
+            continue
+        if expanded or not isinstance(node, App):
+            seen.add(node)
+            out.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((arg, False) for arg in reversed(node.args))
+    return out
+
+
+def rule_expressions(rule: RewriteRule) -> Iterator[PatternExpr]:
+    """What a rule evaluates when it is tried and fires, in order: each condition's sides, then the target."""
+    for constraint in rule.constraints:
+        if isinstance(constraint, TermCondition):
+            yield constraint.left
+            yield constraint.right
+    yield rule.target
+
+
+def _applications(expr: PatternExpr) -> Iterator[App]:
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, App):
+            yield node
+            stack.extend(node.args)  # type: ignore[arg-type]
+
+
+def variable_occurrences(source: App) -> dict[str, list[Occurrence]]:
+    """Where each variable of a source pattern is bound, relative to the call's arguments."""
+    out: dict[str, list[Occurrence]] = {}
+    stack: list[tuple[PatternExpr, Occurrence]] = [(arg, (i,)) for i, arg in enumerate(source.args)]
+    while stack:
+        node, occ = stack.pop()
+        if isinstance(node, Var):
+            out.setdefault(node.name, []).append(occ)
+        elif isinstance(node, App):
+            stack.extend((arg, occ + (j,)) for j, arg in enumerate(node.args))
+    return out
+
+
+def _descends(rule: RewriteRule, call: App) -> bool:
+    """The call's arguments are the rule's own variables, each bound inside the same argument position of the
+    source and one strictly inside: every such call is on a smaller term, so calls cannot repeat or loop."""
+    where = variable_occurrences(rule.source)
+    strictly = False
+    for i, arg in enumerate(call.args):
+        if not isinstance(arg, Var):
+            return False
+        inside = [occ for occ in where.get(arg.name, []) if occ[0] == i]
+        if not inside:
+            return False
+        strictly = strictly or any(len(occ) > 1 for occ in inside)
+    return strictly
+
+
+def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm with an explicit stack (a ruleset may chain thousands of operators)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    components: list[list[str]] = []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, successors = work[-1]
+            nxt = next(successors, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(component)
+    return components
+
+
+def _memoised(ruleset: RuleSet) -> frozenset[str]:
+    by_root = ruleset.rules_by_root()
+    calls = {op: [(rule, app) for rule in rules for expr in rule_expressions(rule) for app in _applications(expr)
+                  if app.op in by_root] for op, rules in by_root.items()}
+    graph = {op: {app.op for _, app in found} for op, found in calls.items()}
+    memoised: set[str] = set()
+    for component in _strongly_connected(graph):
+        op = component[0]
+        if len(component) == 1 and op not in graph[op]:
+            continue  # not recursive: its calls cannot repeat within themselves
+        recursive_calls = [(rule, app) for rule, app in calls[op] if app.op == op]
+        if len(component) == 1 and len({id(rule) for rule, _ in recursive_calls}) == len(recursive_calls) \
+                and all(_descends(rule, app) for rule, app in recursive_calls):
+            continue  # structural recursion, one call per rule: append, plus, reverse
+        memoised.update(component)
+    return frozenset(memoised)
+
+
+_MEMOISED: dict[str, frozenset[str]] = {}
+
+
+def memoised_ops(ruleset: RuleSet) -> frozenset[str]:
+    """Operators whose calls the memo remembers (docs/rules.md, "Memo"): the recursive ones, except those
+    whose only recursion is direct and structural with one call per rule. Kept per ruleset fingerprint."""
+    key = ruleset.fingerprint()
+    found = _MEMOISED.get(key)
+    if found is None:
+        if len(_MEMOISED) > 256:
+            _MEMOISED.clear()
+        found = _MEMOISED[key] = _memoised(ruleset)
+    return found
+
+
+__all__ = ["Occurrence", "fresh_subexpressions", "memoised_ops", "rule_expressions", "variable_occurrences"]
