@@ -1,7 +1,8 @@
 """Load a ruleset's shared library with ctypes (after checking its sha256) and rewrite term graphs with it.
 
-One call into the library imports the whole graph (farm_load), one normalises every root
-(farm_rewrite); the results are read straight out of the arena's memory.
+One call into the library normalises every root of a term graph given as its columns (farm_rewrite), two
+export the normal forms (farm_mark, farm_export): no per-node Python work on the native side. Rewriting runs
+on a thread with a large stack: compiled rules recurse natively, one frame per call in progress.
 """
 
 from __future__ import annotations
@@ -12,30 +13,35 @@ import fcntl
 import hashlib
 import itertools
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from farm.codegen.llvm import (
+from farm.codegen.abi import (
     ABI_VERSION,
     ARENA_FIELDS,
+    ERR_CALLS,
     ERR_CYCLE,
     ERR_DEPTH,
     ERR_FUEL,
     ERR_INPUT,
     ERR_OOM,
+    ERR_STACK,
+    EXPORTS,
     NO_LIMIT,
-    NODE_STRIDE,
 )
 from farm.config import max_memory_from_env
 from farm.elf_policy import check_library
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
-from farm.semantics import DEFAULT_FUEL, check_fuel, cycle_error, depth_error, fuel_error, memory_error
+from farm.semantics import DEFAULT_FUEL, calls_error, check_fuel, cycle_error, depth_error, fuel_error, \
+    memory_error
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
 
@@ -43,7 +49,7 @@ I64P = ctypes.POINTER(ctypes.c_int64)
 
 
 class ArenaStruct(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_void_p if str(ty) == "ptr" else ctypes.c_int64) for name, ty in ARENA_FIELDS]
+    _fields_ = [(name, ctypes.c_void_p if kind == "ptr" else ctypes.c_int64) for name, kind in ARENA_FIELDS]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -155,16 +161,58 @@ def _sealed_memory_file(data: bytes, sha256: str) -> int:
 
 ARENA_P = ctypes.POINTER(ArenaStruct)
 I64 = ctypes.c_int64
-# The library's exported functions: name -> (result type, argument types).
-ABI: dict[str, tuple[Any, list[Any]]] = {
-    "farm_abi_version": (I64, []), "farm_rule_count": (I64, []), "farm_op_count": (I64, []),
-    "farm_node_stride": (I64, []), "farm_fingerprint": (ctypes.c_char_p, []),
-    "farm_arena_new": (ARENA_P, []), "farm_arena_free": (None, [ARENA_P]),
-    "farm_load": (I64, [ARENA_P, I64, I64P, I64P, I64P, I64P, I64P]),
-    "farm_rewrite": (I64, [ARENA_P, I64, I64P, I64P, I64P, I64]),
-    "farm_mark": (I64, [ARENA_P, I64, I64P, I64P]),
-    "farm_export": (I64, [ARENA_P, I64, I64P, I64P, I64P, I64P, I64P, I64P]),
-}
+_CTYPES: dict[str, Any] = {"i64": I64, "arena": ARENA_P, "i64*": I64P, "str": ctypes.c_char_p, "void": None}
+# The library's exported functions: name -> (result type, argument types), from the one ABI table.
+ABI: dict[str, tuple[Any, list[Any]]] = {name: (_CTYPES[ret], [_CTYPES[a] for a in args])
+                                         for name, (ret, args) in EXPORTS.items()}
+# Compiled rules recurse natively, a frame per call in progress: a stack that holds MAX_CALL_DEPTH of them.
+# It is address space; only the pages a deep recursion touches are memory. The library checks its depth
+# against all but STACK_MARGIN of it (for the runtime's own frames and ctypes).
+STACK_BYTES = 1 << 30
+STACK_MARGIN = 4 << 20
+
+
+class _BigStack(threading.local):
+    """One thread with a STACK_BYTES stack per calling thread, started on first use, that runs calls into
+    the library. Starting a thread per call costs milliseconds; handing a call over costs microseconds."""
+
+    jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]]] | None = None
+
+    def run(self, job: Callable[[], Any], interrupt: Callable[[], None]) -> Any:
+        """job() on the big stack; on Ctrl-C, interrupt() (which must make the job end soon), then re-raise
+        once it has: the job owns memory the caller is about to free."""
+        if self.jobs is None:
+            self.jobs = queue.SimpleQueue()
+            with _STACK_SIZE_LOCK:
+                previous = threading.stack_size(STACK_BYTES)
+                try:
+                    threading.Thread(target=_serve, args=(self.jobs,), name="farm-native", daemon=True).start()
+                finally:
+                    threading.stack_size(previous)
+        done: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self.jobs.put((job, done))
+        try:
+            ok, value = done.get()
+        except KeyboardInterrupt:
+            interrupt()
+            done.get()
+            raise
+        if not ok:
+            raise value
+        return value
+
+
+def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]]]) -> None:
+    while True:
+        job, done = jobs.get()
+        try:
+            done.put((True, job()))
+        except BaseException as exc:  # handed to the caller, raised there
+            done.put((False, exc))
+
+
+_STACK_SIZE_LOCK = threading.Lock()
+_BIG_STACK = _BigStack()
 
 
 class _Bound:
@@ -173,11 +221,10 @@ class _Bound:
     farm_abi_version: Any
     farm_rule_count: Any
     farm_op_count: Any
-    farm_node_stride: Any
+    farm_memo_width: Any
     farm_fingerprint: Any
     farm_arena_new: Any
     farm_arena_free: Any
-    farm_load: Any
     farm_rewrite: Any
     farm_mark: Any
     farm_export: Any
@@ -225,10 +272,10 @@ class NativeRuleset:
 
     def _check(self, where: str) -> None:
         lib, ruleset = self.lib, self.ruleset
-        abi = (lib.farm_abi_version(), lib.farm_rule_count(), lib.farm_op_count(), lib.farm_node_stride())
-        want = (ABI_VERSION, len(ruleset.rules), len(ruleset.signature), NODE_STRIDE)
+        abi = (lib.farm_abi_version(), lib.farm_rule_count(), lib.farm_op_count())
+        want = (ABI_VERSION, len(ruleset.rules), len(ruleset.signature))
         if abi != want:
-            raise LoadError(f"{where}: library reports (abi, rules, ops, stride) = {abi}, expected {want}")
+            raise LoadError(f"{where}: library reports (abi, rules, ops) = {abi}, expected {want}")
         if lib.farm_fingerprint() != ruleset.fingerprint().encode():
             raise LoadError(f"{where} was built for another ruleset (fingerprint "
                             f"{lib.farm_fingerprint().decode()[:12]}, expected {ruleset.fingerprint()[:12]})")
@@ -242,33 +289,41 @@ class NativeRuleset:
             return self._rewrite(graph, roots, fuel, cap)
 
     def _rewrite(self, graph: TermGraph, roots: list[int], fuel: int, cap: int) -> RewriteResult:
-        """Import the graph's columns as they are (one call), normalise every root (one call), export the
-        normal forms' subgraph into fresh columns (two calls): no per-node Python work on the native side.
-        The outcomes are nodes of a new TermGraph over those columns, with the input's signature."""
+        """Normalise the graph's roots in one call, given its columns as they are, and export the normal
+        forms' subgraph into fresh columns (two calls). The outcomes are nodes of a new TermGraph over those
+        columns, with the input's signature."""
         started = time.perf_counter()
         to_native = self._op_map(graph)
         ops = graph.ops if to_native is None else array("q", [op if op == LIT else to_native[op] for op in graph.ops])
-        count = max(roots) + 1 if roots else 0  # ids are children-first: the prefix is a valid import order
+        rows = max(roots) + 1 if roots else 0  # ids are children-first: the prefix is a valid graph
         arena = self.lib.farm_arena_new()
         if not arena:
             raise ArenaOutOfMemory("farm_arena_new could not allocate the arena", cap)
         # 0, or a cap past the arena's signed 64-bit counter (which ctypes would wrap): no cap
         arena.contents.limit = cap if 0 < cap < NO_LIMIT else NO_LIMIT
+        arena.contents.stack_bytes = STACK_BYTES - STACK_MARGIN
         try:
-            ids = _zeros(count)
-            code = self.lib.farm_load(arena, count, *map(_ptr, (ops, graph.arities, graph.vals, graph.kid_ids, ids)))
+            root_rows = array("q", roots)
+            out, info = _zeros(len(roots)), _zeros(2 * len(roots))
+            columns = [_ptr(column) for column in (ops, graph.arities, graph.vals, graph.kid_ids)]
+            prepared = time.perf_counter()
+
+            def rewrite() -> int:
+                return int(self.lib.farm_rewrite(arena, rows, *columns, len(graph.kid_ids), len(roots),
+                                                 _ptr(root_rows), _ptr(out), _ptr(info), fuel))
+
+            def stop() -> None:
+                arena.contents.fuel = 0  # the next firing fails: the call returns soon
+
+            code = _BIG_STACK.run(rewrite, stop)
+            rewritten = time.perf_counter()
             if code == ERR_OOM:
-                raise memory_error(cap, arena.contents.held, "while loading the terms")
+                raise memory_error(cap, arena.contents.held, "while rewriting")
             if code != 0:
                 raise TermError(f"the native library rejected the term graph (code {code}): an arity does not "
                                 "match the ruleset or a child index is out of order")
-            loaded = time.perf_counter()
-            native_roots = array("q", [ids[r] for r in roots])
-            out, info = _zeros(len(roots)), _zeros(2 * len(roots))
-            self.lib.farm_rewrite(arena, len(roots), _ptr(native_roots), _ptr(out), _ptr(info), fuel)
-            rewritten = time.perf_counter()
             result = self._collect(arena, graph, to_native, out, info, fuel, cap)
-            result.seconds = {"import": loaded - started, "rewrite": rewritten - loaded,
+            result.seconds = {"import": prepared - started, "rewrite": rewritten - prepared,
                               "collect": time.perf_counter() - rewritten}
             return result
         finally:
@@ -301,6 +356,10 @@ class NativeRuleset:
                 outcomes.append(cycle_error(steps, rule))
             elif result == ERR_DEPTH:
                 outcomes.append(depth_error(rule, steps))
+            elif result == ERR_CALLS:
+                outcomes.append(calls_error(rule, steps))
+            elif result == ERR_STACK:
+                outcomes.append(calls_error(rule, steps, native_stack=STACK_BYTES - STACK_MARGIN))
             elif result == ERR_OOM:
                 raise memory_error(cap, arena.contents.held, f"while rewriting term {i + 1}")
             else:

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from farm.codegen.llvm import ABI_VERSION
+from farm.codegen.abi import ABI_VERSION
 from farm.config import COMPILE_PATHS
 from farm.elf_policy import check_library
 from farm.errors import InvalidArgument, StageFailed, StageTimeout, ToolNotFound, WorkDirError

@@ -1,0 +1,51 @@
+"""The C ABI of a compiled ruleset library, declared once (docs/abi.md): the code generator takes its
+llvmlite types from here and the loader its ctypes types, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+ABI_VERSION = 4
+
+# Result codes below zero: a call's or a root's error (every other result is a node id, >= 0).
+NO_MATCH = -1  # internal: no memo entry found / claimed nothing
+ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT, ERR_DEPTH, ERR_CALLS, ERR_STACK = -2, -3, -4, -5, -6, -7, -8
+IN_PROGRESS = -1  # a memo entry's value while its call runs
+
+# Node layout in the heap (i64 words): a header word (op in the low 32 bits, signed; arity above), then the
+# children, or a literal's value. A node takes at least two words, so a forwarding address always fits.
+LIT_OP = -1
+FORWARDED = -2  # header of a node the collector has moved; word 1 holds its new id
+MIN_NODE_WORDS = 2
+NO_LIMIT = 2**63 - 1  # the arena's `limit` until a loader sets the memory cap
+
+# The arena struct: every field is 8 bytes, in this order ("ptr" or "i64").
+ARENA_FIELDS: list[tuple[str, str]] = [
+    ("heap", "ptr"), ("top", "i64"), ("cap", "i64"),  # the current space: i64 words, bump pointer, capacity
+    ("spare", "ptr"), ("spare_cap", "i64"),  # the other space: the collector copies into it
+    ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
+    ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
+    ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_width", "i64"),
+    ("nf", "ptr"), ("n_rows", "i64"),  # normal form of each input row (-1: not yet)
+    ("out", "ptr"), ("n_out", "i64"),  # the roots' results so far
+    ("work", "ptr"), ("work_cap", "i64"),  # the explicit stack of input-term walks and exports
+    ("steps", "i64"), ("fuel", "i64"), ("counters", "ptr"), ("last_rule", "i64"),
+    ("rule_base", "ptr"),  # the index of each ruleset operator's first rule
+    ("depth", "i64"),  # condition nesting (a root is 1)
+    ("calls", "i64"),  # calls in progress
+    ("stack_bytes", "i64"), ("stack_floor", "i64"),  # native stack the caller provides (0: unchecked)
+    ("limit", "i64"), ("held", "i64"),  # the memory cap in bytes, and the bytes the arena holds
+    ("collections", "i64"), ("peak_words", "i64"),  # statistics: collections run, largest live heap
+]
+ARENA_INDEX = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
+
+# Exported functions: name -> (result kind, argument kinds). "arena" is a pointer to the struct above,
+# "i64*" a pointer to int64 cells, "str" a NUL-terminated string, "void" no result.
+EXPORTS: dict[str, tuple[str, list[str]]] = {
+    "farm_abi_version": ("i64", []), "farm_rule_count": ("i64", []), "farm_op_count": ("i64", []),
+    "farm_memo_width": ("i64", []), "farm_fingerprint": ("str", []),
+    "farm_arena_new": ("arena", []), "farm_arena_free": ("void", ["arena"]),
+    # (arena, rows, ops, arities, values, kids, kids length, roots, root rows, out, info, fuel)
+    "farm_rewrite": ("i64", ["arena", "i64", "i64*", "i64*", "i64*", "i64*", "i64", "i64", "i64*", "i64*",
+                             "i64*", "i64"]),
+    "farm_mark": ("i64", ["arena", "i64", "i64*", "i64*"]),
+    "farm_export": ("i64", ["arena", "i64", "i64*", "i64*", "i64*", "i64*", "i64*", "i64*"]),
+}

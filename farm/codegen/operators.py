@@ -1,0 +1,377 @@
+"""The rules' code: one function per defined operator, and the manifest.
+
+`farm_norm_op<k>(arena, a0 .. an-1)` takes the normal forms of a call's arguments and returns the call's
+normal form (docs/rules.md, "Semantics"): it matches them with the operator's decision tree
+(farm/matchtree.py: exactly the first rule in firing order), checks the guards, counts the step, and
+evaluates the target innermost, calling the defined operators it applies and interning the rest. A redex is
+never built. Its frame on the shadow stack holds the arguments, the values of the rule's sub-expressions,
+and the children of the node being interned: all the node ids a collection must see and rewrite, so every
+id is read back from there after a call.
+
+The manifest holds what depends on the whole ruleset: the dispatch on an input row's operator
+(farm_call), counts, arities, first rule of each operator, memo width and fingerprint.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from farm.callgraph import fresh_subexpressions, memoised_ops, rule_expressions
+from farm.codegen.abi import ERR_CALLS, ERR_DEPTH, ERR_FUEL, ERR_OOM, ERR_STACK, LIT_OP, NO_MATCH
+from farm.codegen.irbuild import I1, I64, NULL, PTR, FunctionBuilder, c64, declare
+from farm.codegen.runtime import LIT_HEADER, call, header
+from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
+from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
+from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH
+from farm.trampoline import Step, run
+from farm.transduce import RewriteRule, RuleSet
+
+
+def norm_name(op: int) -> str:
+    return f"farm_norm_op{op}"
+
+
+def norm_type(arity: int) -> ir.FunctionType:
+    return ir.FunctionType(I64, [PTR] + [I64] * arity)
+
+
+class RulesModule:
+    """Emits operator functions and the manifest of one ruleset into a module."""
+
+    def __init__(self, module: ir.Module, ruleset: RuleSet, internal: bool, tree_budget: int = NODE_BUDGET) -> None:
+        self.m = module
+        self.ruleset = ruleset
+        self.internal = internal  # all operators in this one module: their functions are private to it
+        self.tree_budget = tree_budget
+        self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
+        self.arities = dict(ruleset.signature)
+        self.by_root = ruleset.rules_by_root()
+        self.memoised = memoised_ops(ruleset)
+
+    def norm_function(self, op_name: str) -> ir.Function:
+        op = self.op_ids[op_name]
+        fn = declare(self.m, norm_name(op), norm_type(self.arities[op_name]))
+        if self.internal:
+            fn.linkage = "internal"
+        return fn
+
+    # ---- one operator ----
+
+    def emit_operator(self, op_name: str) -> None:
+        rules = self.by_root[op_name]
+        fn = self.norm_function(op_name)
+        _OperatorEmitter(self, FunctionBuilder.body_of(fn), op_name, rules).emit()
+
+    # ---- the manifest ----
+
+    def emit_manifest(self) -> None:
+        self._dispatch()
+        rs = self.ruleset
+        constant = {"farm_rule_count": len(rs.rules), "farm_op_count": len(rs.signature),
+                    "farm_memo_width": max((2 + self.arities[op] for op in self.memoised), default=0)}
+        for name, value in constant.items():
+            FunctionBuilder(self.m, name, I64, [], internal=False).b.ret(c64(value))
+        self._table("farm_op_arity", [arity for _, arity in rs.signature])
+        self._table("farm_op_first_rule", [self.by_root[name][0].index if name in self.by_root else 0
+                                           for name, _ in rs.signature])
+        self._fingerprint()
+
+    def _table(self, name: str, values: list[int]) -> None:
+        """name(op): values[op], -1 for an operator outside the ruleset."""
+        f = FunctionBuilder(self.m, name, I64, [I64], internal=False)
+        unknown = f.block("unknown")
+        switch = f.b.switch(f.args[0], unknown)
+        for op, value in enumerate(values):
+            case = f.block(f"op{op}")
+            switch.add_case(c64(op), case)
+            f.b.position_at_end(case)
+            f.b.ret(c64(value))
+        f.b.position_at_end(unknown)
+        f.b.ret(c64(-1))
+
+    def _dispatch(self) -> None:
+        """farm_call(arena, op, arity, args): an input row's call: its operator's function, or for a
+        constructor the node itself."""
+        f = FunctionBuilder(self.m, "farm_call", I64, [PTR, I64, I64, PTR], internal=False)
+        _, op, arity, args = f.args
+        constructor = f.block("constructor")
+        switch = f.b.switch(op, constructor)
+        for op_name in self.by_root:
+            case = f.block(f"op{self.op_ids[op_name]}")
+            switch.add_case(c64(self.op_ids[op_name]), case)
+            f.b.position_at_end(case)
+            values = [f.load_at(args, c64(j), "roots") for j in range(self.arities[op_name])]
+            f.b.ret(f.b.call(self.norm_function(op_name), [f.arena, *values]))
+        f.b.position_at_end(constructor)
+        f.b.ret(call(f, "farm_intern", f.arena, header(f, op, arity), arity, args))
+
+    def _fingerprint(self) -> None:
+        """farm_fingerprint(): the ruleset's fingerprint, so a loader can refuse a library built for other rules."""
+        text = bytearray(self.ruleset.fingerprint().encode() + b"\0")
+        data = ir.GlobalVariable(self.m, ir.ArrayType(ir.IntType(8), len(text)), "fingerprint")
+        data.linkage = "internal"
+        data.global_constant = True
+        data.initializer = ir.Constant(data.value_type, text)
+        data.type = PTR  # referenced as `ptr`, not `[N x i8]*`
+        FunctionBuilder(self.m, "farm_fingerprint", PTR, [], internal=False).b.ret(data)
+
+
+class _OperatorEmitter:
+    """The body of one operator's function: frame, memo, decision tree, guards, targets."""
+
+    def __init__(self, rules_module: RulesModule, f: FunctionBuilder, op_name: str, rules: list[RewriteRule]) -> None:
+        self.rm, self.f, self.b = rules_module, f, f.b
+        self.op_name, self.rules = op_name, rules
+        self.op = rules_module.op_ids[op_name]
+        self.arity = rules_module.arities[op_name]
+        self.memoised = op_name in rules_module.memoised
+        self.first_rule = rules[0].index
+        counts = [len(_units(rule)) for rule in rules]
+        self.values_at = self.arity  # slots of the sub-expressions' values
+        self.scratch_at = self.values_at + max(counts, default=0)  # slots of the children being interned
+        self.frame = self.scratch_at + max((len(app.args) for rule in rules for app in _units(rule)
+                                            if isinstance(app, App)), default=0)
+        self.base: ir.Value = c64(0)
+
+    def emit(self) -> None:
+        f, b = self.f, self.b
+        self._enter()
+        no_rule = f.block("no_rule")
+        run(self._tree(build_tree(self.rules, self.rm.tree_budget), no_rule))
+        b.position_at_end(no_rule)
+        node = call(f, "farm_intern", f.arena, c64(self.arity << 32 | self.op), c64(self.arity),
+                    f.root_ptr(self.base))
+        f.return_if_error(node)
+        self._leave(node)
+
+    def _enter(self) -> None:
+        """Stack checks, then the frame: arguments, and the other slots cleared (the collector reads them)."""
+        f, b = self.f, self.b
+        here = b.ptrtoint(f.buffer(1), I64)
+        f.return_if(b.icmp_unsigned("<", here, f.get("stack_floor")), c64(ERR_STACK))
+        calls = b.add(f.get("calls"), c64(1))
+        f.return_if(b.icmp_signed(">", calls, c64(MAX_CALL_DEPTH)), c64(ERR_CALLS))
+        f.put("calls", calls)
+        self.base = f.get("rsp")
+        need = b.add(self.base, c64(self.frame))
+        with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
+            f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
+        for i, value in enumerate(f.args[1:]):
+            f.set_root(b.add(self.base, c64(i)), value)
+        for i in range(self.arity, self.frame):
+            f.set_root(b.add(self.base, c64(i)), c64(-1))
+        f.put("rsp", need)
+        if self.memoised:
+            known = call(f, "farm_memo_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
+            with b.if_then(b.icmp_signed("!=", known, c64(NO_MATCH))):
+                f.return_if_error(known)
+                self._pop()
+                b.ret(known)
+
+    def _pop(self) -> None:
+        self.f.put("rsp", self.base)
+        self.f.bump("calls", -1)
+
+    def _leave(self, value: ir.Value) -> None:
+        f = self.f
+        if self.memoised:
+            call(f, "farm_memo_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base), value)
+        self._pop()
+        f.b.ret(value)
+
+    # ---- matching ----
+
+    def occurrence(self, occ: Occurrence) -> ir.Value:
+        """The node at a path from the arguments, read afresh from the frame (a call may have moved it)."""
+        f = self.f
+        node = f.root(self.b.add(self.base, c64(occ[0])))
+        for j in occ[1:]:
+            node = f.word(node, 1 + j)
+        return node
+
+    def _tree(self, tree: Tree, on_fail: ir.Block) -> Step[None]:
+        b = self.b
+        if isinstance(tree, Fail):
+            b.branch(on_fail)
+        elif isinstance(tree, Chain):
+            rest = self.f.block("next_chunk")
+            yield self._tree(tree.first, rest)
+            b.position_at_end(rest)
+            yield self._tree(tree.rest, on_fail)
+        elif isinstance(tree, Switch) and tree.occurrence == ():
+            # The root is this operator's call: only its own case can apply.
+            (sub,) = [t for head, t in tree.cases if head == ("app", self.op_name, self.arity)]
+            yield self._tree(sub, on_fail)
+        elif isinstance(tree, Switch):
+            yield self._switch(tree, on_fail)
+        else:
+            assert isinstance(tree, Leaf)
+            yield self._leaf(tree, on_fail)
+
+    def _switch(self, tree: Switch, on_fail: ir.Block) -> Step[None]:
+        b, f = self.b, self.f
+        node = self.occurrence(tree.occurrence)
+        head = f.word(node, 0)
+        lits = [(h, t) for h, t in tree.cases if h[0] == "lit"]
+        apps = [(h, t) for h, t in tree.cases if h[0] == "app"]
+        default = f.block("default")
+        if lits:
+            lit_block, app_block = f.block("literal"), f.block("application")
+            b.cbranch(b.icmp_signed("==", head, c64(LIT_HEADER)), lit_block, app_block)
+            b.position_at_end(lit_block)
+            switch = b.switch(f.word(node, 1), default)
+            for h, sub in lits:
+                case = f.block("lit")
+                switch.add_case(c64(h[1]), case)  # type: ignore[arg-type]
+                b.position_at_end(case)
+                yield self._tree(sub, on_fail)
+            b.position_at_end(app_block)
+        switch = b.switch(f.op_of(head), default)
+        for h, sub in apps:
+            case = f.block("app")
+            switch.add_case(c64(self.rm.op_ids[h[1]]), case)  # type: ignore[index]
+            b.position_at_end(case)
+            yield self._tree(sub, on_fail)
+        b.position_at_end(default)
+        yield self._tree(tree.default, on_fail)
+
+    def _leaf(self, leaf: Leaf, on_fail: ir.Block) -> Step[None]:
+        b, f = self.b, self.f
+        otherwise = f.block("otherwise")
+        rule = _RuleEvaluation(self, leaf)
+        for x, y in leaf.equalities:
+            self._require(b.icmp_signed("==", self.occurrence(x), self.occurrence(y)), otherwise)
+        for constraint in leaf.rule.constraints:
+            self._require(rule.guard(constraint), otherwise)
+        self._fire(leaf.rule)
+        self._leave(rule.value(leaf.rule.target))
+        b.position_at_end(otherwise)
+        yield self._tree(leaf.otherwise if leaf.otherwise is not None else Fail(), on_fail)
+
+    def _require(self, cond: ir.Value, otherwise: ir.Block) -> None:
+        passed = self.f.block("passed")
+        self.b.cbranch(cond, passed, otherwise)
+        self.b.position_at_end(passed)
+
+    def _fire(self, rule: RewriteRule) -> None:
+        """Count the firing and the step (the operator's first rule's index comes from the arena, so this
+        code does not change when other operators' rules are added or reordered)."""
+        f, b = self.f, self.b
+        index = b.add(f.load_at(f.get("rule_base"), c64(self.op)), c64(rule.index - self.first_rule))
+        counters = f.get("counters")
+        f.store_at(counters, index, b.add(f.load_at(counters, index), c64(1)))
+        steps = f.bump("steps", 1)
+        f.put("last_rule", index)
+        f.return_if(b.icmp_signed(">", steps, f.get("fuel")), c64(ERR_FUEL))
+
+
+def _units(rule: RewriteRule) -> list[PatternExpr]:
+    """Every sub-expression a rule may evaluate, each once, in evaluation order (farm/callgraph.py)."""
+    seen: set[PatternExpr] = set()
+    return [unit for expr in rule_expressions(rule) for unit in fresh_subexpressions(expr, seen)]
+
+
+class _RuleEvaluation:
+    """The guards and target of one rule at one leaf: each sub-expression's value lives in its frame slot."""
+
+    def __init__(self, op: _OperatorEmitter, leaf: Leaf) -> None:
+        self.op, self.f, self.b = op, op.f, op.b
+        self.bindings = leaf.bindings
+        self.seen: set[PatternExpr] = set()
+        self.slots: dict[PatternExpr, int] = {}
+
+    def value(self, expr: PatternExpr) -> ir.Value:
+        """Evaluate what of `expr` is new, then read its value."""
+        for unit in fresh_subexpressions(expr, self.seen):
+            self._evaluate(unit)
+        return self._read(expr)
+
+    def _read(self, expr: PatternExpr) -> ir.Value:
+        if isinstance(expr, Var):
+            return self.op.occurrence(self.bindings[expr.name])
+        return self.f.root(self.b.add(self.op.base, c64(self.op.values_at + self.slots[expr])))
+
+    def _evaluate(self, unit: PatternExpr) -> None:
+        f, b, op = self.f, self.b, self.op
+        if isinstance(unit, (Lit, Computed)):
+            value = call(f, "farm_lit", f.arena, c64(unit.value) if isinstance(unit, Lit) else self._arith(unit.expr))
+        else:
+            assert isinstance(unit, App)
+            args = [self._read(arg) for arg in unit.args]
+            if unit.op in op.rm.by_root:
+                value = b.call(op.rm.norm_function(unit.op), [f.arena, *args])
+            else:
+                for j, arg in enumerate(args):
+                    f.set_root(b.add(op.base, c64(op.scratch_at + j)), arg)
+                head = c64(len(args) << 32 | op.rm.op_ids[unit.op])
+                value = call(f, "farm_intern", f.arena, head, c64(len(args)),
+                             f.root_ptr(b.add(op.base, c64(op.scratch_at))))
+        f.return_if_error(value)
+        self.slots[unit] = len(self.slots)
+        f.set_root(b.add(op.base, c64(op.values_at + self.slots[unit])), value)
+
+    # guards
+
+    def guard(self, c: Constraint) -> ir.Value:
+        b = self.b
+        if isinstance(c, IsConst):
+            return self._is_lit(self._read(c.var))
+        if isinstance(c, Compare):
+            if c.op in ("==", "!="):
+                same = self._same_term(c.left, c.right)
+                return same if c.op == "==" else b.not_(same)
+            (lit_a, a), (lit_b, b_) = self._literal(c.left), self._literal(c.right)
+            return b.and_(b.and_(lit_a, lit_b), b.icmp_signed(c.op, a, b_))
+        f = self.f
+        depth = b.add(f.get("depth"), c64(1))
+        f.return_if(b.icmp_signed(">", depth, c64(MAX_CONDITION_DEPTH)), c64(ERR_DEPTH))
+        f.put("depth", depth)
+        self.value(c.left)
+        self.value(c.right)
+        f.bump("depth", -1)
+        return b.icmp_signed("==" if c.equal else "!=", self._read(c.left), self._read(c.right))
+
+    def _is_lit(self, node: ir.Value) -> ir.Value:
+        return self.b.icmp_signed("==", self.f.word(node, 0), c64(LIT_HEADER))
+
+    def _literal(self, side: Var | Lit) -> tuple[ir.Value, ir.Value]:
+        if isinstance(side, Lit):
+            return ir.Constant(I1, 1), c64(side.value)
+        node = self._read(side)
+        return self._is_lit(node), self.f.word(node, 1)
+
+    def _same_term(self, left: Var | Lit, right: Var | Lit) -> ir.Value:
+        """Term equality without building anything: maximal sharing makes it id equality."""
+        b = self.b
+        if isinstance(left, Var) and isinstance(right, Var):
+            return b.icmp_signed("==", self._read(left), self._read(right))
+        if isinstance(left, Lit) and isinstance(right, Lit):
+            return ir.Constant(I1, int(left.value == right.value))
+        var, lit = (left, right) if isinstance(left, Var) else (right, left)
+        is_lit, value = self._literal(var)
+        return b.and_(is_lit, b.icmp_signed("==", value, c64(lit.value)))  # type: ignore[union-attr]
+
+    # computed literals
+
+    def _arith(self, expr: LitExpr) -> ir.Value:
+        return run(self._arith_step(expr))
+
+    def _arith_step(self, expr: LitExpr) -> Step[ir.Value]:
+        b = self.b
+        if isinstance(expr, Lit):
+            return c64(expr.value)
+        if isinstance(expr, Var):
+            return self.f.word(self._read(expr), 1)
+        if isinstance(expr, Neg):
+            return b.sub(c64(0), (yield self._arith_step(expr.operand)))
+        assert isinstance(expr, BinOp)
+        x = yield self._arith_step(expr.left)
+        y = yield self._arith_step(expr.right)
+        ops = {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv, "%": b.srem, "&": b.and_, "|": b.or_, "^": b.xor}
+        if expr.op in ops:
+            return ops[expr.op](x, y)
+        shift = b.and_(y, c64(63))
+        return b.shl(x, shift) if expr.op == "<<" else b.ashr(x, shift)
+
+
+__all__ = ["LIT_OP", "NULL", "RulesModule", "norm_name"]

@@ -1,0 +1,754 @@
+"""The runtime module: the same for every ruleset (per target, CPU and -O level).
+
+It owns the heap of hash-consed nodes and its copying collector, the hash-consing table, the memo of
+memoised calls, the shadow stack whose node ids are the collector's roots, and the exported entry points:
+rewriting a term graph given as columns (farm_rewrite) and exporting the normal forms (farm_mark,
+farm_export). The rules' code (farm/codegen/operators.py) calls into it through RUNTIME_CALLS.
+
+Node ids are word offsets into the current space. A collection copies the live nodes (Cheney) into the
+spare space and swaps: every id changes, so whatever holds ids across a call that may allocate keeps them on
+the shadow stack (or in the memo, the input rows' normal forms or the results), which the collector rewrites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+from farm.codegen.abi import (
+    ABI_VERSION,
+    ARENA_FIELDS,
+    ERR_CYCLE,
+    ERR_INPUT,
+    ERR_OOM,
+    FORWARDED,
+    IN_PROGRESS,
+    LIT_OP,
+    MIN_NODE_WORDS,
+    NO_LIMIT,
+    NO_MATCH,
+)
+from farm.codegen.irbuild import FALSE, I1, I64, NULL, PTR, TRUE, VOID, FunctionBuilder, c64, declare, export_type
+from farm.semantics import MAX_MEMO_ENTRIES
+
+# Functions one module calls in another (runtime <-> rules), besides the exports of abi.EXPORTS.
+RUNTIME_CALLS: dict[str, ir.FunctionType] = {
+    "malloc": ir.FunctionType(PTR, [I64]), "calloc": ir.FunctionType(PTR, [I64, I64]),
+    "realloc": ir.FunctionType(PTR, [PTR, I64]), "free": ir.FunctionType(VOID, [PTR]),
+    "farm_intern": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, header, words, words*) -> id
+    "farm_lit": ir.FunctionType(I64, [PTR, I64]),  # (arena, value) -> id of the literal
+    "farm_grow_roots": ir.FunctionType(I1, [PTR, I64]),  # (arena, cells needed in all) -> grown?
+    "farm_memo_enter": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
+    "farm_memo_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR, I64]),  # (arena, op, arity, args*, nf)
+    "farm_call": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*): in the rules
+    "farm_op_arity": ir.FunctionType(I64, [I64]),  # a ruleset operator's arity: in the rules
+    "farm_op_first_rule": ir.FunctionType(I64, [I64]),  # the index of its first rule: in the rules
+}
+LIT_HEADER = LIT_OP & 0xFFFFFFFF
+INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill half of it
+INITIAL_TABLE = 1 << 12
+INITIAL_MEMO = 1 << 8
+INITIAL_CELLS = 1 << 10  # shadow stack and work stack
+TAG_SHIFT = 36  # a table slot: the hash's high bits above (node id + 1); ids below 2^36 words
+K1, K2 = 0x9E3779B97F4A7C15, 0xFF51AFD7ED558CCD
+
+
+def call(f: FunctionBuilder, name: str, *args: ir.Value) -> ir.Value:
+    """A call to a function of this module, or of another part (RUNTIME_CALLS, abi.EXPORTS)."""
+    existing = f.module.globals.get(name)
+    if isinstance(existing, ir.Function):
+        return f.b.call(existing, list(args))
+    fnty = RUNTIME_CALLS.get(name) or export_type(name)
+    return f.b.call(declare(f.module, name, fnty), list(args))
+
+
+def header(f: FunctionBuilder, op: ir.Value, arity: ir.Value) -> ir.Value:
+    return f.b.or_(f.b.shl(arity, c64(32)), f.b.and_(op, c64(0xFFFFFFFF)))
+
+
+def node_words(f: FunctionBuilder, head: ir.Value) -> ir.Value:
+    """Words a node takes: a literal 2, an application 1 + arity, at least MIN_NODE_WORDS."""
+    b = f.b
+    is_lit = b.icmp_signed("==", head, c64(LIT_HEADER))
+    size = b.add(f.arity_of(head), c64(1))
+    size = b.select(b.icmp_signed("<", size, c64(MIN_NODE_WORDS)), c64(MIN_NODE_WORDS), size)
+    return b.select(is_lit, c64(2), size)
+
+
+def node_content(f: FunctionBuilder, head: ir.Value) -> ir.Value:
+    """Words after the header that identify a node: a literal's value, an application's children."""
+    return f.b.select(f.b.icmp_signed("==", head, c64(LIT_HEADER)), c64(1), f.arity_of(head))
+
+
+class RuntimeModule:
+    def __init__(self, module: ir.Module) -> None:
+        self.m = module
+
+    def new(self, name: str, ret: ir.Type, args: list[ir.Type], internal: bool = True) -> FunctionBuilder:
+        return FunctionBuilder(self.m, name, ret, args, internal)
+
+    def export(self, name: str) -> FunctionBuilder:
+        fnty = export_type(name)
+        return FunctionBuilder(self.m, name, fnty.return_type, list(fnty.args), internal=False)
+
+    def emit(self) -> None:
+        for part in (self._charge, self._grow_array, self._hash, self._rebuild_table, self._intern, self._lit,
+                     self._forward, self._collect, self._grow_spaces, self._grow_roots, self._memo_rebuild, self._memo_find,
+                     self._memo_enter, self._memo_leave, self._check_rows, self._normalize_row, self._rewrite,
+                     self._walk, self._mark, self._export, self._arena_free, self._arena_new):
+            part()
+        f = self.export("farm_abi_version")
+        f.b.ret(c64(ABI_VERSION))
+
+    # ---- memory ----
+
+    def _charge(self) -> None:
+        """charge(arena, old bytes, new bytes): account a block changing size in `held`; false (nothing
+        changed) when growth would take `held` past `limit`, the memory cap."""
+        f = self.new("charge", I1, [PTR, I64, I64])
+        b = f.b
+        _, old, new = f.args
+        held = b.add(b.sub(f.get("held"), old), new)
+        f.return_if(b.and_(b.icmp_signed(">", new, old), b.icmp_signed(">", held, f.get("limit"))), FALSE)
+        f.put("held", held)
+        b.ret(TRUE)
+
+    def _grow_array(self) -> None:
+        """grow_array(arena, field ptr, capacity ptr, cells needed): an i64 array at least that large, by
+        doubling; false when the cap or realloc refuses (the old array stays valid)."""
+        f = self.new("grow_array", I1, [PTR, PTR, PTR, I64])
+        b = f.b
+        _, slot, cap_slot, need = f.args
+        old_cap = b.load(cap_slot, typ=I64)
+        f.return_if(b.icmp_signed("<=", need, old_cap), TRUE)
+        doubled = b.mul(old_cap, c64(2))
+        new_cap = b.select(b.icmp_signed("<", doubled, need), need, doubled)
+        old_bytes, new_bytes = b.mul(old_cap, c64(8)), b.mul(new_cap, c64(8))
+        f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, new_bytes)), FALSE)
+        grown = call(f, "realloc", b.load(slot, typ=PTR), new_bytes)
+        with b.if_then(b.icmp_unsigned("==", grown, NULL), likely=False):
+            call(f, "charge", f.arena, new_bytes, old_bytes)
+            b.ret(FALSE)
+        b.store(grown, slot)
+        b.store(new_cap, cap_slot)
+        b.ret(TRUE)
+
+    def grow(self, f: FunctionBuilder, field: str, cap: str, need: ir.Value) -> ir.Value:
+        return call_internal(f, "grow_array", I1, [PTR, PTR, PTR, I64], f.arena, f._field(field), f._field(cap),
+                             need)
+
+    # ---- hash-consing ----
+
+    def _hash(self) -> None:
+        f = self.new("hash_words", I64, [I64, I64, PTR])
+        b = f.b
+        head, n, words = f.args
+        h = f.var(b.mul(head, c64(K1)))
+        with f.loop(c64(0), n) as j:
+            mixed = b.mul(b.xor(f.read(h), f.load_at(words, j, "any")), c64(K2))
+            b.store(b.xor(mixed, b.lshr(mixed, c64(29))), h)
+        final = f.read(h)
+        b.ret(b.xor(final, b.lshr(final, c64(32))))
+
+    def hash_of(self, f: FunctionBuilder, head: ir.Value, n: ir.Value, words: ir.Value) -> ir.Value:
+        return call_internal(f, "hash_words", I64, [I64, I64, PTR], head, n, words)
+
+    @staticmethod
+    def probe(f: FunctionBuilder, mask: ir.Value, start: ir.Value, occupied: Callable[[ir.Value], ir.Value],
+              matches: Callable[[ir.Value], None]) -> ir.Value:
+        """Linear probing from `start` until `occupied(index)` is false; `matches(index)` runs on each
+        occupied slot and may return out of the function. The index of the first free slot."""
+        b = f.b
+        i = f.var(b.and_(start, mask))
+        head, busy, free = f.block("probe"), f.block("occupied"), f.block("free")
+        b.branch(head)
+        b.position_at_end(head)
+        idx = f.read(i)
+        b.cbranch(occupied(idx), busy, free)
+        b.position_at_end(busy)
+        matches(idx)
+        b.store(b.and_(b.add(idx, c64(1)), mask), i)
+        b.branch(head)
+        b.position_at_end(free)
+        return f.read(i)
+
+    @staticmethod
+    def slot_of(f: FunctionBuilder, h: ir.Value, node: ir.Value) -> ir.Value:
+        return f.b.or_(f.b.shl(f.b.lshr(h, c64(TAG_SHIFT)), c64(TAG_SHIFT)), f.b.add(node, c64(1)))
+
+    def _rebuild_table(self) -> None:
+        """rebuild_table(arena, slots): a fresh table of `slots` (a power of two) holding every node of the
+        current space; false when out of memory (the old table stays)."""
+        f = self.new("rebuild_table", I1, [PTR, I64])
+        b = f.b
+        slots = f.args[1]
+        old_slots = b.add(f.get("table_mask"), c64(1))
+        old_bytes, new_bytes = b.mul(old_slots, c64(8)), b.mul(slots, c64(8))
+        f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, new_bytes)), FALSE)
+        table = call(f, "calloc", slots, c64(8))
+        with b.if_then(b.icmp_unsigned("==", table, NULL), likely=False):
+            call(f, "charge", f.arena, new_bytes, old_bytes)
+            b.ret(FALSE)
+        mask = b.sub(slots, c64(1))
+        count = f.var(c64(0))
+        with heap_nodes(f, lambda: f.get("heap"), lambda: f.get("top")) as (at, head):
+            h = self.hash_of(f, head, node_content(f, head), f.elem(f.get("heap"), b.add(at, c64(1))))
+            free = self.probe(f, mask, h, lambda idx: b.icmp_signed("!=", f.load_at(table, idx), c64(0)),
+                              lambda idx: None)
+            f.store_at(table, free, self.slot_of(f, h, at))
+            b.store(b.add(f.read(count), c64(1)), count)
+        call(f, "free", f.get("table"))
+        f.put("table", table)
+        f.put("table_mask", mask)
+        f.put("table_count", f.read(count))
+        b.ret(TRUE)
+
+    def _intern(self) -> None:
+        """farm_intern(arena, header, n, words): the node with this header and content (n children, or a
+        literal's value), shared: the existing one, or a new one. `words` must be on the shadow stack (or
+        hold no ids): allocating may collect, which rewrites them."""
+        f = self.new("farm_intern", I64, [PTR, I64, I64, PTR], internal=False)
+        b = f.b
+        arena, head, n, words = f.args
+        size = b.add(n, c64(1))
+        size = b.select(b.icmp_signed("<", size, c64(MIN_NODE_WORDS)), c64(MIN_NODE_WORDS), size)
+        with b.if_then(b.icmp_signed(">", b.add(f.get("top"), size), f.get("cap")), likely=False):
+            f.return_if_error(call_internal(f, "collect", I64, [PTR, I64], arena, size))
+        slots = b.add(f.get("table_mask"), c64(1))
+        with b.if_then(b.icmp_signed(">", b.mul(b.add(f.get("table_count"), c64(1)), c64(2)), slots), likely=False):
+            grown = call_internal(f, "rebuild_table", I1, [PTR, I64], arena, b.mul(slots, c64(2)))
+            f.return_if_false(grown, ERR_OOM)
+        h = self.hash_of(f, head, n, words)
+        tag = b.lshr(h, c64(TAG_SHIFT))
+        table = f.get("table")
+
+        def matches(idx: ir.Value) -> None:
+            slot = f.load_at(table, idx)
+            with b.if_then(b.icmp_signed("==", b.lshr(slot, c64(TAG_SHIFT)), tag)):
+                cand = b.sub(b.and_(slot, c64((1 << TAG_SHIFT) - 1)), c64(1))
+                same = f.var(b.icmp_signed("==", f.word(cand, 0), head), I1)
+                with f.loop(c64(0), n) as j:
+                    equal = b.icmp_signed("==", f.word(cand, b.add(j, c64(1))), f.load_at(words, j, "any"))
+                    b.store(b.and_(f.read(same, I1), equal), same)
+                f.return_if(f.read(same, I1), cand)
+
+        free = self.probe(f, f.get("table_mask"), h, lambda idx: b.icmp_signed("!=", f.load_at(table, idx), c64(0)),
+                          matches)
+        node = f.get("top")
+        f.set_word(node, 0, head)
+        f.set_word(node, 1, c64(0))  # an arity-0 application's padding
+        with f.loop(c64(0), n) as j:
+            f.set_word(node, b.add(j, c64(1)), f.load_at(words, j, "any"))
+        f.put("top", b.add(node, size))
+        f.store_at(table, free, self.slot_of(f, h, node))
+        f.bump("table_count", 1)
+        b.ret(node)
+
+    def _lit(self) -> None:
+        f = self.new("farm_lit", I64, [PTR, I64], internal=False)
+        cell = f.buffer(1)
+        f.b.store(f.args[1], cell)
+        f.b.ret(call(f, "farm_intern", f.arena, c64(LIT_HEADER), c64(1), cell))
+
+    # ---- the collector ----
+
+    def _forward(self) -> None:
+        """forward(arena, to, to_top*, id): the node's id in to-space, copying it there on first sight."""
+        f = self.new("forward", I64, [PTR, PTR, PTR, I64])
+        b = f.b
+        _, to, to_top, node = f.args
+        f.return_if(b.icmp_signed("<", node, c64(0)), node)
+        head = f.word(node, 0)
+        f.return_if(b.icmp_signed("==", head, c64(FORWARDED)), f.word(node, 1))
+        fresh = b.load(to_top, typ=I64)
+        size = node_words(f, head)
+        with f.loop(c64(0), size) as j:
+            f.store_at(to, b.add(fresh, j), f.word(node, j), "heap")
+        b.store(b.add(fresh, size), to_top)
+        f.set_word(node, 0, c64(FORWARDED))
+        f.set_word(node, 1, fresh)
+        b.ret(fresh)
+
+    def _forward_cells(self, f: FunctionBuilder, to: ir.Value, to_top: ir.Value, base: ir.Value,
+                       start: ir.Value, stop: ir.Value, kind: str = "cell") -> None:
+        """Rewrite the ids in cells base[start .. stop) (of alias class `kind`) to their to-space ids."""
+        with f.loop(start, stop) as i:
+            moved = call_internal(f, "forward", I64, [PTR, PTR, PTR, I64], f.arena, to, to_top,
+                                  f.load_at(base, i, kind))
+            f.store_at(base, i, moved, kind)
+
+    def _forward_memo(self, f: FunctionBuilder, to: ir.Value, to_top: ir.Value) -> None:
+        b = f.b
+        width = f.get("memo_width")
+        with b.if_then(b.icmp_signed(">", width, c64(0))):
+            memo = f.get("memo")
+            with f.loop(c64(0), b.add(f.get("memo_mask"), c64(1))) as slot:
+                entry = b.mul(slot, width)
+                tag = f.load_at(memo, entry)
+                with b.if_then(b.icmp_signed("!=", tag, c64(0))):
+                    start = b.add(entry, c64(1))  # the value, then the arguments
+                    self._forward_cells(f, to, to_top, memo, start, b.add(b.add(start, c64(1)), f.arity_of(tag)))
+
+    def _collect(self) -> None:
+        """collect(arena, words needed): copy the live nodes into the spare space and swap; rebuild the
+        table and the memo's index; grow both spaces when the live nodes fill half. 0, or ERR_OOM."""
+        f = self.new("collect", I64, [PTR, I64])
+        b = f.b
+        arena, need = f.args
+        to = f.get("spare")
+        to_top = f.var(c64(0))
+        self._forward_cells(f, to, to_top, f.get("roots"), c64(0), f.get("rsp"), "roots")
+        self._forward_cells(f, to, to_top, f.get("nf"), c64(0), f.get("n_rows"))
+        self._forward_cells(f, to, to_top, f.get("out"), c64(0), f.get("n_out"))
+        self._forward_memo(f, to, to_top)
+        live_nodes = f.var(c64(0))
+        with heap_nodes(f, lambda: to, lambda: f.read(to_top)) as (at, head):
+            b.store(b.add(f.read(live_nodes), c64(1)), live_nodes)
+            with b.if_then(b.icmp_signed("!=", head, c64(LIT_HEADER))):
+                start = b.add(at, c64(1))
+                self._forward_cells(f, to, to_top, to, start, b.add(start, f.arity_of(head)), "heap")
+        old, old_cap = f.get("heap"), f.get("cap")
+        f.put("heap", to)
+        f.put("cap", f.get("spare_cap"))
+        f.put("spare", old)
+        f.put("spare_cap", old_cap)
+        top = f.read(to_top)
+        f.put("top", top)
+        f.bump("collections", 1)
+        with b.if_then(b.icmp_signed(">", top, f.get("peak_words"))):
+            f.put("peak_words", top)
+        slots = f.var(c64(INITIAL_TABLE))
+        with f.loop(c64(0), c64(64)):  # the smallest power of two >= 4 x live nodes
+            with b.if_then(b.icmp_signed("<", f.read(slots), b.mul(f.read(live_nodes), c64(4)))):
+                b.store(b.mul(f.read(slots), c64(2)), slots)
+        f.return_if_false(call_internal(f, "rebuild_table", I1, [PTR, I64], arena, f.read(slots)), ERR_OOM)
+        with b.if_then(b.icmp_signed(">", f.get("memo_width"), c64(0))):
+            rebuilt = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena,
+                                    b.add(f.get("memo_mask"), c64(1)), c64(0))
+            f.return_if_false(rebuilt, ERR_OOM)
+        wanted = b.add(top, need)
+        with b.if_then(b.icmp_signed(">", b.mul(wanted, c64(2)), f.get("cap"))):
+            grown = call_internal(f, "grow_spaces", I1, [PTR, I64], arena, b.mul(wanted, c64(2)))
+            fits = b.icmp_signed("<=", wanted, f.get("cap"))
+            f.return_if(b.not_(b.or_(grown, fits)), c64(ERR_OOM))
+        b.ret(c64(0))
+
+    def _grow_spaces(self) -> None:
+        """grow_spaces(arena, words): both spaces at least that large (doubling); false when out of memory."""
+        f = self.new("grow_spaces", I1, [PTR, I64])
+        b = f.b
+        want = f.args[1]
+        cap = f.get("cap")
+        doubled = b.mul(cap, c64(2))
+        new_cap = b.select(b.icmp_signed("<", doubled, want), want, doubled)
+        old_bytes = b.mul(b.add(cap, f.get("spare_cap")), c64(8))
+        new_bytes = b.mul(new_cap, c64(8))
+        f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, b.mul(new_bytes, c64(2)))), FALSE)
+        heap = call(f, "realloc", f.get("heap"), new_bytes)
+        spare = call(f, "malloc", new_bytes)
+        failed = b.or_(b.icmp_unsigned("==", heap, NULL), b.icmp_unsigned("==", spare, NULL))
+        with b.if_then(failed, likely=False):
+            call(f, "charge", f.arena, b.mul(new_bytes, c64(2)), old_bytes)
+            with b.if_then(b.icmp_unsigned("!=", heap, NULL)):
+                f.put("heap", heap)  # realloc kept the contents; only the capacity stays as it was
+            call(f, "free", spare)
+            b.ret(FALSE)
+        call(f, "free", f.get("spare"))
+        f.put("heap", heap)
+        f.put("spare", spare)
+        f.put("cap", new_cap)
+        f.put("spare_cap", new_cap)
+        b.ret(TRUE)
+
+    def _grow_roots(self) -> None:
+        f = self.new("farm_grow_roots", I1, [PTR, I64], internal=False)
+        f.b.ret(self.grow(f, "roots", "roots_cap", f.args[1]))
+
+    # ---- the memo: (op, arguments) -> normal form, or IN_PROGRESS while the call runs ----
+
+    def _memo_entry(self, f: FunctionBuilder, slot: ir.Value) -> ir.Value:
+        return f.b.mul(slot, f.get("memo_width"))
+
+    def _memo_rebuild(self) -> None:
+        """memo_rebuild(arena, slots, keep): re-index the entries into a table of `slots`: keep 0 all, 1 the
+        finished ones, 2 those in progress. False when out of memory (the old table stays)."""
+        f = self.new("memo_rebuild", I1, [PTR, I64, I64])
+        b = f.b
+        _, slots, keep = f.args
+        width = f.get("memo_width")
+        old_slots = b.add(f.get("memo_mask"), c64(1))
+        old_bytes, new_bytes = b.mul(b.mul(old_slots, width), c64(8)), b.mul(b.mul(slots, width), c64(8))
+        f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, new_bytes)), FALSE)
+        table = call(f, "calloc", b.mul(slots, width), c64(8))
+        with b.if_then(b.icmp_unsigned("==", table, NULL), likely=False):
+            call(f, "charge", f.arena, new_bytes, old_bytes)
+            b.ret(FALSE)
+        old = f.get("memo")
+        mask = b.sub(slots, c64(1))
+        count = f.var(c64(0))
+        with f.loop(c64(0), old_slots) as slot:
+            entry = b.mul(slot, width)
+            tag = f.load_at(old, entry)
+            running = b.icmp_signed("==", f.load_at(old, b.add(entry, c64(1))), c64(IN_PROGRESS))
+            wanted = b.select(b.icmp_signed("==", keep, c64(1)), b.not_(running),
+                              b.select(b.icmp_signed("==", keep, c64(2)), running, TRUE))
+            with b.if_then(b.and_(b.icmp_signed("!=", tag, c64(0)), wanted)):
+                args = f.elem(old, b.add(entry, c64(2)))
+                h = self.hash_of(f, tag, f.arity_of(tag), args)
+                free = self.probe(f, mask, h, lambda idx: b.icmp_signed(
+                    "!=", f.load_at(table, b.mul(idx, width)), c64(0)), lambda idx: None)
+                with f.loop(c64(0), width) as k:
+                    f.store_at(table, b.add(b.mul(free, width), k), f.load_at(old, b.add(entry, k)))
+                b.store(b.add(f.read(count), c64(1)), count)
+        call(f, "free", old)
+        f.put("memo", table)
+        f.put("memo_mask", mask)
+        f.put("memo_count", f.read(count))
+        b.ret(TRUE)
+
+    def _memo_find(self) -> None:
+        """memo_find(arena, tag, args): the slot holding the key, or -1 - the free slot where it would go."""
+        f = self.new("memo_find", I64, [PTR, I64, PTR])
+        b = f.b
+        _, tag, args = f.args
+        memo, width, arity = f.get("memo"), f.get("memo_width"), f.arity_of(tag)
+        h = self.hash_of(f, tag, arity, args)
+
+        def matches(idx: ir.Value) -> None:
+            entry = b.mul(idx, width)
+            with b.if_then(b.icmp_signed("==", f.load_at(memo, entry), tag)):
+                same = f.var(TRUE, I1)
+                with f.loop(c64(0), arity) as j:
+                    equal = b.icmp_signed("==", f.load_at(memo, b.add(b.add(entry, c64(2)), j)),
+                                          f.load_at(args, j, "any"))
+                    b.store(b.and_(f.read(same, I1), equal), same)
+                f.return_if(f.read(same, I1), idx)
+
+        free = self.probe(f, f.get("memo_mask"), h,
+                          lambda idx: b.icmp_signed("!=", f.load_at(memo, b.mul(idx, width)), c64(0)), matches)
+        b.ret(b.sub(c64(-1), free))
+
+    def _memo_enter(self) -> None:
+        """farm_memo_enter(arena, op, arity, args): the remembered normal form; ERR_CYCLE if this call is in
+        progress; or NO_MATCH after claiming an entry (none when the memo is full of calls in progress)."""
+        f = self.new("farm_memo_enter", I64, [PTR, I64, I64, PTR], internal=False)
+        b = f.b
+        arena, op, arity, args = f.args
+        tag = header(f, b.add(op, c64(1)), arity)
+        found = call_internal(f, "memo_find", I64, [PTR, I64, PTR], arena, tag, args)
+        with b.if_then(b.icmp_signed(">=", found, c64(0))):
+            value = f.load_at(f.get("memo"), b.add(self._memo_entry(f, found), c64(1)))
+            b.ret(b.select(b.icmp_signed("==", value, c64(IN_PROGRESS)), c64(ERR_CYCLE), value))
+        with b.if_then(b.icmp_signed(">=", f.get("memo_count"), c64(MAX_MEMO_ENTRIES)), likely=False):
+            slots = b.add(f.get("memo_mask"), c64(1))
+            f.return_if_false(call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, slots, c64(2)), ERR_OOM)
+            f.return_if(b.icmp_signed(">=", f.get("memo_count"), c64(MAX_MEMO_ENTRIES)), c64(NO_MATCH))
+        slots = b.add(f.get("memo_mask"), c64(1))
+        with b.if_then(b.icmp_signed(">", b.mul(b.add(f.get("memo_count"), c64(1)), c64(2)), slots), likely=False):
+            grown = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, b.mul(slots, c64(2)), c64(0))
+            f.return_if_false(grown, ERR_OOM)
+        free = b.sub(c64(-1), call_internal(f, "memo_find", I64, [PTR, I64, PTR], arena, tag, args))
+        memo, entry = f.get("memo"), self._memo_entry(f, free)
+        f.store_at(memo, entry, tag)
+        f.store_at(memo, b.add(entry, c64(1)), c64(IN_PROGRESS))
+        with f.loop(c64(0), arity) as j:
+            f.store_at(memo, b.add(b.add(entry, c64(2)), j), f.load_at(args, j, "any"))
+        f.bump("memo_count", 1)
+        b.ret(c64(NO_MATCH))
+
+    def _memo_leave(self) -> None:
+        """farm_memo_leave(arena, op, arity, args, nf): remember the call's normal form (if it was claimed)."""
+        f = self.new("farm_memo_leave", VOID, [PTR, I64, I64, PTR, I64], internal=False)
+        b = f.b
+        arena, op, arity, args, value = f.args
+        found = call_internal(f, "memo_find", I64, [PTR, I64, PTR], arena, header(f, b.add(op, c64(1)), arity), args)
+        with b.if_then(b.icmp_signed(">=", found, c64(0))):
+            f.store_at(f.get("memo"), b.add(self._memo_entry(f, found), c64(1)), value)
+        b.ret_void()
+    # ---- rewriting a term graph given as columns ----
+
+    def _check_rows(self) -> None:
+        """check_rows(arena, rows, ops, arities, values, kids, kids length): every row well formed (an
+        operator id, the ruleset's arity for its operators, children that are earlier rows)."""
+        f = self.new("check_rows", I1, [PTR, I64, PTR, PTR, PTR, PTR, I64])
+        b = f.b
+        _, rows, ops, arities, values, kids, n_kids = f.args
+        op_count = call(f, "farm_op_count")
+        with f.loop(c64(0), rows) as i:
+            op = f.load_at(ops, i)
+            f.return_if(b.or_(b.icmp_signed("<", op, c64(LIT_OP)), b.icmp_signed(">", op, c64(2**31 - 1))), FALSE)
+            with b.if_then(b.icmp_signed("!=", op, c64(LIT_OP))):
+                arity, offset = f.load_at(arities, i), f.load_at(values, i)
+                bad = b.or_(b.icmp_signed("<", arity, c64(0)), b.icmp_signed(">", arity, c64(2**31 - 1)))
+                bad = b.or_(bad, b.or_(b.icmp_signed("<", offset, c64(0)),
+                                       b.icmp_signed(">", offset, b.sub(n_kids, arity))))
+                f.return_if(bad, FALSE)
+                with b.if_then(b.icmp_signed("<", op, op_count)):
+                    f.return_if(b.icmp_signed("!=", arity, call(f, "farm_op_arity", op)), FALSE)
+                with f.loop(c64(0), arity) as j:
+                    kid = f.load_at(kids, b.add(offset, j))
+                    f.return_if(b.or_(b.icmp_signed("<", kid, c64(0)), b.icmp_signed(">=", kid, i)), FALSE)
+        b.ret(TRUE)
+
+    def _normalize_row(self) -> None:
+        """normalize_row(arena, row, ops, arities, values, kids): an input row's normal form, children first
+        on the work stack (terms nest a million deep): a literal is interned, an application's operator
+        called on its children's normal forms (farm_call: the rules, or a constructor node)."""
+        f = self.new("normalize_row", I64, [PTR, I64, PTR, PTR, PTR, PTR])
+        b = f.b
+        arena, row, ops, arities, values, kids = f.args
+        known = f.load_at(f.get("nf"), row)
+        f.return_if(b.icmp_signed(">=", known, c64(0)), known)
+        sp = f.var(c64(0))
+
+        def push(r: ir.Value) -> None:
+            at = f.read(sp)
+            f.return_if_false(self.grow(f, "work", "work_cap", b.add(b.mul(at, c64(2)), c64(2))), ERR_OOM)
+            f.store_at(f.get("work"), b.mul(at, c64(2)), r)
+            f.store_at(f.get("work"), b.add(b.mul(at, c64(2)), c64(1)), c64(0))
+            b.store(b.add(at, c64(1)), sp)
+
+        def finish(r: ir.Value, value: ir.Value) -> None:
+            f.return_if_error(value)
+            f.store_at(f.get("nf"), r, value)
+            b.store(b.sub(f.read(sp), c64(1)), sp)
+
+        push(row)
+        head, step, done = f.block("rows"), f.block("row"), f.block("rows_done")
+        b.branch(head)
+        b.position_at_end(head)
+        b.cbranch(b.icmp_signed(">", f.read(sp), c64(0)), step, done)
+        b.position_at_end(step)
+        frame = b.mul(b.sub(f.read(sp), c64(1)), c64(2))
+        r = f.load_at(f.get("work"), frame)
+        op = f.load_at(ops, r)
+        literal, app = f.block("literal"), f.block("application")
+        b.cbranch(b.icmp_signed("==", op, c64(LIT_OP)), literal, app)
+        b.position_at_end(literal)
+        finish(r, call(f, "farm_lit", arena, f.load_at(values, r)))
+        b.branch(head)
+        b.position_at_end(app)
+        arity, offset = f.load_at(arities, r), f.load_at(values, r)
+        with f.loop(f.load_at(f.get("work"), b.add(frame, c64(1))), arity) as k:
+            kid = f.load_at(kids, b.add(offset, k))
+            with b.if_then(b.icmp_signed("<", f.load_at(f.get("nf"), kid), c64(0))):
+                f.store_at(f.get("work"), b.add(frame, c64(1)), b.add(k, c64(1)))
+                push(kid)
+                b.branch(head)
+        base = f.get("rsp")
+        f.return_if_false(self.grow(f, "roots", "roots_cap", b.add(base, arity)), ERR_OOM)
+        with f.loop(c64(0), arity) as j:
+            f.set_root(b.add(base, j), f.load_at(f.get("nf"), f.load_at(kids, b.add(offset, j))))
+        f.put("rsp", b.add(base, arity))
+        value = call(f, "farm_call", arena, op, arity, f.root_ptr(base))
+        f.put("rsp", base)
+        finish(r, value)
+        b.branch(head)
+        b.position_at_end(done)
+        b.ret(f.load_at(f.get("nf"), row))
+
+    def _rewrite(self) -> None:
+        """farm_rewrite: check the rows, then normalise each root row; out[i] = its normal form's id or an
+        error, info[2i..] = steps, last rule fired. Returns 0, or ERR_INPUT / ERR_OOM for the whole call."""
+        f = self.export("farm_rewrite")
+        b = f.b
+        arena, rows, ops, arities, values, kids, n_kids, n_roots, root_rows, out, info, fuel = f.args
+        well_formed = call_internal(f, "check_rows", I1, [PTR, I64, PTR, PTR, PTR, PTR, I64], arena, rows, ops,
+                                    arities, values, kids, n_kids)
+        f.return_if_false(well_formed, ERR_INPUT)
+        with f.loop(c64(0), n_roots) as i:
+            root = f.load_at(root_rows, i)
+            f.return_if(b.or_(b.icmp_signed("<", root, c64(0)), b.icmp_signed(">=", root, rows)), c64(ERR_INPUT))
+        here = b.ptrtoint(f.buffer(1), I64)
+        stack = f.get("stack_bytes")
+        f.put("stack_floor", b.select(b.icmp_signed(">", stack, c64(0)), b.sub(here, stack), c64(0)))
+        nf_bytes = b.mul(rows, c64(8))
+        f.return_if_false(call(f, "charge", arena, c64(0), nf_bytes), ERR_OOM)
+        nf = call(f, "malloc", b.add(nf_bytes, c64(8)))
+        f.return_if(b.icmp_unsigned("==", nf, NULL), c64(ERR_OOM))
+        with f.loop(c64(0), rows) as i:
+            f.store_at(nf, i, c64(-1))
+        for name, value in (("nf", nf), ("n_rows", rows), ("out", out), ("n_out", c64(0)), ("fuel", fuel)):
+            f.put(name, value)
+        with f.loop(c64(0), n_roots) as i:
+            for name, value in (("steps", 0), ("last_rule", -1), ("depth", 1), ("calls", 0), ("rsp", 0)):
+                f.put(name, c64(value))
+            result = call_internal(f, "normalize_row", I64, [PTR, I64, PTR, PTR, PTR, PTR], arena,
+                                   f.load_at(root_rows, i), ops, arities, values, kids)
+            f.store_at(out, i, result)
+            f.put("n_out", b.add(i, c64(1)))
+            f.store_at(info, b.mul(i, c64(2)), f.get("steps"))
+            f.store_at(info, b.add(b.mul(i, c64(2)), c64(1)), f.get("last_rule"))
+            with b.if_then(b.and_(b.icmp_signed("<", result, c64(0)), b.icmp_signed(">", f.get("memo_width"), c64(0)))):
+                # The calls this root left in progress never finish: forget them (finished ones stay).
+                call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, b.add(f.get("memo_mask"), c64(1)), c64(1))
+        call(f, "free", f.get("nf"))
+        call(f, "charge", arena, nf_bytes, c64(0))
+        for name in ("n_rows", "n_out", "rsp"):
+            f.put(name, c64(0))
+        f.put("nf", NULL)
+        b.ret(c64(0))
+
+    # ---- exporting normal forms ----
+
+    def _walk(self) -> None:
+        """walk(arena, n, roots, out_roots, ops, values, arities, kids, sizes): number the nodes the
+        non-negative roots reach children first (post-order, with the work stack), using the spare space as
+        the map id -> number + 1. With columns (ops != NULL) write them (the TermGraph layout) and map the
+        roots; with sizes != NULL store the node and child counts."""
+        f = self.new("walk", I64, [PTR, I64, PTR, PTR, PTR, PTR, PTR, PTR, PTR])
+        b = f.b
+        arena, n, roots, out_roots, ops, values, arities, kids, sizes = f.args
+        spare = f.get("spare")
+        with f.loop(c64(0), f.get("top")) as i:
+            f.store_at(spare, i, c64(0), "heap")
+        count, written, sp = f.var(c64(0)), f.var(c64(0)), f.var(c64(0))
+        writing = b.icmp_unsigned("!=", ops, NULL)
+
+        def push(node: ir.Value) -> None:
+            at = f.read(sp)
+            f.return_if_false(self.grow(f, "work", "work_cap", b.add(b.mul(at, c64(2)), c64(2))), ERR_OOM)
+            f.store_at(f.get("work"), b.mul(at, c64(2)), node)
+            f.store_at(f.get("work"), b.add(b.mul(at, c64(2)), c64(1)), c64(0))
+            b.store(b.add(at, c64(1)), sp)
+
+        with f.loop(c64(0), n) as i:
+            root = f.load_at(roots, i)
+            with b.if_then(b.and_(b.icmp_signed(">=", root, c64(0)),
+                                  b.icmp_signed("==", f.load_at(spare, root, "heap"), c64(0)))):
+                push(root)
+                self._drain(f, sp, count, written, writing, (ops, values, arities, kids), push)
+        with b.if_then(writing), f.loop(c64(0), n) as i:
+            root = f.load_at(roots, i)
+            mapped = b.select(b.icmp_signed(">=", root, c64(0)),
+                              b.sub(f.load_at(spare, b.select(b.icmp_signed(">=", root, c64(0)), root, c64(0)),
+                                              "heap"), c64(1)), root)
+            f.store_at(out_roots, i, mapped)
+        with b.if_then(b.icmp_unsigned("!=", sizes, NULL)):
+            f.store_at(sizes, c64(0), f.read(count))
+            f.store_at(sizes, c64(1), f.read(written))
+        b.ret(f.read(count))
+
+    def _drain(self, f: FunctionBuilder, sp: ir.Value, count: ir.Value, written: ir.Value, writing: ir.Value,
+               columns: tuple[ir.Value, ...], push: Callable[[ir.Value], None]) -> None:
+        """Run the walk's stack empty: a node is numbered once its children are."""
+        b = f.b
+        ops, values, arities, kids = columns
+        head, step, done = f.block("walk"), f.block("walk_step"), f.block("walked")
+        b.branch(head)
+        b.position_at_end(head)
+        b.cbranch(b.icmp_signed(">", f.read(sp), c64(0)), step, done)
+        b.position_at_end(step)
+        frame = b.mul(b.sub(f.read(sp), c64(1)), c64(2))
+        node = f.load_at(f.get("work"), frame)
+        node_head = f.word(node, 0)
+        is_lit = b.icmp_signed("==", node_head, c64(LIT_HEADER))
+        arity = b.select(is_lit, c64(0), f.arity_of(node_head))
+        k = f.load_at(f.get("work"), b.add(frame, c64(1)))
+        with b.if_then(b.icmp_signed("<", k, arity)):
+            f.store_at(f.get("work"), b.add(frame, c64(1)), b.add(k, c64(1)))
+            kid = f.word(node, b.add(k, c64(1)))
+            with b.if_then(b.icmp_signed("==", f.load_at(f.get("spare"), kid, "heap"), c64(0))):
+                push(kid)
+            b.branch(head)
+        number = f.read(count)
+        f.store_at(f.get("spare"), node, b.add(number, c64(1)), "heap")
+        b.store(b.add(number, c64(1)), count)
+        start = f.read(written)
+        with b.if_then(writing):
+            f.store_at(ops, number, f.op_of(node_head))
+            f.store_at(arities, number, arity)
+            f.store_at(values, number, b.select(is_lit, f.word(node, 1), start))
+            with f.loop(c64(0), arity) as j:
+                kid = f.word(node, b.add(j, c64(1)))
+                f.store_at(kids, b.add(start, j), b.sub(f.load_at(f.get("spare"), kid, "heap"), c64(1)))
+        b.store(b.add(start, arity), written)
+        b.store(b.sub(f.read(sp), c64(1)), sp)
+        b.branch(head)
+        b.position_at_end(done)
+
+    def _mark(self) -> None:
+        """farm_mark(arena, n, roots, sizes): sizes[0] = nodes, sizes[1] = children the roots reach."""
+        f = self.export("farm_mark")
+        arena, n, roots, sizes = f.args
+        result = call_internal(f, "walk", I64, [PTR] * 1 + [I64] + [PTR] * 7, arena, n, roots, NULL, NULL, NULL,
+                               NULL, NULL, sizes)
+        f.b.ret(f.b.select(f.b.icmp_signed("<", result, c64(0)), result, c64(0)))
+
+    def _export(self) -> None:
+        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the reached nodes children
+        first, numbered from 0; the node count."""
+        f = self.export("farm_export")
+        f.b.ret(call_internal(f, "walk", I64, [PTR] * 1 + [I64] + [PTR] * 7, *f.args, NULL))
+
+    # ---- the arena ----
+
+    BLOCKS = ("heap", "spare", "table", "roots", "work", "memo", "counters", "rule_base", "nf")
+
+    def _arena_free(self) -> None:
+        f = self.export("farm_arena_free")
+        b = f.b
+        with b.if_then(b.icmp_unsigned("!=", f.arena, NULL)):
+            for name in self.BLOCKS:
+                call(f, "free", f.get(name))
+            call(f, "free", f.arena)
+        b.ret_void()
+
+    def _arena_new(self) -> None:
+        f = self.export("farm_arena_new")
+        b = f.b
+        arena = call(f, "calloc", c64(1), c64(8 * len(ARENA_FIELDS)))
+        f.arena = arena
+        f.return_if(b.icmp_unsigned("==", arena, NULL), NULL)
+        width = call(f, "farm_memo_width")
+        memo_slots = b.select(b.icmp_signed(">", width, c64(0)), c64(INITIAL_MEMO), c64(1))
+        counters = b.add(call(f, "farm_rule_count"), c64(1))
+        op_count = call(f, "farm_op_count")
+        sizes = {"rule_base": op_count, "heap": c64(INITIAL_WORDS), "spare": c64(INITIAL_WORDS), "table": c64(INITIAL_TABLE),
+                 "roots": c64(INITIAL_CELLS), "work": c64(INITIAL_CELLS), "memo": b.mul(memo_slots, width),
+                 "counters": counters}
+        missing = FALSE
+        held = c64(0)
+        for name, cells in sizes.items():
+            block = call(f, "calloc", b.add(cells, c64(1)), c64(8))
+            f.put(name, block)
+            missing = b.or_(missing, b.icmp_unsigned("==", block, NULL))
+            held = b.add(held, b.mul(cells, c64(8)))
+        for name, value in (("cap", c64(INITIAL_WORDS)), ("spare_cap", c64(INITIAL_WORDS)),
+                            ("table_mask", c64(INITIAL_TABLE - 1)), ("roots_cap", c64(INITIAL_CELLS)),
+                            ("work_cap", c64(INITIAL_CELLS)), ("memo_mask", b.sub(memo_slots, c64(1))),
+                            ("memo_width", width), ("last_rule", c64(-1)), ("limit", c64(NO_LIMIT)), ("held", held)):
+            f.put(name, value)
+        with b.if_then(missing, likely=False):
+            call(f, "farm_arena_free", arena)
+            b.ret(NULL)
+        rule_base = f.get("rule_base")
+        with f.loop(c64(0), op_count) as op:
+            f.store_at(rule_base, op, call(f, "farm_op_first_rule", op))
+        b.ret(arena)
+
+@contextmanager
+def heap_nodes(f: FunctionBuilder, base: Callable[[], ir.Value], stop: Callable[[], ir.Value]) \
+        -> Iterator[tuple[ir.Value, ir.Value]]:
+    """for each node of a space, from id 0 while id < stop(): yields (id, header); `base` and `stop` are
+    re-evaluated on every turn (the body may move or extend the space)."""
+    b = f.b
+    node = f.var(c64(0))
+    head_block, body, done = f.block("nodes"), f.block("node"), f.block("nodes_done")
+    b.branch(head_block)
+    b.position_at_end(head_block)
+    at = f.read(node)
+    b.cbranch(b.icmp_signed("<", at, stop()), body, done)
+    b.position_at_end(body)
+    head = f.load_at(base(), at, "heap")
+    yield at, head
+    b.store(b.add(at, node_words(f, head)), node)
+    b.branch(head_block)
+    b.position_at_end(done)
+
+
+def call_internal(f: FunctionBuilder, name: str, ret: ir.Type, args: list[ir.Type], *values: ir.Value) -> ir.Value:
+    """A call to a function of the runtime module itself (defined or declared in this module)."""
+    return f.b.call(declare(f.module, name, ir.FunctionType(ret, args)), list(values))
