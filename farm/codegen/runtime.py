@@ -48,7 +48,7 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
 }
 LIT_HEADER = LIT_OP & 0xFFFFFFFF
 INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill half of it
-INITIAL_TABLE = 1 << 12
+INITIAL_TABLE = INITIAL_WORDS
 INITIAL_MEMO = 1 << 8
 INITIAL_CELLS = 1 << 10  # shadow stack and work stack
 TAG_SHIFT = 36  # a table slot: the hash's high bits above (node id + 1); ids below 2^36 words
@@ -303,9 +303,7 @@ class RuntimeModule:
         self._forward_cells(f, to, to_top, f.get("nf"), c64(0), f.get("n_rows"))
         self._forward_cells(f, to, to_top, f.get("out"), c64(0), f.get("n_out"))
         self._forward_memo(f, to, to_top)
-        live_nodes = f.var(c64(0))
         with heap_nodes(f, lambda: to, lambda: f.read(to_top)) as (at, head):
-            b.store(b.add(f.read(live_nodes), c64(1)), live_nodes)
             with b.if_then(b.icmp_signed("!=", head, c64(LIT_HEADER))):
                 start = b.add(at, c64(1))
                 self._forward_cells(f, to, to_top, to, start, b.add(start, f.arity_of(head)), "heap")
@@ -319,20 +317,22 @@ class RuntimeModule:
         f.bump("collections", 1)
         with b.if_then(b.icmp_signed(">", top, f.get("peak_words"))):
             f.put("peak_words", top)
+        wanted = b.add(top, need)
+        with b.if_then(b.icmp_signed(">", b.mul(wanted, c64(2)), f.get("cap"))):
+            grown = call_internal(f, "grow_spaces", I1, [PTR, I64], arena, b.mul(wanted, c64(2)))
+            fits = b.icmp_signed("<=", wanted, f.get("cap"))
+            f.return_if(b.not_(b.or_(grown, fits)), c64(ERR_OOM))
+        # One slot per word of the space: nodes take two words or more, so the table stays at most half
+        # full until the next collection and never grows in between.
         slots = f.var(c64(INITIAL_TABLE))
-        with f.loop(c64(0), c64(64)):  # the smallest power of two >= 4 x live nodes
-            with b.if_then(b.icmp_signed("<", f.read(slots), b.mul(f.read(live_nodes), c64(4)))):
+        with f.loop(c64(0), c64(64)):
+            with b.if_then(b.icmp_signed("<", f.read(slots), f.get("cap"))):
                 b.store(b.mul(f.read(slots), c64(2)), slots)
         f.return_if_false(call_internal(f, "rebuild_table", I1, [PTR, I64], arena, f.read(slots)), ERR_OOM)
         with b.if_then(b.icmp_signed(">", f.get("memo_width"), c64(0))):
             rebuilt = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena,
                                     b.add(f.get("memo_mask"), c64(1)), c64(0))
             f.return_if_false(rebuilt, ERR_OOM)
-        wanted = b.add(top, need)
-        with b.if_then(b.icmp_signed(">", b.mul(wanted, c64(2)), f.get("cap"))):
-            grown = call_internal(f, "grow_spaces", I1, [PTR, I64], arena, b.mul(wanted, c64(2)))
-            fits = b.icmp_signed("<=", wanted, f.get("cap"))
-            f.return_if(b.not_(b.or_(grown, fits)), c64(ERR_OOM))
         b.ret(c64(0))
 
     def _grow_spaces(self) -> None:
