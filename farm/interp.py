@@ -1,31 +1,36 @@
-"""The reference interpreter: the same innermost, memoised, fuel-bounded strategy as the native code.
+"""The reference interpreter: rewriting compiled as calls (docs/rules.md, "Semantics"), step for step as the
+native code does it.
 
-Native code and this interpreter must agree on everything observable: normal forms, firing counts,
-and which error (fuel or cycle) a root ends with. Both use an explicit stack of (node, next child).
+Native code and this interpreter must agree on everything observable: normal forms, firing counts, step
+counts, and which error a root ends with. An input term is walked children first; a node of a defined
+operator *calls* it on its children's normal forms; a call tries the operator's rules in firing order and
+evaluates the first firing rule's target innermost, calling the defined operators it applies. Calls nest
+as deep as the rules recurse (a million levels for `(plus s^1000000(0) 0)`), so each call is a generator
+on an explicit stack that yields the calls it makes and receives their results: Python's stack stays flat.
+
+Each rule is lowered once into two flat programs: a matcher over the call's arguments and the list of what
+trying it does (guards, each condition's sides, the firing, the target), where every distinct
+sub-expression is computed once in the order `farm.callgraph.fresh_subexpressions` gives. That order is
+static: a rule attempt evaluates its expressions in `rule_expressions` order and stops at the first guard
+that fails, so lowering with one `seen` set per rule is the same as keeping one per attempt.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
+from farm.callgraph import fresh_subexpressions, memoised_ops
 from farm.config import max_memory_from_env
 from farm.errors import NonTermination
-from farm.rules import (
-    App,
-    Compare,
-    Computed,
-    Constraint,
-    IsConst,
-    Lit,
-    PatternExpr,
-    TermCondition,
-    Var,
-    fold_apps,
-)
+from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var, variables
 from farm.semantics import (
     DEFAULT_FUEL,
+    MAX_CALL_DEPTH,
     MAX_CONDITION_DEPTH,
+    MAX_MEMO_ENTRIES,
+    calls_error,
     check_fuel,
     compare,
     cycle_error,
@@ -43,6 +48,20 @@ from farm.transduce import RewriteRule, RuleSet
 BYTES_PER_NODE = 400
 BYTES_PER_CHILD = 24
 
+IN_PROGRESS = -1  # the memo's value for a call not yet returned (node ids are >= 0)
+
+# Matcher instructions. The matcher fills a list of nodes that starts as the call's arguments; M_APP checks
+# the operator of node `at` and appends its children, so every sub-pattern has a fixed slot in the list.
+M_APP, M_LIT, M_SAME = range(3)  # (M_APP, at, op) (M_LIT, at, value) (M_SAME, at, earlier slot)
+# Rule-attempt instructions, over the same list (the registers): those that compute a node append it.
+I_CALL, I_CONS, I_LIT, I_COMPUTED, I_ISCONST, I_COMPARE, I_ENTER, I_COND, I_FIRE = range(9)
+# (I_CALL | I_CONS, op, argument registers) (I_LIT, value) (I_COMPUTED, expr, ((variable, register), ..))
+# (I_ISCONST, register) (I_COMPARE, op, left, right: a register or a Lit) (I_ENTER,) a condition's sides
+# follow, one level deeper; (I_COND, left register, right register, equal) (I_FIRE,) the rule fires.
+
+Request = tuple[str, tuple[int, ...]]  # a call a rule attempt makes: operator and normal-form arguments
+Attempt = Generator[Request, int, int]  # one call in progress: yields its calls, returns its normal form
+
 
 @dataclass
 class RewriteResult:
@@ -59,13 +78,76 @@ class RewriteResult:
         return [self.graph.to_text(o) if isinstance(o, int) else f"error: {o}" for o in self.outcomes]
 
 
+class _Plan:
+    """One rule lowered: its matcher, what trying it does, and which register holds its result."""
+
+    __slots__ = ("index", "name", "match", "code", "result")
+
+    def __init__(self, rule: RewriteRule, defined: set[str]) -> None:
+        self.index, self.name = rule.index, rule.name
+        match: list[tuple] = []
+        slot: dict[str, int] = {}  # each variable's first slot
+        todo: deque[tuple[PatternExpr, int]] = deque((arg, i) for i, arg in enumerate(rule.source.args))
+        size = len(rule.source.args)
+        while todo:  # breadth first, so the M_APPs run in the order their children's slots were given out
+            p, at = todo.popleft()
+            if isinstance(p, Var):
+                if p.name in slot:
+                    match.append((M_SAME, at, slot[p.name]))
+                else:
+                    slot[p.name] = at
+            elif isinstance(p, Lit):
+                match.append((M_LIT, at, p.value))
+            else:
+                assert isinstance(p, App)  # the transducer refuses computed literals in sources
+                match.append((M_APP, at, p.op))
+                todo.extend((arg, size + j) for j, arg in enumerate(p.args))
+                size += len(p.args)
+        self.match = tuple(match)
+
+        code: list[tuple] = []
+        seen: set[PatternExpr] = set()
+        register: dict[PatternExpr, int] = {}
+
+        def where(expr: PatternExpr) -> int:
+            return slot[expr.name] if isinstance(expr, Var) else register[expr]
+
+        def evaluate(expr: PatternExpr) -> int:
+            nonlocal size
+            for sub in fresh_subexpressions(expr, seen):
+                if isinstance(sub, Lit):
+                    code.append((I_LIT, sub.value))
+                elif isinstance(sub, Computed):
+                    code.append((I_COMPUTED, sub.expr, tuple((v, slot[v]) for v in dict.fromkeys(variables(sub.expr)))))
+                else:
+                    assert isinstance(sub, App)
+                    code.append((I_CALL if sub.op in defined else I_CONS, sub.op, tuple(map(where, sub.args))))
+                register[sub] = size
+                size += 1
+            return where(expr)
+
+        for c in rule.constraints:
+            if isinstance(c, IsConst):
+                code.append((I_ISCONST, slot[c.var.name]))
+            elif isinstance(c, Compare):
+                code.append((I_COMPARE, c.op, *(slot[s.name] if isinstance(s, Var) else s for s in (c.left, c.right))))
+            else:
+                assert isinstance(c, TermCondition)
+                code.append((I_ENTER,))
+                left = evaluate(c.left)
+                code.append((I_COND, left, evaluate(c.right), c.equal))
+        code.append((I_FIRE,))
+        self.result = evaluate(rule.target)
+        self.code = tuple(code)
+
+
 class Interpreter:
     def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
-        sig = ruleset.make_signature()
-        self._by_op: dict[int, list[RewriteRule]] = {}
-        for rule in ruleset.rules:
-            self._by_op.setdefault(sig.lookup(rule.source.op), []).append(rule)  # type: ignore[arg-type]
+        by_root = ruleset.rules_by_root()
+        defined = set(by_root)
+        self._plans = {op: tuple(_Plan(rule, defined) for rule in rules) for op, rules in by_root.items()}
+        self._memoised = memoised_ops(ruleset)
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL,
                 max_memory: int | None = None) -> RewriteResult:
@@ -76,144 +158,125 @@ class Interpreter:
         outcomes: list[int | NonTermination] = []
         steps = []
         for number, root in enumerate(roots, 1):
-            run.steps, run.last_rule, run.term = 0, "", number
+            run.steps, run.last_rule, run.term, run.conditions = 0, "", number, 1
             try:
                 outcomes.append(run.normalize(root))
             except NonTermination as exc:
+                run.abandon()
                 outcomes.append(exc)
             steps.append(run.steps)
         return RewriteResult(graph, outcomes, run.firings, "interpreter", steps)
 
 
-class _Wait:
-    """A node's rule matching, suspended on a condition until `term` has a normal form. Conditions nest
-    normalisations; suspending them as frames of the one explicit stack keeps Python's stack flat."""
-
-    __slots__ = ("node", "matcher", "term")
-
-    def __init__(self, node: int, matcher: Generator[int, int, int | None], term: int) -> None:
-        self.node, self.matcher, self.term = node, matcher, term
-
-
 class _Run:
+    """One `rewrite`: the memo, firing counts and input normal forms are shared by its roots."""
+
     def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int, cap: int) -> None:
-        self.rules_by_op = interp._by_op
-        self.rules = interp.ruleset.rules
+        self.plans = interp._plans
+        self.memoised = interp._memoised
         self.g = graph
         self.fuel = fuel
         self.cap = cap
         self.term = 0  # which root (from 1), for messages
         self.steps = 0
         self.last_rule = ""
-        self.firings = [0] * len(self.rules)
-        self.nf: dict[int, int] = {}
-        self.via: dict[int, int] = {}
-        self.on_stack: set[int] = set()
-        self.stack: list[list[int] | _Wait] = []  # [node, next child to look at], or a suspended match
-        self.depth = 0  # normalisations in progress: 1 for a root, one more per condition being decided
+        self.conditions = 1  # condition depth: 1 for a root, one more while a condition's sides are evaluated
+        self.firings = [0] * len(interp.ruleset.rules)
+        self.nf: dict[int, int] = {}  # input node -> its normal form
+        self.memo: dict[Request, int] = {}
+        self.calls: list[Attempt] = []  # the calls in progress, innermost last
+        self.keys: list[Request | None] = []  # each one's memo key, None when it is not remembered
 
     def normalize(self, root: int) -> int:
-        if root in self.nf:
-            return self.nf[root]
-        self.depth = 1
-        try:
-            self._push(root)
-            while self.stack:
-                self._step()
-        except NonTermination:
-            for frame in self.stack:
-                if isinstance(frame, list):
-                    self.on_stack.discard(frame[0])
-                    self.via.pop(frame[0], None)
-            self.stack.clear()
-            raise
-        finally:
-            self.depth = 0
-        return self.nf[root]
+        """The input term's normal form: children first, left to right, each shared node once; a node of a
+        defined operator calls it. An explicit stack of (node, next child): terms nest a million deep."""
+        g, nf, plans = self.g, self.nf, self.plans
+        names = g.signature.names
+        nodes, nexts = [root], [0]
+        while nodes:
+            node = nodes[-1]
+            if node in nf:
+                nodes.pop()
+                nexts.pop()
+                continue
+            op = g.ops[node]
+            if op == LIT:
+                nf[node] = node
+                continue
+            kids = g.kids(node)
+            k = nexts[-1]
+            while k < len(kids) and kids[k] in nf:
+                k += 1
+            if k < len(kids):
+                nexts[-1] = k + 1
+                nodes.append(kids[k])
+                nexts.append(0)
+                continue
+            args = tuple([nf[kid] for kid in kids])
+            name = names[op]
+            nf[node] = self.call(name, args) if name in plans else g.app(op, args)
+        return nf[root]
 
-    def _push(self, node: int) -> None:
-        if node in self.on_stack:
-            raise cycle_error(self.steps, self.last_rule)
-        self.on_stack.add(node)
-        self.stack.append([node, 0])
+    def call(self, op: str, args: tuple[int, ...]) -> int:
+        """CALL op(args) to its normal form. The calls it makes are frames of `self.calls`, driven here: each
+        yields the call it needs and is sent the result."""
+        calls, keys, memo, memoised = self.calls, self.keys, self.memo, self.memoised
+        request: Request | None = (op, args)
+        value: int | None = None
+        while True:
+            if request is not None:
+                if len(calls) >= MAX_CALL_DEPTH:
+                    raise calls_error(self.last_rule, self.steps)
+                key: Request | None = None
+                if request[0] in memoised:
+                    known = memo.get(request)
+                    if known == IN_PROGRESS:
+                        raise cycle_error(self.steps, self.last_rule)
+                    if known is not None:
+                        if not calls:
+                            return known
+                        value = known
+                        request = None
+                    else:
+                        key = self._remember(request)
+                if request is not None:
+                    if self.cap:
+                        self._check_memory()
+                    calls.append(self._attempt(*request))
+                    keys.append(key)
+                    value = None  # starts the generator
+            try:
+                request = calls[-1].send(value)  # type: ignore[arg-type]
+            except StopIteration as returned:
+                calls.pop()
+                value = returned.value
+                done = keys.pop()
+                if done is not None:
+                    memo[done] = value
+                if not calls:
+                    return value
+                request = None
 
-    def _done(self, node: int, normal: int) -> None:
-        self.nf[node] = normal
-        self.on_stack.discard(node)
-        self.stack.pop()
+    def _remember(self, key: Request) -> Request | None:
+        """Enter a call in the memo as in progress; when the memo is full, drop its finished entries first, and
+        when every entry is in progress the call is not remembered (None)."""
+        memo = self.memo
+        if len(memo) >= MAX_MEMO_ENTRIES:
+            for finished in [k for k, v in memo.items() if v != IN_PROGRESS]:
+                del memo[finished]
+            if len(memo) >= MAX_MEMO_ENTRIES:
+                return None
+        memo[key] = IN_PROGRESS
+        return key
 
-    def _step(self) -> None:
-        g, nf = self.g, self.nf
-        frame = self.stack[-1]
-        if isinstance(frame, _Wait):
-            self.stack.pop()
-            self.depth -= 1
-            self._drive(frame.node, frame.matcher, nf[frame.term])
-            return
-        node = frame[0]
-        if node in self.via:
-            self._done(node, nf[self.via.pop(node)])
-            return
-        if g.ops[node] == LIT:
-            self._done(node, node)
-            return
-        kids = g.kids(node)
-        k = frame[1]
-        while k < len(kids) and kids[k] in nf:
-            k += 1
-        if k < len(kids):
-            frame[1] = k
-            self._push(kids[k])
-            return
-        reduced = g.app(g.ops[node], [nf[kid] for kid in kids])
-        if reduced == node:
-            self._drive(node, self._match(node), None)
-        else:
-            self._reduce_to(node, reduced)
-
-    def _drive(self, node: int, matcher: Generator[int, int, int | None], value: int | None) -> None:
-        """Run the matcher until it decides, or until a condition needs a term normalised that is not yet:
-        then the match waits on the stack above the node, below that term (as a nested call would)."""
-        try:
-            term = matcher.send(value)  # type: ignore[arg-type]
-            while term in self.nf:
-                term = matcher.send(self.nf[term])
-        except StopIteration as decided:
-            self._reduce_to(node, decided.value)
-            return
-        if self.depth >= MAX_CONDITION_DEPTH:
-            raise depth_error(self.last_rule, self.steps)
-        self.depth += 1
-        self.stack.append(_Wait(node, matcher, term))
-        self._push(term)
-
-    def _reduce_to(self, node: int, reduced: int | None) -> None:
-        nf = self.nf
-        if reduced is None:
-            self._done(node, node)
-        elif reduced in nf:
-            self._done(node, nf[reduced])
-        else:
-            self._push(reduced)
-            self.via[node] = reduced
-
-    def _match(self, node: int) -> Generator[int, int, int | None]:
-        """The first rule that matches `node` and whose guards hold: its target built, or None. A generator:
-        it yields each term a condition needs normalised and receives its normal form."""
-        # Every node the run creates is matched once it is fully normal, so checking here bounds growth.
-        if self.cap:
-            self._check_memory()
-        for rule in self.rules_by_op.get(self.g.ops[node], ()):
-            binding: dict[str, int] = {}
-            if self._match_pattern(rule.source, node, binding) and (yield from self._guards(rule.constraints,
-                                                                                             binding)):
-                self.firings[rule.index] += 1
-                self.steps += 1
-                self.last_rule = rule.name
-                if self.steps > self.fuel:
-                    raise fuel_error(self.fuel, rule.name)
-                return self._build(rule.target, binding)
-        return None
+    def abandon(self) -> None:
+        """After a root's error: drop its calls in progress and their memo entries (finished ones stay)."""
+        for key in self.keys:
+            if key is not None:
+                del self.memo[key]
+        self.keys.clear()
+        self.calls.clear()
+        self.conditions = 1
 
     def _check_memory(self) -> None:
         g = self.g
@@ -221,56 +284,60 @@ class _Run:
         if held > self.cap:
             raise memory_error(self.cap, held, f"while rewriting term {self.term}")
 
-    def _match_pattern(self, pattern: PatternExpr, node: int, binding: dict[str, int]) -> bool:
-        """Match with a stack of (pattern, node) pairs: patterns may nest thousands deep."""
+    def _attempt(self, op: str, args: tuple[int, ...]) -> Attempt:
+        """The call op(args): the first rule, in firing order, that matches and whose guards hold fires and
+        its target is the result; if none does, op(args) itself is."""
         g = self.g
-        names = g.signature.names
-        todo = [(pattern, node)]
-        while todo:
-            p, n = todo.pop()
-            if isinstance(p, Var):
-                if binding.setdefault(p.name, n) != n:
-                    return False
-            elif isinstance(p, Lit):
-                if g.ops[n] != LIT or g.value(n) != p.value:
-                    return False
+        ops, vals, names = g.ops, g.vals, g.signature.names
+        for plan in self.plans[op]:
+            regs = list(args)
+            for ins in plan.match:
+                node = regs[ins[1]]
+                if ins[0] == M_APP:
+                    if ops[node] == LIT or names[ops[node]] != ins[2]:
+                        break
+                    regs.extend(g.kids(node))
+                elif ins[0] == M_LIT:
+                    if ops[node] != LIT or vals[node] != ins[2]:
+                        break
+                elif node != regs[ins[2]]:
+                    break
             else:
-                assert isinstance(p, App)
-                if g.ops[n] == LIT or names[g.ops[n]] != p.op:
-                    return False
-                todo.extend(zip(p.args, g.kids(n)))
-        return True
-
-    def _guards(self, constraints: tuple[Constraint, ...], binding: dict[str, int]) -> Generator[int, int, bool]:
-        g = self.g
-        for c in constraints:
-            if isinstance(c, IsConst):
-                ok = g.is_lit(binding[c.var.name])
-            elif isinstance(c, Compare):
-                a, b = (self._build(side, binding) for side in (c.left, c.right))
-                if c.op in ("==", "!="):
-                    ok = (a == b) == (c.op == "==")
+                for ins in plan.code:
+                    kind = ins[0]
+                    if kind == I_CALL:
+                        regs.append((yield ins[1], tuple([regs[i] for i in ins[2]])))
+                    elif kind == I_CONS:
+                        regs.append(g.app_named(ins[1], [regs[i] for i in ins[2]]))
+                    elif kind == I_LIT:
+                        regs.append(g.lit(ins[1]))
+                    elif kind == I_COMPUTED:
+                        regs.append(g.lit(eval_lit(ins[1], {v: vals[regs[r]] for v, r in ins[2]})))
+                    elif kind == I_FIRE:
+                        self.firings[plan.index] += 1
+                        self.steps += 1
+                        self.last_rule = plan.name
+                        if self.steps > self.fuel:
+                            raise fuel_error(self.fuel, plan.name)
+                    elif kind == I_ISCONST:
+                        if ops[regs[ins[1]]] != LIT:
+                            break
+                    elif kind == I_COMPARE:
+                        a, b = (regs[s] if isinstance(s, int) else g.lit(s.value) for s in ins[2:])
+                        if ins[1] in ("==", "!="):
+                            if (a == b) != (ins[1] == "=="):
+                                break
+                        elif ops[a] != LIT or ops[b] != LIT or not compare(ins[1], vals[a], vals[b]):
+                            break
+                    elif kind == I_ENTER:
+                        if self.conditions + 1 > MAX_CONDITION_DEPTH:
+                            raise depth_error(self.last_rule, self.steps)
+                        self.conditions += 1
+                    else:
+                        assert kind == I_COND
+                        self.conditions -= 1
+                        if (regs[ins[1]] == regs[ins[2]]) != ins[3]:
+                            break
                 else:
-                    ok = g.is_lit(a) and g.is_lit(b) and compare(c.op, g.value(a), g.value(b))
-            else:
-                assert isinstance(c, TermCondition)
-                left = yield self._build(c.left, binding)
-                right = yield self._build(c.right, binding)
-                ok = (left == right) == c.equal
-            if not ok:
-                return False
-        return True
-
-    def _build(self, expr: PatternExpr, binding: dict[str, int]) -> int:
-        g = self.g
-        if isinstance(expr, Var):
-            return binding[expr.name]
-
-        def leaf(e: Var | Lit | Computed) -> int:
-            if isinstance(e, Var):
-                return binding[e.name]
-            if isinstance(e, Lit):
-                return g.lit(e.value)
-            return g.lit(eval_lit(e.expr, {name: g.value(node) for name, node in binding.items() if g.is_lit(node)}))
-
-        return fold_apps(expr, leaf, lambda app, kids: g.app_named(app.op, kids))
+                    return regs[plan.result]
+        return g.app_named(op, args)
