@@ -224,7 +224,7 @@ def test_llvmlite_accepts_the_same_ir(name: str) -> None:
     module = llvm.parse_assembly(text)
     module.verify()
     exported = {f.name for f in module.functions if not f.is_declaration and f.linkage == llvm.Linkage.external}
-    assert {"farm_rewrite", "farm_load", "farm_arena_new", "farm_match", "farm_fingerprint"} <= exported
+    assert {"farm_rewrite", "farm_mark", "farm_export", "farm_arena_new", "farm_call", "farm_fingerprint"} <= exported
 
 
 def test_generated_thousand_rule_ruleset_verifies_natively(session_engine: Engine, tmp_path: Path) -> None:
