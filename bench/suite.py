@@ -192,7 +192,7 @@ def p5_load(mode: str, cache: Path, count: int) -> tuple[float, bool]:
     functions = (jit.compile_batch(items) if mode == "batch"
                  else [jit.compile_llvm_ir(ir, pattern_id) for ir, pattern_id in items])
     call = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
-    assert all(call(f.function_pointer)(1) == k + 1 for k, f in enumerate(functions))
+    assert all(f.function_pointer is not None and call(f.function_pointer)(1) == k + 1 for k, f in enumerate(functions))
     return (rss_kb() - before) * 1000 / count, all(f.from_cache for f in functions)
 
 
