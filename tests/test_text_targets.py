@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from farm.codegen.qasm import generate_qasm
-from farm.codegen.rust import generate_rust, harness_input, harness_output
+from farm.codegen.rust import generate_rust, harness_input, harness_output, harness_steps
 from farm.errors import CodegenError, NonTermination
 from farm.interp import Interpreter
 from farm.matchtree import NODE_BUDGET
+from farm.semantics import MAX_CALL_DEPTH, MAX_MEMO_ENTRIES
 from farm.terms import TermGraph
 from farm.transduce import RuleSet
 from farm.verify import TermGenerator
@@ -22,6 +23,28 @@ from .conftest import EXAMPLES, ruleset_of
 from .test_native import example
 
 RUSTC = shutil.which("rustc") or str(Path.home() / ".cargo/bin/rustc")
+
+# Rewriting as calls (docs/rules.md, "Semantics"): structural recursion (plus), a memoised operator (fib), a
+# condition whose call the target reuses (twice), a bidirectional pair (swap), a memoised operator that never
+# stops (spin), nested conditions (deep) and a constructor-only target.
+CALLS = """
+rule plus_z: (plus z ?y) => ?y
+rule plus_s: (plus (s ?x) ?y) => (s (plus ?x ?y))
+rule fib_z: (fib z) => z
+rule fib_1: (fib (s z)) => (s z)
+rule fib_n: (fib (s (s ?n))) => (plus (fib (s ?n)) (fib ?n))
+rule twice: (g ?x) if (h ?x) = t => (k (h ?x) (h ?x))
+rule h_t: (h ?x) => t
+rule swap [bidirectional]: (f a) => (f b)
+rule spin: (spin ?x) => (spin (s ?x))
+rule deep_z: (deep z) => t
+rule deep_s: (deep (s ?x)) => t if (deep ?x) = t
+rule wrap: (w ?x ?x) => (k ?x (s ?x))
+"""
+
+
+def peano(n: int, inner: str = "z") -> str:
+    return "(s " * n + inner + ")" * n
 
 
 def rust_binary(ruleset: RuleSet, tmp_path: Path, tree_budget: int = NODE_BUDGET) -> Path:
@@ -36,29 +59,60 @@ def rust_binary(ruleset: RuleSet, tmp_path: Path, tree_budget: int = NODE_BUDGET
     return binary
 
 
-def interpreter_texts(ruleset: RuleSet, text: str, fuel: int) -> tuple[list[str], list[int]]:
+def run_rust(binary: Path, ruleset: RuleSet, text: str, fuel: int) -> tuple[list[str], list[int], list[int]]:
+    """Normal forms (errors as `error <name>`), firing counts and steps per root of the Rust rewriter."""
+    graph = TermGraph(ruleset.make_signature())
+    roots = graph.parse(text)
+    proc = subprocess.run([str(binary)], input=harness_input(ruleset, graph, roots, fuel), capture_output=True,
+                          text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results, counters = harness_output(ruleset, graph, proc.stdout)
+    named = [f"error {r.split()[2]}" if r.startswith("error ") else r for r in results]
+    return named, counters, harness_steps(proc.stdout)
+
+
+def run_interpreter(ruleset: RuleSet, text: str, fuel: int) -> tuple[list[str], list[int], list[int]]:
     g = TermGraph(ruleset.make_signature())
     result = Interpreter(ruleset).rewrite(g, g.parse(text), fuel)
     texts = [f"error {type(o).__name__}" if isinstance(o, NonTermination) else g.to_text(o) for o in result.outcomes]
-    return texts, result.firings
+    return texts, result.firings, result.steps
 
 
-@pytest.mark.parametrize("name, budget", [("arith", NODE_BUDGET), ("bool", NODE_BUDGET), ("arith", 3)])
-def test_rust_target_compiles_and_rewrites_like_the_interpreter(tmp_path: Path, name: str, budget: int) -> None:
-    ruleset = example(name)
-    binary = rust_binary(ruleset, tmp_path, budget)
+def sample_terms(ruleset: RuleSet, sample: str, count: int) -> str:
     gen = TermGenerator(ruleset, random.Random(5))
     g = TermGraph(ruleset.make_signature())
-    sample = (EXAMPLES / f"{name}.terms").read_text()
-    roots = g.parse(sample) + [gen.term(g) for _ in range(300)]
-    text = " ".join(g.to_text(r) for r in roots)
-    g2 = TermGraph(ruleset.make_signature())
-    roots2 = g2.parse(text)
-    proc = subprocess.run([str(binary)], input=harness_input(ruleset, g2, roots2, 10_000), capture_output=True,
-                          text=True, check=True)
-    results, counters = harness_output(ruleset, g2, proc.stdout)
-    expected, firings = interpreter_texts(ruleset, text, 10_000)
-    assert results == expected and counters == firings and sum(firings) > 0
+    roots = g.parse(sample) + [gen.term(g) for _ in range(count)]
+    return " ".join(g.to_text(r) for r in roots)
+
+
+CALLS_SAMPLE = f"""(plus {peano(3)} (s z)) (fib {peano(10)}) (g q) (f a) (f b) (k x y) (spin z) (w a a) (w a b)
+                   (deep {peano(20)}) (plus (fib {peano(4)}) (fib {peano(5)})) (fib (plus {peano(3)} {peano(4)}))"""
+
+
+@pytest.mark.parametrize("name, budget", [("arith", NODE_BUDGET), ("bool", NODE_BUDGET), ("arith", 3),
+                                          ("calls", NODE_BUDGET), ("calls", 2)])
+def test_rust_target_compiles_and_rewrites_like_the_interpreter(tmp_path: Path, name: str, budget: int) -> None:
+    """Normal forms, errors, firing counts and steps per root, on the samples and 300 random terms."""
+    ruleset = ruleset_of(CALLS) if name == "calls" else example(name)
+    binary = rust_binary(ruleset, tmp_path, budget)
+    sample = CALLS_SAMPLE if name == "calls" else (EXAMPLES / f"{name}.terms").read_text()
+    text = sample_terms(ruleset, sample, 300)
+    rust = run_rust(binary, ruleset, text, 10_000)
+    assert rust == run_interpreter(ruleset, text, 10_000) and sum(rust[1]) > 0
+
+
+def test_rust_target_follows_the_call_semantics(tmp_path: Path) -> None:
+    """Steps as docs/rules.md counts them, independently of the interpreter: a structural call per `s`, fib
+    memoised (linear), a condition's call reused by the target, a cycle and fuel each ending only their root."""
+    ruleset = ruleset_of(CALLS)
+    binary = rust_binary(ruleset, tmp_path)
+    results, counters, steps = run_rust(binary, ruleset, f"(plus {peano(2)} (s z)) (fib {peano(10)}) (g q) (f a) "
+                                                         "(k x y) (spin z) (w a a)", 200)
+    assert results == [peano(3), peano(55), "(k t t)", "error RewriteCycle", "(k x y)", "error FuelExhausted",
+                       "(k a (s a))"]
+    # fib: 11 fib steps; plus(fib(n-1), fib(n-2)) takes fib(n-1) + 1 steps for n = 2..10, 88 + 9 in all
+    assert steps == [3, 11 + 97, 2, 2, 0, 201, 1]
+    assert counters[ruleset.rules[[r.name for r in ruleset.rules].index("h_t")].index] == 1
 
 
 def test_rust_target_reports_cycles(tmp_path: Path) -> None:
@@ -69,7 +123,48 @@ def test_rust_target_reports_cycles(tmp_path: Path) -> None:
     proc = subprocess.run([str(binary)], input=harness_input(ruleset, g, roots, 100), capture_output=True,
                           text=True, check=True)
     results, _ = harness_output(ruleset, g, proc.stdout)
-    assert results[0].startswith("error -3 ") and results[1] == "(g b)"
+    assert results[0].startswith("error -3 RewriteCycle ") and results[1] == "(g b)"
+
+
+def test_rust_target_drops_finished_memo_entries_when_full(tmp_path: Path) -> None:
+    """`d` is memoised (two calls per rule; `e` joins them, two steps a level): n + 1 calls fill the memo; the
+    next root's first call finds it full, drops the finished entries, and so pays every step again."""
+    ruleset = ruleset_of("rule d_z: (d z) => z\nrule d_s: (d (s ?x)) => (e (d ?x) (d ?x))\nrule e: (e ?a ?a) => ?a")
+    binary = rust_binary(ruleset, tmp_path)
+    n = MAX_MEMO_ENTRIES + 10
+    results, _, steps = run_rust(binary, ruleset, f"(d {peano(n)}) (d {peano(n)}) (d {peano(n + 1)})", 10_000_000)
+    assert results == ["z"] * 3 and steps == [2 * n + 1, 0, 2 * n + 3]
+
+
+def test_rust_target_does_not_remember_calls_when_every_entry_is_in_progress(tmp_path: Path) -> None:
+    """(c n) nests n + 1 memoised calls: past MAX_MEMO_ENTRIES of them in progress, a call is not remembered,
+    so the loop c(0) -> c(1) -> c(0) at the bottom is not seen as a cycle and spends the fuel; (c 3), whose
+    calls are all remembered, is a RewriteCycle."""
+    ruleset = ruleset_of("rule down: (c ?n) if ?n > 0 => (c {?n - 1})\nrule up: (c 0) => (c 1)")
+    binary = rust_binary(ruleset, tmp_path)
+    n = MAX_MEMO_ENTRIES + 5
+    results, counters, steps = run_rust(binary, ruleset, f"(c {n}) (c 3)", n + 1000)
+    assert results == ["error FuelExhausted", "error RewriteCycle"] and steps == [n + 1001, 4]
+    assert counters == [n + 500 + 3, 501 + 1]  # the loop alternates up, down, .. for 1,001 steps
+
+
+def test_rust_target_normalises_a_million_nested_calls(tmp_path: Path) -> None:
+    """`plus` recurses structurally: (plus s^1000000(z) (s z)) nests a million calls on the rewriting
+    thread's stack, takes a million and one steps, and prints the million-level result."""
+    ruleset = ruleset_of("rule plus_z: (plus z ?y) => ?y\nrule plus_s: (plus (s ?x) ?y) => (s (plus ?x ?y))")
+    binary = rust_binary(ruleset, tmp_path)
+    n = 1_000_000
+    results, counters, steps = run_rust(binary, ruleset, f"(plus {peano(n)} (s z)) (plus (s z) z)", 10_000_000)
+    assert results == [peano(n + 1), "(s z)"] and steps == [n + 1, 2] and counters == [2, n + 1]
+
+
+def test_rust_target_bounds_nested_calls(tmp_path: Path) -> None:
+    """A memoised operator that recurses on ever larger arguments nests calls until MAX_CALL_DEPTH: the
+    call past it ends the root with CallsTooDeep (not a stack overflow), and the next root still rewrites."""
+    ruleset = ruleset_of("rule dive: (dive ?x) => (s (dive (s ?x)))")
+    binary = rust_binary(ruleset, tmp_path)
+    results, _, steps = run_rust(binary, ruleset, "(dive z) (s z)", 10_000_000)
+    assert results == ["error CallsTooDeep", "(s z)"] and steps == [MAX_CALL_DEPTH, 0]
 
 
 def test_qasm_target_emits_gate_pairs_the_reference_parser_accepts() -> None:

@@ -1,8 +1,16 @@
-"""Rust source for a ruleset: the same arena, decision trees and innermost strategy as the LLVM target.
+"""Rust source for a ruleset: rewriting compiled as calls (docs/rules.md, "Semantics").
+
+Each defined operator becomes `fn norm_<k>(rt: &mut Runtime, a0: Id, ..) -> Result<Id, Err>`: it takes
+its arguments in normal form, picks the first rule in firing order with the decision tree of
+farm/matchtree.py (matched directly on hash-consed nodes) and returns the normal form: the target evaluated
+innermost, each defined operator in it called, each constructor a node, a redex never built. Which calls are
+memoised and the order a rule evaluates its sub-expressions in come from farm/callgraph.py, as for every
+engine, so the Rust rewriter takes the interpreter's steps.
 
 The output is one self-contained file that `rustc` accepts, with no crates. With `with_main=True` it also
-has a `main` that reads a term graph in the flat format of docs/abi.md (farm_load) on stdin and prints
-normal forms, so that tests can run the Rust rewriter against the interpreter.
+has a `main` that reads a term graph on stdin (the format of `harness_input`) and prints normal forms, steps,
+errors and firing counts (`harness_output`), so that tests can run it against the interpreter. Rewriting runs
+on a thread with a large stack (STACK_BYTES): calls nest as deep as the rules recurse.
 Rule and operator names appear only in comments and string literals, escaped.
 """
 
@@ -11,150 +19,231 @@ from __future__ import annotations
 import itertools
 import re
 
+from farm.callgraph import fresh_subexpressions, memoised_ops
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
-from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
-from farm.semantics import MAX_CONDITION_DEPTH
+from farm.rules import (
+    App,
+    BinOp,
+    Compare,
+    Computed,
+    Constraint,
+    IsConst,
+    Lit,
+    LitExpr,
+    Neg,
+    PatternExpr,
+    TermCondition,
+    Var,
+)
+from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.terms import TermGraph
 from farm.trampoline import Step, run
-from farm.transduce import RuleSet
+from farm.transduce import RewriteRule, RuleSet
+
+# The harness's error codes (the native ABI's, plus -7), by the name of the error the interpreter raises.
+ERROR_NAMES = {-2: "FuelExhausted", -3: "RewriteCycle", -6: "ConditionsTooDeep", -7: "CallsTooDeep"}
 
 RUNTIME = r"""
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
-pub const LIT: i64 = -1;
-pub const NO_MATCH: i64 = -1;
-pub const ERR_FUEL: i64 = -2;
-pub const ERR_CYCLE: i64 = -3;
-pub const ERR_DEPTH: i64 = -6;
+pub type Id = u32;
+pub const LIT: i32 = -1;
+const EMPTY: Id = u32::MAX;
+/// The stack of the thread that rewrites: calls nest as deep as the rules recurse (MAX_CALL_DEPTH).
+pub const STACK_BYTES: usize = 1 << 30;
+/// Stack kept free below the deepest call: one rule's frame, hashing, allocation.
+const STACK_RESERVE: usize = 1 << 20;
 
-#[derive(Clone)]
-struct Node { op: i64, arity: usize, payload: i64, nf: i64, via: i64, mark: bool }
+/// Why one root has no normal form; `code` is the harness's number for it.
+#[derive(Clone, Copy, Debug)]
+pub enum Err { Fuel, Cycle, ConditionsTooDeep, CallsTooDeep }
 
-pub struct Arena {
-    nodes: Vec<Node>,
-    kids: Vec<i64>,
-    table: HashMap<(i64, i64, Vec<i64>), i64>,
-    stack: Vec<(i64, usize)>,
-    pub steps: i64,
-    pub fuel: i64,
-    pub last_rule: i64,
-    pub counters: Vec<i64>,
-    depth: usize,
+impl Err {
+    pub fn code(self) -> i64 {
+        match self { Err::Fuel => -2, Err::Cycle => -3, Err::ConditionsTooDeep => -6, Err::CallsTooDeep => -7 }
+    }
 }
 
-impl Arena {
-    pub fn new() -> Arena {
-        Arena { nodes: Vec::new(), kids: Vec::new(), table: HashMap::new(), stack: Vec::new(),
-                steps: 0, fuel: 0, last_rule: -1, counters: vec![0; RULE_COUNT], depth: 0 }
+/// FxHash (rustc's): keys are small integers, which SipHash would spend most of a call on.
+#[derive(Default)]
+pub struct Fx(u64);
+
+impl Fx {
+    fn add(&mut self, word: u64) { self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95); }
+}
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 { self.0 }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u32(&mut self, n: u32) { self.add(n as u64); }
+    fn write_u64(&mut self, n: u64) { self.add(n); }
+    fn write_usize(&mut self, n: usize) { self.add(n as u64); }
+}
+
+/// A memoised call: (operator, arguments padded with 0 to MEMO_WIDTH).
+pub type MemoKey = (i32, [Id; MEMO_WIDTH]);
+
+struct Node { op: i32, arity: u32, payload: i64, hash: u64 }
+
+/// Maximally shared nodes; the memo of memoised calls (`finished`, and `running`: in progress); per root,
+/// steps, fuel, last rule, condition level and call depth; firing counters.
+pub struct Runtime {
+    nodes: Vec<Node>,
+    kids: Vec<Id>,
+    slots: Vec<Id>,
+    finished: HashMap<MemoKey, Id, BuildHasherDefault<Fx>>,
+    running: HashSet<MemoKey, BuildHasherDefault<Fx>>,
+    input_nf: Vec<Id>,
+    pub steps: u64,
+    pub fuel: u64,
+    pub last_rule: i64,
+    pub counters: Vec<u64>,
+    level: usize,
+    depth: usize,
+    stack_limit: usize,
+}
+
+/// An address in the caller's frame: the stack grows down from where rewriting started.
+#[inline(always)]
+fn stack_here() -> usize {
+    let marker = 0u8;
+    std::hint::black_box(&marker) as *const u8 as usize
+}
+
+fn node_hash(op: i32, value: i64, kids: &[Id]) -> u64 {
+    let mut h = Fx::default();
+    h.add(op as u64);
+    h.add(value as u64);
+    for &k in kids { h.add(k as u64); }
+    let x = h.finish();
+    (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd) ^ (x >> 29)
+}
+
+impl Runtime {
+    /// A runtime for the calling thread, which has `stack_bytes` of stack from here down.
+    pub fn new(fuel: u64, stack_bytes: usize) -> Runtime {
+        Runtime { nodes: Vec::new(), kids: Vec::new(), slots: vec![EMPTY; 1024], finished: HashMap::default(),
+                  running: HashSet::default(),
+                  input_nf: Vec::new(), steps: 0, fuel, last_rule: -1, counters: vec![0; RULE_COUNT],
+                  level: 0, depth: 0,
+                  stack_limit: stack_here().saturating_sub(stack_bytes.saturating_sub(STACK_RESERVE)) }
     }
 
-    pub fn mk(&mut self, op: i64, value: i64, kids: &[i64]) -> i64 {
-        let key = (op, if op == LIT { value } else { 0 }, kids.to_vec());
-        if let Some(&id) = self.table.get(&key) { return id; }
-        let id = self.nodes.len() as i64;
+    fn intern(&mut self, op: i32, value: i64, kids: &[Id]) -> Id {
+        let hash = node_hash(op, value, kids);
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let id = self.slots[i];
+            if id == EMPTY { break; }
+            let n = &self.nodes[id as usize];
+            if n.hash == hash && n.op == op && (if op == LIT { n.payload == value } else { self.kids_of(id) == kids }) {
+                return id;
+            }
+            i = (i + 1) & mask;
+        }
+        let id = self.nodes.len() as Id;
         let payload = if op == LIT { value } else { self.kids.len() as i64 };
         self.kids.extend_from_slice(kids);
-        self.nodes.push(Node { op, arity: kids.len(), payload, nf: -1, via: -1, mark: false });
-        self.table.insert(key, id);
+        self.nodes.push(Node { op, arity: kids.len() as u32, payload, hash });
+        self.slots[i] = id;
+        if self.nodes.len() * 2 > self.slots.len() { self.grow(); }
         id
     }
 
-    pub fn op(&self, n: i64) -> i64 { self.nodes[n as usize].op }
-    pub fn val(&self, n: i64) -> i64 { self.nodes[n as usize].payload }
-    pub fn is_lit(&self, n: i64) -> bool { self.op(n) == LIT }
-    pub fn kid(&self, n: i64, j: usize) -> i64 { self.kids[self.nodes[n as usize].payload as usize + j] }
-    pub fn kids_of(&self, n: i64) -> Vec<i64> {
-        let node = &self.nodes[n as usize];
-        if node.op == LIT { return Vec::new(); }
-        self.kids[node.payload as usize..node.payload as usize + node.arity].to_vec()
+    fn grow(&mut self) {
+        let mut slots = vec![EMPTY; self.slots.len() * 2];
+        let mask = slots.len() - 1;
+        for (id, node) in self.nodes.iter().enumerate() {
+            let mut i = node.hash as usize & mask;
+            while slots[i] != EMPTY { i = (i + 1) & mask; }
+            slots[i] = id as Id;
+        }
+        self.slots = slots;
     }
 
-    fn fire(&mut self, rule: usize) -> bool {
+    pub fn mk(&mut self, op: i32, kids: &[Id]) -> Id { self.intern(op, 0, kids) }
+    pub fn lit(&mut self, value: i64) -> Id { self.intern(LIT, value, &[]) }
+    pub fn op(&self, n: Id) -> i32 { self.nodes[n as usize].op }
+    pub fn is_lit(&self, n: Id) -> bool { self.op(n) == LIT }
+    pub fn val(&self, n: Id) -> i64 { self.nodes[n as usize].payload }
+    pub fn kid(&self, n: Id, j: usize) -> Id { self.kids[self.nodes[n as usize].payload as usize + j] }
+    pub fn kids_of(&self, n: Id) -> &[Id] {
+        let node = &self.nodes[n as usize];
+        if node.op == LIT { return &[]; }
+        &self.kids[node.payload as usize..node.payload as usize + node.arity as usize]
+    }
+
+    /// A call begins: one level deeper, within MAX_CALL_DEPTH and the thread's stack.
+    #[inline(always)]
+    fn enter(&mut self) -> Result<(), Err> {
+        self.depth += 1;
+        if self.depth > MAX_CALL_DEPTH || stack_here() < self.stack_limit { return Err(Err::CallsTooDeep); }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn leave(&mut self) { self.depth -= 1; }
+
+    /// A rule fires: one rewrite step of this root's fuel.
+    fn fire(&mut self, rule: usize) -> Result<(), Err> {
         self.counters[rule] += 1;
         self.steps += 1;
         self.last_rule = rule as i64;
-        self.steps <= self.fuel
+        if self.steps > self.fuel { Err(Err::Fuel) } else { Ok(()) }
     }
 
-    fn push(&mut self, n: i64) -> i64 {
-        if self.nodes[n as usize].mark { return ERR_CYCLE; }
-        self.nodes[n as usize].mark = true;
-        self.stack.push((n, 0));
-        0
+    /// A condition's sides are evaluated one level deeper than the rule that tries it.
+    fn begin_condition(&mut self) -> Result<(), Err> {
+        if self.level >= MAX_CONDITION_DEPTH { return Err(Err::ConditionsTooDeep); }
+        self.level += 1;
+        Ok(())
     }
 
-    fn finish(&mut self, n: i64, normal: i64) {
-        let node = &mut self.nodes[n as usize];
-        node.nf = normal;
-        node.mark = false;
-        self.stack.pop();
+    fn end_condition(&mut self) { self.level -= 1; }
+
+    /// The normal form of input node `root`, or why it has none; the memo keeps only finished calls then.
+    pub fn normalize_root(&mut self, root: Id) -> Result<Id, Err> {
+        self.steps = 0;
+        self.last_rule = -1;
+        self.level = 1;
+        self.depth = 0;
+        if self.input_nf.len() < self.nodes.len() { self.input_nf.resize(self.nodes.len(), EMPTY); }
+        let normal = self.normalize_input(root);
+        if normal.is_err() { self.running.clear(); }
+        normal
     }
 
-    /// Innermost normal form of `root`, or a negative error code; the same steps as farm/interp.py.
-    pub fn normalize(&mut self, root: i64) -> i64 {
-        if self.nodes[root as usize].nf != -1 { return self.nodes[root as usize].nf; }
-        if self.depth >= MAX_CONDITION_DEPTH { return ERR_DEPTH; }
-        self.depth += 1;
-        let result = self.normalize_frames(root);
-        self.depth -= 1;
-        result
-    }
-
-    fn normalize_frames(&mut self, root: i64) -> i64 {
-        let base = self.stack.len();
-        let code = self.push(root);
-        if code < 0 { return code; }
-        while self.stack.len() > base {
-            let code = self.step();
-            if code < NO_MATCH {
-                for i in base..self.stack.len() {
-                    let n = self.stack[i].0 as usize;
-                    self.nodes[n].mark = false;
-                    self.nodes[n].via = -1;
-                }
-                self.stack.truncate(base);
-                return code;
+    /// Children first, left to right, each shared input node once; then the node's operator is called.
+    fn normalize_input(&mut self, root: Id) -> Result<Id, Err> {
+        let mut todo: Vec<(Id, bool)> = vec![(root, false)];
+        while let Some((n, ready)) = todo.pop() {
+            if self.input_nf[n as usize] != EMPTY { continue; }
+            if self.is_lit(n) { self.input_nf[n as usize] = n; continue; }
+            if !ready {
+                todo.push((n, true));
+                todo.extend(self.kids_of(n).iter().rev().map(|&k| (k, false)));
+                continue;
             }
+            let args: Vec<Id> = self.kids_of(n).iter().map(|&k| self.input_nf[k as usize]).collect();
+            let op = self.op(n);
+            let normal = call(self, op, &args)?;
+            self.input_nf[n as usize] = normal;
         }
-        self.nodes[root as usize].nf
-    }
-
-    fn step(&mut self) -> i64 {
-        let top = self.stack.len() - 1;
-        let (n, mut k) = self.stack[top];
-        let via = self.nodes[n as usize].via;
-        if via != -1 {
-            self.nodes[n as usize].via = -1;
-            let normal = self.nodes[via as usize].nf;
-            self.finish(n, normal);
-            return 0;
-        }
-        if self.is_lit(n) { self.finish(n, n); return 0; }
-        let kids = self.kids_of(n);
-        while k < kids.len() && self.nodes[kids[k] as usize].nf != -1 { k += 1; }
-        if k < kids.len() {
-            self.stack[top].1 = k;
-            return self.push(kids[k]);
-        }
-        let normal: Vec<i64> = kids.iter().map(|&c| self.nodes[c as usize].nf).collect();
-        let mut reduced = if normal != kids { self.mk(self.op(n), 0, &normal) } else { n };
-        if reduced == n {
-            reduced = match_node(self, n);
-            if reduced == NO_MATCH { self.finish(n, n); return 0; }
-            if reduced < NO_MATCH { return reduced; }
-        }
-        let target_nf = self.nodes[reduced as usize].nf;
-        if target_nf != -1 { self.finish(n, target_nf); return 0; }
-        let code = self.push(reduced);
-        if code < 0 { return code; }
-        self.nodes[n as usize].via = reduced;
-        0
+        Ok(self.input_nf[root as usize])
     }
 
     /// `(#op kid ..)` with operator ids, literals in decimal; iterative.
-    pub fn to_text(&self, root: i64) -> String {
+    pub fn to_text(&self, root: Id) -> String {
         let mut out = String::new();
-        let mut todo: Vec<(i64, bool)> = vec![(root, false)];
+        let mut todo: Vec<(Id, bool)> = vec![(root, false)];
         while let Some((n, close)) = todo.pop() {
             if close { out.push(')'); continue; }
             if !out.is_empty() && !out.ends_with('(') { out.push(' '); }
@@ -163,46 +252,70 @@ impl Arena {
             if kids.is_empty() { out.push_str(&format!("#{}", self.op(n))); continue; }
             out.push_str(&format!("(#{}", self.op(n)));
             todo.push((n, true));
-            for &c in kids.iter().rev() { todo.push((c, false)); }
+            todo.extend(kids.iter().rev().map(|&c| (c, false)));
         }
         out
     }
+}
+
+/// A memoised call: the remembered normal form (no step), RewriteCycle if the same call is in progress,
+/// else `body`'s result, remembered. A full memo first drops its finished entries; if every entry is in
+/// progress, this call is not remembered.
+#[inline(always)]
+fn memo_call<F: FnOnce(&mut Runtime) -> Result<Id, Err>>(rt: &mut Runtime, key: MemoKey, body: F) -> Result<Id, Err> {
+    if let Some(&normal) = rt.finished.get(&key) { return Ok(normal); }
+    if rt.running.contains(&key) { return Err(Err::Cycle); }
+    if rt.finished.len() + rt.running.len() >= MAX_MEMO_ENTRIES {
+        rt.finished.clear();
+        if rt.running.len() >= MAX_MEMO_ENTRIES { return body(rt); }
+    }
+    rt.running.insert(key);
+    let normal = body(rt)?;
+    rt.running.remove(&key);
+    rt.finished.insert(key, normal);
+    Ok(normal)
 }
 """
 
 MAIN = r"""
 /// stdin: `fuel`, then `L value` / `A op k1 .. kn` lines (children by earlier line index), then `R i` roots.
+/// stdout per root `N steps text` or `E code steps rule`, then `C` and the firing counters.
 fn main() {
-    use std::io::Read;
+    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(harness).expect("rewriting thread");
+    if worker.join().is_err() { std::process::exit(101); }
+}
+
+fn harness() {
+    use std::io::{Read, Write};
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input).expect("stdin");
-    let mut arena = Arena::new();
-    let mut ids: Vec<i64> = Vec::new();
-    let mut roots: Vec<i64> = Vec::new();
     let mut lines = input.lines();
-    arena.fuel = lines.next().expect("fuel").trim().parse().expect("fuel");
+    let fuel: u64 = lines.next().expect("fuel").trim().parse().expect("fuel");
+    let mut rt = Runtime::new(fuel, STACK_BYTES);
+    let mut ids: Vec<Id> = Vec::new();
+    let mut roots: Vec<Id> = Vec::new();
     for line in lines {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.first() {
-            Some(&"L") => ids.push(arena.mk(LIT, f[1].parse().unwrap(), &[])),
+            Some(&"L") => ids.push(rt.lit(f[1].parse().expect("literal"))),
             Some(&"A") => {
-                let kids: Vec<i64> = f[2..].iter().map(|k| ids[k.parse::<usize>().unwrap()]).collect();
-                let id = arena.mk(f[1].parse().unwrap(), 0, &kids);
-                ids.push(id);
+                let kids: Vec<Id> = f[2..].iter().map(|k| ids[k.parse::<usize>().expect("child")]).collect();
+                ids.push(rt.mk(f[1].parse().expect("operator"), &kids));
             }
-            Some(&"R") => roots.push(ids[f[1].parse::<usize>().unwrap()]),
+            Some(&"R") => roots.push(ids[f[1].parse::<usize>().expect("root")]),
             _ => {}
         }
     }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
     for root in roots {
-        arena.steps = 0;
-        arena.last_rule = -1;
-        let r = arena.normalize(root);
-        if r >= 0 { println!("N {}", arena.to_text(r)); }
-        else { println!("E {} {} {}", r, arena.steps, arena.last_rule); }
+        match rt.normalize_root(root) {
+            Ok(r) => writeln!(out, "N {} {}", rt.steps, rt.to_text(r)),
+            Err(e) => writeln!(out, "E {} {} {}", e.code(), rt.steps, rt.last_rule),
+        }.expect("stdout");
     }
-    let counts: Vec<String> = arena.counters.iter().map(|c| c.to_string()).collect();
-    println!("C {}", counts.join(" "));
+    let counts: Vec<String> = rt.counters.iter().map(|c| c.to_string()).collect();
+    writeln!(out, "C {}", counts.join(" ")).expect("stdout");
 }
 """
 
@@ -220,128 +333,183 @@ def _comment(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ").replace("*/", "* /")
 
 
+class _Attempt:
+    """What one try of a rule has evaluated: each distinct sub-expression once (farm/callgraph.py), by the
+    Rust local that holds its value; pattern variables by the local bound to their subterm."""
+
+    def __init__(self, bound: dict[str, str]) -> None:
+        self.bound = bound
+        self.values: dict[PatternExpr, str] = {}
+        self.seen: set[PatternExpr] = set()
+
+    def value(self, expr: PatternExpr) -> str:
+        return self.bound[expr.name] if isinstance(expr, Var) else self.values[expr]
+
+
 class RustCodegen:
     def __init__(self, ruleset: RuleSet, tree_budget: int = NODE_BUDGET) -> None:
         self.ruleset = ruleset
         self.tree_budget = tree_budget
         self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
+        self.arities = dict(ruleset.signature)
+        self.defined = ruleset.rules_by_root()
+        self.memoised = memoised_ops(ruleset)
+        self.memo_width = max((self.arities[op] for op in self.memoised), default=0)
         self.functions: list[str] = []
         self._fresh = itertools.count()
 
     def generate(self, with_main: bool = False) -> str:
-        dispatch = []
-        for op_name, rules in self.ruleset.rules_by_root().items():
-            op = self.op_ids[op_name]
-            fn = f"match_op{op}"
-            self._function(fn, build_tree(rules, self.tree_budget))
-            dispatch.append(f"        {op} => {fn}(a, n),")
+        for op_name, rules in self.defined.items():
+            self._operator(op_name, rules)
+        memoised = ", ".join(_comment(op) for op in sorted(self.memoised)) or "none"
         header = [
             "// Generated by farm from a ruleset; do not edit.",
             f"// ruleset fingerprint {self.ruleset.fingerprint()}",
             *(f"// rule {r.index}: {_comment(r.name)}: {_comment(str(r))}" for r in self.ruleset.rules),
-            "#![allow(unused_variables, unused_mut, unused_labels, unreachable_code, dead_code, unused_parens)]",
+            f"// memoised operators: {memoised}",
+            "#![allow(unused_variables, unused_mut, unused_labels, unreachable_code, dead_code, unused_parens,",
+            "         non_snake_case, clippy::all)]",
             f"pub const RULE_COUNT: usize = {len(self.ruleset.rules)};",
             f"pub const OP_COUNT: usize = {len(self.ruleset.signature)};",
             f"pub const MAX_CONDITION_DEPTH: usize = {MAX_CONDITION_DEPTH};",
+            f"pub const MAX_CALL_DEPTH: usize = {MAX_CALL_DEPTH};",
+            f"pub const MAX_MEMO_ENTRIES: usize = {MAX_MEMO_ENTRIES};",
+            f"pub const MEMO_WIDTH: usize = {self.memo_width};",
         ]
-        match = ["/// The rewrite of `n` (children normal) by the first matching rule, NO_MATCH, or an error.",
-                 "pub fn match_node(a: &mut Arena, n: i64) -> i64 {", "    match a.op(n) {", *dispatch,
-                 "        _ => NO_MATCH,", "    }", "}"]
-        return "\n".join([*header, RUNTIME, *match, "", *self.functions, MAIN if with_main else ""]) + "\n"
+        return "\n".join([*header, RUNTIME, self._dispatch(), "", *self.functions,
+                          MAIN if with_main else ""]) + "\n"
 
-    def _function(self, name: str, tree: Tree) -> None:
+    def _dispatch(self) -> str:
+        arms = []
+        for op_name in self.defined:
+            op = self.op_ids[op_name]
+            args = "".join(f", a[{i}]" for i in range(self.arities[op_name]))
+            arms.append(f"        {op} => norm_{op}(rt{args}),")
+        return "\n".join(["/// `op` applied to normal forms: a call of a defined operator, a node of a constructor.",
+                          "pub fn call(rt: &mut Runtime, op: i32, a: &[Id]) -> Result<Id, Err> {",
+                          "    match op {", *arms, "        _ => Ok(rt.mk(op, a)),", "    }", "}", ""])
+
+    def _params(self, op_name: str) -> tuple[str, str]:
+        """The argument declarations and uses of an operator's functions: `, a0: Id, a1: Id` and `, a0, a1`."""
+        names = [f"a{i}" for i in range(self.arities[op_name])]
+        return "".join(f", {n}: Id" for n in names), "".join(f", {n}" for n in names)
+
+    def _operator(self, op_name: str, rules: list[RewriteRule]) -> None:
+        """`norm_<k>`: the call (depth, memo), and `rules_<k>`: the first rule that fires, or the node itself."""
+        op = self.op_ids[op_name]
+        decls, uses = self._params(op_name)
+        body = f"rules_{op}(rt{uses})"
+        if op_name in self.memoised:
+            padded = [f"a{i}" for i in range(self.arities[op_name])]
+            padded += ["0"] * (self.memo_width - len(padded))
+            body = f"memo_call(rt, ({op}, [{', '.join(padded)}]), |rt| {body})"
+        self.functions.append("\n".join([
+            f"/// operator {op}: {_comment(op_name)}{' (memoised)' if op_name in self.memoised else ''}",
+            f"fn norm_{op}(rt: &mut Runtime{decls}) -> Result<Id, Err> {{",
+            "    rt.enter()?;", f"    let normal = {body};", "    rt.leave();", "    normal", "}", ""]))
+        args = ", ".join(f"a{i}" for i in range(self.arities[op_name]))
+        run(self._tree_function(f"rules_{op}", op_name, build_tree(rules, self.tree_budget),
+                                f"Ok(rt.mk({op}, &[{args}]))"))
+
+    def _tree_function(self, name: str, op_name: str, tree: Tree, on_fail: str) -> Step[None]:
+        decls, _ = self._params(op_name)
         body: list[str] = []
-        run(self._emit(tree, {(): "n"}, "NO_MATCH", body, 1))
-        self.functions.append("\n".join([f"fn {name}(a: &mut Arena, n: i64) -> i64 {{", *body, "}", ""]))
+        env: dict[Occurrence, str] = {(i,): f"a{i}" for i in range(self.arities[op_name])}
+        yield self._emit(tree, op_name, env, on_fail, body, 1)
+        self.functions.append("\n".join([f"fn {name}(rt: &mut Runtime{decls}) -> Result<Id, Err> {{",
+                                         *body, "}", ""]))
 
     def _var(self, prefix: str) -> str:
         return f"{prefix}{next(self._fresh)}"
 
-    def _emit(self, tree: Tree, env: dict[Occurrence, str], on_fail: str, out: list[str], depth: int) -> Step[None]:
+    def _emit(self, tree: Tree, op_name: str, env: dict[Occurrence, str], on_fail: str, out: list[str],
+              depth: int) -> Step[None]:
         """A trampoline step (farm/trampoline.py): trees are as deep as patterns are large."""
         pad = _indent(depth)
         if isinstance(tree, Fail):
             out.append(f"{pad}return {on_fail};")
         elif isinstance(tree, Chain):
             rest = self._var("chunk")
-            yield self._emit_rest(rest, tree.rest, on_fail)
-            yield self._emit(tree.first, env, f"{rest}(a, n)", out, depth)
+            _, uses = self._params(op_name)
+            yield self._tree_function(rest, op_name, tree.rest, on_fail)
+            yield self._emit(tree.first, op_name, env, f"{rest}(rt{uses})", out, depth)
+        elif isinstance(tree, Switch) and tree.occurrence == ():
+            # The call itself: every rule of the operator has it at the root, its arguments are a0 ..
+            assert len(tree.cases) == 1 and tree.cases[0][0][1] == op_name and isinstance(tree.default, Fail)
+            yield self._emit(tree.cases[0][1], op_name, env, on_fail, out, depth)
         elif isinstance(tree, Switch):
-            yield self._switch(tree, env, on_fail, out, depth)
+            yield self._switch(tree, op_name, env, on_fail, out, depth)
         else:
-            yield self._leaf(tree, env, on_fail, out, depth)
+            yield self._leaf(tree, op_name, env, on_fail, out, depth)
 
-    def _emit_rest(self, name: str, tree: Tree, on_fail: str) -> Step[None]:
-        body: list[str] = []
-        yield self._emit(tree, {(): "n"}, on_fail, body, 1)
-        self.functions.append("\n".join([f"fn {name}(a: &mut Arena, n: i64) -> i64 {{", *body, "}", ""]))
-
-    def _switch(self, tree: Switch, env: dict[Occurrence, str], on_fail: str, out: list[str],
+    def _switch(self, tree: Switch, op_name: str, env: dict[Occurrence, str], on_fail: str, out: list[str],
                 depth: int) -> Step[None]:
         pad = _indent(depth)
         v = env[tree.occurrence]
-        lits = [(i, h) for i, (h, _) in enumerate(tree.cases) if h[0] == "lit"]
-        apps = [(i, h) for i, (h, _) in enumerate(tree.cases) if h[0] == "app"]
+        lit_arms = " ".join(f"{h[1]}i64 => {i}," for i, (h, _) in enumerate(tree.cases) if h[0] == "lit")
+        app_arms = " ".join(f"{self.op_ids[str(h[1])]} => {i}," for i, (h, _) in enumerate(tree.cases)
+                            if h[0] == "app")
         sel = self._var("sel")
-        lit_arms = " ".join(f"{h[1]}i64 => {i}," for i, h in lits)
-        app_arms = " ".join(f"{self.op_ids[str(h[1])]} => {i}," for i, h in apps)
-        out.append(f"{pad}let {sel}: i64 = if a.is_lit({v}) {{ match a.val({v}) {{ {lit_arms} _ => -1 }} }} "
-                   f"else {{ match a.op({v}) {{ {app_arms} _ => -1 }} }};")
+        on_lit = f"match rt.val({v}) {{ {lit_arms} _ => -1 }}" if lit_arms else "-1"
+        on_app = f"match rt.op({v}) {{ {app_arms} _ => -1 }}" if app_arms else "-1"
+        out.append(f"{pad}let {sel}: i32 = if rt.is_lit({v}) {{ {on_lit} }} else {{ {on_app} }};")
         out.append(f"{pad}match {sel} {{")
         for i, (head, sub) in enumerate(tree.cases):
             out.append(f"{pad}    {i} => {{")
             # One env for the whole tree, not a copy per case (quadratic in depth): each occurrence is
             # written once on any path from the root, so a subtree reads only what its own path wrote.
-            inner = env
             for j in range(head[2]):
                 kid = self._var("k")
-                out.append(f"{pad}        let {kid} = a.kid({v}, {j});")
-                inner[tree.occurrence + (j,)] = kid
-            yield self._emit(sub, inner, on_fail, out, depth + 2)
+                out.append(f"{pad}        let {kid} = rt.kid({v}, {j});")
+                env[tree.occurrence + (j,)] = kid
+            yield self._emit(sub, op_name, env, on_fail, out, depth + 2)
             out.append(f"{pad}    }}")
         out.append(f"{pad}    _ => {{")
-        yield self._emit(tree.default, env, on_fail, out, depth + 2)
+        yield self._emit(tree.default, op_name, env, on_fail, out, depth + 2)
         out.append(f"{pad}    }}")
         out.append(f"{pad}}}")
 
-    def _leaf(self, leaf: Leaf, env: dict[Occurrence, str], on_fail: str, out: list[str], depth: int) -> Step[None]:
+    def _leaf(self, leaf: Leaf, op_name: str, env: dict[Occurrence, str], on_fail: str, out: list[str],
+              depth: int) -> Step[None]:
+        """The rule's tests in order (equalities, then its guards); if all hold it fires (one step) and
+        returns its target's value. Otherwise, on with the rules after it."""
         pad = _indent(depth)
-        bound = {name: env[occ] for name, occ in leaf.bindings.items()}
+        inner = pad + "    "
+        attempt = _Attempt({name: env[occ] for name, occ in leaf.bindings.items()})
         label = self._var("'rule")
         out.append(f"{pad}// rule {leaf.rule.index}: {_comment(leaf.rule.name)}")
         out.append(f"{pad}{label}: {{")
-        inner = pad + "    "
         for x, y in leaf.equalities:
             out.append(f"{inner}if {env[x]} != {env[y]} {{ break {label}; }}")
         for c in leaf.rule.constraints:
-            cond = self._guard(c, bound, out, inner)
-            out.append(f"{inner}if !({cond}) {{ break {label}; }}")
-        out.append(f"{inner}if !a.fire({leaf.rule.index}) {{ return ERR_FUEL; }}")
-        out.append(f"{inner}return {self._build(leaf.rule.target, bound, out, inner)};")
+            out.append(f"{inner}if !({self._guard(c, attempt, out, inner)}) {{ break {label}; }}")
+        out.append(f"{inner}rt.fire({leaf.rule.index})?;")
+        out.append(f"{inner}return Ok({self._evaluate(leaf.rule.target, attempt, out, inner)});")
         out.append(f"{pad}}}")
-        yield self._emit(leaf.otherwise if leaf.otherwise is not None else Fail(), env, on_fail, out, depth)
+        yield self._emit(leaf.otherwise if leaf.otherwise is not None else Fail(), op_name, env, on_fail, out,
+                         depth)
 
-    def _guard(self, c: Constraint, bound: dict[str, str], out: list[str], pad: str) -> str:
+    def _guard(self, c: Constraint, attempt: _Attempt, out: list[str], pad: str) -> str:
+        bound = attempt.bound
         if isinstance(c, IsConst):
-            return f"a.is_lit({bound[c.var.name]})"
+            return f"rt.is_lit({bound[c.var.name]})"
         if isinstance(c, Compare):
             if c.op in ("==", "!="):
                 same = self._same(c.left, c.right, bound)
                 return same if c.op == "==" else f"!({same})"
             (la, va), (lb, vb) = self._literal(c.left, bound), self._literal(c.right, bound)
             return f"{la} && {lb} && ({va} {c.op} {vb})"
-        sides = []
-        for expr in (c.left, c.right):
-            term = self._build(expr, bound, out, pad)
-            normal = self._var("nf")
-            out.append(f"{pad}let {normal} = a.normalize({term}); if {normal} < NO_MATCH {{ return {normal}; }}")
-            sides.append(normal)
-        return f"{sides[0]} {'==' if c.equal else '!='} {sides[1]}"
+        assert isinstance(c, TermCondition)
+        out.append(f"{pad}rt.begin_condition()?;")
+        left = self._evaluate(c.left, attempt, out, pad)
+        right = self._evaluate(c.right, attempt, out, pad)
+        out.append(f"{pad}rt.end_condition();")
+        return f"{left} {'==' if c.equal else '!='} {right}"
 
     def _literal(self, side: Var | Lit, bound: dict[str, str]) -> tuple[str, str]:
         if isinstance(side, Lit):
             return "true", f"({side.value}i64)"
-        return f"a.is_lit({bound[side.name]})", f"a.val({bound[side.name]})"
+        return f"rt.is_lit({bound[side.name]})", f"rt.val({bound[side.name]})"
 
     def _same(self, left: Var | Lit, right: Var | Lit, bound: dict[str, str]) -> str:
         if isinstance(left, Var) and isinstance(right, Var):
@@ -353,24 +521,27 @@ class RustCodegen:
         is_lit, value = self._literal(var, bound)
         return f"({is_lit} && {value} == ({lit.value}i64))"
 
-    def _build(self, expr: PatternExpr, bound: dict[str, str], out: list[str], pad: str) -> str:
-        return run(self._build_step(expr, bound, out, pad))
+    def _evaluate(self, expr: PatternExpr, attempt: _Attempt, out: list[str], pad: str) -> str:
+        """The local holding `expr`'s value, after the statements that compute what this attempt has not yet
+        computed: innermost, left to right, each distinct sub-expression once (farm/callgraph.py)."""
+        for sub in fresh_subexpressions(expr, attempt.seen):
+            name = self._var("t")
+            out.append(f"{pad}let {name} = {self._compute(sub, attempt)};")
+            attempt.values[sub] = name
+        return attempt.value(expr)
 
-    def _build_step(self, expr: PatternExpr, bound: dict[str, str], out: list[str], pad: str) -> Step[str]:
-        if isinstance(expr, Var):
-            return bound[expr.name]
-        name = self._var("t")
+    def _compute(self, expr: PatternExpr, attempt: _Attempt) -> str:
+        """One sub-expression whose own sub-expressions are computed: a literal, a call or a node."""
         if isinstance(expr, Lit):
-            out.append(f"{pad}let {name} = a.mk(LIT, {expr.value}i64, &[]);")
-        elif isinstance(expr, Computed):
-            out.append(f"{pad}let {name} = a.mk(LIT, {self._arith(expr.expr, bound)}, &[]);")
-        else:
-            assert isinstance(expr, App)
-            kids = []
-            for arg in expr.args:
-                kids.append((yield self._build_step(arg, bound, out, pad)))
-            out.append(f"{pad}let {name} = a.mk({self.op_ids[expr.op]}, 0, &[{', '.join(kids)}]);")
-        return name
+            return f"rt.lit({expr.value}i64)"
+        if isinstance(expr, Computed):
+            return f"rt.lit({self._arith(expr.expr, attempt.bound)})"
+        assert isinstance(expr, App)
+        op = self.op_ids[expr.op]
+        args = [attempt.value(arg) for arg in expr.args]
+        if expr.op in self.defined:
+            return f"norm_{op}(rt{''.join(', ' + a for a in args)})?"
+        return f"rt.mk({op}, &[{', '.join(args)}])"
 
     def _arith(self, expr: LitExpr, bound: dict[str, str]) -> str:
         return run(self._arith_step(expr, bound))
@@ -379,7 +550,7 @@ class RustCodegen:
         if isinstance(expr, Lit):
             return f"({expr.value}i64)"
         if isinstance(expr, Var):
-            return f"a.val({bound[expr.name]})"
+            return f"rt.val({bound[expr.name]})"
         if isinstance(expr, Neg):
             return f"({(yield self._arith_step(expr.operand, bound))}).wrapping_neg()"
         assert isinstance(expr, BinOp)
@@ -399,11 +570,16 @@ def generate_rust(ruleset: RuleSet, with_main: bool = False, tree_budget: int = 
     return RustCodegen(ruleset, tree_budget).generate(with_main)
 
 
-def harness_input(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int) -> str:
-    """The stdin of the generated `main`: the graph children-first, operators renumbered like the loader."""
+def _harness_ops(ruleset: RuleSet, graph: TermGraph) -> list[int]:
+    """The harness's id of each operator of `graph`: the ruleset's ids, then free operators after them."""
     native = {name: i for i, (name, _) in enumerate(ruleset.signature)}
     free = itertools.count(len(native))
-    op_ids = [native[name] if name in native else next(free) for name in graph.signature.names]
+    return [native[name] if name in native else next(free) for name in graph.signature.names]
+
+
+def harness_input(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int) -> str:
+    """The stdin of the generated `main`: the graph children-first, operators renumbered like the loader."""
+    op_ids = _harness_ops(ruleset, graph)
     lines = [str(fuel)]
     for node in range(max(roots) + 1 if roots else 0):
         if graph.is_lit(node):
@@ -415,17 +591,27 @@ def harness_input(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: in
 
 
 def harness_output(ruleset: RuleSet, graph: TermGraph, stdout: str) -> tuple[list[str], list[int]]:
-    """Normal forms as text (errors as `error <code> <steps> <rule>`) and the firing counters."""
-    native = {name: i for i, (name, _) in enumerate(ruleset.signature)}
-    free = itertools.count(len(native))
-    names = {native[n] if n in native else next(free): n for n in graph.signature.names}
+    """Normal forms as text (errors as `error <code> <name> <steps> <rule index>`, the name the interpreter's
+    exception class has) and the firing counters."""
+    names = dict(zip(_harness_ops(ruleset, graph), graph.signature.names))
     results, counters = [], []
     for line in stdout.splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "N":
-            results.append(re.sub(r"#(\d+)", lambda m: names[int(m.group(1))], rest))
+            results.append(re.sub(r"#(\d+)", lambda m: names[int(m.group(1))], rest.partition(" ")[2]))
         elif kind == "E":
-            results.append(f"error {rest}")
+            code, steps, rule = rest.split()
+            results.append(f"error {code} {ERROR_NAMES.get(int(code), 'unknown')} {steps} {rule}")
         elif kind == "C":
             counters = [int(c) for c in rest.split()]
     return results, counters
+
+
+def harness_steps(stdout: str) -> list[int]:
+    """The rewrite steps each root took, normal form or error."""
+    steps = []
+    for line in stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind in ("N", "E"):
+            steps.append(int(rest.split()[0 if kind == "N" else 1]))
+    return steps
