@@ -23,7 +23,7 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("spare", "ptr"), ("spare_cap", "i64"),  # the other space: the collector copies into it
     ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
     ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
-    ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_width", "i64"),
+    ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_done", "i64"), ("memo_width", "i64"),
     ("nf", "ptr"), ("n_rows", "i64"),  # normal form of each input row (-1: not yet)
     ("out", "ptr"), ("n_out", "i64"),  # the roots' results so far
     ("work", "ptr"), ("work_cap", "i64"),  # the explicit stack of input-term walks and exports

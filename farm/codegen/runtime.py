@@ -387,7 +387,7 @@ class RuntimeModule:
             b.ret(FALSE)
         old = f.get("memo")
         mask = b.sub(slots, c64(1))
-        count = f.var(c64(0))
+        count, done = f.var(c64(0)), f.var(c64(0))
         with f.loop(c64(0), old_slots) as slot:
             entry = b.mul(slot, width)
             tag = f.load_at(old, entry)
@@ -402,10 +402,12 @@ class RuntimeModule:
                 with f.loop(c64(0), width) as k:
                     f.store_at(table, b.add(b.mul(free, width), k), f.load_at(old, b.add(entry, k)))
                 b.store(b.add(f.read(count), c64(1)), count)
+                b.store(b.add(f.read(done), b.zext(b.not_(running), I64)), done)
         call(f, "free", old)
         f.put("memo", table)
         f.put("memo_mask", mask)
         f.put("memo_count", f.read(count))
+        f.put("memo_done", f.read(done))
         b.ret(TRUE)
 
     def _memo_find(self) -> None:
@@ -442,8 +444,11 @@ class RuntimeModule:
             value = f.load_at(f.get("memo"), b.add(self._memo_entry(f, found), c64(1)))
             b.ret(b.select(b.icmp_signed("==", value, c64(IN_PROGRESS)), c64(ERR_CYCLE), value))
         with b.if_then(b.icmp_signed(">=", f.get("memo_count"), c64(MAX_MEMO_ENTRIES)), likely=False):
-            slots = b.add(f.get("memo_mask"), c64(1))
-            f.return_if_false(call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, slots, c64(2)), ERR_OOM)
+            # Full: drop the finished entries, if any (when all are in progress the call goes unremembered).
+            with b.if_then(b.icmp_signed(">", f.get("memo_done"), c64(0))):
+                slots = b.add(f.get("memo_mask"), c64(1))
+                dropped = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, slots, c64(2))
+                f.return_if_false(dropped, ERR_OOM)
             f.return_if(b.icmp_signed(">=", f.get("memo_count"), c64(MAX_MEMO_ENTRIES)), c64(NO_MATCH))
         slots = b.add(f.get("memo_mask"), c64(1))
         with b.if_then(b.icmp_signed(">", b.mul(b.add(f.get("memo_count"), c64(1)), c64(2)), slots), likely=False):
@@ -466,6 +471,7 @@ class RuntimeModule:
         found = call_internal(f, "memo_find", I64, [PTR, I64, PTR], arena, header(f, b.add(op, c64(1)), arity), args)
         with b.if_then(b.icmp_signed(">=", found, c64(0))):
             f.store_at(f.get("memo"), b.add(self._memo_entry(f, found), c64(1)), value)
+            f.bump("memo_done", 1)
         b.ret_void()
     # ---- rewriting a term graph given as columns ----
 
