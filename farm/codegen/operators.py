@@ -17,9 +17,9 @@ from __future__ import annotations
 from llvmlite import ir
 
 from farm.callgraph import fresh_subexpressions, memoised_ops, rule_expressions
-from farm.codegen.abi import ERR_CALLS, ERR_DEPTH, ERR_FUEL, ERR_OOM, ERR_STACK, LIT_OP, NO_MATCH
+from farm.codegen.abi import ERR_CALLS, ERR_DEPTH, ERR_FUEL, ERR_OOM, ERR_STACK, LIT_OP, MIN_NODE_WORDS, NO_MATCH
 from farm.codegen.irbuild import I1, I64, NULL, PTR, FunctionBuilder, c64, declare
-from farm.codegen.runtime import LIT_HEADER, call, header
+from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH
@@ -139,8 +139,7 @@ class _OperatorEmitter:
         no_rule = f.block("no_rule")
         run(self._tree(build_tree(self.rules, self.rm.tree_budget), no_rule))
         b.position_at_end(no_rule)
-        node = call(f, "farm_intern", f.arena, c64(self.arity << 32 | self.op), c64(self.arity),
-                    f.root_ptr(self.base))
+        node = self.intern(self.arity << 32 | self.op, [f.root(b.add(self.base, c64(i))) for i in range(self.arity)], 0)
         f.return_if_error(node)
         self._leave(node)
 
@@ -167,6 +166,55 @@ class _OperatorEmitter:
                 f.return_if_error(known)
                 self._pop()
                 b.ret(known)
+
+    def intern(self, head: int, kids: list[ir.Value], slot: int) -> ir.Value:
+        """The shared node (head, kids), whose kids are also in frame slots from `slot` on. Inline, the
+        common cases: the first table slot probed is empty and the space has room (a new node), or holds
+        this very node; anything else is farm_intern's (further probes, a collection)."""
+        f, b = self.f, self.b
+        h = b.mul(c64(head), c64(K1))
+        for kid in kids:
+            mixed = b.mul(b.xor(h, kid), c64(K2))
+            h = b.xor(mixed, b.lshr(mixed, c64(29)))
+        h = b.xor(h, b.lshr(h, c64(32)))
+        size = max(MIN_NODE_WORDS, 1 + len(kids))
+        result = f.var(c64(0))
+        table = f.get("table")
+        idx = b.and_(h, f.get("table_mask"))
+        found = f.load_at(table, idx)
+        slow, done = f.block("intern_slow"), f.block("interned")
+        empty, occupied = f.block("intern_new"), f.block("intern_probe")
+        b.cbranch(b.icmp_signed("==", found, c64(0)), empty, occupied)
+        b.position_at_end(empty)
+        top = f.get("top")
+        roomy = f.block("intern_room")
+        b.cbranch(b.icmp_signed("<=", b.add(top, c64(size)), f.get("cap")), roomy, slow)
+        b.position_at_end(roomy)
+        for k, word in enumerate([c64(head), *kids] + [c64(0)] * (size - 1 - len(kids))):
+            f.set_word(top, k, word)
+        f.put("top", b.add(top, c64(size)))
+        f.store_at(table, idx, b.or_(b.shl(b.lshr(h, c64(TAG_SHIFT)), c64(TAG_SHIFT)), b.add(top, c64(1))))
+        f.bump("table_count", 1)
+        b.store(top, result)
+        b.branch(done)
+        b.position_at_end(occupied)
+        cand = b.sub(b.and_(found, c64((1 << TAG_SHIFT) - 1)), c64(1))
+        same = b.icmp_signed("==", b.lshr(found, c64(TAG_SHIFT)), b.lshr(h, c64(TAG_SHIFT)))
+        equal = f.block("intern_compare")
+        b.cbranch(same, equal, slow)
+        b.position_at_end(equal)
+        for k, word in enumerate([c64(head), *kids]):
+            next_block = f.block("intern_same")
+            b.cbranch(b.icmp_signed("==", f.word(cand, k), word), next_block, slow)
+            b.position_at_end(next_block)
+        b.store(cand, result)
+        b.branch(done)
+        b.position_at_end(slow)
+        b.store(call(f, "farm_intern", f.arena, c64(head), c64(len(kids)),
+                     f.root_ptr(b.add(self.base, c64(slot)))), result)
+        b.branch(done)
+        b.position_at_end(done)
+        return f.read(result)
 
     def _pop(self) -> None:
         self.f.put("rsp", self.base)
@@ -303,9 +351,7 @@ class _RuleEvaluation:
             else:
                 for j, arg in enumerate(args):
                     f.set_root(b.add(op.base, c64(op.scratch_at + j)), arg)
-                head = c64(len(args) << 32 | op.rm.op_ids[unit.op])
-                value = call(f, "farm_intern", f.arena, head, c64(len(args)),
-                             f.root_ptr(b.add(op.base, c64(op.scratch_at))))
+                value = op.intern(len(args) << 32 | op.rm.op_ids[unit.op], args, op.scratch_at)
         f.return_if_error(value)
         self.slots[unit] = len(self.slots)
         f.set_root(b.add(op.base, c64(op.values_at + self.slots[unit])), value)

@@ -320,8 +320,13 @@ class RuntimeModule:
         wanted = b.add(top, need)
         with b.if_then(b.icmp_signed(">", b.mul(wanted, c64(2)), f.get("cap"))):
             grown = call_internal(f, "grow_spaces", I1, [PTR, I64], arena, b.mul(wanted, c64(2)))
-            fits = b.icmp_signed("<=", wanted, f.get("cap"))
-            f.return_if(b.not_(b.or_(grown, fits)), c64(ERR_OOM))
+            with b.if_then(b.not_(b.or_(grown, b.icmp_signed("<=", wanted, f.get("cap"))))):
+                # Out of room: the memo's finished entries go first (they only save steps), then it is an error.
+                with b.if_then(b.icmp_signed(">", f.get("memo_done"), c64(0))):
+                    call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, b.add(f.get("memo_mask"), c64(1)),
+                                  c64(2))
+                    b.ret(call_internal(f, "collect", I64, [PTR, I64], arena, need))
+                b.ret(c64(ERR_OOM))
         # One slot per word of the space: nodes take two words or more, so the table stays at most half
         # full until the next collection and never grows in between.
         slots = f.var(c64(INITIAL_TABLE))
@@ -578,11 +583,17 @@ class RuntimeModule:
             f.store_at(nf, i, c64(-1))
         for name, value in (("nf", nf), ("n_rows", rows), ("out", out), ("n_out", c64(0)), ("fuel", fuel)):
             f.put(name, value)
+        exhausted = f.var(FALSE, I1)
         with f.loop(c64(0), n_roots) as i:
             for name, value in (("steps", 0), ("last_rule", -1), ("depth", 1), ("calls", 0), ("rsp", 0)):
                 f.put(name, c64(value))
-            result = call_internal(f, "normalize_row", I64, [PTR, I64, PTR, PTR, PTR, PTR], arena,
-                                   f.load_at(root_rows, i), ops, arities, values, kids)
+            # After running out of memory the arena may be half rebuilt: no root runs on it any more.
+            result = f.var(c64(ERR_OOM))
+            with b.if_then(b.not_(f.read(exhausted, I1))):
+                b.store(call_internal(f, "normalize_row", I64, [PTR, I64, PTR, PTR, PTR, PTR], arena,
+                                      f.load_at(root_rows, i), ops, arities, values, kids), result)
+            result = f.read(result)
+            b.store(b.or_(f.read(exhausted, I1), b.icmp_signed("==", result, c64(ERR_OOM))), exhausted)
             f.store_at(out, i, result)
             f.put("n_out", b.add(i, c64(1)))
             f.store_at(info, b.mul(i, c64(2)), f.get("steps"))
