@@ -236,6 +236,11 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     ruleset = _load_ruleset(args.rules, args.warnings)
     emitters = {"llvm": generate_llvm_ir, "rust": lambda rs: generate_rust(rs, args.main), "qasm": generate_qasm}
     text = emitters[args.lang](ruleset)
+    if args.lang == "llvm":  # what docs/rules.md ("Memo") says codegen shows, as IR comments
+        from farm.callgraph import memoised_ops
+
+        memoised = ", ".join(sorted(memoised_ops(ruleset))) or "none"
+        text = f"; memoised operators (docs/rules.md, \"Memo\"): {memoised}\n" + text
     if output:
         if _is_special(output):  # /dev/stdout, a FIFO, a device: written to, never replaced by a file
             _write_through(output, text.encode())

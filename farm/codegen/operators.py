@@ -14,6 +14,8 @@ The manifest holds what depends on the whole ruleset: the dispatch on an input r
 
 from __future__ import annotations
 
+import itertools
+
 from llvmlite import ir
 
 from farm.callgraph import fresh_subexpressions, memoised_ops, rule_expressions
@@ -132,6 +134,11 @@ class _OperatorEmitter:
         self.frame = self.scratch_at + max((len(app.args) for rule in rules for app in _units(rule)
                                             if isinstance(app, App)), default=0)
         self.base: ir.Value = c64(0)
+        # Loaded children by occurrence, with the generation they were loaded in: valid while no call was
+        # emitted since on the path being emitted. Each occurrence a subtree reads is loaded on its own path.
+        self.env: dict[Occurrence, tuple[ir.Value, int]] = {}
+        self._generations = itertools.count(1)
+        self.generation = 0
 
     def emit(self) -> None:
         f, b = self.f, self.b
@@ -230,12 +237,19 @@ class _OperatorEmitter:
     # ---- matching ----
 
     def occurrence(self, occ: Occurrence) -> ir.Value:
-        """The node at a path from the arguments, read afresh from the frame (a call may have moved it)."""
-        f = self.f
-        node = f.root(self.b.add(self.base, c64(occ[0])))
-        for j in occ[1:]:
-            node = f.word(node, 1 + j)
+        """The node at a path from the arguments. A switch loads its case's children once (`env`); after a
+        call (which may collect and move every node) they are read again, from the frame and down the path."""
+        depth = len(occ)
+        while depth > 1 and self.env.get(occ[:depth], (None, -1))[1] != self.generation:
+            depth -= 1
+        node = self.env[occ[:depth]][0] if depth > 1 else self.f.root(self.b.add(self.base, c64(occ[0])))
+        for j in occ[depth:]:
+            node = self.f.word(node, 1 + j)
         return node
+
+    def invalidate(self) -> None:
+        """A call was emitted: node ids loaded before it are stale from here on."""
+        self.generation = next(self._generations)
 
     def _tree(self, tree: Tree, on_fail: ir.Block) -> Step[None]:
         b = self.b
@@ -245,6 +259,7 @@ class _OperatorEmitter:
             rest = self.f.block("next_chunk")
             yield self._tree(tree.first, rest)
             b.position_at_end(rest)
+            self.invalidate()  # reached from anywhere in `first`, after calls too
             yield self._tree(tree.rest, on_fail)
         elif isinstance(tree, Switch) and tree.occurrence == ():
             # The root is this operator's call: only its own case can apply.
@@ -263,6 +278,7 @@ class _OperatorEmitter:
         lits = [(h, t) for h, t in tree.cases if h[0] == "lit"]
         apps = [(h, t) for h, t in tree.cases if h[0] == "app"]
         default = f.block("default")
+        entry = self.generation  # every case and the default start from what holds at the switch
         if lits:
             lit_block, app_block = f.block("literal"), f.block("application")
             b.cbranch(b.icmp_signed("==", head, c64(LIT_HEADER)), lit_block, app_block)
@@ -272,6 +288,7 @@ class _OperatorEmitter:
                 case = f.block("lit")
                 switch.add_case(c64(h[1]), case)  # type: ignore[arg-type]
                 b.position_at_end(case)
+                self.generation = entry
                 yield self._tree(sub, on_fail)
             b.position_at_end(app_block)
         switch = b.switch(f.op_of(head), default)
@@ -279,21 +296,31 @@ class _OperatorEmitter:
             case = f.block("app")
             switch.add_case(c64(self.rm.op_ids[h[1]]), case)  # type: ignore[index]
             b.position_at_end(case)
+            self.generation = entry
+            for j in range(h[2]):  # type: ignore[arg-type]
+                self.env[tree.occurrence + (j,)] = (f.word(node, 1 + j), entry)
             yield self._tree(sub, on_fail)
         b.position_at_end(default)
+        self.generation = entry
         yield self._tree(tree.default, on_fail)
 
     def _leaf(self, leaf: Leaf, on_fail: ir.Block) -> Step[None]:
         b, f = self.b, self.f
         otherwise = f.block("otherwise")
         rule = _RuleEvaluation(self, leaf)
+        entry = self.generation
         for x, y in leaf.equalities:
             self._require(b.icmp_signed("==", self.occurrence(x), self.occurrence(y)), otherwise)
         for constraint in leaf.rule.constraints:
             self._require(rule.guard(constraint), otherwise)
+        after_guards = self.generation
         self._fire(leaf.rule)
         self._leave(rule.value(leaf.rule.target))
         b.position_at_end(otherwise)
+        # `otherwise` is reached from each guard: what was loaded holds there only if no guard called.
+        self.generation = entry
+        if after_guards != entry:
+            self.invalidate()
         yield self._tree(leaf.otherwise if leaf.otherwise is not None else Fail(), on_fail)
 
     def _require(self, cond: ir.Value, otherwise: ir.Block) -> None:
@@ -352,6 +379,7 @@ class _RuleEvaluation:
                 for j, arg in enumerate(args):
                     f.set_root(b.add(op.base, c64(op.scratch_at + j)), arg)
                 value = op.intern(len(args) << 32 | op.rm.op_ids[unit.op], args, op.scratch_at)
+        op.invalidate()
         f.return_if_error(value)
         self.slots[unit] = len(self.slots)
         f.set_root(b.add(op.base, c64(op.values_at + self.slots[unit])), value)
