@@ -36,7 +36,7 @@ def test_compile_rewrite_verify_stats_targets(tmp_path: Path) -> None:
     assert stats.returncode == 0 and "compilations ok" in stats.stdout and "hit rate" in stats.stdout
 
     rust = farm("codegen", arith, "--lang", "rust", "-o", str(tmp_path / "arith.rs"), cache=tmp_path)
-    assert rust.returncode == 0 and "pub fn match_node" in (tmp_path / "arith.rs").read_text()
+    assert rust.returncode == 0 and "pub fn normalize_root" in (tmp_path / "arith.rs").read_text()
     qasm = farm("codegen", arith, "--lang", "qasm", cache=tmp_path)
     assert qasm.returncode == 2 and "cannot be expressed in OpenQASM" in qasm.stderr
 
