@@ -120,37 +120,55 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
     return components
 
 
-def _memoised(ruleset: RuleSet) -> frozenset[str]:
+def _policy(ruleset: RuleSet) -> tuple[frozenset[str], frozenset[str]]:
+    """(tracked, memoised): operators whose calls may loop, and among them those whose calls branch."""
     by_root = ruleset.rules_by_root()
     calls = {op: [(rule, app) for rule in rules for expr in rule_expressions(rule) for app in _applications(expr)
                   if app.op in by_root] for op, rules in by_root.items()}
     graph = {op: {app.op for _, app in found} for op, found in calls.items()}
+    tracked: set[str] = set()
     memoised: set[str] = set()
     for component in _strongly_connected(graph):
+        members = set(component)
         op = component[0]
         if len(component) == 1 and op not in graph[op]:
             continue  # not recursive: its calls cannot repeat within themselves
-        recursive_calls = [(rule, app) for rule, app in calls[op] if app.op == op]
-        if len(component) == 1 and len({id(rule) for rule, _ in recursive_calls}) == len(recursive_calls) \
-                and all(_descends(rule, app) for rule, app in recursive_calls):
-            continue  # structural recursion, one call per rule: append, plus, reverse
-        memoised.update(component)
-    return frozenset(memoised)
+        inner = {id(rule): 0 for member in component for rule in by_root[member]}
+        for member in component:
+            for rule, app in calls[member]:
+                inner[id(rule)] += app.op in members
+        if max(inner.values()) > 1:
+            memoised.update(component)  # tree recursion: repeated calls are where remembering pays
+        elif len(component) > 1 or not all(_descends(rule, app) for rule, app in calls[op] if app.op == op):
+            tracked.update(component)  # not structural recursion (append, plus, reverse): it may loop
+    return frozenset(tracked), frozenset(memoised)
 
 
-_MEMOISED: dict[str, frozenset[str]] = {}
+_POLICY: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
 
 
-def memoised_ops(ruleset: RuleSet) -> frozenset[str]:
-    """Operators whose calls the memo remembers (docs/rules.md, "Memo"): the recursive ones, except those
-    whose only recursion is direct and structural with one call per rule. Kept per ruleset fingerprint."""
+def _cached_policy(ruleset: RuleSet) -> tuple[frozenset[str], frozenset[str]]:
     key = ruleset.fingerprint()
-    found = _MEMOISED.get(key)
+    found = _POLICY.get(key)
     if found is None:
-        if len(_MEMOISED) > 256:
-            _MEMOISED.clear()
-        found = _MEMOISED[key] = _memoised(ruleset)
+        if len(_POLICY) > 256:
+            _POLICY.clear()
+        found = _POLICY[key] = _policy(ruleset)
     return found
 
 
-__all__ = ["Occurrence", "fresh_subexpressions", "memoised_ops", "rule_expressions", "variable_occurrences"]
+def memoised_ops(ruleset: RuleSet) -> frozenset[str]:
+    """Operators whose calls the memo remembers (docs/rules.md, "Memo"): those of a recursion in which some
+    rule calls back more than once (fib, tak, an evaluator over a shared term)."""
+    return _cached_policy(ruleset)[1]
+
+
+def tracked_ops(ruleset: RuleSet) -> frozenset[str]:
+    """Operators, besides the memoised ones, whose calls in progress are tracked to catch a loop
+    (docs/rules.md, "Memo"): the other recursive ones, except those whose only recursion is direct and
+    structural (each call on a strict part of an argument)."""
+    return _cached_policy(ruleset)[0]
+
+
+__all__ = ["Occurrence", "fresh_subexpressions", "memoised_ops", "rule_expressions", "tracked_ops",
+           "variable_occurrences"]

@@ -237,10 +237,10 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     emitters = {"llvm": generate_llvm_ir, "rust": lambda rs: generate_rust(rs, args.main), "qasm": generate_qasm}
     text = emitters[args.lang](ruleset)
     if args.lang == "llvm":  # what docs/rules.md ("Memo") says codegen shows, as IR comments
-        from farm.callgraph import memoised_ops
+        from farm.callgraph import memoised_ops, tracked_ops
 
-        memoised = ", ".join(sorted(memoised_ops(ruleset))) or "none"
-        text = f"; memoised operators (docs/rules.md, \"Memo\"): {memoised}\n" + text
+        text = "".join(f"; {kind} operators (docs/rules.md, \"Semantics\"): {', '.join(sorted(ops)) or 'none'}\n"
+                       for kind, ops in (("memoised", memoised_ops(ruleset)), ("tracked", tracked_ops(ruleset)))) + text
     if output:
         if _is_special(output):  # /dev/stdout, a FIFO, a device: written to, never replaced by a file
             _write_through(output, text.encode())

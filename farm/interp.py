@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
-from farm.callgraph import fresh_subexpressions, memoised_ops
+from farm.callgraph import fresh_subexpressions, memoised_ops, tracked_ops
 from farm.config import max_memory_from_env
 from farm.errors import NonTermination
 from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var, variables
@@ -148,6 +148,7 @@ class Interpreter:
         defined = set(by_root)
         self._plans = {op: tuple(_Plan(rule, defined) for rule in rules) for op, rules in by_root.items()}
         self._memoised = memoised_ops(ruleset)
+        self._tracked = tracked_ops(ruleset)
 
     def rewrite(self, graph: TermGraph, roots: list[int], fuel: int = DEFAULT_FUEL,
                 max_memory: int | None = None) -> RewriteResult:
@@ -174,6 +175,7 @@ class _Run:
     def __init__(self, interp: Interpreter, graph: TermGraph, fuel: int, cap: int) -> None:
         self.plans = interp._plans
         self.memoised = interp._memoised
+        self.tracked = interp._tracked
         self.g = graph
         self.fuel = fuel
         self.cap = cap
@@ -185,7 +187,9 @@ class _Run:
         self.nf: dict[int, int] = {}  # input node -> its normal form
         self.memo: dict[Request, int] = {}
         self.calls: list[Attempt] = []  # the calls in progress, innermost last
-        self.keys: list[Request | None] = []  # each one's memo key, None when it is not remembered
+        # each call's key: in the memo (True), in the tracked calls in progress (False), or None
+        self.keys: list[tuple[Request, bool] | None] = []
+        self.active: set[Request] = set()  # tracked calls in progress
 
     def normalize(self, root: int) -> int:
         """The input term's normal form: children first, left to right, each shared node once; a node of a
@@ -227,8 +231,13 @@ class _Run:
             if request is not None:
                 if len(calls) >= MAX_CALL_DEPTH:
                     raise calls_error(self.last_rule, self.steps)
-                key: Request | None = None
-                if request[0] in memoised:
+                key: tuple[Request, bool] | None = None
+                if request[0] in self.tracked:
+                    if request in self.active:
+                        raise cycle_error(self.steps, self.last_rule)
+                    self.active.add(request)
+                    key = (request, False)
+                elif request[0] in memoised:
                     known = memo.get(request)
                     if known == IN_PROGRESS:
                         raise cycle_error(self.steps, self.last_rule)
@@ -238,7 +247,8 @@ class _Run:
                         value = known
                         request = None
                     else:
-                        key = self._remember(request)
+                        remembered = self._remember(request)
+                        key = None if remembered is None else (remembered, True)
                 if request is not None:
                     if self.cap:
                         self._check_memory()
@@ -252,7 +262,10 @@ class _Run:
                 value = returned.value
                 done = keys.pop()
                 if done is not None:
-                    memo[done] = value
+                    if done[1]:
+                        memo[done[0]] = value
+                    else:
+                        self.active.discard(done[0])
                 if not calls:
                     return value
                 request = None
@@ -272,9 +285,10 @@ class _Run:
     def abandon(self) -> None:
         """After a root's error: drop its calls in progress and their memo entries (finished ones stay)."""
         for key in self.keys:
-            if key is not None:
-                del self.memo[key]
+            if key is not None and key[1]:
+                del self.memo[key[0]]
         self.keys.clear()
+        self.active.clear()
         self.calls.clear()
         self.conditions = 1
 

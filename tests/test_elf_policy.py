@@ -352,9 +352,21 @@ def _patch_relocation_offset(data: bytearray) -> None:
     struct.pack_into("<Q", data, _jump_slot_entry(bytes(data)), 0x10)  # into the read-only first page
 
 
+def _exported_symbol(data: bytes) -> int:
+    """The index in .dynsym of the first function the library defines and exports (farm_...); the imports
+    (malloc, ..., and whatever libc helpers the optimiser calls) come first."""
+    tags = dict(_dynamic_entries(data)[1])
+    symtab, strtab = tags[6], tags[5]
+    for index in range(1, 1000):
+        name_at, _, _, section = struct.unpack_from("<IBBH", data, symtab + 24 * index)
+        if section != 0 and data[strtab + name_at:].startswith(b"farm_"):
+            return index
+    raise AssertionError("no exported farm_ function in .dynsym")
+
+
 def _patch_symbol_type(data: bytearray) -> None:
     symtab = dict(_dynamic_entries(bytes(data))[1])[6]
-    index = 5  # farm's libraries: 4 imports, then the exported functions
+    index = _exported_symbol(bytes(data))
     info = data[symtab + 24 * index + 4]
     data[symtab + 24 * index + 4] = (info & 0xF0) | 10
 
@@ -370,7 +382,7 @@ def _bind_own_symbol(symbolic: bool) -> Any:
             _retag(data, 30, 30, 0)
         at = _jump_slot_entry(bytes(data))
         kind = struct.unpack_from("<Q", data, at + 8)[0] & 0xFFFFFFFF
-        struct.pack_into("<Q", data, at + 8, 5 << 32 | kind)  # symbol 5: an exported function of the library
+        struct.pack_into("<Q", data, at + 8, _exported_symbol(bytes(data)) << 32 | kind)  # the library's own
     return patch
 
 

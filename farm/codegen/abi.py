@@ -24,6 +24,7 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
     ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
     ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_done", "i64"), ("memo_width", "i64"),
+    ("track", "ptr"), ("track_mask", "i64"), ("track_count", "i64"), ("track_width", "i64"),
     ("nf", "ptr"), ("n_rows", "i64"),  # normal form of each input row (-1: not yet)
     ("out", "ptr"), ("n_out", "i64"),  # the roots' results so far
     ("work", "ptr"), ("work_cap", "i64"),  # the explicit stack of input-term walks and exports
@@ -41,7 +42,7 @@ ARENA_INDEX = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
 # "i64*" a pointer to int64 cells, "str" a NUL-terminated string, "void" no result.
 EXPORTS: dict[str, tuple[str, list[str]]] = {
     "farm_abi_version": ("i64", []), "farm_rule_count": ("i64", []), "farm_op_count": ("i64", []),
-    "farm_memo_width": ("i64", []), "farm_fingerprint": ("str", []),
+    "farm_memo_width": ("i64", []), "farm_track_width": ("i64", []), "farm_fingerprint": ("str", []),
     "farm_arena_new": ("arena", []), "farm_arena_free": ("void", ["arena"]),
     # (arena, rows, ops, arities, values, kids, kids length, roots, root rows, out, info, fuel)
     "farm_rewrite": ("i64", ["arena", "i64", "i64*", "i64*", "i64*", "i64*", "i64", "i64", "i64*", "i64*",

@@ -18,7 +18,7 @@ import itertools
 
 from llvmlite import ir
 
-from farm.callgraph import fresh_subexpressions, memoised_ops, rule_expressions
+from farm.callgraph import fresh_subexpressions, memoised_ops, rule_expressions, tracked_ops
 from farm.codegen.abi import ERR_CALLS, ERR_DEPTH, ERR_FUEL, ERR_OOM, ERR_STACK, LIT_OP, MIN_NODE_WORDS, NO_MATCH
 from farm.codegen.irbuild import I1, I64, NULL, PTR, FunctionBuilder, c64, declare
 from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header
@@ -49,6 +49,7 @@ class RulesModule:
         self.arities = dict(ruleset.signature)
         self.by_root = ruleset.rules_by_root()
         self.memoised = memoised_ops(ruleset)
+        self.tracked = tracked_ops(ruleset)
 
     def norm_function(self, op_name: str) -> ir.Function:
         op = self.op_ids[op_name]
@@ -70,7 +71,8 @@ class RulesModule:
         self._dispatch()
         rs = self.ruleset
         constant = {"farm_rule_count": len(rs.rules), "farm_op_count": len(rs.signature),
-                    "farm_memo_width": max((2 + self.arities[op] for op in self.memoised), default=0)}
+                    "farm_memo_width": max((2 + self.arities[op] for op in self.memoised), default=0),
+                    "farm_track_width": max((1 + self.arities[op] for op in self.tracked), default=0)}
         for name, value in constant.items():
             FunctionBuilder(self.m, name, I64, [], internal=False).b.ret(c64(value))
         self._table("farm_op_arity", [arity for _, arity in rs.signature])
@@ -127,6 +129,7 @@ class _OperatorEmitter:
         self.op = rules_module.op_ids[op_name]
         self.arity = rules_module.arities[op_name]
         self.memoised = op_name in rules_module.memoised
+        self.tracked = op_name in rules_module.tracked
         self.first_rule = rules[0].index
         counts = [len(_units(rule)) for rule in rules]
         self.values_at = self.arity  # slots of the sub-expressions' values
@@ -167,6 +170,8 @@ class _OperatorEmitter:
         for i in range(self.arity, self.frame):
             f.set_root(b.add(self.base, c64(i)), c64(-1))
         f.put("rsp", need)
+        if self.tracked:
+            f.return_if_error(call(f, "farm_track_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base)))
         if self.memoised:
             known = call(f, "farm_memo_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
             with b.if_then(b.icmp_signed("!=", known, c64(NO_MATCH))):
@@ -231,6 +236,8 @@ class _OperatorEmitter:
         f = self.f
         if self.memoised:
             call(f, "farm_memo_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base), value)
+        if self.tracked:
+            call(f, "farm_track_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
         self._pop()
         f.b.ret(value)
 

@@ -42,6 +42,8 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
     "farm_grow_roots": ir.FunctionType(I1, [PTR, I64]),  # (arena, cells needed in all) -> grown?
     "farm_memo_enter": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
     "farm_memo_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR, I64]),  # (arena, op, arity, args*, nf)
+    "farm_track_enter": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
+    "farm_track_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
     "farm_call": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*): in the rules
     "farm_op_arity": ir.FunctionType(I64, [I64]),  # a ruleset operator's arity: in the rules
     "farm_op_first_rule": ir.FunctionType(I64, [I64]),  # the index of its first rule: in the rules
@@ -95,8 +97,9 @@ class RuntimeModule:
 
     def emit(self) -> None:
         for part in (self._charge, self._grow_array, self._hash, self._rebuild_table, self._intern, self._lit,
-                     self._forward, self._collect, self._grow_spaces, self._grow_roots, self._memo_rebuild, self._memo_find,
-                     self._memo_enter, self._memo_leave, self._check_rows, self._normalize_row, self._rewrite,
+                     self._forward, self._collect, self._grow_spaces, self._grow_roots, self._memo_rebuild, self._entry_find,
+                     self._memo_enter, self._memo_leave, self._track_rebuild, self._track_enter, self._track_leave,
+                     self._check_rows, self._normalize_row, self._rewrite,
                      self._walk, self._mark, self._export, self._arena_free, self._arena_new):
             part()
         f = self.export("farm_abi_version")
@@ -291,6 +294,18 @@ class RuntimeModule:
                     start = b.add(entry, c64(1))  # the value, then the arguments
                     self._forward_cells(f, to, to_top, memo, start, b.add(b.add(start, c64(1)), f.arity_of(tag)))
 
+    def _forward_tracked(self, f: FunctionBuilder, to: ir.Value, to_top: ir.Value) -> None:
+        b = f.b
+        width = f.get("track_width")
+        with b.if_then(b.icmp_signed(">", width, c64(0))):
+            track = f.get("track")
+            with f.loop(c64(0), b.add(f.get("track_mask"), c64(1))) as slot:
+                entry = b.mul(slot, width)
+                tag = f.load_at(track, entry)
+                with b.if_then(b.icmp_signed("!=", tag, c64(0))):
+                    start = b.add(entry, c64(1))
+                    self._forward_cells(f, to, to_top, track, start, b.add(start, f.arity_of(tag)))
+
     def _collect(self) -> None:
         """collect(arena, words needed): copy the live nodes into the spare space and swap; rebuild the
         table and the memo's index; grow both spaces when the live nodes fill half. 0, or ERR_OOM."""
@@ -303,6 +318,7 @@ class RuntimeModule:
         self._forward_cells(f, to, to_top, f.get("nf"), c64(0), f.get("n_rows"))
         self._forward_cells(f, to, to_top, f.get("out"), c64(0), f.get("n_out"))
         self._forward_memo(f, to, to_top)
+        self._forward_tracked(f, to, to_top)
         with heap_nodes(f, lambda: to, lambda: f.read(to_top)) as (at, head):
             with b.if_then(b.icmp_signed("!=", head, c64(LIT_HEADER))):
                 start = b.add(at, c64(1))
@@ -337,6 +353,9 @@ class RuntimeModule:
         with b.if_then(b.icmp_signed(">", f.get("memo_width"), c64(0))):
             rebuilt = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena,
                                     b.add(f.get("memo_mask"), c64(1)), c64(0))
+            f.return_if_false(rebuilt, ERR_OOM)
+        with b.if_then(b.icmp_signed(">", f.get("track_width"), c64(0))):
+            rebuilt = call_internal(f, "track_rebuild", I1, [PTR, I64], arena, b.add(f.get("track_mask"), c64(1)))
             f.return_if_false(rebuilt, ERR_OOM)
         b.ret(c64(0))
 
@@ -415,27 +434,35 @@ class RuntimeModule:
         f.put("memo_done", f.read(done))
         b.ret(TRUE)
 
-    def _memo_find(self) -> None:
-        """memo_find(arena, tag, args): the slot holding the key, or -1 - the free slot where it would go."""
-        f = self.new("memo_find", I64, [PTR, I64, PTR])
+    def _entry_find(self) -> None:
+        """entry_find(table, mask, width, args at, tag, args): in a table of `width`-cell entries (a tag, then
+        at `args at` the arguments: the memo and the tracked calls), the slot holding the key, or -1 - the
+        free slot where it would go."""
+        f = self.new("entry_find", I64, [PTR, I64, I64, I64, I64, PTR])
         b = f.b
-        _, tag, args = f.args
-        memo, width, arity = f.get("memo"), f.get("memo_width"), f.arity_of(tag)
+        table, mask, width, args_at, tag, args = f.args
+        arity = f.arity_of(tag)
         h = self.hash_of(f, tag, arity, args)
 
         def matches(idx: ir.Value) -> None:
             entry = b.mul(idx, width)
-            with b.if_then(b.icmp_signed("==", f.load_at(memo, entry), tag)):
+            with b.if_then(b.icmp_signed("==", f.load_at(table, entry), tag)):
                 same = f.var(TRUE, I1)
                 with f.loop(c64(0), arity) as j:
-                    equal = b.icmp_signed("==", f.load_at(memo, b.add(b.add(entry, c64(2)), j)),
+                    equal = b.icmp_signed("==", f.load_at(table, b.add(b.add(entry, args_at), j)),
                                           f.load_at(args, j, "any"))
                     b.store(b.and_(f.read(same, I1), equal), same)
                 f.return_if(f.read(same, I1), idx)
 
-        free = self.probe(f, f.get("memo_mask"), h,
-                          lambda idx: b.icmp_signed("!=", f.load_at(memo, b.mul(idx, width)), c64(0)), matches)
+        free = self.probe(f, mask, h, lambda idx: b.icmp_signed("!=", f.load_at(table, b.mul(idx, width)), c64(0)),
+                          matches)
         b.ret(b.sub(c64(-1), free))
+
+    def find(self, f: FunctionBuilder, kind: str, tag: ir.Value, args: ir.Value) -> ir.Value:
+        """The slot of (tag, args) in the memo or the tracked calls (kind), or -1 - a free slot."""
+        table, mask, width = f.get(kind), f.get(f"{kind}_mask"), f.get(f"{kind}_width")
+        return call_internal(f, "entry_find", I64, [PTR, I64, I64, I64, I64, PTR], table, mask, width,
+                             c64(2 if kind == "memo" else 1), tag, args)
 
     def _memo_enter(self) -> None:
         """farm_memo_enter(arena, op, arity, args): the remembered normal form; ERR_CYCLE if this call is in
@@ -444,7 +471,7 @@ class RuntimeModule:
         b = f.b
         arena, op, arity, args = f.args
         tag = header(f, b.add(op, c64(1)), arity)
-        found = call_internal(f, "memo_find", I64, [PTR, I64, PTR], arena, tag, args)
+        found = self.find(f, "memo", tag, args)
         with b.if_then(b.icmp_signed(">=", found, c64(0))):
             value = f.load_at(f.get("memo"), b.add(self._memo_entry(f, found), c64(1)))
             b.ret(b.select(b.icmp_signed("==", value, c64(IN_PROGRESS)), c64(ERR_CYCLE), value))
@@ -459,7 +486,7 @@ class RuntimeModule:
         with b.if_then(b.icmp_signed(">", b.mul(b.add(f.get("memo_count"), c64(1)), c64(2)), slots), likely=False):
             grown = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, b.mul(slots, c64(2)), c64(0))
             f.return_if_false(grown, ERR_OOM)
-        free = b.sub(c64(-1), call_internal(f, "memo_find", I64, [PTR, I64, PTR], arena, tag, args))
+        free = b.sub(c64(-1), self.find(f, "memo", tag, args))
         memo, entry = f.get("memo"), self._memo_entry(f, free)
         f.store_at(memo, entry, tag)
         f.store_at(memo, b.add(entry, c64(1)), c64(IN_PROGRESS))
@@ -473,11 +500,96 @@ class RuntimeModule:
         f = self.new("farm_memo_leave", VOID, [PTR, I64, I64, PTR, I64], internal=False)
         b = f.b
         arena, op, arity, args, value = f.args
-        found = call_internal(f, "memo_find", I64, [PTR, I64, PTR], arena, header(f, b.add(op, c64(1)), arity), args)
+        found = self.find(f, "memo", header(f, b.add(op, c64(1)), arity), args)
         with b.if_then(b.icmp_signed(">=", found, c64(0))):
             f.store_at(f.get("memo"), b.add(self._memo_entry(f, found), c64(1)), value)
             f.bump("memo_done", 1)
         b.ret_void()
+    # ---- the tracked calls in progress: (op, arguments), to catch a loop ----
+
+    def _track_rebuild(self) -> None:
+        """track_rebuild(arena, slots): re-index the tracked calls into a table of `slots` (after a
+        collection moved their arguments, or to grow); false when out of memory (the old table stays)."""
+        f = self.new("track_rebuild", I1, [PTR, I64])
+        b = f.b
+        slots = f.args[1]
+        width = f.get("track_width")
+        old, old_slots = f.get("track"), b.add(f.get("track_mask"), c64(1))
+        old_bytes, new_bytes = b.mul(b.mul(old_slots, width), c64(8)), b.mul(b.mul(slots, width), c64(8))
+        f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, new_bytes)), FALSE)
+        table = call(f, "calloc", b.mul(slots, width), c64(8))
+        with b.if_then(b.icmp_unsigned("==", table, NULL), likely=False):
+            call(f, "charge", f.arena, new_bytes, old_bytes)
+            b.ret(FALSE)
+        mask = b.sub(slots, c64(1))
+        with f.loop(c64(0), old_slots) as slot:
+            entry = b.mul(slot, width)
+            tag = f.load_at(old, entry)
+            with b.if_then(b.icmp_signed("!=", tag, c64(0))):
+                h = self.hash_of(f, tag, f.arity_of(tag), f.elem(old, b.add(entry, c64(1))))
+                free = self.probe(f, mask, h, lambda idx: b.icmp_signed(
+                    "!=", f.load_at(table, b.mul(idx, width)), c64(0)), lambda idx: None)
+                with f.loop(c64(0), width) as k:
+                    f.store_at(table, b.add(b.mul(free, width), k), f.load_at(old, b.add(entry, k)))
+        call(f, "free", old)
+        f.put("track", table)
+        f.put("track_mask", mask)
+        b.ret(TRUE)
+
+    def _track_enter(self) -> None:
+        """farm_track_enter(arena, op, arity, args): ERR_CYCLE if this call is in progress, else 0 once it is
+        recorded (ERR_OOM if it cannot be)."""
+        f = self.new("farm_track_enter", I64, [PTR, I64, I64, PTR], internal=False)
+        b = f.b
+        arena, op, arity, args = f.args
+        tag = header(f, b.add(op, c64(1)), arity)
+        f.return_if(b.icmp_signed(">=", self.find(f, "track", tag, args), c64(0)), c64(ERR_CYCLE))
+        slots = b.add(f.get("track_mask"), c64(1))
+        with b.if_then(b.icmp_signed(">", b.mul(b.add(f.get("track_count"), c64(1)), c64(2)), slots), likely=False):
+            grown = call_internal(f, "track_rebuild", I1, [PTR, I64], arena, b.mul(slots, c64(2)))
+            f.return_if_false(grown, ERR_OOM)
+        free = b.sub(c64(-1), self.find(f, "track", tag, args))
+        table, entry = f.get("track"), b.mul(free, f.get("track_width"))
+        f.store_at(table, entry, tag)
+        with f.loop(c64(0), arity) as j:
+            f.store_at(table, b.add(b.add(entry, c64(1)), j), f.load_at(args, j, "any"))
+        f.bump("track_count", 1)
+        b.ret(c64(0))
+
+    def _track_leave(self) -> None:
+        """farm_track_leave(arena, op, arity, args): forget the call, shifting back the entries probed past
+        its slot (linear probing without tombstones)."""
+        f = self.new("farm_track_leave", VOID, [PTR, I64, I64, PTR], internal=False)
+        b = f.b
+        _, op, arity, args = f.args
+        found = self.find(f, "track", header(f, b.add(op, c64(1)), arity), args)
+        with b.if_then(b.icmp_signed("<", found, c64(0))):
+            b.ret_void()
+        table, mask, width = f.get("track"), f.get("track_mask"), f.get("track_width")
+        hole, probe = f.var(found), f.var(b.and_(b.add(found, c64(1)), mask))
+        head, body, done = f.block("shift"), f.block("shift_entry"), f.block("shifted")
+        b.branch(head)
+        b.position_at_end(head)
+        j = f.read(probe)
+        entry = b.mul(j, width)
+        tag = f.load_at(table, entry)
+        b.cbranch(b.icmp_signed("!=", tag, c64(0)), body, done)
+        b.position_at_end(body)
+        home = b.and_(self.hash_of(f, tag, f.arity_of(tag), f.elem(table, b.add(entry, c64(1)))), mask)
+        i = f.read(hole)
+        # The entry may fill the hole if the hole lies on its probe path (from home to j, cyclically).
+        with b.if_then(b.icmp_unsigned(">=", b.and_(b.sub(j, home), mask), b.and_(b.sub(j, i), mask))):
+            with f.loop(c64(0), width) as k:
+                f.store_at(table, b.add(b.mul(i, width), k), f.load_at(table, b.add(entry, k)))
+            b.store(j, hole)
+        b.store(b.and_(b.add(j, c64(1)), mask), probe)
+        b.branch(head)
+        b.position_at_end(done)
+        with f.loop(c64(0), width) as k:
+            f.store_at(table, b.add(b.mul(f.read(hole), width), k), c64(0))
+        f.bump("track_count", -1)
+        b.ret_void()
+
     # ---- rewriting a term graph given as columns ----
 
     def _check_rows(self) -> None:
@@ -598,15 +710,26 @@ class RuntimeModule:
             f.put("n_out", b.add(i, c64(1)))
             f.store_at(info, b.mul(i, c64(2)), f.get("steps"))
             f.store_at(info, b.add(b.mul(i, c64(2)), c64(1)), f.get("last_rule"))
-            with b.if_then(b.and_(b.icmp_signed("<", result, c64(0)), b.icmp_signed(">", f.get("memo_width"), c64(0)))):
-                # The calls this root left in progress never finish: forget them (finished ones stay).
-                call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, b.add(f.get("memo_mask"), c64(1)), c64(1))
+            with b.if_then(b.icmp_signed("<", result, c64(0))):
+                self._abandon(f)
         call(f, "free", f.get("nf"))
         call(f, "charge", arena, nf_bytes, c64(0))
         for name in ("n_rows", "n_out", "rsp"):
             f.put(name, c64(0))
         f.put("nf", NULL)
         b.ret(c64(0))
+
+    def _abandon(self, f: FunctionBuilder) -> None:
+        """The calls a failed root left in progress never finish: forget them (finished memo entries stay)."""
+        b = f.b
+        with b.if_then(b.icmp_signed(">", f.get("memo_width"), c64(0))):
+            call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], f.arena, b.add(f.get("memo_mask"), c64(1)), c64(1))
+        with b.if_then(b.icmp_signed(">", f.get("track_width"), c64(0))):
+            cells = b.mul(b.add(f.get("track_mask"), c64(1)), f.get("track_width"))
+            track = f.get("track")
+            with f.loop(c64(0), cells) as i:
+                f.store_at(track, i, c64(0))
+            f.put("track_count", c64(0))
 
     # ---- exporting normal forms ----
 
@@ -702,7 +825,7 @@ class RuntimeModule:
 
     # ---- the arena ----
 
-    BLOCKS = ("heap", "spare", "table", "roots", "work", "memo", "counters", "rule_base", "nf")
+    BLOCKS = ("heap", "spare", "table", "roots", "work", "memo", "track", "counters", "rule_base", "nf")
 
     def _arena_free(self) -> None:
         f = self.export("farm_arena_free")
@@ -719,12 +842,14 @@ class RuntimeModule:
         arena = call(f, "calloc", c64(1), c64(8 * len(ARENA_FIELDS)))
         f.arena = arena
         f.return_if(b.icmp_unsigned("==", arena, NULL), NULL)
-        width = call(f, "farm_memo_width")
+        width, track_width = call(f, "farm_memo_width"), call(f, "farm_track_width")
         memo_slots = b.select(b.icmp_signed(">", width, c64(0)), c64(INITIAL_MEMO), c64(1))
+        track_slots = b.select(b.icmp_signed(">", track_width, c64(0)), c64(INITIAL_MEMO), c64(1))
         counters = b.add(call(f, "farm_rule_count"), c64(1))
         op_count = call(f, "farm_op_count")
         sizes = {"rule_base": op_count, "heap": c64(INITIAL_WORDS), "spare": c64(INITIAL_WORDS), "table": c64(INITIAL_TABLE),
                  "roots": c64(INITIAL_CELLS), "work": c64(INITIAL_CELLS), "memo": b.mul(memo_slots, width),
+                 "track": b.mul(track_slots, track_width),
                  "counters": counters}
         missing = FALSE
         held = c64(0)
@@ -736,7 +861,8 @@ class RuntimeModule:
         for name, value in (("cap", c64(INITIAL_WORDS)), ("spare_cap", c64(INITIAL_WORDS)),
                             ("table_mask", c64(INITIAL_TABLE - 1)), ("roots_cap", c64(INITIAL_CELLS)),
                             ("work_cap", c64(INITIAL_CELLS)), ("memo_mask", b.sub(memo_slots, c64(1))),
-                            ("memo_width", width), ("last_rule", c64(-1)), ("limit", c64(NO_LIMIT)), ("held", held)):
+                            ("memo_width", width), ("track_mask", b.sub(track_slots, c64(1))),
+                            ("track_width", track_width), ("last_rule", c64(-1)), ("limit", c64(NO_LIMIT)), ("held", held)):
             f.put(name, value)
         with b.if_then(missing, likely=False):
             call(f, "farm_arena_free", arena)
