@@ -40,8 +40,7 @@ from farm.config import max_memory_from_env
 from farm.elf_policy import check_library
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.interp import RewriteResult
-from farm.semantics import DEFAULT_FUEL, calls_error, check_fuel, cycle_error, depth_error, fuel_error, \
-    memory_error
+from farm.semantics import DEFAULT_FUEL, calls_error, check_fuel, cycle_error, depth_error, fuel_error, memory_error
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
 

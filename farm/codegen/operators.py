@@ -171,7 +171,8 @@ class _OperatorEmitter:
             f.set_root(b.add(self.base, c64(i)), c64(-1))
         f.put("rsp", need)
         if self.tracked:
-            f.return_if_error(call(f, "farm_track_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base)))
+            entered = call(f, "farm_track_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
+            f.return_if_error(entered)
         if self.memoised:
             known = call(f, "farm_memo_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
             with b.if_then(b.icmp_signed("!=", known, c64(NO_MATCH))):

@@ -97,10 +97,10 @@ class RuntimeModule:
 
     def emit(self) -> None:
         for part in (self._charge, self._grow_array, self._hash, self._rebuild_table, self._intern, self._lit,
-                     self._forward, self._collect, self._grow_spaces, self._grow_roots, self._memo_rebuild, self._entry_find,
-                     self._memo_enter, self._memo_leave, self._track_rebuild, self._track_enter, self._track_leave,
-                     self._check_rows, self._normalize_row, self._rewrite,
-                     self._walk, self._mark, self._export, self._arena_free, self._arena_new):
+                     self._forward, self._collect, self._grow_spaces, self._grow_roots, self._memo_rebuild,
+                     self._entry_find, self._memo_enter, self._memo_leave, self._track_rebuild, self._track_enter,
+                     self._track_leave, self._check_rows, self._normalize_row, self._rewrite, self._walk, self._mark,
+                     self._export, self._arena_free, self._arena_new):
             part()
         f = self.export("farm_abi_version")
         f.b.ret(c64(ABI_VERSION))
@@ -319,10 +319,10 @@ class RuntimeModule:
         self._forward_cells(f, to, to_top, f.get("out"), c64(0), f.get("n_out"))
         self._forward_memo(f, to, to_top)
         self._forward_tracked(f, to, to_top)
-        with heap_nodes(f, lambda: to, lambda: f.read(to_top)) as (at, head):
-            with b.if_then(b.icmp_signed("!=", head, c64(LIT_HEADER))):
-                start = b.add(at, c64(1))
-                self._forward_cells(f, to, to_top, to, start, b.add(start, f.arity_of(head)), "heap")
+        with heap_nodes(f, lambda: to, lambda: f.read(to_top)) as (at, head), \
+                b.if_then(b.icmp_signed("!=", head, c64(LIT_HEADER))):
+            start = b.add(at, c64(1))
+            self._forward_cells(f, to, to_top, to, start, b.add(start, f.arity_of(head)), "heap")
         old, old_cap = f.get("heap"), f.get("cap")
         f.put("heap", to)
         f.put("cap", f.get("spare_cap"))
@@ -346,9 +346,8 @@ class RuntimeModule:
         # One slot per word of the space: nodes take two words or more, so the table stays at most half
         # full until the next collection and never grows in between.
         slots = f.var(c64(INITIAL_TABLE))
-        with f.loop(c64(0), c64(64)):
-            with b.if_then(b.icmp_signed("<", f.read(slots), f.get("cap"))):
-                b.store(b.mul(f.read(slots), c64(2)), slots)
+        with f.loop(c64(0), c64(64)), b.if_then(b.icmp_signed("<", f.read(slots), f.get("cap"))):
+            b.store(b.mul(f.read(slots), c64(2)), slots)
         f.return_if_false(call_internal(f, "rebuild_table", I1, [PTR, I64], arena, f.read(slots)), ERR_OOM)
         with b.if_then(b.icmp_signed(">", f.get("memo_width"), c64(0))):
             rebuilt = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena,
@@ -847,8 +846,9 @@ class RuntimeModule:
         track_slots = b.select(b.icmp_signed(">", track_width, c64(0)), c64(INITIAL_MEMO), c64(1))
         counters = b.add(call(f, "farm_rule_count"), c64(1))
         op_count = call(f, "farm_op_count")
-        sizes = {"rule_base": op_count, "heap": c64(INITIAL_WORDS), "spare": c64(INITIAL_WORDS), "table": c64(INITIAL_TABLE),
-                 "roots": c64(INITIAL_CELLS), "work": c64(INITIAL_CELLS), "memo": b.mul(memo_slots, width),
+        sizes = {"rule_base": op_count, "heap": c64(INITIAL_WORDS), "spare": c64(INITIAL_WORDS),
+                 "table": c64(INITIAL_TABLE), "roots": c64(INITIAL_CELLS), "work": c64(INITIAL_CELLS),
+                 "memo": b.mul(memo_slots, width),
                  "track": b.mul(track_slots, track_width),
                  "counters": counters}
         missing = FALSE
@@ -862,7 +862,8 @@ class RuntimeModule:
                             ("table_mask", c64(INITIAL_TABLE - 1)), ("roots_cap", c64(INITIAL_CELLS)),
                             ("work_cap", c64(INITIAL_CELLS)), ("memo_mask", b.sub(memo_slots, c64(1))),
                             ("memo_width", width), ("track_mask", b.sub(track_slots, c64(1))),
-                            ("track_width", track_width), ("last_rule", c64(-1)), ("limit", c64(NO_LIMIT)), ("held", held)):
+                            ("track_width", track_width), ("last_rule", c64(-1)), ("limit", c64(NO_LIMIT)),
+                            ("held", held)):
             f.put(name, value)
         with b.if_then(missing, likely=False):
             call(f, "farm_arena_free", arena)
