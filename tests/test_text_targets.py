@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.callgraph import memoised_ops, tracked_ops
 from farm.codegen.qasm import generate_qasm
 from farm.codegen.rust import generate_rust, harness_input, harness_output, harness_steps
 from farm.errors import CodegenError, NonTermination
@@ -25,8 +26,8 @@ from .test_native import example
 RUSTC = shutil.which("rustc") or str(Path.home() / ".cargo/bin/rustc")
 
 # Rewriting as calls (docs/rules.md, "Semantics"): structural recursion (plus), a memoised operator (fib), a
-# condition whose call the target reuses (twice), a bidirectional pair (swap), a memoised operator that never
-# stops (spin), nested conditions (deep) and a constructor-only target.
+# condition whose call the target reuses (twice), a bidirectional pair (swap, tracked), a tracked operator that
+# never stops (spin), nested conditions (deep) and a constructor-only target.
 CALLS = """
 rule plus_z: (plus z ?y) => ?y
 rule plus_s: (plus (s ?x) ?y) => (s (plus ?x ?y))
@@ -137,15 +138,43 @@ def test_rust_target_drops_finished_memo_entries_when_full(tmp_path: Path) -> No
 
 
 def test_rust_target_does_not_remember_calls_when_every_entry_is_in_progress(tmp_path: Path) -> None:
-    """(c n) nests n + 1 memoised calls: past MAX_MEMO_ENTRIES of them in progress, a call is not remembered,
-    so the loop c(0) -> c(1) -> c(0) at the bottom is not seen as a cycle and spends the fuel; (c 3), whose
-    calls are all remembered, is a RewriteCycle."""
-    ruleset = ruleset_of("rule down: (c ?n) if ?n > 0 => (c {?n - 1})\nrule up: (c 0) => (c 1)")
+    """(c n) nests n + 1 memoised calls (`split`, which never fires here, makes `c` memoised): past
+    MAX_MEMO_ENTRIES of them in progress, a call is not remembered, so the loop c(0) -> c(1) -> c(0) at the
+    bottom is not seen as a cycle and spends the fuel; (c 3), whose calls are all remembered, is a
+    RewriteCycle."""
+    ruleset = ruleset_of("""rule down: (c ?n) if ?n > 0 => (c {?n - 1})
+                            rule up: (c 0) => (c 1)
+                            rule split: (c (pair ?a ?b)) => (e (c ?a) (c ?b))""")
+    assert memoised_ops(ruleset) == {"c"}
     binary = rust_binary(ruleset, tmp_path)
     n = MAX_MEMO_ENTRIES + 5
     results, counters, steps = run_rust(binary, ruleset, f"(c {n}) (c 3)", n + 1000)
     assert results == ["error FuelExhausted", "error RewriteCycle"] and steps == [n + 1001, 4]
-    assert counters == [n + 500 + 3, 501 + 1]  # the loop alternates up, down, .. for 1,001 steps
+    assert counters == [n + 500 + 3, 501 + 1, 0]  # the loop alternates up, down, .. for 1,001 steps
+
+
+def test_rust_target_tracks_calls_in_progress_without_remembering_them(tmp_path: Path) -> None:
+    """`range` and the pair f, g are tracked, not memoised: `two` calls (range 3) twice, and the second call
+    costs its four steps again (1 + 4 + 4), as does a later root's (range 3); f(z) -> g(z) -> f(z) is a
+    RewriteCycle after two steps, and so is a loop past what the memo would hold (h, 2^18 + 6 calls deep);
+    each root's error forgets its tracked calls, so the same root again takes the same two steps."""
+    ruleset = ruleset_of("""rule r_go: (range ?n) if ?n > 0 => (cons ?n (range {?n - 1}))
+                            rule r_0: (range 0) => nil
+                            rule two: (two ?n) => (pair (range ?n) (range {?n + 0}))
+                            rule a: (f ?x) => (g ?x)
+                            rule b: (g ?x) => (f ?x)
+                            rule down: (h ?n) if ?n > 0 => (h {?n - 1})
+                            rule up: (h 0) => (h 1)""")
+    assert tracked_ops(ruleset) == {"range", "f", "g", "h"} and not memoised_ops(ruleset)
+    binary = rust_binary(ruleset, tmp_path)
+    n = MAX_MEMO_ENTRIES + 5
+    text = f"(two 3) (f z) (range 3) (f z) (h {n})"
+    rust = run_rust(binary, ruleset, text, 10_000_000)
+    listed = "(cons 3 (cons 2 (cons 1 nil)))"
+    assert rust[0] == [f"(pair {listed} {listed})", "error RewriteCycle", listed, "error RewriteCycle",
+                       "error RewriteCycle"]
+    assert rust[2] == [9, 2, 4, 2, n + 1]
+    assert rust == run_interpreter(ruleset, text, 10_000_000)
 
 
 def test_rust_target_normalises_a_million_nested_calls(tmp_path: Path) -> None:

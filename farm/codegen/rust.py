@@ -4,8 +4,9 @@ Each defined operator becomes `fn norm_<k>(rt: &mut Runtime, a0: Id, ..) -> Resu
 its arguments in normal form, picks the first rule in firing order with the decision tree of
 farm/matchtree.py (matched directly on hash-consed nodes) and returns the normal form: the target evaluated
 innermost, each defined operator in it called, each constructor a node, a redex never built. Which calls are
-memoised and the order a rule evaluates its sub-expressions in come from farm/callgraph.py, as for every
-engine, so the Rust rewriter takes the interpreter's steps.
+memoised, which are tracked while in progress (to catch a loop) and the order a rule evaluates its
+sub-expressions in come from farm/callgraph.py, as for every engine, so the Rust rewriter takes the
+interpreter's steps.
 
 The output is one self-contained file that `rustc` accepts, with no crates. With `with_main=True` it also
 has a `main` that reads a term graph on stdin (the format of `harness_input`) and prints normal forms, steps,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from farm.callgraph import fresh_subexpressions, memoised_ops
+from farm.callgraph import fresh_subexpressions, memoised_ops, tracked_ops
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import (
     App,
@@ -87,19 +88,21 @@ impl Hasher for Fx {
     fn write_usize(&mut self, n: usize) { self.add(n as u64); }
 }
 
-/// A memoised call: (operator, arguments padded with 0 to MEMO_WIDTH).
+/// A memoised or tracked call: (operator, arguments padded with 0 to MEMO_WIDTH).
 pub type MemoKey = (i32, [Id; MEMO_WIDTH]);
 
 struct Node { op: i32, arity: u32, payload: i64, hash: u64 }
 
-/// Maximally shared nodes; the memo of memoised calls (`finished`, and `running`: in progress); per root,
-/// steps, fuel, last rule, condition level and call depth; firing counters.
+/// Maximally shared nodes; the memo of memoised calls (`finished`, and `running`: in progress); the tracked
+/// calls in progress (`tracking`, unbounded); per root, steps, fuel, last rule, condition level and call
+/// depth; firing counters.
 pub struct Runtime {
     nodes: Vec<Node>,
     kids: Vec<Id>,
     slots: Vec<Id>,
     finished: HashMap<MemoKey, Id, BuildHasherDefault<Fx>>,
     running: HashSet<MemoKey, BuildHasherDefault<Fx>>,
+    tracking: HashSet<MemoKey, BuildHasherDefault<Fx>>,
     input_nf: Vec<Id>,
     pub steps: u64,
     pub fuel: u64,
@@ -130,7 +133,7 @@ impl Runtime {
     /// A runtime for the calling thread, which has `stack_bytes` of stack from here down.
     pub fn new(fuel: u64, stack_bytes: usize) -> Runtime {
         Runtime { nodes: Vec::new(), kids: Vec::new(), slots: vec![EMPTY; 1024], finished: HashMap::default(),
-                  running: HashSet::default(),
+                  running: HashSet::default(), tracking: HashSet::default(),
                   input_nf: Vec::new(), steps: 0, fuel, last_rule: -1, counters: vec![0; RULE_COUNT],
                   level: 0, depth: 0,
                   stack_limit: stack_here().saturating_sub(stack_bytes.saturating_sub(STACK_RESERVE)) }
@@ -209,7 +212,8 @@ impl Runtime {
 
     fn end_condition(&mut self) { self.level -= 1; }
 
-    /// The normal form of input node `root`, or why it has none; the memo keeps only finished calls then.
+    /// The normal form of input node `root`, or why it has none; then the memo keeps only finished calls
+    /// and no tracked call is in progress.
     pub fn normalize_root(&mut self, root: Id) -> Result<Id, Err> {
         self.steps = 0;
         self.last_rule = -1;
@@ -217,7 +221,7 @@ impl Runtime {
         self.depth = 0;
         if self.input_nf.len() < self.nodes.len() { self.input_nf.resize(self.nodes.len(), EMPTY); }
         let normal = self.normalize_input(root);
-        if normal.is_err() { self.running.clear(); }
+        if normal.is_err() { self.running.clear(); self.tracking.clear(); }
         normal
     }
 
@@ -273,6 +277,16 @@ fn memo_call<F: FnOnce(&mut Runtime) -> Result<Id, Err>>(rt: &mut Runtime, key: 
     let normal = body(rt)?;
     rt.running.remove(&key);
     rt.finished.insert(key, normal);
+    Ok(normal)
+}
+
+/// A tracked call: RewriteCycle if the same call is in progress, else `body`'s result, not remembered.
+#[inline(always)]
+fn tracked_call<F: FnOnce(&mut Runtime) -> Result<Id, Err>>(rt: &mut Runtime, key: MemoKey, body: F)
+    -> Result<Id, Err> {
+    if !rt.tracking.insert(key) { return Err(Err::Cycle); }
+    let normal = body(rt)?;
+    rt.tracking.remove(&key);
     Ok(normal)
 }
 """
@@ -354,7 +368,8 @@ class RustCodegen:
         self.arities = dict(ruleset.signature)
         self.defined = ruleset.rules_by_root()
         self.memoised = memoised_ops(ruleset)
-        self.memo_width = max((self.arities[op] for op in self.memoised), default=0)
+        self.tracked = tracked_ops(ruleset)
+        self.memo_width = max((self.arities[op] for op in self.memoised | self.tracked), default=0)
         self.functions: list[str] = []
         self._fresh = itertools.count()
 
@@ -362,11 +377,13 @@ class RustCodegen:
         for op_name, rules in self.defined.items():
             self._operator(op_name, rules)
         memoised = ", ".join(_comment(op) for op in sorted(self.memoised)) or "none"
+        tracked = ", ".join(_comment(op) for op in sorted(self.tracked)) or "none"
         header = [
             "// Generated by farm from a ruleset; do not edit.",
             f"// ruleset fingerprint {self.ruleset.fingerprint()}",
             *(f"// rule {r.index}: {_comment(r.name)}: {_comment(str(r))}" for r in self.ruleset.rules),
             f"// memoised operators: {memoised}",
+            f"// tracked operators: {tracked}",
             "#![allow(unused_variables, unused_mut, unused_labels, unreachable_code, dead_code, unused_parens,",
             "         non_snake_case, clippy::all)]",
             f"pub const RULE_COUNT: usize = {len(self.ruleset.rules)};",
@@ -395,16 +412,19 @@ class RustCodegen:
         return "".join(f", {n}: Id" for n in names), "".join(f", {n}" for n in names)
 
     def _operator(self, op_name: str, rules: list[RewriteRule]) -> None:
-        """`norm_<k>`: the call (depth, memo), and `rules_<k>`: the first rule that fires, or the node itself."""
+        """`norm_<k>`: the call (depth, then memo or tracking), and `rules_<k>`: the first rule that fires, or
+        the node itself."""
         op = self.op_ids[op_name]
         decls, uses = self._params(op_name)
         body = f"rules_{op}(rt{uses})"
-        if op_name in self.memoised:
+        wrapper = "memo_call" if op_name in self.memoised else "tracked_call" if op_name in self.tracked else ""
+        if wrapper:
             padded = [f"a{i}" for i in range(self.arities[op_name])]
             padded += ["0"] * (self.memo_width - len(padded))
-            body = f"memo_call(rt, ({op}, [{', '.join(padded)}]), |rt| {body})"
+            body = f"{wrapper}(rt, ({op}, [{', '.join(padded)}]), |rt| {body})"
+        policy = " (memoised)" if op_name in self.memoised else " (tracked)" if op_name in self.tracked else ""
         self.functions.append("\n".join([
-            f"/// operator {op}: {_comment(op_name)}{' (memoised)' if op_name in self.memoised else ''}",
+            f"/// operator {op}: {_comment(op_name)}{policy}",
             f"fn norm_{op}(rt: &mut Runtime{decls}) -> Result<Id, Err> {{",
             "    rt.enter()?;", f"    let normal = {body};", "    rt.leave();", "    normal", "}", ""]))
         args = ", ".join(f"a{i}" for i in range(self.arities[op_name]))
