@@ -49,7 +49,8 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
     "farm_op_first_rule": ir.FunctionType(I64, [I64]),  # the index of its first rule: in the rules
 }
 LIT_HEADER = LIT_OP & 0xFFFFFFFF
-INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill half of it
+INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill more than 1 / LIVE_FRACTION of it
+LIVE_FRACTION = 4
 INITIAL_TABLE = INITIAL_WORDS
 INITIAL_MEMO = 1 << 8
 INITIAL_CELLS = 1 << 10  # shadow stack and work stack
@@ -308,7 +309,7 @@ class RuntimeModule:
 
     def _collect(self) -> None:
         """collect(arena, words needed): copy the live nodes into the spare space and swap; rebuild the
-        table and the memo's index; grow both spaces when the live nodes fill half. 0, or ERR_OOM."""
+        table and the memo's index; grow both spaces when the live nodes fill more than 1 / LIVE_FRACTION. 0, or ERR_OOM."""
         f = self.new("collect", I64, [PTR, I64])
         b = f.b
         arena, need = f.args
@@ -333,9 +334,11 @@ class RuntimeModule:
         f.bump("collections", 1)
         with b.if_then(b.icmp_signed(">", top, f.get("peak_words"))):
             f.put("peak_words", top)
+        # Each collection copies the live nodes: keeping the space at least LIVE_FRACTION times the live
+        # nodes bounds that to 1 / (LIVE_FRACTION - 1) word copied per word allocated.
         wanted = b.add(top, need)
-        with b.if_then(b.icmp_signed(">", b.mul(wanted, c64(2)), f.get("cap"))):
-            grown = call_internal(f, "grow_spaces", I1, [PTR, I64], arena, b.mul(wanted, c64(2)))
+        with b.if_then(b.icmp_signed(">", b.mul(wanted, c64(LIVE_FRACTION)), f.get("cap"))):
+            grown = call_internal(f, "grow_spaces", I1, [PTR, I64], arena, b.mul(wanted, c64(LIVE_FRACTION)))
             with b.if_then(b.not_(b.or_(grown, b.icmp_signed("<=", wanted, f.get("cap"))))):
                 # Out of room: the memo's finished entries go first (they only save steps), then it is an error.
                 with b.if_then(b.icmp_signed(">", f.get("memo_done"), c64(0))):
