@@ -25,6 +25,7 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
     ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_done", "i64"), ("memo_width", "i64"),
     ("track", "ptr"), ("track_mask", "i64"), ("track_count", "i64"), ("track_width", "i64"),
+    ("track_epoch", "i64"),  # counts the tracked calls' table rebuilds: a slot kept across one is stale
     ("nf", "ptr"), ("n_rows", "i64"),  # normal form of each input row (-1: not yet)
     ("out", "ptr"), ("n_out", "i64"),  # the roots' results so far
     ("work", "ptr"), ("work_cap", "i64"),  # the explicit stack of input-term walks and exports

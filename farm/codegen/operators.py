@@ -171,8 +171,7 @@ class _OperatorEmitter:
             f.set_root(b.add(self.base, c64(i)), c64(-1))
         f.put("rsp", need)
         if self.tracked:
-            entered = call(f, "farm_track_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
-            f.return_if_error(entered)
+            self._track()
         if self.memoised:
             known = call(f, "farm_memo_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
             with b.if_then(b.icmp_signed("!=", known, c64(NO_MATCH))):
@@ -180,16 +179,66 @@ class _OperatorEmitter:
                 self._pop()
                 b.ret(known)
 
+    def hash(self, head: ir.Value, words: list[ir.Value]) -> ir.Value:
+        """The runtime's hash_words, unrolled: the runtime finds what this code files, and back."""
+        b = self.b
+        h = b.mul(head, c64(K1))
+        for word in words:
+            mixed = b.mul(b.xor(h, word), c64(K2))
+            h = b.xor(mixed, b.lshr(mixed, c64(29)))
+        return b.xor(h, b.lshr(h, c64(32)))
+
+    def _track(self) -> None:
+        """Record this call among the tracked calls in progress. Inline when the first slot probed is free
+        and the table has room (then the slot and the table's epoch are kept, for _untrack); otherwise the
+        runtime's farm_track_enter, which also finds a call already in progress (ERR_CYCLE)."""
+        f, b = self.f, self.b
+        args = [f.root(b.add(self.base, c64(i))) for i in range(self.arity)]
+        tag = c64(self.arity << 32 | (self.op + 1))
+        table, width = f.get("track"), f.get("track_width")
+        mask = f.get("track_mask")
+        slot = b.and_(self.hash(tag, args), mask)
+        entry = b.mul(slot, width)
+        free = b.icmp_signed("==", f.load_at(table, entry), c64(0))
+        roomy = b.icmp_signed("<=", b.mul(b.add(f.get("track_count"), c64(1)), c64(2)), b.add(mask, c64(1)))
+        self.track_slot = f.var(c64(-1))
+        self.track_epoch = f.var(f.get("track_epoch"))
+        with b.if_else(b.and_(free, roomy)) as (fast, slow):
+            with fast:
+                for k, word in enumerate([tag, *args]):
+                    f.store_at(table, b.add(entry, c64(k)), word)
+                f.bump("track_count", 1)
+                b.store(slot, self.track_slot)
+            with slow:
+                entered = call(f, "farm_track_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
+                f.return_if_error(entered)
+
+    def _untrack(self) -> None:
+        """The call returns: clear its slot inline if the table is as _track left it (no collection or growth
+        since: nested calls leave theirs in reverse order, so the entry has not moved) and nothing was
+        probed past it; otherwise farm_track_leave finds the entry and shifts back the ones after it."""
+        f, b = self.f, self.b
+        slot = f.read(self.track_slot)
+        table, width, mask = f.get("track"), f.get("track_width"), f.get("track_mask")
+        same = b.and_(b.icmp_signed(">=", slot, c64(0)), b.icmp_signed("==", f.read(self.track_epoch),
+                                                                          f.get("track_epoch")))
+        after = b.mul(b.and_(b.add(slot, c64(1)), mask), width)
+        alone = b.and_(same, b.icmp_signed("==", f.load_at(table, b.select(same, after, c64(0))), c64(0)))
+        with b.if_else(alone) as (fast, slow):
+            with fast:
+                entry = b.mul(slot, width)
+                for k in range(1 + self.arity):
+                    f.store_at(table, b.add(entry, c64(k)), c64(0))
+                f.bump("track_count", -1)
+            with slow:
+                call(f, "farm_track_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
+
     def intern(self, head: int, kids: list[ir.Value], slot: int) -> ir.Value:
         """The shared node (head, kids), whose kids are also in frame slots from `slot` on. Inline, the
         common cases: the first table slot probed is empty and the space has room (a new node), or holds
         this very node; anything else is farm_intern's (further probes, a collection)."""
         f, b = self.f, self.b
-        h = b.mul(c64(head), c64(K1))
-        for kid in kids:
-            mixed = b.mul(b.xor(h, kid), c64(K2))
-            h = b.xor(mixed, b.lshr(mixed, c64(29)))
-        h = b.xor(h, b.lshr(h, c64(32)))
+        h = self.hash(c64(head), kids)
         size = max(MIN_NODE_WORDS, 1 + len(kids))
         result = f.var(c64(0))
         table = f.get("table")
@@ -238,7 +287,7 @@ class _OperatorEmitter:
         if self.memoised:
             call(f, "farm_memo_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base), value)
         if self.tracked:
-            call(f, "farm_track_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
+            self._untrack()
         self._pop()
         f.b.ret(value)
 

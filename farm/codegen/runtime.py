@@ -309,7 +309,8 @@ class RuntimeModule:
 
     def _collect(self) -> None:
         """collect(arena, words needed): copy the live nodes into the spare space and swap; rebuild the
-        table and the memo's index; grow both spaces when the live nodes fill more than 1 / LIVE_FRACTION. 0, or ERR_OOM."""
+        table and the memo's index; grow both spaces when the live nodes fill more than 1 / LIVE_FRACTION.
+        0, or ERR_OOM."""
         f = self.new("collect", I64, [PTR, I64])
         b = f.b
         arena, need = f.args
@@ -536,6 +537,7 @@ class RuntimeModule:
         call(f, "free", old)
         f.put("track", table)
         f.put("track_mask", mask)
+        f.bump("track_epoch", 1)
         b.ret(TRUE)
 
     def _track_enter(self) -> None:
@@ -732,6 +734,7 @@ class RuntimeModule:
             with f.loop(c64(0), cells) as i:
                 f.store_at(track, i, c64(0))
             f.put("track_count", c64(0))
+            f.bump("track_epoch", 1)
 
     # ---- exporting normal forms ----
 
