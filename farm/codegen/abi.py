@@ -24,6 +24,7 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
     ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
     ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_done", "i64"), ("memo_width", "i64"),
+    ("memo_epoch", "i64"),  # counts the memo's rebuilds: a slot kept across one is stale
     ("track", "ptr"), ("track_mask", "i64"), ("track_count", "i64"), ("track_width", "i64"),
     ("track_epoch", "i64"),  # counts the tracked calls' table rebuilds: a slot kept across one is stale
     ("nf", "ptr"), ("n_rows", "i64"),  # normal form of each input row (-1: not yet)

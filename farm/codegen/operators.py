@@ -19,12 +19,23 @@ import itertools
 from llvmlite import ir
 
 from farm.callgraph import fresh_subexpressions, memoised_ops, rule_expressions, tracked_ops
-from farm.codegen.abi import ERR_CALLS, ERR_DEPTH, ERR_FUEL, ERR_OOM, ERR_STACK, LIT_OP, MIN_NODE_WORDS, NO_MATCH
+from farm.codegen.abi import (
+    ERR_CALLS,
+    ERR_CYCLE,
+    ERR_DEPTH,
+    ERR_FUEL,
+    ERR_OOM,
+    ERR_STACK,
+    IN_PROGRESS,
+    LIT_OP,
+    MIN_NODE_WORDS,
+    NO_MATCH,
+)
 from farm.codegen.irbuild import I1, I64, NULL, PTR, FunctionBuilder, c64, declare
 from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
-from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH
+from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.trampoline import Step, run
 from farm.transduce import RewriteRule, RuleSet
 
@@ -173,11 +184,65 @@ class _OperatorEmitter:
         if self.tracked:
             self._track()
         if self.memoised:
-            known = call(f, "farm_memo_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
-            with b.if_then(b.icmp_signed("!=", known, c64(NO_MATCH))):
-                f.return_if_error(known)
-                self._pop()
-                b.ret(known)
+            self._memo_enter()
+
+    def _memo_enter(self) -> None:
+        """Ask the memo. Inline when the first slot probed holds this call (its normal form, or ERR_CYCLE if
+        in progress) or is free with room to claim it (then the slot and the table's epoch are kept for
+        _memo_leave); otherwise the runtime's farm_memo_enter."""
+        f, b = self.f, self.b
+        args = [f.root(b.add(self.base, c64(i))) for i in range(self.arity)]
+        tag = c64(self.arity << 32 | (self.op + 1))
+        memo, width, mask = f.get("memo"), f.get("memo_width"), f.get("memo_mask")
+        slot = b.and_(self.hash(tag, args), mask)
+        entry = b.mul(slot, width)
+        found = f.load_at(memo, entry)
+        self.memo_slot = f.var(c64(-1))
+        self.memo_epoch = f.var(f.get("memo_epoch"))
+        known = f.var(c64(NO_MATCH))
+        hit, other, claim, slow, done = (f.block(name) for name in ("memo_hit", "memo_other", "memo_claim",
+                                                                     "memo_slow", "memo_asked"))
+        same = b.icmp_signed("==", found, tag)
+        for k, arg in enumerate(args):
+            same = b.and_(same, b.icmp_signed("==", f.load_at(memo, b.add(entry, c64(2 + k))), arg))
+        b.cbranch(same, hit, other)
+        b.position_at_end(hit)
+        value = f.load_at(memo, b.add(entry, c64(1)))
+        b.store(b.select(b.icmp_signed("==", value, c64(IN_PROGRESS)), c64(ERR_CYCLE), value), known)
+        b.branch(done)
+        b.position_at_end(other)
+        count = f.get("memo_count")
+        roomy = b.and_(b.icmp_signed("<", count, c64(MAX_MEMO_ENTRIES)),
+                       b.icmp_signed("<=", b.mul(b.add(count, c64(1)), c64(2)), b.add(mask, c64(1))))
+        b.cbranch(b.and_(b.icmp_signed("==", found, c64(0)), roomy), claim, slow)
+        b.position_at_end(claim)
+        for k, word in enumerate([tag, c64(IN_PROGRESS), *args]):
+            f.store_at(memo, b.add(entry, c64(k)), word)
+        f.bump("memo_count", 1)
+        b.store(slot, self.memo_slot)
+        b.branch(done)
+        b.position_at_end(slow)
+        b.store(call(f, "farm_memo_enter", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base)), known)
+        b.branch(done)
+        b.position_at_end(done)
+        answer = f.read(known)
+        with b.if_then(b.icmp_signed("!=", answer, c64(NO_MATCH))):
+            f.return_if_error(answer)
+            self._pop()
+            b.ret(answer)
+
+    def _memo_leave(self, value: ir.Value) -> None:
+        """Remember the normal form: inline in the slot _memo_enter claimed if the memo was not rebuilt since."""
+        f, b = self.f, self.b
+        slot = f.read(self.memo_slot)
+        same = b.and_(b.icmp_signed(">=", slot, c64(0)), b.icmp_signed("==", f.read(self.memo_epoch),
+                                                                          f.get("memo_epoch")))
+        with b.if_else(same) as (fast, slow):
+            with fast:
+                f.store_at(f.get("memo"), b.add(b.mul(slot, f.get("memo_width")), c64(1)), value)
+                f.bump("memo_done", 1)
+            with slow:
+                call(f, "farm_memo_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base), value)
 
     def hash(self, head: ir.Value, words: list[ir.Value]) -> ir.Value:
         """The runtime's hash_words, unrolled: the runtime finds what this code files, and back."""
@@ -285,7 +350,7 @@ class _OperatorEmitter:
     def _leave(self, value: ir.Value) -> None:
         f = self.f
         if self.memoised:
-            call(f, "farm_memo_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base), value)
+            self._memo_leave(value)
         if self.tracked:
             self._untrack()
         self._pop()

@@ -435,6 +435,7 @@ class RuntimeModule:
         f.put("memo_mask", mask)
         f.put("memo_count", f.read(count))
         f.put("memo_done", f.read(done))
+        f.bump("memo_epoch", 1)
         b.ret(TRUE)
 
     def _entry_find(self) -> None:
