@@ -31,13 +31,22 @@ from farm.codegen.abi import (
     MIN_NODE_WORDS,
     NO_MATCH,
 )
-from farm.codegen.irbuild import I1, I64, NULL, PTR, FunctionBuilder, c64, declare
+from farm.codegen.irbuild import I1, I64, NULL, PTR, TRUE, FunctionBuilder, c64, declare
 from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.trampoline import Step, run
 from farm.transduce import RewriteRule, RuleSet
+
+
+def hash_words(b: ir.IRBuilder, head: ir.Value, words: list[ir.Value]) -> ir.Value:
+    """The runtime's hash_words, unrolled: the runtime finds what this code files, and back."""
+    h = b.mul(head, c64(K1))
+    for word in words:
+        mixed = b.mul(b.xor(h, word), c64(K2))
+        h = b.xor(mixed, b.lshr(mixed, c64(29)))
+    return b.xor(h, b.lshr(h, c64(32)))
 
 
 def norm_name(op: int) -> str:
@@ -68,6 +77,48 @@ class RulesModule:
         if self.internal:
             fn.linkage = "internal"
         return fn
+
+    def intern_function(self, arity: int) -> ir.Function:
+        """intern<n>(arena, header, kid 0 .. kid n-1, kids*): the shared node, with the common cases in this
+        module (the first table slot probed is free and the space has room: a new node; or it holds this very
+        node); the others go to farm_intern (further probes, a collection), which reads the kids at `kids*`
+        (frame slots on the shadow stack)."""
+        name = f"intern{arity}"
+        existing = self.m.globals.get(name)
+        if isinstance(existing, ir.Function):
+            return existing
+        f = FunctionBuilder(self.m, name, I64, [PTR, I64] + [I64] * arity + [PTR])
+        b = f.b
+        head, kids, kids_at = f.args[1], list(f.args[2:2 + arity]), f.args[-1]
+        h = hash_words(b, head, kids)
+        size = max(MIN_NODE_WORDS, 1 + arity)
+        table = f.get("table")
+        idx = b.and_(h, f.get("table_mask"))
+        found = f.load_at(table, idx)
+        empty, occupied, roomy, equal, slow = (f.block(n) for n in ("new", "probe", "room", "compare", "slow"))
+        b.cbranch(b.icmp_signed("==", found, c64(0)), empty, occupied)
+        b.position_at_end(empty)
+        top = f.get("top")
+        b.cbranch(b.icmp_signed("<=", b.add(top, c64(size)), f.get("cap")), roomy, slow)
+        b.position_at_end(roomy)
+        for k, word in enumerate([head, *kids] + [c64(0)] * (size - 1 - arity)):
+            f.set_word(top, k, word)
+        f.put("top", b.add(top, c64(size)))
+        f.store_at(table, idx, b.or_(b.shl(b.lshr(h, c64(TAG_SHIFT)), c64(TAG_SHIFT)), b.add(top, c64(1))))
+        f.bump("table_count", 1)
+        b.ret(top)
+        b.position_at_end(occupied)
+        cand = b.sub(b.and_(found, c64((1 << TAG_SHIFT) - 1)), c64(1))
+        b.cbranch(b.icmp_signed("==", b.lshr(found, c64(TAG_SHIFT)), b.lshr(h, c64(TAG_SHIFT))), equal, slow)
+        b.position_at_end(equal)
+        same = TRUE
+        for k, word in enumerate([head, *kids]):
+            same = b.and_(same, b.icmp_signed("==", f.word(cand, k), word))
+        f.return_if(same, cand)
+        b.branch(slow)
+        b.position_at_end(slow)
+        b.ret(call(f, "farm_intern", f.arena, head, c64(arity), kids_at))
+        return f.fn
 
     # ---- one operator ----
 
@@ -245,13 +296,7 @@ class _OperatorEmitter:
                 call(f, "farm_memo_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base), value)
 
     def hash(self, head: ir.Value, words: list[ir.Value]) -> ir.Value:
-        """The runtime's hash_words, unrolled: the runtime finds what this code files, and back."""
-        b = self.b
-        h = b.mul(head, c64(K1))
-        for word in words:
-            mixed = b.mul(b.xor(h, word), c64(K2))
-            h = b.xor(mixed, b.lshr(mixed, c64(29)))
-        return b.xor(h, b.lshr(h, c64(32)))
+        return hash_words(self.b, head, words)
 
     def _track(self) -> None:
         """Record this call among the tracked calls in progress. Inline when the first slot probed is free
@@ -299,49 +344,10 @@ class _OperatorEmitter:
                 call(f, "farm_track_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
 
     def intern(self, head: int, kids: list[ir.Value], slot: int) -> ir.Value:
-        """The shared node (head, kids), whose kids are also in frame slots from `slot` on. Inline, the
-        common cases: the first table slot probed is empty and the space has room (a new node), or holds
-        this very node; anything else is farm_intern's (further probes, a collection)."""
-        f, b = self.f, self.b
-        h = self.hash(c64(head), kids)
-        size = max(MIN_NODE_WORDS, 1 + len(kids))
-        result = f.var(c64(0))
-        table = f.get("table")
-        idx = b.and_(h, f.get("table_mask"))
-        found = f.load_at(table, idx)
-        slow, done = f.block("intern_slow"), f.block("interned")
-        empty, occupied = f.block("intern_new"), f.block("intern_probe")
-        b.cbranch(b.icmp_signed("==", found, c64(0)), empty, occupied)
-        b.position_at_end(empty)
-        top = f.get("top")
-        roomy = f.block("intern_room")
-        b.cbranch(b.icmp_signed("<=", b.add(top, c64(size)), f.get("cap")), roomy, slow)
-        b.position_at_end(roomy)
-        for k, word in enumerate([c64(head), *kids] + [c64(0)] * (size - 1 - len(kids))):
-            f.set_word(top, k, word)
-        f.put("top", b.add(top, c64(size)))
-        f.store_at(table, idx, b.or_(b.shl(b.lshr(h, c64(TAG_SHIFT)), c64(TAG_SHIFT)), b.add(top, c64(1))))
-        f.bump("table_count", 1)
-        b.store(top, result)
-        b.branch(done)
-        b.position_at_end(occupied)
-        cand = b.sub(b.and_(found, c64((1 << TAG_SHIFT) - 1)), c64(1))
-        same = b.icmp_signed("==", b.lshr(found, c64(TAG_SHIFT)), b.lshr(h, c64(TAG_SHIFT)))
-        equal = f.block("intern_compare")
-        b.cbranch(same, equal, slow)
-        b.position_at_end(equal)
-        for k, word in enumerate([c64(head), *kids]):
-            next_block = f.block("intern_same")
-            b.cbranch(b.icmp_signed("==", f.word(cand, k), word), next_block, slow)
-            b.position_at_end(next_block)
-        b.store(cand, result)
-        b.branch(done)
-        b.position_at_end(slow)
-        b.store(call(f, "farm_intern", f.arena, c64(head), c64(len(kids)),
-                     f.root_ptr(b.add(self.base, c64(slot)))), result)
-        b.branch(done)
-        b.position_at_end(done)
-        return f.read(result)
+        """The shared node (head, kids), whose kids are also in frame slots from `slot` on."""
+        f = self.f
+        return f.b.call(self.rm.intern_function(len(kids)),
+                        [f.arena, c64(head), *kids, f.root_ptr(self.b.add(self.base, c64(slot)))])
 
     def _pop(self) -> None:
         self.f.put("rsp", self.base)
