@@ -300,7 +300,7 @@ class NativeRuleset:
             raise ArenaOutOfMemory("farm_arena_new could not allocate the arena", cap)
         # 0, or a cap past the arena's signed 64-bit counter (which ctypes would wrap): no cap
         arena.contents.limit = cap if 0 < cap < NO_LIMIT else NO_LIMIT
-        arena.contents.stack_bytes = STACK_BYTES - STACK_MARGIN
+        arena.contents.stack_bytes = max(STACK_BYTES - STACK_MARGIN, STACK_BYTES // 2)
         try:
             root_rows = array("q", roots)
             out, info = _zeros(len(roots)), _zeros(2 * len(roots))
@@ -337,9 +337,8 @@ class NativeRuleset:
             _zeros(len(out))
         self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals), _ptr(arities),
                              _ptr(kids))
-        if to_native is not None:
-            to_graph = {native: op for op, native in enumerate(to_native)}
-            ops = array("q", [op if op == LIT else to_graph[op] for op in ops[:sizes[0]]])
+        if to_native is not None or len(graph.signature.names) < len(self.ruleset.signature):
+            ops = array("q", map(self._graph_op(graph, to_native), ops[:sizes[0]]))
         result_graph = TermGraph.from_columns(graph.signature, ops[:sizes[0]], vals[:sizes[0]], arities[:sizes[0]],
                                               kids[:sizes[1]])
         names = [r.name for r in self.ruleset.rules]
@@ -358,13 +357,28 @@ class NativeRuleset:
             elif result == ERR_CALLS:
                 outcomes.append(calls_error(rule, steps))
             elif result == ERR_STACK:
-                outcomes.append(calls_error(rule, steps, native_stack=STACK_BYTES - STACK_MARGIN))
+                outcomes.append(calls_error(rule, steps, native_stack=arena.contents.stack_bytes))
             elif result == ERR_OOM:
                 raise memory_error(cap, arena.contents.held, f"while rewriting term {i + 1}")
             else:
                 raise LoadError(f"farm_rewrite returned unknown code {result}")
         counters = list((ctypes.c_int64 * len(names)).from_address(arena.contents.counters))
         return RewriteResult(result_graph, outcomes, counters, "native", list(info[0::2]))
+
+    def _graph_op(self, graph: TermGraph, to_native: list[int] | None) -> Callable[[int], int]:
+        """Native op id -> the graph's op id. A normal form may apply a ruleset operator the graph never
+        declared (a rule's target built it): it is declared then, as the interpreter does."""
+        to_graph = {native: op for op, native in enumerate(to_native or range(len(graph.signature.names)))}
+
+        def graph_op(native: int) -> int:
+            if native == LIT:
+                return LIT
+            if native not in to_graph:
+                name, arity = self.ruleset.signature[native]
+                to_graph[native] = graph.signature.declare(name, arity)
+            return to_graph[native]
+
+        return graph_op
 
     def _op_map(self, graph: TermGraph) -> list[int] | None:
         """Graph op id -> native op id (ruleset ops first, then free constructors); None when they are the

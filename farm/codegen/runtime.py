@@ -683,6 +683,8 @@ class RuntimeModule:
         f = self.export("farm_rewrite")
         b = f.b
         arena, rows, ops, arities, values, kids, n_kids, n_roots, root_rows, out, info, fuel = f.args
+        counts = b.or_(b.icmp_signed("<", rows, c64(0)), b.icmp_signed("<", n_roots, c64(0)))
+        f.return_if(b.or_(counts, b.icmp_signed("<", n_kids, c64(0))), c64(ERR_INPUT))
         well_formed = call_internal(f, "check_rows", I1, [PTR, I64, PTR, PTR, PTR, PTR, I64], arena, rows, ops,
                                     arities, values, kids, n_kids)
         f.return_if_false(well_formed, ERR_INPUT)
