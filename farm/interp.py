@@ -190,6 +190,7 @@ class _Run:
         # each call's key: in the memo (True), in the tracked calls in progress (False), or None
         self.keys: list[tuple[Request, bool] | None] = []
         self.active: set[Request] = set()  # tracked calls in progress
+        self.finished = 0  # memo entries that hold a normal form
 
     def normalize(self, root: int) -> int:
         """The input term's normal form: children first, left to right, each shared node once; a node of a
@@ -264,6 +265,7 @@ class _Run:
                 if done is not None:
                     if done[1]:
                         memo[done[0]] = value
+                        self.finished += 1
                     else:
                         self.active.discard(done[0])
                 if not calls:
@@ -275,8 +277,10 @@ class _Run:
         when every entry is in progress the call is not remembered (None)."""
         memo = self.memo
         if len(memo) >= MAX_MEMO_ENTRIES:
-            for finished in [k for k, v in memo.items() if v != IN_PROGRESS]:
-                del memo[finished]
+            if self.finished:  # counted, so that a memo full of calls in progress is not scanned on every call
+                for finished in [k for k, v in memo.items() if v != IN_PROGRESS]:
+                    del memo[finished]
+                self.finished = 0
             if len(memo) >= MAX_MEMO_ENTRIES:
                 return None
         memo[key] = IN_PROGRESS

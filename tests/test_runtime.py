@@ -307,7 +307,8 @@ rule swap [bidirectional]: (sw (p ?x ?y)) => (sw (q ?y ?x))
 COUNT = """
 rule c0: (count 0 ?acc) => ?acc
 rule c1: (count ?n ?acc) if ?n > 0 => (count {?n - 1} {?acc + 1})
-"""
+rule cb: (count (two ?a ?b) ?acc) => (pair (count ?a ?acc) (count ?b ?acc))
+"""  # cb never fires: it makes `count` a branching recursion, so memoised (docs/rules.md, "Memo")
 
 
 def test_full_memo_of_calls_in_progress_by_hand(engine: Engine) -> None:
@@ -328,7 +329,7 @@ def test_full_memo_of_calls_in_progress_by_hand(engine: Engine) -> None:
     # 6: k = m + 1 was not remembered: n - m steps; the memo was full of finished entries (k = 1 .. m): all
     # dropped, k = m + 1 .. n remembered. 7: k = 7 was dropped: n - 6 steps.
     assert result.steps == [n + 1, 0, 11, n, 0, n - m, n - 6]
-    assert result.firings == [5, sum(result.steps) - 5]
+    assert result.firings == [5, sum(result.steps) - 5, 0]
 
 
 def test_full_memo_of_finished_calls_equals_the_interpreter(engine: Engine) -> None:
@@ -337,6 +338,7 @@ def test_full_memo_of_finished_calls_equals_the_interpreter(engine: Engine) -> N
     rules = """
 rule sq: (sq ?x) if ?x < 0 => (sqd {?x * ?x})
 rule sqw: (sq (wrap ?x)) => (sq (wrap (wrap ?x)))
+rule sqb: (sq (two ?a ?b)) => (pair (sq ?a) (sq ?b))
 rule via: (via ?x) => (sq ?x)
 rule via2: (via2 ?x) => (sq ?x)
 """
@@ -475,8 +477,6 @@ def test_native_stack_check_with_a_small_stack(tmp_path: Path) -> None:
     assert native == ["(kk 1 a)", "(kk 150 b)", "ConditionsTooDeep", "(kk 2 b)"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: STACK_BYTES <= STACK_MARGIN gives stack_bytes <= 0, which the "
-                   "runtime reads as 'unchecked': deep recursion overflows the thread's stack (SIGSEGV)")
 def test_a_stack_smaller_than_the_margin_is_still_checked(tmp_path: Path) -> None:
     probe = stack_probe(3 << 20, tmp_path)
     assert probe.returncode == 0, f"exit {probe.returncode}: {probe.stderr[-2000:]}"
@@ -558,8 +558,6 @@ def test_bad_columns_are_refused_before_any_work(engine: Engine) -> None:
     assert top.code == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a negative row count passes the checks and fails as out of memory "
-                   "(-4, malloc of a negative size) instead of bad input (-5)")
 def test_a_negative_row_count_is_bad_input(engine: Engine) -> None:
     _, native = native_of(engine, "rule q: (k ?x) => ?x")
     assert raw_rewrite(native, columns([-1], [0], [0], []), [], rows=-5).code == ERR_INPUT
@@ -583,10 +581,6 @@ def test_bad_graphs_through_the_loader_are_term_errors(engine: Engine) -> None:
         native.rewrite(other, [other.app(0, [other.lit(1)] * 3)])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the loader maps the results' operators back only through the input "
-                   "graph's signature: an operator of the ruleset the graph never declared raises KeyError, or "
-                   "(when the graph's signature is a prefix of the ruleset's) makes a graph whose ops are out of "
-                   "its signature (IndexError when printed)")
 @pytest.mark.parametrize("terms", ["(f a) (h b)", "(f 1)"])
 def test_results_may_use_operators_the_input_graph_never_declared(engine: Engine, terms: str) -> None:
     rs, native = native_of(engine, "rule r: (f ?x) => (g ?x)")
@@ -654,8 +648,9 @@ def test_random_rulesets_with_collections_equal_the_interpreter(engine: Engine, 
     g1, g2 = TermGraph(rs.make_signature()), TermGraph(rs.make_signature())
     assert_same(native.rewrite(g1, build(g1), FUEL, 0), Interpreter(rs).rewrite(g2, build(g2), FUEL, 0), rs)
     g3 = TermGraph(rs.make_signature())
+    # at least the first churn collects, moving the first twelve roots' inputs and results
     assert raw_rewrite(native, (g3.ops, g3.arities, g3.vals, g3.kid_ids), build(g3), fuel=FUEL).stats[
-        "collections"] >= 2
+        "collections"] >= 1
 
 
 # ---- 7. determinism and threads
