@@ -14,8 +14,7 @@ from llvmlite import ir
 
 from farm.codegen.abi import ARENA_FIELDS, ARENA_INDEX, EXPORTS
 
-I1, I8, I32, I64, PTR, VOID = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.PointerType(), \
-    ir.VoidType()
+I1, I32, I64, PTR, VOID = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType(), ir.VoidType()
 ARENA = ir.LiteralStructType([PTR if kind == "ptr" else I64 for _, kind in ARENA_FIELDS])
 KINDS = {"i64": I64, "ptr": PTR, "arena": PTR, "i64*": PTR, "str": PTR, "void": VOID}
 TBAA_KINDS = ("arena", "heap", "roots", "cell")

@@ -27,11 +27,10 @@ from farm.codegen.abi import (
     ERR_OOM,
     ERR_STACK,
     IN_PROGRESS,
-    LIT_OP,
     MIN_NODE_WORDS,
     NO_MATCH,
 )
-from farm.codegen.irbuild import I1, I64, NULL, PTR, TRUE, FunctionBuilder, c64, declare
+from farm.codegen.irbuild import I1, I64, PTR, TRUE, FunctionBuilder, c64, declare
 from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
@@ -576,4 +575,4 @@ class _RuleEvaluation:
         return b.shl(x, shift) if expr.op == "<<" else b.ashr(x, shift)
 
 
-__all__ = ["LIT_OP", "NULL", "RulesModule", "norm_name"]
+__all__ = ["RulesModule", "hash_words", "norm_name"]
