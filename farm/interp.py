@@ -47,6 +47,9 @@ from farm.transduce import RewriteRule, RuleSet
 # arity 0-3; each child adds three 8-byte references (kid_ids, the children tuple, the interning key).
 BYTES_PER_NODE = 400
 BYTES_PER_CHILD = 24
+# And a call in progress: its suspended generator frame, its key in the memo or the tracked calls. Measured
+# with a runaway tracked recursion (tests/test_limits.py, peak RSS): about 800 bytes a level besides its node.
+BYTES_PER_CALL = 800
 
 IN_PROGRESS = -1  # the memo's value for a call not yet returned (node ids are >= 0)
 
@@ -298,7 +301,7 @@ class _Run:
 
     def _check_memory(self) -> None:
         g = self.g
-        held = len(g.ops) * BYTES_PER_NODE + len(g.kid_ids) * BYTES_PER_CHILD
+        held = len(g.ops) * BYTES_PER_NODE + len(g.kid_ids) * BYTES_PER_CHILD + len(self.calls) * BYTES_PER_CALL
         if held > self.cap:
             raise memory_error(self.cap, held, f"while rewriting term {self.term}")
 

@@ -35,6 +35,7 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("depth", "i64"),  # condition nesting (a root is 1)
     ("calls", "i64"),  # calls in progress
     ("stack_bytes", "i64"), ("stack_floor", "i64"),  # native stack the caller provides (0: unchecked)
+    ("stack_top", "i64"),  # farm_rewrite's frame: the stack below it counts toward `limit` as memory held
     ("limit", "i64"), ("held", "i64"),  # the memory cap in bytes, and the bytes the arena holds
     ("collections", "i64"), ("peak_words", "i64"),  # statistics: collections run, largest live heap
 ]
