@@ -55,6 +55,8 @@ INITIAL_TABLE = INITIAL_WORDS
 INITIAL_MEMO = 1 << 8
 INITIAL_CELLS = 1 << 10  # shadow stack and work stack
 TAG_SHIFT = 36  # a table slot: the hash's high bits above (node id + 1); ids below 2^36 words
+# Where an entry's arguments start: memo entries are (tag, normal form, arguments), tracked calls (tag, arguments).
+ARGS_AT = {"memo": 2, "track": 1}
 K1, K2 = 0x9E3779B97F4A7C15, 0xFF51AFD7ED558CCD
 
 
@@ -288,29 +290,19 @@ class RuntimeModule:
                                   f.load_at(base, i, kind))
             f.store_at(base, i, moved, kind)
 
-    def _forward_memo(self, f: FunctionBuilder, to: ir.Value, to_top: ir.Value) -> None:
+    def _forward_entries(self, f: FunctionBuilder, to: ir.Value, to_top: ir.Value, kind: str) -> None:
+        """Rewrite the ids in the memo's or the tracked calls' entries (kind): after the tag, the memo's
+        value and arguments, or the arguments."""
         b = f.b
-        width = f.get("memo_width")
+        width = f.get(f"{kind}_width")
         with b.if_then(b.icmp_signed(">", width, c64(0))):
-            memo = f.get("memo")
-            with f.loop(c64(0), b.add(f.get("memo_mask"), c64(1))) as slot:
+            table = f.get(kind)
+            with f.loop(c64(0), b.add(f.get(f"{kind}_mask"), c64(1))) as slot:
                 entry = b.mul(slot, width)
-                tag = f.load_at(memo, entry)
+                tag = f.load_at(table, entry)
                 with b.if_then(b.icmp_signed("!=", tag, c64(0))):
-                    start = b.add(entry, c64(1))  # the value, then the arguments
-                    self._forward_cells(f, to, to_top, memo, start, b.add(b.add(start, c64(1)), f.arity_of(tag)))
-
-    def _forward_tracked(self, f: FunctionBuilder, to: ir.Value, to_top: ir.Value) -> None:
-        b = f.b
-        width = f.get("track_width")
-        with b.if_then(b.icmp_signed(">", width, c64(0))):
-            track = f.get("track")
-            with f.loop(c64(0), b.add(f.get("track_mask"), c64(1))) as slot:
-                entry = b.mul(slot, width)
-                tag = f.load_at(track, entry)
-                with b.if_then(b.icmp_signed("!=", tag, c64(0))):
-                    start = b.add(entry, c64(1))
-                    self._forward_cells(f, to, to_top, track, start, b.add(start, f.arity_of(tag)))
+                    stop = b.add(b.add(entry, c64(ARGS_AT[kind])), f.arity_of(tag))
+                    self._forward_cells(f, to, to_top, table, b.add(entry, c64(1)), stop)
 
     def _collect(self) -> None:
         """collect(arena, words needed): copy the live nodes into the spare space and swap; rebuild the
@@ -324,8 +316,8 @@ class RuntimeModule:
         self._forward_cells(f, to, to_top, f.get("roots"), c64(0), f.get("rsp"), "roots")
         self._forward_cells(f, to, to_top, f.get("nf"), c64(0), f.get("n_rows"))
         self._forward_cells(f, to, to_top, f.get("out"), c64(0), f.get("n_out"))
-        self._forward_memo(f, to, to_top)
-        self._forward_tracked(f, to, to_top)
+        for kind in ARGS_AT:
+            self._forward_entries(f, to, to_top, kind)
         with heap_nodes(f, lambda: to, lambda: f.read(to_top)) as (at, head), \
                 b.if_then(b.icmp_signed("!=", head, c64(LIT_HEADER))):
             start = b.add(at, c64(1))
@@ -403,44 +395,62 @@ class RuntimeModule:
     def _memo_entry(self, f: FunctionBuilder, slot: ir.Value) -> ir.Value:
         return f.b.mul(slot, f.get("memo_width"))
 
-    def _memo_rebuild(self) -> None:
-        """memo_rebuild(arena, slots, keep): re-index the entries into a table of `slots`: keep 0 all, 1 the
-        finished ones, 2 those in progress. False when out of memory (the old table stays)."""
-        f = self.new("memo_rebuild", I1, [PTR, I64, I64])
+    def _reindex(self, f: FunctionBuilder, kind: str, slots: ir.Value,
+                 wanted: Callable[[ir.Value, ir.Value], ir.Value] | None = None,
+                 kept: Callable[[ir.Value, ir.Value], None] | None = None) -> None:
+        """Re-index the memo's or the tracked calls' entries (kind) into a fresh table of `slots`, keeping
+        those `wanted(old table, entry)` selects (all without it) and calling `kept` on each; returns false
+        from the function when out of memory (the old table stays). Bumps the table's epoch."""
         b = f.b
-        _, slots, keep = f.args
-        width = f.get("memo_width")
-        old_slots = b.add(f.get("memo_mask"), c64(1))
+        width = f.get(f"{kind}_width")
+        old, old_slots = f.get(kind), b.add(f.get(f"{kind}_mask"), c64(1))
         old_bytes, new_bytes = b.mul(b.mul(old_slots, width), c64(8)), b.mul(b.mul(slots, width), c64(8))
         f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, new_bytes)), FALSE)
         table = call(f, "calloc", b.mul(slots, width), c64(8))
         with b.if_then(b.icmp_unsigned("==", table, NULL), likely=False):
             call(f, "charge", f.arena, new_bytes, old_bytes)
             b.ret(FALSE)
-        old = f.get("memo")
         mask = b.sub(slots, c64(1))
-        count, done = f.var(c64(0)), f.var(c64(0))
         with f.loop(c64(0), old_slots) as slot:
             entry = b.mul(slot, width)
             tag = f.load_at(old, entry)
-            running = b.icmp_signed("==", f.load_at(old, b.add(entry, c64(1))), c64(IN_PROGRESS))
-            wanted = b.select(b.icmp_signed("==", keep, c64(1)), b.not_(running),
-                              b.select(b.icmp_signed("==", keep, c64(2)), running, TRUE))
-            with b.if_then(b.and_(b.icmp_signed("!=", tag, c64(0)), wanted)):
-                args = f.elem(old, b.add(entry, c64(2)))
-                h = self.hash_of(f, tag, f.arity_of(tag), args)
+            keep = b.icmp_signed("!=", tag, c64(0))
+            with b.if_then(b.and_(keep, wanted(old, entry)) if wanted else keep):
+                h = self.hash_of(f, tag, f.arity_of(tag), f.elem(old, b.add(entry, c64(ARGS_AT[kind]))))
                 free = self.probe(f, mask, h, lambda idx: b.icmp_signed(
                     "!=", f.load_at(table, b.mul(idx, width)), c64(0)), lambda idx: None)
                 with f.loop(c64(0), width) as k:
                     f.store_at(table, b.add(b.mul(free, width), k), f.load_at(old, b.add(entry, k)))
-                b.store(b.add(f.read(count), c64(1)), count)
-                b.store(b.add(f.read(done), b.zext(b.not_(running), I64)), done)
+                if kept:
+                    kept(old, entry)
         call(f, "free", old)
-        f.put("memo", table)
-        f.put("memo_mask", mask)
+        f.put(kind, table)
+        f.put(f"{kind}_mask", mask)
+        f.bump(f"{kind}_epoch", 1)
+
+    def _memo_rebuild(self) -> None:
+        """memo_rebuild(arena, slots, keep): re-index the entries into a table of `slots`: keep 0 all, 1 the
+        finished ones, 2 those in progress. False when out of memory (the old table stays)."""
+        f = self.new("memo_rebuild", I1, [PTR, I64, I64])
+        b = f.b
+        _, slots, keep = f.args
+        count, done = f.var(c64(0)), f.var(c64(0))
+
+        def running(old: ir.Value, entry: ir.Value) -> ir.Value:
+            return b.icmp_signed("==", f.load_at(old, b.add(entry, c64(1))), c64(IN_PROGRESS))
+
+        def wanted(old: ir.Value, entry: ir.Value) -> ir.Value:
+            now = running(old, entry)
+            return b.select(b.icmp_signed("==", keep, c64(1)), b.not_(now),
+                            b.select(b.icmp_signed("==", keep, c64(2)), now, TRUE))
+
+        def kept(old: ir.Value, entry: ir.Value) -> None:
+            b.store(b.add(f.read(count), c64(1)), count)
+            b.store(b.add(f.read(done), b.zext(b.not_(running(old, entry)), I64)), done)
+
+        self._reindex(f, "memo", slots, wanted, kept)
         f.put("memo_count", f.read(count))
         f.put("memo_done", f.read(done))
-        f.bump("memo_epoch", 1)
         b.ret(TRUE)
 
     def _entry_find(self) -> None:
@@ -471,7 +481,7 @@ class RuntimeModule:
         """The slot of (tag, args) in the memo or the tracked calls (kind), or -1 - a free slot."""
         table, mask, width = f.get(kind), f.get(f"{kind}_mask"), f.get(f"{kind}_width")
         return call_internal(f, "entry_find", I64, [PTR, I64, I64, I64, I64, PTR], table, mask, width,
-                             c64(2 if kind == "memo" else 1), tag, args)
+                             c64(ARGS_AT[kind]), tag, args)
 
     def _memo_enter(self) -> None:
         """farm_memo_enter(arena, op, arity, args): the remembered normal form; ERR_CYCLE if this call is in
@@ -520,31 +530,8 @@ class RuntimeModule:
         """track_rebuild(arena, slots): re-index the tracked calls into a table of `slots` (after a
         collection moved their arguments, or to grow); false when out of memory (the old table stays)."""
         f = self.new("track_rebuild", I1, [PTR, I64])
-        b = f.b
-        slots = f.args[1]
-        width = f.get("track_width")
-        old, old_slots = f.get("track"), b.add(f.get("track_mask"), c64(1))
-        old_bytes, new_bytes = b.mul(b.mul(old_slots, width), c64(8)), b.mul(b.mul(slots, width), c64(8))
-        f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, new_bytes)), FALSE)
-        table = call(f, "calloc", b.mul(slots, width), c64(8))
-        with b.if_then(b.icmp_unsigned("==", table, NULL), likely=False):
-            call(f, "charge", f.arena, new_bytes, old_bytes)
-            b.ret(FALSE)
-        mask = b.sub(slots, c64(1))
-        with f.loop(c64(0), old_slots) as slot:
-            entry = b.mul(slot, width)
-            tag = f.load_at(old, entry)
-            with b.if_then(b.icmp_signed("!=", tag, c64(0))):
-                h = self.hash_of(f, tag, f.arity_of(tag), f.elem(old, b.add(entry, c64(1))))
-                free = self.probe(f, mask, h, lambda idx: b.icmp_signed(
-                    "!=", f.load_at(table, b.mul(idx, width)), c64(0)), lambda idx: None)
-                with f.loop(c64(0), width) as k:
-                    f.store_at(table, b.add(b.mul(free, width), k), f.load_at(old, b.add(entry, k)))
-        call(f, "free", old)
-        f.put("track", table)
-        f.put("track_mask", mask)
-        f.bump("track_epoch", 1)
-        b.ret(TRUE)
+        self._reindex(f, "track", f.args[1])
+        f.b.ret(TRUE)
 
     def _track_enter(self) -> None:
         """farm_track_enter(arena, op, arity, args): ERR_CYCLE if this call is in progress, else 0 once it is
