@@ -11,10 +11,14 @@ ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT, ERR_DEPTH, ERR_CALLS, ERR_STACK = -2, -
 IN_PROGRESS = -1  # a memo entry's value while its call runs
 
 # Node layout in the heap (i64 words): a header word (op in the low 32 bits, signed; arity above), then the
-# children, or a literal's value. A node takes at least two words, so a forwarding address always fits.
+# children, or a literal's value, then its parent word. A node takes at least two words, so a forwarding
+# address always fits.
 LIT_OP = -1
 FORWARDED = -2  # header of a node the collector has moved; word 1 holds its new id
-MIN_NODE_WORDS = 2
+# The parent word: the id of a node that has this one as a child and is found through it (its registered
+# parent), or one of these. Every node is its child's registered parent or in the hash-consing table.
+NO_PARENT = -1  # never a child yet: no node has it as a child, so a node built on it is new
+SHARED_PARENT = -2  # a child of nodes that are in the table (its registered parent, if any, was collected)
 NO_LIMIT = 2**63 - 1  # the arena's `limit` until a loader sets the memory cap
 
 # The arena struct: every field is 8 bytes, in this order ("ptr" or "i64").

@@ -27,16 +27,19 @@ from farm.codegen.abi import (
     ERR_OOM,
     ERR_STACK,
     IN_PROGRESS,
-    MIN_NODE_WORDS,
     NO_MATCH,
+    NO_PARENT,
 )
-from farm.codegen.irbuild import I1, I64, PTR, TRUE, FunctionBuilder, c64, declare
-from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header
+from farm.codegen.irbuild import FALSE, I1, I64, PTR, TRUE, FunctionBuilder, c64, declare
+from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header, parent_at, same_node
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.trampoline import Step, run
 from farm.transduce import RewriteRule, RuleSet
+
+# intern<n> checks the children's registered parents inline up to this arity; wider nodes go to farm_intern.
+INLINE_PARENT_CHECKS = 4
 
 
 def hash_words(b: ir.IRBuilder, head: ir.Value, words: list[ir.Value]) -> ir.Value:
@@ -46,6 +49,14 @@ def hash_words(b: ir.IRBuilder, head: ir.Value, words: list[ir.Value]) -> ir.Val
         mixed = b.mul(b.xor(h, word), c64(K2))
         h = b.xor(mixed, b.lshr(mixed, c64(29)))
     return b.xor(h, b.lshr(h, c64(32)))
+
+
+def kids_equal(f: FunctionBuilder, node: ir.Value, kids: list[ir.Value]) -> ir.Value:
+    """Whether `node`'s children are these (unrolled; the caller checked its header)."""
+    same = TRUE
+    for k, kid in enumerate(kids):
+        same = f.b.and_(same, f.b.icmp_signed("==", f.word(node, k + 1), kid))
+    return same
 
 
 def norm_name(op: int) -> str:
@@ -78,10 +89,11 @@ class RulesModule:
         return fn
 
     def intern_function(self, arity: int) -> ir.Function:
-        """intern<n>(arena, header, kid 0 .. kid n-1, kids*): the shared node, with the common cases in this
-        module (the first table slot probed is free and the space has room: a new node; or it holds this very
-        node); the others go to farm_intern (further probes, a collection), which reads the kids at `kids*`
-        (frame slots on the shadow stack)."""
+        """intern<n>(arena, header, kid 0 .. kid n-1, kids*): the shared node (farm_intern's contract), with
+        the common cases in this module: a kid was never a child (the node is new: no hashing, no table),
+        a kid's registered parent is this node, or the first table slot probed is free or holds it. The
+        others go to farm_intern (further probes, a collection), which reads the kids at `kids*` (frame
+        slots on the shadow stack)."""
         name = f"intern{arity}"
         existing = self.m.globals.get(name)
         if isinstance(existing, ir.Function):
@@ -89,35 +101,75 @@ class RulesModule:
         f = FunctionBuilder(self.m, name, I64, [PTR, I64] + [I64] * arity + [PTR])
         b = f.b
         head, kids, kids_at = f.args[1], list(f.args[2:2 + arity]), f.args[-1]
+        slow = f.block("slow")
+        parent_slots = [parent_at(f, kid) for kid in kids]
+        parents = [f.word(slot, 0) for slot in parent_slots]
+        fresh = FALSE
+        for parent in parents:
+            fresh = b.or_(fresh, b.icmp_signed("==", parent, c64(NO_PARENT)))
+        new_block, known = f.block("fresh"), f.block("known")
+        b.cbranch(fresh, new_block, known)
+
+        b.position_at_end(new_block)
+        top = self._bump_node(f, head, kids, slow)
+        for slot, parent in zip(parent_slots, parents):
+            f.set_word(slot, 0, b.select(b.icmp_signed("==", parent, c64(NO_PARENT)), top, parent))
+        b.ret(top)
+
+        b.position_at_end(known)
+        if arity > INLINE_PARENT_CHECKS:
+            b.branch(slow)
+        else:
+            for parent in parents:
+                with b.if_then(b.icmp_signed(">=", parent, c64(0))):
+                    found = f.block("registered")
+                    same_node(f, parent, head, lambda node: kids_equal(f, node, kids), found)
+                    with b.goto_block(found):
+                        b.ret(parent)
+            self._first_probe(f, head, kids, slow)
+
+        b.position_at_end(slow)
+        b.ret(call(f, "farm_intern", f.arena, head, c64(arity), kids_at))
+        return f.fn
+
+    @staticmethod
+    def _bump_node(f: FunctionBuilder, head: ir.Value, kids: list[ir.Value], slow: ir.Block) -> ir.Value:
+        """A new node at `top` with no parent yet, when the space has room; else on to `slow`."""
+        b = f.b
+        top = f.get("top")
+        roomy = f.block("room")
+        b.cbranch(b.icmp_signed("<=", b.add(top, c64(len(kids) + 2)), f.get("cap")), roomy, slow)
+        b.position_at_end(roomy)
+        for k, word in enumerate([head, *kids, c64(NO_PARENT)]):
+            f.set_word(top, k, word)
+        f.put("top", b.add(top, c64(len(kids) + 2)))
+        return top
+
+    def _first_probe(self, f: FunctionBuilder, head: ir.Value, kids: list[ir.Value], slow: ir.Block) -> None:
+        """The table's first slot for this content: free (a new node, filed there) or holding it; else on to
+        `slow`."""
+        b = f.b
         h = hash_words(b, head, kids)
-        size = max(MIN_NODE_WORDS, 1 + arity)
         table = f.get("table")
         idx = b.and_(h, f.get("table_mask"))
         found = f.load_at(table, idx)
-        empty, occupied, roomy, equal, slow = (f.block(n) for n in ("new", "probe", "room", "compare", "slow"))
+        empty, occupied, equal = f.block("new"), f.block("probe"), f.block("compare")
         b.cbranch(b.icmp_signed("==", found, c64(0)), empty, occupied)
         b.position_at_end(empty)
-        top = f.get("top")
-        b.cbranch(b.icmp_signed("<=", b.add(top, c64(size)), f.get("cap")), roomy, slow)
-        b.position_at_end(roomy)
-        for k, word in enumerate([head, *kids] + [c64(0)] * (size - 1 - arity)):
-            f.set_word(top, k, word)
-        f.put("top", b.add(top, c64(size)))
+        top = self._bump_node(f, head, kids, slow)
         f.store_at(table, idx, b.or_(b.shl(b.lshr(h, c64(TAG_SHIFT)), c64(TAG_SHIFT)), b.add(top, c64(1))))
         f.bump("table_count", 1)
         b.ret(top)
         b.position_at_end(occupied)
         cand = b.sub(b.and_(found, c64((1 << TAG_SHIFT) - 1)), c64(1))
-        b.cbranch(b.icmp_signed("==", b.lshr(found, c64(TAG_SHIFT)), b.lshr(h, c64(TAG_SHIFT))), equal, slow)
+        tagged = b.icmp_signed("==", b.lshr(found, c64(TAG_SHIFT)), b.lshr(h, c64(TAG_SHIFT)))
+        b.cbranch(tagged, equal, slow)
         b.position_at_end(equal)
-        same = TRUE
-        for k, word in enumerate([head, *kids]):
-            same = b.and_(same, b.icmp_signed("==", f.word(cand, k), word))
-        f.return_if(same, cand)
+        hit = f.block("hit")
+        same_node(f, cand, head, lambda node: kids_equal(f, node, kids), hit)
         b.branch(slow)
-        b.position_at_end(slow)
-        b.ret(call(f, "farm_intern", f.arena, head, c64(arity), kids_at))
-        return f.fn
+        with b.goto_block(hit):
+            b.ret(cand)
 
     # ---- one operator ----
 

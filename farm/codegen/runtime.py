@@ -26,9 +26,10 @@ from farm.codegen.abi import (
     FORWARDED,
     IN_PROGRESS,
     LIT_OP,
-    MIN_NODE_WORDS,
     NO_LIMIT,
     NO_MATCH,
+    NO_PARENT,
+    SHARED_PARENT,
 )
 from farm.codegen.irbuild import FALSE, I1, I64, NULL, PTR, TRUE, VOID, FunctionBuilder, c64, declare, export_type
 from farm.semantics import MAX_MEMO_ENTRIES
@@ -51,7 +52,7 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
 LIT_HEADER = LIT_OP & 0xFFFFFFFF
 INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill more than 1 / LIVE_FRACTION of it
 LIVE_FRACTION = 4
-INITIAL_TABLE = INITIAL_WORDS
+MIN_TABLE = 1 << 12  # the hash-consing table's slots at first; a collection may shrink it back to this
 INITIAL_MEMO = 1 << 8
 INITIAL_CELLS = 1 << 10  # shadow stack and work stack
 TAG_SHIFT = 36  # a table slot: the hash's high bits above (node id + 1); ids below 2^36 words
@@ -73,18 +74,31 @@ def header(f: FunctionBuilder, op: ir.Value, arity: ir.Value) -> ir.Value:
     return f.b.or_(f.b.shl(arity, c64(32)), f.b.and_(op, c64(0xFFFFFFFF)))
 
 
-def node_words(f: FunctionBuilder, head: ir.Value) -> ir.Value:
-    """Words a node takes: a literal 2, an application 1 + arity, at least MIN_NODE_WORDS."""
-    b = f.b
-    is_lit = b.icmp_signed("==", head, c64(LIT_HEADER))
-    size = b.add(f.arity_of(head), c64(1))
-    size = b.select(b.icmp_signed("<", size, c64(MIN_NODE_WORDS)), c64(MIN_NODE_WORDS), size)
-    return b.select(is_lit, c64(2), size)
-
-
 def node_content(f: FunctionBuilder, head: ir.Value) -> ir.Value:
     """Words after the header that identify a node: a literal's value, an application's children."""
     return f.b.select(f.b.icmp_signed("==", head, c64(LIT_HEADER)), c64(1), f.arity_of(head))
+
+
+def node_words(f: FunctionBuilder, head: ir.Value) -> ir.Value:
+    """Words a node takes: the header, its content, its parent word."""
+    return f.b.add(node_content(f, head), c64(2))
+
+
+def parent_at(f: FunctionBuilder, node: ir.Value) -> ir.Value:
+    """The index of a node's parent word in the current space."""
+    return f.b.add(node, f.b.add(node_content(f, f.word(node, 0)), c64(1)))
+
+
+def same_node(f: FunctionBuilder, cand: ir.Value, head: ir.Value, content_equal: Callable[[ir.Value], ir.Value],
+              found: ir.Block) -> None:
+    """Branch to `found` when node `cand` has this header and content_equal(cand); fall through otherwise.
+    The content is read only once the header matched: a node of another arity may end before it."""
+    b = f.b
+    content, differs = f.block("same_head"), f.block("differs")
+    b.cbranch(b.icmp_signed("==", f.word(cand, 0), head), content, differs)
+    b.position_at_end(content)
+    b.cbranch(content_equal(cand), found, differs)
+    b.position_at_end(differs)
 
 
 class RuntimeModule:
@@ -190,27 +204,41 @@ class RuntimeModule:
         return f.b.or_(f.b.shl(f.b.lshr(h, c64(TAG_SHIFT)), c64(TAG_SHIFT)), f.b.add(node, c64(1)))
 
     def _rebuild_table(self) -> None:
-        """rebuild_table(arena, slots): a fresh table of `slots` (a power of two) holding every node of the
-        current space; false when out of memory (the old table stays)."""
+        """rebuild_table(arena, slots): a table of `slots` (a power of two) holding the nodes of the current
+        space that are not found through a child's parent word; false when out of memory (the old table
+        stays). A table of the same size is cleared and reused."""
         f = self.new("rebuild_table", I1, [PTR, I64])
         b = f.b
         slots = f.args[1]
         old_slots = b.add(f.get("table_mask"), c64(1))
-        old_bytes, new_bytes = b.mul(old_slots, c64(8)), b.mul(slots, c64(8))
-        f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, new_bytes)), FALSE)
-        table = call(f, "calloc", slots, c64(8))
-        with b.if_then(b.icmp_unsigned("==", table, NULL), likely=False):
-            call(f, "charge", f.arena, new_bytes, old_bytes)
-            b.ret(FALSE)
+        table = f.var(f.get("table"), PTR)
+        with b.if_else(b.icmp_signed("==", slots, old_slots)) as (reuse, fresh):
+            with reuse, f.loop(c64(0), slots) as i:
+                f.store_at(f.read(table, PTR), i, c64(0))
+            with fresh:
+                old_bytes, new_bytes = b.mul(old_slots, c64(8)), b.mul(slots, c64(8))
+                f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, new_bytes)), FALSE)
+                block = call(f, "calloc", slots, c64(8))
+                with b.if_then(b.icmp_unsigned("==", block, NULL), likely=False):
+                    call(f, "charge", f.arena, new_bytes, old_bytes)
+                    b.ret(FALSE)
+                call(f, "free", f.get("table"))
+                b.store(block, table)
+        table = f.read(table, PTR)
         mask = b.sub(slots, c64(1))
         count = f.var(c64(0))
         with heap_nodes(f, lambda: f.get("heap"), lambda: f.get("top")) as (at, head):
-            h = self.hash_of(f, head, node_content(f, head), f.elem(f.get("heap"), b.add(at, c64(1))))
-            free = self.probe(f, mask, h, lambda idx: b.icmp_signed("!=", f.load_at(table, idx), c64(0)),
-                              lambda idx: None)
-            f.store_at(table, free, self.slot_of(f, h, at))
-            b.store(b.add(f.read(count), c64(1)), count)
-        call(f, "free", f.get("table"))
+            registered = f.var(FALSE, I1)
+            kids = b.select(b.icmp_signed("==", head, c64(LIT_HEADER)), c64(0), f.arity_of(head))
+            with f.loop(c64(0), kids) as j:
+                parent = f.word(parent_at(f, f.word(at, b.add(j, c64(1)))), 0)
+                b.store(b.or_(f.read(registered, I1), b.icmp_signed("==", parent, at)), registered)
+            with b.if_then(b.not_(f.read(registered, I1))):
+                h = self.hash_of(f, head, node_content(f, head), f.elem(f.get("heap"), b.add(at, c64(1))))
+                free = self.probe(f, mask, h, lambda idx: b.icmp_signed("!=", f.load_at(table, idx), c64(0)),
+                                  lambda idx: None)
+                f.store_at(table, free, self.slot_of(f, h, at))
+                b.store(b.add(f.read(count), c64(1)), count)
         f.put("table", table)
         f.put("table_mask", mask)
         f.put("table_count", f.read(count))
@@ -219,17 +247,56 @@ class RuntimeModule:
     def _intern(self) -> None:
         """farm_intern(arena, header, n, words): the node with this header and content (n children, or a
         literal's value), shared: the existing one, or a new one. `words` must be on the shadow stack (or
-        hold no ids): allocating may collect, which rewrites them."""
+        hold no ids): allocating may collect, which rewrites them.
+
+        A node is found through its children's parent words or through the table. Built on a child that was
+        never a child (NO_PARENT), it is new: it becomes that child's parent and stays out of the table, so
+        a term built bottom-up, each node on a fresh one, never touches the table (a random access, the
+        hash-consing cost that dominated list programs)."""
         f = self.new("farm_intern", I64, [PTR, I64, I64, PTR], internal=False)
         b = f.b
         arena, head, n, words = f.args
-        size = b.add(n, c64(1))
-        size = b.select(b.icmp_signed("<", size, c64(MIN_NODE_WORDS)), c64(MIN_NODE_WORDS), size)
+        size = b.add(n, c64(2))
         with b.if_then(b.icmp_signed(">", b.add(f.get("top"), size), f.get("cap")), likely=False):
             f.return_if_error(call_internal(f, "collect", I64, [PTR, I64], arena, size))
+        kids = b.select(b.icmp_signed("==", head, c64(LIT_HEADER)), c64(0), n)
+
+        def kid(j: ir.Value) -> ir.Value:
+            return f.load_at(words, j, "any")
+
+        fresh = f.var(FALSE, I1)
+        with f.loop(c64(0), kids) as j:
+            b.store(b.or_(f.read(fresh, I1), b.icmp_signed("==", f.word(parent_at(f, kid(j)), 0), c64(NO_PARENT))),
+                    fresh)
+        with b.if_then(b.not_(f.read(fresh, I1))):
+            found, hit = f.block("registered"), f.var(c64(0))
+            with f.loop(c64(0), kids) as j:
+                parent = f.word(parent_at(f, kid(j)), 0)
+                b.store(parent, hit)
+                with b.if_then(b.icmp_signed(">=", parent, c64(0))):
+                    same_node(f, parent, head, lambda node: self._content_equal(f, node, n, kid), found)
+            h, free = self._table_find(f, head, n, words, kid)
+            node = self._build(f, head, n, kid)
+            f.store_at(f.get("table"), free, self.slot_of(f, h, node))
+            f.bump("table_count", 1)
+            b.ret(node)
+            b.position_at_end(found)
+            b.ret(f.read(hit))
+        node = self._build(f, head, n, kid)
+        with f.loop(c64(0), kids) as j:
+            at = parent_at(f, kid(j))
+            with b.if_then(b.icmp_signed("==", f.word(at, 0), c64(NO_PARENT))):
+                f.set_word(at, 0, node)
+        b.ret(node)
+
+    def _table_find(self, f: FunctionBuilder, head: ir.Value, n: ir.Value, words: ir.Value,
+                    kid: Callable[[ir.Value], ir.Value]) -> tuple[ir.Value, ir.Value]:
+        """Return the node in the table with this header and content from the function; else (the hash,
+        the free slot where it goes). Grows the table first when it would pass half full."""
+        b = f.b
         slots = b.add(f.get("table_mask"), c64(1))
         with b.if_then(b.icmp_signed(">", b.mul(b.add(f.get("table_count"), c64(1)), c64(2)), slots), likely=False):
-            grown = call_internal(f, "rebuild_table", I1, [PTR, I64], arena, b.mul(slots, c64(2)))
+            grown = call_internal(f, "rebuild_table", I1, [PTR, I64], f.arena, b.mul(slots, c64(2)))
             f.return_if_false(grown, ERR_OOM)
         h = self.hash_of(f, head, n, words)
         tag = b.lshr(h, c64(TAG_SHIFT))
@@ -239,23 +306,35 @@ class RuntimeModule:
             slot = f.load_at(table, idx)
             with b.if_then(b.icmp_signed("==", b.lshr(slot, c64(TAG_SHIFT)), tag)):
                 cand = b.sub(b.and_(slot, c64((1 << TAG_SHIFT) - 1)), c64(1))
-                same = f.var(b.icmp_signed("==", f.word(cand, 0), head), I1)
-                with f.loop(c64(0), n) as j:
-                    equal = b.icmp_signed("==", f.word(cand, b.add(j, c64(1))), f.load_at(words, j, "any"))
-                    b.store(b.and_(f.read(same, I1), equal), same)
-                f.return_if(f.read(same, I1), cand)
+                found = f.block("in_table")
+                same_node(f, cand, head, lambda node: self._content_equal(f, node, n, kid), found)
+                with b.goto_block(found):
+                    b.ret(cand)
 
-        free = self.probe(f, f.get("table_mask"), h, lambda idx: b.icmp_signed("!=", f.load_at(table, idx), c64(0)),
-                          matches)
+        free = self.probe(f, f.get("table_mask"), h,
+                          lambda idx: b.icmp_signed("!=", f.load_at(table, idx), c64(0)), matches)
+        return h, free
+
+    @staticmethod
+    def _content_equal(f: FunctionBuilder, node: ir.Value, n: ir.Value, kid: Callable[[ir.Value], ir.Value]) \
+            -> ir.Value:
+        b = f.b
+        same = f.var(TRUE, I1)
+        with f.loop(c64(0), n) as j:
+            b.store(b.and_(f.read(same, I1), b.icmp_signed("==", f.word(node, b.add(j, c64(1))), kid(j))), same)
+        return f.read(same, I1)
+
+    @staticmethod
+    def _build(f: FunctionBuilder, head: ir.Value, n: ir.Value, kid: Callable[[ir.Value], ir.Value]) -> ir.Value:
+        """A new node at `top` (the caller made room): header, content, no parent yet."""
+        b = f.b
         node = f.get("top")
         f.set_word(node, 0, head)
-        f.set_word(node, 1, c64(0))  # an arity-0 application's padding
         with f.loop(c64(0), n) as j:
-            f.set_word(node, b.add(j, c64(1)), f.load_at(words, j, "any"))
-        f.put("top", b.add(node, size))
-        f.store_at(table, free, self.slot_of(f, h, node))
-        f.bump("table_count", 1)
-        b.ret(node)
+            f.set_word(node, b.add(j, c64(1)), kid(j))
+        f.set_word(node, b.add(n, c64(1)), c64(NO_PARENT))
+        f.put("top", b.add(node, b.add(n, c64(2))))
+        return node
 
     def _lit(self) -> None:
         f = self.new("farm_lit", I64, [PTR, I64], internal=False)
@@ -329,6 +408,7 @@ class RuntimeModule:
         f.put("spare_cap", old_cap)
         top = f.read(to_top)
         f.put("top", top)
+        self._forward_parents(f, top)
         f.bump("collections", 1)
         with b.if_then(b.icmp_signed(">", top, f.get("peak_words"))):
             f.put("peak_words", top)
@@ -344,10 +424,11 @@ class RuntimeModule:
                                   c64(2))
                     b.ret(call_internal(f, "collect", I64, [PTR, I64], arena, need))
                 b.ret(c64(ERR_OOM))
-        # One slot per word of the space: nodes take two words or more, so the table stays at most half
-        # full until the next collection and never grows in between.
-        slots = f.var(c64(INITIAL_TABLE))
-        with f.loop(c64(0), c64(64)), b.if_then(b.icmp_signed("<", f.read(slots), f.get("cap"))):
+        # The table's nodes that survived are at most those it held: a table twice that size (or the same
+        # one, cleared) stays at most half full; it grows when nodes are filed faster than collections run.
+        slots = f.var(c64(MIN_TABLE))
+        wanted = b.mul(f.get("table_count"), c64(2))
+        with f.loop(c64(0), c64(64)), b.if_then(b.icmp_signed("<", f.read(slots), wanted)):
             b.store(b.mul(f.read(slots), c64(2)), slots)
         f.return_if_false(call_internal(f, "rebuild_table", I1, [PTR, I64], arena, f.read(slots)), ERR_OOM)
         with b.if_then(b.icmp_signed(">", f.get("memo_width"), c64(0))):
@@ -358,6 +439,20 @@ class RuntimeModule:
             rebuilt = call_internal(f, "track_rebuild", I1, [PTR, I64], arena, b.add(f.get("track_mask"), c64(1)))
             f.return_if_false(rebuilt, ERR_OOM)
         b.ret(c64(0))
+
+    @staticmethod
+    def _forward_parents(f: FunctionBuilder, top: ir.Value) -> None:
+        """After a copy: each parent word in the new space names its parent's new id, or SHARED_PARENT when
+        the parent was not copied (parent words do not keep nodes alive)."""
+        b = f.b
+        old = f.get("spare")
+        with heap_nodes(f, lambda: f.get("heap"), lambda: top) as (at, head):
+            slot = b.add(at, b.add(node_content(f, head), c64(1)))
+            parent = f.word(slot, 0)
+            with b.if_then(b.icmp_signed(">=", parent, c64(0))):
+                moved = b.icmp_signed("==", f.load_at(old, parent, "heap"), c64(FORWARDED))
+                new_id = f.load_at(old, b.add(parent, c64(1)), "heap")
+                f.set_word(slot, 0, b.select(moved, new_id, c64(SHARED_PARENT)))
 
     def _grow_spaces(self) -> None:
         """grow_spaces(arena, words): both spaces at least that large (doubling); false when out of memory."""
@@ -850,7 +945,7 @@ class RuntimeModule:
         counters = b.add(call(f, "farm_rule_count"), c64(1))
         op_count = call(f, "farm_op_count")
         sizes = {"rule_base": op_count, "heap": c64(INITIAL_WORDS), "spare": c64(INITIAL_WORDS),
-                 "table": c64(INITIAL_TABLE), "roots": c64(INITIAL_CELLS), "work": c64(INITIAL_CELLS),
+                 "table": c64(MIN_TABLE), "roots": c64(INITIAL_CELLS), "work": c64(INITIAL_CELLS),
                  "memo": b.mul(memo_slots, width),
                  "track": b.mul(track_slots, track_width),
                  "counters": counters}
@@ -862,7 +957,7 @@ class RuntimeModule:
             missing = b.or_(missing, b.icmp_unsigned("==", block, NULL))
             held = b.add(held, b.mul(cells, c64(8)))
         for name, value in (("cap", c64(INITIAL_WORDS)), ("spare_cap", c64(INITIAL_WORDS)),
-                            ("table_mask", c64(INITIAL_TABLE - 1)), ("roots_cap", c64(INITIAL_CELLS)),
+                            ("table_mask", c64(MIN_TABLE - 1)), ("roots_cap", c64(INITIAL_CELLS)),
                             ("work_cap", c64(INITIAL_CELLS)), ("memo_mask", b.sub(memo_slots, c64(1))),
                             ("memo_width", width), ("track_mask", b.sub(track_slots, c64(1))),
                             ("track_width", track_width), ("last_rule", c64(-1)), ("limit", c64(NO_LIMIT)),
