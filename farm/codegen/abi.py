@@ -15,10 +15,11 @@ IN_PROGRESS = -1  # a memo entry's value while its call runs
 # address always fits.
 LIT_OP = -1
 FORWARDED = -2  # header of a node the collector has moved; word 1 holds its new id
-# The parent word: the id of a node that has this one as a child and is found through it (its registered
-# parent), or one of these. Every node is its child's registered parent or in the hash-consing table.
-NO_PARENT = -1  # never a child yet: no node has it as a child, so a node built on it is new
-SHARED_PARENT = -2  # a child of nodes that are in the table (its registered parent, if any, was collected)
+# The parent word: the id of a node that has this one as its last child and is found through it (its
+# registered parent), or one of these. Every node is its last child's registered parent or in the
+# hash-consing table.
+NO_PARENT = -1  # never a last child yet: a node built on it as its last child is new
+SHARED_PARENT = -2  # its registered parent was collected: nodes built on it are in the table
 NO_LIMIT = 2**63 - 1  # the arena's `limit` until a loader sets the memory cap
 
 # The arena struct: every field is 8 bytes, in this order ("ptr" or "i64").

@@ -30,16 +30,13 @@ from farm.codegen.abi import (
     NO_MATCH,
     NO_PARENT,
 )
-from farm.codegen.irbuild import FALSE, I1, I64, PTR, TRUE, FunctionBuilder, c64, declare
+from farm.codegen.irbuild import I1, I64, PTR, TRUE, FunctionBuilder, c64, declare
 from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header, parent_at, same_node
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.trampoline import Step, run
 from farm.transduce import RewriteRule, RuleSet
-
-# intern<n> checks the children's registered parents inline up to this arity; wider nodes go to farm_intern.
-INLINE_PARENT_CHECKS = 4
 
 
 def hash_words(b: ir.IRBuilder, head: ir.Value, words: list[ir.Value]) -> ir.Value:
@@ -90,9 +87,9 @@ class RulesModule:
 
     def intern_function(self, arity: int) -> ir.Function:
         """intern<n>(arena, header, kid 0 .. kid n-1, kids*): the shared node (farm_intern's contract), with
-        the common cases in this module: a kid was never a child (the node is new: no hashing, no table),
-        a kid's registered parent is this node, or the first table slot probed is free or holds it. The
-        others go to farm_intern (further probes, a collection), which reads the kids at `kids*` (frame
+        the common cases in this module: the last kid was never a last kid (the node is new: no hashing, no
+        table), its registered parent is this node, or the first table slot probed is free or holds it.
+        The others go to farm_intern (further probes, a collection), which reads the kids at `kids*` (frame
         slots on the shadow stack)."""
         name = f"intern{arity}"
         existing = self.m.globals.get(name)
@@ -102,32 +99,22 @@ class RulesModule:
         b = f.b
         head, kids, kids_at = f.args[1], list(f.args[2:2 + arity]), f.args[-1]
         slow = f.block("slow")
-        parent_slots = [parent_at(f, kid) for kid in kids]
-        parents = [f.word(slot, 0) for slot in parent_slots]
-        fresh = FALSE
-        for parent in parents:
-            fresh = b.or_(fresh, b.icmp_signed("==", parent, c64(NO_PARENT)))
-        new_block, known = f.block("fresh"), f.block("known")
-        b.cbranch(fresh, new_block, known)
-
-        b.position_at_end(new_block)
-        top = self._bump_node(f, head, kids, slow)
-        for slot, parent in zip(parent_slots, parents):
-            f.set_word(slot, 0, b.select(b.icmp_signed("==", parent, c64(NO_PARENT)), top, parent))
-        b.ret(top)
-
-        b.position_at_end(known)
-        if arity > INLINE_PARENT_CHECKS:
-            b.branch(slow)
-        else:
-            for parent in parents:
-                with b.if_then(b.icmp_signed(">=", parent, c64(0))):
-                    found = f.block("registered")
-                    same_node(f, parent, head, lambda node: kids_equal(f, node, kids), found)
-                    with b.goto_block(found):
-                        b.ret(parent)
-            self._first_probe(f, head, kids, slow)
-
+        if kids:
+            last = parent_at(f, kids[-1])
+            parent = f.word(last, 0)
+            new_block, known = f.block("fresh"), f.block("known")
+            b.cbranch(b.icmp_signed("==", parent, c64(NO_PARENT)), new_block, known)
+            b.position_at_end(new_block)
+            top = self._bump_node(f, head, kids, slow)
+            f.set_word(last, 0, top)
+            b.ret(top)
+            b.position_at_end(known)
+            with b.if_then(b.icmp_signed(">=", parent, c64(0))):
+                found = f.block("registered")
+                same_node(f, parent, head, lambda node: kids_equal(f, node, kids), found)
+                with b.goto_block(found):
+                    b.ret(parent)
+        self._first_probe(f, head, kids, slow)
         b.position_at_end(slow)
         b.ret(call(f, "farm_intern", f.arena, head, c64(arity), kids_at))
         return f.fn

@@ -228,11 +228,10 @@ class RuntimeModule:
         mask = b.sub(slots, c64(1))
         count = f.var(c64(0))
         with heap_nodes(f, lambda: f.get("heap"), lambda: f.get("top")) as (at, head):
-            registered = f.var(FALSE, I1)
             kids = b.select(b.icmp_signed("==", head, c64(LIT_HEADER)), c64(0), f.arity_of(head))
-            with f.loop(c64(0), kids) as j:
-                parent = f.word(parent_at(f, f.word(at, b.add(j, c64(1)))), 0)
-                b.store(b.or_(f.read(registered, I1), b.icmp_signed("==", parent, at)), registered)
+            registered = f.var(FALSE, I1)  # found through its last child's parent word instead
+            with b.if_then(b.icmp_signed(">", kids, c64(0))):
+                b.store(b.icmp_signed("==", f.word(parent_at(f, f.word(at, kids)), 0), at), registered)
             with b.if_then(b.not_(f.read(registered, I1))):
                 h = self.hash_of(f, head, node_content(f, head), f.elem(f.get("heap"), b.add(at, c64(1))))
                 free = self.probe(f, mask, h, lambda idx: b.icmp_signed("!=", f.load_at(table, idx), c64(0)),
@@ -249,9 +248,10 @@ class RuntimeModule:
         literal's value), shared: the existing one, or a new one. `words` must be on the shadow stack (or
         hold no ids): allocating may collect, which rewrites them.
 
-        A node is found through its children's parent words or through the table. Built on a child that was
-        never a child (NO_PARENT), it is new: it becomes that child's parent and stays out of the table, so
-        a term built bottom-up, each node on a fresh one, never touches the table (a random access, the
+        A node is found through its last child's parent word or through the table. Built on a last child
+        that was never a last child (NO_PARENT), it is new: it becomes that child's registered parent and
+        stays out of the table, so a term built bottom-up, each node on a fresh one (a list cell on the list
+        just built, s(n) on the numeral just computed), never touches the table (a random access, the
         hash-consing cost that dominated list programs)."""
         f = self.new("farm_intern", I64, [PTR, I64, I64, PTR], internal=False)
         b = f.b
@@ -264,29 +264,22 @@ class RuntimeModule:
         def kid(j: ir.Value) -> ir.Value:
             return f.load_at(words, j, "any")
 
-        fresh = f.var(FALSE, I1)
-        with f.loop(c64(0), kids) as j:
-            b.store(b.or_(f.read(fresh, I1), b.icmp_signed("==", f.word(parent_at(f, kid(j)), 0), c64(NO_PARENT))),
-                    fresh)
-        with b.if_then(b.not_(f.read(fresh, I1))):
-            found, hit = f.block("registered"), f.var(c64(0))
-            with f.loop(c64(0), kids) as j:
-                parent = f.word(parent_at(f, kid(j)), 0)
-                b.store(parent, hit)
-                with b.if_then(b.icmp_signed(">=", parent, c64(0))):
-                    same_node(f, parent, head, lambda node: self._content_equal(f, node, n, kid), found)
-            h, free = self._table_find(f, head, n, words, kid)
-            node = self._build(f, head, n, kid)
-            f.store_at(f.get("table"), free, self.slot_of(f, h, node))
-            f.bump("table_count", 1)
-            b.ret(node)
-            b.position_at_end(found)
-            b.ret(f.read(hit))
+        with b.if_then(b.icmp_signed(">", kids, c64(0))):
+            last = parent_at(f, kid(b.sub(kids, c64(1))))
+            parent = f.word(last, 0)
+            with b.if_then(b.icmp_signed("==", parent, c64(NO_PARENT))):
+                node = self._build(f, head, n, kid)
+                f.set_word(last, 0, node)
+                b.ret(node)
+            with b.if_then(b.icmp_signed(">=", parent, c64(0))):
+                found = f.block("registered")
+                same_node(f, parent, head, lambda node: self._content_equal(f, node, n, kid), found)
+                with b.goto_block(found):
+                    b.ret(parent)
+        h, free = self._table_find(f, head, n, words, kid)
         node = self._build(f, head, n, kid)
-        with f.loop(c64(0), kids) as j:
-            at = parent_at(f, kid(j))
-            with b.if_then(b.icmp_signed("==", f.word(at, 0), c64(NO_PARENT))):
-                f.set_word(at, 0, node)
+        f.store_at(f.get("table"), free, self.slot_of(f, h, node))
+        f.bump("table_count", 1)
         b.ret(node)
 
     def _table_find(self, f: FunctionBuilder, head: ir.Value, n: ir.Value, words: ir.Value,
