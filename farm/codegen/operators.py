@@ -31,7 +31,17 @@ from farm.codegen.abi import (
     NO_PARENT,
 )
 from farm.codegen.irbuild import I1, I64, PTR, TRUE, FunctionBuilder, c64, declare
-from farm.codegen.runtime import K1, K2, LIT_HEADER, TAG_SHIFT, call, header, parent_at, same_node
+from farm.codegen.runtime import (
+    K1,
+    K2,
+    LIT_HEADER,
+    TAG_SHIFT,
+    call,
+    header,
+    parent_at,
+    same_node,
+    track_room,
+)
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import App, BinOp, Compare, Computed, Constraint, IsConst, Lit, LitExpr, Neg, PatternExpr, Var
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
@@ -348,7 +358,7 @@ class _OperatorEmitter:
         slot = b.and_(self.hash(tag, args), mask)
         entry = b.mul(slot, width)
         free = b.icmp_signed("==", f.load_at(table, entry), c64(0))
-        roomy = b.icmp_signed("<=", b.mul(b.add(f.get("track_count"), c64(1)), c64(2)), b.add(mask, c64(1)))
+        roomy = track_room(f, f.get("track_count"), b.add(mask, c64(1)))
         self.track_slot = f.var(c64(-1))
         self.track_epoch = f.var(f.get("track_epoch"))
         with b.if_else(b.and_(free, roomy)) as (fast, slow):

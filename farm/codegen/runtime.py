@@ -51,13 +51,26 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
 }
 LIT_HEADER = LIT_OP & 0xFFFFFFFF
 INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill more than 1 / LIVE_FRACTION of it
-LIVE_FRACTION = 4
+LIVE_FRACTION = 8
 MIN_TABLE = 1 << 12  # the hash-consing table's slots at first; a collection may shrink it back to this
 INITIAL_MEMO = 1 << 8
 INITIAL_CELLS = 1 << 10  # shadow stack and work stack
 TAG_SHIFT = 36  # a table slot: the hash's high bits above (node id + 1); ids below 2^36 words
 # Where an entry's arguments start: memo entries are (tag, normal form, arguments), tracked calls (tag, arguments).
 ARGS_AT = {"memo": 2, "track": 1}
+# The tracked calls' table stays at most 1/8 full while small (up to 2^16 slots, 2 MiB for calls of arity
+# 3), half full beyond: a call's first slot is then mostly free when it starts and the slot after it free
+# when it returns, the two cases the rules' code does inline (sieve: 29% faster than half full).
+SPARSE_TRACK_SLOTS = 1 << 16
+
+
+def track_room(f: FunctionBuilder, count: ir.Value, slots: ir.Value) -> ir.Value:
+    """Whether the tracked calls' table of `slots` may take one more call beside `count`."""
+    b = f.b
+    sparseness = b.select(b.icmp_signed("<", slots, c64(SPARSE_TRACK_SLOTS)), c64(8), c64(2))
+    return b.icmp_signed("<=", b.mul(b.add(count, c64(1)), sparseness), slots)
+
+
 K1, K2 = 0x9E3779B97F4A7C15, 0xFF51AFD7ED558CCD
 
 
@@ -630,7 +643,7 @@ class RuntimeModule:
         tag = header(f, b.add(op, c64(1)), arity)
         f.return_if(b.icmp_signed(">=", self.find(f, "track", tag, args), c64(0)), c64(ERR_CYCLE))
         slots = b.add(f.get("track_mask"), c64(1))
-        with b.if_then(b.icmp_signed(">", b.mul(b.add(f.get("track_count"), c64(1)), c64(2)), slots), likely=False):
+        with b.if_then(b.not_(track_room(f, f.get("track_count"), slots)), likely=False):
             grown = call_internal(f, "track_rebuild", I1, [PTR, I64], arena, b.mul(slots, c64(2)))
             f.return_if_false(grown, ERR_OOM)
         free = b.sub(c64(-1), self.find(f, "track", tag, args))
