@@ -64,19 +64,39 @@ def variable_occurrences(source: App) -> dict[str, list[Occurrence]]:
     return out
 
 
+def _inside(rule: RewriteRule, arg: PatternExpr, position: int) -> list[Occurrence]:
+    """Where `arg`, a variable, is bound inside argument `position` of the rule's source ([] otherwise)."""
+    if not isinstance(arg, Var):
+        return []
+    return [occ for occ in variable_occurrences(rule.source).get(arg.name, []) if occ[0] == position]
+
+
 def _descends(rule: RewriteRule, call: App) -> bool:
     """The call's arguments are the rule's own variables, each bound inside the same argument position of the
     source and one strictly inside: every such call is on a smaller term, so calls cannot repeat or loop."""
-    where = variable_occurrences(rule.source)
     strictly = False
     for i, arg in enumerate(call.args):
-        if not isinstance(arg, Var):
-            return False
-        inside = [occ for occ in where.get(arg.name, []) if occ[0] == i]
+        inside = _inside(rule, arg, i)
         if not inside:
             return False
         strictly = strictly or any(len(occ) > 1 for occ in inside)
     return strictly
+
+
+def _shrinks_at(position: int, self_calls: list[tuple[RewriteRule, App]]) -> bool:
+    """Every call passes, at `position`, a variable bound strictly inside that argument of its rule's source:
+    the argument shrinks on every call (whatever the others do: an accumulator grows), so calls cannot
+    repeat or loop."""
+    return all(any(len(occ) > 1 for occ in _inside(rule, call.args[position], position)) for rule, call in self_calls)
+
+
+def _cannot_loop(self_calls: list[tuple[RewriteRule, App]]) -> bool:
+    """Direct recursion that is structural: on smaller arguments (plus, append, reverse) or on an argument that
+    shrinks (a list walked with an accumulator, a counted loop)."""
+    if all(_descends(rule, call) for rule, call in self_calls):
+        return True
+    arity = len(self_calls[0][1].args)
+    return any(_shrinks_at(i, self_calls) for i in range(arity))
 
 
 def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -139,8 +159,8 @@ def _policy(ruleset: RuleSet) -> tuple[frozenset[str], frozenset[str]]:
                 inner[id(rule)] += app.op in members
         if max(inner.values()) > 1:
             memoised.update(component)  # tree recursion: repeated calls are where remembering pays
-        elif len(component) > 1 or not all(_descends(rule, app) for rule, app in calls[op] if app.op == op):
-            tracked.update(component)  # not structural recursion (append, plus, reverse): it may loop
+        elif len(component) > 1 or not _cannot_loop([(rule, app) for rule, app in calls[op] if app.op == op]):
+            tracked.update(component)  # not structural recursion: it may loop
     return frozenset(tracked), frozenset(memoised)
 
 
@@ -166,7 +186,7 @@ def memoised_ops(ruleset: RuleSet) -> frozenset[str]:
 def tracked_ops(ruleset: RuleSet) -> frozenset[str]:
     """Operators, besides the memoised ones, whose calls in progress are tracked to catch a loop
     (docs/rules.md, "Memo"): the other recursive ones, except those whose only recursion is direct and
-    structural (each call on a strict part of an argument)."""
+    structural (each call on smaller arguments, or with one argument that shrinks on every call)."""
     return _cached_policy(ruleset)[0]
 
 

@@ -163,6 +163,23 @@ def test_structural_recursion_is_not_memoised() -> None:
     assert result.firings == [2, 4, 1, 1, 1]
 
 
+def test_recursion_on_a_shrinking_argument_is_not_tracked() -> None:
+    """len with an accumulator and range counting down walk a strict part of one argument on every call
+    (the other grows): they cannot loop, so they are not tracked. dv_sz passes its first argument back
+    whole: dv may loop, and does on (dv (s z) z z)."""
+    rs = ruleset_of("""rule len0: (len nil ?n) => ?n
+                       rule len1: (len (cons ?x ?xs) ?n) => (len ?xs (s ?n))
+                       rule r0: (range ?i z) => nil
+                       rule r1: (range ?i (s ?k)) => (cons ?i (range (s ?i) ?k))
+                       rule dv_sz: (dv (s ?x) z ?p) => (dv (s ?x) ?p ?p)
+                       rule dv_ss: (dv (s ?x) (s ?k) ?p) => (dv ?x ?k ?p)
+                       rule dv_zz: (dv z z ?p) => true""")
+    assert tracked_ops(rs) == {"dv"} and not memoised_ops(rs)
+    result = rewrite(rs, "(len (range z (s (s (s z)))) z) (dv (s (s z)) (s z) (s z)) (dv (s z) z z)", fuel=100)
+    assert result.texts()[:2] == ["(s (s (s z)))", "true"]
+    assert isinstance(result.outcomes[2], RewriteCycle)
+
+
 def test_a_rule_evaluates_each_distinct_subexpression_once() -> None:
     """`(f ?x)` appears in the condition and twice in the target: it is called once."""
     rs = ruleset_of("""rule g: (g ?x) if (f ?x) = true => (h (f ?x) (f ?x))
