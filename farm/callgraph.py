@@ -6,7 +6,7 @@ it. Every engine (interpreter, LLVM, Rust) takes both decisions below from here,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 from farm.rules import App, PatternExpr, TermCondition, Var
 from farm.transduce import RewriteRule, RuleSet
@@ -99,6 +99,37 @@ def _cannot_loop(self_calls: list[tuple[RewriteRule, App]]) -> bool:
     return any(_shrinks_at(i, self_calls) for i in range(arity))
 
 
+def _rebuilds(expr: PatternExpr, pattern: PatternExpr, defined: Container[str]) -> bool:
+    """`expr` is the source argument `pattern` itself, built again of constructors: it evaluates to that very
+    argument (maximal sharing)."""
+    return expr == pattern and not any(app.op in defined for app in _applications(expr))
+
+
+def _kept_or_shrunk(rule: RewriteRule, call: App, position: int, defined: Container[str]) -> bool:
+    """The call passes, at `position`, that argument of the rule's source or a part of it."""
+    arg = call.args[position]
+    return bool(_inside(rule, arg, position)) or _rebuilds(arg, rule.source.args[position], defined)
+
+
+def _shrinks(rule: RewriteRule, call: App, position: int) -> bool:
+    return any(len(occ) > 1 for occ in _inside(rule, call.args[position], position))
+
+
+def _untracked_self_calls(self_calls: list[tuple[RewriteRule, App]], defined: Container[str]) \
+        -> set[tuple[int, App]]:
+    """Of a tracked operator's calls to itself, those that need not be tracked: where every call keeps an
+    argument or passes a part of it, a loop can only repeat calls that keep it (one that passes a part has a
+    smaller argument, which no later call makes larger again). So the calls that pass a strict part are not
+    tracked, and a loop entered through one is caught one call later, when its next call repeats."""
+    arity = len(self_calls[0][1].args)
+    for i in range(arity):
+        if all(_kept_or_shrunk(rule, call, i, defined) for rule, call in self_calls):
+            found = {(rule.index, call) for rule, call in self_calls if _shrinks(rule, call, i)}
+            if found:
+                return found
+    return set()
+
+
 def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
     """Tarjan's algorithm with an explicit stack (a ruleset may chain thousands of operators)."""
     index: dict[str, int] = {}
@@ -140,14 +171,19 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
     return components
 
 
-def _policy(ruleset: RuleSet) -> tuple[frozenset[str], frozenset[str]]:
-    """(tracked, memoised): operators whose calls may loop, and among them those whose calls branch."""
+Policy = tuple[frozenset[str], frozenset[str], frozenset[tuple[int, App]]]
+
+
+def _policy(ruleset: RuleSet) -> Policy:
+    """(tracked, memoised, untracked calls): operators whose calls may loop, and among them those whose calls
+    branch; the calls (rule index, application) of a tracked operator to itself that are not tracked."""
     by_root = ruleset.rules_by_root()
     calls = {op: [(rule, app) for rule in rules for expr in rule_expressions(rule) for app in _applications(expr)
                   if app.op in by_root] for op, rules in by_root.items()}
     graph = {op: {app.op for _, app in found} for op, found in calls.items()}
     tracked: set[str] = set()
     memoised: set[str] = set()
+    untracked: set[tuple[int, App]] = set()
     for component in _strongly_connected(graph):
         members = set(component)
         op = component[0]
@@ -159,15 +195,20 @@ def _policy(ruleset: RuleSet) -> tuple[frozenset[str], frozenset[str]]:
                 inner[id(rule)] += app.op in members
         if max(inner.values()) > 1:
             memoised.update(component)  # tree recursion: repeated calls are where remembering pays
-        elif len(component) > 1 or not _cannot_loop([(rule, app) for rule, app in calls[op] if app.op == op]):
-            tracked.update(component)  # not structural recursion: it may loop
-    return frozenset(tracked), frozenset(memoised)
+        elif len(component) > 1:
+            tracked.update(component)  # mutual recursion: it may loop
+        else:
+            self_calls = [(rule, app) for rule, app in calls[op] if app.op == op]
+            if not _cannot_loop(self_calls):
+                tracked.add(op)  # not structural recursion: it may loop
+                untracked |= _untracked_self_calls(self_calls, by_root)
+    return frozenset(tracked), frozenset(memoised), frozenset(untracked)
 
 
-_POLICY: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+_POLICY: dict[str, Policy] = {}
 
 
-def _cached_policy(ruleset: RuleSet) -> tuple[frozenset[str], frozenset[str]]:
+def _cached_policy(ruleset: RuleSet) -> Policy:
     key = ruleset.fingerprint()
     found = _POLICY.get(key)
     if found is None:
@@ -190,5 +231,12 @@ def tracked_ops(ruleset: RuleSet) -> frozenset[str]:
     return _cached_policy(ruleset)[0]
 
 
+def untracked_calls(ruleset: RuleSet) -> frozenset[tuple[int, App]]:
+    """The calls (rule index, application) a tracked operator's rules make to it that are not tracked
+    (docs/rules.md, "Memo"): in `dv(s(x), z, p) => dv(s(x), p, p)`, `dv(s(x), s(k), p) => dv(x, k, p)` every
+    call keeps the first argument or passes a part of it, so only the first kind is tracked."""
+    return _cached_policy(ruleset)[2]
+
+
 __all__ = ["Occurrence", "fresh_subexpressions", "memoised_ops", "rule_expressions", "tracked_ops",
-           "variable_occurrences"]
+           "untracked_calls", "variable_occurrences"]

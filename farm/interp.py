@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
-from farm.callgraph import fresh_subexpressions, memoised_ops, tracked_ops
+from farm.callgraph import fresh_subexpressions, memoised_ops, tracked_ops, untracked_calls
 from farm.config import max_memory_from_env
 from farm.errors import NonTermination
 from farm.rules import App, Compare, Computed, IsConst, Lit, PatternExpr, TermCondition, Var, variables
@@ -58,12 +58,14 @@ IN_PROGRESS = -1  # the memo's value for a call not yet returned (node ids are >
 M_APP, M_LIT, M_SAME = range(3)  # (M_APP, at, op) (M_LIT, at, value) (M_SAME, at, earlier slot)
 # Rule-attempt instructions, over the same list (the registers): those that compute a node append it.
 I_CALL, I_CONS, I_LIT, I_COMPUTED, I_ISCONST, I_COMPARE, I_ENTER, I_COND, I_FIRE = range(9)
-# (I_CALL | I_CONS, op, argument registers) (I_LIT, value) (I_COMPUTED, expr, ((variable, register), ..))
+# (I_CALL, op, argument registers, tracked if op is) (I_CONS, op, argument registers) (I_LIT, value)
+# (I_COMPUTED, expr, ((variable, register), ..))
 # (I_ISCONST, register) (I_COMPARE, op, left, right: a register or a Lit) (I_ENTER,) a condition's sides
 # follow, one level deeper; (I_COND, left register, right register, equal) (I_FIRE,) the rule fires.
 
-Request = tuple[str, tuple[int, ...]]  # a call a rule attempt makes: operator and normal-form arguments
-Attempt = Generator[Request, int, int]  # one call in progress: yields its calls, returns its normal form
+Request = tuple[str, tuple[int, ...]]  # a call: operator and normal-form arguments (the memo's key)
+Call = tuple[str, tuple[int, ...], bool]  # a call a rule attempt makes, and whether it is tracked if its op is
+Attempt = Generator[Call, int, int]  # one call in progress: yields its calls, returns its normal form
 
 
 @dataclass
@@ -86,7 +88,7 @@ class _Plan:
 
     __slots__ = ("index", "name", "match", "code", "result")
 
-    def __init__(self, rule: RewriteRule, defined: set[str]) -> None:
+    def __init__(self, rule: RewriteRule, defined: set[str], untracked: frozenset[tuple[int, App]]) -> None:
         self.index, self.name = rule.index, rule.name
         match: list[tuple] = []
         slot: dict[str, int] = {}  # each variable's first slot
@@ -124,7 +126,11 @@ class _Plan:
                     code.append((I_COMPUTED, sub.expr, tuple((v, slot[v]) for v in dict.fromkeys(variables(sub.expr)))))
                 else:
                     assert isinstance(sub, App)
-                    code.append((I_CALL if sub.op in defined else I_CONS, sub.op, tuple(map(where, sub.args))))
+                    registers = tuple(map(where, sub.args))
+                    if sub.op in defined:
+                        code.append((I_CALL, sub.op, registers, (rule.index, sub) not in untracked))
+                    else:
+                        code.append((I_CONS, sub.op, registers))
                 register[sub] = size
                 size += 1
             return where(expr)
@@ -149,7 +155,8 @@ class Interpreter:
         self.ruleset = ruleset
         by_root = ruleset.rules_by_root()
         defined = set(by_root)
-        self._plans = {op: tuple(_Plan(rule, defined) for rule in rules) for op, rules in by_root.items()}
+        untracked = untracked_calls(ruleset)
+        self._plans = {op: tuple(_Plan(rule, defined, untracked) for rule in rules) for op, rules in by_root.items()}
         self._memoised = memoised_ops(ruleset)
         self._tracked = tracked_ops(ruleset)
 
@@ -229,14 +236,16 @@ class _Run:
         """CALL op(args) to its normal form. The calls it makes are frames of `self.calls`, driven here: each
         yields the call it needs and is sent the result."""
         calls, keys, memo, memoised = self.calls, self.keys, self.memo, self.memoised
-        request: Request | None = (op, args)
+        made: Call | None = (op, args, True)
         value: int | None = None
         while True:
-            if request is not None:
+            if made is not None:
                 if len(calls) >= MAX_CALL_DEPTH:
                     raise calls_error(self.last_rule, self.steps)
                 key: tuple[Request, bool] | None = None
-                if request[0] in self.tracked:
+                request: Request = made[:2]
+                known = None
+                if made[2] and made[0] in self.tracked:
                     if request in self.active:
                         raise cycle_error(self.steps, self.last_rule)
                     self.active.add(request)
@@ -249,18 +258,17 @@ class _Run:
                         if not calls:
                             return known
                         value = known
-                        request = None
                     else:
                         remembered = self._remember(request)
                         key = None if remembered is None else (remembered, True)
-                if request is not None:
+                if known is None:
                     if self.cap:
                         self._check_memory()
                     calls.append(self._attempt(*request))
                     keys.append(key)
                     value = None  # starts the generator
             try:
-                request = calls[-1].send(value)  # type: ignore[arg-type]
+                made = calls[-1].send(value)  # type: ignore[arg-type]
             except StopIteration as returned:
                 calls.pop()
                 value = returned.value
@@ -273,7 +281,7 @@ class _Run:
                         self.active.discard(done[0])
                 if not calls:
                     return value
-                request = None
+                made = None
 
     def _remember(self, key: Request) -> Request | None:
         """Enter a call in the memo as in progress; when the memo is full, drop its finished entries first, and
@@ -327,7 +335,7 @@ class _Run:
                 for ins in plan.code:
                     kind = ins[0]
                     if kind == I_CALL:
-                        regs.append((yield ins[1], tuple([regs[i] for i in ins[2]])))
+                        regs.append((yield ins[1], tuple([regs[i] for i in ins[2]]), ins[3]))
                     elif kind == I_CONS:
                         regs.append(g.app_named(ins[1], [regs[i] for i in ins[2]]))
                     elif kind == I_LIT:

@@ -177,6 +177,18 @@ def test_rust_target_tracks_calls_in_progress_without_remembering_them(tmp_path:
     assert rust == run_interpreter(ruleset, text, 10_000_000)
 
 
+def test_rust_target_leaves_the_calls_on_a_shrinking_argument_untracked(tmp_path: Path) -> None:
+    """dv_ss passes a part of dv's first argument: that call is not tracked, so a loop entered through it is
+    caught one call later (3 steps, not 2), as the interpreter counts."""
+    ruleset = ruleset_of("""rule dv_sz: (dv (s ?x) z ?p) => (dv (s ?x) ?p ?p)
+                            rule dv_ss: (dv (s ?x) (s ?k) ?p) => (dv ?x ?k ?p)
+                            rule dv_zz: (dv z z ?p) => true""")
+    text = "(dv (s (s z)) (s z) z) (dv (s z) z z) (dv (s (s (s (s z)))) (s (s z)) (s (s z)))"
+    rust = run_rust(rust_binary(ruleset, tmp_path), ruleset, text, 1000)
+    assert rust[0] == ["error RewriteCycle", "error RewriteCycle", "true"] and rust[2] == [3, 1, 6]
+    assert rust == run_interpreter(ruleset, text, 1000)
+
+
 def test_rust_target_normalises_a_million_nested_calls(tmp_path: Path) -> None:
     """`plus` recurses structurally: (plus s^1000000(z) (s z)) nests a million calls on the rewriting
     thread's stack, takes a million and one steps, and prints the million-level result."""

@@ -15,10 +15,12 @@ The manifest holds what depends on the whole ruleset: the dispatch on an input r
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from llvmlite import ir
 
-from farm.callgraph import fresh_subexpressions, memoised_ops, rule_expressions, tracked_ops
+from farm.callgraph import fresh_subexpressions, memoised_ops, rule_expressions, tracked_ops, untracked_calls
 from farm.codegen.abi import (
     ERR_CALLS,
     ERR_CYCLE,
@@ -70,8 +72,9 @@ def norm_name(op: int) -> str:
     return f"farm_norm_op{op}"
 
 
-def norm_type(arity: int) -> ir.FunctionType:
-    return ir.FunctionType(I64, [PTR] + [I64] * arity)
+def norm_type(arity: int, flagged: bool) -> ir.FunctionType:
+    """(arena, arguments[, tracked]): an operator some of whose calls are not tracked takes a flag."""
+    return ir.FunctionType(I64, [PTR] + [I64] * arity + ([I1] if flagged else []))
 
 
 class RulesModule:
@@ -87,13 +90,20 @@ class RulesModule:
         self.by_root = ruleset.rules_by_root()
         self.memoised = memoised_ops(ruleset)
         self.tracked = tracked_ops(ruleset)
+        self.untracked = untracked_calls(ruleset)
+        self.flagged = frozenset(call.op for _, call in self.untracked)
 
     def norm_function(self, op_name: str) -> ir.Function:
         op = self.op_ids[op_name]
-        fn = declare(self.m, norm_name(op), norm_type(self.arities[op_name]))
+        fn = declare(self.m, norm_name(op), norm_type(self.arities[op_name], op_name in self.flagged))
         if self.internal:
             fn.linkage = "internal"
         return fn
+
+    def call_norm(self, f: FunctionBuilder, op_name: str, args: list[ir.Value], tracked: bool = True) -> ir.Value:
+        """A call of an operator's function; `tracked` False for a call farm/callgraph.py leaves untracked."""
+        flag = [ir.Constant(I1, int(tracked))] if op_name in self.flagged else []
+        return f.b.call(self.norm_function(op_name), [f.arena, *args, *flag])
 
     def intern_function(self, arity: int) -> ir.Function:
         """intern<n>(arena, header, kid 0 .. kid n-1, kids*): the shared node (farm_intern's contract), with
@@ -215,7 +225,7 @@ class RulesModule:
             switch.add_case(c64(self.op_ids[op_name]), case)
             f.b.position_at_end(case)
             values = [f.load_at(args, c64(j), "roots") for j in range(self.arities[op_name])]
-            f.b.ret(f.b.call(self.norm_function(op_name), [f.arena, *values]))
+            f.b.ret(self.call_norm(f, op_name, values))
         f.b.position_at_end(constructor)
         f.b.ret(call(f, "farm_intern", f.arena, header(f, op, arity), arity, args))
 
@@ -275,13 +285,14 @@ class _OperatorEmitter:
         need = b.add(self.base, c64(self.frame))
         with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
             f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
-        for i, value in enumerate(f.args[1:]):
+        for i, value in enumerate(f.args[1:1 + self.arity]):
             f.set_root(b.add(self.base, c64(i)), value)
         for i in range(self.arity, self.frame):
             f.set_root(b.add(self.base, c64(i)), c64(-1))
         f.put("rsp", need)
         if self.tracked:
-            self._track()
+            with self._if_tracked():
+                self._track()
         if self.memoised:
             self._memo_enter()
 
@@ -397,6 +408,15 @@ class _OperatorEmitter:
         return f.b.call(self.rm.intern_function(len(kids)),
                         [f.arena, c64(head), *kids, f.root_ptr(self.b.add(self.base, c64(slot)))])
 
+    @contextmanager
+    def _if_tracked(self) -> Iterator[None]:
+        """What follows runs for a tracked call: always, or as the call's flag says (norm_type)."""
+        if self.op_name not in self.rm.flagged:
+            yield
+            return
+        with self.b.if_then(self.f.args[1 + self.arity]):
+            yield
+
     def _pop(self) -> None:
         self.f.put("rsp", self.base)
         self.f.bump("calls", -1)
@@ -406,7 +426,8 @@ class _OperatorEmitter:
         if self.memoised:
             self._memo_leave(value)
         if self.tracked:
-            self._untrack()
+            with self._if_tracked():
+                self._untrack()
         self._pop()
         f.b.ret(value)
 
@@ -527,6 +548,7 @@ class _RuleEvaluation:
 
     def __init__(self, op: _OperatorEmitter, leaf: Leaf) -> None:
         self.op, self.f, self.b = op, op.f, op.b
+        self.rule = leaf.rule
         self.bindings = leaf.bindings
         self.seen: set[PatternExpr] = set()
         self.slots: dict[PatternExpr, int] = {}
@@ -550,7 +572,7 @@ class _RuleEvaluation:
             assert isinstance(unit, App)
             args = [self._read(arg) for arg in unit.args]
             if unit.op in op.rm.by_root:
-                value = b.call(op.rm.norm_function(unit.op), [f.arena, *args])
+                value = op.rm.call_norm(f, unit.op, args, (self.rule.index, unit) not in op.rm.untracked)
             else:
                 for j, arg in enumerate(args):
                     f.set_root(b.add(op.base, c64(op.scratch_at + j)), arg)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from farm.callgraph import fresh_subexpressions, memoised_ops, tracked_ops
+from farm.callgraph import fresh_subexpressions, memoised_ops, tracked_ops, untracked_calls
 from farm.matchtree import NODE_BUDGET, Chain, Fail, Leaf, Occurrence, Switch, Tree, build_tree
 from farm.rules import (
     App,
@@ -351,7 +351,8 @@ class _Attempt:
     """What one try of a rule has evaluated: each distinct sub-expression once (farm/callgraph.py), by the
     Rust local that holds its value; pattern variables by the local bound to their subterm."""
 
-    def __init__(self, bound: dict[str, str]) -> None:
+    def __init__(self, rule: int, bound: dict[str, str]) -> None:
+        self.rule = rule
         self.bound = bound
         self.values: dict[PatternExpr, str] = {}
         self.seen: set[PatternExpr] = set()
@@ -369,6 +370,7 @@ class RustCodegen:
         self.defined = ruleset.rules_by_root()
         self.memoised = memoised_ops(ruleset)
         self.tracked = tracked_ops(ruleset)
+        self.untracked = untracked_calls(ruleset)
         self.memo_width = max((self.arities[op] for op in self.memoised | self.tracked), default=0)
         self.functions: list[str] = []
         self._fresh = itertools.count()
@@ -423,13 +425,20 @@ class RustCodegen:
             padded += ["0"] * (self.memo_width - len(padded))
             body = f"{wrapper}(rt, ({op}, [{', '.join(padded)}]), |rt| {body})"
         policy = " (memoised)" if op_name in self.memoised else " (tracked)" if op_name in self.tracked else ""
-        self.functions.append("\n".join([
-            f"/// operator {op}: {_comment(op_name)}{policy}",
-            f"fn norm_{op}(rt: &mut Runtime{decls}) -> Result<Id, Err> {{",
-            "    rt.enter()?;", f"    let normal = {body};", "    rt.leave();", "    normal", "}", ""]))
+        self.functions.append("\n".join([f"/// operator {op}: {_comment(op_name)}{policy}",
+                                         *self._call_function(f"norm_{op}", decls, body)]))
+        if any(call.op == op_name for _, call in self.untracked):
+            self.functions.append("\n".join([f"/// operator {op}: its calls that are not tracked",
+                                             *self._call_function(f"step_{op}", decls, f"rules_{op}(rt{uses})")]))
         args = ", ".join(f"a{i}" for i in range(self.arities[op_name]))
         run(self._tree_function(f"rules_{op}", op_name, build_tree(rules, self.tree_budget),
                                 f"Ok(rt.mk({op}, &[{args}]))"))
+
+    @staticmethod
+    def _call_function(name: str, decls: str, body: str) -> list[str]:
+        """A call: its depth, then `body`."""
+        return [f"fn {name}(rt: &mut Runtime{decls}) -> Result<Id, Err> {{",
+                "    rt.enter()?;", f"    let normal = {body};", "    rt.leave();", "    normal", "}", ""]
 
     def _tree_function(self, name: str, op_name: str, tree: Tree, on_fail: str) -> Step[None]:
         decls, _ = self._params(op_name)
@@ -495,7 +504,7 @@ class RustCodegen:
         returns its target's value. Otherwise, on with the rules after it."""
         pad = _indent(depth)
         inner = pad + "    "
-        attempt = _Attempt({name: env[occ] for name, occ in leaf.bindings.items()})
+        attempt = _Attempt(leaf.rule.index, {name: env[occ] for name, occ in leaf.bindings.items()})
         label = self._var("'rule")
         out.append(f"{pad}// rule {leaf.rule.index}: {_comment(leaf.rule.name)}")
         out.append(f"{pad}{label}: {{")
@@ -560,7 +569,8 @@ class RustCodegen:
         op = self.op_ids[expr.op]
         args = [attempt.value(arg) for arg in expr.args]
         if expr.op in self.defined:
-            return f"norm_{op}(rt{''.join(', ' + a for a in args)})?"
+            function = f"step_{op}" if (attempt.rule, expr) in self.untracked else f"norm_{op}"
+            return f"{function}(rt{''.join(', ' + a for a in args)})?"
         return f"rt.mk({op}, &[{', '.join(args)}])"
 
     def _arith(self, expr: LitExpr, bound: dict[str, str]) -> str:
