@@ -338,9 +338,9 @@ class NativeRuleset:
         self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals), _ptr(arities),
                              _ptr(kids))
         if to_native is not None or len(graph.signature.names) < len(self.ruleset.signature):
-            ops = array("q", map(self._graph_op(graph, to_native), ops[:sizes[0]]))
-        result_graph = TermGraph.from_columns(graph.signature, ops[:sizes[0]], vals[:sizes[0]], arities[:sizes[0]],
-                                              kids[:sizes[1]])
+            ops = array("q", map(self._graph_op(graph, to_native), ops))
+        # _zeros made the columns exactly as long as farm_mark counted: they are the graph's, uncopied
+        result_graph = TermGraph.from_columns(graph.signature, ops, vals, arities, kids)
         names = [r.name for r in self.ruleset.rules]
         outcomes: list[int | NonTermination] = []
         for i, result in enumerate(out):

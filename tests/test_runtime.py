@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,31 +129,47 @@ class Raw:
 
 def raw_rewrite(native: NativeRuleset, columns: tuple[array, array, array, array], roots: list[int],
                 rows: int | None = None, n_kids: int | None = None, fuel: int = 10_000_000, cap: int = 0) -> Raw:
-    """farm_rewrite on columns as given (ops, arities, values, kids), on the loader's big stack; the arena's
-    statistics are read before it is freed."""
-    lib = native.lib
-    ops, arities, values, kids = columns
-    arena = lib.farm_arena_new()
+    """farm_rewrite on columns as given (ops, arities, values, kids), on the loader's big stack, on a fresh
+    arena; the arena's statistics are read before it is freed."""
+    with fresh_arena(native, cap) as arena:
+        return rewrite_on(native, arena, columns, roots, rows, n_kids, fuel)
+
+
+@contextmanager
+def fresh_arena(native: NativeRuleset, cap: int = 0) -> Iterator[Any]:
+    """An arena set up as the loader sets one up (memory cap, native stack), freed afterwards."""
+    arena = native.lib.farm_arena_new()
     assert arena
     arena.contents.limit = cap if cap else loader.NO_LIMIT
     arena.contents.stack_bytes = loader.STACK_BYTES - loader.STACK_MARGIN
     try:
-        root_rows = array("q", roots)
-        out, info = array("q", [0] * len(roots)), array("q", [0] * (2 * len(roots)))
-        count = (max(roots) + 1 if roots else 0) if rows is None else rows
-        pointers = [loader._ptr(c) for c in (ops, arities, values, kids)]
-
-        def call() -> int:
-            return int(lib.farm_rewrite(arena, count, *pointers, len(kids) if n_kids is None else n_kids,
-                                        len(roots), loader._ptr(root_rows), loader._ptr(out), loader._ptr(info),
-                                        fuel))
-
-        code = loader._BIG_STACK.run(call, lambda: None)
-        stats = {name: getattr(arena.contents, name) for name in ("collections", "peak_words", "cap", "memo_count",
-                                                                  "memo_done")}
-        return Raw(code, list(out), list(info), stats)
+        yield arena
     finally:
-        lib.farm_arena_free(arena)
+        native.lib.farm_arena_free(arena)
+
+
+def rewrite_on(native: NativeRuleset, arena: Any, columns: tuple[array, array, array, array], roots: list[int],
+               rows: int | None = None, n_kids: int | None = None, fuel: int = 10_000_000) -> Raw:
+    """farm_rewrite on a given arena (which keeps its nodes and memo from earlier calls)."""
+    ops, arities, values, kids = columns
+    root_rows = array("q", roots)
+    out, info = array("q", [0] * len(roots)), array("q", [0] * (2 * len(roots)))
+    count = (max(roots) + 1 if roots else 0) if rows is None else rows
+    pointers = [loader._ptr(c) for c in (ops, arities, values, kids)]
+
+    def call() -> int:
+        return int(native.lib.farm_rewrite(arena, count, *pointers, len(kids) if n_kids is None else n_kids,
+                                           len(roots), loader._ptr(root_rows), loader._ptr(out), loader._ptr(info),
+                                           fuel))
+
+    code = loader._BIG_STACK.run(call, lambda: None)
+    stats = {name: getattr(arena.contents, name) for name in ("collections", "peak_words", "cap", "memo_count",
+                                                              "memo_done")}
+    return Raw(code, list(out), list(info), stats)
+
+
+def columns_of(g: TermGraph) -> tuple[array, array, array, array]:
+    return g.ops, g.arities, g.vals, g.kid_ids
 
 
 def arena_stats(engine: Engine, rules: str, build: Build) -> dict[str, int]:
@@ -734,3 +751,65 @@ def test_threads_rewrite_at_once(engine: Engine) -> None:
     for t in threads:
         t.join()
     assert got == [(alone.texts(), alone.steps, alone.firings)] * 6
+
+
+# ---- 8. exporting the normal forms
+
+MEMO_LISTS = SHARING + """
+rule mm0: (mkm 0) => nil
+rule mm1: (mkm ?n) if ?n > 0 => (cons (w ?n) (mkm {?n - 1}))
+rule mmb: (mkm (two ?a ?b)) => (pair (mkm ?a) (mkm ?b))
+"""  # mmb never fires: it makes `mkm` a branching recursion, so memoised (a list it built outlives the call)
+
+
+def collect_on(native: NativeRuleset, arena: Any, g: TermGraph, raw: Raw) -> RewriteResult:
+    """The loader's farm_mark and farm_export of a raw rewrite's results on this arena."""
+    return native._collect(arena, g, None, array("q", raw.out), array("q", raw.info), 10_000_000, 0)
+
+
+def test_rewriting_again_after_an_export_on_the_same_arena(engine: Engine) -> None:
+    """farm_mark numbers the nodes in their parent words, so the next farm_rewrite on the arena must put them
+    right first. The lists the first call built and exported come back from the memo (`mkm`) in the second,
+    which builds the same lists anew (`mk`): a nonlinear rule sees one node, not two."""
+    rs, native = native_of(engine, MEMO_LISTS)
+    first_terms = "(mkm 300) (cons a (mkm 40))"
+    g0 = TermGraph(rs.make_signature())
+    alone = native.rewrite(g0, g0.parse(first_terms), max_memory=0).texts()
+    with fresh_arena(native) as arena:
+        g1 = TermGraph(rs.make_signature())
+        first = rewrite_on(native, arena, columns_of(g1), g1.parse(first_terms))
+        assert first.code == 0 and collect_on(native, arena, g1, first).texts() == alone
+        assert arena.contents.marked > 0
+        g2 = TermGraph(rs.make_signature())
+        second = rewrite_on(native, arena, columns_of(g2), g2.parse(
+            "(mkm 300) (eq (mk 300) (mkm 300)) (eq (cons a (mk 40)) (cons a (mkm 40))) (eq (rev (rev (mk 300))) "
+            "(mkm 300))"))
+        assert second.code == 0 and arena.contents.marked == 0
+        assert second.info[0] == 0  # (mkm 300) is the first call's list, from the memo
+        assert collect_on(native, arena, g2, second).texts()[1:] == ["true"] * 3
+
+
+def test_export_without_mark_numbers_the_nodes_itself_a_million_levels_deep(engine: Engine) -> None:
+    """farm_export after farm_mark writes what the mark numbered; called alone it numbers the nodes itself,
+    with the same columns, on a numeral a million levels deep (the walk's stack is explicit). Exporting and
+    marking again find everything numbered and change nothing."""
+    rs, native = native_of(engine, COLLECTOR_PROGRAMS["numerals"][0])
+    terms = f"(plus {numeral(1_000_000)} (num 3)) (num 3) (plus (num 2) (s (num 2)))"
+    g = TermGraph(rs.make_signature())
+    expected = native.rewrite(g, g.parse(terms), max_memory=0)  # farm_mark, then farm_export
+    graph = expected.graph
+    assert graph.depth(expected.outcomes[0]) == 1_000_004  # type: ignore[arg-type]
+    with fresh_arena(native) as arena:
+        g2 = TermGraph(rs.make_signature())
+        raw = rewrite_on(native, arena, columns_of(g2), g2.parse(terms))
+        out = array("q", raw.out)
+        for _ in range(2):
+            columns = [loader._zeros(len(graph)) for _ in range(3)] + [loader._zeros(len(graph.kid_ids))]
+            mapped = loader._zeros(len(out))
+            count = native.lib.farm_export(arena, len(out), loader._ptr(out), loader._ptr(mapped),
+                                           *map(loader._ptr, columns))
+            assert count == len(graph) and list(mapped) == expected.outcomes
+            assert columns == [graph.ops, graph.vals, graph.arities, graph.kid_ids]
+        sizes = loader._zeros(2)
+        assert native.lib.farm_mark(arena, len(out), loader._ptr(out), loader._ptr(sizes)) == 0
+        assert list(sizes) == [len(graph), len(graph.kid_ids)]

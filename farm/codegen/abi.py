@@ -3,7 +3,7 @@ llvmlite types from here and the loader its ctypes types, so the two cannot drif
 
 from __future__ import annotations
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 # Result codes below zero: a call's or a root's error (every other result is a node id, >= 0).
 NO_MATCH = -1  # internal: no memo entry found / claimed nothing
@@ -20,6 +20,10 @@ FORWARDED = -2  # header of a node the collector has moved; word 1 holds its new
 # hash-consing table.
 NO_PARENT = -1  # never a last child yet: a node built on it as its last child is new
 SHARED_PARENT = -2  # its registered parent was collected: nodes built on it are in the table
+# farm_mark numbers the nodes it reaches in their parent words, node k holding MARK_BASE - k (a word at or
+# below MARK_BASE is a mark): the export needs no map of its own. The next farm_rewrite on the arena puts
+# the parent words right first.
+MARK_BASE = -3
 NO_LIMIT = 2**63 - 1  # the arena's `limit` until a loader sets the memory cap
 
 # The arena struct: every field is 8 bytes, in this order ("ptr" or "i64").
@@ -35,6 +39,8 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("nf", "ptr"), ("n_rows", "i64"),  # normal form of each input row (-1: not yet)
     ("out", "ptr"), ("n_out", "i64"),  # the roots' results so far
     ("work", "ptr"), ("work_cap", "i64"),  # the explicit stack of input-term walks and exports
+    ("order", "ptr"), ("order_cap", "i64"),  # the ids of the nodes farm_mark numbered, by number
+    ("marked", "i64"), ("marked_kids", "i64"),  # nodes numbered (0: no parent word holds a mark), their children
     ("steps", "i64"), ("fuel", "i64"), ("counters", "ptr"), ("last_rule", "i64"),
     ("rule_base", "ptr"),  # the index of each ruleset operator's first rule
     ("depth", "i64"),  # condition nesting (a root is 1)

@@ -26,6 +26,7 @@ from farm.codegen.abi import (
     FORWARDED,
     IN_PROGRESS,
     LIT_OP,
+    MARK_BASE,
     NO_LIMIT,
     NO_MATCH,
     NO_PARENT,
@@ -130,7 +131,7 @@ class RuntimeModule:
                      self._forward, self._collect, self._grow_spaces, self._grow_roots, self._memo_rebuild,
                      self._entry_find, self._memo_enter, self._memo_leave, self._track_rebuild, self._track_enter,
                      self._track_leave, self._check_rows, self._normalize_row, self._rewrite, self._walk, self._mark,
-                     self._export, self._arena_free, self._arena_new):
+                     self._export, self._unmark, self._arena_free, self._arena_new):
             part()
         f = self.export("farm_abi_version")
         f.b.ret(c64(ABI_VERSION))
@@ -432,11 +433,8 @@ class RuntimeModule:
                 b.ret(c64(ERR_OOM))
         # The table's nodes that survived are at most those it held: a table twice that size (or the same
         # one, cleared) stays at most half full; it grows when nodes are filed faster than collections run.
-        slots = f.var(c64(MIN_TABLE))
-        wanted = b.mul(f.get("table_count"), c64(2))
-        with f.loop(c64(0), c64(64)), b.if_then(b.icmp_signed("<", f.read(slots), wanted)):
-            b.store(b.mul(f.read(slots), c64(2)), slots)
-        f.return_if_false(call_internal(f, "rebuild_table", I1, [PTR, I64], arena, f.read(slots)), ERR_OOM)
+        slots = table_slots(f, f.get("table_count"))
+        f.return_if_false(call_internal(f, "rebuild_table", I1, [PTR, I64], arena, slots), ERR_OOM)
         with b.if_then(b.icmp_signed(">", f.get("memo_width"), c64(0))):
             rebuilt = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena,
                                     b.add(f.get("memo_mask"), c64(1)), c64(0))
@@ -724,19 +722,12 @@ class RuntimeModule:
         f.return_if(b.icmp_signed(">=", known, c64(0)), known)
         sp = f.var(c64(0))
 
-        def push(r: ir.Value) -> None:
-            at = f.read(sp)
-            f.return_if_false(self.grow(f, "work", "work_cap", b.add(b.mul(at, c64(2)), c64(2))), ERR_OOM)
-            f.store_at(f.get("work"), b.mul(at, c64(2)), r)
-            f.store_at(f.get("work"), b.add(b.mul(at, c64(2)), c64(1)), c64(0))
-            b.store(b.add(at, c64(1)), sp)
-
         def finish(r: ir.Value, value: ir.Value) -> None:
             f.return_if_error(value)
             f.store_at(f.get("nf"), r, value)
             b.store(b.sub(f.read(sp), c64(1)), sp)
 
-        push(row)
+        self.push_frame(f, sp, row)
         head, step, done = f.block("rows"), f.block("row"), f.block("rows_done")
         b.branch(head)
         b.position_at_end(head)
@@ -756,7 +747,7 @@ class RuntimeModule:
             kid = f.load_at(kids, b.add(offset, k))
             with b.if_then(b.icmp_signed("<", f.load_at(f.get("nf"), kid), c64(0))):
                 f.store_at(f.get("work"), b.add(frame, c64(1)), b.add(k, c64(1)))
-                push(kid)
+                self.push_frame(f, sp, kid)
                 b.branch(head)
         base = f.get("rsp")
         f.return_if_false(self.grow(f, "roots", "roots_cap", b.add(base, arity)), ERR_OOM)
@@ -784,6 +775,8 @@ class RuntimeModule:
         with f.loop(c64(0), n_roots) as i:
             root = f.load_at(root_rows, i)
             f.return_if(b.or_(b.icmp_signed("<", root, c64(0)), b.icmp_signed(">=", root, rows)), c64(ERR_INPUT))
+        # A farm_mark since the last call left marks in parent words: put them right before any interning.
+        f.return_if_false(call_internal(f, "unmark", I1, [PTR], arena), ERR_OOM)
         here = b.ptrtoint(f.buffer(1), I64)
         stack = f.get("stack_bytes")
         f.put("stack_floor", b.select(b.icmp_signed(">", stack, c64(0)), b.sub(here, stack), c64(0)))
@@ -836,49 +829,36 @@ class RuntimeModule:
     # ---- exporting normal forms ----
 
     def _walk(self) -> None:
-        """walk(arena, n, roots, out_roots, ops, values, arities, kids, sizes): number the nodes the
-        non-negative roots reach children first (post-order, with the work stack), using the spare space as
-        the map id -> number + 1. With columns (ops != NULL) write them (the TermGraph layout) and map the
-        roots; with sizes != NULL store the node and child counts."""
-        f = self.new("walk", I64, [PTR, I64, PTR, PTR, PTR, PTR, PTR, PTR, PTR])
+        """walk(arena, n, roots): number the nodes the non-negative roots reach that are not numbered yet,
+        children first (post-order, on the work stack: terms nest a million deep), on from `marked`. A node's
+        number goes into its own parent word (MARK_BASE - number) and its id into `order`, so there is no map
+        to clear: clearing one as large as the space (most of it pages never touched) cost more than the
+        walk. 0, or ERR_OOM (the nodes numbered so far stay numbered)."""
+        f = self.new("walk", I64, [PTR, I64, PTR])
         b = f.b
-        arena, n, roots, out_roots, ops, values, arities, kids, sizes = f.args
-        spare = f.get("spare")
-        with f.loop(c64(0), f.get("top")) as i:
-            f.store_at(spare, i, c64(0), "heap")
-        count, written, sp = f.var(c64(0)), f.var(c64(0)), f.var(c64(0))
-        writing = b.icmp_unsigned("!=", ops, NULL)
-
-        def push(node: ir.Value) -> None:
-            at = f.read(sp)
-            f.return_if_false(self.grow(f, "work", "work_cap", b.add(b.mul(at, c64(2)), c64(2))), ERR_OOM)
-            f.store_at(f.get("work"), b.mul(at, c64(2)), node)
-            f.store_at(f.get("work"), b.add(b.mul(at, c64(2)), c64(1)), c64(0))
-            b.store(b.add(at, c64(1)), sp)
-
+        _, n, roots = f.args
+        sp = f.var(c64(0))
         with f.loop(c64(0), n) as i:
             root = f.load_at(roots, i)
-            valid = b.icmp_signed(">=", root, c64(0))  # an error code is not an id: never read at it
-            unseen = b.icmp_signed("==", f.load_at(spare, b.select(valid, root, c64(0)), "heap"), c64(0))
-            with b.if_then(b.and_(valid, unseen)):
-                push(root)
-                self._drain(f, sp, count, written, writing, (ops, values, arities, kids), push)
-        with b.if_then(writing), f.loop(c64(0), n) as i:
-            root = f.load_at(roots, i)
-            mapped = b.select(b.icmp_signed(">=", root, c64(0)),
-                              b.sub(f.load_at(spare, b.select(b.icmp_signed(">=", root, c64(0)), root, c64(0)),
-                                              "heap"), c64(1)), root)
-            f.store_at(out_roots, i, mapped)
-        with b.if_then(b.icmp_unsigned("!=", sizes, NULL)):
-            f.store_at(sizes, c64(0), f.read(count))
-            f.store_at(sizes, c64(1), f.read(written))
-        b.ret(f.read(count))
+            # An error code is not an id: the mark is read only once the root is one (the second `with`).
+            with b.if_then(b.icmp_signed(">=", root, c64(0))), b.if_then(b.not_(is_marked(f, root))):
+                self.push_frame(f, sp, root)
+                self._drain(f, sp)
+        b.ret(c64(0))
 
-    def _drain(self, f: FunctionBuilder, sp: ir.Value, count: ir.Value, written: ir.Value, writing: ir.Value,
-               columns: tuple[ir.Value, ...], push: Callable[[ir.Value], None]) -> None:
+    def push_frame(self, f: FunctionBuilder, sp: ir.Value, item: ir.Value) -> None:
+        """Push the frame (item, 0) on the work stack, whose frames are (an item, its next child); returns
+        ERR_OOM from the function when the stack cannot grow."""
+        b = f.b
+        at = b.mul(f.read(sp), c64(2))
+        f.return_if_false(self.grow(f, "work", "work_cap", b.add(at, c64(2))), ERR_OOM)
+        f.store_at(f.get("work"), at, item)
+        f.store_at(f.get("work"), b.add(at, c64(1)), c64(0))
+        b.store(b.add(f.read(sp), c64(1)), sp)
+
+    def _drain(self, f: FunctionBuilder, sp: ir.Value) -> None:
         """Run the walk's stack empty: a node is numbered once its children are."""
         b = f.b
-        ops, values, arities, kids = columns
         head, step, done = f.block("walk"), f.block("walk_step"), f.block("walked")
         b.branch(head)
         b.position_at_end(head)
@@ -887,48 +867,85 @@ class RuntimeModule:
         frame = b.mul(b.sub(f.read(sp), c64(1)), c64(2))
         node = f.load_at(f.get("work"), frame)
         node_head = f.word(node, 0)
-        is_lit = b.icmp_signed("==", node_head, c64(LIT_HEADER))
-        arity = b.select(is_lit, c64(0), f.arity_of(node_head))
+        arity = b.select(b.icmp_signed("==", node_head, c64(LIT_HEADER)), c64(0), f.arity_of(node_head))
         k = f.load_at(f.get("work"), b.add(frame, c64(1)))
         with b.if_then(b.icmp_signed("<", k, arity)):
             f.store_at(f.get("work"), b.add(frame, c64(1)), b.add(k, c64(1)))
             kid = f.word(node, b.add(k, c64(1)))
-            with b.if_then(b.icmp_signed("==", f.load_at(f.get("spare"), kid, "heap"), c64(0))):
-                push(kid)
+            with b.if_then(b.not_(is_marked(f, kid))):
+                self.push_frame(f, sp, kid)
             b.branch(head)
-        number = f.read(count)
-        f.store_at(f.get("spare"), node, b.add(number, c64(1)), "heap")
-        b.store(b.add(number, c64(1)), count)
-        start = f.read(written)
-        with b.if_then(writing):
-            f.store_at(ops, number, f.op_of(node_head))
-            f.store_at(arities, number, arity)
-            f.store_at(values, number, b.select(is_lit, f.word(node, 1), start))
-            with f.loop(c64(0), arity) as j:
-                kid = f.word(node, b.add(j, c64(1)))
-                f.store_at(kids, b.add(start, j), b.sub(f.load_at(f.get("spare"), kid, "heap"), c64(1)))
-        b.store(b.add(start, arity), written)
+        number = f.get("marked")
+        f.return_if_false(self.grow(f, "order", "order_cap", b.add(number, c64(1))), ERR_OOM)
+        f.store_at(f.get("order"), number, node)
+        f.set_word(node, b.add(node_content(f, node_head), c64(1)), b.sub(c64(MARK_BASE), number))
+        f.put("marked", b.add(number, c64(1)))
+        f.put("marked_kids", b.add(f.get("marked_kids"), arity))
         b.store(b.sub(f.read(sp), c64(1)), sp)
         b.branch(head)
         b.position_at_end(done)
 
     def _mark(self) -> None:
-        """farm_mark(arena, n, roots, sizes): sizes[0] = nodes, sizes[1] = children the roots reach."""
+        """farm_mark(arena, n, roots, sizes): number the nodes the roots reach (walk); sizes[0] = nodes,
+        sizes[1] = their children, to size the export. 0, or ERR_OOM."""
         f = self.export("farm_mark")
         arena, n, roots, sizes = f.args
-        result = call_internal(f, "walk", I64, [PTR] * 1 + [I64] + [PTR] * 7, arena, n, roots, NULL, NULL, NULL,
-                               NULL, NULL, sizes)
-        f.b.ret(f.b.select(f.b.icmp_signed("<", result, c64(0)), result, c64(0)))
+        f.return_if_error(call_internal(f, "walk", I64, [PTR, I64, PTR], arena, n, roots))
+        f.store_at(sizes, c64(0), f.get("marked"))
+        f.store_at(sizes, c64(1), f.get("marked_kids"))
+        f.b.ret(c64(0))
 
     def _export(self) -> None:
-        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the reached nodes children
-        first, numbered from 0; the node count."""
+        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the numbered nodes in `order`
+        as columns (the TermGraph layout: children first, numbered from 0), and the roots mapped; the node
+        count. After farm_mark with the same roots the walk finds every root numbered and does nothing;
+        without it, it numbers them here."""
         f = self.export("farm_export")
-        f.b.ret(call_internal(f, "walk", I64, [PTR] * 1 + [I64] + [PTR] * 7, *f.args, NULL))
+        b = f.b
+        arena, n, roots, out_roots, ops, values, arities, kids = f.args
+        f.return_if_error(call_internal(f, "walk", I64, [PTR, I64, PTR], arena, n, roots))
+        written = f.var(c64(0))
+        with f.loop(c64(0), f.get("marked")) as i:
+            node = f.load_at(f.get("order"), i)
+            node_head = f.word(node, 0)
+            is_lit = b.icmp_signed("==", node_head, c64(LIT_HEADER))
+            arity = b.select(is_lit, c64(0), f.arity_of(node_head))
+            start = f.read(written)
+            f.store_at(ops, i, f.op_of(node_head))
+            f.store_at(arities, i, arity)
+            f.store_at(values, i, b.select(is_lit, f.word(node, 1), start))
+            with f.loop(c64(0), arity) as j:
+                f.store_at(kids, b.add(start, j), number_of(f, f.word(node, b.add(j, c64(1)))))
+            b.store(b.add(start, arity), written)
+        with f.loop(c64(0), n) as i:
+            mapped = f.var(f.load_at(roots, i))
+            with b.if_then(b.icmp_signed(">=", f.read(mapped), c64(0))):
+                b.store(number_of(f, f.read(mapped)), mapped)
+            f.store_at(out_roots, i, f.read(mapped))
+        b.ret(f.get("marked"))
+
+    def _unmark(self) -> None:
+        """unmark(arena): after farm_mark the numbered nodes' parent words hold marks, so their registered
+        parents are found through nothing. Set those words to SHARED_PARENT and rebuild the table, which files
+        the parents that were registered there (every node is again its last child's registered parent or in
+        the table); other nodes keep theirs. False when out of memory (the marks stay, to be undone again)."""
+        f = self.new("unmark", I1, [PTR])
+        b = f.b
+        marked = f.get("marked")
+        f.return_if(b.icmp_signed("==", marked, c64(0)), TRUE)
+        with f.loop(c64(0), marked) as i:
+            node = f.load_at(f.get("order"), i)
+            f.set_word(parent_at(f, node), 0, c64(SHARED_PARENT))
+        # The table gains at most one node per mark: the registered parent of the marked node.
+        slots = table_slots(f, b.add(f.get("table_count"), marked))
+        f.return_if(b.not_(call_internal(f, "rebuild_table", I1, [PTR, I64], f.arena, slots)), FALSE)
+        f.put("marked", c64(0))
+        f.put("marked_kids", c64(0))
+        b.ret(TRUE)
 
     # ---- the arena ----
 
-    BLOCKS = ("heap", "spare", "table", "roots", "work", "memo", "track", "counters", "rule_base", "nf")
+    BLOCKS = ("heap", "spare", "table", "roots", "work", "order", "memo", "track", "counters", "rule_base", "nf")
 
     def _arena_free(self) -> None:
         f = self.export("farm_arena_free")
@@ -995,6 +1012,27 @@ def heap_nodes(f: FunctionBuilder, base: Callable[[], ir.Value], stop: Callable[
     b.store(b.add(at, node_words(f, head)), node)
     b.branch(head_block)
     b.position_at_end(done)
+
+
+def is_marked(f: FunctionBuilder, node: ir.Value) -> ir.Value:
+    """Whether farm_mark numbered the node (its parent word holds a mark)."""
+    return f.b.icmp_signed("<=", f.word(parent_at(f, node), 0), c64(MARK_BASE))
+
+
+def number_of(f: FunctionBuilder, node: ir.Value) -> ir.Value:
+    """A numbered node's number, from the mark in its parent word."""
+    return f.b.sub(c64(MARK_BASE), f.word(parent_at(f, node), 0))
+
+
+def table_slots(f: FunctionBuilder, entries: ir.Value) -> ir.Value:
+    """The hash-consing table's size for `entries` nodes: a power of two, at least MIN_TABLE, at most half
+    full."""
+    b = f.b
+    slots = f.var(c64(MIN_TABLE))
+    wanted = b.mul(entries, c64(2))
+    with f.loop(c64(0), c64(64)), b.if_then(b.icmp_signed("<", f.read(slots), wanted)):
+        b.store(b.mul(f.read(slots), c64(2)), slots)
+    return f.read(slots)
 
 
 def call_internal(f: FunctionBuilder, name: str, ret: ir.Type, args: list[ir.Type], *values: ir.Value) -> ir.Value:
