@@ -116,6 +116,7 @@ class RulesModule:
         if isinstance(existing, ir.Function):
             return existing
         f = FunctionBuilder(self.m, name, I64, [PTR, I64] + [I64] * arity + [PTR])
+        f.fn.attributes.add("alwaysinline")
         b = f.b
         head, kids, kids_at = f.args[1], list(f.args[2:2 + arity]), f.args[-1]
         slow = f.block("slow")
