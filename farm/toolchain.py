@@ -195,8 +195,11 @@ class Toolchain:
             if pending:
                 self._compile_pending(pending, parts, objects, target, opt_level, tmp, result)
             ld = find_tool("ld.lld")
-            result.stage_seconds["ld"] = self._run("ld", [ld, "-shared", "-Bsymbolic", "--build-id=none", "-o",
-                                                          "module.so", *map(str, objects)], tmp)
+            # Written, not mmapped: on a full disk a write fails with ENOSPC (a clear error), where a store
+            # into a mapped output file kills ld.lld with SIGBUS.
+            result.stage_seconds["ld"] = self._run("ld", [ld, "-shared", "-Bsymbolic", "--build-id=none",
+                                                          "--no-mmap-output-file", "-o", "module.so",
+                                                          *map(str, objects)], tmp)
             check_library(result.so_path)  # what the linked code really imports, libcalls included
         except BaseException:
             remove_build_dir(result)  # a failed build leaves no partial files behind
