@@ -10,10 +10,12 @@ NO_MATCH = -1  # internal: no memo entry found / claimed nothing
 ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT, ERR_DEPTH, ERR_CALLS, ERR_STACK = -2, -3, -4, -5, -6, -7, -8
 IN_PROGRESS = -1  # a memo entry's value while its call runs
 
-# Node layout in the heap (i64 words): a header word (op in the low 32 bits, signed; arity above), then the
-# children, or a literal's value, then its parent word. A node takes at least two words, so a forwarding
-# address always fits.
+# Node layout in the heap (i64 words): a header word (op in the low 32 bits, signed; arity above), its parent
+# word, then the children, or a literal's value. The parent word sits at a fixed place, so interning reads it
+# without first reading the child's header. A node takes at least two words: a forwarding address fits.
 LIT_OP = -1
+PARENT_AT = 1
+CONTENT_AT = 2
 FORWARDED = -2  # header of a node the collector has moved; word 1 holds its new id
 # The parent word: the id of a node that has this one as its last child and is found through it (its
 # registered parent), or one of these. Every node is its last child's registered parent or in the

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
-from farm.codegen.abi import ARENA_FIELDS, ARENA_INDEX, EXPORTS
+from farm.codegen.abi import ARENA_FIELDS, ARENA_INDEX, CONTENT_AT, EXPORTS
 
 I1, I32, I64, PTR, VOID = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType(), ir.VoidType()
 ARENA = ir.LiteralStructType([PTR if kind == "ptr" else I64 for _, kind in ARENA_FIELDS])
@@ -161,6 +161,10 @@ class FunctionBuilder:
     def set_word(self, node: ir.Value, k: int | ir.Value, value: ir.Value) -> None:
         index = self.b.add(node, c64(k) if isinstance(k, int) else k)
         self.store_at(self.get("heap"), index, value, "heap")
+
+    def content(self, node: ir.Value, k: int | ir.Value) -> ir.Value:
+        """Content word k of a node: its child k, or (k = 0) a literal's value."""
+        return self.word(node, CONTENT_AT + k if isinstance(k, int) else self.b.add(k, c64(CONTENT_AT)))
 
     def op_of(self, header: ir.Value) -> ir.Value:
         """The signed operator id in a header's low 32 bits."""

@@ -64,7 +64,7 @@ def kids_equal(f: FunctionBuilder, node: ir.Value, kids: list[ir.Value]) -> ir.V
     """Whether `node`'s children are these (unrolled; the caller checked its header)."""
     same = TRUE
     for k, kid in enumerate(kids):
-        same = f.b.and_(same, f.b.icmp_signed("==", f.word(node, k + 1), kid))
+        same = f.b.and_(same, f.b.icmp_signed("==", f.content(node, k), kid))
     return same
 
 
@@ -148,7 +148,7 @@ class RulesModule:
         roomy = f.block("room")
         b.cbranch(b.icmp_signed("<=", b.add(top, c64(len(kids) + 2)), f.get("cap")), roomy, slow)
         b.position_at_end(roomy)
-        for k, word in enumerate([head, *kids, c64(NO_PARENT)]):
+        for k, word in enumerate([head, c64(NO_PARENT), *kids]):
             f.set_word(top, k, word)
         f.put("top", b.add(top, c64(len(kids) + 2)))
         return top
@@ -442,7 +442,7 @@ class _OperatorEmitter:
             depth -= 1
         node = self.env[occ[:depth]][0] if depth > 1 else self.f.root(self.b.add(self.base, c64(occ[0])))
         for j in occ[depth:]:
-            node = self.f.word(node, 1 + j)
+            node = self.f.content(node, j)
         return node
 
     def invalidate(self) -> None:
@@ -481,7 +481,7 @@ class _OperatorEmitter:
             lit_block, app_block = f.block("literal"), f.block("application")
             b.cbranch(b.icmp_signed("==", head, c64(LIT_HEADER)), lit_block, app_block)
             b.position_at_end(lit_block)
-            switch = b.switch(f.word(node, 1), default)
+            switch = b.switch(f.content(node, 0), default)
             for h, sub in lits:
                 case = f.block("lit")
                 switch.add_case(c64(h[1]), case)  # type: ignore[arg-type]
@@ -496,7 +496,7 @@ class _OperatorEmitter:
             b.position_at_end(case)
             self.generation = entry
             for j in range(h[2]):  # type: ignore[arg-type]
-                self.env[tree.occurrence + (j,)] = (f.word(node, 1 + j), entry)
+                self.env[tree.occurrence + (j,)] = (f.content(node, j), entry)
             yield self._tree(sub, on_fail)
         b.position_at_end(default)
         self.generation = entry
@@ -611,7 +611,7 @@ class _RuleEvaluation:
         if isinstance(side, Lit):
             return ir.Constant(I1, 1), c64(side.value)
         node = self._read(side)
-        return self._is_lit(node), self.f.word(node, 1)
+        return self._is_lit(node), self.f.content(node, 0)
 
     def _same_term(self, left: Var | Lit, right: Var | Lit) -> ir.Value:
         """Term equality without building anything: maximal sharing makes it id equality."""
@@ -634,7 +634,7 @@ class _RuleEvaluation:
         if isinstance(expr, Lit):
             return c64(expr.value)
         if isinstance(expr, Var):
-            return self.f.word(self._read(expr), 1)
+            return self.f.content(self._read(expr), 0)
         if isinstance(expr, Neg):
             return b.sub(c64(0), (yield self._arith_step(expr.operand)))
         assert isinstance(expr, BinOp)

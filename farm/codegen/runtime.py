@@ -20,6 +20,7 @@ from llvmlite import ir
 from farm.codegen.abi import (
     ABI_VERSION,
     ARENA_FIELDS,
+    CONTENT_AT,
     ERR_CYCLE,
     ERR_INPUT,
     ERR_OOM,
@@ -30,6 +31,7 @@ from farm.codegen.abi import (
     NO_LIMIT,
     NO_MATCH,
     NO_PARENT,
+    PARENT_AT,
     SHARED_PARENT,
 )
 from farm.codegen.irbuild import FALSE, I1, I64, NULL, PTR, TRUE, VOID, FunctionBuilder, c64, declare, export_type
@@ -100,7 +102,7 @@ def node_words(f: FunctionBuilder, head: ir.Value) -> ir.Value:
 
 def parent_at(f: FunctionBuilder, node: ir.Value) -> ir.Value:
     """The index of a node's parent word in the current space."""
-    return f.b.add(node, f.b.add(node_content(f, f.word(node, 0)), c64(1)))
+    return f.b.add(node, c64(PARENT_AT))
 
 
 def same_node(f: FunctionBuilder, cand: ir.Value, head: ir.Value, content_equal: Callable[[ir.Value], ir.Value],
@@ -245,9 +247,10 @@ class RuntimeModule:
             kids = b.select(b.icmp_signed("==", head, c64(LIT_HEADER)), c64(0), f.arity_of(head))
             registered = f.var(FALSE, I1)  # found through its last child's parent word instead
             with b.if_then(b.icmp_signed(">", kids, c64(0))):
-                b.store(b.icmp_signed("==", f.word(parent_at(f, f.word(at, kids)), 0), at), registered)
+                last = f.content(at, b.sub(kids, c64(1)))
+                b.store(b.icmp_signed("==", f.word(parent_at(f, last), 0), at), registered)
             with b.if_then(b.not_(f.read(registered, I1))):
-                h = self.hash_of(f, head, node_content(f, head), f.elem(f.get("heap"), b.add(at, c64(1))))
+                h = self.hash_of(f, head, node_content(f, head), f.elem(f.get("heap"), b.add(at, c64(CONTENT_AT))))
                 free = self.probe(f, mask, h, lambda idx: b.icmp_signed("!=", f.load_at(table, idx), c64(0)),
                                   lambda idx: None)
                 f.store_at(table, free, self.slot_of(f, h, at))
@@ -328,7 +331,7 @@ class RuntimeModule:
         b = f.b
         same = f.var(TRUE, I1)
         with f.loop(c64(0), n) as j:
-            b.store(b.and_(f.read(same, I1), b.icmp_signed("==", f.word(node, b.add(j, c64(1))), kid(j))), same)
+            b.store(b.and_(f.read(same, I1), b.icmp_signed("==", f.content(node, j), kid(j))), same)
         return f.read(same, I1)
 
     @staticmethod
@@ -337,9 +340,9 @@ class RuntimeModule:
         b = f.b
         node = f.get("top")
         f.set_word(node, 0, head)
+        f.set_word(node, PARENT_AT, c64(NO_PARENT))
         with f.loop(c64(0), n) as j:
-            f.set_word(node, b.add(j, c64(1)), kid(j))
-        f.set_word(node, b.add(n, c64(1)), c64(NO_PARENT))
+            f.set_word(node, b.add(j, c64(CONTENT_AT)), kid(j))
         f.put("top", b.add(node, b.add(n, c64(2))))
         return node
 
@@ -406,7 +409,7 @@ class RuntimeModule:
             self._forward_entries(f, to, to_top, kind)
         with heap_nodes(f, lambda: to, lambda: f.read(to_top)) as (at, head), \
                 b.if_then(b.icmp_signed("!=", head, c64(LIT_HEADER))):
-            start = b.add(at, c64(1))
+            start = b.add(at, c64(CONTENT_AT))
             self._forward_cells(f, to, to_top, to, start, b.add(start, f.arity_of(head)), "heap")
         old, old_cap = f.get("heap"), f.get("cap")
         f.put("heap", to)
@@ -451,7 +454,7 @@ class RuntimeModule:
         b = f.b
         old = f.get("spare")
         with heap_nodes(f, lambda: f.get("heap"), lambda: top) as (at, head):
-            slot = b.add(at, b.add(node_content(f, head), c64(1)))
+            slot = b.add(at, c64(PARENT_AT))
             parent = f.word(slot, 0)
             with b.if_then(b.icmp_signed(">=", parent, c64(0))):
                 moved = b.icmp_signed("==", f.load_at(old, parent, "heap"), c64(FORWARDED))
@@ -871,14 +874,14 @@ class RuntimeModule:
         k = f.load_at(f.get("work"), b.add(frame, c64(1)))
         with b.if_then(b.icmp_signed("<", k, arity)):
             f.store_at(f.get("work"), b.add(frame, c64(1)), b.add(k, c64(1)))
-            kid = f.word(node, b.add(k, c64(1)))
+            kid = f.content(node, k)
             with b.if_then(b.not_(is_marked(f, kid))):
                 self.push_frame(f, sp, kid)
             b.branch(head)
         number = f.get("marked")
         f.return_if_false(self.grow(f, "order", "order_cap", b.add(number, c64(1))), ERR_OOM)
         f.store_at(f.get("order"), number, node)
-        f.set_word(node, b.add(node_content(f, node_head), c64(1)), b.sub(c64(MARK_BASE), number))
+        f.set_word(parent_at(f, node), 0, b.sub(c64(MARK_BASE), number))
         f.put("marked", b.add(number, c64(1)))
         f.put("marked_kids", b.add(f.get("marked_kids"), arity))
         b.store(b.sub(f.read(sp), c64(1)), sp)
@@ -913,9 +916,9 @@ class RuntimeModule:
             start = f.read(written)
             f.store_at(ops, i, f.op_of(node_head))
             f.store_at(arities, i, arity)
-            f.store_at(values, i, b.select(is_lit, f.word(node, 1), start))
+            f.store_at(values, i, b.select(is_lit, f.content(node, 0), start))
             with f.loop(c64(0), arity) as j:
-                f.store_at(kids, b.add(start, j), number_of(f, f.word(node, b.add(j, c64(1)))))
+                f.store_at(kids, b.add(start, j), number_of(f, f.content(node, j)))
             b.store(b.add(start, arity), written)
         with f.loop(c64(0), n) as i:
             mapped = f.var(f.load_at(roots, i))
