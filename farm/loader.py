@@ -400,7 +400,7 @@ class NativeRuleset:
 def _zeros(count: int) -> array:
     """Exactly `count` zeroed cells: callers pass len() of these arrays to the library as element counts, so
     a padded array (once sized max(1, count)) made the library read a node that does not exist."""
-    return array("q", bytes(8 * count))
+    return array("q", [0]) * count  # one write per page; array("q", bytes(n)) touched each page twice
 
 
 def _ptr(values: array) -> Any:

@@ -3,7 +3,7 @@ llvmlite types from here and the loader its ctypes types, so the two cannot drif
 
 from __future__ import annotations
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 # Result codes below zero: a call's or a root's error (every other result is a node id, >= 0).
 NO_MATCH = -1  # internal: no memo entry found / claimed nothing
@@ -41,7 +41,6 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("nf", "ptr"), ("n_rows", "i64"),  # normal form of each input row (-1: not yet)
     ("out", "ptr"), ("n_out", "i64"),  # the roots' results so far
     ("work", "ptr"), ("work_cap", "i64"),  # the explicit stack of input-term walks and exports
-    ("order", "ptr"), ("order_cap", "i64"),  # the ids of the nodes farm_mark numbered, by number
     ("marked", "i64"), ("marked_kids", "i64"),  # nodes numbered (0: no parent word holds a mark), their children
     ("steps", "i64"), ("fuel", "i64"), ("counters", "ptr"), ("last_rule", "i64"),
     ("rule_base", "ptr"),  # the index of each ruleset operator's first rule

@@ -834,9 +834,11 @@ class RuntimeModule:
     def _walk(self) -> None:
         """walk(arena, n, roots): number the nodes the non-negative roots reach that are not numbered yet,
         children first (post-order, on the work stack: terms nest a million deep), on from `marked`. A node's
-        number goes into its own parent word (MARK_BASE - number) and its id into `order`, so there is no map
-        to clear: clearing one as large as the space (most of it pages never touched) cost more than the
-        walk. 0, or ERR_OOM (the nodes numbered so far stay numbered)."""
+        number goes into its own parent word (MARK_BASE - number), so there is no map to clear (clearing one
+        as large as the space, most of it pages never touched, cost more than the walk), and its id into the
+        spare space at that number: the spare space is free between rewrites, at least twice as large as the
+        nodes can be many, and its pages were touched by the collections already (a new block's were not).
+        0, or ERR_OOM (the nodes numbered so far stay numbered)."""
         f = self.new("walk", I64, [PTR, I64, PTR])
         b = f.b
         _, n, roots = f.args
@@ -879,8 +881,7 @@ class RuntimeModule:
                 self.push_frame(f, sp, kid)
             b.branch(head)
         number = f.get("marked")
-        f.return_if_false(self.grow(f, "order", "order_cap", b.add(number, c64(1))), ERR_OOM)
-        f.store_at(f.get("order"), number, node)
+        f.store_at(f.get("spare"), number, node, "heap")
         f.set_word(parent_at(f, node), 0, b.sub(c64(MARK_BASE), number))
         f.put("marked", b.add(number, c64(1)))
         f.put("marked_kids", b.add(f.get("marked_kids"), arity))
@@ -899,7 +900,7 @@ class RuntimeModule:
         f.b.ret(c64(0))
 
     def _export(self) -> None:
-        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the numbered nodes in `order`
+        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the numbered nodes (spare space)
         as columns (the TermGraph layout: children first, numbered from 0), and the roots mapped; the node
         count. After farm_mark with the same roots the walk finds every root numbered and does nothing;
         without it, it numbers them here."""
@@ -909,7 +910,7 @@ class RuntimeModule:
         f.return_if_error(call_internal(f, "walk", I64, [PTR, I64, PTR], arena, n, roots))
         written = f.var(c64(0))
         with f.loop(c64(0), f.get("marked")) as i:
-            node = f.load_at(f.get("order"), i)
+            node = f.load_at(f.get("spare"), i, "heap")
             node_head = f.word(node, 0)
             is_lit = b.icmp_signed("==", node_head, c64(LIT_HEADER))
             arity = b.select(is_lit, c64(0), f.arity_of(node_head))
@@ -937,7 +938,7 @@ class RuntimeModule:
         marked = f.get("marked")
         f.return_if(b.icmp_signed("==", marked, c64(0)), TRUE)
         with f.loop(c64(0), marked) as i:
-            node = f.load_at(f.get("order"), i)
+            node = f.load_at(f.get("spare"), i, "heap")
             f.set_word(parent_at(f, node), 0, c64(SHARED_PARENT))
         # The table gains at most one node per mark: the registered parent of the marked node.
         slots = table_slots(f, b.add(f.get("table_count"), marked))
@@ -948,7 +949,7 @@ class RuntimeModule:
 
     # ---- the arena ----
 
-    BLOCKS = ("heap", "spare", "table", "roots", "work", "order", "memo", "track", "counters", "rule_base", "nf")
+    BLOCKS = ("heap", "spare", "table", "roots", "work", "memo", "track", "counters", "rule_base", "nf")
 
     def _arena_free(self) -> None:
         f = self.export("farm_arena_free")
