@@ -83,11 +83,15 @@ def _descends(rule: RewriteRule, call: App) -> bool:
     return strictly
 
 
+def _shrinks(rule: RewriteRule, call: App, position: int) -> bool:
+    """The call passes, at `position`, a variable bound strictly inside that argument of its rule's source."""
+    return any(len(occ) > 1 for occ in _inside(rule, call.args[position], position))
+
+
 def _shrinks_at(position: int, self_calls: list[tuple[RewriteRule, App]]) -> bool:
-    """Every call passes, at `position`, a variable bound strictly inside that argument of its rule's source:
-    the argument shrinks on every call (whatever the others do: an accumulator grows), so calls cannot
-    repeat or loop."""
-    return all(any(len(occ) > 1 for occ in _inside(rule, call.args[position], position)) for rule, call in self_calls)
+    """Every call shrinks the argument at `position` (whatever the others do: an accumulator grows), so
+    calls cannot repeat or loop."""
+    return all(_shrinks(rule, call, position) for rule, call in self_calls)
 
 
 def _cannot_loop(self_calls: list[tuple[RewriteRule, App]]) -> bool:
@@ -109,10 +113,6 @@ def _kept_or_shrunk(rule: RewriteRule, call: App, position: int, defined: Contai
     """The call passes, at `position`, that argument of the rule's source or a part of it."""
     arg = call.args[position]
     return bool(_inside(rule, arg, position)) or _rebuilds(arg, rule.source.args[position], defined)
-
-
-def _shrinks(rule: RewriteRule, call: App, position: int) -> bool:
-    return any(len(occ) > 1 for occ in _inside(rule, call.args[position], position))
 
 
 def _untracked_self_calls(self_calls: list[tuple[RewriteRule, App]], defined: Container[str]) \

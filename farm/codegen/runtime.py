@@ -221,7 +221,7 @@ class RuntimeModule:
 
     def _rebuild_table(self) -> None:
         """rebuild_table(arena, slots): a table of `slots` (a power of two) holding the nodes of the current
-        space that are not found through a child's parent word; false when out of memory (the old table
+        space that are not their last child's registered parent; false when out of memory (the old table
         stays). A table of the same size is cleared and reused."""
         f = self.new("rebuild_table", I1, [PTR, I64])
         b = f.b
@@ -454,7 +454,7 @@ class RuntimeModule:
         b = f.b
         old = f.get("spare")
         with heap_nodes(f, lambda: f.get("heap"), lambda: top) as (at, head):
-            slot = b.add(at, c64(PARENT_AT))
+            slot = parent_at(f, at)
             parent = f.word(slot, 0)
             with b.if_then(b.icmp_signed(">=", parent, c64(0))):
                 moved = b.icmp_signed("==", f.load_at(old, parent, "heap"), c64(FORWARDED))
