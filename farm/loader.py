@@ -331,8 +331,7 @@ class NativeRuleset:
     def _collect(self, arena: Any, graph: TermGraph, to_native: list[int] | None, out: array, info: array,
                  fuel: int, cap: int) -> RewriteResult:
         sizes = _zeros(2)
-        if self.lib.farm_mark(arena, len(out), _ptr(out), _ptr(sizes)) != 0:
-            raise memory_error(cap, arena.contents.held, "while collecting the results")
+        self.lib.farm_mark(arena, len(out), _ptr(out), _ptr(sizes))  # it allocates nothing: it cannot fail
         ops, vals, arities, kids, mapped = _zeros(sizes[0]), _zeros(sizes[0]), _zeros(sizes[0]), _zeros(sizes[1]), \
             _zeros(len(out))
         self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals), _ptr(arities),

@@ -58,6 +58,7 @@ LIVE_FRACTION = 8
 MIN_TABLE = 1 << 12  # the hash-consing table's slots at first; a collection may shrink it back to this
 INITIAL_MEMO = 1 << 8
 INITIAL_CELLS = 1 << 10  # shadow stack and work stack
+NO_NODE = -1  # the walk's way back up from a root: there is none
 TAG_SHIFT = 36  # a table slot: the hash's high bits above (node id + 1); ids below 2^36 words
 # Where an entry's arguments start: memo entries are (tag, normal form, arguments), tracked calls (tag, arguments).
 ARGS_AT = {"memo": 2, "track": 1}
@@ -763,6 +764,16 @@ class RuntimeModule:
         b.position_at_end(done)
         b.ret(f.load_at(f.get("nf"), row))
 
+    def push_frame(self, f: FunctionBuilder, sp: ir.Value, item: ir.Value) -> None:
+        """Push the frame (item, 0) on the work stack, whose frames are (an item, its next child); returns
+        ERR_OOM from the function when the stack cannot grow."""
+        b = f.b
+        at = b.mul(f.read(sp), c64(2))
+        f.return_if_false(self.grow(f, "work", "work_cap", b.add(at, c64(2))), ERR_OOM)
+        f.store_at(f.get("work"), at, item)
+        f.store_at(f.get("work"), b.add(at, c64(1)), c64(0))
+        b.store(b.add(f.read(sp), c64(1)), sp)
+
     def _rewrite(self) -> None:
         """farm_rewrite: check the rows, then normalise each root row; out[i] = its normal form's id or an
         error, info[2i..] = steps, last rule fired. Returns 0, or ERR_INPUT / ERR_OOM for the whole call."""
@@ -832,68 +843,73 @@ class RuntimeModule:
 
     def _walk(self) -> None:
         """walk(arena, n, roots): number the nodes the non-negative roots reach that are not numbered yet,
-        children first (post-order, on the work stack: terms nest a million deep), on from `marked`. A node's
-        number goes into its own parent word (MARK_BASE - number), so there is no map to clear (clearing one
-        as large as the space, most of it pages never touched, cost more than the walk), and its id into the
-        spare space at that number: the spare space is free between rewrites, at least twice as large as the
-        nodes can be many, and its pages were touched by the collections already (a new block's were not).
-        0, or ERR_OOM (the nodes numbered so far stay numbered)."""
-        f = self.new("walk", I64, [PTR, I64, PTR])
+        children first (post-order), on from `marked`. A node's number goes into its own parent word
+        (MARK_BASE - number), so there is no map to clear (clearing one as large as the space, most of it
+        pages never touched, cost more than the walk), and its id into the spare space at that number: the
+        spare space is free between rewrites, at least twice as large as the nodes can be many, and its pages
+        were touched by the collections already (a new block's were not)."""
+        f = self.new("walk", VOID, [PTR, I64, PTR])
         b = f.b
         _, n, roots = f.args
-        sp = f.var(c64(0))
         with f.loop(c64(0), n) as i:
             root = f.load_at(roots, i)
             # An error code is not an id: the mark is read only once the root is one (the second `with`).
             with b.if_then(b.icmp_signed(">=", root, c64(0))), b.if_then(b.not_(is_marked(f, root))):
-                self.push_frame(f, sp, root)
-                self._drain(f, sp)
-        b.ret(c64(0))
+                self._reversing_walk(f, root)
+        b.ret_void()
 
-    def push_frame(self, f: FunctionBuilder, sp: ir.Value, item: ir.Value) -> None:
-        """Push the frame (item, 0) on the work stack, whose frames are (an item, its next child); returns
-        ERR_OOM from the function when the stack cannot grow."""
+    def _reversing_walk(self, f: FunctionBuilder, root: ir.Value) -> None:
+        """Number the unnumbered nodes under `root` without a stack (Deutsch-Schorr-Waite pointer reversal):
+        terms nest a million deep, and a stack as deep as the term was the export's largest block of fresh
+        pages. Going down into child k of a node, that child's slot holds the node's own way back up and the
+        node's parent word holds k (the word is free: it gets the node's mark); going up puts both back. No
+        node under way is ever met as a child (a term graph has no cycles), and nothing can fail half way."""
         b = f.b
-        at = b.mul(f.read(sp), c64(2))
-        f.return_if_false(self.grow(f, "work", "work_cap", b.add(at, c64(2))), ERR_OOM)
-        f.store_at(f.get("work"), at, item)
-        f.store_at(f.get("work"), b.add(at, c64(1)), c64(0))
-        b.store(b.add(f.read(sp), c64(1)), sp)
-
-    def _drain(self, f: FunctionBuilder, sp: ir.Value) -> None:
-        """Run the walk's stack empty: a node is numbered once its children are."""
-        b = f.b
-        head, step, done = f.block("walk"), f.block("walk_step"), f.block("walked")
-        b.branch(head)
-        b.position_at_end(head)
-        b.cbranch(b.icmp_signed(">", f.read(sp), c64(0)), step, done)
-        b.position_at_end(step)
-        frame = b.mul(b.sub(f.read(sp), c64(1)), c64(2))
-        node = f.load_at(f.get("work"), frame)
+        cur, back, k = f.var(root), f.var(c64(NO_NODE)), f.var(c64(0))
+        scan, check, skip, down, finish, up, done = (f.block(name) for name in (
+            "walk_scan", "walk_check", "walk_skip", "walk_down", "walk_number", "walk_up", "walked"))
+        b.branch(scan)
+        b.position_at_end(scan)  # the next child of `cur` from k that is not numbered yet, if any
+        node, at = f.read(cur), f.read(k)
         node_head = f.word(node, 0)
         arity = b.select(b.icmp_signed("==", node_head, c64(LIT_HEADER)), c64(0), f.arity_of(node_head))
-        k = f.load_at(f.get("work"), b.add(frame, c64(1)))
-        with b.if_then(b.icmp_signed("<", k, arity)):
-            f.store_at(f.get("work"), b.add(frame, c64(1)), b.add(k, c64(1)))
-            kid = f.content(node, k)
-            with b.if_then(b.not_(is_marked(f, kid))):
-                self.push_frame(f, sp, kid)
-            b.branch(head)
+        b.cbranch(b.icmp_signed("<", at, arity), check, finish)
+        b.position_at_end(check)
+        kid = f.content(node, at)
+        b.cbranch(is_marked(f, kid), skip, down)
+        b.position_at_end(skip)
+        b.store(b.add(at, c64(1)), k)
+        b.branch(scan)
+        b.position_at_end(down)
+        f.set_word(node, b.add(at, c64(CONTENT_AT)), f.read(back))
+        f.set_word(parent_at(f, node), 0, at)
+        b.store(node, back)
+        b.store(kid, cur)
+        b.store(c64(0), k)
+        b.branch(scan)
+        b.position_at_end(finish)  # every child numbered: number the node
         number = f.get("marked")
         f.store_at(f.get("spare"), number, node, "heap")
         f.set_word(parent_at(f, node), 0, b.sub(c64(MARK_BASE), number))
         f.put("marked", b.add(number, c64(1)))
         f.put("marked_kids", b.add(f.get("marked_kids"), arity))
-        b.store(b.sub(f.read(sp), c64(1)), sp)
-        b.branch(head)
+        parent = f.read(back)
+        b.cbranch(b.icmp_signed("==", parent, c64(NO_NODE)), done, up)
+        b.position_at_end(up)
+        slot = f.word(parent_at(f, parent), 0)
+        b.store(f.content(parent, slot), back)
+        f.set_word(parent, b.add(slot, c64(CONTENT_AT)), node)
+        b.store(parent, cur)
+        b.store(b.add(slot, c64(1)), k)
+        b.branch(scan)
         b.position_at_end(done)
 
     def _mark(self) -> None:
         """farm_mark(arena, n, roots, sizes): number the nodes the roots reach (walk); sizes[0] = nodes,
-        sizes[1] = their children, to size the export. 0, or ERR_OOM."""
+        sizes[1] = their children, to size the export. 0 (the walk needs no memory: it cannot fail)."""
         f = self.export("farm_mark")
         arena, n, roots, sizes = f.args
-        f.return_if_error(call_internal(f, "walk", I64, [PTR, I64, PTR], arena, n, roots))
+        call_internal(f, "walk", VOID, [PTR, I64, PTR], arena, n, roots)
         f.store_at(sizes, c64(0), f.get("marked"))
         f.store_at(sizes, c64(1), f.get("marked_kids"))
         f.b.ret(c64(0))
@@ -906,7 +922,7 @@ class RuntimeModule:
         f = self.export("farm_export")
         b = f.b
         arena, n, roots, out_roots, ops, values, arities, kids = f.args
-        f.return_if_error(call_internal(f, "walk", I64, [PTR, I64, PTR], arena, n, roots))
+        call_internal(f, "walk", VOID, [PTR, I64, PTR], arena, n, roots)
         written = f.var(c64(0))
         with f.loop(c64(0), f.get("marked")) as i:
             node = f.load_at(f.get("spare"), i, "heap")
