@@ -965,6 +965,7 @@ class RuntimeModule:
     # ---- the arena ----
 
     BLOCKS = ("heap", "spare", "table", "roots", "work", "memo", "track", "counters", "rule_base", "nf")
+    WRITTEN_FIRST = frozenset({"heap", "spare", "roots", "work", "rule_base"})
 
     def _arena_free(self) -> None:
         f = self.export("farm_arena_free")
@@ -994,7 +995,10 @@ class RuntimeModule:
         missing = FALSE
         held = c64(0)
         for name, cells in sizes.items():
-            block = call(f, "calloc", b.add(cells, c64(1)), c64(8))
+            # Blocks every word of which is written before it is read are not cleared: clearing a block
+            # that glibc takes from memory it had before touches each page (~250 page faults on a first call).
+            block = call(f, "malloc", b.mul(b.add(cells, c64(1)), c64(8))) if name in self.WRITTEN_FIRST \
+                else call(f, "calloc", b.add(cells, c64(1)), c64(8))
             f.put(name, block)
             missing = b.or_(missing, b.icmp_unsigned("==", block, NULL))
             held = b.add(held, b.mul(cells, c64(8)))
