@@ -257,11 +257,14 @@ class _OperatorEmitter:
         self.memoised = op_name in rules_module.memoised
         self.tracked = op_name in rules_module.tracked
         self.first_rule = rules[0].index
-        counts = [len(_units(rule)) for rule in rules]
+        units = {rule.index: _units(rule) for rule in rules}
         self.values_at = self.arity  # slots of the sub-expressions' values
-        self.scratch_at = self.values_at + max(counts, default=0)  # slots of the children being interned
-        self.frame = self.scratch_at + max((len(app.args) for rule in rules for app in _units(rule)
-                                            if isinstance(app, App)), default=0)
+        self.scratch_at = self.values_at + max((len(units[rule.index]) - _returned_unslotted(rule)
+                                                for rule in rules), default=0)
+        # Calls take their arguments in registers: only the children of a node being interned need slots.
+        self.frame = self.scratch_at + max((len(app.args) for each in units.values() for app in each
+                                            if isinstance(app, App) and app.op not in rules_module.by_root),
+                                           default=0)
         self.base: ir.Value = c64(0)
         # Loaded children by occurrence, with the generation they were loaded in: valid while no call was
         # emitted since on the path being emitted. Each occurrence a subtree reads is loaded on its own path.
@@ -518,7 +521,7 @@ class _OperatorEmitter:
             self._require(rule.guard(constraint), otherwise)
         after_guards = self.generation
         self._fire(leaf.rule)
-        self._leave(rule.value(leaf.rule.target))
+        self._leave(rule.target())
         b.position_at_end(otherwise)
         # `otherwise` is reached from each guard: what was loaded holds there only if no guard called.
         self.generation = entry
@@ -549,6 +552,16 @@ def _units(rule: RewriteRule) -> list[PatternExpr]:
     return [unit for expr in rule_expressions(rule) for unit in fresh_subexpressions(expr, seen)]
 
 
+def _returned_unslotted(rule: RewriteRule) -> int:
+    """1 when the target is computed last, by the target's own evaluation (_RuleEvaluation.target), and
+    returned at once: nothing reads it after a call, so it needs no slot; else 0."""
+    seen: set[PatternExpr] = set()
+    for expr in list(rule_expressions(rule))[:-1]:  # the conditions' sides; the target comes last
+        fresh_subexpressions(expr, seen)
+    computed = fresh_subexpressions(rule.target, seen)
+    return int(bool(computed) and computed[-1] is rule.target)
+
+
 class _RuleEvaluation:
     """The guards and target of one rule at one leaf: each sub-expression's value lives in its frame slot."""
 
@@ -562,15 +575,25 @@ class _RuleEvaluation:
     def value(self, expr: PatternExpr) -> ir.Value:
         """Evaluate what of `expr` is new, then read its value."""
         for unit in fresh_subexpressions(expr, self.seen):
-            self._evaluate(unit)
+            self._slot(unit, self._evaluate(unit))
         return self._read(expr)
+
+    def target(self) -> ir.Value:
+        """The rule's target's value. Evaluated last, the target itself takes no slot (_returned_unslotted):
+        its value goes straight to the return."""
+        target = self.rule.target
+        units = fresh_subexpressions(target, self.seen)
+        for unit in units:
+            if unit is not target:
+                self._slot(unit, self._evaluate(unit))
+        return self._evaluate(target) if units and units[-1] is target else self._read(target)
 
     def _read(self, expr: PatternExpr) -> ir.Value:
         if isinstance(expr, Var):
             return self.op.occurrence(self.bindings[expr.name])
         return self.f.root(self.b.add(self.op.base, c64(self.op.values_at + self.slots[expr])))
 
-    def _evaluate(self, unit: PatternExpr) -> None:
+    def _evaluate(self, unit: PatternExpr) -> ir.Value:
         f, b, op = self.f, self.b, self.op
         if isinstance(unit, (Lit, Computed)):
             value = call(f, "farm_lit", f.arena, c64(unit.value) if isinstance(unit, Lit) else self._arith(unit.expr))
@@ -585,8 +608,12 @@ class _RuleEvaluation:
                 value = op.intern(len(args) << 32 | op.rm.op_ids[unit.op], args, op.scratch_at)
         op.invalidate()
         f.return_if_error(value)
+        return value
+
+    def _slot(self, unit: PatternExpr, value: ir.Value) -> None:
+        """Keep a unit's value where a collection finds and moves it."""
         self.slots[unit] = len(self.slots)
-        f.set_root(b.add(op.base, c64(op.values_at + self.slots[unit])), value)
+        self.f.set_root(self.b.add(self.op.base, c64(self.op.values_at + self.slots[unit])), value)
 
     # guards
 
