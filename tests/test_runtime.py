@@ -287,6 +287,45 @@ def test_input_rows_normal_forms_survive_collections(engine: Engine) -> None:
     assert arena_stats(engine, LISTS, parsed(terms))["collections"] >= 3
 
 
+GROWING = """
+rule p0: (plus 0 ?m) => ?m
+rule p1: (plus (s ?n) ?m) => (s (plus ?n ?m))
+rule d0: (dbl 0) => 0
+rule d1: (dbl (s ?n)) => (s (s (dbl ?n)))
+"""
+
+
+def test_a_term_that_only_grows_is_not_copied_again(engine: Engine) -> None:
+    """Every node stays live (numerals built one s at a time: 100k in the input, 200k more built). The
+    first collection keeps nearly all it finds, so when the space is full again it grows instead of copying
+    all that once more: one collection, where growing after each would take two (64k words, then 512k)."""
+    terms = f"(dbl {numeral(100_000)})"
+    native, _ = both(engine, GROWING, parsed(terms))
+    stats = arena_stats(engine, GROWING, parsed(terms))
+    assert stats["collections"] == 1, stats
+    assert stats["cap"] >= 8 * 512 * 1024, stats
+
+
+def test_a_term_that_grows_then_garbage_under_a_tight_cap(engine: Engine) -> None:
+    """After a collection that kept nearly all (a 20k numeral), the space fills with garbage (reversing a
+    list): it grows instead of collecting, unless the memory cap refuses: then it collects, as it would have
+    anyway. Both give the interpreter's normal form."""
+    rules = GROWING + LISTS
+    terms = f"(plus {numeral(20_000)} (len (rev (mk 600))))"
+    rs, native = native_of(engine, rules)
+    expected = Interpreter(rs).rewrite(*graph_and_roots(rs, terms))
+    for cap, collections in ((0, 1), (12 << 20, 2)):
+        assert_same(native.rewrite(*graph_and_roots(rs, terms), max_memory=cap), expected, rs)
+        g, roots = graph_and_roots(rs, terms)
+        stats = raw_rewrite(native, columns_of(g), roots, cap=cap).stats
+        assert stats["collections"] == collections, (cap, stats)
+
+
+def graph_and_roots(rs: RuleSet, terms: str) -> tuple[TermGraph, list[int]]:
+    g = TermGraph(rs.make_signature())
+    return g, g.parse(terms)
+
+
 def test_a_node_larger_than_the_space(engine: Engine) -> None:
     """A free constructor of arity 3 * INITIAL_WORDS in the input: the space grows past what a collection
     alone can free; then targets rebuild it."""

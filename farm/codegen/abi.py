@@ -3,7 +3,7 @@ llvmlite types from here and the loader its ctypes types, so the two cannot drif
 
 from __future__ import annotations
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 # Result codes below zero: a call's or a root's error (every other result is a node id, >= 0).
 NO_MATCH = -1  # internal: no memo entry found / claimed nothing
@@ -50,6 +50,7 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("stack_top", "i64"),  # farm_rewrite's frame: the stack below it counts toward `limit` as memory held
     ("limit", "i64"), ("held", "i64"),  # the memory cap in bytes, and the bytes the arena holds
     ("collections", "i64"), ("peak_words", "i64"),  # statistics: collections run, largest live heap
+    ("grow_next", "i64"),  # 1: the last collection kept nearly all it found, so the next full space grows instead
 ]
 ARENA_INDEX = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
 

@@ -55,6 +55,7 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
 LIT_HEADER = LIT_OP & 0xFFFFFFFF
 INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill more than 1 / LIVE_FRACTION of it
 LIVE_FRACTION = 8
+SURVIVAL_NUMERATOR, SURVIVAL_DENOMINATOR = 7, 8  # a collection keeping more than 7/8 of the space: grow next
 MIN_TABLE = 1 << 12  # the hash-consing table's slots at first; a collection may shrink it back to this
 INITIAL_MEMO = 1 << 8
 INITIAL_CELLS = 1 << 10  # shadow stack and work stack
@@ -401,6 +402,8 @@ class RuntimeModule:
         f = self.new("collect", I64, [PTR, I64])
         b = f.b
         arena, need = f.args
+        self._grow_instead(f)
+        scanned = f.get("top")
         to = f.get("spare")
         to_top = f.var(c64(0))
         self._forward_cells(f, to, to_top, f.get("roots"), c64(0), f.get("rsp"), "roots")
@@ -421,6 +424,8 @@ class RuntimeModule:
         f.put("top", top)
         self._forward_parents(f, top)
         f.bump("collections", 1)
+        kept_most = b.icmp_signed(">", b.mul(top, c64(SURVIVAL_DENOMINATOR)), b.mul(scanned, c64(SURVIVAL_NUMERATOR)))
+        f.put("grow_next", b.zext(kept_most, I64))
         with b.if_then(b.icmp_signed(">", top, f.get("peak_words"))):
             f.put("peak_words", top)
         # Each collection copies the live nodes: keeping the space at least LIVE_FRACTION times the live
@@ -447,6 +452,19 @@ class RuntimeModule:
             rebuilt = call_internal(f, "track_rebuild", I1, [PTR, I64], arena, b.add(f.get("track_mask"), c64(1)))
             f.return_if_false(rebuilt, ERR_OOM)
         b.ret(c64(0))
+
+    @staticmethod
+    def _grow_instead(f: FunctionBuilder) -> None:
+        """When the last collection kept nearly all it found (a program building one large term: a numeral,
+        a list), the next would copy all that again, into pages never touched: grow the spaces instead, once
+        (realloc keeps the nodes where they are), then collect as usual. The spaces stay within
+        LIVE_FRACTION^2 times the nodes that collection kept; with no room to grow, it collects."""
+        b = f.b
+        with b.if_then(b.icmp_signed("!=", f.get("grow_next"), c64(0))):
+            f.put("grow_next", c64(0))
+            wanted = b.mul(b.add(f.get("cap"), f.args[1]), c64(LIVE_FRACTION))
+            grown = call_internal(f, "grow_spaces", I1, [PTR, I64], f.arena, wanted)
+            f.return_if(b.and_(grown, b.icmp_signed("<=", b.add(f.get("top"), f.args[1]), f.get("cap"))), c64(0))
 
     @staticmethod
     def _forward_parents(f: FunctionBuilder, top: ir.Value) -> None:
