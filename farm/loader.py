@@ -44,8 +44,6 @@ from farm.semantics import DEFAULT_FUEL, calls_error, check_fuel, cycle_error, d
 from farm.terms import LIT, TermGraph, bulk
 from farm.transduce import RuleSet
 
-I64P = ctypes.POINTER(ctypes.c_int64)
-
 
 class ArenaStruct(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p if kind == "ptr" else ctypes.c_int64) for name, kind in ARENA_FIELDS]
@@ -160,7 +158,9 @@ def _sealed_memory_file(data: bytes, sha256: str) -> int:
 
 ARENA_P = ctypes.POINTER(ArenaStruct)
 I64 = ctypes.c_int64
-_CTYPES: dict[str, Any] = {"i64": I64, "arena": ARENA_P, "i64*": I64P, "str": ctypes.c_char_p, "void": None}
+# Cell arrays go as plain addresses: building a POINTER object per argument cost more than the call.
+_CTYPES: dict[str, Any] = {"i64": I64, "arena": ARENA_P, "i64*": ctypes.c_void_p, "str": ctypes.c_char_p,
+                           "void": None}
 # The library's exported functions: name -> (result type, argument types), from the one ABI table.
 ABI: dict[str, tuple[Any, list[Any]]] = {name: (_CTYPES[ret], [_CTYPES[a] for a in args])
                                          for name, (ret, args) in EXPORTS.items()}
@@ -270,6 +270,7 @@ class NativeRuleset:
         return self
 
     def _check(self, where: str) -> None:
+        self._native_ids = {name: i for i, (name, _) in enumerate(self.ruleset.signature)}
         lib, ruleset = self.lib, self.ruleset
         abi = (lib.farm_abi_version(), lib.farm_rule_count(), lib.farm_op_count())
         want = (ABI_VERSION, len(ruleset.rules), len(ruleset.signature))
@@ -361,8 +362,9 @@ class NativeRuleset:
                 raise memory_error(cap, arena.contents.held, f"while rewriting term {i + 1}")
             else:
                 raise LoadError(f"farm_rewrite returned unknown code {result}")
-        counters = list((ctypes.c_int64 * len(names)).from_address(arena.contents.counters))
-        return RewriteResult(result_graph, outcomes, counters, "native", list(info[0::2]))
+        counters = _zeros(len(names))
+        ctypes.memmove(_ptr(counters), arena.contents.counters, 8 * len(names))
+        return RewriteResult(result_graph, outcomes, counters.tolist(), "native", list(info[0::2]))
 
     def _graph_op(self, graph: TermGraph, to_native: list[int] | None) -> Callable[[int], int]:
         """Native op id -> the graph's op id. A normal form may apply a ruleset operator the graph never
@@ -382,7 +384,7 @@ class NativeRuleset:
     def _op_map(self, graph: TermGraph) -> list[int] | None:
         """Graph op id -> native op id (ruleset ops first, then free constructors); None when they are the
         same (a graph made with ruleset.make_signature()), so the columns go to the library untouched."""
-        native_ids = {name: i for i, (name, _) in enumerate(self.ruleset.signature)}
+        native_ids = self._native_ids
         to_native: list[int] = []
         free = len(native_ids)
         for name, arity in zip(graph.signature.names, graph.signature.arities):
@@ -402,10 +404,10 @@ def _zeros(count: int) -> array:
     return array("q", [0]) * count  # one write per page; array("q", bytes(n)) touched each page twice
 
 
-def _ptr(values: array) -> Any:
-    """A pointer to an array's buffer, valid while the array is alive and not resized."""
-    address, _ = values.buffer_info()
-    return ctypes.cast(address, I64P)
+def _ptr(values: array) -> int:
+    """The address of an array's buffer (an "i64*" argument), valid while the array is alive and not
+    resized."""
+    return values.buffer_info()[0]
 
 
 __all__ = ["ERR_INPUT", "NativeRuleset", "open_library", "sha256_file", "verify_sha256"]
