@@ -207,6 +207,19 @@ class IntegrityError(ArtifactError):
     """An artifact's bytes do not match its recorded sha256: refused before dlopen."""
 
 
+class ArtifactFormatMismatch(ArtifactError):
+    """Stored metadata in another format than this farm's (older, newer, or from before formats were numbered):
+    the stores and indexes read it as a cache miss, so the artifact is rebuilt rather than misread."""
+
+    def __init__(self, key: str, found: object, expected: int) -> None:
+        shown = "none" if found is None else repr(found)
+        super().__init__(f"the metadata of artifact {key[:12] or '?'} is in format {shown}; this farm reads "
+                         f"format {expected}")
+        self.key = key
+        self.found = found
+        self.expected = expected
+
+
 class InvalidArtifactKey(ArtifactError, ValueError):
     """A key (from the index, which others may write, or a caller) is not sha256 hex: it never reaches a path or
     an object name."""

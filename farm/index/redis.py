@@ -14,7 +14,7 @@ from farm import keys
 from farm.errors import BackendUnavailable
 from farm.index import CacheIndex
 from farm.metrics import build_fields
-from farm.store import ArtifactMeta
+from farm.store import ArtifactMeta, stored_meta
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class RedisIndex(CacheIndex):
 
     def meta(self, key: str) -> ArtifactMeta | None:
         value = self._call(lambda: self.r.hget(keys.artifact(key), "meta"))
-        return ArtifactMeta.from_json(value.decode()) if value else None
+        return stored_meta(value.decode()) if value else None
 
     def _record(self, pipe: Any, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         pipe.hset(keys.artifact(meta.key), "meta", meta.to_json())
