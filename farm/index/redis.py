@@ -93,9 +93,6 @@ class RedisIndex(CacheIndex):
                 pipe.hincrbyfloat(keys.COUNTERS, name, amount)
             pipe.execute()
 
-    def forget(self, pattern_id: str, target: str) -> None:
-        self._call(lambda: self.r.hdel(keys.index(target), pattern_id))
-
     def touch(self, key: str) -> None:
         self._call(lambda: self.r.hset(keys.artifact(key), "last_hit", time.time()))
 
@@ -105,19 +102,6 @@ class RedisIndex(CacheIndex):
     def counters(self) -> dict[str, float]:
         raw = self._call(lambda: self.r.hgetall(keys.COUNTERS))
         return {k.decode(): float(v) for k, v in raw.items()}
-
-    def entries(self) -> list[tuple[str, str, str]]:
-        rows: list[tuple[str, str, str]] = []
-        with self._errors():
-            for name in self.r.scan_iter(match=keys.index("*")):
-                target = name.decode().removeprefix(keys.index(""))
-                rows += [(pid.decode(), target, key.decode()) for pid, key in self.r.hscan_iter(name)]
-        return sorted(rows)
-
-    def clear(self) -> None:
-        with self._errors():
-            for name in self.r.scan_iter(match=f"{keys.PREFIX}:*"):
-                self.r.delete(name)
 
     def artifact_count(self) -> int:
         return int(self._call(lambda: self.r.scard(keys.ARTIFACTS)))
@@ -182,6 +166,3 @@ class RedisIndex(CacheIndex):
     def toolchain(self, target: str) -> dict[str, str] | None:
         value = self._call(lambda: self.r.get(keys.toolchain(target)))
         return json.loads(value) if value else None
-
-    def ping(self) -> None:
-        self._call(self.r.ping)

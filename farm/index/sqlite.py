@@ -264,10 +264,6 @@ class SQLiteIndex(CacheIndex):
             self._add(db, build_fields(target, meta))
 
     @_recovering
-    def forget(self, pattern_id: str, target: str) -> None:
-        self._write("DELETE FROM patterns WHERE pattern_id=? AND target=?", pattern_id, target)
-
-    @_recovering
     def touch(self, key: str) -> None:
         self._write("UPDATE artifacts SET last_hit=? WHERE key=?", time.time(), key)
 
@@ -283,16 +279,6 @@ class SQLiteIndex(CacheIndex):
     @_recovering
     def artifact_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0])
-
-    @_recovering
-    def entries(self) -> list[tuple[str, str, str]]:
-        return list(self._db.execute("SELECT pattern_id, target, key FROM patterns ORDER BY pattern_id, target"))
-
-    @_recovering
-    def clear(self) -> None:
-        with self._transaction() as db:
-            for table in TABLES:
-                db.execute(f"DELETE FROM {table}")
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
