@@ -43,7 +43,7 @@ TOOLS: dict[str, tuple[str, str]] = {
 PACKAGES = {tool: pkg for tool, pkg in TOOLS.values()} | {"ld.lld": f"lld-{LLVM_MAJOR}"}
 
 
-def tool_variable(tool: str) -> str:
+def _tool_variable(tool: str) -> str:
     """The environment variable that overrides a tool's path: FARM_LLC, FARM_LLVM_AS, FARM_LD_LLD, ..."""
     return "FARM_" + tool.upper().replace("-", "_").replace(".", "_")
 
@@ -51,7 +51,7 @@ def tool_variable(tool: str) -> str:
 @cache
 def find_tool(tool: str) -> str:
     """FARM_<TOOL> override, then the versioned Debian name, then the plain name on PATH."""
-    variable = tool_variable(tool)
+    variable = _tool_variable(tool)
     override = os.environ.get(variable)
     if override:
         found = shutil.which(override)
