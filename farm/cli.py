@@ -22,6 +22,7 @@ from farm.inputs import TERMS, read_input_text
 from farm.metrics import Snapshot
 
 if TYPE_CHECKING:
+    from farm.config import FarmConfig
     from farm.interp import RewriteResult
 
 out = Console()
@@ -89,12 +90,23 @@ def _write_through(path: Path, data: bytes) -> None:
         raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _add_opt_level(parser: argparse.ArgumentParser) -> None:
+    """-O of every command that compiles: one definition, so their defaults cannot drift apart."""
+    parser.add_argument("-O", dest="opt", type=int, choices=range(4), default=None,
+                        help="optimisation level (default: FARM_OPT_LEVEL from the environment or FARM_CONFIG, else 2)")
+
+
+def _opt_level(args: argparse.Namespace, config: FarmConfig) -> int:
+    """-O if given, else the configuration's level (FARM_OPT_LEVEL or the config file)."""
+    return config.opt_level if args.opt is None else args.opt
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from farm.engine import CompileJob, Engine
 
     ruleset = _load_ruleset(args.rules, args.warnings)
     engine = Engine()
-    opt = engine.config.opt_level if args.opt is None else args.opt
+    opt = _opt_level(args, engine.config)
     targets = args.target or [engine.config.target]
     results = []
     if len(targets) == 1:
@@ -298,10 +310,11 @@ def cmd_prewarm(args: argparse.Namespace) -> int:
     parsed = load_rules(args.hot_list)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     coordinator = Coordinator()
+    opt = _opt_level(args, coordinator.config)
     requests = []
     for pattern in parsed.patterns:  # each rule of the hot list is one pattern, compiled on its own
         ruleset = transduce_patterns([pattern], parsed.declared_ops, warn=False)
-        requests += [CompileRequest.for_ruleset(pattern.name, ruleset, t, args.opt) for t in targets]
+        requests += [CompileRequest.for_ruleset(pattern.name, ruleset, t, opt) for t in targets]
     start = time.perf_counter()
     with _progress() as bar:
         task = bar.add_task(f"pre-warming {len(parsed.patterns)} patterns x {len(targets)} targets",
@@ -542,9 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("compile", "rewrite", "verify", "codegen"):
             p.add_argument("rules", help="rule file (see docs/rules.md)")
             p.add_argument("--warnings", action="store_true", help="list rule overlap warnings")
+        if name in ("compile", "prewarm"):
+            _add_opt_level(p)
         if name == "compile":
             p.add_argument("--target", action="append", help="target name (repeat for several); default native")
-            p.add_argument("-O", dest="opt", type=int, choices=range(4), help="optimisation level")
         if name == "rewrite":
             p.add_argument("terms", help="file of terms, e.g. (add x 0)")
             p.add_argument("--stats", action="store_true", help="show the rule firing table")
@@ -560,7 +574,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "prewarm":
             p.add_argument("hot_list", help="rule file: each rule is one pattern (its name is the pattern ID)")
             p.add_argument("--targets", required=True, help="comma-separated target names")
-            p.add_argument("-O", dest="opt", type=int, choices=range(4), default=2)
             p.add_argument("--timeout", type=duration, default=3600.0)
         if name == "pull":
             p.add_argument("pattern_id")

@@ -145,10 +145,6 @@ class LoaderView:
         return [tag for tag, _ in self.dynamic]
 
     @property
-    def needed(self) -> list[str]:
-        return [text for tag, text in self.strings if tag == DT_NEEDED]
-
-    @property
     def flags(self) -> int:
         return dict(self.dynamic).get(DT_FLAGS, 0)
 

@@ -134,13 +134,20 @@ class ToolchainError(FarmError):
 
 
 class ToolNotFound(ToolchainError):
-    def __init__(self, tool: str, package: str) -> None:
-        super().__init__(
-            f"LLVM tool {tool!r} was not found on PATH; install it with "
-            f"`apt-get install {package}` or point FARM_{tool.upper().replace('.', '_').replace('-', '_')} at it"
-        )
+    """A toolchain stage's tool is not installed, or its override (`variable`, e.g. FARM_LLC) names no executable."""
+
+    def __init__(self, tool: str, package: str, variable: str, override: str | None = None) -> None:
+        install = f"`apt-get install {package}`"
+        if override is None:
+            message = f"LLVM tool {tool!r} was not found on PATH; install it with {install} or point {variable} at it"
+        else:
+            message = (f"LLVM tool {tool!r} was not found: {variable}={override} is not an executable; point "
+                       f"{variable} at the tool, or unset it and install the tool with {install}")
+        super().__init__(message)
         self.tool = tool
         self.package = package
+        self.variable = variable
+        self.override = override
 
 
 class StageFailed(ToolchainError):
@@ -205,6 +212,19 @@ class ArtifactMissing(ArtifactError):
 
 class IntegrityError(ArtifactError):
     """An artifact's bytes do not match its recorded sha256: refused before dlopen."""
+
+
+class ArtifactFormatMismatch(ArtifactError):
+    """Stored metadata in another format than this farm's (older, newer, or from before formats were numbered):
+    the stores and indexes read it as a cache miss, so the artifact is rebuilt rather than misread."""
+
+    def __init__(self, key: str, found: object, expected: int) -> None:
+        shown = "none" if found is None else repr(found)
+        super().__init__(f"the metadata of artifact {key[:12] or '?'} is in format {shown}; this farm reads "
+                         f"format {expected}")
+        self.key = key
+        self.found = found
+        self.expected = expected
 
 
 class InvalidArtifactKey(ArtifactError, ValueError):

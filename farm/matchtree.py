@@ -153,23 +153,3 @@ class _Compiler:
             row.patterns = row.patterns + rest
             out.append(row)
         return new_occs + others, out
-
-
-def subtrees(tree: Tree) -> list[Tree]:
-    if isinstance(tree, Switch):
-        return [t for _, t in tree.cases] + [tree.default]
-    if isinstance(tree, Leaf):
-        return [tree.otherwise] if tree.otherwise else []
-    if isinstance(tree, Chain):
-        return [tree.first, tree.rest]
-    return []
-
-
-def tree_size(tree: Tree) -> int:
-    """Nodes of the tree, Chain nodes not counted."""
-    size, todo = 0, [tree]
-    while todo:
-        node = todo.pop()
-        size += not isinstance(node, Chain)
-        todo.extend(subtrees(node))
-    return size

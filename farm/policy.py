@@ -61,12 +61,6 @@ ALLOWED_NAMED_METADATA = frozenset({"llvm.module.flags", "llvm.ident", "llvm.dbg
 _TYPE_SUFFIX = re.compile(r"(?:i\d+|f(?:16|32|64|80|128)|bf16|p\d+|v\d+(?:i\d+|f\d+|p\d+)|nxv\d+(?:i\d+|f\d+))")
 
 
-def check_ir(ir_text: str, source: str = "module", provided: frozenset[str] = frozenset()) -> None:
-    """Parse the text with LLVM and check that module (see check_module). Text LLVM cannot parse is
-    StageFailed("parse") with LLVM's message, as on the in-process compile path."""
-    check_module(parse_ir(ir_text, source), source, provided)
-
-
 def check_size(ir_text: str, source: str) -> None:
     if len(ir_text) > MAX_IR_BYTES:
         raise PolicyViolation(f"{source}: the IR is {len(ir_text):,} bytes; the limit is {MAX_IR_BYTES:,}")

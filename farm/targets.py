@@ -27,11 +27,6 @@ class Target:
     def arch(self) -> str:
         return self.triple.split("-", 1)[0]
 
-    @property
-    def elf_machine(self) -> int:
-        """e_machine of the ELF objects built for this target (EM_X86_64 = 62, EM_AARCH64 = 183)."""
-        return {"x86_64": 62, "aarch64": 183}[self.arch]
-
 
 X86 = "x86_64-unknown-linux-gnu"
 ARM = "aarch64-unknown-linux-gnu"

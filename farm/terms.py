@@ -285,31 +285,3 @@ class TermGraph:
             return self.app(self.signature.declare(name, len(kids)), kids)
         except TermError as exc:
             raise ParseError(_location(text, filename, offset), str(exc)) from None
-
-    def import_from(self, other: TermGraph, root: int) -> int:
-        """Copy a term from another graph (by operator name) into this one, without recursion."""
-        names = other.signature.names
-
-        def copy(node: int, kids: list[int]) -> int:
-            op = other.ops[node]
-            return self.lit(other.value(node)) if op == LIT else self.app_named(names[op], kids)
-
-        return other.fold(root, copy)
-
-    def reachable(self, roots: Iterable[int]) -> list[int]:
-        """Nodes reachable from roots, children before parents (the order a native import needs)."""
-        order: list[int] = []
-        seen: set[int] = set()
-        for root in roots:
-            stack = [(root, False)]
-            while stack:
-                node, expanded = stack.pop()
-                if expanded:
-                    order.append(node)
-                    continue
-                if node in seen:
-                    continue
-                seen.add(node)
-                stack.append((node, True))
-                stack.extend((k, False) for k in self.kids(node) if k not in seen)
-        return order

@@ -43,24 +43,26 @@ TOOLS: dict[str, tuple[str, str]] = {
 PACKAGES = {tool: pkg for tool, pkg in TOOLS.values()} | {"ld.lld": f"lld-{LLVM_MAJOR}"}
 
 
-def _env_name(tool: str) -> str:
+def _tool_variable(tool: str) -> str:
+    """The environment variable that overrides a tool's path: FARM_LLC, FARM_LLVM_AS, FARM_LD_LLD, ..."""
     return "FARM_" + tool.upper().replace("-", "_").replace(".", "_")
 
 
 @cache
 def find_tool(tool: str) -> str:
     """FARM_<TOOL> override, then the versioned Debian name, then the plain name on PATH."""
-    package = PACKAGES[tool]
-    override = os.environ.get(_env_name(tool))
+    variable = _tool_variable(tool)
+    override = os.environ.get(variable)
     if override:
-        if shutil.which(override):
-            return shutil.which(override)  # type: ignore[return-value]
-        raise ToolNotFound(f"{tool} (FARM_{_env_name(tool)[5:]}={override})", package)
+        found = shutil.which(override)
+        if found:
+            return found
+        raise ToolNotFound(tool, PACKAGES[tool], variable, override)
     for candidate in (f"{tool}-{LLVM_MAJOR}", f"/usr/lib/llvm-{LLVM_MAJOR}/bin/{tool}", tool):
         found = shutil.which(candidate)
         if found:
             return found
-    raise ToolNotFound(tool, package)
+    raise ToolNotFound(tool, PACKAGES[tool], variable)
 
 
 @cache
@@ -126,10 +128,6 @@ class BuildResult:
     objects_compiled: int = 0
     objects_reused: int = 0
 
-    @property
-    def total_seconds(self) -> float:
-        return sum(self.stage_seconds.values())
-
 
 class ObjectCache:
     """Compiled objects of one node, by content key: a changed rule recompiles its own object only."""
@@ -168,9 +166,6 @@ class Toolchain:
         if self.compile_path not in COMPILE_PATHS:
             raise InvalidArgument("compile_path", self.compile_path, f"one of {', '.join(COMPILE_PATHS)}")
         self._swept = False  # stale build dirs are looked for once, at this toolchain's first build
-
-    def build(self, ir_text: str, target: Target, opt_level: int) -> BuildResult:
-        return self.build_parts([("module", ir_text)], target, opt_level)
 
     def build_parts(self, parts: list[tuple[str, str]], target: Target, opt_level: int) -> BuildResult:
         """Compile each module (reusing cached objects) and link them into one shared library, in a fresh

@@ -72,9 +72,6 @@ class RuleSet:
     def make_signature(self) -> Signature:
         return Signature.of(self.signature)
 
-    def op_id(self, name: str) -> int:
-        return [n for n, _ in self.signature].index(name)
-
     def rules_by_root(self) -> dict[str, list[RewriteRule]]:
         by_root: dict[str, list[RewriteRule]] = defaultdict(list)
         for rule in self.rules:

@@ -12,6 +12,7 @@ from farm.config import FarmConfig
 from farm.dsl import parse_rules
 from farm.engine import Engine
 from farm.index.redis import RedisIndex
+from farm.policy import check_module, parse_ir
 from farm.signing import KeyPair, write_key_pair
 from farm.transduce import RuleSet, transduce_patterns
 
@@ -25,6 +26,12 @@ sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
 def ruleset_of(text: str, filename: str = "test.farm") -> RuleSet:
     parsed = parse_rules(text, filename)
     return transduce_patterns(parsed.patterns, parsed.declared_ops, warn=False)
+
+
+def check_ir(ir_text: str, source: str = "module", provided: frozenset[str] = frozenset()) -> None:
+    """The IR policy on text: LLVM's parse (StageFailed("parse") if it cannot), then check_module, as the in-process
+    compile path applies them."""
+    check_module(parse_ir(ir_text, source), source, provided)
 
 
 @pytest.fixture

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from .conftest import EXAMPLES, ROOT
 
@@ -71,3 +76,53 @@ def test_interpreter_engine_gives_the_same_output(tmp_path: Path) -> None:
     interp = farm("rewrite", *args, "--engine", "interpreter", cache=tmp_path)
     assert native.stdout == interp.stdout and native.returncode == interp.returncode == 0
     assert "interpreter" in interp.stderr
+
+
+# --- -O: one option, one default (the configuration's) for every command that compiles -------------------------
+
+class RecordingCoordinator:
+    """Stands in for the cluster: answers every request as cached and keeps the requests."""
+
+    def __init__(self) -> None:
+        from farm.config import FarmConfig
+
+        self.config = FarmConfig.from_env()
+        self.requests: list[Any] = []
+        RecordingCoordinator.last = self
+
+    last: RecordingCoordinator
+
+    def ensure(self, requests: list[Any], timeout: float, progress: Callable[[Any], None]) -> list[Any]:
+        from farm.cluster import Outcome
+
+        self.requests += requests
+        outcomes = [Outcome(request, "0" * 64, "cached") for request in requests]
+        for outcome in outcomes:
+            progress(outcome)
+        return outcomes
+
+
+def _compiled_level(argv: list[str], capsys: pytest.CaptureFixture[str]) -> int:
+    from farm.cli import main
+
+    assert main(argv) == 0
+    if argv[0] == "prewarm":
+        return int(RecordingCoordinator.last.requests[0].opt_level)
+    library = Path(capsys.readouterr().out.split()[-1])
+    return int(json.loads(library.with_suffix(".json").read_text())["opt_level"])
+
+
+@pytest.mark.parametrize("command", ["compile", "prewarm"])
+def test_every_compiling_command_takes_its_default_level_from_the_config(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "one.farm"
+    rules.write_text("rule one: (f ?x) => ?x\n")
+    monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FARM_CONFIG", raising=False)
+    monkeypatch.setattr("farm.cluster.Coordinator", RecordingCoordinator)
+    argv = [command, str(rules), "--targets" if command == "prewarm" else "--target", "x86-64"]
+    monkeypatch.delenv("FARM_OPT_LEVEL", raising=False)
+    assert _compiled_level(argv, capsys) == 2
+    monkeypatch.setenv("FARM_OPT_LEVEL", "1")
+    assert _compiled_level(argv, capsys) == 1
+    assert _compiled_level([*argv, "-O", "3"], capsys) == 3  # the option still overrides the configuration

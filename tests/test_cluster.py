@@ -77,8 +77,6 @@ def test_prewarm_200_patterns_on_two_targets_then_all_hits_and_a_node_pulls(clus
 
         assert hashlib.sha256(body).hexdigest() == meta.sha256
         assert coord.index.lookup(outcome.request.pattern_id, outcome.request.target) == meta.key
-    entries = {(p, t) for p, t, _ in coord.index.entries()}
-    assert {(pid, t) for pid, _ in patterns for t in TARGETS} <= entries
 
     second = coord.ensure(requests, timeout=120)
     assert all(o.status == "cached" for o in second)

@@ -22,11 +22,10 @@ from hypothesis import strategies as st
 import farm.policy
 from farm.errors import PolicyViolation, StageFailed
 from farm.jit import JitCompiler, JitConfig, rename_definitions
-from farm.policy import check_ir
 from farm.targets import REGISTRY
 from farm.toolchain import Toolchain
 
-from .conftest import count_hostile
+from .conftest import check_ir, count_hostile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -323,5 +322,5 @@ def test_a_few_bytes_of_ir_cannot_ask_for_gigabytes_of_data(form: str, path: str
         if path == "check_ir":
             check_ir(ir)
         else:
-            Toolchain(tmp_path, compile_path=path).build(ir, REGISTRY["x86-64"], 0)
+            Toolchain(tmp_path, compile_path=path).build_parts([("module", ir)], REGISTRY["x86-64"], 0)
     check_ir(BIG_DATA[form].format(n=1 << 20, k=1 << 10, q=1 << 10) + "\n")  # a megabyte is fine

@@ -10,7 +10,7 @@ import pytest
 from farm.codegen.llvm import generate_llvm_ir
 from farm.engine import Engine, load_native
 from farm.loader import NativeRuleset
-from farm.matchtree import Chain, build_tree, tree_size
+from farm.matchtree import Chain, Leaf, Switch, Tree, build_tree
 from farm.toolchain import Toolchain
 from farm.transduce import RuleSet
 from farm.verify import differential
@@ -26,6 +26,21 @@ def blowup_ruleset(n: int) -> RuleSet:
     return ruleset_of("\n".join(f"rule r{i}: (f {a}) if ?v{(i + 1) % n} != 7 => {i}" for i, a in enumerate(args)))
 
 
+def tree_size(tree: Tree) -> int:
+    """Nodes of the tree, Chain nodes not counted."""
+    size, todo = 0, [tree]
+    while todo:
+        node = todo.pop()
+        size += not isinstance(node, Chain)
+        if isinstance(node, Switch):
+            todo += [t for _, t in node.cases] + [node.default]
+        elif isinstance(node, Leaf) and node.otherwise:
+            todo.append(node.otherwise)
+        elif isinstance(node, Chain):
+            todo += [node.first, node.rest]
+    return size
+
+
 def test_tree_for_a_blowup_matrix_stays_bounded() -> None:
     rs = blowup_ruleset(16)
     start = time.perf_counter()
@@ -38,7 +53,7 @@ def test_tree_for_a_blowup_matrix_stays_bounded() -> None:
 def test_chunked_trees_keep_first_match_semantics(tmp_path: Path, budget: int) -> None:
     for rs in (example("arith"), blowup_ruleset(6)):
         ir = generate_llvm_ir(rs, "x86_64-unknown-linux-gnu", tree_budget=budget)
-        build = Toolchain(tmp_path).build(ir, Engine().builder.target("x86-64"), 0)
+        build = Toolchain(tmp_path).build_parts([("module", ir)], Engine().builder.target("x86-64"), 0)
         native = NativeRuleset(build.so_path, rs)
         report = differential(rs, native, cases=400, seed=budget, fuel=2000)
         assert report.ok, report.mismatches[:3]

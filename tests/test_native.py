@@ -15,6 +15,7 @@ import pytest
 from farm.builder import ArtifactBuilder
 from farm.config import FarmConfig
 from farm.dsl import load_rules
+from farm.elf_policy import EM_AARCH64, EM_X86_64
 from farm.engine import Engine, FallbackWarning, load_native
 from farm.errors import (
     FarmError,
@@ -188,6 +189,31 @@ def test_missing_tool_names_the_tool_and_package_and_falls_back(engine: Engine,
         find_tool.cache_clear()
 
 
+@pytest.mark.parametrize(("tool", "variable", "package"), [("llc", "FARM_LLC", "llvm-16"),
+                                                          ("llvm-as", "FARM_LLVM_AS", "llvm-16"),
+                                                          ("ld.lld", "FARM_LD_LLD", "lld-16")])
+def test_a_missing_tool_message_names_its_override_variable_once(tool: str, variable: str, package: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, "/nonexistent/tool")
+    find_tool.cache_clear()
+    try:
+        with pytest.raises(ToolNotFound) as overridden:
+            find_tool(tool)
+        monkeypatch.delenv(variable)
+        monkeypatch.setattr("farm.toolchain.shutil.which", lambda name: None)  # installed nowhere
+        find_tool.cache_clear()
+        with pytest.raises(ToolNotFound) as absent:
+            find_tool(tool)
+    finally:
+        find_tool.cache_clear()
+    assert str(overridden.value) == (f"LLVM tool {tool!r} was not found: {variable}=/nonexistent/tool is not an "
+                                     f"executable; point {variable} at the tool, or unset it and install the tool "
+                                     f"with `apt-get install {package}`")
+    assert str(absent.value) == (f"LLVM tool {tool!r} was not found on PATH; install it with `apt-get install "
+                                 f"{package}` or point {variable} at it")
+    assert (absent.value.tool, absent.value.variable, absent.value.package) == (tool, variable, package)
+
+
 def test_unwritable_work_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -210,7 +236,7 @@ def test_every_registered_target_builds(session_engine: Engine) -> None:
         [CompileJob(rs, "peano-all", t, 1) for t in jobs_targets]))
     for target, art in results.items():
         assert not isinstance(art, FarmError), art
-        assert elf_header(art.path)[1] == REGISTRY[target].elf_machine
+        assert elf_header(art.path)[1] == {"x86_64": EM_X86_64, "aarch64": EM_AARCH64}[REGISTRY[target].arch]
 
 
 @pytest.mark.parametrize("name", ["arith", "bool"])

@@ -43,7 +43,7 @@ from farm.interp import Interpreter, RewriteResult
 from farm.loader import NativeRuleset
 from farm.rules import TopologicalPattern
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
-from farm.terms import TermGraph
+from farm.terms import LIT, TermGraph
 from farm.transduce import RuleSet, transduce_patterns
 from farm.verify import TermGenerator
 
@@ -89,8 +89,19 @@ def native_of(engine: Engine, text: str, opt_level: int = 1) -> tuple[RuleSet, N
 def outcome_keys(result: RewriteResult, common: TermGraph) -> list[object]:
     """Each root's normal form as a node of `common` (structural: texts of shared terms can be exponential),
     or its error as (type, message)."""
-    return [common.import_from(result.graph, o) if isinstance(o, int) else (type(o).__name__, str(o))
+    return [copied(result.graph, o, common) if isinstance(o, int) else (type(o).__name__, str(o))
             for o in result.outcomes]
+
+
+def copied(source: TermGraph, root: int, into: TermGraph) -> int:
+    """The term `root` of `source` as a node of `into` (operators matched by name), without recursion."""
+    names = source.signature.names
+
+    def copy(node: int, kids: list[int]) -> int:
+        op = source.ops[node]
+        return into.lit(source.value(node)) if op == LIT else into.app_named(names[op], kids)
+
+    return source.fold(root, copy)
 
 
 def assert_same(native: RewriteResult, interp: RewriteResult, rs: RuleSet) -> None:

@@ -25,11 +25,10 @@ from farm.engine import Engine, load_native
 from farm.errors import BadSignature, IntegrityError, PolicyViolation, StageFailed, StageTimeout
 from farm.jit import JitCompiler, JitConfig
 from farm.loader import NativeRuleset, open_library, sha256_file
-from farm.policy import check_ir
 from farm.signing import KeyPair
 from farm.toolchain import find_tool
 
-from .conftest import ruleset_of
+from .conftest import check_ir, ruleset_of
 
 PEANO = "rule p0: (plus 0 ?y) => ?y\nrule ps: (plus (s ?x) ?y) => (s (plus ?x ?y))"
 

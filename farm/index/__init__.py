@@ -23,9 +23,6 @@ class CacheIndex(ABC):
         """Point (pattern_id, target) at meta.key; called only after the artifact is stored."""
 
     @abstractmethod
-    def forget(self, pattern_id: str, target: str) -> None: ...
-
-    @abstractmethod
     def touch(self, key: str) -> None:
         """Note a hit (last-hit time)."""
 
@@ -34,13 +31,6 @@ class CacheIndex(ABC):
 
     @abstractmethod
     def counters(self) -> dict[str, float]: ...
-
-    @abstractmethod
-    def entries(self) -> list[tuple[str, str, str]]:
-        """(pattern_id, target, key) rows."""
-
-    @abstractmethod
-    def clear(self) -> None: ...
 
     @abstractmethod
     def artifact_count(self) -> int: ...

@@ -14,7 +14,7 @@ from farm import keys
 from farm.errors import BackendUnavailable
 from farm.index import CacheIndex
 from farm.metrics import build_fields
-from farm.store import ArtifactMeta
+from farm.store import ArtifactMeta, stored_meta
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class RedisIndex(CacheIndex):
 
     def meta(self, key: str) -> ArtifactMeta | None:
         value = self._call(lambda: self.r.hget(keys.artifact(key), "meta"))
-        return ArtifactMeta.from_json(value.decode()) if value else None
+        return stored_meta(value.decode()) if value else None
 
     def _record(self, pipe: Any, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         pipe.hset(keys.artifact(meta.key), "meta", meta.to_json())
@@ -93,9 +93,6 @@ class RedisIndex(CacheIndex):
                 pipe.hincrbyfloat(keys.COUNTERS, name, amount)
             pipe.execute()
 
-    def forget(self, pattern_id: str, target: str) -> None:
-        self._call(lambda: self.r.hdel(keys.index(target), pattern_id))
-
     def touch(self, key: str) -> None:
         self._call(lambda: self.r.hset(keys.artifact(key), "last_hit", time.time()))
 
@@ -105,19 +102,6 @@ class RedisIndex(CacheIndex):
     def counters(self) -> dict[str, float]:
         raw = self._call(lambda: self.r.hgetall(keys.COUNTERS))
         return {k.decode(): float(v) for k, v in raw.items()}
-
-    def entries(self) -> list[tuple[str, str, str]]:
-        rows: list[tuple[str, str, str]] = []
-        with self._errors():
-            for name in self.r.scan_iter(match=keys.index("*")):
-                target = name.decode().removeprefix(keys.index(""))
-                rows += [(pid.decode(), target, key.decode()) for pid, key in self.r.hscan_iter(name)]
-        return sorted(rows)
-
-    def clear(self) -> None:
-        with self._errors():
-            for name in self.r.scan_iter(match=f"{keys.PREFIX}:*"):
-                self.r.delete(name)
 
     def artifact_count(self) -> int:
         return int(self._call(lambda: self.r.scard(keys.ARTIFACTS)))
@@ -182,6 +166,3 @@ class RedisIndex(CacheIndex):
     def toolchain(self, target: str) -> dict[str, str] | None:
         value = self._call(lambda: self.r.get(keys.toolchain(target)))
         return json.loads(value) if value else None
-
-    def ping(self) -> None:
-        self._call(self.r.ping)

@@ -3,6 +3,10 @@
 The index is a cache: a file SQLite reports corrupt, or whose tables are not the ones farm creates, is moved
 aside (`index.sqlite.corrupt-<time>-<pid>`, with its -wal/-shm files), a warning is logged, and an empty index
 takes its place, whether that is found on opening or by any later query.
+
+The file's `PRAGMA user_version` is the version of its tables (SCHEMA_VERSION). A file of another version, older
+or newer, has its tables dropped and created afresh on opening (every entry a miss, rebuilt on request), never
+read; a file from before versions (0) has version 1's tables and is stamped.
 """
 
 from __future__ import annotations
@@ -22,18 +26,21 @@ from farm.errors import WorkDirError
 from farm.index import CacheIndex
 from farm.locks import file_lock
 from farm.metrics import build_fields
-from farm.store import ArtifactMeta
+from farm.store import ArtifactMeta, stored_meta
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS patterns (pattern_id TEXT NOT NULL, target TEXT NOT NULL, key TEXT NOT NULL,
-                                     PRIMARY KEY (pattern_id, target));
-CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, meta TEXT NOT NULL, last_hit REAL);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
-"""
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS patterns (pattern_id TEXT NOT NULL, target TEXT NOT NULL, key TEXT NOT NULL,
+                                            PRIMARY KEY (pattern_id, target))""",
+    "CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, meta TEXT NOT NULL, last_hit REAL)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+)
+# Raise it with any change to SCHEMA or to what its columns mean: files of another version are recreated.
+SCHEMA_VERSION = 1
+UNVERSIONED = 0  # SQLite's user_version of a new file, and of farm's files from before versions (SCHEMA as it is)
 TABLES = ("patterns", "artifacts", "counters")
 SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's companions of a database file, moved aside with it
 
@@ -56,28 +63,64 @@ def _table_shape(db: sqlite3.Connection, table: str) -> tuple[object, ...]:
     return columns, tuple(keys)
 
 
+def _create_tables(db: sqlite3.Connection) -> None:
+    for statement in SCHEMA:
+        db.execute(statement)
+
+
+def _user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
 @functools.cache
 def _expected_shapes() -> dict[str, tuple[object, ...]]:
     db = sqlite3.connect(":memory:")
-    db.executescript(SCHEMA)
+    _create_tables(db)
     shapes = {table: _table_shape(db, table) for table in TABLES}
     db.close()
     return shapes
 
 
-def _check_tables(db: sqlite3.Connection) -> None:
-    """Each of farm's tables present in the file must be exactly what SCHEMA creates (absent ones are created)."""
+def _check_file(db: sqlite3.Connection) -> int:
+    """The file's schema version. In a file of this version or from before versions, each of farm's tables present
+    must be exactly what SCHEMA creates (absent ones are created); a file of another version is not checked: its
+    tables are replaced."""
     try:
+        version = _user_version(db)
         present = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
     except sqlite3.DatabaseError as exc:
-        # A plain SQLITE_ERROR from this fixed query is about the file (e.g. "unsupported file format"): the
+        # A plain SQLITE_ERROR from these fixed queries is about the file (e.g. "unsupported file format"): the
         # environment's failures have codes of their own (CANTOPEN, IOERR, BUSY, READONLY, ...).
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
             raise CorruptIndex(str(exc)) from None
         raise
+    if version not in (UNVERSIONED, SCHEMA_VERSION):
+        return version
     for table, shape in _expected_shapes().items():
         if table in present and _table_shape(db, table) != shape:
             raise CorruptIndex(f"table {table!r} is not the one farm creates")
+    return version
+
+
+def _settle_schema(db: sqlite3.Connection, version: int, path: Path) -> None:
+    """Create absent tables; in a file of another version, first drop farm's tables (what they hold would be
+    misread); then stamp SCHEMA_VERSION. One write transaction, so concurrent openers settle it once."""
+    if version == SCHEMA_VERSION:
+        _create_tables(db)
+        return
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        version = _user_version(db)  # again under the write lock: another process may have settled it meanwhile
+        if version not in (UNVERSIONED, SCHEMA_VERSION):
+            log.warning("the cache index %s has schema version %d, this farm reads version %d; recreating its "
+                        "tables (a cache: entries come back as artifacts are requested)", path, version,
+                        SCHEMA_VERSION)
+            named = ", ".join("?" * len(TABLES))
+            objects = db.execute(f"SELECT type, name FROM sqlite_master WHERE name IN ({named})", TABLES).fetchall()
+            for kind, name in objects:
+                db.execute(f"DROP {kind} {name}")  # both from fixed sets: SQLite's object types, TABLES
+        _create_tables(db)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _recovering(method: Callable[Concatenate[SQLiteIndex, P], R]) -> Callable[Concatenate[SQLiteIndex, P], R]:
@@ -118,11 +161,11 @@ class SQLiteIndex(CacheIndex):
         self._identity = _file_identity(self.path)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
-            _check_tables(db)  # before writing anything: a file that is not farm's is moved aside as it was
+            version = _check_file(db)  # before writing anything: a file that is not farm's is moved aside as it was
             db.execute("PRAGMA journal_mode=WAL")
             # WAL with synchronous=NORMAL never corrupts; a crash may drop the last counts, not entries' files.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
+            _settle_schema(db, version, self.path)
             self._identity = _file_identity(self.path)
         except BaseException:
             db.close()
@@ -183,7 +226,7 @@ class SQLiteIndex(CacheIndex):
     @_recovering
     def meta(self, key: str) -> ArtifactMeta | None:
         row = self._db.execute("SELECT meta FROM artifacts WHERE key=?", (key,)).fetchone()
-        return ArtifactMeta.from_json(row[0]) if row else None
+        return stored_meta(row[0]) if row else None
 
     @_recovering
     def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
@@ -221,10 +264,6 @@ class SQLiteIndex(CacheIndex):
             self._add(db, build_fields(target, meta))
 
     @_recovering
-    def forget(self, pattern_id: str, target: str) -> None:
-        self._write("DELETE FROM patterns WHERE pattern_id=? AND target=?", pattern_id, target)
-
-    @_recovering
     def touch(self, key: str) -> None:
         self._write("UPDATE artifacts SET last_hit=? WHERE key=?", time.time(), key)
 
@@ -240,16 +279,6 @@ class SQLiteIndex(CacheIndex):
     @_recovering
     def artifact_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0])
-
-    @_recovering
-    def entries(self) -> list[tuple[str, str, str]]:
-        return list(self._db.execute("SELECT pattern_id, target, key FROM patterns ORDER BY pattern_id, target"))
-
-    @_recovering
-    def clear(self) -> None:
-        with self._transaction() as db:
-            for table in TABLES:
-                db.execute(f"DELETE FROM {table}")
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from farm.errors import IntegrityError, InvalidArtifactKey
+from farm.errors import ArtifactFormatMismatch, IntegrityError, InvalidArtifactKey
+
+log = logging.getLogger(__name__)
+
+# The layout of ArtifactMeta as stored (local JSON files, S3 objects, index rows). Raise it with any change that
+# an older reader would get wrong: a reader of another format treats the artifact as missing and rebuilds it.
+FORMAT_VERSION = 1
 
 
 @dataclass
@@ -28,6 +35,7 @@ class ArtifactMeta:
     ruleset: str = ""  # the ruleset as JSON (farm/serialize.py), so a node can load what it pulls
     objects_compiled: int = 0  # modules compiled for this library; the others came from the object cache
     objects_reused: int = 0
+    format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -35,9 +43,11 @@ class ArtifactMeta:
     @classmethod
     def from_json(cls, text: str, expected_key: str | None = None) -> ArtifactMeta:
         """The metadata; with expected_key, refused unless it describes that artifact (a swapped or
-        truncated metadata object must not vouch for the bytes next to it)."""
+        truncated metadata object must not vouch for the bytes next to it). Metadata in another format is
+        ArtifactFormatMismatch, found before any field is read (its fields may mean something else)."""
         try:
             data = json.loads(text)
+            _check_format(data, expected_key)
             known = {f for f in cls.__dataclass_fields__}
             meta = cls(**{k: v for k, v in data.items() if k in known})
             _check_types(meta)
@@ -50,12 +60,29 @@ class ArtifactMeta:
         return meta
 
 
+def stored_meta(text: str, expected_key: str | None = None) -> ArtifactMeta | None:
+    """Metadata as a store or an index holds it; None, a cache miss that leads to a rebuild, when it was written in
+    another format."""
+    try:
+        return ArtifactMeta.from_json(text, expected_key)
+    except ArtifactFormatMismatch as exc:
+        log.info("%s: treated as a cache miss, rebuilt", exc)
+        return None
+
+
+def _check_format(data: dict[str, object], expected_key: str | None) -> None:
+    found = data.get("format_version")  # JSON that is not an object: AttributeError, i.e. unreadable metadata
+    if type(found) is not int or found != FORMAT_VERSION:  # 1.0 and true equal 1 in Python: no format numbers
+        key = expected_key or str(data.get("key", ""))
+        raise ArtifactFormatMismatch(key, found, FORMAT_VERSION)
+
+
 # The JSON type of each field: a field of another type (a list where a target name belongs) is corrupt metadata,
 # refused here rather than a TypeError wherever it is used.
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "key": str, "sha256": str, "size": int, "target": str, "triple": str, "cpu": str, "opt_level": int,
     "stage_seconds": dict, "pattern_ids": list, "toolchain": dict, "created_at": (int, float), "signature": str,
-    "ruleset": str, "objects_compiled": int, "objects_reused": int,
+    "ruleset": str, "objects_compiled": int, "objects_reused": int, "format_version": int,
 }
 
 

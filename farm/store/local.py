@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from farm.errors import WorkDirError
-from farm.store import ArtifactMeta, ArtifactStore, check_key
+from farm.store import ArtifactMeta, ArtifactStore, check_key, stored_meta
 
 
 def atomic_write(path: Path, data: bytes | None = None, source: Path | None = None, *, mode: int | None = None,
@@ -63,7 +63,8 @@ class LocalStore(ArtifactStore):
         so, js = self._paths(key)
         if not (so.exists() and js.exists()):
             return None
-        return so, ArtifactMeta.from_json(js.read_text(errors="replace"), key)
+        meta = stored_meta(js.read_text(errors="replace"), key)
+        return None if meta is None else (so, meta)
 
     def local_path(self, key: str) -> Path:
         return self._paths(key)[0]

@@ -19,7 +19,7 @@ from minio.error import S3Error
 from farm.errors import BackendUnavailable, IntegrityError
 from farm.index import CacheIndex
 from farm.loader import sha256_file
-from farm.store import ArtifactMeta, ArtifactStore, check_key
+from farm.store import ArtifactMeta, ArtifactStore, check_key, stored_meta
 from farm.store.local import LocalStore
 
 _MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
@@ -81,7 +81,7 @@ class S3Store(ArtifactStore):
             try:
                 response = self.client.get_object(self.bucket, meta_name)
                 try:
-                    return ArtifactMeta.from_json(response.read().decode(errors="replace"), key)
+                    return stored_meta(response.read().decode(errors="replace"), key)
                 finally:
                     response.close()
                     response.release_conn()
