@@ -26,11 +26,12 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import gen_rules  # noqa: E402
 
-from farm.cluster import CompileRequest, Coordinator  # noqa: E402
+from farm.cluster import CompileRequest  # noqa: E402
 from farm.config import FarmConfig  # noqa: E402
 from farm.dsl import parse_rules  # noqa: E402
 from farm.transduce import transduce_patterns  # noqa: E402
 from tests.servers import celery_worker, cluster_env, redis_server, s3_server  # noqa: E402
+from workers.app import make_coordinator  # noqa: E402
 
 TARGETS = ("x86-64", "aarch64")
 
@@ -47,7 +48,7 @@ def prewarm(workers: int, n: int, seed: int, tmp: Path) -> tuple[float, int]:
         for w in range(workers):
             stack.enter_context(celery_worker(",".join(TARGETS), cluster_env(redis_url, s3, tmp / f"w{w}"),
                                               tmp / f"w{w}.log"))
-        coord = Coordinator(FarmConfig.from_env(cluster_env(redis_url, s3, tmp / "coord")))
+        coord = make_coordinator(FarmConfig.from_env(cluster_env(redis_url, s3, tmp / "coord")))
         deadline = time.monotonic() + 90
         while not all(coord.index.toolchain(t) for t in TARGETS):
             if time.monotonic() > deadline:
@@ -65,7 +66,7 @@ def prewarm(workers: int, n: int, seed: int, tmp: Path) -> tuple[float, int]:
 def hit_latency(hits: int, tmp: Path) -> list[float]:
     with redis_server(tmp) as redis_url, s3_server() as s3, \
             celery_worker(",".join(TARGETS), cluster_env(redis_url, s3, tmp / "w"), tmp / "w.log"):
-        coord = Coordinator(FarmConfig.from_env(cluster_env(redis_url, s3, tmp / "coord")))
+        coord = make_coordinator(FarmConfig.from_env(cluster_env(redis_url, s3, tmp / "coord")))
         while not all(coord.index.toolchain(t) for t in TARGETS):
             time.sleep(0.2)
         reqs = requests_for(20, 99)

@@ -303,13 +303,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_prewarm(args: argparse.Namespace) -> int:
-    from farm.cluster import CompileRequest, Coordinator, Outcome
+    from farm.cluster import CompileRequest, Outcome
+    from farm.config import FarmConfig
     from farm.dsl import load_rules
+    from farm.messages import Status
     from farm.transduce import transduce_patterns
+    from workers.app import make_coordinator
 
     parsed = load_rules(args.hot_list)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    coordinator = Coordinator()
+    coordinator = make_coordinator(FarmConfig.from_env())
     opt = _opt_level(args, coordinator.config)
     requests = []
     for pattern in parsed.patterns:  # each rule of the hot list is one pattern, compiled on its own
@@ -328,10 +331,10 @@ def cmd_prewarm(args: argparse.Namespace) -> int:
     for o in outcomes:
         by_target.setdefault(o.request.target, []).append(o)
     for target, rows in by_target.items():
-        count = {s: sum(o.status == s for o in rows) for s in ("compiled", "cached", "failed", "dead-letter")}
-        table.add_row(target, *(str(count[s]) for s in ("compiled", "cached", "failed", "dead-letter")))
+        order = (Status.COMPILED, Status.CACHED, Status.FAILED, Status.DEAD_LETTER)
+        table.add_row(target, *(str(sum(o.status == s for o in rows)) for s in order))
     err.print(table)
-    failures = [o for o in outcomes if o.status not in ("compiled", "cached")]
+    failures = [o for o in outcomes if o.status not in (Status.COMPILED, Status.CACHED)]
     for o in failures[:10]:
         err.print(f"[red]failed[/]: {escape(o.request.pattern_id)} on {o.request.target}: {escape(o.error)}",
                   highlight=False)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from farm import keys
 from farm.backends import make_store
 from farm.builder import ArtifactBuilder, check_pattern_id
-from farm.codegen.llvm import ruleset_parts
+from farm.codegen.llvm import ruleset_parts, runtime_ir
 from farm.config import FarmConfig
 from farm.errors import (
     BackendUnavailable,
@@ -28,9 +28,11 @@ from farm.errors import (
     FarmError,
     NoWorkerForTarget,
     RemoteCompileFailed,
+    SharedModuleMissing,
     UnsupportedTarget,
 )
 from farm.index.redis import RedisIndex
+from farm.messages import CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.serialize import ruleset_to_json
 from farm.store import ArtifactMeta
 from farm.targets import REGISTRY, resolve
@@ -77,7 +79,7 @@ class CompileRequest:
 class Outcome:
     request: CompileRequest
     key: str
-    status: str  # cached | compiled | failed | dead-letter
+    status: Status
     meta: ArtifactMeta | None = None
     error: str = ""
     seconds: float = 0.0
@@ -91,15 +93,14 @@ def require_cluster(config: FarmConfig) -> None:
 
 
 class Coordinator:
-    def __init__(self, config: FarmConfig | None = None, app: Any = None) -> None:
-        self.config = config or FarmConfig.from_env()
+    """`app`: the Celery application of the deployment (workers.app.make_app), given by the caller: the
+    library does not build one from the environment."""
+
+    def __init__(self, config: FarmConfig, app: Any) -> None:
+        self.config = config
         require_cluster(self.config)
         self.index = RedisIndex(self.config.redis_url)  # type: ignore[arg-type]
         self.store = make_store(self.config, self.index)
-        if app is None:
-            from workers.app import make_app
-
-            app = make_app(self.config)
         self.app = app
         self._toolchains: dict[str, tuple[float, dict[str, str]]] = {}
 
@@ -134,6 +135,7 @@ class Coordinator:
         outcomes: list[Outcome | None] = [None] * len(requests)
         waiting: dict[str, list[int]] = {}
         messages: list[Any] = []
+        shared: dict[str, str] = {}
 
         def done(i: int, outcome: Outcome) -> None:
             outcomes[i] = outcome
@@ -144,16 +146,18 @@ class Coordinator:
             mine = f"farm-{uuid.uuid4().hex}"  # chosen once: a retried lock attempt must recognise its own lock
             hit, holder, message = riding_out(partial(self._hit_or_lock, req, mine), grace(), "coordinator")
             if hit is not None:
-                done(i, Outcome(req, hit.key, "cached", hit, seconds=time.perf_counter() - start))
+                done(i, Outcome(req, hit.key, Status.CACHED, hit, seconds=time.perf_counter() - start))
                 continue
             if message is not None:
                 messages.append(message)
+                shared.update(shared_texts(req.parts))
             waiting.setdefault(holder, []).append(i)
         if messages:
+            riding_out(lambda: self._share(shared), grace(), "coordinator sharing modules")
             riding_out(lambda: self._publish(messages), grace(), "coordinator publishing")
         sent = {message.id: message for message in messages}
         for task_id, indices in waiting.items():
-            result = self._wait(task_id, deadline, sent.get(task_id))
+            result = self._wait(task_id, deadline, sent.get(task_id), shared)
             for i in indices:
                 settle = partial(self._settle, requests[i], result, time.perf_counter() - start)
                 done(i, riding_out(settle, grace(), "coordinator"))
@@ -170,10 +174,17 @@ class Coordinator:
         holder = self.index.acquire(key, mine, ttl=self.config.task_time_limit * 2)
         if holder != mine:
             return None, holder, None
-        message = {"pattern_id": req.pattern_id, "target": req.target, "opt_level": req.opt_level,
-                   "parts": req.parts, "ruleset": req.ruleset_json, "key": key, "versions": versions}
-        return None, mine, self.app.signature("farm.compile", args=(message,), task_id=mine,
+        message = CompileMessage(req.pattern_id, req.target, req.opt_level, key, versions,
+                                 tuple(WirePart.of(name, text) for name, text in req.parts), req.ruleset_json)
+        return None, mine, self.app.signature("farm.compile", args=(message.to_wire(),), task_id=mine,
                                               queue=keys.queue(req.target))
+
+    SHARED_TTL = 7 * 24 * 3600.0  # seconds a shared module outlives the last message that named it
+
+    def _share(self, texts: dict[str, str]) -> None:
+        """Shared modules' texts into Redis (by content key) before the messages naming them go out."""
+        for key, text in texts.items():
+            self.index.share_module(key, text, self.SHARED_TTL)
 
     def _publish(self, messages: list[Any]) -> None:
         from celery import group
@@ -181,7 +192,8 @@ class Coordinator:
         with _broker_errors(self.config):
             group(messages).apply_async()
 
-    def _wait(self, task_id: str, deadline: float, message: Any = None) -> dict[str, Any]:
+    def _wait(self, task_id: str, deadline: float, message: Any = None,
+              shared: dict[str, str] | None = None) -> TaskResult:
         """The task's result. Polled in slices: each new get() reads the stored result first, so a result
         published while the connection was down is still found once it is back. A message this coordinator
         sent (`message`) that the broker lost or orphaned is sent again (see _recover)."""
@@ -201,22 +213,21 @@ class Coordinator:
                 value = result.get(timeout=min(remaining, self.WAIT_SLICE), propagate=False, interval=0.05)
             except CeleryTimeout:
                 if message is not None:
-                    since = self._recover(task_id, message, since)
+                    since = self._recover(task_id, message, since, shared or {})
                 continue
             except (RedisError, OperationalError, OSError) as exc:
                 log.warning("waiting for %s: the result backend is unreachable (%s); retrying", task_id, exc)
                 time.sleep(0.5)
                 continue
-            if isinstance(value, dict):
-                return value
-            return {"status": "failed", "error": f"{type(value).__name__}: {value}"}
+            return TaskResult.from_wire(value) if isinstance(value, dict) else TaskResult.failure(value)
 
     WAIT_SLICE = 5.0  # seconds between looks at a task's result (and, if it is still missing, its message)
     # A message unacknowledged this long without its task starting was taken by a worker whose connection
     # dropped (a Redis restart): with prefetch 1 and late acks, a live worker starts what it takes at once.
     ORPHANED_AFTER = 30.0
 
-    def _recover(self, task_id: str, message: Any, since: dict[str, float]) -> dict[str, float]:
+    def _recover(self, task_id: str, message: Any, since: dict[str, float],
+                 shared: dict[str, str]) -> dict[str, float]:
         """Send the message again if the broker lost it: a Redis killed between a worker's BRPOP and its
         bookkeeping drops it for good ("missing": neither queued, unacknowledged nor ever started, seen at two
         looks, since a message in flight is in neither for a moment), and one a worker took just before its
@@ -244,6 +255,7 @@ class Coordinator:
         log.warning("compile message %s was %s by the broker; sending it again", task_id,
                     "lost" if state == "missing" else "orphaned")
         self.index.incr("republished")
+        self._share(shared)  # the outage that lost the message may have lost the shared modules too
         self._publish([message])
         return kept
 
@@ -275,16 +287,16 @@ class Coordinator:
             raise BackendUnavailable(str(exc)) from None
         return "queued" if found else "missing"
 
-    def _settle(self, req: CompileRequest, result: dict[str, Any], seconds: float) -> Outcome:
-        key = result.get("key", "")
-        if result.get("status") in ("compiled", "cached"):
+    def _settle(self, req: CompileRequest, result: TaskResult, seconds: float) -> Outcome:
+        key = result.key
+        if result.status in (Status.COMPILED, Status.CACHED):
             meta = self.index.meta(key)
             if meta is not None:
                 self.index.record(req.pattern_id, req.target, meta)
-                return Outcome(req, key, result["status"], meta, seconds=seconds)
-            return Outcome(req, key, "failed", error="the worker reported success but the index has no entry",
+                return Outcome(req, key, result.status, meta, seconds=seconds)
+            return Outcome(req, key, Status.FAILED, error="the worker reported success but the index has no entry",
                            seconds=seconds)
-        return Outcome(req, key, result.get("status", "failed"), error=result.get("error", ""), seconds=seconds)
+        return Outcome(req, key, result.status, error=result.error, seconds=seconds)
 
     def artifact(self, request: CompileRequest, timeout: float = 600.0) -> ArtifactMeta:
         outcome = self.request(request, timeout)
@@ -321,7 +333,7 @@ def announce_worker(targets: list[str]) -> None:
         index.publish_toolchain(target, builder.versions())
 
 
-def worker_compile(message: dict[str, Any], task_id: str) -> dict[str, Any]:
+def worker_compile(wire: dict[str, Any], task_id: str) -> dict[str, Any]:
     """One compile message: counted, dead-lettered past the delivery cap, else built (or found) and indexed.
     An outage shorter than the grace is ridden out here; a longer one goes back to Celery's retry."""
     builder = _worker_builder()
@@ -329,34 +341,75 @@ def worker_compile(message: dict[str, Any], task_id: str) -> dict[str, Any]:
     assert isinstance(index, RedisIndex)
     deadline = time.perf_counter() + builder.config.outage_grace
 
-    def retried(fn: Callable[[], T]) -> T:
-        return riding_out(fn, deadline, f"worker, task {task_id}")
-
-    key, target = message["key"], message["target"]
+    retried = _RidingOut(deadline, f"worker, task {task_id}")
+    message = CompileMessage.from_wire(wire)
+    key = message.key
     deliveries = retried(lambda: index.delivered(task_id, ttl=builder.config.task_time_limit * 20))
     if deliveries > 1:
         retried(lambda: index.incr("redeliveries"))
-    if deliveries > builder.config.max_deliveries:
-        retried(lambda: index.dead_letter({"task_id": task_id, "key": key, "pattern_id": message["pattern_id"],
-                                           "target": target, "deliveries": deliveries, "at": time.time()}))
-        retried(lambda: index.release(key, task_id))
-        return {"status": "dead-letter", "key": key,
-                "error": f"delivered {deliveries} times (the cap is {builder.config.max_deliveries}); dead-lettered"}
+    with _lock_released(index, key, task_id, retried):
+        if deliveries > builder.config.max_deliveries:
+            retried(lambda: index.dead_letter({"task_id": task_id, "key": key, "pattern_id": message.pattern_id,
+                                               "target": message.target, "deliveries": deliveries,
+                                               "at": time.time()}))
+            return TaskResult(Status.DEAD_LETTER, key, f"delivered {deliveries} times (the cap is "
+                              f"{builder.config.max_deliveries}); dead-lettered").to_wire()
+        return _build(builder, message, retried).to_wire()
+
+
+@dataclass(frozen=True)
+class _RidingOut:
+    """riding_out with a fixed deadline and description: a step of one task."""
+
+    deadline: float
+    what: str
+
+    def __call__(self, fn: Callable[[], T]) -> T:
+        return riding_out(fn, self.deadline, self.what)
+
+
+def _build(builder: ArtifactBuilder, message: CompileMessage, retried: _RidingOut) -> TaskResult:
     start = time.perf_counter()
-    parts = [(str(name), str(text)) for name, text in message["parts"]]
     try:
-        artifact = retried(lambda: builder.ensure_parts(parts, message["pattern_id"], target, message["opt_level"],
-                                                        message.get("ruleset", ""), versions=message["versions"]))
+        parts = [(p.name, p.text or _shared_module(builder, message.target, p.shared_key, retried))
+                 for p in message.parts]
+        artifact = retried(lambda: builder.ensure_parts(parts, message.pattern_id, message.target,
+                                                        message.opt_level, message.ruleset_json,
+                                                        versions=message.versions))
     except BackendUnavailable:
         raise  # past the grace: Celery retries the task with backoff
     except FarmError as exc:
-        retried(lambda: index.release(key, task_id))
-        return {"status": "failed", "key": key, "error": f"{type(exc).__name__}: {exc}"}
+        return TaskResult(Status.FAILED, message.key, f"{type(exc).__name__}: {exc}")
+    if artifact.meta.key != message.key:
+        return TaskResult(Status.FAILED, message.key,
+                          f"worker computed key {artifact.meta.key}, expected {message.key}")
+    return TaskResult(Status.CACHED if artifact.cached else Status.COMPILED, message.key, sha256=artifact.meta.sha256,
+                      seconds=time.perf_counter() - start)
+
+
+@contextmanager
+def _lock_released(index: RedisIndex, key: str, task_id: str, retried: _RidingOut) -> Iterator[None]:
+    """The single-flight lock is released once the task has an outcome (built, failed, dead-lettered); a task
+    that raises keeps it: Celery's retry of the same task ID still holds it, and it expires otherwise."""
+    yield
     retried(lambda: index.release(key, task_id))
-    if artifact.meta.key != key:
-        return {"status": "failed", "key": key, "error": f"worker computed key {artifact.meta.key}, expected {key}"}
-    return {"status": "cached" if artifact.cached else "compiled", "key": key, "sha256": artifact.meta.sha256,
-            "seconds": time.perf_counter() - start}
+
+
+_SHARED: dict[str, str] = {}  # content key -> text: a worker fetches each shared module once
+
+
+def _shared_module(builder: ArtifactBuilder, target: str, shared_key: str, retried: _RidingOut) -> str:
+    """A shared module's text: kept from before; or this worker's own runtime for the target, when it is the
+    same text (the same farm release); or fetched from Redis and checked against its key."""
+    if shared_key not in _SHARED:
+        local = runtime_ir(REGISTRY[target].triple) if target in REGISTRY else ""
+        text = local if content_key(local) == shared_key else retried(
+            lambda: builder.index.shared_module(shared_key))  # type: ignore[attr-defined]
+        if text is None or content_key(text) != shared_key:
+            raise SharedModuleMissing(f"module {shared_key[:16]} is not in Redis (or not what its key says); "
+                                      "the next request for it shares it again")
+        _SHARED[shared_key] = text
+    return _SHARED[shared_key]
 
 
 __all__ = ["CompileRequest", "Coordinator", "Outcome", "announce_worker", "worker_compile"]

@@ -291,6 +291,14 @@ class BackendUnavailable(ClusterError):
     """Redis, the broker or the S3 server cannot be reached."""
 
 
+class WireFormatError(ClusterError):
+    """A compile message or task result of another wire version, or malformed."""
+
+
+class SharedModuleMissing(ClusterError):
+    """A compile message names a shared module (by content key) that Redis no longer holds."""
+
+
 class NoWorkerForTarget(ClusterError):
     """No worker has registered a toolchain for this target's queue."""
 

@@ -9,6 +9,7 @@
     farm:deliveries:{task}   STRING how often a compile message was delivered (redelivery cap)
     farm:deadletter          LIST   JSON records of messages given up on
     farm:toolchain:{target}  STRING JSON tool versions the workers for that target run
+    farm:module:{sha256}     STRING a module compile messages name by content key (farm/messages.py)
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def deliveries(task_id: str) -> str:
 
 def toolchain(target: str) -> str:
     return f"{PREFIX}:toolchain:{target}"
+
+
+def module(content_key: str) -> str:
+    return f"{PREFIX}:module:{content_key}"
 
 
 def queue(target: str) -> str:

@@ -119,7 +119,7 @@ def test_every_compiling_command_takes_its_default_level_from_the_config(
     rules.write_text("rule one: (f ?x) => ?x\n")
     monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FARM_CONFIG", raising=False)
-    monkeypatch.setattr("farm.cluster.Coordinator", RecordingCoordinator)
+    monkeypatch.setattr("workers.app.make_coordinator", lambda config: RecordingCoordinator())
     argv = [command, str(rules), "--targets" if command == "prewarm" else "--target", "x86-64"]
     monkeypatch.delenv("FARM_OPT_LEVEL", raising=False)
     assert _compiled_level(argv, capsys) == 2

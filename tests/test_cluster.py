@@ -10,6 +10,8 @@ import random
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,12 +23,16 @@ from farm.config import FarmConfig
 from farm.dsl import parse_rules
 from farm.errors import IntegrityError, NoWorkerForTarget, UntrustedSigner
 from farm.interp import Interpreter
+from farm.messages import CompileMessage, WirePart
 from farm.pull import pull
 from farm.serialize import ruleset_from_json
 from farm.signing import key_id, load_public_key, write_key_pair
+from farm.targets import resolve
 from farm.terms import TermGraph
+from farm.toolchain import artifact_key
 from farm.transduce import transduce_patterns
 from farm.verify import TermGenerator
+from workers.app import make_coordinator
 
 from .conftest import CLUSTER_TARGETS as TARGETS
 from .conftest import EXAMPLES
@@ -36,7 +42,7 @@ from .servers import cluster_env
 def coordinator(cluster: dict[str, str], cache: str, **extra: str) -> Coordinator:
     env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / cache,
                       FARM_VERIFY_KEY=cluster["verify_key"], **extra)
-    return Coordinator(FarmConfig.from_env(env))
+    return make_coordinator(FarmConfig.from_env(env))
 
 
 def patterns_from(text: str) -> list[tuple[str, object]]:
@@ -273,32 +279,70 @@ def test_hot_patterns_and_cli(cluster: dict[str, str], tmp_path: Path) -> None:
     assert keys.queue("x86-64") == "farm.compile.x86-64"
 
 
+@contextmanager
+def worker_in_this_process(cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch, cache: str,
+                           **extra: str) -> Iterator[None]:
+    """The worker side of tasks (farm.cluster.worker_compile), run in this process with a worker's settings
+    against the real Redis and S3."""
+    from farm import cluster as farm_cluster
+
+    env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / cache,
+                      FARM_SIGNING_KEY=cluster["signing_key"], **extra)
+    for name, value in env.items():
+        if name.startswith("FARM_"):
+            monkeypatch.setenv(name, value)
+    farm_cluster._worker_builder.cache_clear()
+    try:
+        yield
+    finally:
+        farm_cluster._worker_builder.cache_clear()
+
+
 def test_redeliveries_are_counted_and_capped_into_a_dead_letter(cluster: dict[str, str],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker side of a task, run in this process against the real Redis and S3: the same message
     delivered again is counted, and past the cap it is dead-lettered instead of run."""
     from farm import cluster as farm_cluster
 
-    env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / "inproc", FARM_MAX_DELIVERIES="3",
-                      FARM_SIGNING_KEY=cluster["signing_key"])
-    for name, value in env.items():
-        if name.startswith("FARM_"):
-            monkeypatch.setenv(name, value)
-    farm_cluster._worker_builder.cache_clear()
-    try:
+    with worker_in_this_process(cluster, monkeypatch, "inproc", FARM_MAX_DELIVERIES="3"):
         coord = coordinator(cluster, "coord-d")
         (pid, rs), = patterns_from("rule deliver_me: (f ?x (g 9)) => (g ?x)")
         request = CompileRequest.for_ruleset(pid, rs, "x86-64", 0)  # type: ignore[arg-type]
         key, versions = coord.key_for(request)
-        message = {"pattern_id": pid, "target": "x86-64", "opt_level": 0, "parts": request.parts,
-                   "ruleset": request.ruleset_json, "key": key, "versions": versions}
+        message = CompileMessage(pid, "x86-64", 0, key, versions,
+                                 tuple(WirePart.of(name, text) for name, text in request.parts), request.ruleset_json)
         before = coord.index.counters()
-        statuses = [farm_cluster.worker_compile(message, "task-redelivered")["status"] for _ in range(4)]
+        statuses = [farm_cluster.worker_compile(message.to_wire(), "task-redelivered")["status"] for _ in range(4)]
         assert statuses == ["compiled", "cached", "cached", "dead-letter"]
         after = coord.index.counters()
         assert after["redeliveries"] - before.get("redeliveries", 0) == 3
         assert after["dead_letters"] - before.get("dead_letters", 0) == 1
         assert after["compilations_ok"] - before.get("compilations_ok", 0) == 1  # idempotent by content key
         assert coord.index.dead_letters()[-1]["task_id"] == "task-redelivered"
-    finally:
-        farm_cluster._worker_builder.cache_clear()
+
+
+def test_a_shared_module_of_another_release_comes_from_redis_or_the_task_says_it_is_missing(
+        cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message names the runtime by content key. A worker of the same release has that text itself; one of
+    another release (here: a runtime text this worker does not generate) fetches it from Redis, checked
+    against its key; with Redis holding nothing under the key the task fails and says so, nothing built."""
+    from farm import cluster as farm_cluster
+    from farm.messages import content_key
+
+    with worker_in_this_process(cluster, monkeypatch, "shared-mod"):
+        coord = coordinator(cluster, "coord-shared")
+        (pid, rs), = patterns_from("rule shared_rt: (f ?x (g 8)) => (g ?x)")
+        request = CompileRequest.for_ruleset(pid, rs, "x86-64", 0)  # type: ignore[arg-type]
+        other_runtime = dict(request.parts)["runtime"] + "\n; a runtime of another farm release\n"
+        parts = (("runtime", other_runtime), ("rules", dict(request.parts)["rules"]))
+        _, versions = coord.key_for(request)
+        key = artifact_key(list(parts), resolve("x86-64"), 0, versions)
+        message = CompileMessage(pid, "x86-64", 0, key, versions,
+                                 tuple(WirePart.of(name, text) for name, text in parts), request.ruleset_json)
+        missing = farm_cluster.worker_compile(message.to_wire(), "task-shared-missing")
+        assert missing["status"] == "failed" and "SharedModuleMissing" in missing["error"], missing
+        assert coord.index.meta(key) is None
+        coord._share({content_key(other_runtime): other_runtime})
+        built = farm_cluster.worker_compile(message.to_wire(), "task-shared-found")
+        assert (built["status"], built["key"]) == ("compiled", key), built
+        assert coord.index.meta(key) is not None

@@ -35,6 +35,7 @@ from farm.index.redis import RedisIndex
 from farm.signing import write_key_pair
 from farm.terms import TermGraph
 from farm.transduce import RuleSet
+from workers.app import make_coordinator
 
 from .conftest import ruleset_of
 from .servers import (
@@ -94,7 +95,7 @@ def wait_registered(redis_url: str, procs: list[subprocess.Popen], tmp: Path) ->
 
 
 def coordinator(env: dict[str, str], **extra: str) -> Coordinator:
-    return Coordinator(FarmConfig.from_env({**env, **extra}))
+    return make_coordinator(FarmConfig.from_env({**env, **extra}))
 
 
 def s3_client(endpoint: str) -> Minio:

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from farm.cluster import CompileRequest, Coordinator
+from farm.cluster import CompileRequest
 from farm.config import FarmConfig
 from farm.dsl import parse_rules
 from farm.pull import pull
 from farm.terms import TermGraph
 from farm.transduce import transduce_patterns
+from workers.app import make_coordinator
 
 from .conftest import ROOT
 from .servers import cluster_env, free_port, http_process
@@ -92,7 +93,7 @@ def prometheus(exporter: str, tmp_path: Path) -> Iterator[str]:
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(cluster: dict[str, str], prometheus: str,
                                                                     tmp_path: Path) -> None:
     env = cluster_env(cluster["redis"], cluster["s3"], tmp_path / "coord", FARM_VERIFY_KEY=cluster["verify_key"])
-    coord = Coordinator(FarmConfig.from_env(env))
+    coord = make_coordinator(FarmConfig.from_env(env))
     parsed = parse_rules("\n".join(f"rule mon_{i}: (f (g ?x) {i}) => (h ?x {i})" for i in range(6)))
     time.sleep(3)  # a few scrapes before the run, so rates have a baseline
     for _ in range(2):  # activity spread over several scrapes: misses, then hits
@@ -126,7 +127,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(cluster: dict
 
 def test_stats_and_top_show_the_shared_counters(cluster: dict[str, str], tmp_path: Path) -> None:
     env = {**cluster_env(cluster["redis"], cluster["s3"], tmp_path / "cli"), "COLUMNS": "160"}
-    coord = Coordinator(FarmConfig.from_env({**env, "FARM_VERIFY_KEY": cluster["verify_key"]}))
+    coord = make_coordinator(FarmConfig.from_env({**env, "FARM_VERIFY_KEY": cluster["verify_key"]}))
     (pattern,) = parse_rules("rule stats_me: (f ?x (h 1 2)) => ?x").patterns
     for target in ("x86-64", "aarch64"):
         coord.artifact(CompileRequest.for_ruleset(pattern.name, transduce_patterns([pattern], warn=False), target, 0))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import Celery
 
 from farm.config import FarmConfig
+
+if TYPE_CHECKING:
+    from farm.cluster import Coordinator
 
 
 def make_app(config: FarmConfig | None = None) -> Celery:
@@ -34,6 +39,13 @@ def make_app(config: FarmConfig | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def make_coordinator(config: FarmConfig) -> Coordinator:
+    """A coordinator that sends its compile messages through this deployment's Celery app."""
+    from farm.cluster import Coordinator
+
+    return Coordinator(config, make_app(config))
 
 
 def _transport_options(config: FarmConfig) -> dict[str, float]:

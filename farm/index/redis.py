@@ -160,6 +160,16 @@ class RedisIndex(CacheIndex):
     def dead_letters(self) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self._call(lambda: self.r.lrange(keys.DEADLETTER, 0, -1))]
 
+    def share_module(self, content_key: str, text: str, ttl: float) -> None:
+        """Keep a module's text for `ttl` seconds more; its text crosses the wire only when Redis lacks it."""
+        with self._errors():
+            if not self.r.expire(keys.module(content_key), int(ttl)):
+                self.r.set(keys.module(content_key), text, ex=int(ttl))
+
+    def shared_module(self, content_key: str) -> str | None:
+        value = self._call(lambda: self.r.get(keys.module(content_key)))
+        return value.decode() if value is not None else None
+
     def publish_toolchain(self, target: str, versions: dict[str, str]) -> None:
         self._call(lambda: self.r.set(keys.toolchain(target), json.dumps(versions, sort_keys=True)))
 
