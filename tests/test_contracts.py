@@ -1,0 +1,133 @@
+"""One set of expectations for every cache index (SQLite, Redis) and every artifact store (a local
+directory, S3), run against each: real redis-server and a real S3-protocol server (moto) on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.backends import make_store
+from farm.config import FarmConfig
+from farm.errors import InvalidArtifactKey
+from farm.index import CacheIndex
+from farm.index.redis import RedisIndex
+from farm.index.sqlite import SQLiteIndex
+from farm.store import ArtifactMeta, ArtifactStore
+from farm.store.local import LocalStore
+
+from .servers import cluster_env, redis_server, s3_server
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("contracts")
+    with redis_server(tmp) as redis_url, s3_server() as s3:
+        yield {"redis": redis_url, "s3": s3}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def index(request: pytest.FixtureRequest, servers: dict[str, str], tmp_path: Path) -> CacheIndex:
+    if request.param == "sqlite":
+        return SQLiteIndex(tmp_path / "index.sqlite")
+    redis_index = RedisIndex(servers["redis"])
+    redis_index.r.flushdb()  # each test starts from an empty index, as a new SQLite file does
+    return redis_index
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, servers: dict[str, str], tmp_path: Path) -> ArtifactStore:
+    if request.param == "local":
+        return LocalStore(tmp_path / "cache")
+    env = cluster_env(servers["redis"], servers["s3"], tmp_path / "node", FARM_S3_BUCKET=f"c-{uuid.uuid4().hex[:12]}")
+    return make_store(FarmConfig.from_env(env))
+
+
+def artifact(tmp_path: Path, content: bytes = b"\x7fELF not really a library") -> tuple[Path, ArtifactMeta]:
+    so = tmp_path / f"{uuid.uuid4().hex}.so"
+    so.write_bytes(content)
+    key = hashlib.sha256(content + b"key").hexdigest()
+    meta = ArtifactMeta(key=key, sha256=hashlib.sha256(content).hexdigest(), size=len(content), target="x86-64",
+                        triple="x86_64-pc-linux-gnu", cpu="x86-64", opt_level=2, pattern_ids=["p"],
+                        stage_seconds={"llc": 0.25}, toolchain={"llc": "16.0.6"})
+    return so, meta
+
+
+# ---- every index ----
+
+def test_an_empty_index_knows_nothing(index: CacheIndex) -> None:
+    assert index.lookup("p", "x86-64") is None
+    assert index.meta("0" * 64) is None
+    assert index.artifact_count() == 0
+    assert not any(index.counters().values())
+    index.touch("0" * 64)  # a hit on an artifact the index never saw is not an error
+
+
+def test_a_recorded_pattern_points_at_its_artifact_per_target(index: CacheIndex, tmp_path: Path) -> None:
+    _, first = artifact(tmp_path, b"one")
+    _, second = artifact(tmp_path, b"two")
+    index.record("p", "x86-64", first)
+    assert index.lookup("p", "x86-64") == first.key
+    assert index.lookup("p", "aarch64") is None
+    assert index.meta(first.key) == first
+    index.record("p", "x86-64", second)  # rebuilt under a new key: the pattern moves, the old entry stays
+    index.record("p", "aarch64", first)
+    assert (index.lookup("p", "x86-64"), index.lookup("p", "aarch64")) == (second.key, first.key)
+    assert index.meta(first.key) == first and index.artifact_count() == 2
+
+
+@pytest.mark.parametrize("pattern_id", ["plain", "with spaces: and colons", "ünïcødé ✓", "a" * 300, "x:y:z"])
+def test_pattern_ids_are_data(index: CacheIndex, tmp_path: Path, pattern_id: str) -> None:
+    _, meta = artifact(tmp_path)
+    index.record(pattern_id, "x86-64", meta)
+    assert index.lookup(pattern_id, "x86-64") == meta.key
+    assert index.lookup(pattern_id + "x", "x86-64") is None
+
+
+def test_counters_add_up(index: CacheIndex, tmp_path: Path) -> None:
+    _, meta = artifact(tmp_path)
+    index.incr("fallbacks", 2.5)
+    index.incr("fallbacks")
+    index.note_miss("p")
+    index.note_build("p", "x86-64", meta)
+    index.note_hit("q", "x86-64", meta)
+    counters = index.counters()
+    assert counters["fallbacks"] == 3.5
+    assert (counters["requests"], counters["hits"], counters["misses"]) == (2, 1, 1)
+    assert counters["compilations_ok"] == 1
+    assert index.lookup("p", "x86-64") == index.lookup("q", "x86-64") == meta.key
+
+
+# ---- every store ----
+
+def test_a_store_holds_what_was_put_until_deleted(store: ArtifactStore, tmp_path: Path) -> None:
+    so, meta = artifact(tmp_path)
+    assert store.fetch(meta.key) is None and not store.exists(meta.key)
+    store.put(so, meta)
+    assert store.exists(meta.key)
+    fetched = store.fetch(meta.key)
+    assert fetched is not None
+    path, stored = fetched
+    assert path.read_bytes() == so.read_bytes() and stored == meta
+    store.delete(meta.key)
+    assert store.fetch(meta.key) is None and not store.exists(meta.key)
+    store.delete(meta.key)  # deleting what is not there is not an error
+
+
+def test_a_store_keeps_artifacts_apart(store: ArtifactStore, tmp_path: Path) -> None:
+    (so_a, a), (so_b, b) = artifact(tmp_path, b"a"), artifact(tmp_path, b"b")
+    store.put(so_a, a)
+    store.put(so_b, b)
+    store.delete(a.key)
+    fetched = store.fetch(b.key)
+    assert fetched is not None and fetched[0].read_bytes() == b"b" and not store.exists(a.key)
+
+
+@pytest.mark.parametrize("key", ["", "../../etc/passwd", "A" * 64, "0" * 63, "0" * 64 + "/x"])
+def test_a_store_refuses_keys_that_are_not_content_keys(store: ArtifactStore, key: str) -> None:
+    for call in (store.fetch, store.exists, store.delete):
+        with pytest.raises(InvalidArtifactKey):
+            call(key)
