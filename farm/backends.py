@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from farm.config import FarmConfig
+from farm.counting import CountSink
 from farm.extras import needs_extra
 from farm.index import CacheIndex
 from farm.store import ArtifactStore
@@ -20,7 +21,7 @@ def make_index(config: FarmConfig) -> CacheIndex:
     return SQLiteIndex(config.cache_dir / "index.sqlite")
 
 
-def make_store(config: FarmConfig, counters: CacheIndex | None = None) -> ArtifactStore:
+def make_store(config: FarmConfig, counters: CountSink | None = None) -> ArtifactStore:
     local = LocalStore(config.cache_dir)
     if config.s3_endpoint:
         with needs_extra():

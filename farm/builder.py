@@ -11,6 +11,7 @@ from pathlib import Path
 from farm.backends import make_index, make_store
 from farm.codegen.llvm import ruleset_parts
 from farm.config import FarmConfig
+from farm.counting import best_effort
 from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMismatch
 from farm.index import CacheIndex
 from farm.loader import sha256_file, verify_sha256
@@ -128,10 +129,14 @@ class ArtifactBuilder:
             return None
         path, meta = found
         if self.count_requests:
-            self.index.note_hit(pattern_id, target, meta)
+            best_effort(f"a hit on {key[:12]}", lambda: self.index.note_hit(pattern_id, target, meta))
         else:
             self.index.record(pattern_id, target, meta)
         return Artifact(meta, path, True, time.perf_counter() - start)
+
+    def _count_failure(self, target: str) -> None:
+        self.index.incr("compilations_failed")
+        self.index.incr(f"compilations_failed:{target}")
 
     def _build(self, parts: list[tuple[str, str]], key: str, pattern_id: str, resolved: Target, opt: int,
                ruleset_json: str, start: float) -> Artifact:
@@ -141,8 +146,7 @@ class ArtifactBuilder:
         try:
             build = self.toolchain.build_parts(parts, resolved, opt)
         except FarmError:
-            self.index.incr("compilations_failed")
-            self.index.incr(f"compilations_failed:{resolved.name}")
+            best_effort("a failed compilation", lambda: self._count_failure(resolved.name))
             raise
         try:
             meta = ArtifactMeta(key=key, sha256=sha256_file(build.so_path), size=build.so_path.stat().st_size,

@@ -344,6 +344,7 @@ def cmd_prewarm(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     from farm.backends import make_index
     from farm.config import FarmConfig
+    from farm.counting import best_effort
     from farm.pull import pull
 
     config = FarmConfig.from_env()
@@ -367,7 +368,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         graph = TermGraph(result.native.ruleset.make_signature())
         roots = graph.parse(read_input_text(args.rewrite, TERMS), args.rewrite)
         rewritten = result.native.rewrite(graph, roots)
-        make_index(config).note_hot(args.pattern_id, sum(rewritten.firings))
+        best_effort("the hot-pattern count", lambda: make_index(config).note_hot(args.pattern_id,
+                                                                             sum(rewritten.firings)))
         _print_normal_forms(rewritten)  # as before, a term's error is its line, not the exit code
     return EXIT_OK
 
@@ -375,10 +377,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_hot(args: argparse.Namespace) -> int:
     from farm.backends import make_index
     from farm.config import FarmConfig
-    from farm.index.redis import RedisIndex
+    from farm.index import Coordination
 
     index = make_index(FarmConfig.from_env())
-    if not isinstance(index, RedisIndex):
+    if not isinstance(index, Coordination):
         raise FarmError("`farm hot` reads the cluster's hot-pattern set; set FARM_REDIS_URL")
     table = Table(title=f"top {args.top} hot patterns (requests + native rule firings)")
     table.add_column("#", justify="right")

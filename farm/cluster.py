@@ -21,6 +21,7 @@ from farm.backends import make_store
 from farm.builder import ArtifactBuilder, check_pattern_id
 from farm.codegen.llvm import ruleset_parts, runtime_ir
 from farm.config import FarmConfig
+from farm.counting import best_effort
 from farm.errors import (
     BackendUnavailable,
     CompileTimeout,
@@ -31,6 +32,7 @@ from farm.errors import (
     SharedModuleMissing,
     UnsupportedTarget,
 )
+from farm.index import Coordination
 from farm.index.redis import RedisIndex
 from farm.messages import CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.serialize import ruleset_to_json
@@ -254,7 +256,7 @@ class Coordinator:
             return {**since, **kept}
         log.warning("compile message %s was %s by the broker; sending it again", task_id,
                     "lost" if state == "missing" else "orphaned")
-        self.index.incr("republished")
+        best_effort("a republished message", lambda: self.index.incr("republished"))
         self._share(shared)  # the outage that lost the message may have lost the shared modules too
         self._publish([message])
         return kept
@@ -317,44 +319,48 @@ def _broker_errors(config: FarmConfig) -> Iterator[None]:
 
 # ---- worker side ----
 
+@dataclass(frozen=True)
+class _Worker:
+    """A worker process's side of the cluster: its builder, and the coordination it takes part in (the same
+    Redis as the builder's index)."""
+
+    builder: ArtifactBuilder
+    coordination: Coordination
+
+
 @cache
-def _worker_builder() -> ArtifactBuilder:
+def _worker() -> _Worker:
     config = FarmConfig.from_env()
     index = RedisIndex(config.redis_url)  # type: ignore[arg-type]
-    return ArtifactBuilder(config, index, make_store(config, index), count_requests=False)
+    return _Worker(ArtifactBuilder(config, index, make_store(config, index), count_requests=False), index)
 
 
 def announce_worker(targets: list[str]) -> None:
     """Publish this worker's tool versions for each target it serves (coordinators key requests with them)."""
-    builder = _worker_builder()
-    index = builder.index
-    assert isinstance(index, RedisIndex)
+    worker = _worker()
     for target in filter(None, targets):
-        index.publish_toolchain(target, builder.versions())
+        worker.coordination.publish_toolchain(target, worker.builder.versions())
 
 
 def worker_compile(wire: dict[str, Any], task_id: str) -> dict[str, Any]:
     """One compile message: counted, dead-lettered past the delivery cap, else built (or found) and indexed.
     An outage shorter than the grace is ridden out here; a longer one goes back to Celery's retry."""
-    builder = _worker_builder()
-    index = builder.index
-    assert isinstance(index, RedisIndex)
-    deadline = time.perf_counter() + builder.config.outage_grace
-
-    retried = _RidingOut(deadline, f"worker, task {task_id}")
+    worker = _worker()
+    config, coordination = worker.builder.config, worker.coordination
+    retried = _RidingOut(time.perf_counter() + config.outage_grace, f"worker, task {task_id}")
     message = CompileMessage.from_wire(wire)
     key = message.key
-    deliveries = retried(lambda: index.delivered(task_id, ttl=builder.config.task_time_limit * 20))
+    deliveries = retried(lambda: coordination.delivered(task_id, ttl=config.task_time_limit * 20))
     if deliveries > 1:
-        retried(lambda: index.incr("redeliveries"))
-    with _lock_released(index, key, task_id, retried):
-        if deliveries > builder.config.max_deliveries:
-            retried(lambda: index.dead_letter({"task_id": task_id, "key": key, "pattern_id": message.pattern_id,
-                                               "target": message.target, "deliveries": deliveries,
-                                               "at": time.time()}))
+        best_effort("a redelivery", lambda: worker.builder.index.incr("redeliveries"))
+    with _lock_released(coordination, key, task_id, retried):
+        if deliveries > config.max_deliveries:
+            retried(lambda: coordination.dead_letter({"task_id": task_id, "key": key, "pattern_id": message.pattern_id,
+                                                      "target": message.target, "deliveries": deliveries,
+                                                      "at": time.time()}))
             return TaskResult(Status.DEAD_LETTER, key, f"delivered {deliveries} times (the cap is "
-                              f"{builder.config.max_deliveries}); dead-lettered").to_wire()
-        return _build(builder, message, retried).to_wire()
+                              f"{config.max_deliveries}); dead-lettered").to_wire()
+        return _build(worker, message, retried).to_wire()
 
 
 @dataclass(frozen=True)
@@ -368,12 +374,12 @@ class _RidingOut:
         return riding_out(fn, self.deadline, self.what)
 
 
-def _build(builder: ArtifactBuilder, message: CompileMessage, retried: _RidingOut) -> TaskResult:
+def _build(worker: _Worker, message: CompileMessage, retried: _RidingOut) -> TaskResult:
     start = time.perf_counter()
     try:
-        parts = [(p.name, p.text or _shared_module(builder, message.target, p.shared_key, retried))
+        parts = [(p.name, p.text or _shared_module(worker.coordination, message.target, p.shared_key, retried))
                  for p in message.parts]
-        artifact = retried(lambda: builder.ensure_parts(parts, message.pattern_id, message.target,
+        artifact = retried(lambda: worker.builder.ensure_parts(parts, message.pattern_id, message.target,
                                                         message.opt_level, message.ruleset_json,
                                                         versions=message.versions))
     except BackendUnavailable:
@@ -388,23 +394,22 @@ def _build(builder: ArtifactBuilder, message: CompileMessage, retried: _RidingOu
 
 
 @contextmanager
-def _lock_released(index: RedisIndex, key: str, task_id: str, retried: _RidingOut) -> Iterator[None]:
+def _lock_released(coordination: Coordination, key: str, task_id: str, retried: _RidingOut) -> Iterator[None]:
     """The single-flight lock is released once the task has an outcome (built, failed, dead-lettered); a task
     that raises keeps it: Celery's retry of the same task ID still holds it, and it expires otherwise."""
     yield
-    retried(lambda: index.release(key, task_id))
+    retried(lambda: coordination.release(key, task_id))
 
 
 _SHARED: dict[str, str] = {}  # content key -> text: a worker fetches each shared module once
 
 
-def _shared_module(builder: ArtifactBuilder, target: str, shared_key: str, retried: _RidingOut) -> str:
+def _shared_module(coordination: Coordination, target: str, shared_key: str, retried: _RidingOut) -> str:
     """A shared module's text: kept from before; or this worker's own runtime for the target, when it is the
     same text (the same farm release); or fetched from Redis and checked against its key."""
     if shared_key not in _SHARED:
         local = runtime_ir(REGISTRY[target].triple) if target in REGISTRY else ""
-        text = local if content_key(local) == shared_key else retried(
-            lambda: builder.index.shared_module(shared_key))  # type: ignore[attr-defined]
+        text = local if content_key(local) == shared_key else retried(lambda: coordination.shared_module(shared_key))
         if text is None or content_key(text) != shared_key:
             raise SharedModuleMissing(f"module {shared_key[:16]} is not in Redis (or not what its key says); "
                                       "the next request for it shares it again")

@@ -12,8 +12,8 @@ from typing import Any
 
 from farm.builder import Artifact, ArtifactBuilder
 from farm.config import FarmConfig
+from farm.counting import best_effort
 from farm.errors import (
-    BackendUnavailable,
     FarmError,
     IncompatibleArtifact,
     LoadError,
@@ -105,13 +105,11 @@ class Engine:
             if engine == "native":
                 raise
             warnings.warn(f"native code unavailable ({exc}); using the interpreter", FallbackWarning, stacklevel=2)
-            self.builder.index.incr("fallbacks")
+            best_effort("a fallback to the interpreter", lambda: self.builder.index.incr("fallbacks"))
             return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
         result = native.rewrite(graph, roots, fuel, cap)
-        try:
-            self.builder.index.note_hot(pattern_id, sum(result.firings))
-        except BackendUnavailable as exc:  # the hot set is advisory: a rewrite never fails for it
-            log.warning("hot-pattern count for %r not recorded: %s", pattern_id, exc)
+        best_effort(f"the hot-pattern count of {pattern_id!r}",
+                    lambda: self.builder.index.note_hot(pattern_id, sum(result.firings)))
         return result
 
     def _native(self, ruleset: RuleSet, pattern_id: str, target: str | None) -> NativeRuleset:

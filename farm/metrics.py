@@ -16,27 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.index import CacheIndex
-from farm.store import ArtifactMeta
+from farm.index import BUCKETS, CacheIndex, Coordination
+from farm.index import le as _le
 
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf)
 HOT_TOP_K = 10
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if math.isinf(bound) else repr(bound)
-
-
-def build_fields(target: str, meta: ArtifactMeta) -> dict[str, float]:
-    """Counter increments for one successful compilation (both index backends apply these)."""
-    fields: dict[str, float] = {"compilations_ok": 1, f"compilations_ok:{target}": 1,
-                                "artifact_bytes_stored": meta.size}
-    for stage, seconds in meta.stage_seconds.items():
-        bound = next(b for b in BUCKETS if seconds <= b)
-        fields[f"hist|{stage}|{target}|{_le(bound)}"] = 1
-        fields[f"hist_sum|{stage}|{target}"] = seconds
-        fields[f"stage_seconds_{stage}"] = seconds
-    return fields
 
 
 @dataclass
@@ -109,10 +92,10 @@ def snapshot(index: CacheIndex) -> Snapshot:
             buckets.append((_le(bound), running))
         snap.histograms[series] = Histogram(buckets, sums.get(series, 0.0))
     snap.artifacts = index.artifact_count()
-    if index.shared:  # the Redis index (imported only with the cluster extras)
-        snap.queue_depth = index.queue_depths()  # type: ignore[attr-defined]
-        snap.inflight = index.inflight()  # type: ignore[attr-defined]
-        snap.hot = index.hot(HOT_TOP_K)  # type: ignore[attr-defined]
+    if isinstance(index, Coordination):  # the cluster's index: queues, work in flight, the hot set
+        snap.queue_depth = index.queue_depths()
+        snap.inflight = index.inflight()
+        snap.hot = index.hot(HOT_TOP_K)
     return snap
 
 

@@ -291,11 +291,11 @@ def worker_in_this_process(cluster: dict[str, str], monkeypatch: pytest.MonkeyPa
     for name, value in env.items():
         if name.startswith("FARM_"):
             monkeypatch.setenv(name, value)
-    farm_cluster._worker_builder.cache_clear()
+    farm_cluster._worker.cache_clear()
     try:
         yield
     finally:
-        farm_cluster._worker_builder.cache_clear()
+        farm_cluster._worker.cache_clear()
 
 
 def test_redeliveries_are_counted_and_capped_into_a_dead_letter(cluster: dict[str, str],

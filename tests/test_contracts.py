@@ -12,13 +12,15 @@ import pytest
 
 from farm.backends import make_store
 from farm.config import FarmConfig
-from farm.errors import InvalidArtifactKey
+from farm.engine import Engine
+from farm.errors import BackendUnavailable, InvalidArtifactKey
 from farm.index import CacheIndex
 from farm.index.redis import RedisIndex
 from farm.index.sqlite import SQLiteIndex
 from farm.store import ArtifactMeta, ArtifactStore
 from farm.store.local import LocalStore
 
+from .conftest import ruleset_of
 from .servers import cluster_env, redis_server, s3_server
 
 
@@ -131,3 +133,40 @@ def test_a_store_refuses_keys_that_are_not_content_keys(store: ArtifactStore, ke
     for call in (store.fetch, store.exists, store.delete):
         with pytest.raises(InvalidArtifactKey):
             call(key)
+
+
+# ---- counting is best effort ----
+
+class UnreachableCounters:
+    def incr(self, counter: str, amount: float = 1) -> None:
+        raise BackendUnavailable("Redis at redis://127.0.0.1:1 is unreachable: connection refused")
+
+
+class IndexWithUnreachableCounters(SQLiteIndex):
+    """An index that answers lookups but cannot count (the shared counters' Redis is down)."""
+
+    def incr(self, counter: str, amount: float = 1) -> None:
+        UnreachableCounters().incr(counter, amount)
+
+    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, hot: bool = False) -> None:
+        self.incr("hits")
+
+
+def test_a_hit_stays_a_hit_when_counting_fails(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    rules = ruleset_of("rule counted: (f ?x) => ?x")
+    built = engine.compile(rules, "counted")
+    engine.builder.index = IndexWithUnreachableCounters(engine.config.cache_dir / "index.sqlite")
+    again = engine.compile(rules, "counted")
+    assert again.cached and again.meta.key == built.meta.key
+    assert "was not counted" in caplog.text
+
+
+def test_a_store_fetch_stays_a_fetch_when_counting_fails(servers: dict[str, str], tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    env = cluster_env(servers["redis"], servers["s3"], tmp_path / "node", FARM_S3_BUCKET=f"c-{uuid.uuid4().hex[:12]}")
+    store = make_store(FarmConfig.from_env(env), UnreachableCounters())
+    so, meta = artifact(tmp_path)
+    store.put(so, meta)
+    fetched = store.fetch(meta.key)
+    assert fetched is not None and fetched[1] == meta
+    assert "was not counted" in caplog.text

@@ -12,8 +12,7 @@ import redis
 
 from farm import keys
 from farm.errors import BackendUnavailable
-from farm.index import CacheIndex
-from farm.metrics import build_fields
+from farm.index import CacheIndex, Coordination, build_fields
 from farm.store import ArtifactMeta, stored_meta
 
 T = TypeVar("T")
@@ -25,7 +24,7 @@ return 0
 """
 
 
-class RedisIndex(CacheIndex):
+class RedisIndex(CacheIndex, Coordination):
     shared = True
 
     def __init__(self, url: str, client: redis.Redis | None = None) -> None:

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from farm.errors import WorkDirError
-from farm.index import CacheIndex
+from farm.index import CacheIndex, build_fields
 from farm.locks import file_lock
-from farm.metrics import build_fields
 from farm.store import ArtifactMeta, stored_meta
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from farm.counting import CountSink, best_effort
 from farm.errors import BackendUnavailable, IntegrityError
-from farm.index import CacheIndex
 from farm.loader import sha256_file
 from farm.store import ArtifactMeta, ArtifactStore, check_key, stored_meta
 from farm.store.local import LocalStore
@@ -27,7 +27,7 @@ _MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
 
 class S3Store(ArtifactStore):
     def __init__(self, client: Minio, bucket: str, local: LocalStore, endpoint: str = "",
-                 counters: CacheIndex | None = None) -> None:
+                 counters: CountSink | None = None) -> None:
         """counters: where local-tier hits/misses and pulled bytes are counted (the shared index)."""
         self.counters = counters
         self.client = client
@@ -45,7 +45,7 @@ class S3Store(ArtifactStore):
     @classmethod
     def connect(cls, endpoint: str, bucket: str, local: LocalStore, access_key: str | None = None,
                 secret_key: str | None = None, secure: bool = False, region: str = "us-east-1",
-                counters: CacheIndex | None = None) -> S3Store:
+                counters: CountSink | None = None) -> S3Store:
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60),
                                    retries=urllib3.Retry(total=3, backoff_factor=0.2,
                                                          status_forcelist=[500, 502, 503, 504]))
@@ -120,8 +120,9 @@ class S3Store(ArtifactStore):
         return self.local.fetch(key)
 
     def _count(self, name: str, amount: float = 1) -> None:
-        if self.counters is not None:
-            self.counters.incr(name, amount)
+        counters = self.counters
+        if counters is not None:
+            best_effort(f"the store's {name}", lambda: counters.incr(name, amount))
 
     def _exists_remote(self, key: str) -> bool:
         """One HEAD of the .so: a local copy is served only while the shared object still exists."""
