@@ -282,7 +282,7 @@ class Lowering:
     def _shape(self, rule: RewriteRule) -> tuple[int, int]:
         """(values kept, widest node built) of the rule's attempt, whatever leaf it is tried at."""
         bindings = {name: occs[0] for name, occs in variable_occurrences(rule.source).items()}
-        steps = _RuleLowering(rule, bindings, self.by_root, self.untracked).steps()
+        steps = self._rule_steps(rule, bindings)  # the leaves of a linear rule bind it the same way
         evals = [step for step in steps if isinstance(step, Eval)]
         return (sum(not e.returned for e in evals),
                 max((len(e.expr.args) for e in evals if isinstance(e.expr, Build)), default=0))

@@ -20,35 +20,11 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
+from farm import matchprog as mp
 from farm.codegen.abi import ERR_CALLS, ERR_CYCLE, ERR_DEPTH, ERR_FUEL, ERR_OOM, ERR_STACK, IN_PROGRESS, NO_MATCH
 from farm.codegen.intern import hash_words, intern_function
 from farm.codegen.irbuild import I1, I64, PTR, FunctionBuilder, c64, declare
 from farm.codegen.runtime import LIT_HEADER, call, header, track_room
-from farm.matchprog import (
-    Attempt,
-    Call,
-    Chain,
-    Compute,
-    Condition,
-    Const,
-    EnterCondition,
-    Eval,
-    Fire,
-    IsLit,
-    LeaveCondition,
-    Lowering,
-    MakeLit,
-    Negate,
-    Node,
-    NoMatch,
-    OperatorProgram,
-    Payload,
-    Program,
-    Same,
-    Switch,
-    Test,
-    Value,
-)
 from farm.matchtree import NODE_BUDGET, Occurrence
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.trampoline import Step, run
@@ -78,7 +54,7 @@ class RulesModule:
         self.tree_budget = tree_budget
         self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
         self.arities = dict(ruleset.signature)
-        self.lowering = Lowering(ruleset, tree_budget)
+        self.lowering = mp.Lowering(ruleset, tree_budget)
         self.by_root = self.lowering.by_root
         self.memoised, self.tracked = self.lowering.memoised, self.lowering.tracked
         self.flagged = self.lowering.flagged
@@ -160,7 +136,7 @@ class RulesModule:
 class _OperatorEmitter:
     """The body of one operator's function: frame, memo or tracking, then its match program printed."""
 
-    def __init__(self, rules_module: RulesModule, f: FunctionBuilder, program: OperatorProgram) -> None:
+    def __init__(self, rules_module: RulesModule, f: FunctionBuilder, program: mp.OperatorProgram) -> None:
         self.rm, self.f, self.b = rules_module, f, f.b
         self.program = program
         self.op_name = program.op
@@ -381,22 +357,22 @@ class _ProgramPrinter:
         self.op, self.f, self.b = op, op.f, op.f.b
         self.fresh: dict[int, ir.Value] = {}  # the attempt's values not kept in a slot (Eval.returned)
 
-    def program(self, node: Program, on_fail: ir.Block) -> Step[None]:
+    def program(self, node: mp.Program, on_fail: ir.Block) -> Step[None]:
         """A trampoline step (farm/trampoline.py): programs are as deep as patterns are large."""
-        if isinstance(node, NoMatch):
+        if isinstance(node, mp.NoMatch):
             self.b.branch(on_fail)
-        elif isinstance(node, Chain):
+        elif isinstance(node, mp.Chain):
             rest = self.f.block("next_chunk")
             yield self.program(node.first, rest)
             self.b.position_at_end(rest)
             self.op.invalidate()  # reached from anywhere in `first`, after calls too
             yield self.program(node.rest, on_fail)
-        elif isinstance(node, Switch):
+        elif isinstance(node, mp.Switch):
             yield self._switch(node, on_fail)
         else:
             yield self._attempt(node, on_fail)
 
-    def _switch(self, switch: Switch, on_fail: ir.Block) -> Step[None]:
+    def _switch(self, switch: mp.Switch, on_fail: ir.Block) -> Step[None]:
         b, f, op = self.b, self.f, self.op
         node = op.occurrence(switch.occurrence)
         head = f.word(node, 0)
@@ -427,26 +403,26 @@ class _ProgramPrinter:
         op.generation = entry
         yield self.program(switch.default, on_fail)
 
-    def _attempt(self, attempt: Attempt, on_fail: ir.Block) -> Step[None]:
+    def _attempt(self, attempt: mp.Attempt, on_fail: ir.Block) -> Step[None]:
         b, f, op = self.b, self.f, self.op
         otherwise = f.block("otherwise")
         entry = after_tests = op.generation
         self.fresh = {}
         for step in attempt.steps:
-            if isinstance(step, Test):
+            if isinstance(step, mp.Test):
                 passed = f.block("passed")
                 held = (passed, otherwise) if step.holds else (otherwise, passed)
                 b.cbranch(self._condition(step.condition), *held)
                 b.position_at_end(passed)
-            elif isinstance(step, Eval):
+            elif isinstance(step, mp.Eval):
                 self._eval(step)
-            elif isinstance(step, EnterCondition):
+            elif isinstance(step, mp.EnterCondition):
                 depth = b.add(f.get("depth"), c64(1))
                 f.return_if(b.icmp_signed(">", depth, c64(MAX_CONDITION_DEPTH)), c64(ERR_DEPTH))
                 f.put("depth", depth)
-            elif isinstance(step, LeaveCondition):
+            elif isinstance(step, mp.LeaveCondition):
                 f.bump("depth", -1)
-            elif isinstance(step, Fire):
+            elif isinstance(step, mp.Fire):
                 after_tests = op.generation
                 op.fire(step.rule)
             else:
@@ -458,20 +434,20 @@ class _ProgramPrinter:
             op.invalidate()
         yield self.program(attempt.otherwise, on_fail)
 
-    def read(self, value: Value) -> ir.Value:
-        if isinstance(value, Node):
+    def read(self, value: mp.Value) -> ir.Value:
+        if isinstance(value, mp.Node):
             return self.op.occurrence(value.occurrence)
         if value.index in self.fresh:
             return self.fresh[value.index]
         return self.f.root(self.b.add(self.op.base, c64(self.op.values_at + value.index)))
 
-    def _eval(self, step: Eval) -> None:
+    def _eval(self, step: mp.Eval) -> None:
         f, b, op = self.f, self.b, self.op
         expr = step.expr
-        if isinstance(expr, (MakeLit, Compute)):
-            literal = c64(expr.value) if isinstance(expr, MakeLit) else self._arith(expr)
+        if isinstance(expr, (mp.MakeLit, mp.Compute)):
+            literal = c64(expr.value) if isinstance(expr, mp.MakeLit) else self._arith(expr)
             value = call(f, "farm_lit", f.arena, literal)
-        elif isinstance(expr, Call):
+        elif isinstance(expr, mp.Call):
             value = op.rm.call_norm(f, expr.op, [self.read(arg) for arg in expr.args], expr.tracked)
         else:
             args = [self.read(arg) for arg in expr.args]
@@ -485,11 +461,11 @@ class _ProgramPrinter:
         else:
             f.set_root(b.add(op.base, c64(op.values_at + step.dest.index)), value)
 
-    def _condition(self, c: Condition) -> ir.Value:
+    def _condition(self, c: mp.Condition) -> ir.Value:
         b = self.b
-        if isinstance(c, Same):
+        if isinstance(c, mp.Same):
             return b.icmp_signed("==", self.read(c.left), self.read(c.right))
-        if isinstance(c, IsLit):
+        if isinstance(c, mp.IsLit):
             return self._is_lit(self.read(c.value))
         (lit_a, a), (lit_b, b_) = self._literal(c.left), self._literal(c.right)
         checks = [lit for lit in (lit_a, lit_b) if lit is not None]
@@ -500,23 +476,23 @@ class _ProgramPrinter:
     def _is_lit(self, node: ir.Value) -> ir.Value:
         return self.b.icmp_signed("==", self.f.word(node, 0), c64(LIT_HEADER))
 
-    def _literal(self, side: Value | int) -> tuple[ir.Value | None, ir.Value]:
+    def _literal(self, side: mp.Value | int) -> tuple[ir.Value | None, ir.Value]:
         """(whether it is a literal, None for a constant; its value)."""
         if isinstance(side, int):
             return None, c64(side)
         node = self.read(side)
         return self._is_lit(node), self.f.content(node, 0)
 
-    def _arith(self, compute: Compute) -> ir.Value:
+    def _arith(self, compute: mp.Compute) -> ir.Value:
         b = self.b
         ops = {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv, "%": b.srem, "&": b.and_, "|": b.or_, "^": b.xor}
         values: list[ir.Value] = []
         for item in compute.items:
-            if isinstance(item, Const):
+            if isinstance(item, mp.Const):
                 values.append(c64(item.value))
-            elif isinstance(item, Payload):
+            elif isinstance(item, mp.Payload):
                 values.append(self.f.content(self.read(item.value), 0))
-            elif isinstance(item, Negate):
+            elif isinstance(item, mp.Negate):
                 values.append(b.sub(c64(0), values[item.operand]))
             elif item.op in ops:
                 values.append(ops[item.op](values[item.left], values[item.right]))

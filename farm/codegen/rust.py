@@ -21,32 +21,8 @@ from __future__ import annotations
 import itertools
 import re
 
+from farm import matchprog as mp
 from farm.codegen.rust_runtime import MAIN, RUNTIME
-from farm.matchprog import (
-    Attempt,
-    Call,
-    Chain,
-    Compute,
-    Condition,
-    Const,
-    EnterCondition,
-    Eval,
-    Expr,
-    Fire,
-    IsLit,
-    LeaveCondition,
-    Lowering,
-    MakeLit,
-    Negate,
-    Node,
-    NoMatch,
-    Payload,
-    Program,
-    Same,
-    Switch,
-    Test,
-    Value,
-)
 from farm.matchtree import NODE_BUDGET, Occurrence
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.terms import TermGraph
@@ -73,7 +49,7 @@ def _comment(text: str) -> str:
 class RustCodegen:
     def __init__(self, ruleset: RuleSet, tree_budget: int = NODE_BUDGET) -> None:
         self.ruleset = ruleset
-        self.lowering = Lowering(ruleset, tree_budget)
+        self.lowering = mp.Lowering(ruleset, tree_budget)
         self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
         self.arities = dict(ruleset.signature)
         self.defined = self.lowering.by_root
@@ -147,7 +123,7 @@ class RustCodegen:
         return [f"fn {name}(rt: &mut Runtime{decls}) -> Result<Id, Err> {{",
                 "    rt.enter()?;", f"    let normal = {body};", "    rt.leave();", "    normal", "}", ""]
 
-    def _program_function(self, name: str, op_name: str, program: Program, on_fail: str) -> Step[None]:
+    def _program_function(self, name: str, op_name: str, program: mp.Program, on_fail: str) -> Step[None]:
         decls, _ = self._params(op_name)
         body: list[str] = []
         env: dict[Occurrence, str] = {(i,): f"a{i}" for i in range(self.arities[op_name])}
@@ -158,23 +134,23 @@ class RustCodegen:
     def _var(self, prefix: str) -> str:
         return f"{prefix}{next(self._fresh)}"
 
-    def _emit(self, node: Program, op_name: str, env: dict[Occurrence, str], on_fail: str, out: list[str],
+    def _emit(self, node: mp.Program, op_name: str, env: dict[Occurrence, str], on_fail: str, out: list[str],
               depth: int) -> Step[None]:
         """A trampoline step (farm/trampoline.py): programs are as deep as patterns are large."""
-        if isinstance(node, NoMatch):
+        if isinstance(node, mp.NoMatch):
             out.append(f"{_indent(depth)}return {on_fail};")
-        elif isinstance(node, Chain):
+        elif isinstance(node, mp.Chain):
             rest = self._var("chunk")
             _, uses = self._params(op_name)
             yield self._program_function(rest, op_name, node.rest, on_fail)
             yield self._emit(node.first, op_name, env, f"{rest}(rt{uses})", out, depth)
-        elif isinstance(node, Switch):
+        elif isinstance(node, mp.Switch):
             yield self._switch(node, op_name, env, on_fail, out, depth)
         else:
-            _Attempt(self, env, out, depth).print(node)
+            _AttemptPrinter(self, env, out, depth).print(node)
             yield self._emit(node.otherwise, op_name, env, on_fail, out, depth)
 
-    def _switch(self, switch: Switch, op_name: str, env: dict[Occurrence, str], on_fail: str, out: list[str],
+    def _switch(self, switch: mp.Switch, op_name: str, env: dict[Occurrence, str], on_fail: str, out: list[str],
                 depth: int) -> Step[None]:
         pad = _indent(depth)
         v = env[switch.occurrence]
@@ -203,7 +179,7 @@ class RustCodegen:
         out.append(f"{pad}}}")
 
 
-class _Attempt:
+class _AttemptPrinter:
     """One attempt of a rule (farm/matchprog.py) as a labelled block: a failing test breaks out of it, on to the
     rules after it. Values the attempt evaluates are Rust locals; matched nodes are the switch's locals."""
 
@@ -212,22 +188,22 @@ class _Attempt:
         self.pad, self.inner = _indent(depth), _indent(depth) + "    "
         self.temps: dict[int, str] = {}
 
-    def print(self, attempt: Attempt) -> None:
+    def print(self, attempt: mp.Attempt) -> None:
         label = self.codegen._var("'rule")
         self.out.append(f"{self.pad}// rule {attempt.rule.index}: {_comment(attempt.rule.name)}")
         self.out.append(f"{self.pad}{label}: {{")
         for step in attempt.steps:
-            if isinstance(step, Test):
+            if isinstance(step, mp.Test):
                 test = self._condition(step.condition)
                 self._line(f"if {'!' if step.holds else ''}({test}) {{ break {label}; }}")
-            elif isinstance(step, Eval):
+            elif isinstance(step, mp.Eval):
                 name = self.temps[step.dest.index] = self.codegen._var("t")
                 self._line(f"let {name} = {self._expr(step.expr)};")
-            elif isinstance(step, EnterCondition):
+            elif isinstance(step, mp.EnterCondition):
                 self._line("rt.begin_condition()?;")
-            elif isinstance(step, LeaveCondition):
+            elif isinstance(step, mp.LeaveCondition):
                 self._line("rt.end_condition();")
-            elif isinstance(step, Fire):
+            elif isinstance(step, mp.Fire):
                 self._line(f"rt.fire({step.rule})?;")
             else:
                 self._line(f"return Ok({self.value(step.value)});")
@@ -236,42 +212,42 @@ class _Attempt:
     def _line(self, text: str) -> None:
         self.out.append(self.inner + text)
 
-    def value(self, value: Value) -> str:
-        return self.env[value.occurrence] if isinstance(value, Node) else self.temps[value.index]
+    def value(self, value: mp.Value) -> str:
+        return self.env[value.occurrence] if isinstance(value, mp.Node) else self.temps[value.index]
 
-    def _condition(self, c: Condition) -> str:
-        if isinstance(c, Same):
+    def _condition(self, c: mp.Condition) -> str:
+        if isinstance(c, mp.Same):
             return f"{self.value(c.left)} == {self.value(c.right)}"
-        if isinstance(c, IsLit):
+        if isinstance(c, mp.IsLit):
             return f"rt.is_lit({self.value(c.value)})"
         checks = [f"rt.is_lit({self.value(side)}) && " for side in (c.left, c.right) if not isinstance(side, int)]
         return f"{''.join(checks)}({self._payload(c.left)} {c.op} {self._payload(c.right)})"
 
-    def _payload(self, side: Value | int) -> str:
+    def _payload(self, side: mp.Value | int) -> str:
         return f"({side}i64)" if isinstance(side, int) else f"rt.val({self.value(side)})"
 
-    def _expr(self, expr: Expr) -> str:
+    def _expr(self, expr: mp.Expr) -> str:
         """One sub-expression whose own sub-expressions are computed: a literal, a call or a node."""
-        if isinstance(expr, MakeLit):
+        if isinstance(expr, mp.MakeLit):
             return f"rt.lit({expr.value}i64)"
-        if isinstance(expr, Compute):
+        if isinstance(expr, mp.Compute):
             return f"rt.lit({self._arith(expr)})"
         op = self.codegen.op_ids[expr.op]
         args = [self.value(arg) for arg in expr.args]
-        if isinstance(expr, Call):
+        if isinstance(expr, mp.Call):
             function = f"norm_{op}" if expr.tracked else f"step_{op}"
             return f"{function}(rt{''.join(', ' + a for a in args)})?"
         return f"rt.mk({op}, &[{', '.join(args)}])"
 
-    def _arith(self, compute: Compute) -> str:
+    def _arith(self, compute: mp.Compute) -> str:
         """The local holding the computed literal, after one `let` per item (linear in the expression's size)."""
         names: list[str] = []
         for item in compute.items:
-            if isinstance(item, Const):
+            if isinstance(item, mp.Const):
                 text = f"({item.value}i64)"
-            elif isinstance(item, Payload):
+            elif isinstance(item, mp.Payload):
                 text = self._payload(item.value)
-            elif isinstance(item, Negate):
+            elif isinstance(item, mp.Negate):
                 text = f"{names[item.operand]}.wrapping_neg()"
             else:
                 text = _binary(item.op, names[item.left], names[item.right])
