@@ -1,5 +1,6 @@
 """Whole-ruleset LLVM IR: the runtime (heap, collector, memo; farm/codegen/runtime.py) and the rules' code
-(one function per defined operator, and the manifest; farm/codegen/operators.py). The exported C ABI is
+(one function per defined operator, printing its match program from farm/matchprog.py, and the manifest;
+farm/codegen/operators.py). The exported C ABI is
 declared in farm/codegen/abi.py and described in docs/abi.md. Rule and operator names never reach an IR
 identifier: functions are named by operator index, and the module name is fixed.
 
