@@ -242,7 +242,7 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     from farm.codegen.llvm import generate_llvm_ir
     from farm.codegen.qasm import generate_qasm
     from farm.codegen.rust import generate_rust
-    from farm.store.local import atomic_write
+    from farm.files import atomic_write
 
     output = _output_file(args.output) if args.output else None  # before the work, not after
     ruleset = _load_ruleset(args.rules, args.warnings)

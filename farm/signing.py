@@ -255,7 +255,7 @@ class KeyPair:
 def write_key_pair(prefix: Path) -> KeyPair:
     """PREFIX.key (PEM PKCS8, mode 0600) and PREFIX.pub (PEM SubjectPublicKeyInfo, 0644), each written
     atomically; an existing file of either name is never overwritten."""
-    from farm.store.local import atomic_write
+    from farm.files import atomic_write
 
     private_path, public_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     if not private_path.parent.is_dir():

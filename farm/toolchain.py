@@ -143,7 +143,7 @@ class ObjectCache:
         return path if path.exists() else None
 
     def put(self, key: str, source: Path | bytes) -> Path:
-        from farm.store.local import atomic_write
+        from farm.files import atomic_write
 
         if isinstance(source, bytes):
             atomic_write(self.path(key), data=source)
