@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import gen_rules  # noqa: E402
 
-from farm.cluster import CompileRequest  # noqa: E402
+from farm.cluster.coordinator import CompileRequest  # noqa: E402
 from farm.config import FarmConfig  # noqa: E402
-from farm.dsl import parse_rules  # noqa: E402
-from farm.transduce import transduce_patterns  # noqa: E402
+from farm.lang.dsl import parse_rules  # noqa: E402
+from farm.lang.transduce import transduce_patterns  # noqa: E402
 from tests.servers import celery_worker, cluster_env, redis_server, s3_server  # noqa: E402
 from workers.app import make_coordinator  # noqa: E402
 

@@ -21,13 +21,13 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from farm.cache.engine import Engine, load_native  # noqa: E402
 from farm.config import FarmConfig  # noqa: E402
-from farm.dsl import load_rules  # noqa: E402
-from farm.engine import Engine, load_native  # noqa: E402
-from farm.interp import Interpreter  # noqa: E402
-from farm.terms import TermGraph  # noqa: E402
-from farm.transduce import RuleSet, transduce_patterns  # noqa: E402
-from farm.verify import TermGenerator  # noqa: E402
+from farm.lang.dsl import load_rules  # noqa: E402
+from farm.lang.terms import TermGraph  # noqa: E402
+from farm.lang.transduce import RuleSet, transduce_patterns  # noqa: E402
+from farm.runtime.verify import TermGenerator  # noqa: E402
+from farm.semantics.interp import Interpreter  # noqa: E402
 
 
 def ruleset(path: Path) -> RuleSet:
@@ -36,7 +36,7 @@ def ruleset(path: Path) -> RuleSet:
 
 
 def peano(depth: int) -> tuple[RuleSet, str]:
-    from farm.dsl import parse_rules
+    from farm.lang.dsl import parse_rules
 
     parsed = parse_rules("rule plus0: (plus 0 ?y) => ?y\nrule plusS: (plus (s ?x) ?y) => (s (plus ?x ?y))")
     return transduce_patterns(parsed.patterns, warn=False), "(plus " + "(s " * depth + "0" + ")" * depth + " (s 0))"

@@ -41,13 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/maude.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from farm.cache.engine import Engine  # noqa: E402
 from farm.config import FarmConfig, size  # noqa: E402
-from farm.dsl import parse_rules  # noqa: E402
-from farm.engine import Engine  # noqa: E402
 from farm.errors import FarmError  # noqa: E402
-from farm.interp import Interpreter  # noqa: E402
-from farm.terms import LIT, TermGraph  # noqa: E402
-from farm.transduce import RuleSet, transduce_patterns  # noqa: E402
+from farm.lang.dsl import parse_rules  # noqa: E402
+from farm.lang.terms import LIT, TermGraph  # noqa: E402
+from farm.lang.transduce import RuleSet, transduce_patterns  # noqa: E402
+from farm.semantics.interp import Interpreter  # noqa: E402
 
 PATTERN_ID = "maude-bench"
 FUEL = 10**10  # far above every program's steps: a bound, not a budget

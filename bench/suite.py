@@ -31,14 +31,14 @@ import gen_rules  # noqa: E402
 
 from bench import maude  # noqa: E402
 from bench.cluster import hit_latency, prewarm  # noqa: E402
+from farm.cache.engine import Engine, load_native  # noqa: E402
+from farm.cache.jit import JitCompiler, JitConfig  # noqa: E402
 from farm.config import FarmConfig  # noqa: E402
-from farm.dsl import load_rules, parse_rules  # noqa: E402
-from farm.engine import Engine, load_native  # noqa: E402
-from farm.interp import Interpreter  # noqa: E402
-from farm.jit import JitCompiler, JitConfig  # noqa: E402
-from farm.terms import TermGraph  # noqa: E402
-from farm.transduce import RuleSet, transduce_patterns  # noqa: E402
-from farm.verify import TermGenerator  # noqa: E402
+from farm.lang.dsl import load_rules, parse_rules  # noqa: E402
+from farm.lang.terms import TermGraph  # noqa: E402
+from farm.lang.transduce import RuleSet, transduce_patterns  # noqa: E402
+from farm.runtime.verify import TermGenerator  # noqa: E402
+from farm.semantics.interp import Interpreter  # noqa: E402
 
 
 def ruleset(text: str) -> RuleSet:
@@ -109,8 +109,9 @@ def p2(tmp: Path) -> dict[str, Any]:
     arith = load_rules(ROOT / "examples/arith.farm")
     Engine(FarmConfig(cache_dir=tmp / "p2s")).compile(transduce_patterns(arith.patterns, arith.declared_ops,
                                                                          warn=False), "arith")
-    code = ("import time, json; from farm.dsl import load_rules; from farm.transduce import transduce_patterns;"
-            "from farm.engine import Engine; p = load_rules('examples/arith.farm');"
+    code = ("import time, json; from farm.lang.dsl import load_rules; "
+            "from farm.lang.transduce import transduce_patterns;"
+            "from farm.cache.engine import Engine; p = load_rules('examples/arith.farm');"
             "rs = transduce_patterns(p.patterns, p.declared_ops, warn=False); e = Engine();"
             "t = time.perf_counter(); a = e.compile(rs, 'arith');"
             "print(json.dumps([a.cached, time.perf_counter() - t]))")

@@ -12,17 +12,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from farm.cache.engine import Engine
     from farm.config import FarmConfig
-    from farm.dsl import load_rules, parse_rules
-    from farm.engine import Engine
     from farm.errors import FarmError
-    from farm.interp import RewriteResult
-    from farm.terms import TermGraph
-    from farm.transduce import RuleSet, transduce_patterns
+    from farm.lang.dsl import load_rules, parse_rules
+    from farm.lang.terms import TermGraph
+    from farm.lang.transduce import RuleSet, transduce_patterns
+    from farm.semantics.interp import RewriteResult
 
-_WHERE = {"Engine": "farm.engine", "FarmConfig": "farm.config", "FarmError": "farm.errors",
-          "RewriteResult": "farm.interp", "RuleSet": "farm.transduce", "TermGraph": "farm.terms",
-          "load_rules": "farm.dsl", "parse_rules": "farm.dsl", "transduce_patterns": "farm.transduce"}
+_WHERE = {"Engine": "farm.cache.engine", "FarmConfig": "farm.config", "FarmError": "farm.errors",
+          "RewriteResult": "farm.semantics.interp", "RuleSet": "farm.lang.transduce", "TermGraph": "farm.lang.terms",
+          "load_rules": "farm.lang.dsl", "parse_rules": "farm.lang.dsl", "transduce_patterns": "farm.lang.transduce"}
 
 
 def __getattr__(name: str) -> Any:

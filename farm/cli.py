@@ -17,13 +17,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from farm.cache.metrics import Snapshot
 from farm.errors import FarmError, OutputPathError
 from farm.inputs import TERMS, read_input_text
-from farm.metrics import Snapshot
 
 if TYPE_CHECKING:
     from farm.config import FarmConfig
-    from farm.interp import RewriteResult
+    from farm.semantics.interp import RewriteResult
 
 out = Console()
 err = Console(stderr=True)
@@ -38,8 +38,8 @@ def _progress() -> Progress:
 
 
 def _load_ruleset(path: str, show_warnings: bool = False):  # type: ignore[no-untyped-def]
-    from farm.dsl import load_rules
-    from farm.transduce import transduce_patterns
+    from farm.lang.dsl import load_rules
+    from farm.lang.transduce import transduce_patterns
 
     rule_file = load_rules(path)
     ruleset = transduce_patterns(rule_file.patterns, rule_file.declared_ops, warn=False)
@@ -102,7 +102,7 @@ def _opt_level(args: argparse.Namespace, config: FarmConfig) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from farm.engine import CompileJob, Engine
+    from farm.cache.engine import CompileJob, Engine
 
     ruleset = _load_ruleset(args.rules, args.warnings)
     engine = Engine()
@@ -176,8 +176,8 @@ def _print_text(pieces: Iterable[str]) -> None:
 
 
 def cmd_rewrite(args: argparse.Namespace) -> int:
-    from farm.engine import Engine
-    from farm.terms import TermGraph
+    from farm.cache.engine import Engine
+    from farm.lang.terms import TermGraph
 
     ruleset = _load_ruleset(args.rules, args.warnings)
     graph = TermGraph(ruleset.make_signature())
@@ -205,8 +205,8 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from farm.engine import Engine, load_native
-    from farm.verify import VerifyReport, differential
+    from farm.cache.engine import Engine, load_native
+    from farm.runtime.verify import VerifyReport, differential
 
     ruleset = _load_ruleset(args.rules, args.warnings)
     native = None
@@ -239,9 +239,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_codegen(args: argparse.Namespace) -> int:
-    from farm.codegen.llvm import generate_llvm_ir
-    from farm.codegen.qasm import generate_qasm
-    from farm.codegen.rust import generate_rust
+    from farm.compiler.codegen.llvm import generate_llvm_ir
+    from farm.compiler.codegen.qasm import generate_qasm
+    from farm.compiler.codegen.rust import generate_rust
     from farm.files import atomic_write
 
     output = _output_file(args.output) if args.output else None  # before the work, not after
@@ -249,7 +249,7 @@ def cmd_codegen(args: argparse.Namespace) -> int:
     emitters = {"llvm": generate_llvm_ir, "rust": lambda rs: generate_rust(rs, args.main), "qasm": generate_qasm}
     text = emitters[args.lang](ruleset)
     if args.lang == "llvm":  # what docs/rules.md ("Memo") says codegen shows, as IR comments
-        from farm.callgraph import memoised_ops, tracked_ops
+        from farm.semantics.callgraph import memoised_ops, tracked_ops
 
         text = "".join(f"; {kind} operators (docs/rules.md, \"Semantics\"): {', '.join(sorted(ops)) or 'none'}\n"
                        for kind, ops in (("memoised", memoised_ops(ruleset)), ("tracked", tracked_ops(ruleset)))) + text
@@ -268,10 +268,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run a Celery worker consuming the queues of the given targets (replaces this process)."""
     import os
 
-    from farm import keys
-    from farm.cluster import require_cluster
+    from farm.cache import keys
+    from farm.cache.signing import trusted_keys_of
+    from farm.cluster.coordinator import require_cluster
     from farm.config import FarmConfig
-    from farm.signing import trusted_keys_of
     from farm.targets import REGISTRY
 
     config = FarmConfig.from_env()
@@ -293,7 +293,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from farm.signing import write_key_pair
+    from farm.cache.signing import write_key_pair
 
     pair = write_key_pair(Path(args.output))
     print(f"private key: {pair.private_path}  (mode 0600: builders only, as FARM_SIGNING_KEY)")
@@ -303,11 +303,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_prewarm(args: argparse.Namespace) -> int:
-    from farm.cluster import CompileRequest, Outcome
+    from farm.cluster.coordinator import CompileRequest, Outcome
+    from farm.cluster.messages import Status
     from farm.config import FarmConfig
-    from farm.dsl import load_rules
-    from farm.messages import Status
-    from farm.transduce import transduce_patterns
+    from farm.lang.dsl import load_rules
+    from farm.lang.transduce import transduce_patterns
     from workers.app import make_coordinator
 
     parsed = load_rules(args.hot_list)
@@ -342,10 +342,10 @@ def cmd_prewarm(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from farm.backends import make_index
+    from farm.cache.backends import make_index
+    from farm.cache.counting import best_effort
+    from farm.cache.pull import pull
     from farm.config import FarmConfig
-    from farm.counting import best_effort
-    from farm.pull import pull
 
     config = FarmConfig.from_env()
     result = pull(args.pattern_id, config, args.target)
@@ -363,7 +363,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if args.rewrite:
         if result.native is None:
             raise FarmError("this artifact carries no ruleset; it cannot rewrite terms")
-        from farm.terms import TermGraph
+        from farm.lang.terms import TermGraph
 
         graph = TermGraph(result.native.ruleset.make_signature())
         roots = graph.parse(read_input_text(args.rewrite, TERMS), args.rewrite)
@@ -375,9 +375,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_hot(args: argparse.Namespace) -> int:
-    from farm.backends import make_index
+    from farm.cache.backends import make_index
+    from farm.cache.index import Coordination
     from farm.config import FarmConfig
-    from farm.index import Coordination
 
     index = make_index(FarmConfig.from_env())
     if not isinstance(index, Coordination):
@@ -437,9 +437,9 @@ def stats_table(snap: Snapshot, title: str, previous: Snapshot | None = None, se
 
 
 def _snapshot_source() -> tuple[Callable[[], Snapshot], str]:
-    from farm.backends import make_index
+    from farm.cache.backends import make_index
+    from farm.cache.metrics import snapshot
     from farm.config import FarmConfig
-    from farm.metrics import snapshot
 
     config = FarmConfig.from_env()
     index = make_index(config)
@@ -476,9 +476,9 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.process_collector import ProcessCollector
 
-    from farm.backends import make_index
+    from farm.cache.backends import make_index
+    from farm.cache.metrics import FarmCollector
     from farm.config import FarmConfig
-    from farm.metrics import FarmCollector
 
     registry = CollectorRegistry()
     registry.register(FarmCollector(make_index(FarmConfig.from_env())))
@@ -499,8 +499,8 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
+    from farm.compiler.toolchain import find_tool
     from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
-    from farm.toolchain import find_tool
 
     table = Table(title="compilation targets")
     for col in ("target", "triple", "cpu", "runs on this host"):

@@ -99,7 +99,7 @@ class FarmConfig:
     s3_secret_key: str | None = None
     s3_secure: bool = False
     s3_region: str = "us-east-1"
-    # Ed25519 key files (farm/signing.py): a builder's private key signs what it builds; nodes hold only
+    # Ed25519 key files (farm/cache/signing.py): a builder's private key signs what it builds; nodes hold only
     # public keys, and with any key configured load only artifacts signed by a trusted one
     signing_key: Path | None = None
     verify_keys: tuple[Path, ...] = ()

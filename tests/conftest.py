@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from farm.cache.engine import Engine
+from farm.cache.index.redis import RedisIndex
+from farm.cache.signing import KeyPair, write_key_pair
+from farm.compiler.policy import check_module, parse_ir
 from farm.config import FarmConfig
-from farm.dsl import parse_rules
-from farm.engine import Engine
-from farm.index.redis import RedisIndex
-from farm.policy import check_module, parse_ir
-from farm.signing import KeyPair, write_key_pair
-from farm.transduce import RuleSet, transduce_patterns
+from farm.lang.dsl import parse_rules
+from farm.lang.transduce import RuleSet, transduce_patterns
 
 from .servers import celery_worker, cluster_env, redis_server, s3_server
 

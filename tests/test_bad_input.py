@@ -22,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from farm.cache.engine import Engine
 from farm.config import FarmConfig, read_config_file
-from farm.dsl import load_rules, parse_rules
-from farm.engine import Engine
 from farm.errors import (
     ConditionsTooDeep,
     ConfigError,
@@ -35,13 +34,14 @@ from farm.errors import (
     ParseError,
 )
 from farm.inputs import CONFIG, RULES, TERMS, InputKind, read_input_text
-from farm.interp import Interpreter
-from farm.oracle import Oracle, from_graph
-from farm.rules import App, BinOp, Computed, Lit, LitExpr, Neg, PatternExpr, Var
+from farm.lang.dsl import load_rules, parse_rules
+from farm.lang.rules import App, BinOp, Computed, Lit, LitExpr, Neg, PatternExpr, Var
+from farm.lang.serialize import ruleset_from_json, ruleset_to_json
+from farm.lang.terms import TermGraph
+from farm.runtime.verify import differential
 from farm.semantics import MAX_CONDITION_DEPTH
-from farm.serialize import ruleset_from_json, ruleset_to_json
-from farm.terms import TermGraph
-from farm.verify import differential
+from farm.semantics.interp import Interpreter
+from farm.semantics.oracle import Oracle, from_graph
 
 from .conftest import EXAMPLES, ROOT, ruleset_of
 
@@ -87,10 +87,10 @@ EMPTY_TERM_FILES = ["", "\n", "   \t\n", "; only a comment\n", "# a comment\n; a
 NO_ROOTS_SCRIPT = """
 import json, sys
 from farm.config import FarmConfig
-from farm.dsl import load_rules
-from farm.engine import Engine
-from farm.terms import TermGraph
-from farm.transduce import transduce_patterns
+from farm.lang.dsl import load_rules
+from farm.cache.engine import Engine
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import transduce_patterns
 
 parsed = load_rules(sys.argv[1])
 rs = transduce_patterns(parsed.patterns, parsed.declared_ops, warn=False)
@@ -394,7 +394,7 @@ def test_deeply_nested_conditions_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_rust_target_bounds_nested_conditions_alike(tmp_path: Path) -> None:
-    from farm.codegen.rust import harness_input, harness_output
+    from farm.compiler.codegen.rust import harness_input, harness_output
 
     from .test_text_targets import rust_binary
 
@@ -465,7 +465,7 @@ def test_a_rule_file_named_in_latin_1_compiles_under_an_escaped_pattern_id(tmp_p
     extra = [str(EXAMPLES / "bool.terms")] if command == "rewrite" else []
     proc = farm(command, str(rules), *extra, cache=tmp_path / "cache")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    from farm.index.sqlite import SQLiteIndex
+    from farm.cache.index.sqlite import SQLiteIndex
 
     index = SQLiteIndex(tmp_path / "cache" / "index.sqlite")
     assert any(index.lookup("r\\xe9gles", target) for target in ("native", "x86-64", "x86-64-v2", "x86-64-v3",
@@ -474,8 +474,8 @@ def test_a_rule_file_named_in_latin_1_compiles_under_an_escaped_pattern_id(tmp_p
 
 @pytest.mark.parametrize("pattern_id", ["\ud800", "a\udce9b", "x" * 10 + "\udfff"])
 def test_a_pattern_id_with_a_lone_surrogate_is_refused_as_such(tmp_path: Path, pattern_id: str) -> None:
+    from farm.cache.pull import pull
     from farm.errors import InvalidPatternId
-    from farm.pull import pull
 
     engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
     with pytest.raises(InvalidPatternId, match="not Unicode text: a lone surrogate"):

@@ -93,7 +93,7 @@ class RecordingCoordinator:
     last: RecordingCoordinator
 
     def ensure(self, requests: list[Any], timeout: float, progress: Callable[[Any], None]) -> list[Any]:
-        from farm.cluster import Outcome
+        from farm.cluster.coordinator import Outcome
 
         self.requests += requests
         outcomes = [Outcome(request, "0" * 64, "cached") for request in requests]

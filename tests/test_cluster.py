@@ -17,21 +17,21 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from farm import keys
-from farm.cluster import CompileRequest, Coordinator
+from farm.cache import keys
+from farm.cache.pull import pull
+from farm.cache.signing import key_id, load_public_key, write_key_pair
+from farm.cluster.coordinator import CompileRequest, Coordinator
+from farm.cluster.messages import CompileMessage, WirePart
+from farm.compiler.toolchain import artifact_key
 from farm.config import FarmConfig
-from farm.dsl import parse_rules
 from farm.errors import IntegrityError, NoWorkerForTarget, UntrustedSigner
-from farm.interp import Interpreter
-from farm.messages import CompileMessage, WirePart
-from farm.pull import pull
-from farm.serialize import ruleset_from_json
-from farm.signing import key_id, load_public_key, write_key_pair
+from farm.lang.dsl import parse_rules
+from farm.lang.serialize import ruleset_from_json
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import transduce_patterns
+from farm.runtime.verify import TermGenerator
+from farm.semantics.interp import Interpreter
 from farm.targets import resolve
-from farm.terms import TermGraph
-from farm.toolchain import artifact_key
-from farm.transduce import transduce_patterns
-from farm.verify import TermGenerator
 from workers.app import make_coordinator
 
 from .conftest import CLUSTER_TARGETS as TARGETS
@@ -282,9 +282,9 @@ def test_hot_patterns_and_cli(cluster: dict[str, str], tmp_path: Path) -> None:
 @contextmanager
 def worker_in_this_process(cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch, cache: str,
                            **extra: str) -> Iterator[None]:
-    """The worker side of tasks (farm.cluster.worker_compile), run in this process with a worker's settings
+    """The worker side of tasks (farm.cluster.coordinator.worker_compile), run in this process with a worker's settings
     against the real Redis and S3."""
-    from farm import cluster as farm_cluster
+    from farm.cluster.coordinator import coordinator as farm_cluster
 
     env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / cache,
                       FARM_SIGNING_KEY=cluster["signing_key"], **extra)
@@ -302,7 +302,7 @@ def test_redeliveries_are_counted_and_capped_into_a_dead_letter(cluster: dict[st
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker side of a task, run in this process against the real Redis and S3: the same message
     delivered again is counted, and past the cap it is dead-lettered instead of run."""
-    from farm import cluster as farm_cluster
+    from farm.cluster.coordinator import coordinator as farm_cluster
 
     with worker_in_this_process(cluster, monkeypatch, "inproc", FARM_MAX_DELIVERIES="3"):
         coord = coordinator(cluster, "coord-d")
@@ -326,8 +326,8 @@ def test_a_shared_module_of_another_release_comes_from_redis_or_the_task_says_it
     """A message names the runtime by content key. A worker of the same release has that text itself; one of
     another release (here: a runtime text this worker does not generate) fetches it from Redis, checked
     against its key; with Redis holding nothing under the key the task fails and says so, nothing built."""
-    from farm import cluster as farm_cluster
-    from farm.messages import content_key
+    from farm.cluster.coordinator import coordinator as farm_cluster
+    from farm.cluster.messages import content_key
 
     with worker_in_this_process(cluster, monkeypatch, "shared-mod"):
         coord = coordinator(cluster, "coord-shared")

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from farm.backends import make_store
+from farm.cache.backends import make_store
+from farm.cache.engine import Engine
+from farm.cache.index import CacheIndex
+from farm.cache.index.redis import RedisIndex
+from farm.cache.index.sqlite import SQLiteIndex
+from farm.cache.store import ArtifactMeta, ArtifactStore
+from farm.cache.store.local import LocalStore
 from farm.config import FarmConfig
-from farm.engine import Engine
 from farm.errors import BackendUnavailable, InvalidArtifactKey
-from farm.index import CacheIndex
-from farm.index.redis import RedisIndex
-from farm.index.sqlite import SQLiteIndex
-from farm.store import ArtifactMeta, ArtifactStore
-from farm.store.local import LocalStore
 
 from .conftest import ruleset_of
 from .servers import cluster_env, redis_server, s3_server

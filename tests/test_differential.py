@@ -11,9 +11,9 @@ import itertools
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from farm.engine import Engine, load_native
+from farm.cache.engine import Engine, load_native
 from farm.errors import RuleError
-from farm.rules import (
+from farm.lang.rules import (
     App,
     BinOp,
     Compare,
@@ -27,8 +27,8 @@ from farm.rules import (
     Var,
     variables,
 )
-from farm.transduce import transduce_patterns
-from farm.verify import differential
+from farm.lang.transduce import transduce_patterns
+from farm.runtime.verify import differential
 
 SIGNATURE = {"f": 2, "g": 1, "h": 2, "a": 0, "b": 0}
 VARS = ["x", "y", "z"]

@@ -24,8 +24,8 @@ def test_the_readme_python_api_example_runs_and_prints_what_it_says(tmp_path: Pa
 
 
 def test_importing_farm_loads_only_what_is_used() -> None:
-    code = ("import sys, farm; assert 'farm.engine' not in sys.modules and 'llvmlite' not in sys.modules; "
-            "farm.TermGraph; assert 'farm.terms' in sys.modules and 'farm.engine' not in sys.modules; "
+    code = ("import sys, farm; assert 'farm.cache.engine' not in sys.modules and 'llvmlite' not in sys.modules; "
+            "farm.TermGraph; assert 'farm.lang.terms' in sys.modules and 'farm.cache.engine' not in sys.modules; "
             "print(sorted(farm.__all__))")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

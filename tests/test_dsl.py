@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from farm.dsl import load_rules, parse_rules
 from farm.errors import ArityError, ParseError, RuleError, UnboundVariableError, UnknownOperatorError
-from farm.rules import App, Compare, Computed, IsConst, Lit, Polarity, TermCondition, TopologicalPattern, Var
-from farm.transduce import transduce_patterns
+from farm.lang.dsl import load_rules, parse_rules
+from farm.lang.rules import App, Compare, Computed, IsConst, Lit, Polarity, TermCondition, TopologicalPattern, Var
+from farm.lang.transduce import transduce_patterns
 
 from .conftest import EXAMPLES, ruleset_of
 

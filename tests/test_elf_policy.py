@@ -27,10 +27,10 @@ from elftools.elf.enums import ENUM_D_TAG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import farm.loader
-import farm.policy
-from farm.config import FarmConfig
-from farm.elf_policy import (
+import farm.compiler.policy
+import farm.runtime.loader
+from farm.cache.engine import Engine
+from farm.compiler.elf_policy import (
     ALLOWED_RELOCATIONS,
     DT_NEEDED,
     EM_AARCH64,
@@ -39,11 +39,11 @@ from farm.elf_policy import (
     check_library,
     read_library,
 )
-from farm.engine import Engine
+from farm.compiler.toolchain import Toolchain
+from farm.config import FarmConfig
 from farm.errors import MalformedLibrary, PolicyViolation, UnsafeLibrary
-from farm.loader import open_library
+from farm.runtime.loader import open_library
 from farm.targets import REGISTRY
-from farm.toolchain import Toolchain
 
 from .conftest import EXAMPLES, ROOT, count_hostile, ruleset_of
 
@@ -127,7 +127,8 @@ def test_farm_libraries_pass_and_read_as_pyelftools_reads_them(farm_libraries: d
     check_library(path)
     view = read_library(path)
     assert facts_of(view) == reference_facts(path)
-    assert not needed_of(view) and not view.ifuncs and set(view.undefined.values()) <= farm.policy.ALLOWED_IMPORTS
+    assert not needed_of(view) and not view.ifuncs
+    assert set(view.undefined.values()) <= farm.compiler.policy.ALLOWED_IMPORTS
     assert {r.type for r in view.relocations} <= set(ALLOWED_RELOCATIONS[view.machine])
     if name.startswith("pointers"):  # the table really exercises the relocations the policy allows beyond PLT
         assert len({r.type for r in view.relocations}) >= 2
@@ -273,7 +274,7 @@ LOADER_SCRIPT = """
 import json, os, sys
 from pathlib import Path
 from farm.errors import PolicyViolation
-from farm.loader import open_library
+from farm.runtime.loader import open_library
 for lib in sys.argv[1:]:
     os.chdir(Path(lib).parent)  # a payload that runs leaves ./canary here
     try:
@@ -486,7 +487,7 @@ def test_patched_farm_library_is_refused_before_dlopen(farm_libraries: dict[str,
     with pytest.raises(UnsafeLibrary, match=reason):
         check_library(path)
     dlopened: list[str] = []  # were the check to pass, dlopen is recorded, never done
-    monkeypatch.setattr(farm.loader.ctypes, "CDLL", lambda p: dlopened.append(p) or ctypes.CDLL(None))
+    monkeypatch.setattr(farm.runtime.loader.ctypes, "CDLL", lambda p: dlopened.append(p) or ctypes.CDLL(None))
     with pytest.raises(UnsafeLibrary):
         open_library(path, None)
     assert not dlopened
@@ -710,11 +711,11 @@ def test_many_segments_times_many_relocations_cost_no_more_than_their_sum() -> N
 @pytest.mark.parametrize("relocations", [(1 << 20) + 1, 3 << 20])
 def test_more_relocations_than_the_check_reads_are_refused_before_they_are_read(relocations: int) -> None:
     """Each relocation costs the check a Python object: a library of a gigabyte of them (which passed) would take
-    ~7 GB and a minute before dlopen. Past farm.elf_policy.MAX_ENTRIES it is refused from the table's size."""
+    ~7 GB and a minute before dlopen. Past farm.compiler.elf_policy.MAX_ENTRIES it is refused from the table's size."""
     import resource
     import time
 
-    from farm.elf_policy import MAX_ENTRIES
+    from farm.compiler.elf_policy import MAX_ENTRIES
 
     data = _many_segments_library(1, relocations)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -26,15 +26,15 @@ from typing import Any
 import pytest
 from minio import Minio
 
-from farm import keys
-from farm.cluster import CompileRequest, Coordinator, Outcome
+from farm.cache import keys
+from farm.cache.engine import Engine
+from farm.cache.index.redis import RedisIndex
+from farm.cache.signing import write_key_pair
+from farm.cluster.coordinator import CompileRequest, Coordinator, Outcome
 from farm.config import FarmConfig
-from farm.engine import Engine
 from farm.errors import WorkDirError
-from farm.index.redis import RedisIndex
-from farm.signing import write_key_pair
-from farm.terms import TermGraph
-from farm.transduce import RuleSet
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import RuleSet
 from workers.app import make_coordinator
 
 from .conftest import ruleset_of

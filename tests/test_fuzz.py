@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.dsl import parse_rules
 from farm.errors import FarmError
-from farm.terms import TermGraph
-from farm.transduce import transduce_patterns
+from farm.lang.dsl import parse_rules
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import transduce_patterns
 
 from .conftest import EXAMPLES
 

@@ -6,12 +6,12 @@ import random
 import sys
 from pathlib import Path
 
+from farm.cache.engine import Engine, load_native
 from farm.config import FarmConfig
-from farm.dsl import parse_rules
-from farm.engine import Engine, load_native
-from farm.terms import TermGraph
-from farm.transduce import RuleSet, transduce_patterns
-from farm.verify import TermGenerator, differential
+from farm.lang.dsl import parse_rules
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import RuleSet, transduce_patterns
+from farm.runtime.verify import TermGenerator, differential
 
 from .conftest import EXAMPLES
 from .test_native import elf_header, example
@@ -74,7 +74,7 @@ def test_in_process_path_rewrites_exactly_like_the_staged_path(tmp_path: Path) -
 
 
 def test_in_memory_load_rewrites_like_the_interpreter(tmp_path: Path) -> None:
-    from farm.interp import Interpreter
+    from farm.semantics.interp import Interpreter
 
     engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=2))
     for name in ("arith", "bool"):

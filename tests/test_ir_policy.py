@@ -19,11 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import farm.policy
+import farm.compiler.policy
+from farm.cache.jit import JitCompiler, JitConfig, rename_definitions
+from farm.compiler.toolchain import Toolchain
 from farm.errors import PolicyViolation, StageFailed
-from farm.jit import JitCompiler, JitConfig, rename_definitions
 from farm.targets import REGISTRY
-from farm.toolchain import Toolchain
 
 from .conftest import check_ir, count_hostile
 
@@ -202,7 +202,7 @@ CANARY_RUNNER = """
 import ctypes, json, sys
 from pathlib import Path
 from farm.errors import PolicyViolation, StageFailed
-from farm.jit import JitCompiler, JitConfig
+from farm.cache.jit import JitCompiler, JitConfig
 root, cases = Path(sys.argv[1]), json.loads(sys.stdin.read())
 refusals = []
 for path in ("staged", "inprocess"):
@@ -271,9 +271,9 @@ def test_a_batch_of_tricky_names_links_and_runs(tmp_path: Path) -> None:
 def test_farm_modules_optimised_by_opt_still_pass() -> None:
     """The intrinsic allow-list covers what opt forms from farm's own code (llvm.smax and the like), so IR a
     user optimised beforehand loads; farm's modules themselves (every test compiling a ruleset) pass as emitted."""
-    from farm.codegen.llvm import ruleset_parts
-    from farm.policy import defined_functions
-    from farm.toolchain import find_tool
+    from farm.compiler.codegen.llvm import ruleset_parts
+    from farm.compiler.policy import defined_functions
+    from farm.compiler.toolchain import find_tool
 
     from .conftest import EXAMPLES, ruleset_of
 
@@ -314,9 +314,9 @@ BIG_DATA = {
 def test_a_few_bytes_of_ir_cannot_ask_for_gigabytes_of_data(form: str, path: str, tmp_path: Path) -> None:
     """`@big = constant [1 << 36 x i8] zeroinitializer` is 60 bytes of text and 64 GiB of .rodata: the
     in-process path would build the object in this process's memory, the staged one fill the disk. A module's
-    data is capped (farm.policy.MAX_DATA_BYTES), refused before anything is compiled."""
+    data is capped (farm.compiler.policy.MAX_DATA_BYTES), refused before anything is compiled."""
     n = 1 << 36
-    text = BIG_DATA[form].format(n=n, k=n >> 10, q=farm.policy.MAX_DATA_BYTES // 4)
+    text = BIG_DATA[form].format(n=n, k=n >> 10, q=farm.compiler.policy.MAX_DATA_BYTES // 4)
     ir = f"{text}\ndefine i64 @f() {{\n  ret i64 0\n}}\n"
     with pytest.raises(PolicyViolation, match=r"@(big|g\d) .*data .*MAX_DATA_BYTES"):
         if path == "check_ir":

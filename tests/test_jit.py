@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from farm.cache.jit import JitCompiler, JitConfig
 from farm.errors import InvalidIR, StageFailed
-from farm.jit import JitCompiler, JitConfig
 
 ADD = "define i64 @add_k(i64 %x) {{\n  %r = add i64 %x, {k}\n  ret i64 %r\n}}\n"
 

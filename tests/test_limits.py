@@ -16,16 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from farm import config
-from farm.backends import make_index
+from farm.cache.backends import make_index
+from farm.cache.engine import Engine, load_native
+from farm.compiler.toolchain import build_dir_prefix, remove_stale_build_dirs
 from farm.config import FarmConfig, default_max_memory
-from farm.engine import Engine, load_native
 from farm.errors import ArenaOutOfMemory, ConfigError
-from farm.interp import Interpreter
-from farm.loader import NativeRuleset
-from farm.oracle import Oracle, from_graph
-from farm.terms import TermGraph
-from farm.toolchain import build_dir_prefix, remove_stale_build_dirs
-from farm.transduce import RuleSet
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import RuleSet
+from farm.runtime.loader import NativeRuleset
+from farm.semantics.interp import Interpreter
+from farm.semantics.oracle import Oracle, from_graph
 
 from .conftest import EXAMPLES, ROOT, ruleset_of
 
@@ -154,10 +154,10 @@ def test_the_default_cap_does_not_change_results(session_engine: Engine) -> None
 
 RSS_PROBE = """
 import json, resource, sys
-from farm.engine import Engine, load_native
+from farm.cache.engine import Engine, load_native
 from farm.errors import ArenaOutOfMemory
-from farm.interp import Interpreter
-from farm.terms import TermGraph
+from farm.semantics.interp import Interpreter
+from farm.lang.terms import TermGraph
 from tests.conftest import ruleset_of
 rules_text, term, loading, fuel = json.loads(sys.argv[1])
 rules = ruleset_of(rules_text)
@@ -225,7 +225,7 @@ def _build_dir(work: Path, prefix: str) -> Path:
 def test_host_names_stay_distinct_in_build_dir_names(a: str, b: str) -> None:
     """Two hosts sharing a work dir (NFS) never take each other's build dirs for their own: `a-b` and `a.b`
     were one name before."""
-    from farm.toolchain import BUILD_DIR, _host
+    from farm.compiler.toolchain import BUILD_DIR, _host
 
     assert (_host(a) == _host(b)) == (a == b)
     assert BUILD_DIR.fullmatch(f"build-{_host(a)}-123-abcdefgh")

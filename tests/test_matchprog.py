@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from farm.matchprog import (
+from farm.compiler.matchprog import (
     Attempt,
     Binary,
     Build,
@@ -25,7 +25,7 @@ from farm.matchprog import (
     Switch,
     Temp,
 )
-from farm.matchprog import Test as Check  # not a test class
+from farm.compiler.matchprog import Test as Check  # not a test class
 
 from .conftest import ruleset_of
 

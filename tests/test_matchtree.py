@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from farm.codegen.llvm import generate_llvm_ir
-from farm.engine import Engine, load_native
-from farm.loader import NativeRuleset
-from farm.matchtree import Chain, Leaf, Switch, Tree, build_tree
-from farm.toolchain import Toolchain
-from farm.transduce import RuleSet
-from farm.verify import differential
+from farm.cache.engine import Engine, load_native
+from farm.compiler.codegen.llvm import generate_llvm_ir
+from farm.compiler.matchtree import Chain, Leaf, Switch, Tree, build_tree
+from farm.compiler.toolchain import Toolchain
+from farm.lang.transduce import RuleSet
+from farm.runtime.loader import NativeRuleset
+from farm.runtime.verify import differential
 
 from .conftest import ruleset_of
 from .test_native import example
@@ -62,7 +62,7 @@ def test_chunked_trees_keep_first_match_semantics(tmp_path: Path, budget: int) -
 def test_blowup_ruleset_compiles_and_matches_natively(session_engine: Engine) -> None:
     rs = blowup_ruleset(12)
     native = load_native(rs, session_engine.compile(rs, "blowup12"))
-    from farm.terms import TermGraph
+    from farm.lang.terms import TermGraph
 
     g = TermGraph(rs.make_signature())
     roots = g.parse("(f 0 0 0 0 0 0 0 0 0 0 0 1) (f 0 0 1 0 0 0 0 0 0 0 0 1) (f 0 0 0 0 0 0 0 0 0 0 0 0)")

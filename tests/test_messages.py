@@ -1,4 +1,4 @@
-"""The cluster's wire contract (farm/messages.py), without any server."""
+"""The cluster's wire contract (farm/cluster/messages.py), without any server."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from farm.cluster import CompileRequest
-from farm.dsl import parse_rules
+from farm.cluster.coordinator import CompileRequest
+from farm.cluster.messages import WIRE_VERSION, CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.errors import WireFormatError
-from farm.messages import WIRE_VERSION, CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
-from farm.transduce import transduce_patterns
+from farm.lang.dsl import parse_rules
+from farm.lang.transduce import transduce_patterns
 
 
 def one_rule_request() -> CompileRequest:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from farm.cluster import CompileRequest
+from farm.cache.pull import pull
+from farm.cluster.coordinator import CompileRequest
 from farm.config import FarmConfig
-from farm.dsl import parse_rules
-from farm.pull import pull
-from farm.terms import TermGraph
-from farm.transduce import transduce_patterns
+from farm.lang.dsl import parse_rules
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import transduce_patterns
 from workers.app import make_coordinator
 
 from .conftest import ROOT

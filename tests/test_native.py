@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from farm.builder import ArtifactBuilder
+from farm.cache.builder import ArtifactBuilder
+from farm.cache.engine import Engine, FallbackWarning, load_native
+from farm.compiler.elf_policy import EM_AARCH64, EM_X86_64
+from farm.compiler.toolchain import find_tool
 from farm.config import FarmConfig
-from farm.dsl import load_rules
-from farm.elf_policy import EM_AARCH64, EM_X86_64
-from farm.engine import Engine, FallbackWarning, load_native
 from farm.errors import (
     FarmError,
     IncompatibleArtifact,
@@ -26,12 +26,12 @@ from farm.errors import (
     ToolNotFound,
     WorkDirError,
 )
-from farm.interp import Interpreter
-from farm.loader import NativeRuleset
+from farm.lang.dsl import load_rules
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import transduce_patterns
+from farm.runtime.loader import NativeRuleset
+from farm.semantics.interp import Interpreter
 from farm.targets import REGISTRY, host_can_run
-from farm.terms import TermGraph
-from farm.toolchain import find_tool
-from farm.transduce import transduce_patterns
 
 from .conftest import EXAMPLES, ruleset_of
 
@@ -122,7 +122,7 @@ def test_changed_rule_gets_a_new_key_and_never_a_stale_library(engine: Engine) -
 
 def test_second_process_hits_the_sqlite_cache(engine: Engine, cache_dir: Path) -> None:
     art = engine.compile(example("bool"), "bool")
-    code = ("import json; from farm.engine import Engine; from tests.test_native import example;"
+    code = ("import json; from farm.cache.engine import Engine; from tests.test_native import example;"
             "a = Engine().compile(example('bool'), 'bool'); print(json.dumps([a.cached, a.meta.key, a.seconds]))")
     env = {**os.environ, "FARM_CACHE_DIR": str(cache_dir)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -200,7 +200,7 @@ def test_a_missing_tool_message_names_its_override_variable_once(tool: str, vari
         with pytest.raises(ToolNotFound) as overridden:
             find_tool(tool)
         monkeypatch.delenv(variable)
-        monkeypatch.setattr("farm.toolchain.shutil.which", lambda name: None)  # installed nowhere
+        monkeypatch.setattr("farm.compiler.toolchain.shutil.which", lambda name: None)  # installed nowhere
         find_tool.cache_clear()
         with pytest.raises(ToolNotFound) as absent:
             find_tool(tool)
@@ -230,7 +230,7 @@ def test_unknown_target_is_typed(engine: Engine) -> None:
 def test_every_registered_target_builds(session_engine: Engine) -> None:
     rs = ruleset_of(PEANO)
     jobs_targets = list(REGISTRY)
-    from farm.engine import CompileJob
+    from farm.cache.engine import CompileJob
 
     results = dict((job.target, art) for job, art in session_engine.compile_many(
         [CompileJob(rs, "peano-all", t, 1) for t in jobs_targets]))
@@ -243,7 +243,7 @@ def test_every_registered_target_builds(session_engine: Engine) -> None:
 def test_llvmlite_accepts_the_same_ir(name: str) -> None:
     import llvmlite.binding as llvm
 
-    from farm.codegen.llvm import generate_llvm_ir
+    from farm.compiler.codegen.llvm import generate_llvm_ir
 
     text = generate_llvm_ir(example(name), "x86_64-unknown-linux-gnu")
     assert "*" not in text  # opaque pointers only: no `T*` anywhere
@@ -254,7 +254,7 @@ def test_llvmlite_accepts_the_same_ir(name: str) -> None:
 
 
 def test_generated_thousand_rule_ruleset_verifies_natively(session_engine: Engine, tmp_path: Path) -> None:
-    from farm.verify import differential
+    from farm.runtime.verify import differential
 
     sys.path.insert(0, str(EXAMPLES))
     try:

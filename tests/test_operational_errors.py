@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from farm.cache.index.sqlite import SQLiteIndex
+from farm.cache.store import ArtifactMeta
 from farm.cli import main
 from farm.config import FarmConfig
 from farm.errors import ConfigError, FarmError
-from farm.index.sqlite import SQLiteIndex
-from farm.interp import Interpreter
-from farm.oracle import Oracle
-from farm.store import ArtifactMeta
-from farm.terms import TermGraph
+from farm.lang.terms import TermGraph
+from farm.semantics.interp import Interpreter
+from farm.semantics.oracle import Oracle
 
 from .conftest import EXAMPLES, ROOT, ruleset_of
 
@@ -255,7 +255,7 @@ BAD_FUEL = [0, -5, -1, 1 << 63, True, 2.5]
 
 @pytest.mark.parametrize("fuel", BAD_FUEL)
 def test_api_refuses_fuel_below_one(fuel: int, tmp_path: Path) -> None:
-    from farm.engine import Engine
+    from farm.cache.engine import Engine
 
     ruleset = ruleset_of("rule r: (f ?x) => ?x\n")
     graph = TermGraph(ruleset.make_signature())
@@ -410,7 +410,7 @@ def test_pull_of_an_index_entry_that_is_not_a_content_key_is_a_one_line_error(
                                               ("opt_level", None), ("toolchain", []), ("pattern_ids", "p"),
                                               ("stage_seconds", 5), ("created_at", "now"), ("size", True)])
 def test_metadata_with_a_field_of_the_wrong_type_is_rebuilt(field: str, value: object, tmp_path: Path) -> None:
-    from farm.engine import Engine, load_native
+    from farm.cache.engine import Engine, load_native
     from farm.errors import IntegrityError
 
     from .conftest import ruleset_of

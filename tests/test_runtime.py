@@ -1,5 +1,5 @@
 """The native runtime v2 under stress: the copying collector, the memo, conditions, errors mid-root, bad
-input, against the interpreter (farm/interp.py, the reference) step for step.
+input, against the interpreter (farm/semantics/interp.py, the reference) step for step.
 
 Each test checks that the programs it runs really collect (the arena's `collections`), so a change to the
 initial space cannot quietly turn a collector test into one that never moves a node.
@@ -24,12 +24,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from farm import loader
-from farm.callgraph import untracked_calls
-from farm.codegen.abi import ERR_INPUT
+from farm.cache.engine import Engine
+from farm.compiler.codegen.abi import ERR_INPUT
 from farm.config import FarmConfig
-from farm.dsl import parse_rules
-from farm.engine import Engine
 from farm.errors import (
     ArenaOutOfMemory,
     CallsTooDeep,
@@ -39,18 +36,21 @@ from farm.errors import (
     RuleError,
     TermError,
 )
-from farm.interp import Interpreter, RewriteResult
-from farm.loader import NativeRuleset
-from farm.rules import TopologicalPattern
+from farm.lang.dsl import parse_rules
+from farm.lang.rules import TopologicalPattern
+from farm.lang.terms import LIT, TermGraph
+from farm.lang.transduce import RuleSet, transduce_patterns
+from farm.runtime import loader
+from farm.runtime.loader import NativeRuleset
+from farm.runtime.verify import TermGenerator
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
-from farm.terms import LIT, TermGraph
-from farm.transduce import RuleSet, transduce_patterns
-from farm.verify import TermGenerator
+from farm.semantics.callgraph import untracked_calls
+from farm.semantics.interp import Interpreter, RewriteResult
 
 from .conftest import ROOT, ruleset_of
 from .test_differential import rule as random_rule
 
-INITIAL_WORDS = 1 << 16  # farm/codegen/runtime.py: each space starts this large
+INITIAL_WORDS = 1 << 16  # farm/compiler/codegen/runtime.py: each space starts this large
 
 LISTS = """
 rule app0: (app nil ?ys) => ?ys
@@ -360,8 +360,8 @@ rule dv_zs: (dv z (s ?k) ?p) => false
 
 
 def test_a_loop_entered_through_an_untracked_call(engine: Engine) -> None:
-    """dv_ss's call passes a part of dv's first argument: it is not tracked (farm/callgraph.py). A loop entered
-    through it (dv (s z) z z) is caught one call later than one entered by a tracked call, the same way in
+    """dv_ss's call passes a part of dv's first argument: it is not tracked (farm/semantics/callgraph.py). A loop
+    entered through it (dv (s z) z z) is caught one call later than one entered by a tracked call, the same way in
     the native code as in the interpreter; a long division without a loop is unaffected."""
     rs = ruleset_of(DIVIDES)
     assert untracked_calls(rs) == {(1, rs.rules[1].target)}
@@ -549,12 +549,12 @@ def test_calls_too_deep_then_the_next_root(engine: Engine) -> None:
 STACK_PROBE = """
 import json, sys
 from pathlib import Path
-import farm.loader
-farm.loader.STACK_BYTES = int(sys.argv[1])  # before the first rewrite: the big-stack thread starts then
+import farm.runtime.loader
+farm.runtime.loader.STACK_BYTES = int(sys.argv[1])  # before the first rewrite: the big-stack thread starts then
 from farm.config import FarmConfig
-from farm.engine import Engine
-from farm.interp import Interpreter
-from farm.terms import TermGraph
+from farm.cache.engine import Engine
+from farm.semantics.interp import Interpreter
+from farm.lang.terms import TermGraph
 from tests.conftest import ruleset_of
 from tests.test_runtime import ERRORS
 rs = ruleset_of(ERRORS)

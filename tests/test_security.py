@@ -16,17 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import farm.loader
-import farm.policy
-from farm.builder import Artifact
+import farm.compiler.policy
+import farm.runtime.loader
+from farm.cache.builder import Artifact
+from farm.cache.engine import Engine, load_native
+from farm.cache.jit import JitCompiler, JitConfig
+from farm.cache.signing import KeyPair
+from farm.compiler.elf_policy import check_library
+from farm.compiler.toolchain import find_tool
 from farm.config import FarmConfig
-from farm.elf_policy import check_library
-from farm.engine import Engine, load_native
 from farm.errors import BadSignature, IntegrityError, PolicyViolation, StageFailed, StageTimeout
-from farm.jit import JitCompiler, JitConfig
-from farm.loader import NativeRuleset, open_library, sha256_file
-from farm.signing import KeyPair
-from farm.toolchain import find_tool
+from farm.runtime.loader import NativeRuleset, open_library, sha256_file
 
 from .conftest import check_ir, ruleset_of
 
@@ -62,7 +62,7 @@ def test_ir_policy_allows_the_allow_list(line: str) -> None:
 
 
 def test_huge_ir_is_refused_before_any_tool(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(farm.policy, "MAX_IR_BYTES", 1000)
+    monkeypatch.setattr(farm.compiler.policy, "MAX_IR_BYTES", 1000)
     with pytest.raises(PolicyViolation, match="the limit is 1,000"):
         check_ir("; x\n" * 400)
 
@@ -180,13 +180,13 @@ def test_a_library_swapped_after_its_check_is_never_the_one_loaded(signed: Engin
     The loader reads it once, so the checked bytes are the loaded bytes."""
     a = signed.compile(ruleset_of(PEANO), "a", "x86-64")
     b = signed.compile(ruleset_of(PEANO + "\nrule q: (q ?x) => ?x"), "b", "x86-64")
-    checked = farm.loader.check_library
+    checked = farm.runtime.loader.check_library
 
     def check_then_swap(library: Path | bytes, name: str = "library") -> None:
         checked(library, name)
         shutil.copy(b.path, a.path)  # too late: what was checked is what will be loaded
 
-    monkeypatch.setattr(farm.loader, "check_library", check_then_swap)
+    monkeypatch.setattr(farm.runtime.loader, "check_library", check_then_swap)
     native = NativeRuleset(a.path, ruleset_of(PEANO), a.meta.sha256)  # built for A, checked as A
     assert native.lib.farm_fingerprint() == ruleset_of(PEANO).fingerprint().encode()
     assert a.path.read_bytes() == b.path.read_bytes()  # the swap did happen on disk
@@ -202,7 +202,7 @@ def test_swapped_artifacts_are_refused_with_the_reason(signed: Engine, caplog: p
     shutil.copy(b.path.with_suffix(".json"), meta_a)
     with pytest.raises(IntegrityError, match="describes artifact .*: swapped"):
         store.fetch(a.meta.key)
-    with caplog.at_level(logging.WARNING, logger="farm.builder"):
+    with caplog.at_level(logging.WARNING, logger="farm.cache.builder"):
         rebuilt = signed.compile(ruleset_of(PEANO), "a", "x86-64")
     assert not rebuilt.cached and "swapped" in caplog.text  # refused, rebuilt, never served
     # 2. The other library, with this key's metadata edited to its sha256: only the signature catches it,
@@ -216,7 +216,7 @@ def test_swapped_artifacts_are_refused_with_the_reason(signed: Engine, caplog: p
     with pytest.raises(BadSignature, match="bad signature"):
         load_native(ruleset_of(PEANO), Artifact(fetched[1], fetched[0], True, 0.0), signed.builder.trusted)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="farm.builder"):
+    with caplog.at_level(logging.WARNING, logger="farm.cache.builder"):
         resigned = signed.compile(ruleset_of(PEANO), "a", "x86-64")
     assert not resigned.cached and "bad signature" in caplog.text
     assert resigned.meta.sha256 == a.meta.sha256 and load_native(ruleset_of(PEANO), resigned, signed.builder.trusted)

@@ -9,16 +9,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import farm.interp
-from farm.callgraph import memoised_ops, tracked_ops
+import farm.semantics.interp
 from farm.errors import CallsTooDeep, FuelExhausted, RewriteCycle, RuleError
-from farm.interp import Interpreter, RewriteResult
-from farm.oracle import Oracle, from_graph, to_text
-from farm.rules import TopologicalPattern
+from farm.lang.rules import TopologicalPattern
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import RuleSet, transduce_patterns
+from farm.runtime.verify import differential
 from farm.semantics import arith
-from farm.terms import TermGraph
-from farm.transduce import RuleSet, transduce_patterns
-from farm.verify import differential
+from farm.semantics.callgraph import memoised_ops, tracked_ops
+from farm.semantics.interp import Interpreter, RewriteResult
+from farm.semantics.oracle import Oracle, from_graph, to_text
 
 from .conftest import ruleset_of
 from .test_differential import rule
@@ -215,7 +215,7 @@ def test_fuel_counts_steps_across_nested_calls() -> None:
 
 
 def test_calls_nested_past_the_bound_are_too_deep(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(farm.interp, "MAX_CALL_DEPTH", 100)
+    monkeypatch.setattr(farm.semantics.interp, "MAX_CALL_DEPTH", 100)
     rs = ruleset_of(PLUS)
 
     def plus(depth: int) -> str:
@@ -240,7 +240,7 @@ def test_a_full_memo_drops_its_finished_entries(monkeypatch: pytest.MonkeyPatch)
     assert memoised_ops(rs) == {"f"}
     terms = "(f 1) (f 2) (f 3) (g 0) (g 3)"
     assert rewrite(rs, terms).steps == [2, 1, 1, 1, 1]
-    monkeypatch.setattr(farm.interp, "MAX_MEMO_ENTRIES", 3)
+    monkeypatch.setattr(farm.semantics.interp, "MAX_MEMO_ENTRIES", 3)
     result = rewrite(rs, terms)
     assert result.texts() == ["0"] * 5
     assert result.steps == [2, 1, 4, 2, 5]

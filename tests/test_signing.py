@@ -20,21 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farm.builder import Artifact, ArtifactBuilder
-from farm.cli import main
-from farm.config import FarmConfig
-from farm.engine import load_native
-from farm.errors import (
-    BadSignature,
-    ConfigError,
-    KeyFileError,
-    LegacySignature,
-    SignatureError,
-    UnsignedArtifact,
-    UntrustedSigner,
-)
-from farm.jit import JitCompiler, JitConfig
-from farm.signing import (
+from farm.cache.builder import Artifact, ArtifactBuilder
+from farm.cache.engine import load_native
+from farm.cache.jit import JitCompiler, JitConfig
+from farm.cache.signing import (
     KeyPair,
     Signer,
     TrustedKeys,
@@ -45,8 +34,19 @@ from farm.signing import (
     trusted_keys_of,
     write_key_pair,
 )
-from farm.store import ArtifactMeta
-from farm.terms import TermGraph
+from farm.cache.store import ArtifactMeta
+from farm.cli import main
+from farm.config import FarmConfig
+from farm.errors import (
+    BadSignature,
+    ConfigError,
+    KeyFileError,
+    LegacySignature,
+    SignatureError,
+    UnsignedArtifact,
+    UntrustedSigner,
+)
+from farm.lang.terms import TermGraph
 
 from .conftest import ROOT, ruleset_of
 
@@ -349,8 +349,8 @@ def test_pull_refuses_a_signed_artifact_the_index_files_under_another_target(key
     any signed artifact. The signature covers the artifact's target, so the node compares it with the entry it
     looked up: an x86-64-v4 library under the x86-64 entry would otherwise run AVX-512 code on a host without
     it (SIGILL), an aarch64 one fail in dlopen."""
+    from farm.cache.pull import pull
     from farm.errors import IncompatibleArtifact
-    from farm.pull import pull
 
     builder = ArtifactBuilder(FarmConfig(cache_dir=tmp_path / "c", opt_level=0, signing_key=keys["a"].private_path))
     other = builder.ensure_ruleset(ruleset_of(PEANO), "peano", "aarch64")

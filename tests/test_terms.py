@@ -5,7 +5,7 @@ import time
 import pytest
 
 from farm.errors import ParseError
-from farm.terms import Signature, TermGraph, wrap_i64
+from farm.lang.terms import Signature, TermGraph, wrap_i64
 
 
 def test_hash_consing_shares_equal_subterms() -> None:

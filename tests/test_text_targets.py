@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from farm.callgraph import memoised_ops, tracked_ops
-from farm.codegen.qasm import generate_qasm
-from farm.codegen.rust import generate_rust, harness_input, harness_output, harness_steps
+from farm.compiler.codegen.qasm import generate_qasm
+from farm.compiler.codegen.rust import generate_rust, harness_input, harness_output, harness_steps
+from farm.compiler.matchtree import NODE_BUDGET
 from farm.errors import CodegenError, NonTermination
-from farm.interp import Interpreter
-from farm.matchtree import NODE_BUDGET
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import RuleSet
+from farm.runtime.verify import TermGenerator
 from farm.semantics import MAX_CALL_DEPTH, MAX_MEMO_ENTRIES
-from farm.terms import TermGraph
-from farm.transduce import RuleSet
-from farm.verify import TermGenerator
+from farm.semantics.callgraph import memoised_ops, tracked_ops
+from farm.semantics.interp import Interpreter
 
 from .conftest import EXAMPLES, ruleset_of
 from .test_native import example

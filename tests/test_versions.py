@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from farm import keys
-from farm.builder import Artifact, ArtifactBuilder
+from farm.cache import keys
+from farm.cache.builder import Artifact, ArtifactBuilder
+from farm.cache.engine import Engine, load_native
+from farm.cache.index.redis import RedisIndex
+from farm.cache.index.sqlite import SCHEMA, SCHEMA_VERSION, SQLiteIndex
+from farm.cache.store import FORMAT_VERSION, ArtifactMeta
+from farm.cache.store.s3 import S3Store
 from farm.config import FarmConfig
-from farm.engine import Engine, load_native
-from farm.index.redis import RedisIndex
-from farm.index.sqlite import SCHEMA, SCHEMA_VERSION, SQLiteIndex
-from farm.store import FORMAT_VERSION, ArtifactMeta
-from farm.store.s3 import S3Store
-from farm.terms import TermGraph
+from farm.lang.terms import TermGraph
 
 from .conftest import ruleset_of
 from .servers import redis_server, s3_server

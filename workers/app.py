@@ -9,7 +9,7 @@ from celery import Celery
 from farm.config import FarmConfig
 
 if TYPE_CHECKING:
-    from farm.cluster import Coordinator
+    from farm.cluster.coordinator import Coordinator
 
 
 def make_app(config: FarmConfig | None = None) -> Celery:
@@ -43,7 +43,7 @@ def make_app(config: FarmConfig | None = None) -> Celery:
 
 def make_coordinator(config: FarmConfig) -> Coordinator:
     """A coordinator that sends its compile messages through this deployment's Celery app."""
-    from farm.cluster import Coordinator
+    from farm.cluster.coordinator import Coordinator
 
     return Coordinator(config, make_app(config))
 

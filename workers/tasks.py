@@ -1,4 +1,4 @@
-"""Celery tasks: each one a single call into farm.cluster."""
+"""Celery tasks: each one a single call into farm.cluster.coordinator."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready
 
-from farm.cluster import announce_worker, worker_compile
+from farm.cluster.coordinator import announce_worker, worker_compile
 from farm.errors import BackendUnavailable
 from workers.app import app
 

@@ -1,0 +1,183 @@
+"""Compile-or-fetch against a cache index and an artifact store: the one path every deployment shares."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.cache.backends import make_index, make_store
+from farm.cache.counting import best_effort
+from farm.cache.index import CacheIndex
+from farm.cache.signing import signer_of, trusted_keys_of, verify
+from farm.cache.store import ArtifactMeta, ArtifactStore
+from farm.compiler.codegen.llvm import ruleset_parts
+from farm.compiler.toolchain import ObjectCache, Toolchain, artifact_key, find_tool, remove_build_dir, tool_versions
+from farm.config import FarmConfig
+from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMismatch
+from farm.lang.serialize import ruleset_to_json
+from farm.lang.transduce import RuleSet
+from farm.locks import file_lock
+from farm.runtime.loader import sha256_file, verify_sha256
+from farm.targets import Target, resolve
+
+log = logging.getLogger(__name__)
+
+MAX_PATTERN_ID = 4096
+
+
+def check_pattern_id(pattern_id: str) -> str:
+    """Pattern IDs are data (stored in the index), never paths: only emptiness, NUL, length and text that is not
+    Unicode (lone surrogates, which no UTF-8 store takes) are refused."""
+    if not isinstance(pattern_id, str) or not pattern_id:
+        raise InvalidPatternId("a pattern ID must be a non-empty string")
+    if "\0" in pattern_id:
+        raise InvalidPatternId(f"pattern ID {pattern_id[:40]!r} contains a NUL byte")
+    try:  # the indexes (SQLite, Redis), the logs and the console all take UTF-8
+        pattern_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPatternId(f"pattern ID {pattern_id[:40]!r} is not Unicode text: a lone surrogate at "
+                               f"character {exc.start} (undecodable bytes of a file name?)") from None
+    if len(pattern_id) > MAX_PATTERN_ID:
+        raise InvalidPatternId(f"pattern ID is {len(pattern_id)} characters long; the limit is {MAX_PATTERN_ID}")
+    return pattern_id
+
+
+def build_lock(cache_dir: Path, key: str) -> AbstractContextManager[None]:
+    """Single flight among the processes of this host that share a cache dir: one builds a key while the
+    others wait for it (a lock file per key)."""
+    return file_lock(cache_dir / "locks" / key[:2] / f"{key}.lock")
+
+
+@dataclass
+class Artifact:
+    meta: ArtifactMeta
+    path: Path
+    cached: bool  # served from the store rather than compiled now
+    seconds: float  # wall time of this request
+
+
+class ArtifactBuilder:
+    def __init__(self, config: FarmConfig | None = None, index: CacheIndex | None = None,
+                 store: ArtifactStore | None = None, count_requests: bool = True) -> None:
+        """count_requests: False on cluster workers, whose requests the coordinator already counted."""
+        self.count_requests = count_requests
+        self.config = config or FarmConfig.from_env()
+        # Loaded first, so a bad key file stops a builder or worker at start (before any connection), not at
+        # its first artifact
+        self.signer = signer_of(self.config)
+        self.trusted = trusted_keys_of(self.config)
+        self.index = index or make_index(self.config)
+        self.store = store or make_store(self.config, self.index)
+        self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout,
+                                   memory_limit=self.config.stage_memory_mb << 20,
+                                   compile_path=self.config.compile_path,
+                                   object_cache=ObjectCache(self.config.cache_dir / "objcache"))
+
+    def target(self, name: str | None = None) -> Target:
+        name = name or self.config.target
+        return resolve(name, find_tool("llc") if name == "native" else None)
+
+    def versions(self) -> dict[str, str]:
+        return tool_versions(self.toolchain.compile_path)
+
+    def key_for(self, parts: list[tuple[str, str]], target: Target, opt_level: int) -> str:
+        return artifact_key(parts, target, opt_level, self.versions())
+
+    def ensure_ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
+                       opt_level: int | None = None) -> Artifact:
+        resolved = self.target(target)
+        return self.ensure_parts(ruleset_parts(ruleset, resolved.triple), pattern_id, resolved.name, opt_level,
+                                 ruleset_to_json(ruleset))
+
+    def ensure_ir(self, ir_text: str, pattern_id: str, target: str | None = None,
+                  opt_level: int | None = None) -> Artifact:
+        """The artifact of one arbitrary module (the seed's compile_llvm_ir)."""
+        return self.ensure_parts([("module", ir_text)], pattern_id, target, opt_level)
+
+    def ensure_parts(self, parts: list[tuple[str, str]], pattern_id: str, target: str | None = None,
+                     opt_level: int | None = None, ruleset_json: str = "",
+                     versions: dict[str, str] | None = None) -> Artifact:
+        """The artifact linked from these modules: fetched (verified) if stored, else built (reusing cached
+        objects), stored, then indexed.
+
+        `versions` is the toolchain the caller computed the key with (a cluster coordinator); a worker whose
+        tools differ refuses the job rather than store it under a key that does not describe it."""
+        check_pattern_id(pattern_id)
+        start = time.perf_counter()
+        resolved = self.target(target)
+        opt = self.config.opt_level if opt_level is None else opt_level
+        key = self.key_for(parts, resolved, opt)
+        if versions is not None and versions != self.versions():
+            raise ToolchainMismatch(f"this worker's toolchain {self.versions()} differs from the one the "
+                                    f"request was keyed with {versions}")
+        hit = self._hit(key, pattern_id, resolved.name, start)
+        if hit is not None:
+            return hit
+        with build_lock(self.config.cache_dir, key):
+            # Whoever held the lock before us may have built it: then it is a hit, and nothing is counted twice.
+            hit = self._hit(key, pattern_id, resolved.name, start)
+            if hit is not None:
+                return hit
+            return self._build(parts, key, pattern_id, resolved, opt, ruleset_json, start)
+
+    def _hit(self, key: str, pattern_id: str, target: str, start: float) -> Artifact | None:
+        found = self._fetch_verified(key)
+        if found is None:
+            return None
+        path, meta = found
+        if self.count_requests:
+            best_effort(f"a hit on {key[:12]}", lambda: self.index.note_hit(pattern_id, target, meta))
+        else:
+            self.index.record(pattern_id, target, meta)
+        return Artifact(meta, path, True, time.perf_counter() - start)
+
+    def _count_failure(self, target: str) -> None:
+        self.index.incr("compilations_failed")
+        self.index.incr(f"compilations_failed:{target}")
+
+    def _build(self, parts: list[tuple[str, str]], key: str, pattern_id: str, resolved: Target, opt: int,
+               ruleset_json: str, start: float) -> Artifact:
+        """Build, store, then index (counting the stored bytes): called under the key's build lock."""
+        if self.count_requests:
+            self.index.note_miss(pattern_id)
+        try:
+            build = self.toolchain.build_parts(parts, resolved, opt)
+        except FarmError:
+            best_effort("a failed compilation", lambda: self._count_failure(resolved.name))
+            raise
+        try:
+            meta = ArtifactMeta(key=key, sha256=sha256_file(build.so_path), size=build.so_path.stat().st_size,
+                                target=resolved.name, triple=resolved.triple, cpu=resolved.cpu, opt_level=opt,
+                                stage_seconds=build.stage_seconds, pattern_ids=[pattern_id],
+                                toolchain=build.versions, ruleset=ruleset_json,
+                                objects_compiled=build.objects_compiled, objects_reused=build.objects_reused)
+            if self.signer is not None:
+                meta.signature = self.signer.sign(meta)
+            self.store.put(build.so_path, meta)
+        finally:
+            remove_build_dir(build)
+        self.index.note_build(pattern_id, resolved.name, meta)  # only after the object is stored
+        return Artifact(meta, self.store.local_path(key), False, time.perf_counter() - start)
+
+    def _fetch_verified(self, key: str) -> tuple[Path, ArtifactMeta] | None:
+        """A stored artifact whose bytes match its sha256; a missing one counts as a miss, and so does a
+        corrupt or swapped one, after it is deleted and the reason logged. A builder that signs also refuses
+        (and so rebuilds and re-signs) one no key it trusts signed: after a rotation, or a forgery."""
+        try:
+            found = self.store.fetch(key)
+            if found is None:
+                return None
+            path, meta = found
+            verify_sha256(path, meta.sha256)
+            if self.signer is not None:
+                verify(meta, self.trusted)
+        except IntegrityError as exc:
+            log.warning("refused stored artifact %s, rebuilding it: %s", key[:12], exc)
+            self.store.delete(key)
+            return None
+        return path, meta
+
+

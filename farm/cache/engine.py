@@ -1,0 +1,134 @@
+"""The embedded driver: compile a ruleset (cached), load it, rewrite natively or fall back to the interpreter."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from farm.cache.builder import Artifact, ArtifactBuilder
+from farm.cache.counting import best_effort
+from farm.cache.signing import TrustedKeys
+from farm.cache.signing import verify as verify_signature
+from farm.compiler.toolchain import ObjectCache
+from farm.config import FarmConfig
+from farm.errors import (
+    FarmError,
+    IncompatibleArtifact,
+    LoadError,
+    ToolchainError,
+    UnsupportedTarget,
+)
+from farm.lang.terms import TermGraph
+from farm.lang.transduce import RuleSet
+from farm.runtime.loader import NativeRuleset
+from farm.semantics import DEFAULT_FUEL, check_fuel
+from farm.semantics.interp import Interpreter, RewriteResult
+from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
+
+log = logging.getLogger(__name__)
+
+
+class FallbackWarning(UserWarning):
+    """Native code was not available; the interpreter gave the (identical) results."""
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    ruleset: RuleSet
+    pattern_id: str
+    target: str
+    opt_level: int
+
+
+def load_native(ruleset: RuleSet, artifact: Artifact, trusted: TrustedKeys | None = None) -> NativeRuleset:
+    """Check (with trusted keys) its signature and that the host can run it; NativeRuleset checks the sha256."""
+    verify_signature(artifact.meta, trusted)
+    target = REGISTRY.get(artifact.meta.target) or resolve("native")
+    if artifact.meta.target != "native" and not host_can_run(target):
+        raise IncompatibleArtifact(f"artifact {artifact.meta.key[:12]} is built for {artifact.meta.target}; "
+                                   f"this host lacks {', '.join(missing_flags(target)) or target.arch}")
+    return NativeRuleset(artifact.path, ruleset, artifact.meta.sha256)
+
+
+class Engine:
+    def __init__(self, config: FarmConfig | None = None, builder: ArtifactBuilder | None = None) -> None:
+        self.config = config or FarmConfig.from_env()
+        self.builder = builder or ArtifactBuilder(self.config)
+        self._in_memory: dict[tuple[str, int], Any] = {}
+        # Loaded libraries by (fingerprint, target, -O): a loaded ruleset keeps rewriting with no index or
+        # store round trip, so it keeps serving through a Redis or S3 outage.
+        self._loaded: dict[tuple[str, str, int], NativeRuleset] = {}
+
+    def compile(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
+                opt_level: int | None = None) -> Artifact:
+        return self.builder.ensure_ruleset(ruleset, pattern_id, target, opt_level)
+
+    def load_in_memory(self, ruleset: RuleSet, target: str | None = None,
+                       opt_level: int | None = None) -> NativeRuleset:
+        """Compile and load into this process with llvmlite: no files, no linker (local use only)."""
+        from farm.runtime.inmemory import InMemoryCompiler
+
+        resolved = self.builder.target(target)
+        opt = self.config.opt_level if opt_level is None else opt_level
+        key = (resolved.name, opt)
+        compiler = self._in_memory.get(key)
+        if compiler is None:
+            compiler = self._in_memory[key] = InMemoryCompiler(
+                resolved, opt, self.builder.toolchain.object_cache or ObjectCache(self.config.cache_dir / "objcache"))
+        return compiler.load(ruleset)
+
+    def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:
+        """Compile jobs in a local process pool; yields each job with its artifact or error as it finishes."""
+        pool = ProcessPoolExecutor(max_workers=self.config.workers or None, initializer=_leave_sigint_to_parent)
+        try:
+            futures = {pool.submit(_compile_job, self.config, job): job for job in jobs}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:  # also on Ctrl-C or when the caller stops early: jobs not started yet are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def rewrite(self, ruleset: RuleSet, graph: TermGraph, roots: list[int], pattern_id: str,
+                fuel: int = DEFAULT_FUEL, engine: str = "auto", target: str | None = None) -> RewriteResult:
+        """engine: "native" (errors propagate), "interpreter", or "auto" (native, else interpreter + warning)."""
+        check_fuel(fuel)  # before any compile
+        cap = self.config.max_memory
+        if engine == "interpreter":
+            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+        try:
+            native = self._native(ruleset, pattern_id, target)
+        except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:  # tampering is never masked
+            if engine == "native":
+                raise
+            warnings.warn(f"native code unavailable ({exc}); using the interpreter", FallbackWarning, stacklevel=2)
+            best_effort("a fallback to the interpreter", lambda: self.builder.index.incr("fallbacks"))
+            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+        result = native.rewrite(graph, roots, fuel, cap)
+        best_effort(f"the hot-pattern count of {pattern_id!r}",
+                    lambda: self.builder.index.note_hot(pattern_id, sum(result.firings)))
+        return result
+
+    def _native(self, ruleset: RuleSet, pattern_id: str, target: str | None) -> NativeRuleset:
+        memo = (ruleset.fingerprint(), self.builder.target(target).name, self.config.opt_level)
+        native = self._loaded.get(memo)
+        if native is None:
+            native = load_native(ruleset, self.compile(ruleset, pattern_id, target), self.builder.trusted)
+            self._loaded[memo] = native
+        return native
+
+
+def _leave_sigint_to_parent() -> None:
+    """In a pool process: Ctrl-C reaches the whole process group; the parent stops the pool, so a worker
+    prints no traceback of its own. A Python-level no-op (not SIG_IGN) so the tools it runs still stop."""
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+
+
+def _compile_job(config: FarmConfig, job: CompileJob) -> Artifact | FarmError:
+    try:
+        return ArtifactBuilder(config).ensure_ruleset(job.ruleset, job.pattern_id, job.target, job.opt_level)
+    except FarmError as exc:
+        return exc

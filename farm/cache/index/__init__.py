@@ -1,0 +1,135 @@
+"""Cache indexes, by role: which artifact a (pattern ID, target) has and its metadata (ArtifactIndex);
+counters of the work done (Counters: best effort, they never fail the work they count); and, for the
+cluster, coordination between coordinators and workers (Coordination: locks, deliveries, dead letters,
+toolchains, the hot set, shared modules). SQLite is the first two; Redis is all three. Callers type
+against the role they use."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+from farm.cache.store import ArtifactMeta
+
+COUNTERS = ("requests", "hits", "misses", "compilations_ok", "compilations_failed", "fallbacks")
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf)
+
+
+def le(bound: float) -> str:
+    """A histogram bucket's label, as Prometheus writes it."""
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+def build_fields(target: str, meta: ArtifactMeta) -> dict[str, float]:
+    """Counter increments for one successful compilation (both index backends apply these)."""
+    fields: dict[str, float] = {"compilations_ok": 1, f"compilations_ok:{target}": 1,
+                                "artifact_bytes_stored": meta.size}
+    for stage, seconds in meta.stage_seconds.items():
+        bound = next(b for b in BUCKETS if seconds <= b)
+        fields[f"hist|{stage}|{target}|{le(bound)}"] = 1
+        fields[f"hist_sum|{stage}|{target}"] = seconds
+        fields[f"stage_seconds_{stage}"] = seconds
+    return fields
+
+
+class ArtifactIndex(ABC):
+    @abstractmethod
+    def lookup(self, pattern_id: str, target: str) -> str | None: ...
+
+    @abstractmethod
+    def meta(self, key: str) -> ArtifactMeta | None: ...
+
+    @abstractmethod
+    def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        """Point (pattern_id, target) at meta.key; called only after the artifact is stored."""
+
+    @abstractmethod
+    def touch(self, key: str) -> None:
+        """Note a hit (last-hit time)."""
+
+    @abstractmethod
+    def artifact_count(self) -> int: ...
+
+
+class Counters(ABC):
+    @abstractmethod
+    def incr(self, counter: str, amount: float = 1) -> None: ...
+
+    @abstractmethod
+    def counters(self) -> dict[str, float]: ...
+
+
+class CacheIndex(ArtifactIndex, Counters):
+    """An index that also counts: what the artifact builder records a request, hit, miss or build in."""
+
+    shared = False  # True for the cluster's index
+
+    def note_hot(self, pattern_id: str, amount: float = 1) -> None:  # noqa: B027 - optional hook
+        """Feed the hot-pattern ranking (requests, native firings); only the shared index keeps one."""
+
+    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, hot: bool = False) -> None:
+        """A request served from the store: point the pattern at the key and count it (and, with `hot`, feed
+        the hot-pattern ranking); backends batch this into one write."""
+        self.record(pattern_id, target, meta)
+        self.touch(meta.key)
+        self.incr("requests")
+        self.incr("hits")
+        if hot:
+            self.note_hot(pattern_id)
+
+    def note_miss(self, pattern_id: str) -> None:
+        self.incr("requests")
+        self.incr("misses")
+        self.note_hot(pattern_id)
+
+    def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        """A fresh artifact, already stored: index it and count the compilation and its stage times."""
+        self.record(pattern_id, target, meta)
+        for name, amount in build_fields(target, meta).items():
+            self.incr(name, amount)
+
+
+class Coordination(ABC):
+    """What coordinators and workers share besides artifacts (farm/cluster/coordinator.py)."""
+
+    @abstractmethod
+    def acquire(self, key: str, task_id: str, ttl: float) -> str:
+        """Take the single-flight lock for `key`; returns the task ID that holds it (ours or another's)."""
+
+    @abstractmethod
+    def release(self, key: str, task_id: str) -> None: ...
+
+    @abstractmethod
+    def delivered(self, task_id: str, ttl: float) -> int:
+        """Count one more delivery of a compile message; the count expires with the message."""
+
+    @abstractmethod
+    def ever_delivered(self, task_id: str) -> bool: ...
+
+    @abstractmethod
+    def dead_letter(self, record: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def dead_letters(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def publish_toolchain(self, target: str, versions: dict[str, str]) -> None: ...
+
+    @abstractmethod
+    def toolchain(self, target: str) -> dict[str, str] | None: ...
+
+    @abstractmethod
+    def hot(self, top: int) -> list[tuple[str, float]]: ...
+
+    @abstractmethod
+    def share_module(self, content_key: str, text: str, ttl: float) -> None: ...
+
+    @abstractmethod
+    def shared_module(self, content_key: str) -> str | None: ...
+
+    @abstractmethod
+    def queue_depths(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    def inflight(self) -> int: ...

@@ -1,0 +1,177 @@
+"""Cluster cache index in Redis: the key layout is in farm/cache/keys.py; multi-key writes are MULTI pipelines."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis
+
+from farm.cache import keys
+from farm.cache.index import CacheIndex, Coordination, build_fields
+from farm.cache.store import ArtifactMeta, stored_meta
+from farm.errors import BackendUnavailable
+
+T = TypeVar("T")
+
+# Delete the lock only if it still names this task (compare-and-delete).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisIndex(CacheIndex, Coordination):
+    shared = True
+
+    def __init__(self, url: str, client: redis.Redis | None = None) -> None:
+        self.url = url
+        # Typed as Any: redis-py declares bytes | str results for a client that always returns bytes here.
+        self.r: Any = client or redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+                                                health_check_interval=30, retry_on_timeout=True)
+        self._release = self.r.register_script(_RELEASE)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.exceptions.ConnectionError as exc:
+            raise BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}") from None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        with self._errors():
+            return fn()
+
+    # --- CacheIndex ---
+    def lookup(self, pattern_id: str, target: str) -> str | None:
+        value = self._call(lambda: self.r.hget(keys.index(target), pattern_id))
+        return value.decode() if value else None
+
+    def meta(self, key: str) -> ArtifactMeta | None:
+        value = self._call(lambda: self.r.hget(keys.artifact(key), "meta"))
+        return stored_meta(value.decode()) if value else None
+
+    def _record(self, pipe: Any, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        pipe.hset(keys.artifact(meta.key), "meta", meta.to_json())
+        pipe.sadd(keys.ARTIFACTS, meta.key)
+        pipe.hset(keys.index(target), pattern_id, meta.key)
+
+    def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            self._record(pipe, pattern_id, target, meta)
+            pipe.execute()
+
+    def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, hot: bool = False) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            self._record(pipe, pattern_id, target, meta)
+            pipe.hset(keys.artifact(meta.key), "last_hit", time.time())
+            pipe.hincrbyfloat(keys.COUNTERS, "requests", 1)
+            pipe.hincrbyfloat(keys.COUNTERS, "hits", 1)
+            if hot:
+                pipe.zincrby(keys.HOT, 1, pattern_id)
+            pipe.execute()
+
+    def note_miss(self, pattern_id: str) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hincrbyfloat(keys.COUNTERS, "requests", 1)
+            pipe.hincrbyfloat(keys.COUNTERS, "misses", 1)
+            pipe.zincrby(keys.HOT, 1, pattern_id)
+            pipe.execute()
+
+    def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            self._record(pipe, pattern_id, target, meta)
+            for name, amount in build_fields(target, meta).items():
+                pipe.hincrbyfloat(keys.COUNTERS, name, amount)
+            pipe.execute()
+
+    def touch(self, key: str) -> None:
+        self._call(lambda: self.r.hset(keys.artifact(key), "last_hit", time.time()))
+
+    def incr(self, counter: str, amount: float = 1) -> None:
+        self._call(lambda: self.r.hincrbyfloat(keys.COUNTERS, counter, amount))
+
+    def counters(self) -> dict[str, float]:
+        raw = self._call(lambda: self.r.hgetall(keys.COUNTERS))
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def artifact_count(self) -> int:
+        return int(self._call(lambda: self.r.scard(keys.ARTIFACTS)))
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in each served target's Celery queue (kombu keeps a Redis list per queue)."""
+        with self._errors():
+            targets = [name.decode().removeprefix(keys.toolchain("")) for name in
+                       self.r.scan_iter(match=keys.toolchain("*"))]
+            return {t: int(self.r.llen(keys.queue(t))) for t in sorted(targets)}
+
+    def inflight(self) -> int:
+        with self._errors():
+            return sum(1 for _ in self.r.scan_iter(match=keys.lock("*"), count=1000))
+
+    # --- cluster-only: hot patterns, single flight, redelivery, toolchains ---
+    def note_hot(self, pattern_id: str, amount: float = 1) -> None:
+        self._call(lambda: self.r.zincrby(keys.HOT, amount, pattern_id))
+
+    def hot(self, top: int) -> list[tuple[str, float]]:
+        rows = self._call(lambda: self.r.zrevrange(keys.HOT, 0, top - 1, withscores=True))
+        return [(pid.decode(), score) for pid, score in rows]
+
+    def acquire(self, key: str, task_id: str, ttl: float) -> str:
+        """Take the single-flight lock for `key`; returns the task ID that holds it (ours or another's)."""
+        with self._errors():
+            if self.r.set(keys.lock(key), task_id, nx=True, px=int(ttl * 1000)):
+                return task_id
+            holder = self.r.get(keys.lock(key))
+        return holder.decode() if holder else self.acquire(key, task_id, ttl)
+
+    def release(self, key: str, task_id: str) -> None:
+        self._call(lambda: self._release(keys=[keys.lock(key)], args=[task_id]))
+
+    def ever_delivered(self, task_id: str) -> bool:
+        """Whether a worker ever started this compile message (without counting a delivery)."""
+        with self._errors():
+            return bool(self.r.exists(keys.deliveries(task_id)))
+
+    def delivered(self, task_id: str, ttl: float) -> int:
+        """Count one more delivery of a compile message; the count expires with the message."""
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.incr(keys.deliveries(task_id))
+            pipe.pexpire(keys.deliveries(task_id), int(ttl * 1000))
+            count, _ = pipe.execute()
+        return int(count)
+
+    def dead_letter(self, record: dict[str, Any]) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.rpush(keys.DEADLETTER, json.dumps(record))
+            pipe.hincrbyfloat(keys.COUNTERS, "dead_letters", 1)
+            pipe.execute()
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self._call(lambda: self.r.lrange(keys.DEADLETTER, 0, -1))]
+
+    def share_module(self, content_key: str, text: str, ttl: float) -> None:
+        """Keep a module's text for `ttl` seconds more; its text crosses the wire only when Redis lacks it."""
+        with self._errors():
+            if not self.r.expire(keys.module(content_key), int(ttl)):
+                self.r.set(keys.module(content_key), text, ex=int(ttl))
+
+    def shared_module(self, content_key: str) -> str | None:
+        value = self._call(lambda: self.r.get(keys.module(content_key)))
+        return value.decode() if value is not None else None
+
+    def publish_toolchain(self, target: str, versions: dict[str, str]) -> None:
+        self._call(lambda: self.r.set(keys.toolchain(target), json.dumps(versions, sort_keys=True)))
+
+    def toolchain(self, target: str) -> dict[str, str] | None:
+        value = self._call(lambda: self.r.get(keys.toolchain(target)))
+        return json.loads(value) if value else None

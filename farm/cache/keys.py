@@ -1,0 +1,52 @@
+"""Every Redis key farm uses, built here and nowhere else (one prefix, one template per noun).
+
+    farm:idx:{target}        HASH   pattern ID -> cache key (pattern IDs are hash fields: binary-safe data)
+    farm:art:{key}           HASH   meta (JSON), last_hit
+    farm:artifacts           SET    every indexed cache key
+    farm:counters            HASH   cluster-wide counters (HINCRBYFLOAT); per-target ones as "name:target"
+    farm:hot                 ZSET   pattern ID -> requests + native rule firings
+    farm:lock:{key}          STRING single-flight lock; the value is the Celery task ID doing the work
+    farm:deliveries:{task}   STRING how often a compile message was delivered (redelivery cap)
+    farm:deadletter          LIST   JSON records of messages given up on
+    farm:toolchain:{target}  STRING JSON tool versions the workers for that target run
+    farm:module:{sha256}     STRING a module compile messages name by content key (farm/cluster/messages.py)
+"""
+
+from __future__ import annotations
+
+PREFIX = "farm"
+
+
+def index(target: str) -> str:
+    return f"{PREFIX}:idx:{target}"
+
+
+def artifact(key: str) -> str:
+    return f"{PREFIX}:art:{key}"
+
+
+COUNTERS = f"{PREFIX}:counters"
+ARTIFACTS = f"{PREFIX}:artifacts"
+HOT = f"{PREFIX}:hot"
+DEADLETTER = f"{PREFIX}:deadletter"
+
+
+def lock(key: str) -> str:
+    return f"{PREFIX}:lock:{key}"
+
+
+def deliveries(task_id: str) -> str:
+    return f"{PREFIX}:deliveries:{task_id}"
+
+
+def toolchain(target: str) -> str:
+    return f"{PREFIX}:toolchain:{target}"
+
+
+def module(content_key: str) -> str:
+    return f"{PREFIX}:module:{content_key}"
+
+
+def queue(target: str) -> str:
+    """The Celery queue of one CPU target."""
+    return f"{PREFIX}.compile.{target}"

@@ -1,0 +1,212 @@
+"""Helpers that let IR functions read like the runtime's operations: arena fields, heap words, loops.
+
+Loads and stores carry type-based alias tags: the arena struct, the heap, the shadow stack and the other
+arrays never alias, so LLVM keeps a heap word in a register across a store to the shadow stack (until a
+call, which may collect and move everything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+from farm.compiler.codegen.abi import ARENA_FIELDS, ARENA_INDEX, CONTENT_AT, EXPORTS
+
+I1, I32, I64, PTR, VOID = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType(), ir.VoidType()
+ARENA = ir.LiteralStructType([PTR if kind == "ptr" else I64 for _, kind in ARENA_FIELDS])
+KINDS = {"i64": I64, "ptr": PTR, "arena": PTR, "i64*": PTR, "str": PTR, "void": VOID}
+TBAA_KINDS = ("arena", "heap", "roots", "cell")
+
+
+def c64(value: int) -> ir.Constant:
+    return ir.Constant(I64, ((value + 2**63) % 2**64) - 2**63)
+
+
+TRUE, FALSE = ir.Constant(I1, 1), ir.Constant(I1, 0)
+NULL = ir.Constant(PTR, None)
+
+
+def export_type(name: str) -> ir.FunctionType:
+    ret, args = EXPORTS[name]
+    return ir.FunctionType(KINDS[ret], [KINDS[a] for a in args])
+
+
+def opaque(slot: ir.AllocaInstr) -> ir.AllocaInstr:
+    """llvmlite types an alloca as a typed pointer (printed `i64*`); make it `ptr` like every other
+    pointer, so the module is opaque-pointer IR throughout."""
+    slot.type = PTR
+    return slot
+
+
+def function(module: ir.Module, name: str, fnty: ir.FunctionType, internal: bool) -> ir.Function:
+    """The function `name` of the module (declared earlier by a caller, or new)."""
+    existing = module.globals.get(name)
+    fn = existing if isinstance(existing, ir.Function) else ir.Function(module, fnty, name)
+    fn.attributes.add("nounwind")
+    if internal:
+        fn.linkage = "internal"
+    return fn
+
+
+def declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    """`name` in this module: its definition if emitted already, else a declaration."""
+    existing = module.globals.get(name)
+    if isinstance(existing, ir.Function):
+        return existing
+    fn = ir.Function(module, fnty, name)
+    fn.attributes.add("nounwind")
+    return fn
+
+
+class FunctionBuilder:
+    """An IR function under construction whose first argument is the arena."""
+
+    def __init__(self, module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type],
+                 internal: bool = True) -> None:
+        self.fn = function(module, name, ir.FunctionType(ret, args), internal)
+        self.entry = self.fn.append_basic_block("entry")
+        self.b = ir.IRBuilder(self.entry)
+        self.arena: ir.Value = self.fn.args[0] if args and args[0] == PTR else NULL
+
+    @classmethod
+    def body_of(cls, fn: ir.Function) -> FunctionBuilder:
+        """Give a body to a function declared earlier (callers may be emitted before it)."""
+        self = cls.__new__(cls)
+        self.fn, self.entry = fn, fn.append_basic_block("entry")
+        self.b, self.arena = ir.IRBuilder(self.entry), fn.args[0]
+        return self
+
+    @property
+    def args(self) -> tuple[ir.Argument, ...]:
+        return tuple(self.fn.args)
+
+    @property
+    def module(self) -> ir.Module:
+        return self.fn.module
+
+    def block(self, name: str = "") -> ir.Block:
+        return self.fn.append_basic_block(name)
+
+    def var(self, init: ir.Value, ty: ir.Type = I64) -> ir.AllocaInstr:
+        """A mutable local; opt's mem2reg turns it into SSA form."""
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            slot = opaque(self.b.alloca(ty))
+        self.b.store(init, slot)
+        return slot
+
+    def read(self, slot: ir.AllocaInstr, ty: ir.Type = I64) -> ir.Value:
+        return self.b.load(slot, typ=ty)
+
+    def buffer(self, count: int) -> ir.Value:
+        """`count` i64 cells in this function's frame."""
+        with self.b.goto_block(self.entry):
+            self.b.position_at_start(self.entry)
+            return opaque(self.b.alloca(I64, size=max(1, count)))
+
+    def _tbaa(self, kind: str) -> ir.MDValue:
+        module = self.module
+        tags = getattr(module, "_farm_tbaa", None)
+        if tags is None:
+            root = module.add_metadata([ir.MetaDataString(module, "farm tbaa")])
+            tags = {}
+            for name in TBAA_KINDS:
+                node = module.add_metadata([ir.MetaDataString(module, f"farm {name}"), root, c64(0)])
+                tags[name] = module.add_metadata([node, node, c64(0)])
+            module._farm_tbaa = tags
+        return tags[kind]
+
+    # arena fields
+    def _field(self, name: str) -> ir.Value:
+        return self.b.gep(self.arena, [ir.Constant(I32, 0), ir.Constant(I32, ARENA_INDEX[name])],
+                          source_etype=ARENA)
+
+    def get(self, name: str) -> ir.Value:
+        value = self.b.load(self._field(name), typ=ARENA.elements[ARENA_INDEX[name]])
+        value.set_metadata("tbaa", self._tbaa("arena"))
+        return value
+
+    def put(self, name: str, value: ir.Value) -> None:
+        self.b.store(value, self._field(name)).set_metadata("tbaa", self._tbaa("arena"))
+
+    def bump(self, name: str, by: int) -> ir.Value:
+        """field += by; the new value."""
+        value = self.b.add(self.get(name), c64(by))
+        self.put(name, value)
+        return value
+
+    # cells of i64 arrays
+    def elem(self, base: ir.Value, index: ir.Value) -> ir.Value:
+        return self.b.gep(base, [index], source_etype=I64)
+
+    def load_at(self, base: ir.Value, index: ir.Value, kind: str = "cell") -> ir.Value:
+        """kind: the alias class of the array (TBAA_KINDS), or "any" for a pointer that may be any of them."""
+        value = self.b.load(self.elem(base, index), typ=I64)
+        if kind != "any":
+            value.set_metadata("tbaa", self._tbaa(kind))
+        return value
+
+    def store_at(self, base: ir.Value, index: ir.Value, value: ir.Value, kind: str = "cell") -> None:
+        store = self.b.store(value, self.elem(base, index))
+        if kind != "any":
+            store.set_metadata("tbaa", self._tbaa(kind))
+
+    # heap words (the heap pointer is reloaded each time: a collection may have moved it)
+    def word(self, node: ir.Value, k: int | ir.Value) -> ir.Value:
+        index = self.b.add(node, c64(k) if isinstance(k, int) else k)
+        return self.load_at(self.get("heap"), index, "heap")
+
+    def set_word(self, node: ir.Value, k: int | ir.Value, value: ir.Value) -> None:
+        index = self.b.add(node, c64(k) if isinstance(k, int) else k)
+        self.store_at(self.get("heap"), index, value, "heap")
+
+    def content(self, node: ir.Value, k: int | ir.Value) -> ir.Value:
+        """Content word k of a node: its child k, or (k = 0) a literal's value."""
+        return self.word(node, CONTENT_AT + k if isinstance(k, int) else self.b.add(k, c64(CONTENT_AT)))
+
+    def op_of(self, header: ir.Value) -> ir.Value:
+        """The signed operator id in a header's low 32 bits."""
+        return self.b.sext(self.b.trunc(header, I32), I64)
+
+    def arity_of(self, header: ir.Value) -> ir.Value:
+        return self.b.lshr(header, c64(32))
+
+    # the shadow stack
+    def root(self, index: ir.Value) -> ir.Value:
+        return self.load_at(self.get("roots"), index, "roots")
+
+    def set_root(self, index: ir.Value, value: ir.Value) -> None:
+        self.store_at(self.get("roots"), index, value, "roots")
+
+    def root_ptr(self, index: ir.Value) -> ir.Value:
+        return self.elem(self.get("roots"), index)
+
+    # control flow
+    @contextmanager
+    def loop(self, start: ir.Value, stop: ir.Value, step: int = 1) -> Iterator[ir.Value]:
+        """for (i = start; i < stop; i += step) — `stop` is evaluated once."""
+        i = self.var(start)
+        head, body, done = self.block("loop"), self.block("body"), self.block("done")
+        self.b.branch(head)
+        self.b.position_at_end(head)
+        cur = self.read(i)
+        self.b.cbranch(self.b.icmp_signed("<", cur, stop), body, done)
+        self.b.position_at_end(body)
+        yield cur
+        if not self.b.block.is_terminated:
+            self.b.store(self.b.add(cur, c64(step)), i)
+            self.b.branch(head)
+        self.b.position_at_end(done)
+
+    def return_if(self, cond: ir.Value, value: ir.Value) -> None:
+        with self.b.if_then(cond, likely=False):
+            self.b.ret(value)
+
+    def return_if_error(self, value: ir.Value) -> None:
+        """Errors are negative and end the whole root: nothing to undo on the way out."""
+        self.return_if(self.b.icmp_signed("<", value, c64(0)), value)
+
+    def return_if_false(self, ok: ir.Value, code: int) -> None:
+        self.return_if(self.b.not_(ok), c64(code))

@@ -1,0 +1,65 @@
+"""Rulesets compiled and loaded inside this process, with no files and no linker: the fast local path.
+
+The rules module is compiled by llvmlite (the in-process compile path) and linked in memory with the
+shared runtime object by llvmlite's MCJIT. The runtime object is compiled once per target and -O level
+and kept in the object cache. Use it for local, immediate rewriting; artifacts to store or ship go
+through ArtifactBuilder (a .so linked by ld.lld).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from farm.compiler.codegen.llvm import ruleset_parts
+from farm.compiler.policy import check_module, defined_function_names, defined_functions, parse_ir
+from farm.compiler.toolchain import ObjectCache, cache_key, emit_module, emit_object_in_process, tool_versions
+from farm.errors import IncompatibleArtifact
+from farm.lang.transduce import RuleSet
+from farm.runtime.loader import NativeRuleset
+from farm.targets import Target, host_can_run, missing_flags
+
+
+class InMemoryCompiler:
+    def __init__(self, target: Target, opt_level: int, object_cache: ObjectCache) -> None:
+        if target.name != "native" and not host_can_run(target):
+            raise IncompatibleArtifact(f"cannot load {target.name} code into this process; the host lacks "
+                                       f"{', '.join(missing_flags(target)) or target.arch}")
+        self.target, self.opt_level = target, opt_level
+        self.objects = object_cache
+        self._runtime: bytes | None = None
+
+    def load(self, ruleset: RuleSet) -> NativeRuleset:
+        import llvmlite.binding as llvm
+
+        (_, runtime), *rules = ruleset_parts(ruleset, self.target.triple)
+        modules = [(name, parse_ir(text, name)) for name, text in rules]  # each parsed once, checked, compiled
+        provided = defined_functions(runtime).union(*(defined_function_names(module) for _, module in modules))
+        objects = [self._runtime_object(runtime, provided), *(self._compile(module, name, provided)
+                                                               for name, module in modules)]
+        # The engine takes ownership of its target machine and module: a fresh pair for each engine.
+        machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
+            cpu=self.target.cpu, features=self.target.features, opt=self.opt_level, reloc="pic")
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(f'target triple = "{self.target.triple}"'),
+                                            machine)
+        for data in objects:
+            engine.add_object_file(llvm.ObjectFileRef.from_data(data))
+        engine.finalize_object()
+        return NativeRuleset.in_memory(engine.get_function_address, ruleset, keepalive=engine)
+
+    def _runtime_object(self, text: str, provided: frozenset[str]) -> bytes:
+        """The shared runtime: compiled once per target and -O level, kept on disk and in memory."""
+        if self._runtime is None:
+            key = cache_key(text, self.target, self.opt_level, tool_versions("inprocess"))
+            cached = self.objects.get(key)
+            if cached is not None:
+                self._runtime = cached.read_bytes()
+            else:
+                self._runtime = emit_object_in_process(text, self.target, self.opt_level, "runtime", provided)[0]
+                self.objects.put(key, self._runtime)
+        return self._runtime
+
+    def _compile(self, module: Any, name: str, provided: frozenset[str]) -> bytes:
+        """A module compiled straight to memory, through the load policy like every other module; a ruleset's
+        own modules are never written to disk."""
+        check_module(module, name, provided)
+        return emit_module(module, self.target, self.opt_level)[0]
