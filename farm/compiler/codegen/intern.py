@@ -9,8 +9,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from farm.compiler.codegen.abi import NO_PARENT
+from farm.compiler.codegen.heap import K1, K2, TAG_SHIFT, call, parent_at, same_node
 from farm.compiler.codegen.irbuild import I64, PTR, TRUE, FunctionBuilder, c64
-from farm.compiler.codegen.runtime import K1, K2, TAG_SHIFT, call, parent_at, same_node
 
 
 def hash_words(b: ir.IRBuilder, head: ir.Value, words: list[ir.Value]) -> ir.Value:

@@ -31,9 +31,9 @@ from farm.compiler.codegen.abi import (
     IN_PROGRESS,
     NO_MATCH,
 )
+from farm.compiler.codegen.heap import LIT_HEADER, call, header, track_room
 from farm.compiler.codegen.intern import hash_words, intern_function
 from farm.compiler.codegen.irbuild import I1, I64, PTR, FunctionBuilder, c64, declare
-from farm.compiler.codegen.runtime import LIT_HEADER, call, header, track_room
 from farm.compiler.matchtree import NODE_BUDGET, Occurrence
 from farm.lang.transduce import RuleSet
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES

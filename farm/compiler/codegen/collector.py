@@ -1,0 +1,194 @@
+"""The runtime's copying collector (Cheney) and the growth of its spaces and stacks."""
+
+
+
+from llvmlite import ir
+
+from farm.compiler.codegen.abi import (
+    CONTENT_AT,
+    ERR_OOM,
+    FORWARDED,
+    SHARED_PARENT,
+)
+from farm.compiler.codegen.heap import (
+    ARGS_AT,
+    LIT_HEADER,
+    LIVE_FRACTION,
+    SURVIVAL_DENOMINATOR,
+    SURVIVAL_NUMERATOR,
+    RuntimePart,
+    call,
+    call_internal,
+    heap_nodes,
+    node_words,
+    parent_at,
+    table_slots,
+)
+from farm.compiler.codegen.irbuild import (
+    FALSE,
+    I1,
+    I64,
+    NULL,
+    PTR,
+    TRUE,
+    FunctionBuilder,
+    c64,
+)
+
+
+class Collector(RuntimePart):
+    # ---- the collector ----
+
+    def _forward(self) -> None:
+        """forward(arena, to, to_top*, id): the node's id in to-space, copying it there on first sight."""
+        f = self.new("forward", I64, [PTR, PTR, PTR, I64])
+        b = f.b
+        _, to, to_top, node = f.args
+        f.return_if(b.icmp_signed("<", node, c64(0)), node)
+        head = f.word(node, 0)
+        f.return_if(b.icmp_signed("==", head, c64(FORWARDED)), f.word(node, 1))
+        fresh = b.load(to_top, typ=I64)
+        size = node_words(f, head)
+        with f.loop(c64(0), size) as j:
+            f.store_at(to, b.add(fresh, j), f.word(node, j), "heap")
+        b.store(b.add(fresh, size), to_top)
+        f.set_word(node, 0, c64(FORWARDED))
+        f.set_word(node, 1, fresh)
+        b.ret(fresh)
+
+    def _forward_cells(self, f: FunctionBuilder, to: ir.Value, to_top: ir.Value, base: ir.Value,
+                       start: ir.Value, stop: ir.Value, kind: str = "cell") -> None:
+        """Rewrite the ids in cells base[start .. stop) (of alias class `kind`) to their to-space ids."""
+        with f.loop(start, stop) as i:
+            moved = call_internal(f, "forward", I64, [PTR, PTR, PTR, I64], f.arena, to, to_top,
+                                  f.load_at(base, i, kind))
+            f.store_at(base, i, moved, kind)
+
+    def _forward_entries(self, f: FunctionBuilder, to: ir.Value, to_top: ir.Value, kind: str) -> None:
+        """Rewrite the ids in the memo's or the tracked calls' entries (kind): after the tag, the memo's
+        value and arguments, or the arguments."""
+        b = f.b
+        width = f.get(f"{kind}_width")
+        with b.if_then(b.icmp_signed(">", width, c64(0))):
+            table = f.get(kind)
+            with f.loop(c64(0), b.add(f.get(f"{kind}_mask"), c64(1))) as slot:
+                entry = b.mul(slot, width)
+                tag = f.load_at(table, entry)
+                with b.if_then(b.icmp_signed("!=", tag, c64(0))):
+                    stop = b.add(b.add(entry, c64(ARGS_AT[kind])), f.arity_of(tag))
+                    self._forward_cells(f, to, to_top, table, b.add(entry, c64(1)), stop)
+
+    def _collect(self) -> None:
+        """collect(arena, words needed): copy the live nodes into the spare space and swap; rebuild the
+        table and the memo's index; grow both spaces when the live nodes fill more than 1 / LIVE_FRACTION.
+        0, or ERR_OOM."""
+        f = self.new("collect", I64, [PTR, I64])
+        b = f.b
+        arena, need = f.args
+        self._grow_instead(f)
+        scanned = f.get("top")
+        to = f.get("spare")
+        to_top = f.var(c64(0))
+        self._forward_cells(f, to, to_top, f.get("roots"), c64(0), f.get("rsp"), "roots")
+        self._forward_cells(f, to, to_top, f.get("nf"), c64(0), f.get("n_rows"))
+        self._forward_cells(f, to, to_top, f.get("out"), c64(0), f.get("n_out"))
+        for kind in ARGS_AT:
+            self._forward_entries(f, to, to_top, kind)
+        with heap_nodes(f, lambda: to, lambda: f.read(to_top)) as (at, head), \
+                b.if_then(b.icmp_signed("!=", head, c64(LIT_HEADER))):
+            start = b.add(at, c64(CONTENT_AT))
+            self._forward_cells(f, to, to_top, to, start, b.add(start, f.arity_of(head)), "heap")
+        old, old_cap = f.get("heap"), f.get("cap")
+        f.put("heap", to)
+        f.put("cap", f.get("spare_cap"))
+        f.put("spare", old)
+        f.put("spare_cap", old_cap)
+        top = f.read(to_top)
+        f.put("top", top)
+        self._forward_parents(f, top)
+        f.bump("collections", 1)
+        kept_most = b.icmp_signed(">", b.mul(top, c64(SURVIVAL_DENOMINATOR)), b.mul(scanned, c64(SURVIVAL_NUMERATOR)))
+        f.put("grow_next", b.zext(kept_most, I64))
+        with b.if_then(b.icmp_signed(">", top, f.get("peak_words"))):
+            f.put("peak_words", top)
+        # Each collection copies the live nodes: keeping the space at least LIVE_FRACTION times the live
+        # nodes bounds that to 1 / (LIVE_FRACTION - 1) word copied per word allocated.
+        wanted = b.add(top, need)
+        with b.if_then(b.icmp_signed(">", b.mul(wanted, c64(LIVE_FRACTION)), f.get("cap"))):
+            grown = call_internal(f, "grow_spaces", I1, [PTR, I64], arena, b.mul(wanted, c64(LIVE_FRACTION)))
+            with b.if_then(b.not_(b.or_(grown, b.icmp_signed("<=", wanted, f.get("cap"))))):
+                # Out of room: the memo's finished entries go first (they only save steps), then it is an error.
+                with b.if_then(b.icmp_signed(">", f.get("memo_done"), c64(0))):
+                    call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena, b.add(f.get("memo_mask"), c64(1)),
+                                  c64(2))
+                    b.ret(call_internal(f, "collect", I64, [PTR, I64], arena, need))
+                b.ret(c64(ERR_OOM))
+        # The table's nodes that survived are at most those it held: a table twice that size (or the same
+        # one, cleared) stays at most half full; it grows when nodes are filed faster than collections run.
+        slots = table_slots(f, f.get("table_count"))
+        f.return_if_false(call_internal(f, "rebuild_table", I1, [PTR, I64], arena, slots), ERR_OOM)
+        with b.if_then(b.icmp_signed(">", f.get("memo_width"), c64(0))):
+            rebuilt = call_internal(f, "memo_rebuild", I1, [PTR, I64, I64], arena,
+                                    b.add(f.get("memo_mask"), c64(1)), c64(0))
+            f.return_if_false(rebuilt, ERR_OOM)
+        with b.if_then(b.icmp_signed(">", f.get("track_width"), c64(0))):
+            rebuilt = call_internal(f, "track_rebuild", I1, [PTR, I64], arena, b.add(f.get("track_mask"), c64(1)))
+            f.return_if_false(rebuilt, ERR_OOM)
+        b.ret(c64(0))
+
+    @staticmethod
+    def _grow_instead(f: FunctionBuilder) -> None:
+        """When the last collection kept nearly all it found (a program building one large term: a numeral,
+        a list), the next would copy all that again, into pages never touched: grow the spaces instead, once
+        (realloc keeps the nodes where they are), then collect as usual. The spaces stay within
+        LIVE_FRACTION^2 times the nodes that collection kept; with no room to grow, it collects."""
+        b = f.b
+        with b.if_then(b.icmp_signed("!=", f.get("grow_next"), c64(0))):
+            f.put("grow_next", c64(0))
+            wanted = b.mul(b.add(f.get("cap"), f.args[1]), c64(LIVE_FRACTION))
+            grown = call_internal(f, "grow_spaces", I1, [PTR, I64], f.arena, wanted)
+            f.return_if(b.and_(grown, b.icmp_signed("<=", b.add(f.get("top"), f.args[1]), f.get("cap"))), c64(0))
+
+    @staticmethod
+    def _forward_parents(f: FunctionBuilder, top: ir.Value) -> None:
+        """After a copy: each parent word in the new space names its parent's new id, or SHARED_PARENT when
+        the parent was not copied (parent words do not keep nodes alive)."""
+        b = f.b
+        old = f.get("spare")
+        with heap_nodes(f, lambda: f.get("heap"), lambda: top) as (at, head):
+            slot = parent_at(f, at)
+            parent = f.word(slot, 0)
+            with b.if_then(b.icmp_signed(">=", parent, c64(0))):
+                moved = b.icmp_signed("==", f.load_at(old, parent, "heap"), c64(FORWARDED))
+                new_id = f.load_at(old, b.add(parent, c64(1)), "heap")
+                f.set_word(slot, 0, b.select(moved, new_id, c64(SHARED_PARENT)))
+
+    def _grow_spaces(self) -> None:
+        """grow_spaces(arena, words): both spaces at least that large (doubling); false when out of memory."""
+        f = self.new("grow_spaces", I1, [PTR, I64])
+        b = f.b
+        want = f.args[1]
+        cap = f.get("cap")
+        doubled = b.mul(cap, c64(2))
+        new_cap = b.select(b.icmp_signed("<", doubled, want), want, doubled)
+        old_bytes = b.mul(b.add(cap, f.get("spare_cap")), c64(8))
+        new_bytes = b.mul(new_cap, c64(8))
+        f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, b.mul(new_bytes, c64(2)))), FALSE)
+        # Both reallocated: the spare space's contents do not matter, but its pages already in memory do (a
+        # fresh block's first touch is a page fault, ~1.5 us here; the export's order lands there too).
+        heap = call(f, "realloc", f.get("heap"), new_bytes)
+        spare = call(f, "realloc", f.get("spare"), new_bytes)
+        for name, block in (("heap", heap), ("spare", spare)):
+            with b.if_then(b.icmp_unsigned("!=", block, NULL)):
+                f.put(name, block)  # realloc kept the block; only its capacity may stay as it was
+        failed = b.or_(b.icmp_unsigned("==", heap, NULL), b.icmp_unsigned("==", spare, NULL))
+        with b.if_then(failed, likely=False):
+            call(f, "charge", f.arena, b.mul(new_bytes, c64(2)), old_bytes)
+            b.ret(FALSE)
+        f.put("cap", new_cap)
+        f.put("spare_cap", new_cap)
+        b.ret(TRUE)
+
+    def _grow_roots(self) -> None:
+        f = self.new("farm_grow_roots", I1, [PTR, I64], internal=False)
+        f.b.ret(self.grow(f, "roots", "roots_cap", f.args[1]))

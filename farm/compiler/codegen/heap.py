@@ -1,0 +1,196 @@
+"""The runtime module's common ground: the node layout, the constants of the heap and its tables, and the
+helpers every part of the runtime (farm/compiler/codegen/runtime.py and its parts) builds with."""
+
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+from farm.compiler.codegen.abi import (
+    LIT_OP,
+    MARK_BASE,
+    PARENT_AT,
+)
+from farm.compiler.codegen.irbuild import (
+    I1,
+    I64,
+    PTR,
+    VOID,
+    FunctionBuilder,
+    c64,
+    declare,
+    export_type,
+)
+
+# Functions one module calls in another (runtime <-> rules), besides the exports of abi.EXPORTS.
+RUNTIME_CALLS: dict[str, ir.FunctionType] = {
+    "malloc": ir.FunctionType(PTR, [I64]), "calloc": ir.FunctionType(PTR, [I64, I64]),
+    "realloc": ir.FunctionType(PTR, [PTR, I64]), "free": ir.FunctionType(VOID, [PTR]),
+    "farm_intern": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, header, words, words*) -> id
+    "farm_lit": ir.FunctionType(I64, [PTR, I64]),  # (arena, value) -> id of the literal
+    "farm_grow_roots": ir.FunctionType(I1, [PTR, I64]),  # (arena, cells needed in all) -> grown?
+    "farm_memo_enter": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
+    "farm_memo_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR, I64]),  # (arena, op, arity, args*, nf)
+    "farm_track_enter": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
+    "farm_track_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
+    "farm_call": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*): in the rules
+    "farm_op_arity": ir.FunctionType(I64, [I64]),  # a ruleset operator's arity: in the rules
+    "farm_op_first_rule": ir.FunctionType(I64, [I64]),  # the index of its first rule: in the rules
+}
+LIT_HEADER = LIT_OP & 0xFFFFFFFF
+INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill more than 1 / LIVE_FRACTION of it
+LIVE_FRACTION = 8
+SURVIVAL_NUMERATOR, SURVIVAL_DENOMINATOR = 7, 8  # a collection keeping more than 7/8 of the space: grow next
+MIN_TABLE = 1 << 12  # the hash-consing table's slots at first; a collection may shrink it back to this
+INITIAL_MEMO = 1 << 8
+INITIAL_CELLS = 1 << 10  # shadow stack and work stack
+NO_NODE = -1  # the walk's way back up from a root: there is none
+TAG_SHIFT = 36  # a table slot: the hash's high bits above (node id + 1); ids below 2^36 words
+# Where an entry's arguments start: memo entries are (tag, normal form, arguments), tracked calls (tag, arguments).
+ARGS_AT = {"memo": 2, "track": 1}
+# The tracked calls' table stays at most 1/8 full while small (up to 2^16 slots, 2 MiB for calls of arity
+# 3), half full beyond: a call's first slot is then mostly free when it starts and the slot after it free
+# when it returns, the two cases the rules' code does inline (sieve: 29% faster than half full).
+SPARSE_TRACK_SLOTS = 1 << 16
+
+
+def track_room(f: FunctionBuilder, count: ir.Value, slots: ir.Value) -> ir.Value:
+    """Whether the tracked calls' table of `slots` may take one more call beside `count`."""
+    b = f.b
+    sparseness = b.select(b.icmp_signed("<", slots, c64(SPARSE_TRACK_SLOTS)), c64(8), c64(2))
+    return b.icmp_signed("<=", b.mul(b.add(count, c64(1)), sparseness), slots)
+
+
+K1, K2 = 0x9E3779B97F4A7C15, 0xFF51AFD7ED558CCD
+
+
+def call(f: FunctionBuilder, name: str, *args: ir.Value) -> ir.Value:
+    """A call to a function of this module, or of another part (RUNTIME_CALLS, abi.EXPORTS)."""
+    existing = f.module.globals.get(name)
+    if isinstance(existing, ir.Function):
+        return f.b.call(existing, list(args))
+    fnty = RUNTIME_CALLS.get(name) or export_type(name)
+    return f.b.call(declare(f.module, name, fnty), list(args))
+
+
+def header(f: FunctionBuilder, op: ir.Value, arity: ir.Value) -> ir.Value:
+    return f.b.or_(f.b.shl(arity, c64(32)), f.b.and_(op, c64(0xFFFFFFFF)))
+
+
+def node_content(f: FunctionBuilder, head: ir.Value) -> ir.Value:
+    """Words after the header that identify a node: a literal's value, an application's children."""
+    return f.b.select(f.b.icmp_signed("==", head, c64(LIT_HEADER)), c64(1), f.arity_of(head))
+
+
+def node_words(f: FunctionBuilder, head: ir.Value) -> ir.Value:
+    """Words a node takes: the header, its content, its parent word."""
+    return f.b.add(node_content(f, head), c64(2))
+
+
+def parent_at(f: FunctionBuilder, node: ir.Value) -> ir.Value:
+    """The index of a node's parent word in the current space."""
+    return f.b.add(node, c64(PARENT_AT))
+
+
+def same_node(f: FunctionBuilder, cand: ir.Value, head: ir.Value, content_equal: Callable[[ir.Value], ir.Value],
+              found: ir.Block) -> None:
+    """Branch to `found` when node `cand` has this header and content_equal(cand); fall through otherwise.
+    The content is read only once the header matched: a node of another arity may end before it."""
+    b = f.b
+    content, differs = f.block("same_head"), f.block("differs")
+    b.cbranch(b.icmp_signed("==", f.word(cand, 0), head), content, differs)
+    b.position_at_end(content)
+    b.cbranch(content_equal(cand), found, differs)
+    b.position_at_end(differs)
+
+
+class RuntimePart:
+    """What the parts of the runtime module share: the module, function builders, and calls into the
+    functions other parts define."""
+
+    def __init__(self, module: ir.Module) -> None:
+        self.m = module
+
+    def new(self, name: str, ret: ir.Type, args: list[ir.Type], internal: bool = True) -> FunctionBuilder:
+        return FunctionBuilder(self.m, name, ret, args, internal)
+
+    def export(self, name: str) -> FunctionBuilder:
+        fnty = export_type(name)
+        return FunctionBuilder(self.m, name, fnty.return_type, list(fnty.args), internal=False)
+
+    def grow(self, f: FunctionBuilder, field: str, cap: str, need: ir.Value) -> ir.Value:
+        return call_internal(f, "grow_array", I1, [PTR, PTR, PTR, I64], f.arena, f._field(field), f._field(cap),
+                             need)
+
+    def hash_of(self, f: FunctionBuilder, head: ir.Value, n: ir.Value, words: ir.Value) -> ir.Value:
+        return call_internal(f, "hash_words", I64, [I64, I64, PTR], head, n, words)
+
+    @staticmethod
+    def probe(f: FunctionBuilder, mask: ir.Value, start: ir.Value, occupied: Callable[[ir.Value], ir.Value],
+              matches: Callable[[ir.Value], None]) -> ir.Value:
+        """Linear probing from `start` until `occupied(index)` is false; `matches(index)` runs on each
+        occupied slot and may return out of the function. The index of the first free slot."""
+        b = f.b
+        i = f.var(b.and_(start, mask))
+        head, busy, free = f.block("probe"), f.block("occupied"), f.block("free")
+        b.branch(head)
+        b.position_at_end(head)
+        idx = f.read(i)
+        b.cbranch(occupied(idx), busy, free)
+        b.position_at_end(busy)
+        matches(idx)
+        b.store(b.and_(b.add(idx, c64(1)), mask), i)
+        b.branch(head)
+        b.position_at_end(free)
+        return f.read(i)
+
+    @staticmethod
+    def slot_of(f: FunctionBuilder, h: ir.Value, node: ir.Value) -> ir.Value:
+        return f.b.or_(f.b.shl(f.b.lshr(h, c64(TAG_SHIFT)), c64(TAG_SHIFT)), f.b.add(node, c64(1)))
+
+
+@contextmanager
+def heap_nodes(f: FunctionBuilder, base: Callable[[], ir.Value], stop: Callable[[], ir.Value]) \
+        -> Iterator[tuple[ir.Value, ir.Value]]:
+    """for each node of a space, from id 0 while id < stop(): yields (id, header); `base` and `stop` are
+    re-evaluated on every turn (the body may move or extend the space)."""
+    b = f.b
+    node = f.var(c64(0))
+    head_block, body, done = f.block("nodes"), f.block("node"), f.block("nodes_done")
+    b.branch(head_block)
+    b.position_at_end(head_block)
+    at = f.read(node)
+    b.cbranch(b.icmp_signed("<", at, stop()), body, done)
+    b.position_at_end(body)
+    head = f.load_at(base(), at, "heap")
+    yield at, head
+    b.store(b.add(at, node_words(f, head)), node)
+    b.branch(head_block)
+    b.position_at_end(done)
+
+
+def is_marked(f: FunctionBuilder, node: ir.Value) -> ir.Value:
+    """Whether farm_mark numbered the node (its parent word holds a mark)."""
+    return f.b.icmp_signed("<=", f.word(parent_at(f, node), 0), c64(MARK_BASE))
+
+
+def number_of(f: FunctionBuilder, node: ir.Value) -> ir.Value:
+    """A numbered node's number, from the mark in its parent word."""
+    return f.b.sub(c64(MARK_BASE), f.word(parent_at(f, node), 0))
+
+
+def table_slots(f: FunctionBuilder, entries: ir.Value) -> ir.Value:
+    """The hash-consing table's size for `entries` nodes: a power of two, at least MIN_TABLE, at most half
+    full."""
+    b = f.b
+    slots = f.var(c64(MIN_TABLE))
+    wanted = b.mul(entries, c64(2))
+    with f.loop(c64(0), c64(64)), b.if_then(b.icmp_signed("<", f.read(slots), wanted)):
+        b.store(b.mul(f.read(slots), c64(2)), slots)
+    return f.read(slots)
+
+
+def call_internal(f: FunctionBuilder, name: str, ret: ir.Type, args: list[ir.Type], *values: ir.Value) -> ir.Value:
+    """A call to a function of the runtime module itself (defined or declared in this module)."""
+    return f.b.call(declare(f.module, name, ir.FunctionType(ret, args)), list(values))
