@@ -284,7 +284,7 @@ def worker_in_this_process(cluster: dict[str, str], monkeypatch: pytest.MonkeyPa
                            **extra: str) -> Iterator[None]:
     """The worker side of tasks (farm.cluster.coordinator.worker_compile), run in this process with a worker's settings
     against the real Redis and S3."""
-    from farm.cluster.coordinator import coordinator as farm_cluster
+    from farm.cluster import coordinator as farm_cluster
 
     env = cluster_env(cluster["redis"], cluster["s3"], Path(cluster["tmp"]) / cache,
                       FARM_SIGNING_KEY=cluster["signing_key"], **extra)
@@ -302,7 +302,7 @@ def test_redeliveries_are_counted_and_capped_into_a_dead_letter(cluster: dict[st
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker side of a task, run in this process against the real Redis and S3: the same message
     delivered again is counted, and past the cap it is dead-lettered instead of run."""
-    from farm.cluster.coordinator import coordinator as farm_cluster
+    from farm.cluster import coordinator as farm_cluster
 
     with worker_in_this_process(cluster, monkeypatch, "inproc", FARM_MAX_DELIVERIES="3"):
         coord = coordinator(cluster, "coord-d")
@@ -326,7 +326,7 @@ def test_a_shared_module_of_another_release_comes_from_redis_or_the_task_says_it
     """A message names the runtime by content key. A worker of the same release has that text itself; one of
     another release (here: a runtime text this worker does not generate) fetches it from Redis, checked
     against its key; with Redis holding nothing under the key the task fails and says so, nothing built."""
-    from farm.cluster.coordinator import coordinator as farm_cluster
+    from farm.cluster import coordinator as farm_cluster
     from farm.cluster.messages import content_key
 
     with worker_in_this_process(cluster, monkeypatch, "shared-mod"):
