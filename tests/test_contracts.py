@@ -1,9 +1,11 @@
-"""One set of expectations for every cache index (SQLite, Redis) and every artifact store (a local
-directory, S3), run against each: real redis-server and a real S3-protocol server (moto) on loopback."""
+"""One set of expectations for every cache index (SQLite, Redis, memory), every coordination backend (Redis,
+memory) and every artifact store (a local directory, S3, memory), run against each: real redis-server and a real
+S3-protocol server (moto) on loopback, started only for the tests that use them (`-k memory` needs none)."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +14,13 @@ import pytest
 
 from farm.cache.backends import make_store
 from farm.cache.engine import Engine
-from farm.cache.index import CacheIndex
+from farm.cache.index import CacheIndex, ClusterIndex
+from farm.cache.index.memory import MemoryIndex
 from farm.cache.index.redis import RedisIndex
 from farm.cache.index.sqlite import SQLiteIndex
-from farm.cache.store import ArtifactMeta, ArtifactStore
+from farm.cache.store import FORMAT_VERSION, ArtifactMeta, ArtifactStore
 from farm.cache.store.local import LocalStore
+from farm.cache.store.memory import MemoryStore
 from farm.config import FarmConfig
 from farm.errors import BackendUnavailable, InvalidArtifactKey
 
@@ -31,19 +35,34 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         yield {"redis": redis_url, "s3": s3}
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def index(request: pytest.FixtureRequest, servers: dict[str, str], tmp_path: Path) -> CacheIndex:
-    if request.param == "sqlite":
-        return SQLiteIndex(tmp_path / "index.sqlite")
-    redis_index = RedisIndex(servers["redis"])
-    redis_index.r.flushdb()  # each test starts from an empty index, as a new SQLite file does
+def cluster_index(backend: str, request: pytest.FixtureRequest) -> ClusterIndex:
+    """An empty index of a backend that coordinates, as a new SQLite file is an empty index."""
+    if backend == "memory":
+        return MemoryIndex()
+    redis_index = RedisIndex(request.getfixturevalue("servers")["redis"])
+    redis_index.r.flushdb()
     return redis_index
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, servers: dict[str, str], tmp_path: Path) -> ArtifactStore:
+@pytest.fixture(params=["sqlite", "redis", "memory"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> CacheIndex:
+    if request.param == "sqlite":
+        return SQLiteIndex(tmp_path / "index.sqlite")
+    return cluster_index(request.param, request)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def coordination(request: pytest.FixtureRequest) -> ClusterIndex:
+    return cluster_index(request.param, request)
+
+
+@pytest.fixture(params=["local", "s3", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
     if request.param == "local":
         return LocalStore(tmp_path / "cache")
+    if request.param == "memory":
+        return MemoryStore(tmp_path / "node")
+    servers = request.getfixturevalue("servers")
     env = cluster_env(servers["redis"], servers["s3"], tmp_path / "node", FARM_S3_BUCKET=f"c-{uuid.uuid4().hex[:12]}")
     return make_store(FarmConfig.from_env(env))
 
@@ -101,6 +120,93 @@ def test_counters_add_up(index: CacheIndex, tmp_path: Path) -> None:
     assert (counters["requests"], counters["hits"], counters["misses"]) == (2, 1, 1)
     assert counters["compilations_ok"] == 1
     assert index.lookup("p", "x86-64") == index.lookup("q", "x86-64") == meta.key
+
+
+def test_metadata_of_another_format_reads_as_a_miss(index: CacheIndex, tmp_path: Path) -> None:
+    _, meta = artifact(tmp_path)
+    meta.format_version = FORMAT_VERSION + 1
+    index.record("p", "x86-64", meta)
+    assert index.lookup("p", "x86-64") == meta.key and index.meta(meta.key) is None
+
+
+# ---- every coordination backend ----
+
+def test_a_lock_has_one_holder_until_that_holder_releases_it(coordination: ClusterIndex) -> None:
+    key = "a" * 64
+    assert coordination.inflight() == 0
+    assert coordination.acquire(key, "task-1", ttl=60) == "task-1"
+    assert coordination.acquire(key, "task-2", ttl=60) == "task-1"  # the one to wait on
+    assert coordination.acquire(key, "task-1", ttl=60) == "task-1"  # a retried attempt knows its own lock
+    assert coordination.acquire("b" * 64, "task-3", ttl=60) == "task-3" and coordination.inflight() == 2
+    coordination.release(key, "task-2")  # not the holder: nothing happens
+    assert coordination.acquire(key, "task-2", ttl=60) == "task-1"
+    coordination.release(key, "task-1")
+    assert coordination.acquire(key, "task-2", ttl=60) == "task-2"
+
+
+def test_a_lock_whose_holder_vanished_expires(coordination: ClusterIndex) -> None:
+    key = "c" * 64
+    assert coordination.acquire(key, "lost-task", ttl=0.15) == "lost-task"
+    time.sleep(0.3)
+    assert coordination.inflight() == 0
+    assert coordination.acquire(key, "next-task", ttl=60) == "next-task"
+    coordination.release(key, "lost-task")  # the expired holder's late release leaves the new lock alone
+    assert coordination.acquire(key, "third-task", ttl=60) == "next-task"
+
+
+def test_deliveries_are_counted_per_message_and_expire_with_it(coordination: ClusterIndex) -> None:
+    assert not coordination.ever_delivered("t1")
+    assert [coordination.delivered("t1", ttl=60) for _ in range(3)] == [1, 2, 3]
+    assert coordination.delivered("t2", ttl=0.15) == 1
+    assert coordination.ever_delivered("t1") and coordination.ever_delivered("t2")
+    time.sleep(0.3)
+    assert not coordination.ever_delivered("t2") and coordination.delivered("t2", ttl=60) == 1
+    assert coordination.ever_delivered("t1")
+
+
+def test_dead_letters_come_back_in_arrival_order_and_are_counted(coordination: ClusterIndex) -> None:
+    assert coordination.dead_letters() == []
+    records = [{"task_id": f"t{i}", "key": "d" * 64, "pattern_id": "ünï ✓", "deliveries": 4, "at": 1.5 + i}
+               for i in range(3)]
+    for record in records:
+        coordination.dead_letter(record)
+    records[0]["task_id"] = "changed after the fact"  # what was stored is a copy
+    assert [r["task_id"] for r in coordination.dead_letters()] == ["t0", "t1", "t2"]
+    assert coordination.dead_letters()[1] == records[1]
+    assert coordination.counters()["dead_letters"] == 3
+
+
+def test_toolchains_are_published_per_target_and_name_the_served_queues(coordination: ClusterIndex) -> None:
+    assert coordination.toolchain("x86-64") is None and coordination.queue_depths() == {}
+    coordination.publish_toolchain("x86-64", {"llc": "16.0.6", "opt": "16.0.6"})
+    coordination.publish_toolchain("aarch64", {"llc": "16.0.6"})
+    coordination.publish_toolchain("x86-64", {"llc": "17.0.1"})  # a worker of a newer release replaces it
+    assert coordination.toolchain("x86-64") == {"llc": "17.0.1"}
+    assert coordination.toolchain("aarch64") == {"llc": "16.0.6"}
+    assert coordination.queue_depths() == {"aarch64": 0, "x86-64": 0}  # served, nothing waiting
+
+
+def test_the_hot_set_ranks_patterns_by_requests_and_firings(coordination: ClusterIndex, tmp_path: Path) -> None:
+    _, meta = artifact(tmp_path)
+    coordination.note_hot("fired", 40)
+    coordination.note_miss("missed")
+    coordination.note_miss("missed")
+    coordination.note_hit("hit", "x86-64", meta, hot=True)
+    coordination.note_hit("not ranked", "x86-64", meta)
+    assert coordination.hot(10) == [("fired", 40), ("missed", 2), ("hit", 1)]
+    assert coordination.hot(1) == [("fired", 40)]
+
+
+def test_a_shared_module_lives_its_ttl_and_sharing_it_again_extends_it(coordination: ClusterIndex) -> None:
+    short, extended = "1" * 64, "2" * 64
+    assert coordination.shared_module(short) is None
+    coordination.share_module(short, "; runtime A", ttl=1)
+    coordination.share_module(extended, "; runtime B", ttl=1)
+    coordination.share_module(extended, "; runtime B", ttl=60)
+    assert coordination.shared_module(short) == "; runtime A"
+    time.sleep(1.2)
+    assert coordination.shared_module(short) is None
+    assert coordination.shared_module(extended) == "; runtime B"
 
 
 # ---- every store ----

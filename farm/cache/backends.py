@@ -1,4 +1,7 @@
-"""Pick the index and store for a configuration: the embedded ones, or Redis and S3 for the cluster."""
+"""Pick the index and store for a configuration: the embedded ones, or Redis and S3 for the cluster.
+
+The in-memory ones (index/memory.py, store/memory.py) are not here: nothing they hold outlives the process, so no
+setting selects them; tests and embedders construct them and pass them in."""
 
 from __future__ import annotations
 

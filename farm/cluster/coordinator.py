@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, partial
 from typing import Any, TypeVar
 
@@ -20,9 +20,9 @@ from farm.cache import keys
 from farm.cache.backends import make_store
 from farm.cache.builder import ArtifactBuilder, check_pattern_id
 from farm.cache.counting import best_effort
-from farm.cache.index import Coordination
+from farm.cache.index import ClusterIndex, Coordination
 from farm.cache.index.redis import RedisIndex
-from farm.cache.store import ArtifactMeta
+from farm.cache.store import ArtifactMeta, ArtifactStore
 from farm.cluster.messages import CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.compiler.codegen.llvm import ruleset_parts, runtime_ir
 from farm.compiler.toolchain import artifact_key
@@ -96,13 +96,16 @@ def require_cluster(config: FarmConfig) -> None:
 
 class Coordinator:
     """`app`: the Celery application of the deployment (workers.app.make_app), given by the caller: the
-    library does not build one from the environment."""
+    library does not build one from the environment. `index` and `store`: the cluster's shared index and store,
+    by default the Redis and S3 that `config` names; tests pass in-process ones (MemoryIndex, MemoryStore)."""
 
-    def __init__(self, config: FarmConfig, app: Any) -> None:
+    def __init__(self, config: FarmConfig, app: Any, index: ClusterIndex | None = None,
+                 store: ArtifactStore | None = None) -> None:
         self.config = config
-        require_cluster(self.config)
-        self.index = RedisIndex(self.config.redis_url)  # type: ignore[arg-type]
-        self.store = make_store(self.config, self.index)
+        if index is None or store is None:
+            require_cluster(self.config)
+        self.index: ClusterIndex = index or RedisIndex(self.config.redis_url)  # type: ignore[arg-type]
+        self.store = store or make_store(self.config, self.index)
         self.app = app
         self._toolchains: dict[str, tuple[float, dict[str, str]]] = {}
 
@@ -320,32 +323,39 @@ def _broker_errors(config: FarmConfig) -> Iterator[None]:
 # ---- worker side ----
 
 @dataclass(frozen=True)
-class _Worker:
-    """A worker process's side of the cluster: its builder, and the coordination it takes part in (the same
-    Redis as the builder's index)."""
+class Worker:
+    """A worker process's side of the cluster: its builder, the coordination it takes part in (the same index
+    as the builder's), and the shared modules it has fetched (content key -> text; each is fetched once)."""
 
     builder: ArtifactBuilder
     coordination: Coordination
+    shared_modules: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: FarmConfig, index: ClusterIndex, store: ArtifactStore) -> Worker:
+        return cls(ArtifactBuilder(config, index, store, count_requests=False), index)
 
 
 @cache
-def _worker() -> _Worker:
+def _worker() -> Worker:
+    """This process's worker, on the Redis and S3 its environment names (the one a Celery task runs in)."""
     config = FarmConfig.from_env()
     index = RedisIndex(config.redis_url)  # type: ignore[arg-type]
-    return _Worker(ArtifactBuilder(config, index, make_store(config, index), count_requests=False), index)
+    return Worker.of(config, index, make_store(config, index))
 
 
-def announce_worker(targets: list[str]) -> None:
+def announce_worker(targets: list[str], worker: Worker | None = None) -> None:
     """Publish this worker's tool versions for each target it serves (coordinators key requests with them)."""
-    worker = _worker()
+    worker = worker or _worker()
     for target in filter(None, targets):
         worker.coordination.publish_toolchain(target, worker.builder.versions())
 
 
-def worker_compile(wire: dict[str, Any], task_id: str) -> dict[str, Any]:
+def worker_compile(wire: dict[str, Any], task_id: str, worker: Worker | None = None) -> dict[str, Any]:
     """One compile message: counted, dead-lettered past the delivery cap, else built (or found) and indexed.
-    An outage shorter than the grace is ridden out here; a longer one goes back to Celery's retry."""
-    worker = _worker()
+    An outage shorter than the grace is ridden out here; a longer one goes back to Celery's retry. `worker`:
+    this process's by default."""
+    worker = worker or _worker()
     config, coordination = worker.builder.config, worker.coordination
     retried = _RidingOut(time.perf_counter() + config.outage_grace, f"worker, task {task_id}")
     message = CompileMessage.from_wire(wire)
@@ -374,10 +384,10 @@ class _RidingOut:
         return riding_out(fn, self.deadline, self.what)
 
 
-def _build(worker: _Worker, message: CompileMessage, retried: _RidingOut) -> TaskResult:
+def _build(worker: Worker, message: CompileMessage, retried: _RidingOut) -> TaskResult:
     start = time.perf_counter()
     try:
-        parts = [(p.name, p.text or _shared_module(worker.coordination, message.target, p.shared_key, retried))
+        parts = [(p.name, p.text or _shared_module(worker, message.target, p.shared_key, retried))
                  for p in message.parts]
         artifact = retried(lambda: worker.builder.ensure_parts(parts, message.pattern_id, message.target,
                                                         message.opt_level, message.ruleset_json,
@@ -401,20 +411,19 @@ def _lock_released(coordination: Coordination, key: str, task_id: str, retried: 
     retried(lambda: coordination.release(key, task_id))
 
 
-_SHARED: dict[str, str] = {}  # content key -> text: a worker fetches each shared module once
-
-
-def _shared_module(coordination: Coordination, target: str, shared_key: str, retried: _RidingOut) -> str:
+def _shared_module(worker: Worker, target: str, shared_key: str, retried: _RidingOut) -> str:
     """A shared module's text: kept from before; or this worker's own runtime for the target, when it is the
     same text (the same farm release); or fetched from Redis and checked against its key."""
-    if shared_key not in _SHARED:
+    kept = worker.shared_modules
+    if shared_key not in kept:
         local = runtime_ir(REGISTRY[target].triple) if target in REGISTRY else ""
-        text = local if content_key(local) == shared_key else retried(lambda: coordination.shared_module(shared_key))
+        text = (local if content_key(local) == shared_key
+                else retried(lambda: worker.coordination.shared_module(shared_key)))
         if text is None or content_key(text) != shared_key:
             raise SharedModuleMissing(f"module {shared_key[:16]} is not in Redis (or not what its key says); "
                                       "the next request for it shares it again")
-        _SHARED[shared_key] = text
-    return _SHARED[shared_key]
+        kept[shared_key] = text
+    return kept[shared_key]
 
 
-__all__ = ["CompileRequest", "Coordinator", "Outcome", "announce_worker", "worker_compile"]
+__all__ = ["CompileRequest", "Coordinator", "Outcome", "Worker", "announce_worker", "worker_compile"]

@@ -1,8 +1,8 @@
 """Cache indexes, by role: which artifact a (pattern ID, target) has and its metadata (ArtifactIndex);
 counters of the work done (Counters: best effort, they never fail the work they count); and, for the
 cluster, coordination between coordinators and workers (Coordination: locks, deliveries, dead letters,
-toolchains, the hot set, shared modules). SQLite is the first two; Redis is all three. Callers type
-against the role they use."""
+toolchains, the hot set, shared modules). SQLite is the first two; Redis is all three (ClusterIndex), and so is
+MemoryIndex (memory.py), its stand-in within one process. Callers type against the role they use."""
 
 from __future__ import annotations
 
@@ -133,3 +133,10 @@ class Coordination(ABC):
 
     @abstractmethod
     def inflight(self) -> int: ...
+
+
+class ClusterIndex(CacheIndex, Coordination):
+    """All three roles in one backend: what the cluster's coordinators and workers share (RedisIndex; MemoryIndex
+    within one process)."""
+
+    shared = True

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import redis
 
 from farm.cache import keys
-from farm.cache.index import CacheIndex, Coordination, build_fields
+from farm.cache.index import ClusterIndex, build_fields
 from farm.cache.store import ArtifactMeta, stored_meta
 from farm.errors import BackendUnavailable
 
@@ -24,9 +24,7 @@ return 0
 """
 
 
-class RedisIndex(CacheIndex, Coordination):
-    shared = True
-
+class RedisIndex(ClusterIndex):
     def __init__(self, url: str, client: redis.Redis | None = None) -> None:
         self.url = url
         # Typed as Any: redis-py declares bytes | str results for a client that always returns bytes here.
