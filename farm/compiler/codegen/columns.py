@@ -48,18 +48,16 @@ class Columns(RuntimePart):
         _, rows, ops, arities, values, kids, n_kids = f.args
         op_count = call(f, "farm_op_count")
         with f.loop(c64(0), rows) as i:
-            op = f.load_at(ops, i)
-            f.return_if(b.or_(b.icmp_signed("<", op, c64(LIT_OP)), b.icmp_signed(">", op, c64(2**31 - 1))), FALSE)
+            op = f.load_i32(ops, i)
+            f.return_if(b.icmp_signed("<", op, c64(LIT_OP)), FALSE)
             with b.if_then(b.icmp_signed("!=", op, c64(LIT_OP))):
-                arity, offset = f.load_at(arities, i), f.load_at(values, i)
-                bad = b.or_(b.icmp_signed("<", arity, c64(0)), b.icmp_signed(">", arity, c64(2**31 - 1)))
-                bad = b.or_(bad, b.or_(b.icmp_signed("<", offset, c64(0)),
-                                       b.icmp_signed(">", offset, b.sub(n_kids, arity))))
-                f.return_if(bad, FALSE)
+                arity, offset = f.load_i32(arities, i), f.load_at(values, i)
+                bad = b.or_(b.icmp_signed("<", offset, c64(0)), b.icmp_signed(">", offset, b.sub(n_kids, arity)))
+                f.return_if(b.or_(b.icmp_signed("<", arity, c64(0)), bad), FALSE)
                 with b.if_then(b.icmp_signed("<", op, op_count)):
                     f.return_if(b.icmp_signed("!=", arity, call(f, "farm_op_arity", op)), FALSE)
                 with f.loop(c64(0), arity) as j:
-                    kid = f.load_at(kids, b.add(offset, j))
+                    kid = f.load_i32(kids, b.add(offset, j))
                     f.return_if(b.or_(b.icmp_signed("<", kid, c64(0)), b.icmp_signed(">=", kid, i)), FALSE)
         b.ret(TRUE)
 
@@ -87,16 +85,16 @@ class Columns(RuntimePart):
         b.position_at_end(step)
         frame = b.mul(b.sub(f.read(sp), c64(1)), c64(2))
         r = f.load_at(f.get("work"), frame)
-        op = f.load_at(ops, r)
+        op = f.load_i32(ops, r)
         literal, app = f.block("literal"), f.block("application")
         b.cbranch(b.icmp_signed("==", op, c64(LIT_OP)), literal, app)
         b.position_at_end(literal)
         finish(r, call(f, "farm_lit", arena, f.load_at(values, r)))
         b.branch(head)
         b.position_at_end(app)
-        arity, offset = f.load_at(arities, r), f.load_at(values, r)
+        arity, offset = f.load_i32(arities, r), f.load_at(values, r)
         with f.loop(f.load_at(f.get("work"), b.add(frame, c64(1))), arity) as k:
-            kid = f.load_at(kids, b.add(offset, k))
+            kid = f.load_i32(kids, b.add(offset, k))
             with b.if_then(b.icmp_signed("<", f.load_at(f.get("nf"), kid), c64(0))):
                 f.store_at(f.get("work"), b.add(frame, c64(1)), b.add(k, c64(1)))
                 self.push_frame(f, sp, kid)
@@ -104,7 +102,7 @@ class Columns(RuntimePart):
         base = f.get("rsp")
         f.return_if_false(self.grow(f, "roots", "roots_cap", b.add(base, arity)), ERR_OOM)
         with f.loop(c64(0), arity) as j:
-            f.set_root(b.add(base, j), f.load_at(f.get("nf"), f.load_at(kids, b.add(offset, j))))
+            f.set_root(b.add(base, j), f.load_at(f.get("nf"), f.load_i32(kids, b.add(offset, j))))
         f.put("rsp", b.add(base, arity))
         value = call(f, "farm_call", arena, op, arity, f.root_ptr(base))
         f.put("rsp", base)
@@ -279,11 +277,11 @@ class Columns(RuntimePart):
             is_lit = b.icmp_signed("==", node_head, c64(LIT_HEADER))
             arity = b.select(is_lit, c64(0), f.arity_of(node_head))
             start = f.read(written)
-            f.store_at(ops, i, f.op_of(node_head))
-            f.store_at(arities, i, arity)
+            f.store_i32(ops, i, f.op_of(node_head))
+            f.store_i32(arities, i, arity)
             f.store_at(values, i, b.select(is_lit, f.content(node, 0), start))
             with f.loop(c64(0), arity) as j:
-                f.store_at(kids, b.add(start, j), number_of(f, f.content(node, j)))
+                f.store_i32(kids, b.add(start, j), number_of(f, f.content(node, j)))
             b.store(b.add(start, arity), written)
         with f.loop(c64(0), n) as i:
             mapped = f.var(f.load_at(roots, i))
