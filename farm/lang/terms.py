@@ -30,6 +30,13 @@ def _location(text: str, filename: str, offset: int) -> SourceLocation:
 
 LIT = -1  # op id of an integer literal node
 
+# Operator ids, arities and child ids are 32-bit columns, literal values and child offsets 64-bit: a unary
+# node takes 20 bytes instead of 32, and a large normal form's export is mostly the first touch of its
+# columns' fresh pages. The native ABI reads and writes these widths (docs/abi.md).
+ID_TYPECODE, VALUE_TYPECODE = "i", "q"
+assert array(ID_TYPECODE).itemsize == 4 and array(VALUE_TYPECODE).itemsize == 8
+MAX_NODES = 2**31 - 1  # node ids are 32-bit
+
 
 @contextmanager
 def bulk() -> Iterator[None]:
@@ -88,14 +95,15 @@ class Signature:
 class TermGraph:
     """A flat arena of nodes in four columns, the layout the native library reads and writes directly:
     `ops[i]` is an op id or LIT; `vals[i]` the literal value, or where node i's children start in
-    `kid_ids`; `arities[i]` how many children it has. Children always have smaller ids than parents."""
+    `kid_ids`; `arities[i]` how many children it has. Children always have smaller ids than parents.
+    `vals` is 64-bit, the others 32-bit (ID_TYPECODE)."""
 
     def __init__(self, signature: Signature | None = None) -> None:
         self.signature = signature.copy() if signature is not None else Signature()
-        self.ops = array("q")
-        self.vals = array("q")
-        self.arities = array("q")
-        self.kid_ids = array("q")
+        self.ops = array(ID_TYPECODE)
+        self.vals = array(VALUE_TYPECODE)
+        self.arities = array(ID_TYPECODE)
+        self.kid_ids = array(ID_TYPECODE)
         self._cons: dict[tuple[int, object], int] | None = {}
         # The children tuples the interning keys hold anyway, kept per node so Python-side walks (the
         # interpreter) need not slice the columns; absent for graphs built from native columns.
@@ -131,6 +139,8 @@ class TermGraph:
         node = cons.get(key)
         if node is None:
             node = len(self.ops)
+            if node == MAX_NODES:
+                raise TermError(f"a term graph holds at most {MAX_NODES} nodes (node ids are 32-bit)")
             self.ops.append(op)
             if op == LIT:
                 self.vals.append(payload)  # type: ignore[arg-type]

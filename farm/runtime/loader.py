@@ -39,7 +39,7 @@ from farm.compiler.codegen.abi import (
 from farm.compiler.elf_policy import check_library
 from farm.config import max_memory_from_env
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
-from farm.lang.terms import LIT, TermGraph, bulk
+from farm.lang.terms import ID_TYPECODE, LIT, MAX_NODES, VALUE_TYPECODE, TermGraph, bulk
 from farm.lang.transduce import RuleSet
 from farm.semantics import DEFAULT_FUEL, calls_error, check_fuel, cycle_error, depth_error, fuel_error, memory_error
 from farm.semantics.interp import RewriteResult
@@ -159,8 +159,8 @@ def _sealed_memory_file(data: bytes, sha256: str) -> int:
 ARENA_P = ctypes.POINTER(ArenaStruct)
 I64 = ctypes.c_int64
 # Cell arrays go as plain addresses: building a POINTER object per argument cost more than the call.
-_CTYPES: dict[str, Any] = {"i64": I64, "arena": ARENA_P, "i64*": ctypes.c_void_p, "str": ctypes.c_char_p,
-                           "void": None}
+_CTYPES: dict[str, Any] = {"i64": I64, "arena": ARENA_P, "i64*": ctypes.c_void_p, "i32*": ctypes.c_void_p,
+                           "str": ctypes.c_char_p, "void": None}
 # The library's exported functions: name -> (result type, argument types), from the one ABI table.
 ABI: dict[str, tuple[Any, list[Any]]] = {name: (_CTYPES[ret], [_CTYPES[a] for a in args])
                                          for name, (ret, args) in EXPORTS.items()}
@@ -294,7 +294,8 @@ class NativeRuleset:
         columns, with the input's signature."""
         started = time.perf_counter()
         to_native = self._op_map(graph)
-        ops = graph.ops if to_native is None else array("q", [op if op == LIT else to_native[op] for op in graph.ops])
+        ops = graph.ops if to_native is None else array(ID_TYPECODE, [op if op == LIT else to_native[op]
+                                                                      for op in graph.ops])
         rows = max(roots) + 1 if roots else 0  # ids are children-first: the prefix is a valid graph
         arena = self.lib.farm_arena_new()
         if not arena:
@@ -333,12 +334,16 @@ class NativeRuleset:
                  fuel: int, cap: int) -> RewriteResult:
         sizes = _zeros(2)
         self.lib.farm_mark(arena, len(out), _ptr(out), _ptr(sizes))  # it allocates nothing: it cannot fail
-        ops, vals, arities, kids, mapped = _zeros(sizes[0]), _zeros(sizes[0]), _zeros(sizes[0]), _zeros(sizes[1]), \
-            _zeros(len(out))
+        if sizes[0] > MAX_NODES:
+            raise TermError(f"the normal forms have {sizes[0]} nodes; a term graph holds at most {MAX_NODES}")
+        nodes, children = sizes
+        ops, vals, arities, kids = _zeros(nodes, ID_TYPECODE), _zeros(nodes), _zeros(nodes, ID_TYPECODE), \
+            _zeros(children, ID_TYPECODE)
+        mapped = _zeros(len(out))
         self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals), _ptr(arities),
                              _ptr(kids))
         if to_native is not None or len(graph.signature.names) < len(self.ruleset.signature):
-            ops = array("q", map(self._graph_op(graph, to_native), ops))
+            ops = array(ID_TYPECODE, map(self._graph_op(graph, to_native), ops))
         # _zeros made the columns exactly as long as farm_mark counted: they are the graph's, uncopied
         result_graph = TermGraph.from_columns(graph.signature, ops, vals, arities, kids)
         names = [r.name for r in self.ruleset.rules]
@@ -398,14 +403,14 @@ class NativeRuleset:
                 free += 1
         return None if to_native == list(range(len(to_native))) else to_native
 
-def _zeros(count: int) -> array:
+def _zeros(count: int, typecode: str = VALUE_TYPECODE) -> array:
     """Exactly `count` zeroed cells: callers pass len() of these arrays to the library as element counts, so
     a padded array (once sized max(1, count)) made the library read a node that does not exist."""
-    return array("q", [0]) * count  # one write per page; array("q", bytes(n)) touched each page twice
+    return array(typecode, [0]) * count  # one write per page; array(.., bytes(n)) touched each page twice
 
 
 def _ptr(values: array) -> int:
-    """The address of an array's buffer (an "i64*" argument), valid while the array is alive and not
+    """The address of an array's buffer (an "i64*" or "i32*" argument), valid while the array is alive and not
     resized."""
     return values.buffer_info()[0]
 

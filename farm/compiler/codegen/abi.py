@@ -3,7 +3,7 @@ llvmlite types from here and the loader its ctypes types, so the two cannot drif
 
 from __future__ import annotations
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 
 # Result codes below zero: a call's or a root's error (every other result is a node id, >= 0).
 NO_MATCH = -1  # internal: no memo entry found / claimed nothing
@@ -55,14 +55,16 @@ ARENA_FIELDS: list[tuple[str, str]] = [
 ARENA_INDEX = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
 
 # Exported functions: name -> (result kind, argument kinds). "arena" is a pointer to the struct above,
-# "i64*" a pointer to int64 cells, "str" a NUL-terminated string, "void" no result.
+# "i64*" a pointer to int64 cells, "i32*" to int32 cells (a term graph's operator, arity and child columns),
+# "str" a NUL-terminated string, "void" no result.
 EXPORTS: dict[str, tuple[str, list[str]]] = {
     "farm_abi_version": ("i64", []), "farm_rule_count": ("i64", []), "farm_op_count": ("i64", []),
     "farm_memo_width": ("i64", []), "farm_track_width": ("i64", []), "farm_fingerprint": ("str", []),
     "farm_arena_new": ("arena", []), "farm_arena_free": ("void", ["arena"]),
     # (arena, rows, ops, arities, values, kids, kids length, roots, root rows, out, info, fuel)
-    "farm_rewrite": ("i64", ["arena", "i64", "i64*", "i64*", "i64*", "i64*", "i64", "i64", "i64*", "i64*",
+    "farm_rewrite": ("i64", ["arena", "i64", "i32*", "i32*", "i64*", "i32*", "i64", "i64", "i64*", "i64*",
                              "i64*", "i64"]),
     "farm_mark": ("i64", ["arena", "i64", "i64*", "i64*"]),
-    "farm_export": ("i64", ["arena", "i64", "i64*", "i64*", "i64*", "i64*", "i64*", "i64*"]),
+    # (arena, roots, root ids, mapped roots, ops, values, arities, kids)
+    "farm_export": ("i64", ["arena", "i64", "i64*", "i64*", "i32*", "i64*", "i32*", "i32*"]),
 }

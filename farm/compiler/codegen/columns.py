@@ -1,7 +1,7 @@
 """The runtime's entry points over term-graph columns: checking and normalising the input rows
 (farm_rewrite), then numbering and exporting the normal forms (farm_mark, farm_export)."""
 
-
+from collections.abc import Callable
 
 from llvmlite import ir
 
@@ -19,6 +19,7 @@ from farm.compiler.codegen.heap import (
     RuntimePart,
     call,
     call_internal,
+    heap_nodes,
     is_marked,
     number_of,
     parent_at,
@@ -48,18 +49,16 @@ class Columns(RuntimePart):
         _, rows, ops, arities, values, kids, n_kids = f.args
         op_count = call(f, "farm_op_count")
         with f.loop(c64(0), rows) as i:
-            op = f.load_at(ops, i)
-            f.return_if(b.or_(b.icmp_signed("<", op, c64(LIT_OP)), b.icmp_signed(">", op, c64(2**31 - 1))), FALSE)
+            op = f.load_i32(ops, i)
+            f.return_if(b.icmp_signed("<", op, c64(LIT_OP)), FALSE)
             with b.if_then(b.icmp_signed("!=", op, c64(LIT_OP))):
-                arity, offset = f.load_at(arities, i), f.load_at(values, i)
-                bad = b.or_(b.icmp_signed("<", arity, c64(0)), b.icmp_signed(">", arity, c64(2**31 - 1)))
-                bad = b.or_(bad, b.or_(b.icmp_signed("<", offset, c64(0)),
-                                       b.icmp_signed(">", offset, b.sub(n_kids, arity))))
-                f.return_if(bad, FALSE)
+                arity, offset = f.load_i32(arities, i), f.load_at(values, i)
+                bad = b.or_(b.icmp_signed("<", offset, c64(0)), b.icmp_signed(">", offset, b.sub(n_kids, arity)))
+                f.return_if(b.or_(b.icmp_signed("<", arity, c64(0)), bad), FALSE)
                 with b.if_then(b.icmp_signed("<", op, op_count)):
                     f.return_if(b.icmp_signed("!=", arity, call(f, "farm_op_arity", op)), FALSE)
                 with f.loop(c64(0), arity) as j:
-                    kid = f.load_at(kids, b.add(offset, j))
+                    kid = f.load_i32(kids, b.add(offset, j))
                     f.return_if(b.or_(b.icmp_signed("<", kid, c64(0)), b.icmp_signed(">=", kid, i)), FALSE)
         b.ret(TRUE)
 
@@ -87,16 +86,16 @@ class Columns(RuntimePart):
         b.position_at_end(step)
         frame = b.mul(b.sub(f.read(sp), c64(1)), c64(2))
         r = f.load_at(f.get("work"), frame)
-        op = f.load_at(ops, r)
+        op = f.load_i32(ops, r)
         literal, app = f.block("literal"), f.block("application")
         b.cbranch(b.icmp_signed("==", op, c64(LIT_OP)), literal, app)
         b.position_at_end(literal)
         finish(r, call(f, "farm_lit", arena, f.load_at(values, r)))
         b.branch(head)
         b.position_at_end(app)
-        arity, offset = f.load_at(arities, r), f.load_at(values, r)
+        arity, offset = f.load_i32(arities, r), f.load_at(values, r)
         with f.loop(f.load_at(f.get("work"), b.add(frame, c64(1))), arity) as k:
-            kid = f.load_at(kids, b.add(offset, k))
+            kid = f.load_i32(kids, b.add(offset, k))
             with b.if_then(b.icmp_signed("<", f.load_at(f.get("nf"), kid), c64(0))):
                 f.store_at(f.get("work"), b.add(frame, c64(1)), b.add(k, c64(1)))
                 self.push_frame(f, sp, kid)
@@ -104,7 +103,7 @@ class Columns(RuntimePart):
         base = f.get("rsp")
         f.return_if_false(self.grow(f, "roots", "roots_cap", b.add(base, arity)), ERR_OOM)
         with f.loop(c64(0), arity) as j:
-            f.set_root(b.add(base, j), f.load_at(f.get("nf"), f.load_at(kids, b.add(offset, j))))
+            f.set_root(b.add(base, j), f.load_at(f.get("nf"), f.load_i32(kids, b.add(offset, j))))
         f.put("rsp", b.add(base, arity))
         value = call(f, "farm_call", arena, op, arity, f.root_ptr(base))
         f.put("rsp", base)
@@ -193,39 +192,47 @@ class Columns(RuntimePart):
     def _walk(self) -> None:
         """walk(arena, n, roots): number the nodes the non-negative roots reach that are not numbered yet,
         children first (post-order), on from `marked`. A node's number goes into its own parent word
-        (MARK_BASE - number), so there is no map to clear (clearing one as large as the space, most of it
-        pages never touched, cost more than the walk), and its id into the spare space at that number: the
-        spare space is free between rewrites, at least twice as large as the nodes can be many, and its pages
-        were touched by the collections already (a new block's were not)."""
+        (MARK_BASE - number): there is no map to clear and no list to fill (a list as long as the nodes, in
+        spare pages a growing space never touched, was a third of the walk's time)."""
         f = self.new("walk", VOID, [PTR, I64, PTR])
         b = f.b
         _, n, roots = f.args
+
+        def number(node: ir.Value, arity: ir.Value) -> None:
+            marked = f.get("marked")
+            f.set_word(parent_at(f, node), 0, b.sub(c64(MARK_BASE), marked))
+            f.put("marked", b.add(marked, c64(1)))
+            f.put("marked_kids", b.add(f.get("marked_kids"), arity))
+
         with f.loop(c64(0), n) as i:
             root = f.load_at(roots, i)
             # An error code is not an id: the mark is read only once the root is one (the second `with`).
             with b.if_then(b.icmp_signed(">=", root, c64(0))), b.if_then(b.not_(is_marked(f, root))):
-                self._reversing_walk(f, root)
+                self._reversing_walk(f, root, lambda kid: is_marked(f, kid), number)
         b.ret_void()
 
-    def _reversing_walk(self, f: FunctionBuilder, root: ir.Value) -> None:
-        """Number the unnumbered nodes under `root` without a stack (Deutsch-Schorr-Waite pointer reversal):
-        terms nest a million deep, and a stack as deep as the term was the export's largest block of fresh
-        pages. Going down into child k of a node, that child's slot holds the node's own way back up and the
-        node's parent word holds k (the word is free: it gets the node's mark); going up puts both back. No
-        node under way is ever met as a child (a term graph has no cycles), and nothing can fail half way."""
+    def _reversing_walk(self, f: FunctionBuilder, root: ir.Value, done_before: Callable[[ir.Value], ir.Value],
+                        finish: Callable[[ir.Value, ir.Value], None]) -> None:
+        """Post-order over the nodes under `root` that are not done_before(node), calling finish(node, arity)
+        once all of a node's children are done; finish must make done_before(node) true and put the node's
+        parent word back. Without a stack (Deutsch-Schorr-Waite pointer reversal): terms nest a million deep,
+        and a stack as deep as the term was the export's largest block of fresh pages. Going down into child k
+        of a node, that child's slot holds the node's own way back up and the node's parent word holds k;
+        going up puts the slot back. No node under way is ever met as a child (a term graph has no cycles),
+        so no one reads its parent word meanwhile, and nothing can fail half way."""
         b = f.b
         cur, back, k = f.var(root), f.var(c64(NO_NODE)), f.var(c64(0))
-        scan, check, skip, down, finish, up, done = (f.block(name) for name in (
-            "walk_scan", "walk_check", "walk_skip", "walk_down", "walk_number", "walk_up", "walked"))
+        scan, check, skip, down, finished, up, done = (f.block(name) for name in (
+            "walk_scan", "walk_check", "walk_skip", "walk_down", "walk_finish", "walk_up", "walked"))
         b.branch(scan)
-        b.position_at_end(scan)  # the next child of `cur` from k that is not numbered yet, if any
+        b.position_at_end(scan)  # the next child of `cur` from k that is not done yet, if any
         node, at = f.read(cur), f.read(k)
         node_head = f.word(node, 0)
         arity = b.select(b.icmp_signed("==", node_head, c64(LIT_HEADER)), c64(0), f.arity_of(node_head))
-        b.cbranch(b.icmp_signed("<", at, arity), check, finish)
+        b.cbranch(b.icmp_signed("<", at, arity), check, finished)
         b.position_at_end(check)
         kid = f.content(node, at)
-        b.cbranch(is_marked(f, kid), skip, down)
+        b.cbranch(done_before(kid), skip, down)
         b.position_at_end(skip)
         b.store(b.add(at, c64(1)), k)
         b.branch(scan)
@@ -236,12 +243,8 @@ class Columns(RuntimePart):
         b.store(kid, cur)
         b.store(c64(0), k)
         b.branch(scan)
-        b.position_at_end(finish)  # every child numbered: number the node
-        number = f.get("marked")
-        f.store_at(f.get("spare"), number, node, "heap")
-        f.set_word(parent_at(f, node), 0, b.sub(c64(MARK_BASE), number))
-        f.put("marked", b.add(number, c64(1)))
-        f.put("marked_kids", b.add(f.get("marked_kids"), arity))
+        b.position_at_end(finished)  # every child done: the node's turn
+        finish(node, arity)
         parent = f.read(back)
         b.cbranch(b.icmp_signed("==", parent, c64(NO_NODE)), done, up)
         b.position_at_end(up)
@@ -264,33 +267,45 @@ class Columns(RuntimePart):
         f.b.ret(c64(0))
 
     def _export(self) -> None:
-        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the numbered nodes (spare space)
-        as columns (the TermGraph layout: children first, numbered from 0), and the roots mapped; the node
-        count. After farm_mark with the same roots the walk finds every root numbered and does nothing;
-        without it, it numbers them here."""
+        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the numbered nodes as columns
+        (the TermGraph layout: children first, numbered from 0), and the roots mapped; the rows written.
+        It walks the roots again in the order farm_mark did, so the k-th node it finishes is the one numbered
+        k: a node is done when its number is below the rows written. Each row goes out as its node finishes,
+        its children's numbers read from their parent words, hot from their own rows a moment before. After
+        farm_mark with the same roots the numbering walk finds them numbered and does nothing; without it,
+        it numbers them here."""
         f = self.export("farm_export")
         b = f.b
         arena, n, roots, out_roots, ops, values, arities, kids = f.args
         call_internal(f, "walk", VOID, [PTR, I64, PTR], arena, n, roots)
-        written = f.var(c64(0))
-        with f.loop(c64(0), f.get("marked")) as i:
-            node = f.load_at(f.get("spare"), i, "heap")
+        rows, written = f.var(c64(0)), f.var(c64(0))
+
+        def exported(node: ir.Value) -> ir.Value:
+            return b.icmp_signed("<", number_of(f, node), f.read(rows))
+
+        def emit(node: ir.Value, arity: ir.Value) -> None:
+            row, start = f.read(rows), f.read(written)
+            f.set_word(parent_at(f, node), 0, b.sub(c64(MARK_BASE), row))  # its number, put back
             node_head = f.word(node, 0)
             is_lit = b.icmp_signed("==", node_head, c64(LIT_HEADER))
-            arity = b.select(is_lit, c64(0), f.arity_of(node_head))
-            start = f.read(written)
-            f.store_at(ops, i, f.op_of(node_head))
-            f.store_at(arities, i, arity)
-            f.store_at(values, i, b.select(is_lit, f.content(node, 0), start))
+            f.store_i32(ops, row, f.op_of(node_head))
+            f.store_i32(arities, row, arity)
+            f.store_at(values, row, b.select(is_lit, f.content(node, 0), start))
             with f.loop(c64(0), arity) as j:
-                f.store_at(kids, b.add(start, j), number_of(f, f.content(node, j)))
+                f.store_i32(kids, b.add(start, j), number_of(f, f.content(node, j)))
             b.store(b.add(start, arity), written)
+            b.store(b.add(row, c64(1)), rows)
+
+        with f.loop(c64(0), n) as i:
+            root = f.load_at(roots, i)
+            with b.if_then(b.icmp_signed(">=", root, c64(0))), b.if_then(b.not_(exported(root))):
+                self._reversing_walk(f, root, exported, emit)
         with f.loop(c64(0), n) as i:
             mapped = f.var(f.load_at(roots, i))
             with b.if_then(b.icmp_signed(">=", f.read(mapped), c64(0))):
                 b.store(number_of(f, f.read(mapped)), mapped)
             f.store_at(out_roots, i, f.read(mapped))
-        b.ret(f.get("marked"))
+        b.ret(f.read(rows))
 
     def _unmark(self) -> None:
         """unmark(arena): after farm_mark the numbered nodes' parent words hold marks, so their registered
@@ -301,8 +316,10 @@ class Columns(RuntimePart):
         b = f.b
         marked = f.get("marked")
         f.return_if(b.icmp_signed("==", marked, c64(0)), TRUE)
-        with f.loop(c64(0), marked) as i:
-            node = f.load_at(f.get("spare"), i, "heap")
+        # The marks are found by going through the space (there is no list of them): this runs only on an
+        # arena rewritten again after an export, never on the loader's one-call arenas.
+        with heap_nodes(f, lambda: f.get("heap"), lambda: f.get("top")) as (node, _), \
+                b.if_then(is_marked(f, node)):
             f.set_word(parent_at(f, node), 0, c64(SHARED_PARENT))
         # The table gains at most one node per mark: the registered parent of the marked node.
         slots = table_slots(f, b.add(f.get("table_count"), marked))

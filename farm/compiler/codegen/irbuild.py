@@ -16,8 +16,8 @@ from farm.compiler.codegen.abi import ARENA_FIELDS, ARENA_INDEX, CONTENT_AT, EXP
 
 I1, I32, I64, PTR, VOID = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType(), ir.VoidType()
 ARENA = ir.LiteralStructType([PTR if kind == "ptr" else I64 for _, kind in ARENA_FIELDS])
-KINDS = {"i64": I64, "ptr": PTR, "arena": PTR, "i64*": PTR, "str": PTR, "void": VOID}
-TBAA_KINDS = ("arena", "heap", "roots", "cell")
+KINDS = {"i64": I64, "ptr": PTR, "arena": PTR, "i64*": PTR, "i32*": PTR, "str": PTR, "void": VOID}
+TBAA_KINDS = ("arena", "heap", "roots", "cell", "column")
 
 
 def c64(value: int) -> ir.Constant:
@@ -152,6 +152,17 @@ class FunctionBuilder:
         store = self.b.store(value, self.elem(base, index))
         if kind != "any":
             store.set_metadata("tbaa", self._tbaa(kind))
+
+    # cells of the 32-bit term-graph columns (operators, arities, child ids), widened to i64 on the way in
+    def load_i32(self, base: ir.Value, index: ir.Value) -> ir.Value:
+        value = self.b.load(self.b.gep(base, [index], source_etype=I32), typ=I32)
+        value.set_metadata("tbaa", self._tbaa("column"))
+        return self.b.sext(value, I64)
+
+    def store_i32(self, base: ir.Value, index: ir.Value, value: ir.Value) -> None:
+        """The caller knows the value fits (an operator id, an arity, a node number under MAX_NODES)."""
+        store = self.b.store(self.b.trunc(value, I32), self.b.gep(base, [index], source_etype=I32))
+        store.set_metadata("tbaa", self._tbaa("column"))
 
     # heap words (the heap pointer is reloaded each time: a collection may have moved it)
     def word(self, node: ir.Value, k: int | ir.Value) -> ir.Value:
