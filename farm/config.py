@@ -93,7 +93,8 @@ class FarmConfig:
     # cluster deployment: each one unset means the embedded default for that concern
     redis_url: str | None = None  # shared cache index, locks and counters
     broker_url: str | None = None  # Celery broker; defaults to redis_url
-    s3_endpoint: str | None = None  # host:port of an S3-compatible server (MinIO)
+    result_url: str | None = None  # Celery result backend; defaults to redis_url (see `result_backend`)
+    s3_endpoint: str | None = None  # host:port of an S3-compatible server
     s3_bucket: str = "farm-artifacts"
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
@@ -137,6 +138,7 @@ class FarmConfig:
         cfg.compile_path = read("FARM_COMPILE_PATH", cfg.compile_path, choice(*COMPILE_PATHS))
         cfg.redis_url = read("FARM_REDIS_URL", cfg.redis_url, url("redis", "rediss", "unix"))
         cfg.broker_url = read("FARM_BROKER_URL", cfg.redis_url, url())
+        cfg.result_url = read("FARM_RESULT_URL", cfg.result_url, url("redis", "rediss", "unix"))
         cfg.s3_endpoint = read("FARM_S3_ENDPOINT", cfg.s3_endpoint, host_port)
         cfg.s3_bucket = read("FARM_S3_BUCKET", cfg.s3_bucket, S3_BUCKET)
         cfg.s3_access_key = read("FARM_S3_ACCESS_KEY", cfg.s3_access_key, str)
@@ -150,6 +152,12 @@ class FarmConfig:
         cfg.outage_grace = read("FARM_OUTAGE_GRACE", cfg.outage_grace, seconds(at_least=0))
         cfg.visibility_timeout = read("FARM_VISIBILITY_TIMEOUT", cfg.visibility_timeout, seconds(above=0))
         return cfg
+
+    @property
+    def result_backend(self) -> str | None:
+        """Where Celery keeps task results: FARM_RESULT_URL, else the index's Redis. deploy/ gives them a database
+        of their own (1), apart from the index and the broker's queues."""
+        return self.result_url or self.redis_url
 
     @property
     def cluster(self) -> bool:

@@ -274,7 +274,7 @@ class MissingExtra(FarmError):
 
     def __init__(self, module: str, extra: str) -> None:
         super().__init__(f"this needs the Python module {module!r} of farm's {extra!r} extra, which is not "
-                         f"installed; install it with `pip install 'farm[{extra}]'`")
+                         f"installed; install it with `pip install 'farm-rewrite[{extra}]'`")
         self.module = module
         self.extra = extra
 

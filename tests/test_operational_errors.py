@@ -178,6 +178,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "FARM_COMPILE_PATH": ["fast", "Staged", "in-process"],
     "FARM_REDIS_URL": ["localhost:6379", "http://redis:6379", "redis://h:99999/0", "redis"],
     "FARM_BROKER_URL": ["localhost:6379", "redis://h:port/0", "amqp"],
+    "FARM_RESULT_URL": ["localhost:6379", "amqp://guest@rabbit//", "redis://h:99999/1"],
     "FARM_S3_ENDPOINT": ["http://minio:9000", "minio:9000/bucket", "minio:notaport", ":9000", "user@minio:9000"],
     "FARM_S3_BUCKET": ["Farm", "ab", "farm_artifacts", "-farm", "farm artifacts", "x" * 64],
     "FARM_S3_SECURE": ["ture", "2", "yes please"],
@@ -192,7 +193,8 @@ FREE_TEXT = {"FARM_S3_ACCESS_KEY", "FARM_S3_SECRET_KEY", "FARM_SIGNING_KEY",  # 
 GOOD_VALUES = {"FARM_CACHE_DIR": "{dir}", "FARM_WORK_DIR": "{dir}/work", "FARM_TARGET": "aarch64",
                "FARM_OPT_LEVEL": "0", "FARM_STAGE_TIMEOUT": "2.5", "FARM_STAGE_MEMORY_MB": "512",
                "FARM_WORKERS": "0", "FARM_MAX_MEMORY": "512M", "FARM_COMPILE_PATH": "inprocess", "FARM_REDIS_URL": "redis://:pw@redis:6379/0",
-               "FARM_BROKER_URL": "amqp://guest@rabbit//", "FARM_S3_ENDPOINT": "minio:9000",
+               "FARM_BROKER_URL": "amqp://guest@rabbit//", "FARM_RESULT_URL": "redis://:pw@redis:6379/1",
+               "FARM_S3_ENDPOINT": "minio:9000",
                "FARM_S3_BUCKET": "farm.artifacts-2", "FARM_S3_SECURE": "TRUE", "FARM_S3_REGION": "eu-west-3",
                "FARM_TASK_TIME_LIMIT": "30", "FARM_MAX_DELIVERIES": "1", "FARM_OUTAGE_GRACE": "0",
                "FARM_VISIBILITY_TIMEOUT": "3600", "FARM_S3_ACCESS_KEY": "a", "FARM_S3_SECRET_KEY": "s",
@@ -333,7 +335,7 @@ def test_missing_cluster_extra_is_named(argv: list[str], tmp_path: Path) -> None
     hot.write_text("rule p: (f ?x) => ?x\n")
     argv = [str(hot) if a == "HOT" else a for a in argv]
     code, _, stderr = farm(*argv, cache=tmp_path, env=CLUSTER_ENV, prelude=WITHOUT_EXTRAS, timeout=30)
-    assert_clean_failure(code, stderr, 2, "pip install 'farm[cluster]'")
+    assert_clean_failure(code, stderr, 2, "pip install 'farm-rewrite[cluster]'")
 
 
 def test_extra_table_matches_pyproject() -> None:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def make_app(config: FarmConfig | None = None) -> Celery:
     config = config or FarmConfig.from_env()
-    app = Celery("farm", broker=config.broker_url, backend=config.redis_url, include=["workers.tasks"])
+    app = Celery("farm", broker=config.broker_url, backend=config.result_backend, include=["workers.tasks"])
     app.conf.update(
         # A message is acknowledged only once its task finished, and given back if the worker process
         # dies, so a SIGKILLed compile is redone (tasks are idempotent by content key).
@@ -37,6 +37,10 @@ def make_app(config: FarmConfig | None = None) -> Celery:
         task_default_queue="farm.default",
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # Task events (sent, received, started, succeeded, ...) for Flower and `celery events`: what `worker -E`
+        # turns on, set here so every worker sends them however it was started.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     return app
 
