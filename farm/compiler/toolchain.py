@@ -247,7 +247,7 @@ class Toolchain:
         except OSError as exc:
             raise WorkDirError(f"cannot write the work directory {tmp}: {exc.strerror or exc}") from None
         seconds["llvm-as"] = seconds.get("llvm-as", 0.0) + self._run(
-            "llvm-as", [find_tool("llvm-as"), f"{name}.ll", "-o", f"{name}.bc"], tmp)
+            "llvm-as", [find_tool("llvm-as"), f"{name}.ll", "-o", f"{name}.bc"], tmp, consumed=f"{name}.ll")
         start = time.perf_counter()
         module = parse_bitcode(self._read(tmp / f"{name}.bc"), name)
         seconds["policy"] = seconds.get("policy", 0.0) + time.perf_counter() - start  # read only for the check
@@ -266,13 +266,15 @@ class Toolchain:
             return tmp / f"{name}.o"
         tools = {stage: find_tool(tool) for stage, (tool, _) in TOOLS.items()}
         mattr = [f"-mattr={target.features}"] if target.features else []
-        commands = {
-            "opt": [tools["opt"], f"-O{opt_level}", f"{name}.bc", "-o", f"{name}.opt.bc"],
-            "llc": [tools["llc"], f"-O{opt_level}", f"-mtriple={target.triple}", f"-mcpu={target.cpu}", *mattr,
-                    "-relocation-model=pic", "-filetype=asm", f"{name}.opt.bc", "-o", f"{name}.s"],
-            "as": [tools["as"], f"-triple={target.triple}", "-filetype=obj", f"{name}.s", "-o", f"{name}.o"],
+        commands = {  # stage: (its input, its command)
+            "opt": (f"{name}.bc", [tools["opt"], f"-O{opt_level}", f"{name}.bc", "-o", f"{name}.opt.bc"]),
+            "llc": (f"{name}.opt.bc", [tools["llc"], f"-O{opt_level}", f"-mtriple={target.triple}",
+                                       f"-mcpu={target.cpu}", *mattr, "-relocation-model=pic", "-filetype=asm",
+                                       f"{name}.opt.bc", "-o", f"{name}.s"]),
+            "as": (f"{name}.s", [tools["as"], f"-triple={target.triple}", "-filetype=obj", f"{name}.s", "-o",
+                                 f"{name}.o"]),
         }
-        _add(seconds, {stage: self._run(stage, argv, tmp) for stage, argv in commands.items()})
+        _add(seconds, {stage: self._run(stage, argv, tmp, consumed) for stage, (consumed, argv) in commands.items()})
         return tmp / f"{name}.o"
 
     @staticmethod
@@ -282,7 +284,9 @@ class Toolchain:
         except OSError as exc:
             raise WorkDirError(f"cannot read {path}: {exc.strerror or exc}") from None
 
-    def _run(self, stage: str, argv: list[str], cwd: Path) -> float:
+    def _run(self, stage: str, argv: list[str], cwd: Path, consumed: str = "") -> float:
+        """Run one stage in `cwd`; its input file `consumed` goes once it succeeded, so the work directory holds
+        one stage's input and output at a time, not the whole chain's files."""
         start = time.perf_counter()
         try:
             timeout = self.stage_timeout if self.stage_timeout < _NO_TIMEOUT else None
@@ -297,6 +301,8 @@ class Toolchain:
             if "No space left" in stderr or "Permission denied" in stderr:
                 raise WorkDirError(f"{stage} could not write in {cwd}: {stderr.strip()}")
             raise StageFailed(stage, proc.returncode, stderr)
+        if consumed:
+            (cwd / consumed).unlink(missing_ok=True)
         return time.perf_counter() - start
 
 
