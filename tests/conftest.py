@@ -16,7 +16,7 @@ from farm.config import FarmConfig
 from farm.lang.dsl import parse_rules
 from farm.lang.transduce import RuleSet, transduce_patterns
 
-from .servers import celery_worker, cluster_env, redis_server, s3_server
+from .servers import celery_worker, cluster_env, free_port, redis_server, s3_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -69,7 +69,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, key_pair: KeyPair) -> Iter
     signing = str(key_pair.private_path)
     with redis_server(tmp) as redis_url, s3_server() as s3:
         workers = []
-        with celery_worker(CLUSTER_TARGETS[0], cluster_env(redis_url, s3, tmp / "w0", FARM_SIGNING_KEY=signing),
+        metrics_port = free_port()  # the first worker serves its own metrics, its pool's included
+        with celery_worker(CLUSTER_TARGETS[0], cluster_env(redis_url, s3, tmp / "w0", FARM_SIGNING_KEY=signing,
+                                                           FARM_METRICS_PORT=str(metrics_port)),
                            tmp / "w0.log") as w0, \
              celery_worker(CLUSTER_TARGETS[1], cluster_env(redis_url, s3, tmp / "w1", FARM_SIGNING_KEY=signing),
                            tmp / "w1.log") as w1:
@@ -81,7 +83,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, key_pair: KeyPair) -> Iter
                 assert time.monotonic() < deadline, "workers did not register"
                 time.sleep(0.2)
             yield {"redis": redis_url, "s3": s3, "tmp": str(tmp), "signing_key": signing,
-                   "verify_key": str(key_pair.public_path)}
+                   "verify_key": str(key_pair.public_path),
+                   "worker_metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
 
 
 # Hostile inputs refused in this run, by corpus: counted by the tests as each refusal is asserted.

@@ -10,6 +10,7 @@ import random
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -238,6 +239,22 @@ def test_a_message_the_broker_lost_is_sent_again(cluster: dict[str, str], monkey
     assert [o.status for o in outcomes] == ["compiled", "compiled"] and dropped
     assert coord.index.counters().get("republished", 0) == before + 1
     assert time.monotonic() - started < 60  # found within a few slices, not at the timeout
+
+
+def test_a_workers_metrics_include_the_tasks_its_pool_ran(cluster: dict[str, str]) -> None:
+    """Tasks run in Celery's forked pool processes: the worker's --metrics-port serves their samples (the
+    multiprocess mode), not only the main process's, which never runs a task."""
+    def tasks_counted() -> float:
+        text = urllib.request.urlopen(cluster["worker_metrics"], timeout=10).read().decode()
+        assert "process_resident_memory_bytes" in text  # the main process's own, beside the pool's
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('farm_worker_tasks_total{') and 'target="x86-64"' in line)
+
+    before = tasks_counted()
+    coord = coordinator(cluster, "coord-metrics")
+    (pid, rs), = patterns_from("rule counted_by_the_pool: (metered ?x) => ?x")
+    assert coord.request(CompileRequest.for_ruleset(pid, rs, "x86-64", 0)).status == "compiled"  # type: ignore[arg-type]
+    assert tasks_counted() == before + 1
 
 
 def test_unserved_target_is_a_clear_error(cluster: dict[str, str]) -> None:

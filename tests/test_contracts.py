@@ -100,6 +100,18 @@ def test_a_recorded_pattern_points_at_its_artifact_per_target(index: CacheIndex,
     assert index.meta(first.key) == first and index.artifact_count() == 2
 
 
+def test_the_indexed_bytes_count_each_artifact_once(index: CacheIndex, tmp_path: Path) -> None:
+    _, first = artifact(tmp_path, b"one")
+    _, second = artifact(tmp_path, b"a second artifact")
+    assert index.artifact_bytes() == 0
+    index.record("p", "x86-64", first)
+    index.record("q", "aarch64", first)  # the same artifact under another pattern and target
+    index.note_hit("p", "x86-64", first)
+    index.note_build("r", "x86-64", second)
+    index.note_hit("r", "x86-64", second)
+    assert index.artifact_bytes() == first.size + second.size
+
+
 @pytest.mark.parametrize("pattern_id", ["plain", "with spaces: and colons", "ünïcødé ✓", "a" * 300, "x:y:z"])
 def test_pattern_ids_are_data(index: CacheIndex, tmp_path: Path, pattern_id: str) -> None:
     _, meta = artifact(tmp_path)

@@ -3,12 +3,14 @@
     farm:idx:{target}        HASH   pattern ID -> cache key (pattern IDs are hash fields: binary-safe data)
     farm:art:{key}           HASH   meta (JSON), last_hit
     farm:artifacts           SET    every indexed cache key
+    farm:locks               ZSET   lock key -> expiry (ms, Redis clock): work in flight without a SCAN
     farm:counters            HASH   cluster-wide counters (HINCRBYFLOAT); per-target ones as "name:target"
     farm:hot                 ZSET   pattern ID -> requests + native rule firings
     farm:lock:{key}          STRING single-flight lock; the value is the Celery task ID doing the work
     farm:deliveries:{task}   STRING how often a compile message was delivered (redelivery cap)
     farm:deadletter          LIST   JSON records of messages given up on
     farm:toolchain:{target}  STRING JSON tool versions the workers for that target run
+    farm:targets             SET    every target a worker has published a toolchain for (no SCAN)
     farm:module:{sha256}     STRING a module compile messages name by content key (farm/cluster/messages.py)
 """
 
@@ -28,6 +30,8 @@ def artifact(key: str) -> str:
 COUNTERS = f"{PREFIX}:counters"
 ARTIFACTS = f"{PREFIX}:artifacts"
 HOT = f"{PREFIX}:hot"
+LOCKS = f"{PREFIX}:locks"
+TARGETS = f"{PREFIX}:targets"
 DEADLETTER = f"{PREFIX}:deadletter"
 
 

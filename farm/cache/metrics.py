@@ -2,15 +2,18 @@
 the exporter and as tables by `farm stats` / `farm top`.
 
 Counters live where the work is recorded (Redis for the cluster, SQLite embedded) and are read at scrape
-time, so totals are right whatever the number of workers. Field names in the counters hash:
+time, so totals are right whatever the number of workers. A scrape costs a fixed number of round trips, whatever
+the number of artifacts: nothing is found by scanning the keyspace. Field names in the counters hash:
     requests, hits, misses, local_hits, local_misses, compilations_ok:{target}, compilations_failed:{target},
-    artifact_bytes_stored, artifact_bytes_pulled, redeliveries, dead_letters,
+    artifact_bytes_stored, artifact_bytes_pulled, artifact_bytes_indexed (Redis: the store's size), redeliveries,
+    dead_letters,
     hist|{stage}|{target}|{le}, hist_sum|{stage}|{target}    (per-stage latency histograms, non-cumulative)
 """
 
 from __future__ import annotations
 
 import math
+import platform
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from typing import Any
 
 from farm.cache.index import BUCKETS, CacheIndex, Coordination
 from farm.cache.index import le as _le
+from farm.compiler.codegen.abi import ABI_VERSION
 
 HOT_TOP_K = 10
 
@@ -56,6 +60,7 @@ class Snapshot:
     queue_depth: dict[str, int] = field(default_factory=dict)
     inflight: int = 0
     artifacts: int = 0
+    artifact_bytes: int = 0
     hot: list[tuple[str, float]] = field(default_factory=list)
 
     def get(self, name: str) -> float:
@@ -92,11 +97,24 @@ def snapshot(index: CacheIndex) -> Snapshot:
             buckets.append((_le(bound), running))
         snap.histograms[series] = Histogram(buckets, sums.get(series, 0.0))
     snap.artifacts = index.artifact_count()
+    snap.artifact_bytes = index.artifact_bytes()
     if isinstance(index, Coordination):  # the cluster's index: queues, work in flight, the hot set
         snap.queue_depth = index.queue_depths()
         snap.inflight = index.inflight()
         snap.hot = index.hot(HOT_TOP_K)
     return snap
+
+
+def build_info() -> Any:
+    """farm_build_info: 1, labelled with what a dashboard or an alert needs to tell releases apart."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    import farm
+
+    info = GaugeMetricFamily("farm_build_info", "farm's version, native ABI and Python", labels=[
+        "version", "abi", "python"])
+    info.add_metric([getattr(farm, "__version__", "unknown"), str(ABI_VERSION), platform.python_version()], 1)
+    return info
 
 
 class FarmCollector:
@@ -134,6 +152,10 @@ class FarmCollector:
         yield CounterMetricFamily("farm_redeliveries", "Compile messages delivered again", value=s.get("redeliveries"))
         yield CounterMetricFamily("farm_dead_letters", "Compile messages given up on", value=s.get("dead_letters"))
         yield GaugeMetricFamily("farm_artifacts_stored", "Artifacts in the index", value=s.artifacts)
+        stored = GaugeMetricFamily("farm_store_bytes", "Bytes of the indexed artifacts in the store", labels=["tier"])
+        stored.add_metric([s.tier], s.artifact_bytes)
+        yield stored
+        yield build_info()
         yield GaugeMetricFamily("farm_inflight_compilations", "Compilations holding a single-flight lock",
                                 value=s.inflight)
         depth = GaugeMetricFamily("farm_queue_depth", "Messages waiting per target queue", labels=["target"])

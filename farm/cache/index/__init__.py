@@ -51,6 +51,10 @@ class ArtifactIndex(ABC):
     @abstractmethod
     def artifact_count(self) -> int: ...
 
+    @abstractmethod
+    def artifact_bytes(self) -> int:
+        """The indexed artifacts' total size (what the store holds for them)."""
+
 
 class Counters(ABC):
     @abstractmethod

@@ -79,6 +79,10 @@ class MemoryIndex(ClusterIndex):
         with self._guard:
             return len(self._metas)
 
+    def artifact_bytes(self) -> int:
+        with self._guard:
+            return sum(int(json.loads(text)["size"]) for text in self._metas.values())
+
     # --- Counters, and the base class's composite updates made atomic ---
     def incr(self, counter: str, amount: float = 1) -> None:
         with self._guard:

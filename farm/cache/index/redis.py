@@ -17,9 +17,38 @@ from farm.errors import BackendUnavailable
 
 T = TypeVar("T")
 
+# The lock, or its holder, in one round trip; a lock taken is filed under its expiry (Redis's clock) in the
+# locks ZSET, so the work in flight is counted without a SCAN over the whole keyspace.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000) + ARGV[2], KEYS[1])
+  return ARGV[1]
+end
+return redis.call('GET', KEYS[1])
+"""
 # Delete the lock only if it still names this task (compare-and-delete).
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('ZREM', KEYS[2], KEYS[1])
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# Locks past their expiry leave the ZSET when counted: what stays is the work in flight.
+_INFLIGHT = """
+local now = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now[1] * 1000 + math.floor(now[2] / 1000))
+return redis.call('ZCARD', KEYS[1])
+"""
+# Index an artifact; the first time its key is indexed, add its size to the stored bytes (a counter, so a
+# scrape reads the store's size without going through every artifact).
+_RECORD = """
+redis.call('HSET', KEYS[1], 'meta', ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[2])
+if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[4], 'artifact_bytes_indexed', ARGV[4])
+end
 return 0
 """
 
@@ -30,7 +59,10 @@ class RedisIndex(ClusterIndex):
         # Typed as Any: redis-py declares bytes | str results for a client that always returns bytes here.
         self.r: Any = client or redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
                                                 health_check_interval=30, retry_on_timeout=True)
+        self._acquire = self.r.register_script(_ACQUIRE)
         self._release = self.r.register_script(_RELEASE)
+        self._inflight = self.r.register_script(_INFLIGHT)
+        self._record_script = self.r.register_script(_RECORD)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -53,9 +85,8 @@ class RedisIndex(ClusterIndex):
         return stored_meta(value.decode()) if value else None
 
     def _record(self, pipe: Any, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
-        pipe.hset(keys.artifact(meta.key), "meta", meta.to_json())
-        pipe.sadd(keys.ARTIFACTS, meta.key)
-        pipe.hset(keys.index(target), pattern_id, meta.key)
+        self._record_script(keys=[keys.artifact(meta.key), keys.ARTIFACTS, keys.index(target), keys.COUNTERS],
+                            args=[meta.to_json(), meta.key, pattern_id, meta.size], client=pipe)
 
     def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._errors():
@@ -103,16 +134,23 @@ class RedisIndex(ClusterIndex):
     def artifact_count(self) -> int:
         return int(self._call(lambda: self.r.scard(keys.ARTIFACTS)))
 
+    def artifact_bytes(self) -> int:
+        """Counted as artifacts are first indexed (from this release on: older entries are not in it)."""
+        value = self._call(lambda: self.r.hget(keys.COUNTERS, "artifact_bytes_indexed"))
+        return int(float(value)) if value else 0
+
     def queue_depths(self) -> dict[str, int]:
-        """Messages waiting in each served target's Celery queue (kombu keeps a Redis list per queue)."""
+        """Messages waiting in each served target's Celery queue (kombu keeps a Redis list per queue): two round
+        trips, whatever the size of the keyspace."""
         with self._errors():
-            targets = [name.decode().removeprefix(keys.toolchain("")) for name in
-                       self.r.scan_iter(match=keys.toolchain("*"))]
-            return {t: int(self.r.llen(keys.queue(t))) for t in sorted(targets)}
+            targets = sorted(name.decode() for name in self.r.smembers(keys.TARGETS))
+            pipe = self.r.pipeline(transaction=False)
+            for target in targets:
+                pipe.llen(keys.queue(target))
+            return dict(zip(targets, map(int, pipe.execute())))
 
     def inflight(self) -> int:
-        with self._errors():
-            return sum(1 for _ in self.r.scan_iter(match=keys.lock("*"), count=1000))
+        return int(self._call(lambda: self._inflight(keys=[keys.LOCKS])))
 
     # --- cluster-only: hot patterns, single flight, redelivery, toolchains ---
     def note_hot(self, pattern_id: str, amount: float = 1) -> None:
@@ -124,14 +162,11 @@ class RedisIndex(ClusterIndex):
 
     def acquire(self, key: str, task_id: str, ttl: float) -> str:
         """Take the single-flight lock for `key`; returns the task ID that holds it (ours or another's)."""
-        with self._errors():
-            if self.r.set(keys.lock(key), task_id, nx=True, px=int(ttl * 1000)):
-                return task_id
-            holder = self.r.get(keys.lock(key))
-        return holder.decode() if holder else self.acquire(key, task_id, ttl)
+        holder = self._call(lambda: self._acquire(keys=[keys.lock(key), keys.LOCKS], args=[task_id, int(ttl * 1000)]))
+        return bytes(holder).decode()
 
     def release(self, key: str, task_id: str) -> None:
-        self._call(lambda: self._release(keys=[keys.lock(key)], args=[task_id]))
+        self._call(lambda: self._release(keys=[keys.lock(key), keys.LOCKS], args=[task_id]))
 
     def ever_delivered(self, task_id: str) -> bool:
         """Whether a worker ever started this compile message (without counting a delivery)."""
@@ -168,7 +203,11 @@ class RedisIndex(ClusterIndex):
         return value.decode() if value is not None else None
 
     def publish_toolchain(self, target: str, versions: dict[str, str]) -> None:
-        self._call(lambda: self.r.set(keys.toolchain(target), json.dumps(versions, sort_keys=True)))
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.set(keys.toolchain(target), json.dumps(versions, sort_keys=True))
+            pipe.sadd(keys.TARGETS, target)
+            pipe.execute()
 
     def toolchain(self, target: str) -> dict[str, str] | None:
         value = self._call(lambda: self.r.get(keys.toolchain(target)))

@@ -279,6 +279,10 @@ class SQLiteIndex(CacheIndex):
     def artifact_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0])
 
+    @_recovering
+    def artifact_bytes(self) -> int:
+        return int(self._db.execute("SELECT TOTAL(json_extract(meta, '$.size')) FROM artifacts").fetchone()[0])
+
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
     try:
