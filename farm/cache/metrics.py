@@ -109,11 +109,11 @@ def build_info() -> Any:
     """farm_build_info: 1, labelled with what a dashboard or an alert needs to tell releases apart."""
     from prometheus_client.core import GaugeMetricFamily
 
-    import farm
+    from farm import __version__
 
     info = GaugeMetricFamily("farm_build_info", "farm's version, native ABI and Python", labels=[
         "version", "abi", "python"])
-    info.add_metric([getattr(farm, "__version__", "unknown"), str(ABI_VERSION), platform.python_version()], 1)
+    info.add_metric([__version__, str(ABI_VERSION), platform.python_version()], 1)
     return info
 
 
