@@ -141,12 +141,20 @@ def cluster_env(redis_url: str, s3_endpoint: str, cache_dir: Path, **extra: str)
 
 
 @contextmanager
-def celery_worker(targets: str, env: dict[str, str], log: Path, concurrency: int = 1) -> Iterator[subprocess.Popen]:  # type: ignore[type-arg]
-    """A real Celery worker process (through `farm worker`) serving the queues of `targets`."""
+def celery_worker(targets: str, env: dict[str, str], log: Path, concurrency: int = 1,
+                  plain: bool = False) -> Iterator[subprocess.Popen]:  # type: ignore[type-arg]
+    """A real Celery worker process serving the queues of `targets`: started through `farm worker`, or with
+    `plain`, the plain Celery way (`celery -A workers.app worker -Q farm.compile.<target>`)."""
+    if plain:
+        queues = ",".join(f"farm.compile.{t}" for t in targets.split(","))
+        argv = ["-m", "celery", "-A", "workers.app", "worker", "-Q", queues, "-c", str(concurrency),
+                "--loglevel", "warning", "--without-gossip", "--without-mingle"]
+    else:
+        argv = ["-m", "farm.cli", "worker", "--targets", targets, "--concurrency", str(concurrency),
+                "--loglevel", "warning"]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "worker", "--targets", targets,
-                                 "--concurrency", str(concurrency), "--loglevel", "warning"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         yield proc
     finally:

@@ -8,6 +8,9 @@ import json
 import os
 import random
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -19,6 +22,7 @@ import pytest
 from minio import Minio
 
 from farm.cache import keys
+from farm.cache.index.redis import RedisIndex
 from farm.cache.pull import pull
 from farm.cache.signing import key_id, load_public_key, write_key_pair
 from farm.cluster.coordinator import CompileRequest, Coordinator
@@ -37,7 +41,7 @@ from workers.app import make_coordinator
 
 from .conftest import CLUSTER_TARGETS as TARGETS
 from .conftest import EXAMPLES
-from .servers import cluster_env
+from .servers import ROOT, celery_worker, cluster_env, redis_server, s3_server
 
 
 def coordinator(cluster: dict[str, str], cache: str, **extra: str) -> Coordinator:
@@ -255,6 +259,32 @@ def test_a_workers_metrics_include_the_tasks_its_pool_ran(cluster: dict[str, str
     (pid, rs), = patterns_from("rule counted_by_the_pool: (metered ?x) => ?x")
     assert coord.request(CompileRequest.for_ruleset(pid, rs, "x86-64", 0)).status == "compiled"  # type: ignore[arg-type]
     assert tasks_counted() == before + 1
+
+
+def test_a_plain_celery_worker_announces_itself_and_its_target_goes_when_it_stops(tmp_path: Path) -> None:
+    """Started the plain Celery way, with no farm option: it serves the targets of the queues it consumes, says
+    so on its heartbeat, and unregisters when it stops; a request for its target then fails at once (exit code
+    2 from the CLI, no trace) instead of waiting out its timeout."""
+    with redis_server(tmp_path / "redis") as redis_url, s3_server() as s3:
+        env = cluster_env(redis_url, s3, tmp_path / "w")
+        index = RedisIndex(redis_url)
+        with celery_worker("x86-64,aarch64", env, tmp_path / "w.log", concurrency=2, plain=True) as proc:
+            deadline = time.monotonic() + 60
+            while not index.workers():
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "w.log").read_text()[-3000:]
+                time.sleep(0.2)
+            (status,) = index.workers()
+            assert (status.targets, status.concurrency, status.pid, status.inflight) == (
+                ("x86-64", "aarch64"), 2, proc.pid, 0)
+            assert status.host == socket.gethostname() and status.toolchain["llc"]
+            assert index.toolchain("x86-64") == status.toolchain
+        assert index.workers() == [] and index.toolchain("x86-64") is None  # it said goodbye on SIGTERM
+        (tmp_path / "hot.farm").write_text("rule unserved_now: (g ?x) => ?x\n")
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "farm.cli", "prewarm", str(tmp_path / "hot.farm"), "--targets",
+                               "x86-64"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 2 and "no live worker serves target 'x86-64'" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and time.monotonic() - start < 30
 
 
 def test_unserved_target_is_a_clear_error(cluster: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from farm.cache.backends import make_store
 from farm.cache.engine import Engine
-from farm.cache.index import CacheIndex, ClusterIndex
+from farm.cache.index import CacheIndex, ClusterIndex, WorkerStatus
 from farm.cache.index.memory import MemoryIndex
 from farm.cache.index.redis import RedisIndex
 from farm.cache.index.sqlite import SQLiteIndex
@@ -196,6 +196,32 @@ def test_toolchains_are_published_per_target_and_name_the_served_queues(coordina
     assert coordination.toolchain("x86-64") == {"llc": "17.0.1"}
     assert coordination.toolchain("aarch64") == {"llc": "16.0.6"}
     assert coordination.queue_depths() == {"aarch64": 0, "x86-64": 0}  # served, nothing waiting
+
+
+def status_of(name: str, *targets: str) -> WorkerStatus:
+    return WorkerStatus(name, "build-host", 4242, targets, {"llc": "16.0.6"}, concurrency=2, inflight=1,
+                        started=1.0e9, seen=1.0e9 + 5)
+
+
+def test_live_workers_are_listed_and_serve_their_targets_until_they_stop_or_lapse(coordination: ClusterIndex) -> None:
+    assert coordination.workers() == []
+    short, long = status_of("short@h", "x86-64"), status_of("long@h", "x86-64", "aarch64")
+    coordination.heartbeat(short, ttl=0.2)
+    coordination.heartbeat(long, ttl=60)
+    assert coordination.workers() == [long, short]  # by name, as they said it
+    assert coordination.toolchain("x86-64") == coordination.toolchain("aarch64") == {"llc": "16.0.6"}
+    time.sleep(0.4)
+    assert coordination.workers() == [long]  # short stopped beating: it lapsed
+    assert coordination.toolchain("x86-64") is not None  # long still serves it
+    other = status_of("other@h", "x86-64")
+    coordination.heartbeat(other, ttl=60)
+    coordination.forget_worker("other@h")  # stopping: unlisted at once; long still serves x86-64
+    assert coordination.workers() == [long] and coordination.toolchain("x86-64") is not None
+    coordination.forget_worker("long@h")  # the last one for both targets
+    assert coordination.workers() == []
+    assert coordination.toolchain("x86-64") is None and coordination.toolchain("aarch64") is None
+    assert coordination.queue_depths() == {"aarch64": 0, "x86-64": 0}  # queues of targets ever served
+    coordination.forget_worker("never-seen@h")  # nothing to do
 
 
 def test_the_hot_set_ranks_patterns_by_requests_and_firings(coordination: ClusterIndex, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from celery.exceptions import Ignore
 from farm.cache import keys
 from farm.cache.index.memory import MemoryIndex
 from farm.cache.store.memory import MemoryBucket, MemoryStore
-from farm.cluster.coordinator import CompileRequest, Coordinator, Outcome, Worker, announce_worker, worker_compile
+from farm.cluster.coordinator import CompileRequest, Coordinator, Outcome, Worker, start_heartbeat, worker_compile
+from farm.cluster.heartbeat import Heartbeat
 from farm.cluster.messages import CompileMessage, Status, TaskResult, WirePart, content_key
 from farm.config import FarmConfig
 from farm.errors import NoWorkerForTarget
@@ -87,6 +89,7 @@ class Farm:
         self.bucket = MemoryBucket()
         self.app = InProcessCelery()
         self.workers: dict[str, Worker] = {}
+        self.heartbeats: dict[str, Heartbeat] = {}
 
     def node(self, name: str) -> MemoryStore:
         return MemoryStore(self.root / name, self.bucket)
@@ -94,9 +97,13 @@ class Farm:
     def start_worker(self, target: str, **settings: Any) -> Worker:
         worker = Worker.of(node_config(self.root / f"worker-{target}", **settings), self.index,
                            self.node(f"worker-{target}"))
-        announce_worker([target], worker)
+        self.heartbeats[target] = start_heartbeat(f"worker-{target}", [target], worker=worker)
         self.workers[target] = self.app.workers[keys.queue(target)] = worker
         return worker
+
+    def stop_worker(self, target: str) -> None:
+        self.heartbeats.pop(target).stop()
+        del self.workers[target], self.app.workers[keys.queue(target)]
 
     def coordinator(self, name: str = "coordinator") -> Coordinator:
         coordinator = Coordinator(node_config(self.root / name), self.app, self.index, self.node(name))
@@ -269,6 +276,23 @@ def test_a_target_no_worker_serves_is_a_clear_error(farm: Farm) -> None:
     with pytest.raises(NoWorkerForTarget, match="farm worker --targets x86-64-v4"):
         farm.coordinator().request(request_for("lonely", "x86-64-v4"), timeout=30)
     assert farm.app.received == [] and farm.index.inflight() == 0
+
+
+def test_a_request_whose_targets_last_worker_stops_fails_fast(farm: Farm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message waits in its queue (nobody takes it); the only worker for its target stops meanwhile. The
+    request fails at the next look with NoWorkerForTarget instead of waiting out its timeout."""
+    coordinator = farm.coordinator()
+    monkeypatch.setattr(coordinator, "_message_state", lambda task_id, message, scan: "queued")
+    farm.app.losing = 1
+    stopping = threading.Timer(0.3, farm.stop_worker, ["x86-64"])
+    stopping.start()
+    start = time.monotonic()
+    with pytest.raises(NoWorkerForTarget, match="'x86-64' any more"):
+        coordinator.request(request_for("abandoned"), timeout=60)
+    stopping.join()
+    assert time.monotonic() - start < 5
+    assert [w.name for w in farm.index.workers()] == ["worker-aarch64"]
+    assert farm.index.toolchain("x86-64") is None and farm.index.toolchain("aarch64") is not None
 
 
 class CountingIndex(MemoryIndex):

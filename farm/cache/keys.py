@@ -11,6 +11,8 @@
     farm:deadletter          LIST   JSON records of messages given up on
     farm:toolchain:{target}  STRING JSON tool versions the workers for that target run
     farm:targets             SET    every target a worker has published a toolchain for (no SCAN)
+    farm:worker:{name}       STRING JSON status of a live worker (farm.cache.index.WorkerStatus), expiring
+    farm:workers             SET    names of workers that beat (the dead ones leave it when listed)
     farm:module:{sha256}     STRING a module compile messages name by content key (farm/cluster/messages.py)
 """
 
@@ -32,6 +34,7 @@ ARTIFACTS = f"{PREFIX}:artifacts"
 HOT = f"{PREFIX}:hot"
 LOCKS = f"{PREFIX}:locks"
 TARGETS = f"{PREFIX}:targets"
+WORKERS = f"{PREFIX}:workers"
 DEADLETTER = f"{PREFIX}:deadletter"
 
 
@@ -47,10 +50,22 @@ def toolchain(target: str) -> str:
     return f"{PREFIX}:toolchain:{target}"
 
 
+def worker(name: str) -> str:
+    return f"{PREFIX}:worker:{name}"
+
+
 def module(content_key: str) -> str:
     return f"{PREFIX}:module:{content_key}"
 
 
+QUEUE_PREFIX = f"{PREFIX}.compile."
+
+
 def queue(target: str) -> str:
     """The Celery queue of one CPU target."""
-    return f"{PREFIX}.compile.{target}"
+    return f"{QUEUE_PREFIX}{target}"
+
+
+def target_of_queue(name: str) -> str | None:
+    """The target whose queue this is; None for any other queue."""
+    return name.removeprefix(QUEUE_PREFIX) if name.startswith(QUEUE_PREFIX) else None

@@ -23,6 +23,7 @@ from farm.cache.counting import best_effort
 from farm.cache.index import ClusterIndex, Coordination
 from farm.cache.index.redis import RedisIndex
 from farm.cache.store import ArtifactMeta, ArtifactStore
+from farm.cluster.heartbeat import HEARTBEAT_SECONDS, Heartbeat, worker_status
 from farm.cluster.messages import CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.compiler.codegen.llvm import ruleset_parts, runtime_ir
 from farm.compiler.toolchain import artifact_key
@@ -123,8 +124,7 @@ class Coordinator:
     def key_for(self, request: CompileRequest) -> tuple[str, dict[str, str]]:
         versions = self._toolchain(request.target)
         if versions is None:
-            raise NoWorkerForTarget(f"no worker serves target {request.target!r}; start one with "
-                                    f"`farm worker --targets {request.target}`")
+            raise _no_worker(request.target)
         return artifact_key(list(request.parts), resolve(request.target), request.opt_level, versions), versions
 
     def request(self, request: CompileRequest, timeout: float = 600.0) -> Outcome:
@@ -162,11 +162,22 @@ class Coordinator:
             riding_out(lambda: self._publish(messages), grace(), "coordinator publishing")
         sent = {message.id: message for message in messages}
         for task_id, indices in waiting.items():
-            result = self._wait(task_id, deadline, sent.get(task_id), shared)
+            result = self._wait(task_id, requests[indices[0]].target, deadline, sent.get(task_id), shared)
             for i in indices:
                 settle = partial(self._settle, requests[i], result, time.perf_counter() - start)
                 done(i, riding_out(settle, grace(), "coordinator"))
         return outcomes  # type: ignore[return-value]
+
+    def _check_served(self, target: str) -> None:
+        """NoWorkerForTarget when no live worker serves `target`; an index outage is not taken for that."""
+        try:
+            served = self.index.toolchain(target) is not None
+        except BackendUnavailable:
+            return
+        if not served:
+            self._toolchains.pop(target, None)
+            raise _no_worker(target, "any more (the last one stopped or stopped beating); the message waits in "
+                                     "its queue for the next")
 
     def _hit_or_lock(self, req: CompileRequest, mine: str) -> tuple[ArtifactMeta | None, str, Any]:
         """A shared hit; or the task ID to wait on, with the message to send if that task is ours."""
@@ -197,34 +208,40 @@ class Coordinator:
         with _broker_errors(self.config):
             group(messages).apply_async()
 
-    def _wait(self, task_id: str, deadline: float, message: Any = None,
+    def _wait(self, task_id: str, target: str, deadline: float, message: Any = None,
               shared: dict[str, str] | None = None) -> TaskResult:
         """The task's result. Polled in slices: each new get() reads the stored result first, so a result
         published while the connection was down is still found once it is back. A message this coordinator
-        sent (`message`) that the broker lost or orphaned is sent again (see _recover)."""
+        sent (`message`) that the broker lost or orphaned is sent again (see _recover). Once no live worker
+        serves the target (the last one stopped, or died and its heartbeat lapsed), NoWorkerForTarget: the
+        message waits in its queue for the next worker, but this request does not wait out its timeout."""
         from celery.exceptions import TimeoutError as CeleryTimeout
         from celery.result import AsyncResult
         from kombu.exceptions import OperationalError
         from redis.exceptions import RedisError
 
         result = AsyncResult(task_id, app=self.app)
-        since: dict[str, float] = {}
-        while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                raise CompileTimeout(f"compile task {task_id} did not finish in time; is a worker running for "
-                                     "its target queue?")
-            try:
-                value = result.get(timeout=min(remaining, self.WAIT_SLICE), propagate=False, interval=0.05)
-            except CeleryTimeout:
-                if message is not None:
-                    since = self._recover(task_id, message, since, shared or {})
-                continue
-            except (RedisError, OperationalError, OSError) as exc:
-                log.warning("waiting for %s: the result backend is unreachable (%s); retrying", task_id, exc)
-                time.sleep(0.5)
-                continue
-            return TaskResult.from_wire(value) if isinstance(value, dict) else TaskResult.failure(value)
+        try:
+            since: dict[str, float] = {}
+            while True:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise CompileTimeout(f"compile task {task_id} did not finish in time; is a worker running for "
+                                         "its target queue?")
+                try:
+                    value = result.get(timeout=min(remaining, self.WAIT_SLICE), propagate=False, interval=0.05)
+                except CeleryTimeout:
+                    self._check_served(target)
+                    if message is not None:
+                        since = self._recover(task_id, message, since, shared or {})
+                    continue
+                except (RedisError, OperationalError, OSError) as exc:
+                    log.warning("waiting for %s: the result backend is unreachable (%s); retrying", task_id, exc)
+                    time.sleep(0.5)
+                    continue
+                return TaskResult.from_wire(value) if isinstance(value, dict) else TaskResult.failure(value)
+        finally:
+            _unsubscribe(result)
 
     WAIT_SLICE = 5.0  # seconds between looks at a task's result (and, if it is still missing, its message)
     # A message unacknowledged this long without its task starting was taken by a worker whose connection
@@ -310,6 +327,21 @@ class Coordinator:
         return outcome.meta
 
 
+def _unsubscribe(result: Any) -> None:
+    """Stop listening for a task's result now rather than in AsyncResult.__del__, which at interpreter exit runs
+    with modules half torn down (a coordinator that timed out then printed an ImportError trace)."""
+    try:
+        result.backend.remove_pending_result(result)
+    except Exception as exc:  # noqa: BLE001 - an outage may prevent it; the subscription dies with the connection
+        log.debug("unsubscribing from %s: %s", result.id, exc)
+    result.backend = None
+
+
+def _no_worker(target: str, since: str = "") -> NoWorkerForTarget:
+    return NoWorkerForTarget(f"no live worker serves target {target!r}{' ' + since if since else ''}; start one "
+                             f"with `farm worker --targets {target}` (`farm workers` lists the live ones)")
+
+
 @contextmanager
 def _broker_errors(config: FarmConfig) -> Iterator[None]:
     from kombu.exceptions import OperationalError
@@ -344,11 +376,13 @@ def _worker() -> Worker:
     return Worker.of(config, index, make_store(config, index))
 
 
-def announce_worker(targets: list[str], worker: Worker | None = None) -> None:
-    """Publish this worker's tool versions for each target it serves (coordinators key requests with them)."""
+def start_heartbeat(name: str, targets: list[str], concurrency: int = 1, inflight: Callable[[], int] = lambda: 0,
+                    worker: Worker | None = None, interval: float = HEARTBEAT_SECONDS) -> Heartbeat:
+    """Announce this worker and keep it announced: its targets are served (with its tool versions, which
+    coordinators key requests with) while it beats; stop() unregisters it."""
     worker = worker or _worker()
-    for target in filter(None, targets):
-        worker.coordination.publish_toolchain(target, worker.builder.versions())
+    status = worker_status(name, [t for t in targets if t], worker.builder.versions(), concurrency, inflight)
+    return Heartbeat(worker.coordination, status, interval).start()
 
 
 def worker_compile(wire: dict[str, Any], task_id: str, worker: Worker | None = None) -> dict[str, Any]:
@@ -426,4 +460,4 @@ def _shared_module(worker: Worker, target: str, shared_key: str, retried: _Ridin
     return kept[shared_key]
 
 
-__all__ = ["CompileRequest", "Coordinator", "Outcome", "Worker", "announce_worker", "worker_compile"]
+__all__ = ["CompileRequest", "Coordinator", "Outcome", "Worker", "start_heartbeat", "worker_compile"]

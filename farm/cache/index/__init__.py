@@ -1,13 +1,16 @@
 """Cache indexes, by role: which artifact a (pattern ID, target) has and its metadata (ArtifactIndex);
 counters of the work done (Counters: best effort, they never fail the work they count); and, for the
-cluster, coordination between coordinators and workers (Coordination: locks, deliveries, dead letters,
-toolchains, the hot set, shared modules). SQLite is the first two; Redis is all three (ClusterIndex), and so is
-MemoryIndex (memory.py), its stand-in within one process. Callers type against the role they use."""
+cluster, coordination between coordinators and workers (Coordination: locks, deliveries, dead letters, live
+workers and the toolchains of the targets they serve, the hot set, shared modules). SQLite is the first two;
+Redis is all three (ClusterIndex), and so is MemoryIndex (memory.py), its stand-in within one process. Callers
+type against the role they use."""
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from farm.cache.store import ArtifactMeta
@@ -94,6 +97,30 @@ class CacheIndex(ArtifactIndex, Counters):
             self.incr(name, amount)
 
 
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What a live worker says of itself on each heartbeat (`farm workers`). `seen`: when it said it (its clock,
+    time.time()); `started` likewise."""
+
+    name: str  # Celery's node name (unique per worker process)
+    host: str
+    pid: int
+    targets: tuple[str, ...]
+    toolchain: dict[str, str] = field(default_factory=dict)
+    concurrency: int = 1
+    inflight: int = 0  # tasks running now
+    started: float = 0.0
+    seen: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerStatus:
+        fields = json.loads(text)
+        return cls(**{**fields, "targets": tuple(fields["targets"])})
+
+
 class Coordination(ABC):
     """What coordinators and workers share besides artifacts (farm/cluster/coordinator.py)."""
 
@@ -118,10 +145,42 @@ class Coordination(ABC):
     def dead_letters(self) -> list[dict[str, Any]]: ...
 
     @abstractmethod
-    def publish_toolchain(self, target: str, versions: dict[str, str]) -> None: ...
+    def publish_toolchain(self, target: str, versions: dict[str, str], ttl: float | None = None) -> None:
+        """The target is served, with these tool versions; with `ttl`, for that many seconds unless published
+        again (workers do on each heartbeat)."""
 
     @abstractmethod
-    def toolchain(self, target: str) -> dict[str, str] | None: ...
+    def toolchain(self, target: str) -> dict[str, str] | None:
+        """The published versions of a target some worker serves now; None when none does."""
+
+    def heartbeat(self, worker: WorkerStatus, ttl: float) -> None:
+        """A worker is alive: listed by workers(), its targets served, for `ttl` seconds unless it beats again."""
+        self.publish_worker(worker, ttl)
+        for target in worker.targets:
+            self.publish_toolchain(target, worker.toolchain, ttl)
+
+    @abstractmethod
+    def publish_worker(self, worker: WorkerStatus, ttl: float) -> None: ...
+
+    @abstractmethod
+    def workers(self) -> list[WorkerStatus]:
+        """The live workers, by name."""
+
+    def forget_worker(self, name: str) -> None:
+        """A worker stopping: unlisted at once, and a target that no other live worker serves is unserved at
+        once too (requests for it fail fast instead of waiting for the registration to lapse)."""
+        gone = next((w for w in self.workers() if w.name == name), None)
+        self.unpublish_worker(name)
+        if gone is not None:
+            still_served = {t for w in self.workers() for t in w.targets}
+            for target in set(gone.targets) - still_served:
+                self.unpublish_toolchain(target)
+
+    @abstractmethod
+    def unpublish_worker(self, name: str) -> None: ...
+
+    @abstractmethod
+    def unpublish_toolchain(self, target: str) -> None: ...
 
     @abstractmethod
     def hot(self, top: int) -> list[tuple[str, float]]: ...

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from farm.cache.index import ClusterIndex
+from farm.cache.index import ClusterIndex, WorkerStatus
 from farm.cache.store import ArtifactMeta, stored_meta
 
 V = TypeVar("V")
@@ -53,7 +53,9 @@ class MemoryIndex(ClusterIndex):
         self._locks: _Expiring[str] = _Expiring()  # content key -> the task ID holding it
         self._deliveries: _Expiring[int] = _Expiring()
         self._dead_letters: list[str] = []
-        self._toolchains: dict[str, str] = {}
+        self._toolchains: _Expiring[str] = _Expiring()
+        self._targets: set[str] = set()  # every target ever published, as Redis's farm:targets
+        self._workers: _Expiring[str] = _Expiring()  # name -> WorkerStatus JSON
         self._modules: _Expiring[str] = _Expiring()
 
     # --- ArtifactIndex ---
@@ -152,19 +154,38 @@ class MemoryIndex(ClusterIndex):
             texts = list(self._dead_letters)
         return [json.loads(text) for text in texts]
 
-    def publish_toolchain(self, target: str, versions: dict[str, str]) -> None:
+    def publish_toolchain(self, target: str, versions: dict[str, str], ttl: float | None = None) -> None:
         with self._guard:
-            self._toolchains[target] = json.dumps(versions, sort_keys=True)
+            deadline = self.clock() + ttl if ttl is not None else float("inf")
+            self._toolchains[target] = (json.dumps(versions, sort_keys=True), deadline)
+            self._targets.add(target)
+
+    def unpublish_toolchain(self, target: str) -> None:
+        with self._guard:
+            self._toolchains.pop(target, None)
 
     def toolchain(self, target: str) -> dict[str, str] | None:
         with self._guard:
-            text = self._toolchains.get(target)
+            text = self._toolchains.live(target, self.clock())
         return json.loads(text) if text is not None else None
 
-    def queue_depths(self) -> dict[str, int]:
-        """Every served target's queue, empty: there is no broker behind this index to hold messages."""
+    def publish_worker(self, worker: WorkerStatus, ttl: float) -> None:
         with self._guard:
-            return {target: 0 for target in sorted(self._toolchains)}
+            self._workers[worker.name] = (worker.to_json(), self.clock() + ttl)
+
+    def unpublish_worker(self, name: str) -> None:
+        with self._guard:
+            self._workers.pop(name, None)
+
+    def workers(self) -> list[WorkerStatus]:
+        with self._guard:
+            texts = [self._workers.live(name, self.clock()) for name in sorted(self._workers)]
+        return [WorkerStatus.from_json(text) for text in texts if text is not None]
+
+    def queue_depths(self) -> dict[str, int]:
+        """Every target ever served, its queue empty: there is no broker behind this index to hold messages."""
+        with self._guard:
+            return {target: 0 for target in sorted(self._targets)}
 
     def share_module(self, content_key: str, text: str, ttl: float) -> None:
         """As in Redis: a module already kept only lives `ttl` seconds more; its text is not replaced."""

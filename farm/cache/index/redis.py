@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import redis
 
 from farm.cache import keys
-from farm.cache.index import ClusterIndex, build_fields
+from farm.cache.index import ClusterIndex, WorkerStatus, build_fields
 from farm.cache.store import ArtifactMeta, stored_meta
 from farm.errors import BackendUnavailable
 
@@ -202,12 +202,40 @@ class RedisIndex(ClusterIndex):
         value = self._call(lambda: self.r.get(keys.module(content_key)))
         return value.decode() if value is not None else None
 
-    def publish_toolchain(self, target: str, versions: dict[str, str]) -> None:
+    def publish_toolchain(self, target: str, versions: dict[str, str], ttl: float | None = None) -> None:
         with self._errors():
             pipe = self.r.pipeline(transaction=True)
-            pipe.set(keys.toolchain(target), json.dumps(versions, sort_keys=True))
+            pipe.set(keys.toolchain(target), json.dumps(versions, sort_keys=True),
+                     px=int(ttl * 1000) if ttl is not None else None)
             pipe.sadd(keys.TARGETS, target)
             pipe.execute()
+
+    def unpublish_toolchain(self, target: str) -> None:
+        self._call(lambda: self.r.delete(keys.toolchain(target)))
+
+    def publish_worker(self, worker: WorkerStatus, ttl: float) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.set(keys.worker(worker.name), worker.to_json(), px=int(ttl * 1000))
+            pipe.sadd(keys.WORKERS, worker.name)
+            pipe.execute()
+
+    def unpublish_worker(self, name: str) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.delete(keys.worker(name))
+            pipe.srem(keys.WORKERS, name)
+            pipe.execute()
+
+    def workers(self) -> list[WorkerStatus]:
+        """Two round trips; names whose status lapsed leave the set here."""
+        with self._errors():
+            names = sorted(name.decode() for name in self.r.smembers(keys.WORKERS))
+            statuses = self.r.mget([keys.worker(name) for name in names]) if names else []
+            lapsed = [name for name, status in zip(names, statuses) if status is None]
+            if lapsed:
+                self.r.srem(keys.WORKERS, *lapsed)
+        return [WorkerStatus.from_json(status) for status in statuses if status is not None]
 
     def toolchain(self, target: str) -> dict[str, str] | None:
         value = self._call(lambda: self.r.get(keys.toolchain(target)))
