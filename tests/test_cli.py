@@ -126,3 +126,50 @@ def test_every_compiling_command_takes_its_default_level_from_the_config(
     monkeypatch.setenv("FARM_OPT_LEVEL", "1")
     assert _compiled_level(argv, capsys) == 1
     assert _compiled_level([*argv, "-O", "3"], capsys) == 3  # the option still overrides the configuration
+
+
+def test_scripts_get_json_and_people_get_tables(tmp_path: Path) -> None:
+    """--json on the commands that show figures: one JSON document on stdout, the same facts as the table."""
+    arith = str(EXAMPLES / "arith.farm")
+    compiled = farm("compile", arith, "--targets", "x86-64,aarch64", "--target", "x86-64", "-O", "0", cache=tmp_path)
+    assert compiled.returncode == 0 and len(compiled.stdout.split()) == 2, compiled.stderr  # listed once each
+    stats = json.loads(farm("stats", "--json", cache=tmp_path).stdout)
+    assert stats["tier"] == "local" and stats["counters"]["compilations_ok"] == 2 and stats["artifacts"] == 2
+    assert stats["artifact_bytes"] > 0 and {c["target"] for c in stats["compilations"]} == {"x86-64", "aarch64"}
+    assert {s["stage"] for s in stats["stage_seconds"]} >= {"llc", "ld"}
+    targets = json.loads(farm("targets", "--json", cache=tmp_path).stdout)
+    by_name = {t["target"]: t for t in targets}
+    assert by_name["x86-64"]["runs_here"] is True and by_name["aarch64"]["runs_here"] is False
+    assert by_name["aarch64-neoverse-n1"]["triple"].startswith("aarch64")
+
+
+def test_version_help_and_exit_codes(tmp_path: Path) -> None:
+    version = farm("--version", cache=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("farm ") and "farm-rewrite" in version.stdout
+    overview = farm("--help", cache=tmp_path)
+    assert "2 bad input or usage" in overview.stdout and "130 interrupted" in overview.stdout
+    rewrite = farm("rewrite", "--help", cache=tmp_path)
+    assert "(default: 10000000)" in rewrite.stdout and "--fuel STEPS" in rewrite.stdout
+    for command in ("hot", "workers"):
+        needs_cluster = farm(command, cache=tmp_path)
+        assert needs_cluster.returncode == 2 and "FARM_REDIS_URL" in needs_cluster.stderr
+
+
+def test_messages_are_never_cut_into_a_pipe(tmp_path: Path) -> None:
+    """stderr is a pipe here (80 columns for rich): a long warning or error still comes out as one line each."""
+    folder = tmp_path / ("a-directory-with-a-long-name-" * 4)
+    folder.mkdir()
+    rules = folder / "rules.farm"
+    rules.write_text("rule first: (f ?x) => ?x\nrule shadowed: (f 1) => 2\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, "FARM_CACHE_DIR": str(tmp_path)}
+
+    def stderr_lines(*args: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "farm.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                              env=env, timeout=120, check=False)
+        return [line for line in done.stderr.splitlines() if line.strip()]
+
+    warned = stderr_lines("codegen", str(rules), "--warnings", "-o", str(tmp_path / "out.ll"))
+    warned = [line for line in warned if not line.startswith("wrote ")]
+    assert warned and all(line.startswith(f"warning: {rules}: ") for line in warned), warned
+    failed = stderr_lines("compile", str(folder / "missing.farm"))
+    assert len(failed) == 1 and str(folder / "missing.farm") in failed[0], failed

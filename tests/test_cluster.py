@@ -278,6 +278,13 @@ def test_a_plain_celery_worker_announces_itself_and_its_target_goes_when_it_stop
                 ("x86-64", "aarch64"), 2, proc.pid, 0)
             assert status.host == socket.gethostname() and status.toolchain["llc"]
             assert index.toolchain("x86-64") == status.toolchain
+            listed = subprocess.run([sys.executable, "-m", "farm.cli", "workers", "--json"], env=env, cwd=ROOT,
+                                    capture_output=True, text=True, timeout=60)
+            (shown,) = json.loads(listed.stdout)
+            assert shown["name"] == status.name and shown["targets"] == ["x86-64", "aarch64"], listed.stderr
+            table = subprocess.run([sys.executable, "-m", "farm.cli", "workers"], env={**env, "COLUMNS": "200"},
+                                   cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert "1 live worker(s)" in table.stdout and "x86-64, aarch64" in table.stdout, table.stdout
         assert index.workers() == [] and index.toolchain("x86-64") is None  # it said goodbye on SIGTERM
         (tmp_path / "hot.farm").write_text("rule unserved_now: (g ?x) => ?x\n")
         start = time.monotonic()

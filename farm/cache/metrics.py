@@ -71,6 +71,23 @@ class Snapshot:
         requests = self.get("hits") + self.get("misses")
         return self.get("hits") / requests if requests else math.nan
 
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as plain JSON data (`farm stats --json`): the raw counters and what is derived from them."""
+        return {
+            "tier": self.tier, "counters": dict(sorted(self.counters.items())),
+            "hit_rate": None if math.isnan(self.hit_rate) else self.hit_rate,
+            "compilations": [{"target": t, "result": r, "count": n} for (t, r), n in sorted(self.compilations.items())],
+            "stage_seconds": [{"stage": stage, "target": target, "runs": h.count, "sum": h.total,
+                               "p50": _finite(h.quantile(0.5)), "p95": _finite(h.quantile(0.95)),
+                               "buckets": dict(h.buckets)} for (stage, target), h in sorted(self.histograms.items())],
+            "queue_depth": self.queue_depth, "inflight": self.inflight, "artifacts": self.artifacts,
+            "artifact_bytes": self.artifact_bytes, "hot": [{"pattern": p, "score": s} for p, s in self.hot],
+        }
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
 
 def snapshot(index: CacheIndex) -> Snapshot:
     counters = index.counters()

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import traceback
+from typing import Any
 
 from rich.markup import escape
 
 from farm.cli.build import Codegen, Compile, Targets
-from farm.cli.cluster import Hot, Prewarm, Pull, Worker
+from farm.cli.cluster import Hot, Prewarm, Pull, Worker, Workers
 from farm.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Command, err
 from farm.cli.keys import Keygen
 from farm.cli.rewrite import Rewrite, Verify
@@ -21,16 +22,36 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 # In the order `farm --help` lists them.
 COMMANDS: tuple[Command, ...] = (Compile(), Rewrite(), Verify(), Codegen(), Stats(), Top(), Exporter(), Prewarm(),
-                                 Pull(), Hot(), Worker(), Targets(), Keygen())
+                                 Pull(), Hot(), Worker(), Workers(), Targets(), Keygen())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="farm", description="Compile term-rewrite rules to native code.")
+    parser = argparse.ArgumentParser(prog="farm", description="Compile term-rewrite rules to native code.",
+                                     epilog=EXIT_CODES)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action=_Version, help="print farm's version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(subparsers)
     return parser
+
+
+EXIT_CODES = ("exit codes: 0 done; 1 a check or a rewrite failed (a mismatch, a term without a normal form, a "
+              "failed compile of a batch); 2 bad input or usage; 130 interrupted")
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked (reading the installed distribution's metadata costs a few ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        import farm
+
+        print(f"farm {farm.__version__} (distribution farm-rewrite)")
+        parser.exit()
 
 
 def _error_message(exc: Exception) -> str | None:

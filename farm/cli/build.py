@@ -13,14 +13,17 @@ from rich.table import Table
 from farm.cli.common import (
     EXIT_OK,
     Command,
+    add_json,
     add_opt_level,
     add_rules,
+    add_targets,
     err,
     load_ruleset,
     opt_level,
     out,
     output_file,
     pattern_id,
+    print_json,
     progress,
     write_output,
 )
@@ -41,7 +44,8 @@ class Compile(Command):
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_rules(parser)
         add_opt_level(parser)
-        parser.add_argument("--target", action="append", help="target name (repeat for several); default native")
+        add_targets(parser, required=False, what="what to compile for (several are built in parallel; default: "
+                                                  "FARM_TARGET, else native)")
 
     def run(self, args: argparse.Namespace) -> int:
         from farm.cache.engine import Engine
@@ -49,7 +53,7 @@ class Compile(Command):
         ruleset = load_ruleset(args.rules, args.warnings)
         engine = Engine()
         opt = opt_level(args, engine.config)
-        results = _compile_for(engine, ruleset, pattern_id(args.rules), args.target or [engine.config.target], opt)
+        results = _compile_for(engine, ruleset, pattern_id(args.rules), args.targets or [engine.config.target], opt)
         for _, art in results:
             print(art.path)
         err.print(_stage_table(f"{args.rules}: {len(ruleset.rules)} rules, -O{opt}, stage times in ms", results))
@@ -97,7 +101,7 @@ class Codegen(Command):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_rules(parser)
-        parser.add_argument("--lang", choices=("llvm", "rust", "qasm"), default="llvm")
+        parser.add_argument("--lang", choices=("llvm", "rust", "qasm"), default="llvm", help="the backend's language")
         parser.add_argument("--main", action="store_true", help="rust: add a stdin/stdout main (docs/abi.md format)")
         parser.add_argument("-o", "--output", help="write to this file (atomically) instead of stdout")
 
@@ -132,18 +136,26 @@ class Targets(Command):
     name = "targets"
     summary = "list compilation targets"
 
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        add_json(parser)
+
     def run(self, args: argparse.Namespace) -> int:
         from farm.compiler.toolchain import find_tool
         from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
-        table = Table(title="compilation targets")
-        for col in ("target", "triple", "cpu", "runs on this host"):
-            table.add_column(col)
         try:
             native = resolve("native", find_tool("llc"))
         except FarmError:
             native = resolve("native")
-        for target in [*REGISTRY.values(), native]:
+        targets = [*REGISTRY.values(), native]
+        if args.json:
+            print_json([{"target": t.name, "triple": t.triple, "cpu": t.cpu, "features": t.features, "arch": t.arch,
+                         "runs_here": host_can_run(t), "missing_flags": missing_flags(t)} for t in targets])
+            return EXIT_OK
+        table = Table(title="compilation targets")
+        for col in ("target", "triple", "cpu", "runs on this host"):
+            table.add_column(col)
+        for target in targets:
             runs = host_can_run(target)
             why = "yes" if runs else f"no ({', '.join(missing_flags(target)[:4]) or target.arch})"
             table.add_row(target.name, target.triple, target.cpu, why)

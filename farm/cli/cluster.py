@@ -16,12 +16,15 @@ from farm.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     Command,
+    add_json,
     add_opt_level,
+    add_targets,
     duration,
     err,
     opt_level,
     out,
     port_number,
+    print_json,
     print_normal_forms,
     progress,
     whole_number,
@@ -30,14 +33,12 @@ from farm.errors import FarmError
 from farm.inputs import TERMS, read_input_text
 
 if TYPE_CHECKING:
+    from farm.cache.index import Coordination
     from farm.cache.pull import Pulled
     from farm.cluster.coordinator import Outcome
     from farm.config import FarmConfig
 
 
-def _target_names(text: str) -> list[str]:
-    """The names of a comma-separated --targets value, blanks dropped."""
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 class Prewarm(Command):
@@ -47,8 +48,10 @@ class Prewarm(Command):
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_opt_level(parser)
         parser.add_argument("hot_list", help="rule file: each rule is one pattern (its name is the pattern ID)")
-        parser.add_argument("--targets", required=True, help="comma-separated target names")
-        parser.add_argument("--timeout", type=duration(), default=3600.0)
+        add_targets(parser, required=True, what="what to compile for")
+        parser.add_argument("--timeout", type=duration(), default=3600.0, metavar="SECONDS",
+                            help="seconds to wait for the whole batch (no live worker for a target fails at once)")
+        add_json(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from farm.cluster.coordinator import CompileRequest
@@ -58,7 +61,7 @@ class Prewarm(Command):
         from workers.app import make_coordinator
 
         parsed = load_rules(args.hot_list)
-        targets = _target_names(args.targets)
+        targets = args.targets
         coordinator = make_coordinator(FarmConfig.from_env())
         opt = opt_level(args, coordinator.config)
         requests = []
@@ -71,8 +74,22 @@ class Prewarm(Command):
                                 total=len(requests))
             outcomes = coordinator.ensure(requests, args.timeout, lambda _: bar.advance(task))
         elapsed = time.perf_counter() - start
-        err.print(_outcome_table(f"pre-warm of {args.hot_list} in {elapsed:.1f} s", outcomes))
+        if args.json:
+            print_json(_summary(args.hot_list, elapsed, outcomes))
+        else:
+            err.print(_outcome_table(f"pre-warm of {args.hot_list} in {elapsed:.1f} s", outcomes))
         return _report_failures(outcomes)
+
+
+def _summary(hot_list: str, seconds: float, outcomes: list[Outcome]) -> dict[str, object]:
+    """`prewarm --json`: per target, how many requests ended in each status; and every failure."""
+    by_target: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        counts = by_target.setdefault(o.request.target, {})
+        counts[str(o.status)] = counts.get(str(o.status), 0) + 1
+    return {"hot_list": hot_list, "seconds": round(seconds, 3), "requests": len(outcomes), "targets": by_target,
+            "failures": [{"pattern_id": o.request.pattern_id, "target": o.request.target, "status": str(o.status),
+                          "error": o.error} for o in outcomes if o.meta is None]}
 
 
 def _outcome_table(title: str, outcomes: list[Outcome]) -> Table:
@@ -107,8 +124,8 @@ class Pull(Command):
     summary = "cluster: fetch, verify and load the best artifact of a pattern for this host"
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("pattern_id")
-        parser.add_argument("--target", help="this target instead of the best one for the host")
+        parser.add_argument("pattern_id", help="the pattern ID the artifact was compiled under")
+        parser.add_argument("--target", help="this one target instead of the best one for the host")
         parser.add_argument("--rewrite", metavar="TERMS", help="then rewrite this term file with it")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -157,24 +174,73 @@ class Hot(Command):
     summary = "cluster: the hottest patterns"
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--top", type=whole_number(1), default=20)
+        parser.add_argument("--top", type=whole_number(1), default=20, metavar="N", help="how many patterns")
+        add_json(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from farm.cache.backends import make_index
-        from farm.cache.index import Coordination
-        from farm.config import FarmConfig
-
-        index = make_index(FarmConfig.from_env())
-        if not isinstance(index, Coordination):
-            raise FarmError("`farm hot` reads the cluster's hot-pattern set; set FARM_REDIS_URL")
+        hot = _coordination("hot").hot(args.top)
+        if args.json:
+            print_json([{"rank": rank, "pattern": pattern, "score": score} for rank, (pattern, score) in
+                        enumerate(hot, 1)])
+            return EXIT_OK
         table = Table(title=f"top {args.top} hot patterns (requests + native rule firings)")
         table.add_column("#", justify="right")
         table.add_column("pattern")
         table.add_column("score", justify="right")
-        for rank, (pattern, score) in enumerate(index.hot(args.top), 1):
+        for rank, (pattern, score) in enumerate(hot, 1):
             table.add_row(str(rank), escape(pattern), f"{score:,.0f}")
         out.print(table)
         return EXIT_OK
+
+
+def _coordination(command: str) -> Coordination:
+    """The cluster's shared index, for a command that reads what only the cluster keeps."""
+    from farm.cache.backends import make_index
+    from farm.cache.index import Coordination
+    from farm.config import FarmConfig
+
+    index = make_index(FarmConfig.from_env())
+    if not isinstance(index, Coordination):
+        raise FarmError(f"`farm {command}` reads the cluster's shared index; set FARM_REDIS_URL")
+    return index
+
+
+class Workers(Command):
+    name = "workers"
+    summary = "cluster: the live workers, their targets, toolchains and load"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        add_json(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from dataclasses import asdict
+
+        workers = _coordination("workers").workers()
+        if args.json:
+            print_json([asdict(w) for w in workers])
+            return EXIT_OK
+        table = Table(title=f"{len(workers)} live worker(s)")
+        for col in ("worker", "host", "pid", "targets", "llc", "concurrency", "in flight", "up", "last seen"):
+            table.add_column(col, justify="right" if col in ("pid", "concurrency", "in flight") else "left")
+        now = time.time()
+        for w in workers:
+            table.add_row(escape(w.name), escape(w.host), str(w.pid), ", ".join(w.targets),
+                          escape(w.toolchain.get("llc", "?")), str(w.concurrency), str(w.inflight),
+                          _ago(now - w.started, ""), _ago(now - w.seen, " ago"))
+        out.print(table)
+        if not workers:
+            err.print("no live worker: start one with `farm worker --targets T` (a worker stopped or silent for "
+                      "30 s is not listed)", highlight=False)
+        return EXIT_OK
+
+
+def _ago(seconds: float, suffix: str) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s{suffix}"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min{suffix}"
+    return f"{seconds / 3600:.1f} h{suffix}"
 
 
 class Worker(Command):
@@ -182,10 +248,11 @@ class Worker(Command):
     summary = "cluster: run a Celery worker for some targets"
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--targets", required=True, help="comma-separated target names this host builds")
-        parser.add_argument("--concurrency", type=whole_number(1), default=1)
-        parser.add_argument("--loglevel", default="info")
-        parser.add_argument("--metrics-port", type=port_number(), default=0, help="serve this worker's process metrics")
+        add_targets(parser, required=True, what="what this host builds")
+        parser.add_argument("--concurrency", type=whole_number(1), default=1, metavar="N", help="compile processes")
+        parser.add_argument("--loglevel", default="info", help="Celery's log level (debug, info, warning, error)")
+        parser.add_argument("--metrics-port", type=port_number(), default=0, metavar="PORT",
+                            help="serve this worker's metrics, its pool's included, on this TCP port (0: none)")
 
     def run(self, args: argparse.Namespace) -> int:
         """Run a Celery worker consuming the queues of the given targets (replaces this process)."""
@@ -201,11 +268,11 @@ class Worker(Command):
         require_cluster(config)
         trusted_keys_of(config)  # a bad key file is reported here, not in the log of every task
         import workers.tasks  # noqa: F401 - an absent cluster extra fails here, clearly, not after the exec
-        targets = _target_names(args.targets)
+        targets = args.targets
         unknown = [t for t in targets if t not in REGISTRY]
         if not targets or unknown:
-            raise FarmError(f"--targets takes registered target names ({', '.join(REGISTRY)}); got {args.targets!r}")
-        os.environ["FARM_WORKER_TARGETS"] = ",".join(targets)
+            raise FarmError(f"--targets takes registered target names ({', '.join(REGISTRY)}); got "
+                            f"{','.join(targets)!r}")
         if args.metrics_port:
             os.environ["FARM_METRICS_PORT"] = str(args.metrics_port)
         argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", ",".join(map(keys.queue, targets)),

@@ -22,10 +22,21 @@ if TYPE_CHECKING:
     from farm.semantics.interp import RewriteResult
 
 out = Console()
-err = Console(stderr=True)
+# Soft wrap: a message is one line however narrow the terminal, and never cut at 80 columns into a pipe or a log.
+err = Console(stderr=True, soft_wrap=True)
 # 2: bad input or usage (argparse's own code too); 130: interrupted (128 + SIGINT, as shells report it)
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 T = TypeVar("T")
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, where it has one (each option's help names its unit); a flag
+    or an option whose default is "not given" says nothing more."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class Command:
@@ -42,7 +53,8 @@ class Command:
         raise NotImplementedError
 
     def register(self, subparsers: argparse._SubParsersAction[Any]) -> None:
-        parser = subparsers.add_parser(self.name, help=self.summary)
+        parser = subparsers.add_parser(self.name, help=self.summary, description=self.summary,
+                                       formatter_class=HelpWithDefaults)
         self.add_options(parser)
         parser.set_defaults(handler=self.run)
 
@@ -59,6 +71,36 @@ def add_opt_level(parser: argparse.ArgumentParser) -> None:
     """-O of every command that compiles (its default is the configuration's: see `opt_level`)."""
     parser.add_argument("-O", dest="opt", type=int, choices=range(4), default=None,
                         help="optimisation level (default: FARM_OPT_LEVEL from the environment or FARM_CONFIG, else 2)")
+
+
+class _TargetList(argparse.Action):
+    """--targets a,b (or repeated, or spelled --target): one list of names, in order, without repeats."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        names = list(getattr(namespace, self.dest, None) or [])
+        names += [name for name in (part.strip() for part in str(values).split(",")) if name and name not in names]
+        setattr(namespace, self.dest, names)
+
+
+def add_targets(parser: argparse.ArgumentParser, required: bool, what: str) -> None:
+    """--targets of every command that takes several CPU targets: comma-separated, or repeated; `--target` is
+    the same option (a command that takes exactly one target has its own --target)."""
+    parser.add_argument("--targets", "--target", dest="targets", action=_TargetList, required=required,
+                        default=None if required else [], metavar="T[,T...]",
+                        help=f"{what}: comma-separated target names (`farm targets` lists them), or the option "
+                             "repeated")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout, for scripts: plain text, no colour, no wrapping."""
+    import json
+
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def opt_level(args: argparse.Namespace, config: FarmConfig) -> int:

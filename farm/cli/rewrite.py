@@ -35,10 +35,13 @@ def add_engine_options(parser: argparse.ArgumentParser, fuel: int) -> None:
     """Where and how long the rules run: the target, the rewrite steps allowed per term, the engine."""
     from farm.semantics import MAX_FUEL
 
-    parser.add_argument("--target", default=None)
-    parser.add_argument("--fuel", type=whole_number(1, MAX_FUEL), default=fuel,
+    parser.add_argument("--target", default=None,
+                        help="the one CPU target to compile for (`farm targets` lists them); default: FARM_TARGET, "
+                             "else native")
+    parser.add_argument("--fuel", type=whole_number(1, MAX_FUEL), default=fuel, metavar="STEPS",
                         help="rewrite steps allowed per term (at least 1)")
-    parser.add_argument("--engine", choices=("auto", "native", "interpreter"), default="auto")
+    parser.add_argument("--engine", choices=("auto", "native", "interpreter"), default="auto",
+                        help="native code, the interpreter, or native with the interpreter when no toolchain")
 
 
 class Rewrite(Command):
@@ -94,8 +97,9 @@ class Verify(Command):
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_rules(parser)
         add_engine_options(parser, fuel=10_000)
-        parser.add_argument("--cases", type=whole_number(1), default=2000)
-        parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument("--cases", type=whole_number(1), default=2000, metavar="N", help="random terms to check")
+        parser.add_argument("--seed", type=int, default=1, help="seed of the random terms (the same seed, the same "
+                                                                "terms)")
 
     def run(self, args: argparse.Namespace) -> int:
         from farm.cache.engine import Engine, load_native

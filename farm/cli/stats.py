@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
-from farm.cli.common import EXIT_OK, Command, duration, err, out, port_number, whole_number
+from farm.cli.common import EXIT_OK, Command, add_json, duration, err, out, port_number, print_json, whole_number
 
 if TYPE_CHECKING:
     from farm.cache.metrics import Snapshot
@@ -78,9 +78,16 @@ class Stats(Command):
     name = "stats"
     summary = "cache and compilation statistics"
 
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        add_json(parser)
+
     def run(self, args: argparse.Namespace) -> int:
         take, where = _snapshot_source()
-        out.print(stats_table(take(), f"farm statistics ({escape(where)})"))
+        snap = take()
+        if args.json:
+            print_json({"index": where, **snap.to_dict()})
+        else:
+            out.print(stats_table(snap, f"farm statistics ({escape(where)})"))
         return EXIT_OK
 
 
@@ -89,8 +96,9 @@ class Top(Command):
     summary = "a live terminal view of the statistics"
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--interval", type=duration(), default=2.0)
-        parser.add_argument("--iterations", type=whole_number(0), default=0,
+        parser.add_argument("--interval", type=duration(), default=2.0, metavar="SECONDS",
+                            help="seconds between refreshes")
+        parser.add_argument("--iterations", type=whole_number(0), default=0, metavar="N",
                             help="stop after N refreshes (0: until Ctrl-C)")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -115,8 +123,9 @@ class Exporter(Command):
     summary = "serve the farm's metrics to Prometheus"
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--port", type=port_number(), default=9108)
-        parser.add_argument("--host", default="0.0.0.0")
+        parser.add_argument("--port", type=port_number(), default=9108, metavar="PORT",
+                            help="TCP port of /metrics (0: any free one)")
+        parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
 
     def run(self, args: argparse.Namespace) -> int:
         import signal
