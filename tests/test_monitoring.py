@@ -49,6 +49,30 @@ def test_promtool_accepts_the_deploy_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_alert_rules_are_valid_and_each_fires_when_it_should() -> None:
+    """promtool checks the rules, then runs deploy/alerts.test.yml: each alert on series that fire it (a target
+    losing its last worker, dead letters, a failure rate, a growing queue, the exporter down) and not on
+    those that should not."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/test installs Debian's prometheus package"
+    for argv in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
+        result = subprocess.run([promtool, *argv], capture_output=True, text=True, cwd=DEPLOY)
+        assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_alerts_read_metrics_the_exporter_serves() -> None:
+    """Every farm_* metric an alert names is one the exporter yields (a renamed metric silences an alert)."""
+    import re
+
+    from farm.cache.index.memory import MemoryIndex
+    from farm.cache.metrics import FarmCollector
+
+    served = {family.name for family in FarmCollector(MemoryIndex()).collect()}
+    served |= {f"{name}_total" for name in served}
+    named = set(re.findall(r"\bfarm_[a-z_]+", (DEPLOY / "alerts.yml").read_text()))
+    assert named and named <= served, named - served
+
+
 def test_dashboard_is_provisioned_against_the_prometheus_source() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     provisioned = (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()

@@ -58,6 +58,7 @@ class Snapshot:
     compilations: dict[tuple[str, str], float] = field(default_factory=dict)  # (target, ok|failed)
     histograms: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (stage, target)
     queue_depth: dict[str, int] = field(default_factory=dict)
+    live_workers: dict[str, int] = field(default_factory=dict)  # every target ever served -> live workers for it
     inflight: int = 0
     artifacts: int = 0
     artifact_bytes: int = 0
@@ -80,7 +81,8 @@ class Snapshot:
             "stage_seconds": [{"stage": stage, "target": target, "runs": h.count, "sum": h.total,
                                "p50": _finite(h.quantile(0.5)), "p95": _finite(h.quantile(0.95)),
                                "buckets": dict(h.buckets)} for (stage, target), h in sorted(self.histograms.items())],
-            "queue_depth": self.queue_depth, "inflight": self.inflight, "artifacts": self.artifacts,
+            "queue_depth": self.queue_depth, "live_workers": self.live_workers, "inflight": self.inflight,
+            "artifacts": self.artifacts,
             "artifact_bytes": self.artifact_bytes, "hot": [{"pattern": p, "score": s} for p, s in self.hot],
         }
 
@@ -117,6 +119,10 @@ def snapshot(index: CacheIndex) -> Snapshot:
     snap.artifact_bytes = index.artifact_bytes()
     if isinstance(index, Coordination):  # the cluster's index: queues, work in flight, the hot set
         snap.queue_depth = index.queue_depths()
+        snap.live_workers = dict.fromkeys(snap.queue_depth, 0)
+        for worker in index.workers():
+            for target in worker.targets:
+                snap.live_workers[target] = snap.live_workers.get(target, 0) + 1
         snap.inflight = index.inflight()
         snap.hot = index.hot(HOT_TOP_K)
     return snap
@@ -179,6 +185,11 @@ class FarmCollector:
         for target, n in sorted(s.queue_depth.items()):
             depth.add_metric([target], n)
         yield depth
+        live = GaugeMetricFamily("farm_live_workers", "Live workers serving each target ever served (0: none now)",
+                                 labels=["target"])
+        for target, n in sorted(s.live_workers.items()):
+            live.add_metric([target], n)
+        yield live
         hot = GaugeMetricFamily("farm_hot_pattern_score", f"Top {HOT_TOP_K} patterns by requests + native firings",
                                 labels=["pattern"])
         for pattern, score in s.hot:

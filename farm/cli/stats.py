@@ -54,7 +54,7 @@ def stats_table(snap: Snapshot, title: str, previous: Snapshot | None = None, se
     if snap.tier == "shared":
         row("in-flight compilations", snap.inflight)
         for target, depth in snap.queue_depth.items():
-            row(f"queue depth {target}", depth)
+            row(f"queue depth {target} ({snap.live_workers.get(target, 0)} live workers)", depth)
         row("redeliveries", snap.get("redeliveries"), "redeliveries")
         row("dead letters", snap.get("dead_letters"), "dead_letters")
         for pattern, score in snap.hot[:5]:
