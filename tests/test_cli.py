@@ -173,3 +173,17 @@ def test_messages_are_never_cut_into_a_pipe(tmp_path: Path) -> None:
     assert warned and all(line.startswith(f"warning: {rules}: ") for line in warned), warned
     failed = stderr_lines("compile", str(folder / "missing.farm"))
     assert len(failed) == 1 and str(folder / "missing.farm") in failed[0], failed
+
+
+def test_the_stage_table_shows_the_stages_that_ran(tmp_path: Path) -> None:
+    """Staged tools or in process: the columns are the stages the build had, none of them all zeros."""
+    arith = str(EXAMPLES / "arith.farm")
+    env = {**os.environ, "FARM_CACHE_DIR": str(tmp_path / "inprocess"), "FARM_COMPILE_PATH": "inprocess",
+           "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "farm.cli", "compile", arith, "-O", "0"], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    header = next(line for line in done.stderr.splitlines() if "target" in line)
+    assert done.returncode == 0 and "codegen" in header and "llc" not in header, done.stderr
+    staged = farm("compile", arith, "-O", "0", cache=tmp_path / "staged")
+    header = next(line for line in staged.stderr.splitlines() if "target" in line)
+    assert "llc" in header and "codegen" not in header

@@ -98,3 +98,25 @@ def test_in_memory_refuses_code_this_host_cannot_run(tmp_path: Path) -> None:
 
     with pytest.raises(IncompatibleArtifact, match="cannot load aarch64 code into this process"):
         Engine(FarmConfig(cache_dir=tmp_path)).load_in_memory(example("bool"), "aarch64")
+
+
+def test_a_build_reports_each_module_it_parses_and_compiles(tmp_path: Path) -> None:
+    """What `farm compile` draws its bar from: every module parsed, then every module compiled, in order; a
+    rebuild that reuses objects counts only what it compiles, and a cache hit reports nothing."""
+    from farm.compiler.toolchain import reporting_progress
+
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=0, compile_path="inprocess"))
+    heard: list[tuple[str, int, int]] = []
+    with reporting_progress(lambda step, done, total: heard.append((step, done, total))):
+        first = engine.compile(generated(300), "big")
+        n = first.meta.objects_compiled
+        assert n >= 3 and heard == [("parsing", k, n) for k in range(1, n + 1)] + \
+            [("compiling", k, n) for k in range(1, n + 1)]
+        heard.clear()
+        engine.compile(generated(300, change=7), "big")  # one rule chunk and the manifest again
+        assert heard == [("parsing", 1, 2), ("parsing", 2, 2), ("compiling", 1, 2), ("compiling", 2, 2)]
+        heard.clear()
+        engine.compile(generated(300), "big")
+        assert heard == []
+    engine.compile(generated(300, change=9), "big")  # outside the block: nobody is told
+    assert heard == []

@@ -30,11 +30,14 @@ from farm.cli.common import (
 from farm.errors import FarmError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from farm.cache.builder import Artifact
     from farm.cache.engine import Engine
     from farm.lang.transduce import RuleSet
 
-STAGES = ("llvm-as", "opt", "llc", "as", "ld")
+# The stages of the two compile paths, in the order they run: staged tools, or in process (llvmlite).
+STAGES = ("parse", "llvm-as", "policy", "opt", "llc", "codegen", "as", "ld")
 
 
 class Compile(Command):
@@ -64,9 +67,11 @@ def _compile_for(engine: Engine, ruleset: RuleSet, pattern: str, targets: list[s
                  opt: int) -> list[tuple[str, Artifact]]:
     """The artifact of each target; several are built in parallel, under a progress bar."""
     from farm.cache.engine import CompileJob
+    from farm.compiler.toolchain import reporting_progress
 
-    if len(targets) == 1:
-        return [(targets[0], engine.compile(ruleset, pattern, targets[0], opt))]
+    if len(targets) == 1:  # one build: its bar counts modules
+        with _ModuleBar() as modules, reporting_progress(modules.report):
+            return [(targets[0], engine.compile(ruleset, pattern, targets[0], opt))]
     jobs = [CompileJob(ruleset, pattern, t, opt) for t in targets]
     results = []
     with progress() as bar:
@@ -79,17 +84,43 @@ def _compile_for(engine: Engine, ruleset: RuleSet, pattern: str, targets: list[s
     return results
 
 
+class _ModuleBar:
+    """A progress bar over one build's modules, shown from the build's first report (a cache hit shows none)."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def report(self, step: str, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = progress()
+            self.bar.start()
+        if self.task is None:
+            self.task = self.bar.add_task(step, total=total)
+        self.bar.update(self.task, description=f"{step} modules", completed=done, total=total)
+
+    def __enter__(self) -> _ModuleBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def _stage_table(title: str, results: list[tuple[str, Artifact]]) -> Table:
+    """Time per stage, for the stages the builds ran (the staged tools' or the in-process ones)."""
+    ran = {stage for _, art in results for stage in art.meta.stage_seconds}
+    stages = [stage for stage in STAGES if stage in ran] + sorted(ran - set(STAGES))
     table = Table(title=title)
     table.add_column("target")
-    for stage in STAGES:
+    for stage in stages:
         table.add_column(stage, justify="right")
     table.add_column("total", justify="right")
     table.add_column("cache")
     table.add_column("size", justify="right")
     for target, art in results:
         s = art.meta.stage_seconds
-        table.add_row(target, *(f"{s.get(k, 0) * 1000:.1f}" for k in STAGES),
+        table.add_row(target, *(f"{s.get(k, 0) * 1000:.1f}" for k in stages),
                       f"{sum(s.values()) * 1000:.1f}", f"hit ({art.seconds * 1000:.1f} ms)" if art.cached else "built",
                       f"{art.meta.size:,}")
     return table
