@@ -3,7 +3,9 @@ rebuild what was evicted under them, and the shared tier on a real redis-server 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import threading
 import time
@@ -20,12 +22,13 @@ from farm.cache.engine import Engine
 from farm.cache.gc import CLEAR, LocalTier, Policy, gc_local, gc_shared
 from farm.cache.index.redis import RedisIndex
 from farm.cache.index.sqlite import SQLiteIndex
+from farm.cache.inventory import clear, collect, describe, listing, why_miss, zero_stats
 from farm.cache.objcache import UsedObjectCache
 from farm.cache.store import ArtifactMeta
 from farm.cache.store.local import LocalStore
 from farm.cluster.messages import Status
 from farm.config import FarmConfig, duration
-from farm.errors import InvalidArgument, InvalidSetting
+from farm.errors import ConfigError, InvalidArgument, InvalidSetting
 from farm.lang.terms import TermGraph
 
 from .conftest import ruleset_of
@@ -256,3 +259,39 @@ def test_shared_gc_evicts_index_entries_then_objects_and_workers_rebuild(servers
     assert cleared.artifacts_evicted == 3 and cleared.bytes_after == 0
     assert index.artifacts() == [] and index.artifact_bytes() == 0 and index.artifact_count() == 0
     assert not any(operator.exists(a.meta.key) for a in built)
+
+
+# ---- what the cache commands call ----
+
+def test_show_says_what_a_pattern_points_at_and_why_a_request_would_miss(tmp_path: Path) -> None:
+    config = FarmConfig(cache_dir=tmp_path / "cache", opt_level=0, compile_path="inprocess")
+    built = Engine(config).compile(ruleset_of(RULES.format(n=7)), "shown", "x86-64")
+    [shown] = describe(config, "shown")
+    assert (shown.key, shown.patterns, shown.stored, shown.miss) == (built.meta.key, [("shown", "x86-64")], True, None)
+    assert shown.entry is not None and shown.entry.size == built.meta.size and shown.meta == built.meta
+    assert [s.key for s in describe(config, built.meta.key[:8])] == [built.meta.key]  # by key prefix
+    assert json.loads(json.dumps(shown.to_json()))["patterns"] == [{"pattern_id": "shown", "target": "x86-64"}]
+    LocalStore(config.cache_dir).delete(built.meta.key)  # the library gone, the entry left (by hand)
+    assert "gone from the store" in (describe(config, "shown")[0].miss or "")
+    assert describe(config, "never built") == []
+    assert [entry.key for entry in listing(config)] == [built.meta.key]
+    other = dataclasses.replace(built.meta, toolchain={**built.meta.toolchain, "ld": "ld.lld=99"})
+    assert "another toolchain (ld ld.lld=99, here" in (why_miss(shown.entry, other, True, built.meta.toolchain) or "")
+
+
+def test_gc_clear_and_zero_as_the_commands_run_them(tmp_path: Path) -> None:
+    config = FarmConfig(cache_dir=tmp_path / "cache", opt_level=0, compile_path="inprocess")
+    engine = Engine(config)
+    for n in range(2):
+        engine.compile(ruleset_of(RULES.format(n=n)), f"p{n}", "x86-64")
+    age(config.cache_dir, time.time() - 2 * 86400)
+    assert collect(config, shared=False).artifacts_evicted == 0  # within FARM_CACHE_SIZE (10G)
+    report = collect(config, shared=False, older_than=duration("1d"))
+    assert report.artifacts_evicted == 2 and report.objects_evicted >= 2 and report.bytes_after == 0
+    engine.compile(ruleset_of(RULES.format(n=0)), "p0", "x86-64")
+    assert engine.builder.index.counters()["misses"] == 3
+    zero_stats(config)
+    assert not engine.builder.index.counters().get("misses") and engine.builder.index.artifact_count() == 1
+    assert clear(config, shared=False).artifacts_evicted == 1 and listing(config) == []
+    with pytest.raises(ConfigError, match="--shared needs"):
+        collect(config, shared=True)
