@@ -1,0 +1,199 @@
+"""What the commands share: the consoles and exit codes, the `Command` base, the options more than one command takes
+(each defined once here), and the helpers for rule files, output files and normal forms."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from farm.errors import OutputPathError
+
+if TYPE_CHECKING:
+    from farm.config import FarmConfig
+    from farm.lang.transduce import RuleSet
+    from farm.semantics.interp import RewriteResult
+
+out = Console()
+err = Console(stderr=True)
+# 2: bad input or usage (argparse's own code too); 130: interrupted (128 + SIGINT, as shells report it)
+EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+T = TypeVar("T")
+
+
+class Command:
+    """One subcommand, pip-style: its name, its one-line summary, its options and its run, side by side in one
+    class. `run` returns the exit code."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        """The command's arguments; a command without any keeps this."""
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+    def register(self, subparsers: argparse._SubParsersAction[Any]) -> None:
+        parser = subparsers.add_parser(self.name, help=self.summary)
+        self.add_options(parser)
+        parser.set_defaults(handler=self.run)
+
+
+# Options taken by several commands: one definition each, so that their spellings and defaults cannot drift apart.
+
+def add_rules(parser: argparse.ArgumentParser) -> None:
+    """The rule file of every command that reads one, and the switch that lists its warnings."""
+    parser.add_argument("rules", help="rule file (see docs/rules.md)")
+    parser.add_argument("--warnings", action="store_true", help="list rule overlap warnings")
+
+
+def add_opt_level(parser: argparse.ArgumentParser) -> None:
+    """-O of every command that compiles (its default is the configuration's: see `opt_level`)."""
+    parser.add_argument("-O", dest="opt", type=int, choices=range(4), default=None,
+                        help="optimisation level (default: FARM_OPT_LEVEL from the environment or FARM_CONFIG, else 2)")
+
+
+def opt_level(args: argparse.Namespace, config: FarmConfig) -> int:
+    """-O if given, else the configuration's level (FARM_OPT_LEVEL or the config file)."""
+    return config.opt_level if args.opt is None else args.opt
+
+
+def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from one of farm.config's parsers: a bad value is a usage error saying what is expected."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {exc}") from None
+
+    return convert
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type for an integer from `low` (to `high`), read as the configuration reads one."""
+    from farm.config import integer
+
+    return checked(integer(low, high))
+
+
+def port_number() -> Callable[[str], int]:
+    return whole_number(0, 65535)
+
+
+def duration() -> Callable[[str], float]:
+    """An argparse type for a number of seconds above zero."""
+    from farm.config import seconds
+
+    return checked(seconds(above=0))
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False)
+
+
+def load_ruleset(path: str, show_warnings: bool = False) -> RuleSet:
+    from farm.lang.dsl import load_rules
+    from farm.lang.transduce import transduce_patterns
+
+    rule_file = load_rules(path)
+    ruleset = transduce_patterns(rule_file.patterns, rule_file.declared_ops, warn=False)
+    if ruleset.warnings:
+        if show_warnings:
+            for w in ruleset.warnings:
+                err.print(f"[yellow]warning[/]: {escape(path)}: {escape(w.message)}", highlight=False)
+        else:
+            kinds = sorted({w.kind for w in ruleset.warnings})
+            err.print(f"[yellow]{len(ruleset.warnings)} rule warning(s)[/] ({', '.join(kinds)}); "
+                      "--warnings lists them", highlight=False)
+    return ruleset
+
+
+def pattern_id(path: str) -> str:
+    """The rule file's name without its suffix. A name that is not UTF-8 reaches Python with its stray bytes as
+    lone surrogates, which no index takes: they become `\\xe9` escapes (`r\\xe9gles` for a Latin-1 `règles`)."""
+    return os.fsencode(Path(path).stem).decode("utf-8", "backslashreplace")
+
+
+def output_file(name: str) -> Path:
+    """A file the user named for output: its directory must already exist, so that a typo in the path is
+    reported rather than silently creating a tree of directories."""
+    path = Path(name)
+    if not path.parent.is_dir():
+        problem = "is not a directory" if path.parent.exists() else "does not exist"
+        raise OutputPathError(f"cannot write {name}: the directory {path.parent} {problem}")
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {name}: it is a directory")
+    return path
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Replace a regular file atomically; write through anything else (/dev/stdout, a FIFO, a device), which a
+    rename would replace by a file."""
+    from farm.files import atomic_write
+
+    if _is_special(path):
+        _write_through(path, data)
+    else:
+        atomic_write(path, data)
+
+
+def _is_special(path: Path) -> bool:
+    """Whether an output path exists as something other than a regular file (symlinks followed)."""
+    try:
+        return not path.is_file() and path.exists()
+    except OSError:
+        return False
+
+
+def _write_through(path: Path, data: bytes) -> None:
+    try:
+        with open(path, "wb") as stream:
+            stream.write(data)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def print_normal_forms(result: RewriteResult) -> int:
+    """One line per term, its normal form or `error: ...`; the number of errors. A normal form printed in full
+    may take FARM_MAX_MEMORY characters (a shared subterm prints at every use: 51 nodes can print as 2^50)."""
+    from farm.config import max_memory_from_env
+    from farm.errors import NonTermination
+    from farm.semantics import mebibytes
+
+    failed = 0
+    limit = max_memory_from_env()  # 0: no limit
+    for outcome in result.outcomes:
+        if isinstance(outcome, NonTermination):
+            failed += 1
+            print(f"error: {outcome}")
+        elif limit and (length := result.graph.text_length(outcome)) > limit:
+            failed += 1
+            print(f"error: the normal form shares subterms, and printed in full it is {length:,} characters, past the "
+                  f"memory cap FARM_MAX_MEMORY={limit} ({mebibytes(limit)}); raise FARM_MAX_MEMORY to print it")
+        else:
+            _print_text(result.graph.iter_text(outcome))
+    return failed
+
+
+def _print_text(pieces: Iterable[str]) -> None:
+    """Write a term's text as it is produced, a chunk at a time (a term shared many times over prints far longer
+    than it is in memory), then a newline."""
+    chunk: list[str] = []
+    size = 0
+    for piece in pieces:
+        chunk.append(piece)
+        size += len(piece)
+        if size >= 1 << 16:
+            sys.stdout.write("".join(chunk))
+            chunk, size = [], 0
+    chunk.append("\n")
+    sys.stdout.write("".join(chunk))
