@@ -7,6 +7,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -31,8 +33,9 @@ from farm.config import FarmConfig, duration
 from farm.errors import ConfigError, InvalidArgument, InvalidSetting
 from farm.lang.terms import TermGraph
 
-from .conftest import ruleset_of
+from .conftest import EXAMPLES, ruleset_of
 from .servers import cluster_env, redis_server, s3_server
+from .test_cli import farm
 from .test_coordinator import Farm, request_for
 
 
@@ -255,8 +258,10 @@ def test_shared_gc_evicts_index_entries_then_objects_and_workers_rebuild(servers
     rebuilt = worker.ensure_ruleset(ruleset_of(RULES.format(n=1)), "p1", "x86-64")  # its local copy is no hit
     assert not rebuilt.cached and rebuilt.meta.key == evicted and operator.exists(evicted)
     assert index.artifact_bytes() == sum(sizes)
-    cleared = gc_shared(index, operator, CLEAR)
-    assert cleared.artifacts_evicted == 3 and cleared.bytes_after == 0
+    command = subprocess.run([sys.executable, "-m", "farm.cli", "cache", "clear", "--shared", "--json"],
+                             env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False)
+    cleared = json.loads(command.stdout)
+    assert cleared["artifacts_evicted"] == 3 and cleared["bytes_after"] == 0
     assert index.artifacts() == [] and index.artifact_bytes() == 0 and index.artifact_count() == 0
     assert not any(operator.exists(a.meta.key) for a in built)
 
@@ -295,3 +300,23 @@ def test_gc_clear_and_zero_as_the_commands_run_them(tmp_path: Path) -> None:
     assert clear(config, shared=False).artifacts_evicted == 1 and listing(config) == []
     with pytest.raises(ConfigError, match="--shared needs"):
         collect(config, shared=True)
+
+
+def test_the_cache_commands_end_to_end(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for example in ("arith", "bool"):
+        assert farm("compile", str(EXAMPLES / f"{example}.farm"), "-O", "0", cache=cache).returncode == 0
+    listed = json.loads(farm("cache", "ls", "--json", cache=cache).stdout)
+    assert len(listed) == 2 and {entry["target"] for entry in listed} == {"native"}
+    shown = json.loads(farm("cache", "show", "bool", "--json", cache=cache).stdout)
+    assert shown[0]["patterns"] == [{"pattern_id": "bool", "target": "native"}] and shown[0]["miss"] is None
+    assert "a request" in farm("cache", "show", listed[0]["key"][:10], cache=cache).stdout
+    bad = farm("cache", "gc", "--max-size", "2 gigs", cache=cache)
+    assert bad.returncode == 2 and "--max-size: '2 gigs': expected a size in bytes" in bad.stderr
+    kept = json.loads(farm("cache", "gc", "--max-size", "0", "--json", cache=cache).stdout)
+    assert kept["artifacts_evicted"] == 0 and kept["kept_in_use"] >= 2  # all used in the last minute
+    cleared = json.loads(farm("cache", "clear", "--json", cache=cache).stdout)
+    assert cleared["artifacts_evicted"] == 2 and cleared["bytes_after"] == 0
+    assert json.loads(farm("cache", "ls", "--json", cache=cache).stdout) == []
+    assert farm("stats", "--zero", cache=cache).returncode == 0
+    assert "misses" in farm("stats", cache=cache).stdout

@@ -80,8 +80,9 @@ class Shown:
     miss: str | None = None  # why a request for it would miss; None: it would hit
 
     def to_json(self) -> dict[str, object]:
-        return {"key": self.key, "indexed": asdict(self.entry) if self.entry else None,
-                "meta": asdict(self.meta) if self.meta else None, "stored": self.stored,
+        meta = {**asdict(self.meta), "ruleset": f"{len(self.meta.ruleset)} characters"} if self.meta else None
+        return {"key": self.key, "indexed": asdict(self.entry) if self.entry else None, "meta": meta,
+                "stored": self.stored,
                 "patterns": [{"pattern_id": p, "target": t} for p, t in self.patterns], "miss": self.miss}
 
 

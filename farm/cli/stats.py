@@ -78,7 +78,20 @@ class Stats(Command):
     name = "stats"
     summary = "cache and compilation statistics"
 
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--zero", action="store_true",
+                            help="start the counters again from zero (what the caches hold is not a counter and stays)")
+
     def run(self, args: argparse.Namespace) -> int:
+        if args.zero:
+            from farm.cache.inventory import zero_stats
+            from farm.config import FarmConfig
+
+            config = FarmConfig.from_env()
+            zero_stats(config)
+            where = "the cluster's Redis" if config.redis_url else str(config.cache_dir)
+            err.print(f"farm statistics zeroed ({escape(where)})", highlight=False)
+            return EXIT_OK
         take, where = _snapshot_source()
         out.print(stats_table(take(), f"farm statistics ({escape(where)})"))
         return EXIT_OK
