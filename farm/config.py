@@ -71,6 +71,21 @@ def size(text: str) -> int:
     return int(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds from `3600`, `90s`, `30m`, `12h`, `7d`, `2w`."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("a duration: a number of seconds, or with an s, m, h, d or w suffix (e.g. 12h, 7d)")
+    return float(match[1]) * _DURATION_UNITS[match[2].lower()]
+
+
+DEFAULT_CACHE_SIZE = 10 << 30
+
+
 def max_memory_from_env() -> int:
     """FARM_MAX_MEMORY (environment over FARM_CONFIG) or its default: the cap an engine takes when its caller
     gives none (an Engine passes its own config's)."""
@@ -87,6 +102,9 @@ class FarmConfig:
     stage_memory_mb: int = 4096  # address-space cap of each toolchain stage
     # bytes a rewrite (native arena or interpreter) may hold before ArenaOutOfMemory; 0 = no cap
     max_memory: int = field(default_factory=default_max_memory)
+    # bytes the local cache (libraries and compiled objects) may hold; past it, the least recently used are evicted
+    # after each store (farm/cache/gc.py); 0 = no limit
+    cache_size: int = DEFAULT_CACHE_SIZE
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
     # "staged" (llvm-as, opt, llc, llvm-mc) or "inprocess" (llvmlite); both link with ld.lld
     compile_path: str = "staged"
@@ -135,6 +153,7 @@ class FarmConfig:
         cfg.stage_memory_mb = read("FARM_STAGE_MEMORY_MB", cfg.stage_memory_mb, integer(1))
         cfg.workers = read("FARM_WORKERS", cfg.workers, integer(0))
         cfg.max_memory = read("FARM_MAX_MEMORY", cfg.max_memory, size)
+        cfg.cache_size = read("FARM_CACHE_SIZE", cfg.cache_size, size)
         cfg.compile_path = read("FARM_COMPILE_PATH", cfg.compile_path, choice(*COMPILE_PATHS))
         cfg.redis_url = read("FARM_REDIS_URL", cfg.redis_url, url("redis", "rediss", "unix"))
         cfg.broker_url = read("FARM_BROKER_URL", cfg.redis_url, url())
@@ -213,7 +232,12 @@ def _shown(name: str, text: str) -> str:
     """The value as an error message may print it: secrets hidden, a URL's password masked."""
     if "SECRET" in name or name.endswith("_KEY"):
         return "<hidden>"
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
+    return masked(text)
+
+
+def masked(url: str) -> str:
+    """A URL as farm prints it anywhere (titles, messages, logs): its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 # Parsers: each returns the value or raises ValueError("<what is expected>").

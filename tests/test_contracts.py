@@ -14,7 +14,7 @@ import pytest
 
 from farm.cache.backends import make_store
 from farm.cache.engine import Engine
-from farm.cache.index import CacheIndex, ClusterIndex, WorkerStatus
+from farm.cache.index import CacheIndex, ClusterIndex, IndexedArtifact, WorkerStatus
 from farm.cache.index.memory import MemoryIndex
 from farm.cache.index.redis import RedisIndex
 from farm.cache.index.sqlite import SQLiteIndex
@@ -139,6 +139,60 @@ def test_metadata_of_another_format_reads_as_a_miss(index: CacheIndex, tmp_path:
     meta.format_version = FORMAT_VERSION + 1
     index.record("p", "x86-64", meta)
     assert index.lookup("p", "x86-64") == meta.key and index.meta(meta.key) is None
+
+
+def test_artifacts_are_listed_least_recently_used_first(index: CacheIndex, tmp_path: Path) -> None:
+    (_, old), (_, hit), (_, new) = (artifact(tmp_path, content) for content in (b"old", b"hit later", b"new"))
+    old.created_at, hit.created_at, new.created_at = 1000.0, 2000.0, 3000.0
+    for pattern_id, meta in (("o", old), ("h", hit), ("n", new)):
+        index.note_build(pattern_id, "x86-64", meta)
+    assert index.artifacts() == [IndexedArtifact(old.key, 3, "x86-64", 1000.0, None),
+                                 IndexedArtifact(hit.key, 9, "x86-64", 2000.0, None),
+                                 IndexedArtifact(new.key, 3, "x86-64", 3000.0, None)]
+    index.note_hit("h", "x86-64", hit)  # hit now: the most recently used
+    listed = index.artifacts()
+    assert [entry.key for entry in listed] == [old.key, new.key, hit.key]
+    assert listed[-1].last_hit is not None and listed[-1].last_hit >= time.time() - 60
+
+
+def test_a_forgotten_artifact_leaves_the_index_with_every_pattern_and_its_bytes(index: CacheIndex,
+                                                                               tmp_path: Path) -> None:
+    (_, gone), (_, kept) = artifact(tmp_path, b"evicted"), artifact(tmp_path, b"kept one")
+    index.note_build("p", "x86-64", gone)
+    index.record("q", "aarch64", gone)
+    index.record("moved", "x86-64", gone)
+    index.record("moved", "x86-64", kept)  # now points elsewhere: evicting `gone` must leave it alone
+    assert index.forget(gone.key)
+    assert index.meta(gone.key) is None and index.lookup("p", "x86-64") is None
+    assert index.lookup("q", "aarch64") is None and index.lookup("moved", "x86-64") == kept.key
+    assert [entry.key for entry in index.artifacts()] == [kept.key] and index.artifact_count() == 1
+    assert index.artifact_bytes() == kept.size
+    assert not index.forget(gone.key)  # already gone
+    index.record("p", "x86-64", gone)  # built again: indexed and counted again
+    assert index.artifact_bytes() == kept.size + gone.size
+
+
+def test_an_artifact_used_after_eviction_began_is_not_forgotten(index: CacheIndex, tmp_path: Path) -> None:
+    _, meta = artifact(tmp_path)
+    meta.created_at = 1000.0
+    index.note_build("p", "x86-64", meta)
+    assert not index.forget(meta.key, unused_since=999.0)  # built after: kept
+    began = time.time()
+    index.note_hit("p", "x86-64", meta)
+    assert not index.forget(meta.key, unused_since=began - 1)  # hit after: kept
+    assert index.lookup("p", "x86-64") == meta.key
+    assert index.forget(meta.key, unused_since=time.time() + 1)
+
+
+def test_zeroed_counters_start_again_and_the_indexed_bytes_stay(index: CacheIndex, tmp_path: Path) -> None:
+    _, meta = artifact(tmp_path)
+    index.note_miss("p")
+    index.note_build("p", "x86-64", meta)
+    index.zero_counters()
+    assert not any(index.counters().get(name, 0) for name in ("requests", "misses", "compilations_ok"))
+    assert index.artifact_bytes() == meta.size and index.lookup("p", "x86-64") == meta.key
+    index.note_hit("p", "x86-64", meta)
+    assert (index.counters()["requests"], index.counters()["hits"]) == (1, 1)
 
 
 # ---- every coordination backend ----

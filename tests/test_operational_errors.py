@@ -429,3 +429,16 @@ def test_metadata_with_a_field_of_the_wrong_type_is_rebuilt(field: str, value: o
     again = engine.compile(rules, "p", "x86-64")  # refused as corrupt, deleted, rebuilt
     assert not again.cached
     load_native(rules, again)
+
+
+def test_a_redis_password_is_never_printed() -> None:
+    """Titles and messages carry Redis URLs (farm stats, an outage): the password is masked in each."""
+    from farm.cache.index.redis import RedisIndex
+    from farm.config import masked
+    from farm.errors import BackendUnavailable
+
+    assert masked("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    index = RedisIndex("redis://:s3cret@127.0.0.1:1/0")  # nothing listens on port 1
+    with pytest.raises(BackendUnavailable) as info:
+        index.counters()
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)

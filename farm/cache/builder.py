@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import AbstractContextManager
@@ -10,13 +11,15 @@ from pathlib import Path
 
 from farm.cache.backends import make_index, make_store
 from farm.cache.counting import best_effort
+from farm.cache.gc import LocalTier, Policy, gc_local
 from farm.cache.index import CacheIndex
+from farm.cache.objcache import UsedObjectCache, lent_objects_missing
 from farm.cache.signing import signer_of, trusted_keys_of, verify
 from farm.cache.store import ArtifactMeta, ArtifactStore
 from farm.compiler.codegen.llvm import ruleset_parts
-from farm.compiler.toolchain import ObjectCache, Toolchain, artifact_key, find_tool, remove_build_dir, tool_versions
+from farm.compiler.toolchain import BuildResult, Toolchain, artifact_key, find_tool, remove_build_dir, tool_versions
 from farm.config import FarmConfig
-from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainMismatch
+from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainError, ToolchainMismatch
 from farm.lang.serialize import ruleset_to_json
 from farm.lang.transduce import RuleSet
 from farm.locks import file_lock
@@ -71,10 +74,11 @@ class ArtifactBuilder:
         self.trusted = trusted_keys_of(self.config)
         self.index = index or make_index(self.config)
         self.store = store or make_store(self.config, self.index)
+        self.objects = UsedObjectCache(self.config.cache_dir / "objcache")
         self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout,
                                    memory_limit=self.config.stage_memory_mb << 20,
-                                   compile_path=self.config.compile_path,
-                                   object_cache=ObjectCache(self.config.cache_dir / "objcache"))
+                                   compile_path=self.config.compile_path, object_cache=self.objects)
+        self.local_tier = LocalTier.of(self.store, self.index, self.objects)
 
     def target(self, name: str | None = None) -> Target:
         name = name or self.config.target
@@ -124,10 +128,13 @@ class ArtifactBuilder:
             return self._build(parts, key, pattern_id, resolved, opt, ruleset_json, start)
 
     def _hit(self, key: str, pattern_id: str, target: str, start: float) -> Artifact | None:
+        copied = not self.store.local_path(key).exists()  # a shared store's hit may copy the library here
         found = self._fetch_verified(key)
         if found is None:
             return None
         path, meta = found
+        if copied:
+            self._keep_within_limit(key)
         if self.count_requests:
             best_effort(f"a hit on {key[:12]}", lambda: self.index.note_hit(pattern_id, target, meta))
         else:
@@ -144,7 +151,7 @@ class ArtifactBuilder:
         if self.count_requests:
             self.index.note_miss(pattern_id)
         try:
-            build = self.toolchain.build_parts(parts, resolved, opt)
+            build = self._build_parts(parts, resolved, opt)
         except FarmError:
             best_effort("a failed compilation", lambda: self._count_failure(resolved.name))
             raise
@@ -160,7 +167,34 @@ class ArtifactBuilder:
         finally:
             remove_build_dir(build)
         self.index.note_build(pattern_id, resolved.name, meta)  # only after the object is stored
+        self._keep_within_limit(key)
         return Artifact(meta, self.store.local_path(key), False, time.perf_counter() - start)
+
+    def _build_parts(self, parts: list[tuple[str, str]], target: Target, opt: int) -> BuildResult:
+        """Toolchain.build_parts; if an object of the object cache was evicted before the link, built again
+        without the object cache (every module compiled into the build directory, where nothing evicts it)."""
+        with self.objects.lending() as lent:
+            try:
+                return self.toolchain.build_parts(parts, target, opt)
+            except ToolchainError:
+                if not lent_objects_missing(lent):
+                    raise
+        log.info("a cached object was evicted while a build was linking it; building again without the cache")
+        return dataclasses.replace(self.toolchain, object_cache=None).build_parts(parts, target, opt)
+
+    def _keep_within_limit(self, key: str) -> None:
+        """After the local tier gained an artifact: evict the least recently used past FARM_CACHE_SIZE (never that
+        artifact). A failure is logged: the artifact stored is what this request needs."""
+        if not self.config.cache_size or self.local_tier is None:
+            return
+        try:
+            report = gc_local(self.local_tier, Policy(max_size=self.config.cache_size, keep=frozenset({key})))
+        except (FarmError, OSError) as exc:
+            log.warning("could not keep the cache %s within FARM_CACHE_SIZE: %s", self.config.cache_dir, exc)
+            return
+        if report.artifacts_evicted or report.objects_evicted:
+            log.info("cache over FARM_CACHE_SIZE: evicted %d artifacts and %d objects, %d bytes left",
+                     report.artifacts_evicted, report.objects_evicted, report.bytes_after)
 
     def _fetch_verified(self, key: str) -> tuple[Path, ArtifactMeta] | None:
         """A stored artifact whose bytes match its sha256; a missing one counts as a miss, and so does a
@@ -177,6 +211,9 @@ class ArtifactBuilder:
         except IntegrityError as exc:
             log.warning("refused stored artifact %s, rebuilding it: %s", key[:12], exc)
             self.store.delete(key)
+            return None
+        except FileNotFoundError:
+            log.info("stored artifact %s was evicted as it was fetched; rebuilding it", key[:12])
             return None
         return path, meta
 

@@ -116,9 +116,23 @@ class Engine:
         memo = (ruleset.fingerprint(), self.builder.target(target).name, self.config.opt_level)
         native = self._loaded.get(memo)
         if native is None:
-            native = load_native(ruleset, self.compile(ruleset, pattern_id, target), self.builder.trusted)
+            native = self._load(ruleset, pattern_id, target)
             self._loaded[memo] = native
         return native
+
+    EVICTION_RETRIES = 3  # loads retried after the library was evicted between its fetch and its dlopen
+
+    def _load(self, ruleset: RuleSet, pattern_id: str, target: str | None) -> NativeRuleset:
+        """Compile (or fetch) and load; an artifact evicted between the two is fetched or built again."""
+        for attempt in range(self.EVICTION_RETRIES + 1):
+            artifact = self.compile(ruleset, pattern_id, target)
+            try:
+                return load_native(ruleset, artifact, self.builder.trusted)
+            except LoadError:
+                if artifact.path.exists() or attempt == self.EVICTION_RETRIES:
+                    raise
+            log.info("artifact %s was evicted before it was loaded; building it again", artifact.meta.key[:12])
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _leave_sigint_to_parent() -> None:

@@ -1,7 +1,10 @@
 """Every Redis key farm uses, built here and nowhere else (one prefix, one template per noun).
 
     farm:idx:{target}        HASH   pattern ID -> cache key (pattern IDs are hash fields: binary-safe data)
-    farm:art:{key}           HASH   meta (JSON), last_hit
+    farm:art:{key}           HASH   meta (JSON), last_hit; size, target, created (what eviction reads without the
+                                    metadata); counted: the size added to the indexed bytes, taken off on eviction
+    farm:refs:{key}          SET    "{target}\0{pattern ID}" of every index entry that pointed at the artifact, so
+                                    evicting it removes them (those still pointing at it)
     farm:artifacts           SET    every indexed cache key
     farm:locks               ZSET   lock key -> expiry (ms, Redis clock): work in flight without a SCAN
     farm:counters            HASH   cluster-wide counters (HINCRBYFLOAT); per-target ones as "name:target"
@@ -27,6 +30,10 @@ def index(target: str) -> str:
 
 def artifact(key: str) -> str:
     return f"{PREFIX}:art:{key}"
+
+
+def refs(key: str) -> str:
+    return f"{PREFIX}:refs:{key}"
 
 
 COUNTERS = f"{PREFIX}:counters"

@@ -11,6 +11,7 @@ from typing import Any
 from rich.markup import escape
 
 from farm.cli.build import Codegen, Compile, Targets
+from farm.cli.cache import Cache
 from farm.cli.cluster import Hot, Prewarm, Pull, Worker, Workers
 from farm.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Command, err
 from farm.cli.keys import Keygen
@@ -21,8 +22,8 @@ from farm.errors import FarmError
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # In the order `farm --help` lists them.
-COMMANDS: tuple[Command, ...] = (Compile(), Rewrite(), Verify(), Codegen(), Stats(), Top(), Exporter(), Prewarm(),
-                                 Pull(), Hot(), Worker(), Workers(), Targets(), Keygen())
+COMMANDS: tuple[Command, ...] = (Compile(), Rewrite(), Verify(), Codegen(), Stats(), Top(), Exporter(), Cache(),
+                                 Prewarm(), Pull(), Hot(), Worker(), Workers(), Targets(), Keygen())
 
 
 def build_parser() -> argparse.ArgumentParser:

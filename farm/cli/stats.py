@@ -66,11 +66,11 @@ def _snapshot_source() -> tuple[Callable[[], Snapshot], str]:
     """A function taking a snapshot of the configured index, and where that index is."""
     from farm.cache.backends import make_index
     from farm.cache.metrics import snapshot
-    from farm.config import FarmConfig
+    from farm.config import FarmConfig, masked
 
     config = FarmConfig.from_env()
     index = make_index(config)
-    where = config.redis_url or str(config.cache_dir)
+    where = masked(config.redis_url) if config.redis_url else str(config.cache_dir)
     return (lambda: snapshot(index)), where
 
 
@@ -80,8 +80,19 @@ class Stats(Command):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_json(parser)
+        parser.add_argument("--zero", action="store_true",
+                            help="start the counters again from zero (what the caches hold is not a counter and stays)")
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.zero:
+            from farm.cache.inventory import zero_stats
+            from farm.config import FarmConfig
+
+            config = FarmConfig.from_env()
+            zero_stats(config)
+            where = "the cluster's Redis" if config.redis_url else str(config.cache_dir)
+            err.print(f"farm statistics zeroed ({escape(where)})", highlight=False)
+            return EXIT_OK
         take, where = _snapshot_source()
         snap = take()
         if args.json:

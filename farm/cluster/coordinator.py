@@ -27,7 +27,7 @@ from farm.cluster.heartbeat import HEARTBEAT_SECONDS, Heartbeat, worker_status
 from farm.cluster.messages import CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.compiler.codegen.llvm import ruleset_parts, runtime_ir
 from farm.compiler.toolchain import artifact_key
-from farm.config import FarmConfig
+from farm.config import FarmConfig, masked
 from farm.errors import (
     BackendUnavailable,
     CompileTimeout,
@@ -88,6 +88,11 @@ class Outcome:
     seconds: float = 0.0
 
 
+# A worker built or found the artifact, but its index entry is gone by the time the coordinator reads it: evicted
+# meanwhile (`farm cache gc --shared`), so it is requested again.
+EVICTED_MEANWHILE = "the worker reported success but the index has no entry (evicted meanwhile?)"
+
+
 def require_cluster(config: FarmConfig) -> None:
     missing = [name for name, value in (("FARM_REDIS_URL", config.redis_url), ("FARM_BROKER_URL", config.broker_url),
                                         ("FARM_S3_ENDPOINT", config.s3_endpoint)) if not value]
@@ -131,9 +136,10 @@ class Coordinator:
         return self.ensure([request], timeout)[0]
 
     def ensure(self, requests: list[CompileRequest], timeout: float = 600.0,
-               progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+               progress: Callable[[Outcome], None] | None = None, retry_evicted: bool = True) -> list[Outcome]:
         """Artifacts for every request: shared hits answered at once, misses compiled once per key. An outage
-        of Redis, the broker or S3 shorter than the outage grace (and the timeout) is ridden out."""
+        of Redis, the broker or S3 shorter than the outage grace (and the timeout) is ridden out. An artifact
+        evicted (`farm cache gc --shared`) between its build and this answer is requested again, once."""
         start = time.perf_counter()
         deadline = start + timeout
         grace = lambda: min(deadline, time.perf_counter() + self.config.outage_grace)  # noqa: E731
@@ -161,11 +167,21 @@ class Coordinator:
             riding_out(lambda: self._share(shared), grace(), "coordinator sharing modules")
             riding_out(lambda: self._publish(messages), grace(), "coordinator publishing")
         sent = {message.id: message for message in messages}
+        evicted: list[int] = []
         for task_id, indices in waiting.items():
             result = self._wait(task_id, requests[indices[0]].target, deadline, sent.get(task_id), shared)
             for i in indices:
                 settle = partial(self._settle, requests[i], result, time.perf_counter() - start)
-                done(i, riding_out(settle, grace(), "coordinator"))
+                outcome = riding_out(settle, grace(), "coordinator")
+                if outcome.error == EVICTED_MEANWHILE and retry_evicted:
+                    evicted.append(i)
+                else:
+                    done(i, outcome)
+        if evicted:
+            again = self.ensure([requests[i] for i in evicted], max(deadline - time.perf_counter(), 0.0), progress,
+                                retry_evicted=False)
+            for i, outcome in zip(evicted, again, strict=True):
+                outcomes[i] = outcome
         return outcomes  # type: ignore[return-value]
 
     def _check_served(self, target: str) -> None:
@@ -316,8 +332,7 @@ class Coordinator:
             if meta is not None:
                 self.index.record(req.pattern_id, req.target, meta)
                 return Outcome(req, key, result.status, meta, seconds=seconds)
-            return Outcome(req, key, Status.FAILED, error="the worker reported success but the index has no entry",
-                           seconds=seconds)
+            return Outcome(req, key, Status.FAILED, error=EVICTED_MEANWHILE, seconds=seconds)
         return Outcome(req, key, result.status, error=result.error, seconds=seconds)
 
     def artifact(self, request: CompileRequest, timeout: float = 600.0) -> ArtifactMeta:
@@ -349,7 +364,7 @@ def _broker_errors(config: FarmConfig) -> Iterator[None]:
     try:
         yield
     except (OperationalError, ConnectionError) as exc:
-        raise BackendUnavailable(f"the broker at {config.broker_url} is unreachable: {exc}") from None
+        raise BackendUnavailable(f"the broker at {masked(config.broker_url or '')} is unreachable: {exc}") from None
 
 
 # ---- worker side ----

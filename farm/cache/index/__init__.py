@@ -36,6 +36,43 @@ def build_fields(target: str, meta: ArtifactMeta) -> dict[str, float]:
     return fields
 
 
+@dataclass(frozen=True)
+class IndexedArtifact:
+    """One indexed artifact as garbage collection and `farm cache ls` see it: no metadata beyond what they need."""
+
+    key: str
+    size: int  # bytes of the library the store holds for it
+    target: str
+    created_at: float  # when it was built (the builder's clock, time.time())
+    last_hit: float | None  # when a request last found it; None if none ever did
+
+    @property
+    def last_used(self) -> float:
+        """Its recency: the last hit, or the build for an artifact never hit."""
+        return self.created_at if self.last_hit is None else self.last_hit
+
+
+def indexed_from(key: str, size: object, target: object, created_at: object, last_hit: object) -> IndexedArtifact:
+    """An entry from stored fields, read leniently: metadata of another format or with odd fields is still listed
+    (and so can be evicted), its unknown fields as zero or empty."""
+    return IndexedArtifact(key, int(_number(size)), target if isinstance(target, str) else "",
+                           _number(created_at), None if last_hit is None else _number(last_hit))
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, bytes)):
+        return 0.0
+    try:
+        number = float(value)
+    except ValueError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def least_recent_first(entries: list[IndexedArtifact]) -> list[IndexedArtifact]:
+    return sorted(entries, key=lambda entry: (entry.last_used, entry.key))
+
+
 class ArtifactIndex(ABC):
     @abstractmethod
     def lookup(self, pattern_id: str, target: str) -> str | None: ...
@@ -58,6 +95,17 @@ class ArtifactIndex(ABC):
     def artifact_bytes(self) -> int:
         """The indexed artifacts' total size (what the store holds for them)."""
 
+    @abstractmethod
+    def artifacts(self) -> list[IndexedArtifact]:
+        """Every indexed artifact, least recently used first (what an eviction removes first)."""
+
+    @abstractmethod
+    def forget(self, key: str, unused_since: float | None = None) -> bool:
+        """Remove the artifact's entry and every pattern pointing at it, and take its size off the indexed bytes;
+        the caller deletes the object afterwards, so no entry ever points at a missing object. With
+        `unused_since`, only if it was not used after that time (a hit that came in since it was chosen for
+        eviction keeps it). True if it was removed."""
+
 
 class Counters(ABC):
     @abstractmethod
@@ -65,6 +113,11 @@ class Counters(ABC):
 
     @abstractmethod
     def counters(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def zero_counters(self) -> None:
+        """Start every counter again from zero (`farm stats --zero`). What measures the cache's contents rather
+        than work done (the indexed bytes) is not a counter and stays."""
 
 
 class CacheIndex(ArtifactIndex, Counters):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from farm.cache.index import ClusterIndex, WorkerStatus
+from farm.cache.index import ClusterIndex, IndexedArtifact, WorkerStatus, indexed_from, least_recent_first
 from farm.cache.store import ArtifactMeta, stored_meta
 
 V = TypeVar("V")
@@ -85,6 +85,27 @@ class MemoryIndex(ClusterIndex):
         with self._guard:
             return sum(int(json.loads(text)["size"]) for text in self._metas.values())
 
+    def artifacts(self) -> list[IndexedArtifact]:
+        with self._guard:
+            return least_recent_first([self._entry(key) for key in self._metas])
+
+    def _entry(self, key: str) -> IndexedArtifact:
+        fields = json.loads(self._metas[key])
+        return indexed_from(key, fields.get("size"), fields.get("target"), fields.get("created_at"),
+                            self._last_hit.get(key))
+
+    def forget(self, key: str, unused_since: float | None = None) -> bool:
+        with self._guard:
+            if key not in self._metas:
+                return False
+            if unused_since is not None and self._entry(key).last_used > unused_since:
+                return False
+            del self._metas[key]
+            self._last_hit.pop(key, None)
+            for place in [place for place, pointed in self._patterns.items() if pointed == key]:
+                del self._patterns[place]
+            return True
+
     # --- Counters, and the base class's composite updates made atomic ---
     def incr(self, counter: str, amount: float = 1) -> None:
         with self._guard:
@@ -93,6 +114,10 @@ class MemoryIndex(ClusterIndex):
     def counters(self) -> dict[str, float]:
         with self._guard:
             return dict(self._counters)
+
+    def zero_counters(self) -> None:
+        with self._guard:
+            self._counters.clear()
 
     def note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, hot: bool = False) -> None:
         with self._guard:

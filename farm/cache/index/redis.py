@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 import redis
 
 from farm.cache import keys
-from farm.cache.index import ClusterIndex, WorkerStatus, build_fields
+from farm.cache.index import ClusterIndex, IndexedArtifact, WorkerStatus, build_fields, indexed_from, least_recent_first
 from farm.cache.store import ArtifactMeta, stored_meta
+from farm.config import masked
 from farm.errors import BackendUnavailable
 
 T = TypeVar("T")
@@ -42,12 +43,56 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now[1] * 1000 + math.floor(now[2
 return redis.call('ZCARD', KEYS[1])
 """
 # Index an artifact; the first time its key is indexed, add its size to the stored bytes (a counter, so a
-# scrape reads the store's size without going through every artifact).
+# scrape reads the store's size without going through every artifact) and note what was added ('counted'), which
+# an eviction takes off again. Keys: farm:art:{key}, farm:artifacts, farm:idx:{target}, farm:counters,
+# farm:refs:{key}. Args: meta JSON, key, pattern ID, size, target, created_at.
 _RECORD = """
-redis.call('HSET', KEYS[1], 'meta', ARGV[1])
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'size', ARGV[4], 'target', ARGV[5], 'created', ARGV[6])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[2])
+redis.call('SADD', KEYS[5], ARGV[5] .. '\\0' .. ARGV[3])
 if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
   redis.call('HINCRBYFLOAT', KEYS[4], 'artifact_bytes_indexed', ARGV[4])
+  redis.call('HSET', KEYS[1], 'counted', ARGV[4])
+end
+return 0
+"""
+# Evict an artifact's entry (the caller deletes its object afterwards): unless it was used after ARGV[2] (when
+# given), remove the index entries still pointing at it (farm:idx:{target} hashes, named from ARGV[3], the
+# prefix, and its refs: one Redis, no cluster slots), its hash and refs, and take its counted size off the
+# indexed bytes, all in one step. Keys: farm:art:{key}, farm:artifacts, farm:counters, farm:refs:{key}.
+# Args: key, unused_since or '', the index prefix. Returns 1 if it was indexed and is gone.
+_FORGET = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+  redis.call('DEL', KEYS[1], KEYS[4])
+  return 0
+end
+if ARGV[2] ~= '' then
+  local used = tonumber(redis.call('HGET', KEYS[1], 'last_hit') or redis.call('HGET', KEYS[1], 'created') or '')
+  if used and used > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+for _, ref in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  local cut = string.find(ref, '\\0', 1, true)
+  local index, pattern = ARGV[3] .. string.sub(ref, 1, cut - 1), string.sub(ref, cut + 1)
+  if redis.call('HGET', index, pattern) == ARGV[1] then
+    redis.call('HDEL', index, pattern)
+  end
+end
+local counted = redis.call('HGET', KEYS[1], 'counted')
+if counted then
+  redis.call('HINCRBYFLOAT', KEYS[3], 'artifact_bytes_indexed', -tonumber(counted))
+end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[4])
+return 1
+"""
+# Zero the counters, keeping the indexed bytes (a gauge of what is stored, kept in the same hash).
+_ZERO = """
+local kept = redis.call('HGET', KEYS[1], 'artifact_bytes_indexed')
+redis.call('DEL', KEYS[1])
+if kept then
+  redis.call('HSET', KEYS[1], 'artifact_bytes_indexed', kept)
 end
 return 0
 """
@@ -63,13 +108,15 @@ class RedisIndex(ClusterIndex):
         self._release = self.r.register_script(_RELEASE)
         self._inflight = self.r.register_script(_INFLIGHT)
         self._record_script = self.r.register_script(_RECORD)
+        self._forget = self.r.register_script(_FORGET)
+        self._zero = self.r.register_script(_ZERO)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
             yield
         except redis.exceptions.ConnectionError as exc:
-            raise BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}") from None
+            raise BackendUnavailable(f"Redis at {masked(self.url)} is unreachable: {exc}") from None
 
     def _call(self, fn: Callable[[], T]) -> T:
         with self._errors():
@@ -85,8 +132,10 @@ class RedisIndex(ClusterIndex):
         return stored_meta(value.decode()) if value else None
 
     def _record(self, pipe: Any, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
-        self._record_script(keys=[keys.artifact(meta.key), keys.ARTIFACTS, keys.index(target), keys.COUNTERS],
-                            args=[meta.to_json(), meta.key, pattern_id, meta.size], client=pipe)
+        self._record_script(keys=[keys.artifact(meta.key), keys.ARTIFACTS, keys.index(target), keys.COUNTERS,
+                                  keys.refs(meta.key)],
+                            args=[meta.to_json(), meta.key, pattern_id, meta.size, target, meta.created_at],
+                            client=pipe)
 
     def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._errors():
@@ -138,6 +187,25 @@ class RedisIndex(ClusterIndex):
         """Counted as artifacts are first indexed (from this release on: older entries are not in it)."""
         value = self._call(lambda: self.r.hget(keys.COUNTERS, "artifact_bytes_indexed"))
         return int(float(value)) if value else 0
+
+    def artifacts(self) -> list[IndexedArtifact]:
+        """Two round trips whatever the number of artifacts (an operator's command, not a scrape); entries indexed
+        before their fields were kept apart from the metadata are read from it."""
+        with self._errors():
+            names = sorted(key.decode() for key in self.r.smembers(keys.ARTIFACTS))
+            pipe = self.r.pipeline(transaction=False)
+            for key in names:
+                pipe.hmget(keys.artifact(key), "size", "target", "created", "last_hit", "meta")
+            rows = pipe.execute() if names else []
+        return least_recent_first([_entry(key, *row) for key, row in zip(names, rows)])
+
+    def forget(self, key: str, unused_since: float | None = None) -> bool:
+        since = "" if unused_since is None else repr(unused_since)
+        return bool(self._call(lambda: self._forget(keys=[keys.artifact(key), keys.ARTIFACTS, keys.COUNTERS,
+                                                          keys.refs(key)], args=[key, since, keys.index("")])))
+
+    def zero_counters(self) -> None:
+        self._call(lambda: self._zero(keys=[keys.COUNTERS]))
 
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting in each served target's Celery queue (kombu keeps a Redis list per queue): two round
@@ -240,3 +308,16 @@ class RedisIndex(ClusterIndex):
     def toolchain(self, target: str) -> dict[str, str] | None:
         value = self._call(lambda: self.r.get(keys.toolchain(target)))
         return json.loads(value) if value else None
+
+
+def _entry(key: str, size: bytes | None, target: bytes | None, created: bytes | None, last_hit: bytes | None,
+           meta: bytes | None) -> IndexedArtifact:
+    if size is None and meta is not None:  # indexed before size and target were kept beside the metadata
+        try:
+            fields = json.loads(meta)
+        except ValueError:
+            fields = {}
+        fields = fields if isinstance(fields, dict) else {}
+        return indexed_from(key, fields.get("size"), fields.get("target"), fields.get("created_at"), last_hit)
+    return indexed_from(key, size, target.decode(errors="replace") if target else "", created, last_hit)
+

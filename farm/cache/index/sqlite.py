@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
-from farm.cache.index import CacheIndex, build_fields
+from farm.cache.index import CacheIndex, IndexedArtifact, build_fields, indexed_from, least_recent_first
 from farm.cache.store import ArtifactMeta, stored_meta
 from farm.errors import WorkDirError
 from farm.locks import file_lock
@@ -282,6 +282,29 @@ class SQLiteIndex(CacheIndex):
     @_recovering
     def artifact_bytes(self) -> int:
         return int(self._db.execute("SELECT TOTAL(json_extract(meta, '$.size')) FROM artifacts").fetchone()[0])
+
+    @_recovering
+    def artifacts(self) -> list[IndexedArtifact]:
+        rows = self._db.execute("SELECT key, json_extract(meta, '$.size'), json_extract(meta, '$.target'), "
+                                "json_extract(meta, '$.created_at'), last_hit FROM artifacts").fetchall()
+        return least_recent_first([indexed_from(*row) for row in rows])
+
+    @_recovering
+    def forget(self, key: str, unused_since: float | None = None) -> bool:
+        with self._transaction() as db:
+            if unused_since is not None and db.execute(f"SELECT 1 FROM artifacts WHERE key=? AND {_LAST_USED} > ?",
+                                                       (key, unused_since)).fetchone():
+                return False
+            db.execute("DELETE FROM patterns WHERE key=?", (key,))
+            return db.execute("DELETE FROM artifacts WHERE key=?", (key,)).rowcount > 0
+
+    @_recovering
+    def zero_counters(self) -> None:
+        self._write("DELETE FROM counters")
+
+
+# An artifact's recency in SQL, as IndexedArtifact.last_used has it.
+_LAST_USED = "COALESCE(last_hit, json_extract(meta, '$.created_at'), 0)"
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

@@ -143,7 +143,8 @@ class S3Store(ArtifactStore):
         return self._exists_remote(key)
 
     def delete(self, key: str) -> None:
+        """The metadata (the commit marker, written last) first, then the library, then this node's copy."""
         with self._errors():
-            for name in self.object_names(key):
+            for name in reversed(self.object_names(key)):
                 self.client.remove_object(self.bucket, name)
         self.local.delete(key)
