@@ -24,6 +24,9 @@ from farm.targets import target_names
 
 T = TypeVar("T")
 COMPILE_PATHS = ("staged", "inprocess")
+# read-only: a node that only pulls needs read access to S3 and writes nothing to Redis or S3 (the hot-set count
+# of `farm pull --rewrite` excepted), as sccache's SCCACHE_S3_RW_MODE=READ_ONLY
+SHARED_MODES = ("read-write", "read-only")
 
 
 def _default_cache_dir() -> Path:
@@ -118,6 +121,7 @@ class FarmConfig:
     s3_secret_key: str | None = None
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    shared_mode: str = "read-write"  # SHARED_MODES
     # Ed25519 key files (farm/cache/signing.py): a builder's private key signs what it builds; nodes hold only
     # public keys, and with any key configured load only artifacts signed by a trusted one
     signing_key: Path | None = None
@@ -164,6 +168,7 @@ class FarmConfig:
         cfg.s3_secret_key = read("FARM_S3_SECRET_KEY", cfg.s3_secret_key, str)
         cfg.s3_secure = read("FARM_S3_SECURE", cfg.s3_secure, flag)
         cfg.s3_region = read("FARM_S3_REGION", cfg.s3_region, S3_REGION)
+        cfg.shared_mode = read("FARM_SHARED_MODE", cfg.shared_mode, choice(*SHARED_MODES))
         cfg.signing_key = read("FARM_SIGNING_KEY", cfg.signing_key, Path)
         cfg.verify_keys = read("FARM_VERIFY_KEY", cfg.verify_keys, key_files)
         cfg.task_time_limit = read("FARM_TASK_TIME_LIMIT", cfg.task_time_limit, seconds(above=0))
@@ -177,6 +182,10 @@ class FarmConfig:
         """Where Celery keeps task results: FARM_RESULT_URL, else the index's Redis. deploy/ gives them a database
         of their own (1), apart from the index and the broker's queues."""
         return self.result_url or self.redis_url
+
+    @property
+    def read_only(self) -> bool:
+        return self.shared_mode == "read-only"
 
     @property
     def cluster(self) -> bool:

@@ -232,6 +232,10 @@ class InvalidArtifactKey(ArtifactError, ValueError):
     an object name."""
 
 
+class ReadOnlyShared(ArtifactError):
+    """This node reads the shared cache and never writes it (FARM_SHARED_MODE=read-only)."""
+
+
 class IncompatibleArtifact(ArtifactError):
     """The artifact was built for a CPU or ABI this host cannot run."""
 
@@ -289,6 +293,12 @@ class ClusterError(FarmError):
 
 class BackendUnavailable(ClusterError):
     """Redis, the broker or the S3 server cannot be reached."""
+
+
+class BackendRefusedWrite(BackendUnavailable):
+    """Redis refused a write to this node's user (an ACL that grants reads only): unavailable for writing. A count
+    is then lost, as in an outage, never the hit it counts; a node meant to read only says FARM_SHARED_MODE=read-only
+    and attempts no write at all."""
 
 
 class WireFormatError(ClusterError):

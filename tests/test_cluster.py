@@ -294,6 +294,40 @@ def test_a_plain_celery_worker_announces_itself_and_its_target_goes_when_it_stop
         assert "Traceback" not in done.stderr and time.monotonic() - start < 30
 
 
+def test_a_read_only_node_pulls_with_read_access_alone(tmp_path: Path) -> None:
+    """FARM_SHARED_MODE=read-only: a node whose Redis user may only read farm's keys (and bump the hot set) pulls,
+    verifies and rewrites, and Redis's ACL log shows it attempted no write; it creates no bucket either. The same
+    user without the mode loses its counts (logged), never the pull."""
+    from farm.cache.backends import make_store
+    from farm.cache.builder import ArtifactBuilder
+
+    with redis_server(tmp_path / "redis") as redis_url, s3_server() as s3:
+        builder_config = FarmConfig.from_env(cluster_env(redis_url, s3, tmp_path / "builder"))
+        index = RedisIndex(redis_url)
+        built = ArtifactBuilder(builder_config, index, make_store(builder_config, index)).ensure_ruleset(
+            patterns_from("rule read_only_node: (ro ?x) => (s ?x)")[0][1], "ro_pattern", "x86-64")  # type: ignore[arg-type]
+        index.r.execute_command("ACL", "SETUSER", "reader", "on", ">reader-pw", "resetkeys", "~farm:*", "+@read",
+                                "+zincrby", "+ping")
+        index.r.execute_command("ACL", "LOG", "RESET")
+        reader_url = redis_url.replace("redis://", "redis://reader:reader-pw@")
+
+        def node(name: str, **extra: str) -> FarmConfig:
+            return FarmConfig.from_env(cluster_env(reader_url, s3, tmp_path / name, **extra))
+
+        pulled = pull("ro_pattern", node("ro", FARM_SHARED_MODE="read-only"), "x86-64")
+        assert pulled.meta.key == built.meta.key and pulled.native is not None
+        graph = TermGraph(pulled.native.ruleset.make_signature())
+        assert pulled.native.rewrite(graph, graph.parse("(ro 1)")).texts() == ["(s 1)"]
+        assert index.r.execute_command("ACL", "LOG") == []  # no command refused: none attempted
+        with pytest.raises(Exception, match="read-only"):
+            make_store(node("ro-put", FARM_SHARED_MODE="read-only")).delete(built.meta.key)
+        with pytest.raises(Exception, match="no artifact"):
+            pull("ro_pattern", node("ro-absent", FARM_SHARED_MODE="read-only", FARM_S3_BUCKET="farm-absent"), "x86-64")
+        assert "farm-absent" not in {b.name for b in make_store(builder_config).client.list_buckets()}  # type: ignore[attr-defined]
+        assert pull("ro_pattern", node("rw"), "x86-64").meta.key == built.meta.key  # counts refused, pull served
+        assert index.r.execute_command("ACL", "LOG")  # the refused counting writes
+
+
 def test_unserved_target_is_a_clear_error(cluster: dict[str, str]) -> None:
     coord = coordinator(cluster, "coord-u")
     (pid, rs), = patterns_from("rule lonely: (f ?x ?x) => ?x")

@@ -183,6 +183,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "FARM_S3_BUCKET": ["Farm", "ab", "farm_artifacts", "-farm", "farm artifacts", "x" * 64],
     "FARM_S3_SECURE": ["ture", "2", "yes please"],
     "FARM_S3_REGION": ["us east", "us/east"],
+    "FARM_SHARED_MODE": ["readonly", "ro", "READ-ONLY", "write"],
     "FARM_TASK_TIME_LIMIT": ["0", "-1", "nan", "ten"],
     "FARM_MAX_DELIVERIES": ["0", "-3", "three"],
     "FARM_OUTAGE_GRACE": ["-1", "inf", "nan", "long"],
@@ -196,6 +197,7 @@ GOOD_VALUES = {"FARM_CACHE_DIR": "{dir}", "FARM_WORK_DIR": "{dir}/work", "FARM_T
                "FARM_BROKER_URL": "amqp://guest@rabbit//", "FARM_RESULT_URL": "redis://:pw@redis:6379/1",
                "FARM_S3_ENDPOINT": "minio:9000",
                "FARM_S3_BUCKET": "farm.artifacts-2", "FARM_S3_SECURE": "TRUE", "FARM_S3_REGION": "eu-west-3",
+               "FARM_SHARED_MODE": "read-only",
                "FARM_TASK_TIME_LIMIT": "30", "FARM_MAX_DELIVERIES": "1", "FARM_OUTAGE_GRACE": "0",
                "FARM_VISIBILITY_TIMEOUT": "3600", "FARM_S3_ACCESS_KEY": "a", "FARM_S3_SECRET_KEY": "s",
                "FARM_SIGNING_KEY": "k", "FARM_VERIFY_KEY": "old.pub, new.pub"}

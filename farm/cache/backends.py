@@ -30,6 +30,8 @@ def make_store(config: FarmConfig, counters: CountSink | None = None) -> Artifac
         with needs_extra():
             from farm.cache.store.s3 import S3Store
 
+        # A read-only node counts nothing into the shared index: counting is writing.
         return S3Store.connect(config.s3_endpoint, config.s3_bucket, local, config.s3_access_key,
-                               config.s3_secret_key, config.s3_secure, config.s3_region, counters)
+                               config.s3_secret_key, config.s3_secure, config.s3_region,
+                               None if config.read_only else counters, config.read_only)
     return local

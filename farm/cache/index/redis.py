@@ -14,7 +14,7 @@ from farm.cache import keys
 from farm.cache.index import ClusterIndex, IndexedArtifact, WorkerStatus, build_fields, indexed_from, least_recent_first
 from farm.cache.store import ArtifactMeta, stored_meta
 from farm.config import masked
-from farm.errors import BackendUnavailable
+from farm.errors import BackendRefusedWrite, BackendUnavailable
 
 T = TypeVar("T")
 
@@ -117,6 +117,9 @@ class RedisIndex(ClusterIndex):
             yield
         except redis.exceptions.ConnectionError as exc:
             raise BackendUnavailable(f"Redis at {masked(self.url)} is unreachable: {exc}") from None
+        except redis.exceptions.NoPermissionError as exc:
+            raise BackendRefusedWrite(f"Redis at {masked(self.url)} refused this user a command ({exc}); a node with "
+                                      "read access only runs with FARM_SHARED_MODE=read-only") from None
 
     def _call(self, fn: Callable[[], T]) -> T:
         with self._errors():

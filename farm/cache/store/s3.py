@@ -19,7 +19,7 @@ from minio.error import S3Error
 from farm.cache.counting import CountSink, best_effort
 from farm.cache.store import ArtifactMeta, ArtifactStore, check_key, stored_meta
 from farm.cache.store.local import LocalStore
-from farm.errors import BackendUnavailable, IntegrityError
+from farm.errors import BackendUnavailable, IntegrityError, ReadOnlyShared
 from farm.runtime.loader import sha256_file
 
 _MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
@@ -27,13 +27,17 @@ _MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchBucket")
 
 class S3Store(ArtifactStore):
     def __init__(self, client: Minio, bucket: str, local: LocalStore, endpoint: str = "",
-                 counters: CountSink | None = None) -> None:
-        """counters: where local-tier hits/misses and pulled bytes are counted (the shared index)."""
+                 counters: CountSink | None = None, read_only: bool = False) -> None:
+        """counters: where local-tier hits/misses and pulled bytes are counted (the shared index). read_only: this
+        node only reads the bucket (it neither creates it nor writes or deletes an object)."""
         self.counters = counters
         self.client = client
         self.bucket = bucket
         self.local = local
         self.endpoint = endpoint
+        self.read_only = read_only
+        if read_only:
+            return
         with self._errors():
             if not client.bucket_exists(bucket):
                 try:
@@ -45,13 +49,13 @@ class S3Store(ArtifactStore):
     @classmethod
     def connect(cls, endpoint: str, bucket: str, local: LocalStore, access_key: str | None = None,
                 secret_key: str | None = None, secure: bool = False, region: str = "us-east-1",
-                counters: CountSink | None = None) -> S3Store:
+                counters: CountSink | None = None, read_only: bool = False) -> S3Store:
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60),
                                    retries=urllib3.Retry(total=3, backoff_factor=0.2,
                                                          status_forcelist=[500, 502, 503, 504]))
         client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
                        http_client=http)
-        return cls(client, bucket, local, endpoint, counters)
+        return cls(client, bucket, local, endpoint, counters, read_only)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -65,7 +69,13 @@ class S3Store(ArtifactStore):
         check_key(key)
         return f"artifacts/{key}.so", f"artifacts/{key}.json"
 
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyShared(f"this node's shared cache is read-only (FARM_SHARED_MODE=read-only): it does not "
+                                 f"{what} s3://{self.bucket}")
+
     def put(self, so_path: Path, meta: ArtifactMeta) -> None:
+        self._writable("store into")
         so_name, meta_name = self.object_names(meta.key)
         data = meta.to_json().encode()
         with self._errors():
@@ -144,6 +154,7 @@ class S3Store(ArtifactStore):
 
     def delete(self, key: str) -> None:
         """The metadata (the commit marker, written last) first, then the library, then this node's copy."""
+        self._writable("delete from")
         with self._errors():
             for name in reversed(self.object_names(key)):
                 self.client.remove_object(self.bucket, name)
