@@ -144,10 +144,21 @@ class FarmConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FarmConfig:
-        """Environment variables, over an optional config file named by FARM_CONFIG (KEY=value lines).
-        Every value is checked here: a bad one is an InvalidSetting naming the variable, the value, where it
-        came from and what is allowed. An empty value means unset."""
+        """Environment variables, over the config file (TOML: FARM_CONFIG, else ~/.config/farm/config.toml when
+        present). Every value is checked here: a bad one is an InvalidSetting naming the variable, the value, where
+        it came from and what is allowed. An empty value means unset."""
+        return cls.explained(env)[0]
+
+    @classmethod
+    def explained(cls, env: Mapping[str, str] | None = None) -> tuple[FarmConfig, list[Setting], Path | None]:
+        """The configuration, with every setting's value and origin (`farm config`), and the config file read."""
         read = SettingsReader(os.environ if env is None else env)
+        cfg = cls._read(read)
+        read.check_known()
+        return cfg, read.read, read.file
+
+    @classmethod
+    def _read(cls, read: SettingsReader) -> FarmConfig:
         cfg = cls()
         cfg.cache_dir = read("FARM_CACHE_DIR", cfg.cache_dir, directory)
         cfg.work_dir = read("FARM_WORK_DIR", cfg.work_dir, directory)
@@ -192,49 +203,112 @@ class FarmConfig:
         return bool(self.redis_url and self.broker_url and self.s3_endpoint)
 
 
+def default_config_file(env: Mapping[str, str]) -> Path | None:
+    """$XDG_CONFIG_HOME/farm/config.toml (else ~/.config/farm/config.toml), from the variables of `env` only, so a
+    configuration read from a given mapping does not depend on the caller's home."""
+    base = env.get("XDG_CONFIG_HOME") or (str(Path(env["HOME"]) / ".config") if env.get("HOME") else "")
+    return Path(base) / "farm" / "config.toml" if base else None
+
+
+def config_file_of(env: Mapping[str, str]) -> Path | None:
+    """FARM_CONFIG if set (empty: none), else the default location when a file is there."""
+    if "FARM_CONFIG" in env:
+        return Path(env["FARM_CONFIG"]) if env["FARM_CONFIG"].strip() else None
+    default = default_config_file(env)
+    return default if default is not None and default.is_file() else None
+
+
 def read_config_file(path: Path) -> dict[str, tuple[str, int]]:
-    """`FARM_NAME=value` lines; `#` comments: each value with the number of the line that sets it. Errors name
-    the file and line."""
+    """A TOML file of settings, `name = value` at the top level: `opt_level = 1` or `FARM_OPT_LEVEL = 1`, strings
+    in quotes, `#` comments anywhere (after a value too). Each value as the text its parser reads, with the number
+    of the line that sets it. Errors name the file and line."""
+    import tomllib
+
     from farm.errors import InputFileError, NotUtf8Text
     from farm.inputs import CONFIG, read_input_text
 
-    values: dict[str, tuple[str, int]] = {}
     try:
-        lines = read_input_text(path, CONFIG).splitlines()
+        text = read_input_text(path, CONFIG)
     except (InputFileError, NotUtf8Text) as exc:  # a config problem to whoever catches ConfigError
         raise ConfigError(f"cannot read the config file: {exc}") from None
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not name.strip().startswith("FARM_"):
-            raise ConfigError(f"{path}:{number}: expected FARM_NAME=value, found {raw!r}")
-        values[name.strip()] = (value.strip().strip('"'), number)
-    return values
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        reason = str(exc).split(" (at line")[0]
+        raise ConfigError(f"{path}:{where[1] if where else '?'}: {reason}: expected TOML, `name = value` with strings "
+                          'in quotes (e.g. cache_dir = "/srv/farm")') from None
+    lines = text.splitlines()
+    return {_setting_name(key): (_setting_text(path, key, value, _line_of(lines, key)), _line_of(lines, key))
+            for key, value in document.items()}
+
+
+def _setting_name(key: str) -> str:
+    return key if key.startswith("FARM_") else f"FARM_{key.upper()}"
+
+
+def _line_of(lines: list[str], key: str) -> int:
+    pattern = re.compile(rf"""^\s*(\[+\s*)?["']?{re.escape(key)}["']?\s*[=\]]""")  # `key =` or a `[key]` table
+    return next((n for n, line in enumerate(lines, 1) if pattern.match(line)), 0)
+
+
+def _setting_text(path: Path, key: str, value: object, line: int) -> str:
+    """A TOML value as the text the setting's parser reads: a list (of key files) joins with commas."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    raise ConfigError(f"{path}:{line}: {key} is a {type(value).__name__}; expected a string, a number, true/false "
+                      "or a list of strings (settings are top-level `name = value` pairs)")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as `farm config` shows it: its value (secrets hidden) and where it came from."""
+
+    name: str
+    value: str
+    origin: str  # "environment", "<file>:<line>" or "default"
 
 
 class SettingsReader:
-    """Reads FARM_* settings from the environment over the FARM_CONFIG file, checking each with its parser."""
+    """Reads FARM_* settings from the environment over the config file, checking each with its parser; it keeps
+    what it read, and where from, for `farm config`."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.values = dict(env)
         self.origins = {name: "in the environment" for name in self.values}
-        if self.values.get("FARM_CONFIG"):
-            path = Path(self.values["FARM_CONFIG"])
-            for name, (value, line) in read_config_file(path).items():
+        self.read: list[Setting] = []
+        self.file = config_file_of(env)
+        self.from_file: dict[str, int] = {}
+        if self.file is not None:
+            for name, (value, line) in read_config_file(self.file).items():
+                self.from_file[name] = line
                 if name not in self.values:
-                    self.values[name], self.origins[name] = value, f"at {path}:{line}"
+                    self.values[name], self.origins[name] = value, f"at {self.file}:{line}"
 
     def __call__(self, name: str, default: T, parse: Callable[[str], T]) -> T:
         """The parsed value of `name`, or `default` when it is unset or empty."""
         text = self.values.get(name, "").strip()
         if not text:
+            self.read.append(Setting(name, "" if default is None else _shown(name, str(default)), "default"))
             return default
         try:
-            return parse(text)
+            value = parse(text)
         except ValueError as exc:
             raise InvalidSetting(name, _shown(name, text), str(exc), self.origins[name]) from None
+        self.read.append(Setting(name, _shown(name, text), self.origins[name].removeprefix("in the ")
+                                 .removeprefix("at ")))
+        return value
+
+    def check_known(self) -> None:
+        """A setting the file names that nothing reads is a typo: say which line."""
+        known = {setting.name for setting in self.read}
+        for name, line in self.from_file.items():
+            if name not in known:
+                raise ConfigError(f"{self.file}:{line}: unknown setting {name}; `farm config` lists the settings")
 
 
 def _shown(name: str, text: str) -> str:

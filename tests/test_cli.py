@@ -187,3 +187,18 @@ def test_the_stage_table_shows_the_stages_that_ran(tmp_path: Path) -> None:
     staged = farm("compile", arith, "-O", "0", cache=tmp_path / "staged")
     header = next(line for line in staged.stderr.splitlines() if "target" in line)
     assert "llc" in header and "codegen" not in header
+
+
+def test_farm_config_shows_each_value_and_where_it_comes_from(tmp_path: Path) -> None:
+    config_file = tmp_path / "farm.toml"
+    config_file.write_text('opt_level = 1  # fast\nredis_url = "redis://:hunter2@redis:6379/0"\n')
+    env = {**os.environ, "FARM_CONFIG": str(config_file), "FARM_TARGET": "x86-64", "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "farm.cli", "config", "--json"], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=60, check=False)
+    shown = {s["name"]: s for s in json.loads(done.stdout)["settings"]}
+    assert shown["FARM_OPT_LEVEL"] == {"name": "FARM_OPT_LEVEL", "value": "1", "origin": f"{config_file}:1"}
+    assert shown["FARM_TARGET"]["origin"] == "environment" and shown["FARM_STAGE_TIMEOUT"]["origin"] == "default"
+    assert "hunter2" not in done.stdout and shown["FARM_REDIS_URL"]["value"] == "redis://:***@redis:6379/0"
+    table = subprocess.run([sys.executable, "-m", "farm.cli", "config"], capture_output=True, text=True, cwd=ROOT,
+                           env=env, timeout=60, check=False)
+    assert f"{config_file}:1" in table.stdout and "hunter2" not in table.stdout

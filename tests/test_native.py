@@ -275,12 +275,40 @@ def test_generated_thousand_rule_ruleset_verifies_natively(session_engine: Engin
 def test_config_file_under_the_environment(tmp_path: Path) -> None:
     from farm.errors import ConfigError
 
-    good = tmp_path / "farm.conf"
-    good.write_text("# cluster\nFARM_REDIS_URL=redis://cache:6379/0\nFARM_OPT_LEVEL=3\n")
+    good = tmp_path / "farm.toml"
+    good.write_text('# cluster\nFARM_REDIS_URL = "redis://cache:6379/0"\nopt_level = 3\n'
+                    'cache_dir = "/srv/farm cache"  # an inline comment is a comment, not part of the path\n'
+                    'verify_key = ["old.pub", "new.pub"]\ns3_secure = true\n')
     config = FarmConfig.from_env({"FARM_CONFIG": str(good), "FARM_OPT_LEVEL": "1"})
     assert config.redis_url == "redis://cache:6379/0" and config.broker_url == config.redis_url
     assert config.opt_level == 1  # the environment wins over the file
-    bad = tmp_path / "bad.conf"
-    bad.write_text("FARM_TARGET=x86-64\nredis = oops\n")
-    with pytest.raises(ConfigError, match=r"bad.conf:2: expected FARM_NAME=value"):
+    assert config.cache_dir == Path("/srv/farm cache") and config.s3_secure
+    assert config.verify_keys == (Path("old.pub"), Path("new.pub"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('target = "x86-64"\nredis = oops\n')
+    with pytest.raises(ConfigError, match=r"bad.toml:2: .*expected TOML"):
         FarmConfig.from_env({"FARM_CONFIG": str(bad)})
+    typo = tmp_path / "typo.toml"
+    typo.write_text('target = "x86-64"\n\nopt_levl = 1\n')
+    with pytest.raises(ConfigError, match=r"typo.toml:3: unknown setting FARM_OPT_LEVL"):
+        FarmConfig.from_env({"FARM_CONFIG": str(typo)})
+    nested = tmp_path / "nested.toml"
+    nested.write_text('[cluster]\nredis_url = "redis://h:6379/0"\n')
+    with pytest.raises(ConfigError, match=r"nested.toml:1: cluster is a dict"):
+        FarmConfig.from_env({"FARM_CONFIG": str(nested)})
+
+
+def test_the_config_file_has_a_default_place(tmp_path: Path) -> None:
+    """$XDG_CONFIG_HOME/farm/config.toml (else ~/.config/farm/config.toml) when it exists; FARM_CONFIG names
+    another, or none when empty."""
+    home = tmp_path / "xdg" / "farm"
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text("opt_level = 0\n")
+    assert FarmConfig.from_env({"XDG_CONFIG_HOME": str(tmp_path / "xdg")}).opt_level == 0
+    assert FarmConfig.from_env({"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "FARM_CONFIG": ""}).opt_level == 2
+    (tmp_path / ".config").symlink_to(tmp_path / "xdg")
+    config, settings, file = FarmConfig.explained({"HOME": str(tmp_path)})
+    assert config.opt_level == 0 and file == tmp_path / ".config" / "farm" / "config.toml"
+    origins = {s.name: s.origin for s in settings}
+    assert origins["FARM_OPT_LEVEL"] == f"{file}:1" and origins["FARM_TARGET"] == "default"
+    assert FarmConfig.from_env({}).opt_level == 2  # nothing to say where home is: no file

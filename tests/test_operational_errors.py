@@ -175,6 +175,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "FARM_STAGE_MEMORY_MB": ["0", "-1", "4G", "1.5"],
     "FARM_WORKERS": ["-1", "many", "2.5"],
     "FARM_MAX_MEMORY": ["lots", "-1", "4X", "1.5G", "G"],
+    "FARM_CACHE_SIZE": ["big", "-1", "2gigs", "G"],
     "FARM_COMPILE_PATH": ["fast", "Staged", "in-process"],
     "FARM_REDIS_URL": ["localhost:6379", "http://redis:6379", "redis://h:99999/0", "redis"],
     "FARM_BROKER_URL": ["localhost:6379", "redis://h:port/0", "amqp"],
@@ -193,7 +194,8 @@ FREE_TEXT = {"FARM_S3_ACCESS_KEY", "FARM_S3_SECRET_KEY", "FARM_SIGNING_KEY",  # 
              "FARM_VERIFY_KEY"}  # (key files are checked when keys are loaded: tests/test_signing.py)
 GOOD_VALUES = {"FARM_CACHE_DIR": "{dir}", "FARM_WORK_DIR": "{dir}/work", "FARM_TARGET": "aarch64",
                "FARM_OPT_LEVEL": "0", "FARM_STAGE_TIMEOUT": "2.5", "FARM_STAGE_MEMORY_MB": "512",
-               "FARM_WORKERS": "0", "FARM_MAX_MEMORY": "512M", "FARM_COMPILE_PATH": "inprocess", "FARM_REDIS_URL": "redis://:pw@redis:6379/0",
+               "FARM_WORKERS": "0", "FARM_MAX_MEMORY": "512M", "FARM_CACHE_SIZE": "2G",
+               "FARM_COMPILE_PATH": "inprocess", "FARM_REDIS_URL": "redis://:pw@redis:6379/0",
                "FARM_BROKER_URL": "amqp://guest@rabbit//", "FARM_RESULT_URL": "redis://:pw@redis:6379/1",
                "FARM_S3_ENDPOINT": "minio:9000",
                "FARM_S3_BUCKET": "farm.artifacts-2", "FARM_S3_SECURE": "TRUE", "FARM_S3_REGION": "eu-west-3",
@@ -212,8 +214,8 @@ def test_every_bad_setting_is_a_config_error_naming_it(name: str, value: str, tm
         FarmConfig.from_env({name: value})
     message = str(from_env.value)
     assert name in message and repr(value) in message and "in the environment: expected " in message
-    config_file = tmp_path / "farm.conf"
-    config_file.write_text(f"# settings\nFARM_OPT_LEVEL=1\n{name}={value}\n")
+    config_file = tmp_path / "farm.toml"
+    config_file.write_text(f"# settings\nopt_level = 1\n{name} = {json.dumps(value)}\n")
     with pytest.raises(ConfigError, match=f"{name}=.* at {config_file}:3: expected "):
         FarmConfig.from_env({"FARM_CONFIG": str(config_file)})
 

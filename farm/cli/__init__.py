@@ -14,6 +14,7 @@ from farm.cli.build import Codegen, Compile, Targets
 from farm.cli.cache import Cache
 from farm.cli.cluster import Hot, Prewarm, Pull, Worker, Workers
 from farm.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Command, err
+from farm.cli.config import Config
 from farm.cli.keys import Keygen
 from farm.cli.rewrite import Rewrite, Verify
 from farm.cli.stats import Exporter, Stats, Top
@@ -23,7 +24,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 # In the order `farm --help` lists them.
 COMMANDS: tuple[Command, ...] = (Compile(), Rewrite(), Verify(), Codegen(), Stats(), Top(), Exporter(), Cache(),
-                                 Prewarm(), Pull(), Hot(), Worker(), Workers(), Targets(), Keygen())
+                                 Prewarm(), Pull(), Hot(), Worker(), Workers(), Targets(), Config(), Keygen())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,7 +70,7 @@ def add_rules(parser: argparse.ArgumentParser) -> None:
 def add_opt_level(parser: argparse.ArgumentParser) -> None:
     """-O of every command that compiles (its default is the configuration's: see `opt_level`)."""
     parser.add_argument("-O", dest="opt", type=int, choices=range(4), default=None,
-                        help="optimisation level (default: FARM_OPT_LEVEL from the environment or FARM_CONFIG, else 2)")
+                        help="optimisation level (default: FARM_OPT_LEVEL, else the config file's opt_level, else 2)")
 
 
 class _TargetList(argparse.Action):
