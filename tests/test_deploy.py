@@ -62,10 +62,10 @@ def test_compose_accepts_the_file_with_its_secrets(rendered: dict[str, Any]) -> 
     assert {"redis", "s3", "worker-x86", "worker-arm", "exporter", "flower", "prometheus", "grafana"} <= set(services)
     for name in FARM_SERVICES:
         env = services[name]["environment"]
-        for variable, database in (("FARM_REDIS_URL", 0), ("FARM_BROKER_URL", 0), ("FARM_RESULT_URL", 1)):
+        for variable, database in (("FARM_REDIS_URL", 0), ("FARM_BROKER_URL", 2), ("FARM_RESULT_URL", 1)):
             assert env[variable] == f"redis://:{PASSWORD}@redis:6379/{database}", (name, variable)
         assert env["FARM_S3_SECRET_KEY"] == SECRETS["FARM_S3_SECRET_KEY"]
-    assert f"redis://:{PASSWORD}@redis:6379/0" == services["flower"]["environment"]["CELERY_BROKER_URL"]
+    assert f"redis://:{PASSWORD}@redis:6379/2" == services["flower"]["environment"]["CELERY_BROKER_URL"]
     assert PASSWORD in services["redis"]["command"]
 
 

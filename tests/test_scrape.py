@@ -99,3 +99,14 @@ def test_loading_the_worker_tasks_does_not_import_prometheus_client() -> None:
     code = ("import sys, workers.tasks; assert 'prometheus_client' not in sys.modules, "
             "[m for m in sys.modules if m.startswith('prometheus')]")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "FARM_METRICS_PORT": ""})
+
+
+def test_queue_depths_are_read_where_the_broker_keeps_its_queues(tmp_path: Path) -> None:
+    """deploy/ gives the broker a database of its own: the index reads the queues' lengths there."""
+    with redis_server(tmp_path) as url:
+        broker = url.rsplit("/", 1)[0] + "/2"
+        index = RedisIndex(url, broker_url=broker)
+        index.publish_toolchain("x86-64", {"llc": "16.0.6"})
+        RedisIndex(broker).r.rpush(keys.queue("x86-64"), b"a", b"b", b"c")
+        index.r.rpush(keys.queue("x86-64"), b"in the index's database: not a queue")
+        assert index.queue_depths() == {"x86-64": 3}

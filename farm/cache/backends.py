@@ -18,7 +18,9 @@ def make_index(config: FarmConfig) -> CacheIndex:
         with needs_extra():
             from farm.cache.index.redis import RedisIndex
 
-        return RedisIndex(config.redis_url)
+        redis_broker = config.broker_url if config.broker_url and config.broker_url.startswith(
+            ("redis://", "rediss://", "unix://")) else None
+        return RedisIndex(config.redis_url, broker_url=redis_broker)
     from farm.cache.index.sqlite import SQLiteIndex
 
     return SQLiteIndex(config.cache_dir / "index.sqlite")

@@ -98,12 +98,20 @@ return 0
 """
 
 
+def _client(url: str) -> Any:
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
+                                retry_on_timeout=True)
+
+
 class RedisIndex(ClusterIndex):
-    def __init__(self, url: str, client: redis.Redis | None = None) -> None:
+    def __init__(self, url: str, client: redis.Redis | None = None, broker_url: str | None = None) -> None:
+        """broker_url: where Celery's queues are, when the broker is another Redis database or server than the
+        index (deploy/ gives each its own database); their lengths are read there."""
         self.url = url
         # Typed as Any: redis-py declares bytes | str results for a client that always returns bytes here.
-        self.r: Any = client or redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                                health_check_interval=30, retry_on_timeout=True)
+        self.r: Any = client or _client(url)
+        self._broker_url = broker_url if broker_url and broker_url != url else None
+        self._broker: Any = None
         self._acquire = self.r.register_script(_ACQUIRE)
         self._release = self.r.register_script(_RELEASE)
         self._inflight = self.r.register_script(_INFLIGHT)
@@ -215,10 +223,18 @@ class RedisIndex(ClusterIndex):
         trips, whatever the size of the keyspace."""
         with self._errors():
             targets = sorted(name.decode() for name in self.r.smembers(keys.TARGETS))
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self._queues().pipeline(transaction=False)
             for target in targets:
                 pipe.llen(keys.queue(target))
             return dict(zip(targets, map(int, pipe.execute())))
+
+    def _queues(self) -> Any:
+        """The client of the Redis that holds the broker's queues (the index's own unless told otherwise)."""
+        if self._broker_url is None:
+            return self.r
+        if self._broker is None:
+            self._broker = _client(self._broker_url)
+        return self._broker
 
     def inflight(self) -> int:
         return int(self._call(lambda: self._inflight(keys=[keys.LOCKS])))
