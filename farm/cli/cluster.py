@@ -225,7 +225,7 @@ class Workers(Command):
         now = time.time()
         for w in workers:
             table.add_row(escape(w.name), escape(w.host), str(w.pid), ", ".join(w.targets),
-                          escape(w.toolchain.get("llc", "?")), str(w.concurrency), str(w.inflight),
+                          escape(w.toolchain.get("llc", "?").removeprefix("llc=")), str(w.concurrency), str(w.inflight),
                           _ago(now - w.started, ""), _ago(now - w.seen, " ago"))
         out.print(table)
         if not workers:
