@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark suite (`scripts/bench`): P1..P5, each target a ratio of two things measured in this run.
+"""The benchmark suite (`scripts/bench`): P1..P5 and J1, each target a ratio of two things measured in this run.
 
 Writes bench-out/report.json, bench-out/report.md and bench-out/scaling.png. Run on demand, not in CI.
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import gen_rules  # noqa: E402
 
-from bench import maude  # noqa: E402
+from bench import maude, startup  # noqa: E402
 from bench.cluster import hit_latency, prewarm  # noqa: E402
 from farm.cache.engine import Engine, load_native  # noqa: E402
 from farm.cache.jit import JitCompiler, JitConfig  # noqa: E402
@@ -235,6 +235,8 @@ TARGETS = [
     ("P4 native vs interpreter (x)", lambda r: r["P4"]["native_vs_interpreter_end_to_end"], ">=", 100),
     ("P4 1000-rule vs 10-rule native throughput (x)", lambda r: r["P4"]["ratio_1000_vs_10"], ">=", 0.5),
     ("P5 resident KB per 1000 cached functions (batched)", lambda r: r["P5"]["kb_per_1000"], "<=", 2048),
+    ("J1 warm `farm rewrite` in a new process vs the whole `maude` process (x)", lambda r: r["J1"]["ratio"], "<=",
+     3),
 ]
 
 
@@ -242,6 +244,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# farm benchmark report ({report['when']}, {report['machine']})", "",
              "| target | measured | goal | met |", "|---|---|---|---|"]
     for name, get, op, goal in TARGETS:
+        if name.split()[0] not in report:  # left out (--only)
+            continue
         value = get(report)
         met = value <= goal if op == "<=" else value >= goal
         lines.append(f"| {name} | {value:,.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
@@ -282,6 +286,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--patterns", type=int, default=500, help="P3: artifacts to pre-warm (half per target)")
     parser.add_argument("--functions", type=int, default=1000, help="P5: compiled functions to cache")
+    parser.add_argument("--only", help="comma-separated sections to run (P1,P2,P3,P4,P5,J1,vs_maude); default all")
+    parser.add_argument("--before", default="", help="J1: git ref of the code before (default: the fork point from "
+                                                     "main, or main's parent on main); 'none' to skip")
     parser.add_argument("--p5-node", nargs=3, metavar=("MODE", "CACHE", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.p5_node:  # the fresh node process of P5
@@ -294,18 +301,28 @@ def main() -> int:
                               "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for name, run in [("P1", lambda: p1(tmp, args.repeat)), ("P2", lambda: p2(tmp)), ("P4", lambda: p4(tmp)),
-                          ("P5", lambda: p5(tmp, args.functions)), ("P3", lambda: p3(tmp, args.patterns)),
-                          ("vs_maude", maude.compare)]:
+        sections: list[tuple[str, Callable[[], Any]]] = [
+            ("P1", lambda: p1(tmp, args.repeat)), ("P2", lambda: p2(tmp)), ("P4", lambda: p4(tmp)),
+            ("P5", lambda: p5(tmp, args.functions)), ("P3", lambda: p3(tmp, args.patterns)),
+            ("J1", lambda: startup.measure(tmp, args.repeat, None if args.before == "none" else args.before)),
+            ("vs_maude", maude.compare)]
+        only = set(args.only.split(",")) if args.only else {name for name, _ in sections}
+        for name, run in sections:
+            if name not in only:
+                continue
             start = time.perf_counter()
             report[name] = run()
             print(f"{name} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report) + "\n\n## farm vs Maude (same run)\n\n"
-                                   + maude.markdown(report["vs_maude"]) + "\n")
-    plotted = plot(report, out / "scaling.png")
-    print(markdown(report))
-    print(maude.markdown(report["vs_maude"]))
+    text = markdown(report)
+    if "J1" in report:
+        text += "\n\n## J1: warm `farm rewrite` against the whole `maude` process (same run)\n\n" + \
+            startup.markdown(report["J1"])
+    if "vs_maude" in report:
+        text += "\n\n## farm vs Maude (same run)\n\n" + maude.markdown(report["vs_maude"])
+    (out / "report.md").write_text(text + "\n")
+    plotted = "P3" in report and "P4" in report and plot(report, out / "scaling.png")
+    print(text)
     print(f"wrote {out / 'report.json'}, {out / 'report.md'}" + (f", {out / 'scaling.png'}" if plotted else ""))
     return 0
 

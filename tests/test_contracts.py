@@ -195,6 +195,36 @@ def test_zeroed_counters_start_again_and_the_indexed_bytes_stay(index: CacheInde
     assert (index.counters()["requests"], index.counters()["hits"]) == (1, 1)
 
 
+def test_a_direct_key_maps_to_the_content_key_it_was_last_recorded_with(index: CacheIndex, tmp_path: Path) -> None:
+    (_, first), (_, second) = artifact(tmp_path, b"one"), artifact(tmp_path, b"two")
+    assert index.lookup_direct("d" * 64) is None
+    index.note_build("p", "x86-64", first)
+    index.record_direct("d" * 64, first.key)
+    index.record_direct("e" * 64, first.key)  # two sets of inputs, one IR: one artifact
+    assert index.lookup_direct("d" * 64) == index.lookup_direct("e" * 64) == first.key
+    index.record_direct("d" * 64, second.key)
+    assert (index.lookup_direct("d" * 64), index.lookup_direct("e" * 64)) == (second.key, first.key)
+    assert index.lookup_direct("f" * 64) is None and index.lookup("p", "x86-64") == first.key
+
+
+def test_a_forgotten_artifact_takes_the_direct_keys_still_pointing_at_it(index: CacheIndex, tmp_path: Path) -> None:
+    (_, gone), (_, kept) = artifact(tmp_path, b"evicted"), artifact(tmp_path, b"kept one")
+    gone.created_at = 1000.0
+    for meta in (gone, kept):
+        index.note_build("p", "x86-64", meta)
+    index.record_direct("a" * 64, gone.key)
+    index.record_direct("b" * 64, kept.key)
+    index.record_direct("c" * 64, gone.key)
+    index.record_direct("c" * 64, kept.key)  # now points elsewhere: evicting `gone` must leave it alone
+    assert not index.forget(gone.key, unused_since=999.0)  # built after: kept, and so are its direct keys
+    assert index.lookup_direct("a" * 64) == gone.key
+    assert index.forget(gone.key)
+    assert index.lookup_direct("a" * 64) is None
+    assert (index.lookup_direct("b" * 64), index.lookup_direct("c" * 64)) == (kept.key, kept.key)
+    index.record_direct("a" * 64, gone.key)  # built again: recorded again
+    assert index.lookup_direct("a" * 64) == gone.key
+
+
 # ---- every coordination backend ----
 
 def test_a_lock_has_one_holder_until_that_holder_releases_it(coordination: ClusterIndex) -> None:

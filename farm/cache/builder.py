@@ -5,22 +5,37 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from farm.cache.backends import make_index, make_store
 from farm.cache.counting import best_effort
+from farm.cache.direct import direct_key
 from farm.cache.gc import LocalTier, Policy, gc_local
 from farm.cache.index import CacheIndex
 from farm.cache.objcache import UsedObjectCache, lent_objects_missing
 from farm.cache.signing import signer_of, trusted_keys_of, verify
-from farm.cache.store import ArtifactMeta, ArtifactStore
-from farm.compiler.codegen.llvm import ruleset_parts
-from farm.compiler.toolchain import BuildResult, Toolchain, artifact_key, find_tool, remove_build_dir, tool_versions
+from farm.cache.store import ArtifactMeta, ArtifactStore, check_key
+from farm.compiler.toolchain import (
+    BuildResult,
+    Toolchain,
+    artifact_key,
+    native_target,
+    remove_build_dir,
+    tool_versions,
+)
 from farm.config import FarmConfig
-from farm.errors import FarmError, IntegrityError, InvalidPatternId, ToolchainError, ToolchainMismatch
-from farm.lang.serialize import ruleset_to_json
+from farm.errors import (
+    BackendUnavailable,
+    FarmError,
+    IntegrityError,
+    InvalidArtifactKey,
+    InvalidPatternId,
+    ToolchainError,
+    ToolchainMismatch,
+)
 from farm.lang.transduce import RuleSet
 from farm.locks import file_lock
 from farm.runtime.loader import sha256_file, verify_sha256
@@ -82,7 +97,7 @@ class ArtifactBuilder:
 
     def target(self, name: str | None = None) -> Target:
         name = name or self.config.target
-        return resolve(name, find_tool("llc") if name == "native" else None)
+        return native_target() if name == "native" else resolve(name)
 
     def versions(self) -> dict[str, str]:
         return tool_versions(self.toolchain.compile_path)
@@ -90,11 +105,50 @@ class ArtifactBuilder:
     def key_for(self, parts: list[tuple[str, str]], target: Target, opt_level: int) -> str:
         return artifact_key(parts, target, opt_level, self.versions())
 
+    def direct_key_for(self, ruleset: RuleSet, target: Target, opt_level: int) -> str:
+        return direct_key(ruleset.fingerprint(), target, opt_level, self.versions())
+
     def ensure_ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
                        opt_level: int | None = None) -> Artifact:
+        """The ruleset's library, looked up first by its direct-mode key (farm/cache/direct.py), which takes no
+        code generation. On a miss, or when the library that key names is gone, the IR is generated and the
+        library found or built by its content key (ensure_parts); then the direct entry is recorded."""
+        check_pattern_id(pattern_id)
+        start = time.perf_counter()
         resolved = self.target(target)
-        return self.ensure_parts(ruleset_parts(ruleset, resolved.triple), pattern_id, resolved.name, opt_level,
-                                 ruleset_to_json(ruleset))
+        opt = self.config.opt_level if opt_level is None else opt_level
+        direct = self.direct_key_for(ruleset, resolved, opt)
+        hit = self._direct_hit(direct, pattern_id, resolved, opt, start)
+        if hit is not None:
+            return hit
+        # The code generator (and llvmlite under it) is imported only here: a hit never needs it.
+        from farm.compiler.codegen import llvm
+        from farm.lang.serialize import ruleset_to_json
+
+        artifact = self.ensure_parts(llvm.ruleset_parts(ruleset, resolved.triple), pattern_id, resolved.name, opt,
+                                     ruleset_to_json(ruleset))
+        best_effort(f"the direct-mode entry of {artifact.meta.key[:12]}",
+                    lambda: self.index.record_direct(direct, artifact.meta.key))
+        artifact.seconds = time.perf_counter() - start
+        return artifact
+
+    def _direct_hit(self, direct: str, pattern_id: str, resolved: Target, opt: int, start: float) -> Artifact | None:
+        """The library a direct-mode key names, fetched and verified as any hit; None (a miss: the full path runs)
+        when the key is unknown, the index unreachable, or the library gone or not made from these inputs."""
+        try:
+            key = self.index.lookup_direct(direct)
+            if key is None:
+                return None
+            check_key(key)
+        except (BackendUnavailable, InvalidArtifactKey) as exc:
+            log.warning("direct-mode lookup failed, generating the IR to key the ruleset: %s", exc)
+            return None
+        versions = self.versions()
+        hit = self._hit(key, pattern_id, resolved.name, start, made_for=lambda meta: (
+            meta.target == resolved.name and meta.opt_level == opt and meta.toolchain == versions))
+        if hit is None:
+            log.info("the direct-mode entry of %s names no usable library; generating the IR", key[:12])
+        return hit
 
     def ensure_ir(self, ir_text: str, pattern_id: str, target: str | None = None,
                   opt_level: int | None = None) -> Artifact:
@@ -127,12 +181,18 @@ class ArtifactBuilder:
                 return hit
             return self._build(parts, key, pattern_id, resolved, opt, ruleset_json, start)
 
-    def _hit(self, key: str, pattern_id: str, target: str, start: float) -> Artifact | None:
+    def _hit(self, key: str, pattern_id: str, target: str, start: float,
+             made_for: Callable[[ArtifactMeta], bool] | None = None) -> Artifact | None:
+        """The stored library of `key`, verified and counted as a hit; with `made_for`, only one whose metadata it
+        accepts (nothing is counted otherwise)."""
         copied = not self.store.local_path(key).exists()  # a shared store's hit may copy the library here
         found = self._fetch_verified(key)
         if found is None:
             return None
         path, meta = found
+        if made_for is not None and not made_for(meta):
+            log.warning("stored artifact %s was not built from the inputs its direct-mode entry names", key[:12])
+            return None
         if copied:
             self._keep_within_limit(key)
         if self.count_requests:

@@ -6,7 +6,6 @@ import logging
 import signal
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +83,8 @@ class Engine:
 
     def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:
         """Compile jobs in a local process pool; yields each job with its artifact or error as it finishes."""
+        from concurrent.futures import ProcessPoolExecutor, as_completed  # multiprocessing: not for a rewrite
+
         pool = ProcessPoolExecutor(max_workers=self.config.workers or None, initializer=_leave_sigint_to_parent)
         try:
             futures = {pool.submit(_compile_job, self.config, job): job for job in jobs}

@@ -6,6 +6,9 @@
     farm:refs:{key}          SET    "{target}\0{pattern ID}" of every index entry that pointed at the artifact, so
                                     evicting it removes them (those still pointing at it)
     farm:artifacts           SET    every indexed cache key
+    farm:direct:{dkey}       STRING the cache key a direct-mode key (farm/cache/direct.py) maps to
+    farm:directs:{key}       SET    the direct-mode keys recorded with an artifact, so evicting it removes them
+                                    (those still pointing at it)
     farm:locks               ZSET   lock key -> expiry (ms, Redis clock): work in flight without a SCAN
     farm:counters            HASH   cluster-wide counters (HINCRBYFLOAT); per-target ones as "name:target"
     farm:hot                 ZSET   pattern ID -> requests + native rule firings
@@ -34,6 +37,14 @@ def artifact(key: str) -> str:
 
 def refs(key: str) -> str:
     return f"{PREFIX}:refs:{key}"
+
+
+def direct(direct_key: str) -> str:
+    return f"{PREFIX}:direct:{direct_key}"
+
+
+def directs(key: str) -> str:
+    return f"{PREFIX}:directs:{key}"
 
 
 COUNTERS = f"{PREFIX}:counters"

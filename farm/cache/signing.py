@@ -21,10 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from farm.cache.store import ArtifactMeta
 from farm.errors import (
     BadSignature,
@@ -36,7 +32,11 @@ from farm.errors import (
     WorkDirError,
 )
 
+# cryptography is imported where keys are loaded, made or used: a process with no key configured (every cache hit
+# of the embedded default) never pays for loading it.
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
     from farm.config import FarmConfig
 
 SCHEME = "ed25519"
@@ -49,6 +49,8 @@ KEY_ID_HEX = 16
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """A short name of a public key: the first 64 bits of the sha256 of its raw bytes, in hex."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:KEY_ID_HEX]
 
@@ -71,6 +73,8 @@ class Signer:
     private_key: Ed25519PrivateKey
 
     def __post_init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         if not isinstance(self.private_key, Ed25519PrivateKey):
             raise TypeError(f"a Signer needs an Ed25519 private key, not {type(self.private_key).__name__}")
 
@@ -99,6 +103,8 @@ class TrustedKeys:
 
     def verify(self, meta: ArtifactMeta) -> None:
         """Refuse (each cause its own SignatureError) unless a trusted key signed this metadata's fields."""
+        from cryptography.exceptions import InvalidSignature
+
         name = f"artifact {str(meta.key)[:12]}"
         if not meta.signature:
             raise UnsignedArtifact(f"{name} is not signed, and this node loads only artifacts signed by a key it "
@@ -175,6 +181,10 @@ def _read_key_file(path: Path, variable: str) -> tuple[bytes, int]:
 
 def load_private_key(path: Path, variable: str = SIGNING_VARIABLE) -> Ed25519PrivateKey:
     """The Ed25519 private key of a PEM PKCS8 file that only its owner may read or write."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data, mode = _read_key_file(path, variable)
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -196,6 +206,10 @@ def load_private_key(path: Path, variable: str = SIGNING_VARIABLE) -> Ed25519Pri
 
 
 def load_public_key(path: Path, variable: str = VERIFY_VARIABLE) -> Ed25519PublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     data, _ = _read_key_file(path, variable)
     try:
         key = serialization.load_pem_public_key(data)
@@ -209,6 +223,9 @@ def load_public_key(path: Path, variable: str = VERIFY_VARIABLE) -> Ed25519Publi
 def _not_a_key(data: bytes, expected: str) -> str:
     """Why a file did not load as `expected`: said precisely when it is a private key where a public one
     belongs (cryptography's parser decides that, not a reading of the PEM header)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     if expected.endswith("public key"):
         try:
             serialization.load_pem_private_key(data, password=None)
@@ -255,6 +272,9 @@ class KeyPair:
 def write_key_pair(prefix: Path) -> KeyPair:
     """PREFIX.key (PEM PKCS8, mode 0600) and PREFIX.pub (PEM SubjectPublicKeyInfo, 0644), each written
     atomically; an existing file of either name is never overwritten."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from farm.files import atomic_write
 
     private_path, public_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")

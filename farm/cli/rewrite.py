@@ -9,7 +9,6 @@ import warnings
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
-from rich.table import Table
 
 from farm.cli.common import (
     EXIT_FAILED,
@@ -26,6 +25,8 @@ from farm.cli.common import (
 from farm.inputs import TERMS, read_input_text
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from farm.lang.transduce import RuleSet
     from farm.runtime.verify import VerifyReport
     from farm.semantics.interp import RewriteResult
@@ -81,6 +82,8 @@ class Rewrite(Command):
 
 def _firings_table(ruleset: RuleSet, result: RewriteResult) -> Table:
     """The rules that fired, most firings first."""
+    from rich.table import Table  # only when printed: a plain rewrite does not load it
+
     table = Table(title="rule firings")
     table.add_column("rule")
     table.add_column("firings", justify="right")
@@ -128,6 +131,8 @@ class Verify(Command):
 
 
 def _report_table(title: str, report: VerifyReport, with_native: bool) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")

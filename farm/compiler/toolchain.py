@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -32,7 +33,7 @@ from farm.compiler.policy import (
 )
 from farm.config import COMPILE_PATHS
 from farm.errors import InvalidArgument, StageFailed, StageTimeout, ToolNotFound, WorkDirError
-from farm.targets import Target
+from farm.targets import Target, host_cpu, host_flags, resolve
 
 LLVM_MAJOR = 16
 # compile stage -> (tool basename, Debian package); FARM_<TOOL> overrides a tool's path
@@ -71,18 +72,29 @@ def find_tool(tool: str) -> str:
 def tool_version(path: str) -> str:
     """A tool's version, remembered on disk by the binary's identity (path, size, mtime): asking five tools
     `--version` costs a new process about 100 ms that a cache hit should not pay."""
+    return _remembered(path, lambda: _ask_version(path))
+
+
+def _ask_version(path: str) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    text = out.stdout + out.stderr
+    m = re.search(r"(?:LLVM|LLD) (?:version )?(\d+\.\d+\.\d+\S*)", text)
+    return m.group(1) if m else text.strip().splitlines()[0] if text.strip() else "unknown"
+
+
+def _remembered(path: str, ask: Callable[[], str], about: str = "version") -> str:
+    """What `ask` says of the binary at `path` (`about` names the question), remembered on disk by that binary's
+    identity (its real path, size and mtime, as ccache's compiler check): a new binary is asked again, the same
+    one never twice."""
     real = os.path.realpath(path)
     stat = os.stat(real)
-    identity = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+    identity = f"{real}:{stat.st_size}:{stat.st_mtime_ns}:{about}"
     memo = _VERSION_MEMO / hashlib.sha256(identity.encode()).hexdigest()[:32]
     try:
         return memo.read_text(encoding="utf-8")
     except OSError:
         pass
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-    text = out.stdout + out.stderr
-    m = re.search(r"(?:LLVM|LLD) (?:version )?(\d+\.\d+\.\d+\S*)", text)
-    version = m.group(1) if m else text.strip().splitlines()[0] if text.strip() else "unknown"
+    version = ask()
     with contextlib.suppress(OSError):  # the memo is an optimisation; an unwritable home is not an error
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_suffix(f".{os.getpid()}")
@@ -94,15 +106,41 @@ def tool_version(path: str) -> str:
 _VERSION_MEMO = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "farm" / "tool-versions"
 
 
+@cache
+def _inprocess_compiler() -> str:
+    """llvmlite's version and the LLVM inside it, remembered by the identity of its shared library: asking means
+    loading LLVM (tens of ms), which a cache hit should not pay."""
+    from importlib.util import find_spec
+
+    spec = find_spec("llvmlite")  # found, not imported
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("No module named 'llvmlite'", name="llvmlite")
+    library = next(Path(spec.origin).parent.joinpath("binding").glob("libllvmlite.*"), Path(spec.origin))
+    return _remembered(str(library), _ask_llvmlite)
+
+
+def _ask_llvmlite() -> str:
+    import llvmlite
+    import llvmlite.binding as llvm
+
+    return f"llvmlite={llvmlite.__version__}/LLVM={'.'.join(map(str, llvm.llvm_version_info))}"
+
+
+@cache
+def native_target() -> Target:
+    """`resolve("native")` with the CPU llc reports for this host, remembered by llc's identity and this host's
+    (name and CPU flags), so that a new process does not run llc to learn it."""
+    llc = find_tool("llc")
+    host = f"{socket.gethostname()}:{' '.join(sorted(host_flags()))}"
+    return dataclasses.replace(resolve("native"), cpu=_remembered(llc, lambda: host_cpu(llc), f"host-cpu:{host}"))
+
+
 def tool_versions(compile_path: str = "staged") -> dict[str, str]:
-    """Everything that can change the object code: part of every cache key."""
+    """Everything that can change the object code: part of every cache key. Cheap once each binary was asked (a
+    stat and a small read per tool), so a cache hit can afford it."""
     link = f"ld.lld={tool_version(find_tool('ld.lld'))}"
     if compile_path == "inprocess":
-        import llvmlite
-        import llvmlite.binding as llvm
-
-        llvm_version = ".".join(map(str, llvm.llvm_version_info))
-        return {"path": "inprocess", "compile": f"llvmlite={llvmlite.__version__}/LLVM={llvm_version}", "ld": link}
+        return {"path": "inprocess", "compile": _inprocess_compiler(), "ld": link}
     versions = {stage: f"{tool}={tool_version(find_tool(tool))}" for stage, (tool, _) in TOOLS.items()}
     return {"path": "staged", **versions}
 

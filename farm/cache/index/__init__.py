@@ -89,6 +89,15 @@ class ArtifactIndex(ABC):
         """Note a hit (last-hit time)."""
 
     @abstractmethod
+    def lookup_direct(self, direct_key: str) -> str | None:
+        """The content key a direct-mode key (farm/cache/direct.py) was last recorded with, if any."""
+
+    @abstractmethod
+    def record_direct(self, direct_key: str, key: str) -> None:
+        """Map a direct-mode key to the content key of the library built from those inputs; `forget(key)` removes
+        the entries still pointing at it."""
+
+    @abstractmethod
     def artifact_count(self) -> int: ...
 
     @abstractmethod
@@ -101,8 +110,8 @@ class ArtifactIndex(ABC):
 
     @abstractmethod
     def forget(self, key: str, unused_since: float | None = None) -> bool:
-        """Remove the artifact's entry and every pattern pointing at it, and take its size off the indexed bytes;
-        the caller deletes the object afterwards, so no entry ever points at a missing object. With
+        """Remove the artifact's entry and every pattern and direct-mode key pointing at it, and take its size off
+        the indexed bytes; the caller deletes the object afterwards, so no entry ever points at a missing object. With
         `unused_since`, only if it was not used after that time (a hit that came in since it was chosen for
         eviction keeps it). True if it was removed."""
 

@@ -48,6 +48,7 @@ class MemoryIndex(ClusterIndex):
         self._patterns: dict[tuple[str, str], str] = {}  # (pattern ID, target) -> content key
         self._metas: dict[str, str] = {}  # content key -> ArtifactMeta JSON
         self._last_hit: dict[str, float] = {}
+        self._direct: dict[str, str] = {}  # direct-mode key -> content key
         self._counters: dict[str, float] = {}
         self._hot: dict[str, float] = {}
         self._locks: _Expiring[str] = _Expiring()  # content key -> the task ID holding it
@@ -72,6 +73,14 @@ class MemoryIndex(ClusterIndex):
         with self._guard:
             self._metas[meta.key] = meta.to_json()
             self._patterns[(pattern_id, target)] = meta.key
+
+    def lookup_direct(self, direct_key: str) -> str | None:
+        with self._guard:
+            return self._direct.get(direct_key)
+
+    def record_direct(self, direct_key: str, key: str) -> None:
+        with self._guard:
+            self._direct[direct_key] = key
 
     def touch(self, key: str) -> None:
         with self._guard:
@@ -104,6 +113,8 @@ class MemoryIndex(ClusterIndex):
             self._last_hit.pop(key, None)
             for place in [place for place, pointed in self._patterns.items() if pointed == key]:
                 del self._patterns[place]
+            for direct_key in [direct_key for direct_key, pointed in self._direct.items() if pointed == key]:
+                del self._direct[direct_key]
             return True
 
     # --- Counters, and the base class's composite updates made atomic ---

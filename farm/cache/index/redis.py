@@ -58,11 +58,22 @@ return 0
 """
 # Evict an artifact's entry (the caller deletes its object afterwards): unless it was used after ARGV[2] (when
 # given), remove the index entries still pointing at it (farm:idx:{target} hashes, named from ARGV[3], the
-# prefix, and its refs: one Redis, no cluster slots), its hash and refs, and take its counted size off the
-# indexed bytes, all in one step. Keys: farm:art:{key}, farm:artifacts, farm:counters, farm:refs:{key}.
-# Args: key, unused_since or '', the index prefix. Returns 1 if it was indexed and is gone.
+# prefix, and its refs: one Redis, no cluster slots), the direct-mode keys still pointing at it (named from
+# ARGV[4], their prefix, and farm:directs:{key}), its hash, refs and directs, and take its counted size off the
+# indexed bytes, all in one step. Keys: farm:art:{key}, farm:artifacts, farm:counters, farm:refs:{key},
+# farm:directs:{key}. Args: key, unused_since or '', the index prefix, the direct-mode key prefix. Returns 1 if it
+# was indexed and is gone.
 _FORGET = """
+local function drop_directs()
+  for _, direct in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    if redis.call('GET', ARGV[4] .. direct) == ARGV[1] then
+      redis.call('DEL', ARGV[4] .. direct)
+    end
+  end
+  redis.call('DEL', KEYS[5])
+end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+  drop_directs()
   redis.call('DEL', KEYS[1], KEYS[4])
   return 0
 end
@@ -83,6 +94,7 @@ local counted = redis.call('HGET', KEYS[1], 'counted')
 if counted then
   redis.call('HINCRBYFLOAT', KEYS[3], 'artifact_bytes_indexed', -tonumber(counted))
 end
+drop_directs()
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[4])
 return 1
@@ -181,6 +193,17 @@ class RedisIndex(ClusterIndex):
                 pipe.hincrbyfloat(keys.COUNTERS, name, amount)
             pipe.execute()
 
+    def lookup_direct(self, direct_key: str) -> str | None:
+        value = self._call(lambda: self.r.get(keys.direct(direct_key)))
+        return value.decode() if value else None
+
+    def record_direct(self, direct_key: str, key: str) -> None:
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.set(keys.direct(direct_key), key)
+            pipe.sadd(keys.directs(key), direct_key)
+            pipe.execute()
+
     def touch(self, key: str) -> None:
         self._call(lambda: self.r.hset(keys.artifact(key), "last_hit", time.time()))
 
@@ -212,8 +235,9 @@ class RedisIndex(ClusterIndex):
 
     def forget(self, key: str, unused_since: float | None = None) -> bool:
         since = "" if unused_since is None else repr(unused_since)
-        return bool(self._call(lambda: self._forget(keys=[keys.artifact(key), keys.ARTIFACTS, keys.COUNTERS,
-                                                          keys.refs(key)], args=[key, since, keys.index("")])))
+        return bool(self._call(lambda: self._forget(
+            keys=[keys.artifact(key), keys.ARTIFACTS, keys.COUNTERS, keys.refs(key), keys.directs(key)],
+            args=[key, since, keys.index(""), keys.direct("")])))
 
     def zero_counters(self) -> None:
         self._call(lambda: self._zero(keys=[keys.COUNTERS]))

@@ -36,11 +36,17 @@ SCHEMA = (
                                             PRIMARY KEY (pattern_id, target))""",
     "CREATE TABLE IF NOT EXISTS artifacts (key TEXT PRIMARY KEY, meta TEXT NOT NULL, last_hit REAL)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+    # direct-mode key (farm/cache/direct.py) -> content key; by content key too, so an eviction finds its entries
+    "CREATE TABLE IF NOT EXISTS direct (direct_key TEXT PRIMARY KEY, key TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS direct_by_key ON direct (key)",
 )
 # Raise it with any change to SCHEMA or to what its columns mean: files of another version are recreated.
-SCHEMA_VERSION = 1
-UNVERSIONED = 0  # SQLite's user_version of a new file, and of farm's files from before versions (SCHEMA as it is)
-TABLES = ("patterns", "artifacts", "counters")
+# 2: the direct table.
+SCHEMA_VERSION = 2
+# SQLite's user_version of a new file, and of farm's files from before versions (version 1's tables, to which the
+# direct table is added)
+UNVERSIONED = 0
+TABLES = ("patterns", "artifacts", "counters", "direct")
 SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's companions of a database file, moved aside with it
 
 
@@ -263,6 +269,15 @@ class SQLiteIndex(CacheIndex):
             self._add(db, build_fields(target, meta))
 
     @_recovering
+    def lookup_direct(self, direct_key: str) -> str | None:
+        row = self._db.execute("SELECT key FROM direct WHERE direct_key=?", (direct_key,)).fetchone()
+        return row[0] if row else None
+
+    @_recovering
+    def record_direct(self, direct_key: str, key: str) -> None:
+        self._write("INSERT OR REPLACE INTO direct(direct_key, key) VALUES (?, ?)", direct_key, key)
+
+    @_recovering
     def touch(self, key: str) -> None:
         self._write("UPDATE artifacts SET last_hit=? WHERE key=?", time.time(), key)
 
@@ -296,6 +311,7 @@ class SQLiteIndex(CacheIndex):
                                                        (key, unused_since)).fetchone():
                 return False
             db.execute("DELETE FROM patterns WHERE key=?", (key,))
+            db.execute("DELETE FROM direct WHERE key=?", (key,))
             return db.execute("DELETE FROM artifacts WHERE key=?", (key,)).rowcount > 0
 
     @_recovering
