@@ -67,7 +67,12 @@ class RuleSetWarning(UserWarning):
 class RuleSet:
     rules: tuple[RewriteRule, ...]
     signature: tuple[tuple[str, int], ...]  # operator name and arity; the index is the op id
-    warnings: tuple[RuleWarning, ...] = ()
+
+    @cached_property
+    def warnings(self) -> tuple[RuleWarning, ...]:
+        """Duplicate, shadowed and overlapping rules; found on first use only: compiling and rewriting never
+        ask, so a large ruleset pays for the analysis only when someone reads the warnings."""
+        return tuple(find_overlaps(self.rules))
 
     def make_signature(self) -> Signature:
         return Signature.of(self.signature)
@@ -115,11 +120,11 @@ class Transducer:
                 expanded.append((-rule.priority, order * 2 + sub, rule))
         expanded.sort(key=lambda item: item[:2])
         rules = tuple(replace(rule, index=i) for i, (_, _, rule) in enumerate(expanded))
-        found = tuple(find_overlaps(rules))
+        ruleset = RuleSet(rules, tuple(zip(signature.names, signature.arities)))
         if warn:
-            for w in found:
+            for w in ruleset.warnings:
                 warnings.warn(w.message, RuleSetWarning, stacklevel=2)
-        return RuleSet(rules, tuple(zip(signature.names, signature.arities)), found)
+        return ruleset
 
     def _signature(self) -> Signature:
         sig = Signature.of(self._declared.items())
@@ -225,7 +230,8 @@ def _excludes(expr: object, value: int, constraints: tuple[Constraint, ...]) -> 
     return False
 
 
-# ---- overlap analysis (pairwise within one root operator, as ISLE does) ----
+# ---- overlap analysis (pairwise within one root operator, as ISLE does, among the pairs whose argument heads
+# agree: an index by head symbol, as a discrimination tree's first level) ----
 
 def _map_leaves(expr: PatternExpr, leaf: Callable[[PatternExpr], PatternExpr]) -> PatternExpr:
     """Rebuild the applications of `expr` with `leaf` applied, left to right, to every other node."""
@@ -295,17 +301,54 @@ def _rename(expr: PatternExpr, suffix: str) -> PatternExpr:
 
 
 def find_overlaps(rules: tuple[RewriteRule, ...]) -> list[RuleWarning]:
+    """Every pair of rules of one root operator that duplicate, shadow or overlap each other, in rule order. Only
+    pairs whose arguments' head symbols agree position by position (equal, or a variable on either side) are
+    compared: two patterns that disagree on a head can neither match nor unify, so no warning is lost, and in a
+    large ruleset most pairs disagree (5,000 rules under two root operators: 114 s comparing every pair)."""
     found: list[RuleWarning] = []
     by_root: dict[tuple[str, int], list[RewriteRule]] = defaultdict(list)
     for rule in rules:
         by_root[(rule.source.op, len(rule.source.args))].append(rule)
     for group in by_root.values():
-        for i, first in enumerate(group):
-            for second in group[i + 1:]:
-                w = _compare_pair(first, second)
-                if w:
-                    found.append(w)
+        for i, j in _agreeing_pairs(group):
+            w = _compare_pair(group[i], group[j])
+            if w:
+                found.append(w)
     return found
+
+
+# An argument's head symbol: ("app", op, arity) or ("lit", value, 0); None for a variable (it agrees with any).
+Head = tuple[str, object, int] | None
+
+
+def _head(arg: PatternExpr) -> Head:
+    if isinstance(arg, App):
+        return ("app", arg.op, len(arg.args))
+    if isinstance(arg, Lit):
+        return ("lit", arg.value, 0)
+    return None
+
+
+def _agreeing_pairs(group: list[RewriteRule]) -> list[tuple[int, int]]:
+    """(i, j), i < j, of the rules whose argument heads agree at every position, in order."""
+    heads = [tuple(map(_head, rule.source.args)) for rule in group]
+    width = len(heads[0]) if heads else 0
+    having: list[dict[Head, set[int]]] = [defaultdict(set) for _ in range(width)]  # position -> head -> rules
+    for k, row in enumerate(heads):
+        for position, head in enumerate(row):
+            having[position][head].add(k)
+    pairs: list[tuple[int, int]] = []
+    for j, row in enumerate(heads):
+        agreeing: set[int] | None = None  # None: no position narrows it (every argument a variable)
+        for position, head in enumerate(row):
+            if head is not None:
+                here = having[position][head] | having[position][None]
+                agreeing = here if agreeing is None else agreeing & here
+                if not agreeing:
+                    break
+        pairs.extend((i, j) for i in (range(j) if agreeing is None else agreeing) if i < j)
+    pairs.sort()
+    return pairs
 
 
 def _compare_pair(first: RewriteRule, second: RewriteRule) -> RuleWarning | None:
