@@ -10,7 +10,7 @@ Caps (bytes; the environment variable overrides, e.g. FARM_MAX_TERM_FILE_BYTES=5
   files), and every rule is then compiled; 8 MiB is ~150,000 rules, a hundred times the largest example.
 - term files 128 MiB: parsing costs ~20 MB of memory and ~0.4 s per MB of terms (hash-consed graph), so
   the cap keeps a run under ~3 GB; a Peano numeral a million levels deep is 3 MB.
-- config files 1 MiB: KEY=value lines; a real one is a few hundred bytes.
+- config files 1 MiB: TOML `name = value` lines; a real one is a few hundred bytes.
 """
 
 from __future__ import annotations
