@@ -239,8 +239,11 @@ def read_config_file(path: Path) -> dict[str, tuple[str, int]]:
         raise ConfigError(f"{path}:{where[1] if where else '?'}: {reason}: expected TOML, `name = value` with strings "
                           'in quotes (e.g. cache_dir = "/srv/farm")') from None
     lines = text.splitlines()
-    return {_setting_name(key): (_setting_text(path, key, value, _line_of(lines, key)), _line_of(lines, key))
-            for key, value in document.items()}
+    settings: dict[str, tuple[str, int]] = {}
+    for key, value in document.items():
+        line = _line_of(lines, key)
+        settings[_setting_name(key)] = (_setting_text(path, key, value, line), line)
+    return settings
 
 
 def _setting_name(key: str) -> str:
