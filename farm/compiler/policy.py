@@ -67,12 +67,15 @@ def check_size(ir_text: str, source: str) -> None:
 
 
 def parse_ir(ir_text: str, source: str = "module") -> Any:
-    """LLVM's (llvmlite's) parse of the text, verified, after the size cap: a ModuleRef."""
+    """LLVM's (llvmlite's) parse of the text, verified, after the size cap: a ModuleRef.
+
+    Each module gets an LLVM context of its own (the ModuleRef keeps it alive): a context is not thread-safe, and
+    a background build (farm/cache/tiered.py) parses while the calling thread compiles other modules."""
     import llvmlite.binding as llvm
 
     check_size(ir_text, source)
     try:
-        module = llvm.parse_assembly(ir_text)
+        module = llvm.parse_assembly(ir_text, llvm.create_context())
         module.verify()
     except RuntimeError as exc:
         raise StageFailed("parse", 1, f"{source}: {exc}") from None
@@ -84,7 +87,7 @@ def parse_bitcode(data: bytes, source: str = "module") -> Any:
     import llvmlite.binding as llvm
 
     try:
-        return llvm.parse_bitcode(data)
+        return llvm.parse_bitcode(data, llvm.create_context())
     except RuntimeError as exc:
         raise StageFailed("parse", 1, f"{source}: {exc}") from None
 

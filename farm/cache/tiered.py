@@ -1,0 +1,72 @@
+"""Tiered compilation: a ruleset that has no library yet runs at once from memory while its library is built.
+
+Tier 0 is the ruleset compiled inside this process by llvmlite at -O0 (fast instruction selection, no pass
+pipeline: about a tenth of an optimised compile) and linked in memory: no files, no linker. At the same time a
+background thread builds the shippable library (the configured path and -O level, stored and indexed as any
+build), for the next process and for other nodes. When it lands, the engine moves the ruleset to it: later
+calls run the optimised code. Normal forms are the same on both tiers; only the speed differs.
+
+A background build that fails leaves tier 0 serving; the failure is logged and counted like any failed build.
+The build threads are not daemons: a process that exits waits for them, so the library it started lands.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+from farm.cache.builder import Artifact
+from farm.errors import FarmError
+
+log = logging.getLogger(__name__)
+
+TIER0_OPT_LEVEL = 0
+
+class BackgroundBuilds:
+    """The libraries being built, one at a time, for rulesets already running from memory, by the engine's key."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: dict[object, Future[Artifact]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: object, build: Callable[[], Artifact], what: str) -> None:
+        """Run build() in the background unless a build for `key` is running already."""
+        with self._lock:
+            if key in self._running:
+                return
+            if self._pool is None:  # one thread: a build already uses every core (the staged tools in parallel)
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-tier-up")
+            future = self._pool.submit(build)
+            self._running[key] = future
+        future.add_done_callback(lambda done: _log_failure(done, what))
+
+    def landed(self, key: object) -> Artifact | None:
+        """The library built for `key`, once (it is forgotten after); None while it builds, or if it failed."""
+        with self._lock:
+            future = self._running.get(key)
+            if future is None or not future.done():
+                return None
+            del self._running[key]
+        return None if future.exception() is not None else future.result()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the builds started so far; True when none is left running."""
+        with self._lock:
+            futures = list(self._running.values())
+        return not wait(futures, timeout).not_done
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(not future.done() for future in self._running.values())
+
+
+def _log_failure(future: Future[Artifact], what: str) -> None:
+    exc = future.exception()
+    if isinstance(exc, FarmError):
+        log.warning("the library of %s could not be built in the background; it keeps running from memory: %s",
+                    what, exc)
+    elif exc is not None:
+        log.error("the background build of %s failed", what, exc_info=exc)
