@@ -69,8 +69,10 @@ def check_size(ir_text: str, source: str) -> None:
 def parse_ir(ir_text: str, source: str = "module") -> Any:
     """LLVM's (llvmlite's) parse of the text, verified, after the size cap: a ModuleRef.
 
-    Each module gets an LLVM context of its own (the ModuleRef keeps it alive): a context is not thread-safe, and
-    a background build (farm/cache/tiered.py) parses while the calling thread compiles other modules."""
+    Each module gets an LLVM context of its own (the ModuleRef keeps it alive): what LLVM interns while reading it
+    (types, constants, metadata) goes with the module, rather than growing the global context for the life of the
+    process, and a background build (farm/cache/tiered.py) shares no LLVM state with the calling thread (llvmlite
+    serialises its calls, not the calls' effects on a shared context)."""
     import llvmlite.binding as llvm
 
     check_size(ir_text, source)

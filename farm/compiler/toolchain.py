@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -488,31 +487,21 @@ def remove_stale_build_dirs(work_dir: Path) -> list[Path]:
     return removed
 
 
-_LLVM_INIT = threading.Lock()
 _llvm_ready = False
-# Target machines are not shared between threads (a background build emits while the caller compiles in memory)
-_MACHINES = threading.local()
+_MACHINES: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
 
 def _machine(target: Target, opt_level: int) -> tuple[Any, Any]:
-    """One target machine and pass builder per thread and (triple, CPU, features, level), reused for every
-    module that thread emits."""
+    """One target machine and pass builder per (triple, CPU, features, level), reused for every module."""
     import llvmlite.binding as llvm
 
-    global _llvm_ready
-    with _LLVM_INIT:
-        if not _llvm_ready:
-            llvm.initialize_all_targets()
-            llvm.initialize_all_asmprinters()
-            _llvm_ready = True
-    machines: dict[tuple[str, str, str, int], tuple[Any, Any]] = _MACHINES.__dict__.setdefault("by_key", {})
     key = (target.triple, target.cpu, target.features, opt_level)
-    if key not in machines:
+    if key not in _MACHINES:
         machine = llvm.Target.from_triple(target.triple).create_target_machine(
             cpu=target.cpu, features=target.features, opt=opt_level, reloc="pic", codemodel="default")
         tuning = llvm.create_pipeline_tuning_options(speed_level=opt_level)
-        machines[key] = (machine, llvm.create_pass_builder(machine, tuning) if opt_level else None)
-    return machines[key]
+        _MACHINES[key] = (machine, llvm.create_pass_builder(machine, tuning) if opt_level else None)
+    return _MACHINES[key]
 
 
 def _add(total: dict[str, float], more: dict[str, float]) -> None:
@@ -538,6 +527,13 @@ def emit_object_in_process(ir_text: str, target: Target, opt_level: int, source:
 
 def emit_module(module: Any, target: Target, opt_level: int) -> tuple[bytes, dict[str, float]]:
     """Optimise and emit a parsed module the policy has already checked."""
+    import llvmlite.binding as llvm
+
+    global _llvm_ready
+    if not _llvm_ready:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        _llvm_ready = True
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     machine, builder = _machine(target, opt_level)
