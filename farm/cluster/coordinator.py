@@ -360,10 +360,14 @@ def _no_worker(target: str, since: str = "") -> NoWorkerForTarget:
 @contextmanager
 def _broker_errors(config: FarmConfig) -> Iterator[None]:
     from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     try:
         yield
-    except (OperationalError, ConnectionError) as exc:
+    # kombu wraps most of the broker's errors; redis-py's own can still come through (the result backend's
+    # subscription to a task as it is published), and they are not the built-in ConnectionError
+    except (OperationalError, ConnectionError, RedisConnectionError, RedisTimeoutError) as exc:
         raise BackendUnavailable(f"the broker at {masked(config.broker_url or '')} is unreachable: {exc}") from None
 
 
