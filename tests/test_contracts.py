@@ -14,7 +14,16 @@ import pytest
 
 from farm.cache.backends import make_store
 from farm.cache.engine import Engine
-from farm.cache.index import GONE, STORED, CacheIndex, Claim, ClusterIndex, IndexedArtifact, WorkerStatus
+from farm.cache.index import (
+    GONE,
+    STORED,
+    UNKNOWN,
+    CacheIndex,
+    Claim,
+    ClusterIndex,
+    IndexedArtifact,
+    WorkerStatus,
+)
 from farm.cache.index.memory import MemoryIndex
 from farm.cache.index.redis import RedisIndex
 from farm.cache.index.sqlite import SQLiteIndex
@@ -324,9 +333,9 @@ def test_a_request_is_a_miss_that_takes_the_lock_until_the_artifact_is_indexed(c
     _, meta = artifact(tmp_path)
     request = lambda pattern, task, evidence: coordination.hit_or_acquire(  # noqa: E731
         meta.key, pattern, "x86-64", task, 60, evidence)
-    assert request("p", "task-1", STORED) == Claim(holder="task-1")  # not indexed, whatever the store says
+    assert request("p", "task-1", UNKNOWN) == Claim(holder="task-1")  # not indexed: nothing to ask the store
     assert request("q", "task-2", meta.sha256) == Claim(holder="task-1")  # the one to wait on
-    assert request("p", "task-1", GONE) == Claim(holder="task-1")  # a retried attempt knows its own lock
+    assert request("p", "task-1", STORED) == Claim(holder="task-1")  # a retried attempt knows its own lock
     assert coordination.inflight() == 1 and coordination.lookup("p", "x86-64") is None
     counters = coordination.counters()
     assert (counters["requests"], counters["misses"], counters.get("hits", 0)) == (3, 3, 0)
@@ -350,8 +359,8 @@ def test_a_request_hits_on_the_nodes_copy_only_if_it_is_the_indexed_library(coor
         meta.key, "p", "x86-64", task, 60, evidence)
     assert request(meta.sha256) == Claim(meta)  # the node's copy is the library: no need to ask the store
     before = coordination.counters()
-    unsettled = request("0" * 64)  # other bytes: nothing counted, no lock taken; the caller asks the store
-    assert unsettled == Claim() and unsettled.unsettled
+    for evidence in ("0" * 64, UNKNOWN):  # other bytes, or no copy: nothing counted or taken; the caller asks the store
+        assert request(evidence) == Claim() and Claim().unsettled
     assert coordination.counters() == before and coordination.inflight() == 0
     assert request(GONE) == Claim(holder="task-1")  # indexed, but the store lost the object: a miss, rebuilt
     assert request(STORED, "task-2") == Claim(meta)  # while it is rebuilt, another node may still hit

@@ -366,7 +366,10 @@ def asked_store(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> li
 def test_a_node_holding_the_indexed_library_hits_without_asking_the_store(farm: Farm,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     request = request_for("held")
-    built = farm.coordinator().request(request, timeout=30)
+    first = farm.coordinator()
+    asked = asked_store(first, monkeypatch)
+    built = first.request(request, timeout=30)
+    assert built.status == Status.COMPILED and asked == []  # a miss (not indexed) asks the store nothing
     holder = farm.coordinator("worker-x86-64")  # on the node whose worker built it, so it holds a copy
     asked = asked_store(holder, monkeypatch)
     farm.bucket.delete(built.key)  # the store lost it: a node holding a copy still serves it

@@ -20,7 +20,7 @@ from farm.cache import keys
 from farm.cache.backends import make_store
 from farm.cache.builder import ArtifactBuilder, check_pattern_id
 from farm.cache.counting import best_effort
-from farm.cache.index import GONE, STORED, Claim, ClusterIndex, Coordination
+from farm.cache.index import GONE, STORED, UNKNOWN, ClusterIndex, Coordination
 from farm.cache.index.redis import RedisIndex
 from farm.cache.store import ArtifactMeta, ArtifactStore
 from farm.cluster.heartbeat import HEARTBEAT_SECONDS, Heartbeat, worker_status
@@ -198,17 +198,16 @@ class Coordinator:
     def _hit_or_lock(self, req: CompileRequest, mine: str) -> tuple[ArtifactMeta | None, str, Any]:
         """A shared hit; or the task ID to wait on, with the message to send if that task is ours.
 
-        One index round trip decides and counts it (ClusterIndex.hit_or_acquire). A node that holds a copy of the
-        indexed library (the bytes the index's sha256 names, hashed now) asks the store nothing: it can serve the
-        artifact whatever the store holds, and a store that lost the object is repaired by the first request from a
-        node without a copy (a HEAD finds it gone: a miss, rebuilt), or by a builder's fetch. Any other node asks the
-        store first (a HEAD), so an object lost from it is a miss and is rebuilt."""
+        One index round trip decides and counts a miss (taking the lock), or a hit on a node that holds a copy of
+        the indexed library (the bytes the index's sha256 names, hashed now): such a node asks the store nothing. It
+        can serve the artifact whatever the store holds; a store that lost the object is repaired by the first
+        request from a node without a copy, or by a builder's fetch. A node without a copy asks the store (a HEAD)
+        about an indexed artifact before it counts a hit, so an object the store lost is a miss and is rebuilt."""
         key, versions = self.key_for(req)
         claim = partial(self.index.hit_or_acquire, key, req.pattern_id, req.target, mine,
                         self.config.task_time_limit * 2)
-        held = self.store.held_sha256(key)
-        found = claim(held) if held is not None else Claim()
-        if found.unsettled:  # no copy here, or not the indexed bytes: the store says whether the object is there
+        found = claim(self.store.held_sha256(key) or UNKNOWN)
+        if found.unsettled:  # indexed, and no copy of it here: the store says whether the object is there
             found = claim(STORED if self.store.exists(key) else GONE)
         if found.meta is not None:
             return found.meta, "", None

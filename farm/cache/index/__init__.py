@@ -262,16 +262,19 @@ class Coordination(ABC):
 
 
 # What a caller of ClusterIndex.hit_or_acquire knows of an artifact's object: the shared store has it (STORED), it
-# does not (GONE); or, instead of either, the sha256 of the copy this node holds (ArtifactStore.held_sha256).
+# does not (GONE), nothing yet (UNKNOWN: no copy here, the store not asked); or the sha256 of the copy this node
+# holds (ArtifactStore.held_sha256).
 STORED = "stored"
 GONE = "gone"
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
 class Claim:
     """What ClusterIndex.hit_or_acquire decided: a hit (`meta`); a miss (`holder`: the task that builds the artifact,
-    the caller's or another's); or neither, when the copy this node holds is not the library the index names: nothing
-    was counted or taken, and the caller asks the shared store and calls again."""
+    the caller's or another's); or neither (`unsettled`), when the artifact is indexed but what the caller knows
+    does not vouch for its object: nothing was counted or taken, and the caller asks the shared store and calls
+    again with STORED or GONE."""
 
     meta: ArtifactMeta | None = None
     holder: str = ""
@@ -291,10 +294,10 @@ class ClusterIndex(CacheIndex, Coordination):
                        evidence: str) -> Claim:
         """A coordinator's request for `key`, decided and counted in one step (RedisIndex: one round trip). A hit
         when the index has the artifact's metadata (in this format) and `evidence` vouches for its object: STORED, or
-        the sha256 of this node's copy when the metadata names those bytes; counted as note_hit(hot=True). GONE, or
-        no usable metadata: a miss, counted as note_miss, and the single-flight lock taken as acquire() takes it.
-        A node's copy of other bytes than the indexed ones settles nothing (Claim.unsettled). Backends make this
-        atomic; this composition of the other methods is what it does."""
+        the sha256 of this node's copy when the metadata names those bytes; counted as note_hit(hot=True). No usable
+        metadata, or GONE: a miss, counted as note_miss, and the single-flight lock taken as acquire() takes it.
+        Indexed, with UNKNOWN or a copy of other bytes: Claim.unsettled. Backends make this atomic; this composition
+        of the other methods is what it does."""
         try:
             meta = self.meta(key)
         except IntegrityError:  # unreadable metadata: a miss, rebuilt and indexed again, as another format's

@@ -77,11 +77,11 @@ return 0
 """
 # A coordinator's request, decided and counted in one round trip (ClusterIndex.hit_or_acquire). A hit when the
 # metadata decodes, is of this format and ARGV[4] vouches for the object ('stored', or the sha256 of the node's copy
-# when the metadata names those bytes): indexed and counted as note_hit(hot=True) does, returning {1, meta}. A copy of
-# other bytes: {2}, nothing done. Otherwise ('gone', no usable metadata) a miss, counted as note_miss does, and the
-# lock taken: {0, holder}. Keys: farm:art:{key}, farm:artifacts, farm:idx:{target}, farm:counters, farm:refs:{key},
-# farm:hot, farm:lock:{key}, farm:locks. Args: key, pattern ID, target, evidence, format version, now (the last-hit
-# time, the caller's clock as touch() writes it), task ID, lock TTL (ms).
+# when the metadata names those bytes): indexed and counted as note_hit(hot=True) does, returning {1, meta}. No usable
+# metadata, or 'gone': a miss, counted as note_miss does, and the lock taken: {0, holder}. Otherwise ('unknown', a
+# copy of other bytes): {2}, nothing done. Keys: farm:art:{key}, farm:artifacts, farm:idx:{target}, farm:counters,
+# farm:refs:{key}, farm:hot, farm:lock:{key}, farm:locks. Args: key, pattern ID, target, evidence, format version,
+# now (the last-hit time, the caller's clock as touch() writes it), task ID, lock TTL (ms).
 _HIT_OR_ACQUIRE = _RECORD_FN + _ACQUIRE_FN + """
 local function usable(text)
   local ok, meta = pcall(cjson.decode, text)
