@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import gen_rules  # noqa: E402
 
 from bench import maude, startup, tiered  # noqa: E402
-from bench.cluster import hit_latency, prewarm  # noqa: E402
+from bench.cluster import hit_latency, p50_p99_ms, prewarm  # noqa: E402
 from farm.cache.engine import Engine, load_native  # noqa: E402
 from farm.cache.jit import JitCompiler, JitConfig  # noqa: E402
 from farm.config import FarmConfig  # noqa: E402
@@ -217,10 +217,11 @@ def p5(tmp: Path, count: int) -> dict[str, Any]:
 def p3(tmp: Path, patterns: int) -> dict[str, Any]:
     one, count = prewarm(1, patterns // 2, 3, tmp / "p3-one")
     two, _ = prewarm(2, patterns // 2, 3, tmp / "p3-two")
-    samples = sorted(hit_latency(1000, tmp / "p3-hits"))
+    samples = hit_latency(1000, tmp / "p3-hits")
+    (held_p50, held_p99), (unheld_p50, unheld_p99) = p50_p99_ms(samples["held"]), p50_p99_ms(samples["unheld"])
     return {"artifacts": count, "one_worker_s": one, "two_workers_s": two, "speedup": one / two,
-            "shared_hit_p50_ms": statistics.median(samples) * 1000,
-            "shared_hit_p99_ms": samples[int(len(samples) * 0.99) - 1] * 1000}
+            "shared_hit_p50_ms": held_p50, "shared_hit_p99_ms": held_p99,  # a node holding the artifacts (goal 5)
+            "shared_hit_unheld_p50_ms": unheld_p50, "shared_hit_unheld_p99_ms": unheld_p99}
 
 
 TARGETS = [
@@ -230,7 +231,7 @@ TARGETS = [
     ("P1 1000-rule batch vs one-at-a-time staged, per rule (x)", lambda r: r["P1"]["batch_vs_one_at_a_time_staged"],
      ">=", 50),
     ("P2 in-process LRU hit (median us)", lambda r: r["P2"]["lru_hit_median_us"], "<=", 20),
-    ("P2 shared hit p99 (ms)", lambda r: r["P3"]["shared_hit_p99_ms"], "<=", 5),
+    ("P2 shared hit p99, node holding the artifact (ms)", lambda r: r["P3"]["shared_hit_p99_ms"], "<=", 5),
     ("P3 two workers vs one, pre-warm throughput (x)", lambda r: r["P3"]["speedup"], ">=", 1.8),
     ("P4 native vs interpreter (x)", lambda r: r["P4"]["native_vs_interpreter_end_to_end"], ">=", 100),
     ("P4 1000-rule vs 10-rule native throughput (x)", lambda r: r["P4"]["ratio_1000_vs_10"], ">=", 0.5),
@@ -247,9 +248,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# farm benchmark report ({report['when']}, {report['machine']})", "",
              "| target | measured | goal | met |", "|---|---|---|---|"]
     for name, get, op, goal in TARGETS:
-        if name.split()[0] not in report:  # left out (--only)
+        try:
+            value = get(report)
+        except KeyError:  # its section was left out (--only); the shared hit row reads P3's figures
             continue
-        value = get(report)
         met = value <= goal if op == "<=" else value >= goal
         lines.append(f"| {name} | {value:,.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
     lines += ["", "## Details", "", "```json", json.dumps({k: v for k, v in report.items() if k.startswith("P")},

@@ -79,7 +79,7 @@ class Rewrite(Command):
         if args.stats:
             err.print(_firings_table(ruleset, result))
         if engine.background.pending():  # the results are out; the library lands for the next process
-            err.print("storing the compiled library for the next run…", highlight=False)
+            err.print("storing the compiled library for the next run...", highlight=False)
             engine.wait_for_builds()
         return EXIT_FAILED if failed else EXIT_OK
 

@@ -120,5 +120,19 @@ class ArtifactStore(ABC):
     def local_path(self, key: str) -> Path:
         """Where this node keeps its copy of the .so (valid right after put)."""
 
+    def held_sha256(self, key: str) -> str | None:
+        """The sha256 of this node's own copy of the .so, hashed now, or None when it keeps none (or none it can
+        read): with a shared store, what a hit can be decided on without asking the store (the caller compares it
+        with the indexed sha256). Costs reading the copy, no round trip."""
+        from farm.runtime.loader import sha256_file
+
+        path = self.local_path(key)
+        try:
+            return sha256_file(path)
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.info("cannot read this node's copy %s, asking the store instead: %s", path, exc)
+            return None
+
     @abstractmethod
     def delete(self, key: str) -> None: ...
