@@ -8,12 +8,19 @@ calls run the optimised code. Normal forms are the same on both tiers; only the 
 
 A background build that fails leaves tier 0 serving; the failure is logged and counted like any failed build.
 The build threads are not daemons: a process that exits waits for them, so the library it started lands.
+
+Threads and LLVM: llvmlite serialises every call into LLVM with one lock, so the build thread's reading back and
+checking of modules and the calling thread's in-memory compiles share LLVM's global context one call at a time.
+The staged tools the build thread starts are forked while the caller may hold that lock; the child runs no LLVM
+code before exec (only the resource limits), and nothing of LLVM is kept in thread-local storage, which a forked
+child clears.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
@@ -23,6 +30,12 @@ from farm.errors import FarmError
 log = logging.getLogger(__name__)
 
 TIER0_OPT_LEVEL = 0
+_EVERY: weakref.WeakSet[BackgroundBuilds] = weakref.WeakSet()
+
+
+def wait_for_all(timeout: float | None = None) -> bool:
+    """Wait for the background builds of every engine of this process (a test suite, between its cases)."""
+    return all([builds.wait(timeout) for builds in list(_EVERY)])
 
 class BackgroundBuilds:
     """The libraries being built, one at a time, for rulesets already running from memory, by the engine's key."""
@@ -31,6 +44,7 @@ class BackgroundBuilds:
         self._pool: ThreadPoolExecutor | None = None
         self._running: dict[object, Future[Artifact]] = {}
         self._lock = threading.Lock()
+        _EVERY.add(self)
 
     def start(self, key: object, build: Callable[[], Artifact], what: str) -> None:
         """Run build() in the background unless a build for `key` is running already."""

@@ -67,17 +67,12 @@ def check_size(ir_text: str, source: str) -> None:
 
 
 def parse_ir(ir_text: str, source: str = "module") -> Any:
-    """LLVM's (llvmlite's) parse of the text, verified, after the size cap: a ModuleRef.
-
-    Each module gets an LLVM context of its own (the ModuleRef keeps it alive): what LLVM interns while reading it
-    (types, constants, metadata) goes with the module, rather than growing the global context for the life of the
-    process, and a background build (farm/cache/tiered.py) shares no LLVM state with the calling thread (llvmlite
-    serialises its calls, not the calls' effects on a shared context)."""
+    """LLVM's (llvmlite's) parse of the text, verified, after the size cap: a ModuleRef."""
     import llvmlite.binding as llvm
 
     check_size(ir_text, source)
     try:
-        module = llvm.parse_assembly(ir_text, llvm.create_context())
+        module = llvm.parse_assembly(ir_text)
         module.verify()
     except RuntimeError as exc:
         raise StageFailed("parse", 1, f"{source}: {exc}") from None
@@ -89,7 +84,7 @@ def parse_bitcode(data: bytes, source: str = "module") -> Any:
     import llvmlite.binding as llvm
 
     try:
-        return llvm.parse_bitcode(data, llvm.create_context())
+        return llvm.parse_bitcode(data)
     except RuntimeError as exc:
         raise StageFailed("parse", 1, f"{source}: {exc}") from None
 
