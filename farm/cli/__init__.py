@@ -1,41 +1,84 @@
 """The `farm` command. Each subcommand is a `Command` in the module of its group (build, rewrite, stats, cluster,
-keys), owning its options; this module lists them, parses, runs one, and turns an expected failure into one clear
-line and an exit code (the traceback only with -v)."""
+cache, config, keys), owning its options; this module lists them (pip-style: a table of names, modules and
+summaries, a command's module imported only when it runs or its help is asked for), parses, runs one, and turns an
+expected failure into one clear line and an exit code (the traceback only with -v)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 import traceback
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, NamedTuple
 
-from rich.markup import escape
-
-from farm.cli.build import Codegen, Compile, Targets
-from farm.cli.cache import Cache
-from farm.cli.cluster import Hot, Prewarm, Pull, Worker, Workers
-from farm.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Command, err
-from farm.cli.config import Config
-from farm.cli.keys import Keygen
-from farm.cli.rewrite import Rewrite, Verify
-from farm.cli.stats import Exporter, Stats, Top
+from farm.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Command
+from farm.cli.console import say
 from farm.errors import FarmError
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "load_command", "main"]
+
+
+class CommandInfo(NamedTuple):
+    module: str  # farm.cli.<group>
+    class_name: str
+    summary: str  # the one line of `farm --help`, and the command's description
+
 
 # In the order `farm --help` lists them.
-COMMANDS: tuple[Command, ...] = (Compile(), Rewrite(), Verify(), Codegen(), Stats(), Top(), Exporter(), Cache(),
-                                 Prewarm(), Pull(), Hot(), Worker(), Workers(), Targets(), Config(), Keygen())
+COMMANDS: dict[str, CommandInfo] = {
+    "compile": CommandInfo("farm.cli.build", "Compile", "compile a rule file to a shared library"),
+    "rewrite": CommandInfo("farm.cli.rewrite", "Rewrite", "rewrite the terms of a file to normal form"),
+    "verify": CommandInfo("farm.cli.rewrite", "Verify",
+                          "differential check: native == interpreter == oracle on random terms"),
+    "codegen": CommandInfo("farm.cli.build", "Codegen", "emit a ruleset as LLVM IR, Rust or OpenQASM 3 text"),
+    "stats": CommandInfo("farm.cli.stats", "Stats", "cache and compilation statistics"),
+    "top": CommandInfo("farm.cli.stats", "Top", "a live terminal view of the statistics"),
+    "exporter": CommandInfo("farm.cli.stats", "Exporter", "serve the farm's metrics to Prometheus"),
+    "cache": CommandInfo("farm.cli.cache", "Cache", "list, show, collect (gc) and clear the artifact caches"),
+    "prewarm": CommandInfo("farm.cli.cluster", "Prewarm",
+                           "cluster: compile every rule of a hot list for some targets, in batches"),
+    "pull": CommandInfo("farm.cli.cluster", "Pull",
+                        "cluster: fetch, verify and load the best artifact of a pattern for this host"),
+    "hot": CommandInfo("farm.cli.cluster", "Hot", "cluster: the hottest patterns"),
+    "worker": CommandInfo("farm.cli.cluster", "Worker", "cluster: run a Celery worker for some targets"),
+    "workers": CommandInfo("farm.cli.cluster", "Workers",
+                           "cluster: the live workers, their targets, toolchains and load"),
+    "targets": CommandInfo("farm.cli.build", "Targets", "list compilation targets"),
+    "config": CommandInfo("farm.cli.config", "Config", "the effective configuration and where each value comes from"),
+    "keygen": CommandInfo("farm.cli.keys", "Keygen",
+                          "make an Ed25519 key pair: PREFIX.key signs (builders), PREFIX.pub verifies (nodes)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def load_command(name: str) -> Command:
+    """The command `name`, its module imported."""
+    info = COMMANDS[name]
+    command: Command = getattr(importlib.import_module(info.module), info.class_name)(name, info.summary)
+    return command
+
+
+def build_parser(loaded: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """`farm`'s parser. Every command is listed with its summary; only those of `loaded` (None: all) are imported
+    and given their options: those the command line can run or ask help for (see `named_command`)."""
     parser = argparse.ArgumentParser(prog="farm", description="Compile term-rewrite rules to native code.",
                                      epilog=EXIT_CODES)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action=_Version, help="print farm's version and exit")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in COMMANDS:
-        command.register(subparsers)
+    for name, info in COMMANDS.items():
+        if loaded is None or name in loaded:
+            load_command(name).register(subparsers)
+        else:  # listed by `farm --help`; never parsed (the command line names another command)
+            subparsers.add_parser(name, help=info.summary)
     return parser
+
+
+def named_command(argv: Sequence[str]) -> set[str]:
+    """The command a command line names: its first argument that is not an option, as farm's own options (-v,
+    --version, -h) take no value; none when it is not a command (argparse then reports it)."""
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    return {name} if name in COMMANDS else set()
 
 
 EXIT_CODES = ("exit codes: 0 done; 1 a check or a rewrite failed (a mismatch, a term without a normal form, a "
@@ -73,11 +116,12 @@ def _error_message(exc: Exception) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     verbose = False
     try:
-        args = build_parser().parse_args(argv)
+        arguments = sys.argv[1:] if argv is None else argv
+        args = build_parser(named_command(arguments)).parse_args(arguments)
         verbose = args.verbose
         return args.handler(args)  # the command's run, set by Command.register
     except KeyboardInterrupt:  # Ctrl-C is how `farm top` and the exporter are stopped: no traceback
-        err.print("farm: interrupted", highlight=False)
+        say("farm: interrupted")
         return EXIT_INTERRUPTED
     except (FarmError, OSError, ModuleNotFoundError) as exc:
         message = _error_message(exc)
@@ -85,5 +129,5 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if verbose:
             traceback.print_exc()
-        err.print(f"[red]farm: error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line
+        say(f" {message}", lead="farm: error:", style="red")  # one line
         return EXIT_ERROR
