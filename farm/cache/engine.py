@@ -13,7 +13,6 @@ from farm.cache.builder import Artifact, ArtifactBuilder
 from farm.cache.counting import best_effort
 from farm.cache.signing import TrustedKeys
 from farm.cache.signing import verify as verify_signature
-from farm.compiler.toolchain import ObjectCache
 from farm.config import FarmConfig
 from farm.errors import (
     FarmError,
@@ -77,8 +76,7 @@ class Engine:
         key = (resolved.name, opt)
         compiler = self._in_memory.get(key)
         if compiler is None:
-            compiler = self._in_memory[key] = InMemoryCompiler(
-                resolved, opt, self.builder.toolchain.object_cache or ObjectCache(self.config.cache_dir / "objcache"))
+            compiler = self._in_memory[key] = InMemoryCompiler(resolved, opt, self.builder.objects)
         return compiler.load(ruleset)
 
     def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:

@@ -160,7 +160,7 @@ class Targets(Command):
         add_json(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from farm.compiler.toolchain import find_tool
+        from farm.compiler.tools import find_tool
         from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
         try:

@@ -26,7 +26,7 @@ from farm.cache.store import ArtifactMeta, ArtifactStore
 from farm.cluster.heartbeat import HEARTBEAT_SECONDS, Heartbeat, worker_status
 from farm.cluster.messages import CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.compiler.codegen.llvm import ruleset_parts, runtime_ir
-from farm.compiler.toolchain import artifact_key
+from farm.compiler.tools import artifact_key
 from farm.config import FarmConfig, masked
 from farm.errors import (
     BackendUnavailable,
