@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,6 +166,10 @@ class SQLiteIndex(CacheIndex):
             raise WorkDirError(f"cannot open the cache index {self.path}: {exc.strerror or exc}") from None
         self._identity = _file_identity(self.path)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        # Closed when this index goes, or at exit if it is still there: a connection is in a reference cycle (its
+        # statement cache), which only the cyclic collector would otherwise close; closing the last connection
+        # checkpoints the WAL into the file.
+        weakref.finalize(self, db.close)
         try:
             version = _check_file(db)  # before writing anything: a file that is not farm's is moved aside as it was
             db.execute("PRAGMA journal_mode=WAL")
