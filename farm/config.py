@@ -97,6 +97,8 @@ def max_memory_from_env() -> int:
 
 @dataclass
 class FarmConfig:
+    """farm's settings, each with its embedded default (`from_env` reads the environment and config file)."""
+
     cache_dir: Path = field(default_factory=_default_cache_dir)
     work_dir: Path | None = None  # temp build dirs; defaults to cache_dir / "work"
     target: str = "native"

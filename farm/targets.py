@@ -16,6 +16,8 @@ _X86_V4 = _X86_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 
 @dataclass(frozen=True)
 class Target:
+    """A CPU target: what llc compiles for (triple, CPU, features), and the CPU flags a host needs to run it."""
+
     name: str
     triple: str
     cpu: str

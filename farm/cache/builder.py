@@ -69,6 +69,8 @@ def build_lock(cache_dir: Path, key: str) -> AbstractContextManager[None]:
 
 @dataclass
 class Artifact:
+    """A library a request got: its metadata and local path, and whether it came from the store."""
+
     meta: ArtifactMeta
     path: Path
     cached: bool  # served from the store rather than compiled now

@@ -37,6 +37,8 @@ class FallbackWarning(UserWarning):
 
 @dataclass(frozen=True)
 class CompileJob:
+    """One compile of a batch (`Engine.compile_many`)."""
+
     ruleset: RuleSet
     pattern_id: str
     target: str

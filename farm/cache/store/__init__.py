@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ArtifactMeta:
+    """What is known of a stored library: its key, bytes, target, toolchain, ruleset and build."""
+
     key: str
     sha256: str
     size: int
