@@ -10,7 +10,7 @@ import atexit
 import gc
 import importlib
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from farm.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Command
@@ -59,27 +59,36 @@ def load_command(name: str) -> Command:
     return command
 
 
-def build_parser(loaded: Collection[str] | None = None) -> argparse.ArgumentParser:
-    """`farm`'s parser. Every command is listed with its summary; only those of `loaded` (None: all) are imported
-    and given their options: those the command line can run or ask help for (see `named_command`)."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """`farm`'s parser for a command line (None: for any). Usage lines name every command, and the command the line
+    runs has its options (its module imported); the others are imported only for `None`. When nothing but -v
+    comes before the command, only that command is registered: nothing else can show."""
     parser = argparse.ArgumentParser(prog="farm", description="Compile term-rewrite rules to native code.",
                                      epilog=EXIT_CODES)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action=_Version, help="print farm's version and exit")
+    if argv is not None and (only := named_command(argv)) is not None:  # the metavar argparse makes of all names
+        load_command(only).register(parser.add_subparsers(dest="command", required=True,
+                                                          metavar=f"{{{','.join(COMMANDS)}}}"))
+        return parser
+    # `farm --help`, a typo, other options first (-h, --version, abbreviations): every command is listed, and the
+    # one argparse will run (the first argument that is not an option: farm's options take no value) registered.
+    runs = None if argv is None else next((arg for arg in argv if not arg.startswith("-")), "")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, info in COMMANDS.items():
-        if loaded is None or name in loaded:
+        if runs is None or name == runs:
             load_command(name).register(subparsers)
-        else:  # listed by `farm --help`; never parsed (the command line names another command)
+        else:
             subparsers.add_parser(name, help=info.summary)
     return parser
 
 
-def named_command(argv: Sequence[str]) -> set[str]:
-    """The command a command line names: its first argument that is not an option, as farm's own options (-v,
-    --version, -h) take no value; none when it is not a command (argparse then reports it)."""
-    name = next((arg for arg in argv if not arg.startswith("-")), None)
-    return {name} if name in COMMANDS else set()
+def named_command(argv: Sequence[str]) -> str | None:
+    """The command a command line runs when nothing but -v comes before it; else None."""
+    for arg in argv:
+        if arg not in ("-v", "--verbose"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 EXIT_CODES = ("exit codes: 0 done; 1 a check or a rewrite failed (a mismatch, a term without a normal form, a "
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = False
     try:
         arguments = sys.argv[1:] if argv is None else argv
-        args = build_parser(named_command(arguments)).parse_args(arguments)
+        args = build_parser(arguments).parse_args(arguments)
         verbose = args.verbose
         return args.handler(args)  # the command's run, set by Command.register
     except KeyboardInterrupt:  # Ctrl-C is how `farm top` and the exporter are stopped: no traceback
