@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,6 +138,8 @@ class Engine:
 def _leave_sigint_to_parent() -> None:
     """In a pool process: Ctrl-C reaches the whole process group; the parent stops the pool, so a worker
     prints no traceback of its own. A Python-level no-op (not SIG_IGN) so the tools it runs still stop."""
+    import signal
+
     signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 
