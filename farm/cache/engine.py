@@ -23,8 +23,7 @@ from farm.errors import (
 from farm.lang.terms import TermGraph
 from farm.lang.transduce import RuleSet
 from farm.runtime.loader import NativeRuleset
-from farm.semantics import DEFAULT_FUEL, check_fuel
-from farm.semantics.interp import Interpreter, RewriteResult
+from farm.semantics import DEFAULT_FUEL, RewriteResult, check_fuel
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ class Engine:
         check_fuel(fuel)  # before any compile
         cap = self.config.max_memory
         if engine == "interpreter":
-            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+            return _interpret(ruleset, graph, roots, fuel, cap)
         try:
             native = self._native(ruleset, pattern_id, target)
         except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:  # tampering is never masked
@@ -106,7 +105,7 @@ class Engine:
                 raise
             warnings.warn(f"native code unavailable ({exc}); using the interpreter", FallbackWarning, stacklevel=2)
             best_effort("a fallback to the interpreter", lambda: self.builder.index.incr("fallbacks"))
-            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+            return _interpret(ruleset, graph, roots, fuel, cap)
         result = native.rewrite(graph, roots, fuel, cap)
         best_effort(f"the hot-pattern count of {pattern_id!r}",
                     lambda: self.builder.index.note_hot(pattern_id, sum(result.firings)))
@@ -133,6 +132,12 @@ class Engine:
                     raise
             log.info("artifact %s was evicted before it was loaded; building it again", artifact.meta.key[:12])
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _interpret(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int, cap: int) -> RewriteResult:
+    from farm.semantics.interp import Interpreter  # imported when it runs: a native rewrite needs none of it
+
+    return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
 
 
 def _leave_sigint_to_parent() -> None:

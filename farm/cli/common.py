@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from farm.config import FarmConfig
     from farm.lang.transduce import RuleSet
-    from farm.semantics.interp import RewriteResult
+    from farm.semantics import RewriteResult
 
 # 2: bad input or usage (argparse's own code too); 130: interrupted (128 + SIGINT, as shells report it)
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from farm.lang.transduce import RuleSet
     from farm.runtime.verify import VerifyReport
-    from farm.semantics.interp import RewriteResult
+    from farm.semantics import RewriteResult
 
 
 def add_engine_options(parser: argparse.ArgumentParser, fuel: int) -> None:
