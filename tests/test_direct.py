@@ -186,12 +186,12 @@ sys.exit(code)
 """
 # What a cached rewrite must not import: the code generator and LLVM, the build side (toolchain, IR policy, object
 # cache, collector), the interpreter, signing's cryptography (no key configured), a process pool, the cluster's
-# clients, rich (no table is drawn) and the other commands' modules.
+# clients, rich (no table is drawn), logging (nothing is logged: farm/log.py) and the other commands' modules.
 NOT_ON_A_HIT = ("llvmlite", "cryptography", "multiprocessing", "concurrent", "celery", "kombu", "redis", "minio",
-                "prometheus_client", "rich", "farm.compiler.codegen", "farm.lang.serialize", "farm.compiler.toolchain",
-                "farm.compiler.policy", "farm.cache.gc", "farm.cache.objcache", "farm.semantics.interp", "farm.cluster",
-                "farm.cli.build", "farm.cli.cache", "farm.cli.cluster", "farm.cli.config", "farm.cli.keys",
-                "farm.cli.stats")
+                "prometheus_client", "rich", "logging", "farm.compiler.codegen", "farm.lang.serialize",
+                "farm.compiler.toolchain", "farm.compiler.policy", "farm.cache.gc", "farm.cache.objcache",
+                "farm.semantics.interp", "farm.cluster", "farm.cli.build", "farm.cli.cache", "farm.cli.cluster",
+                "farm.cli.config", "farm.cli.keys", "farm.cli.stats")
 ALLOWED = {"farm.compiler.codegen", "farm.compiler.codegen.abi"}  # the C ABI: the loader's ctypes types come from it
 
 

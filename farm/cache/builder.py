@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -31,6 +30,7 @@ from farm.errors import (
 )
 from farm.lang.transduce import RuleSet
 from farm.locks import file_lock
+from farm.log import get_logger
 from farm.runtime.loader import sha256_file, verify_sha256
 from farm.targets import Target, resolve
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from farm.cache.objcache import UsedObjectCache
     from farm.compiler.toolchain import BuildResult, Toolchain
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_PATTERN_ID = 4096
 

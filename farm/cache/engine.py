@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +21,12 @@ from farm.errors import (
 )
 from farm.lang.terms import TermGraph
 from farm.lang.transduce import RuleSet
+from farm.log import get_logger
 from farm.runtime.loader import NativeRuleset
 from farm.semantics import DEFAULT_FUEL, RewriteResult, check_fuel
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class FallbackWarning(UserWarning):

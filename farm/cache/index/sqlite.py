@@ -12,7 +12,6 @@ read; a file from before versions (0) has version 1's tables and is stamped.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sqlite3
 import threading
@@ -27,8 +26,9 @@ from farm.cache.index import CacheIndex, IndexedArtifact, build_fields, indexed_
 from farm.cache.store import ArtifactMeta, stored_meta
 from farm.errors import WorkDirError
 from farm.locks import file_lock
+from farm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
