@@ -7,7 +7,6 @@ the value; later requests for the same key wait on that task's result instead of
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,9 +39,10 @@ from farm.errors import (
 )
 from farm.lang.serialize import ruleset_to_json
 from farm.lang.transduce import RuleSet
+from farm.log import get_logger
 from farm.targets import REGISTRY, resolve
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 
