@@ -27,7 +27,7 @@ from farm.cache.pull import pull
 from farm.cache.signing import key_id, load_public_key, write_key_pair
 from farm.cluster.coordinator import CompileRequest, Coordinator
 from farm.cluster.messages import CompileMessage, WirePart
-from farm.compiler.toolchain import artifact_key
+from farm.compiler.tools import artifact_key
 from farm.config import FarmConfig
 from farm.errors import IntegrityError, NoWorkerForTarget, UntrustedSigner
 from farm.lang.dsl import parse_rules

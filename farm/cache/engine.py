@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +12,6 @@ from farm.cache.counting import best_effort
 from farm.cache.signing import TrustedKeys
 from farm.cache.signing import verify as verify_signature
 from farm.cache.tiered import TIER0_OPT_LEVEL, BackgroundBuilds
-from farm.compiler.toolchain import ObjectCache
 from farm.config import FarmConfig
 from farm.errors import (
     FarmError,
@@ -25,12 +22,12 @@ from farm.errors import (
 )
 from farm.lang.terms import TermGraph
 from farm.lang.transduce import RuleSet
+from farm.log import get_logger
 from farm.runtime.loader import NativeRuleset
-from farm.semantics import DEFAULT_FUEL, check_fuel
-from farm.semantics.interp import Interpreter, RewriteResult
+from farm.semantics import DEFAULT_FUEL, RewriteResult, check_fuel
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class FallbackWarning(UserWarning):
@@ -39,6 +36,8 @@ class FallbackWarning(UserWarning):
 
 @dataclass(frozen=True)
 class CompileJob:
+    """One compile of a batch (`Engine.compile_many`)."""
+
     ruleset: RuleSet
     pattern_id: str
     target: str
@@ -79,8 +78,7 @@ class Engine:
         key = (resolved.name, opt)
         compiler = self._in_memory.get(key)
         if compiler is None:
-            compiler = self._in_memory[key] = InMemoryCompiler(
-                resolved, opt, self.builder.toolchain.object_cache or ObjectCache(self.config.cache_dir / "objcache"))
+            compiler = self._in_memory[key] = InMemoryCompiler(resolved, opt, self.builder.objects)
         return compiler.load(ruleset)
 
     def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:
@@ -101,7 +99,7 @@ class Engine:
         check_fuel(fuel)  # before any compile
         cap = self.config.max_memory
         if engine == "interpreter":
-            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+            return _interpret(ruleset, graph, roots, fuel, cap)
         try:
             native = self.load(ruleset, pattern_id, target)
         except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:  # tampering is never masked
@@ -109,7 +107,7 @@ class Engine:
                 raise
             warnings.warn(f"native code unavailable ({exc}); using the interpreter", FallbackWarning, stacklevel=2)
             best_effort("a fallback to the interpreter", lambda: self.builder.index.incr("fallbacks"))
-            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+            return _interpret(ruleset, graph, roots, fuel, cap)
         result = native.rewrite(graph, roots, fuel, cap)
         best_effort(f"the hot-pattern count of {pattern_id!r}",
                     lambda: self.builder.index.note_hot(pattern_id, sum(result.firings)))
@@ -169,9 +167,17 @@ class Engine:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def _interpret(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int, cap: int) -> RewriteResult:
+    from farm.semantics.interp import Interpreter  # imported when it runs: a native rewrite needs none of it
+
+    return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+
+
 def _leave_sigint_to_parent() -> None:
     """In a pool process: Ctrl-C reaches the whole process group; the parent stops the pool, so a worker
     prints no traceback of its own. A Python-level no-op (not SIG_IGN) so the tools it runs still stop."""
+    import signal
+
     signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 

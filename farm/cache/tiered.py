@@ -18,16 +18,20 @@ child clears.
 
 from __future__ import annotations
 
-import logging
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING
 
-from farm.cache.builder import Artifact
 from farm.errors import FarmError
+from farm.log import get_logger
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from farm.cache.builder import Artifact
+
+log = get_logger(__name__)
 
 TIER0_OPT_LEVEL = 0
 _EVERY: weakref.WeakSet[BackgroundBuilds] = weakref.WeakSet()
@@ -48,6 +52,8 @@ class BackgroundBuilds:
 
     def start(self, key: object, build: Callable[[], Artifact], what: str) -> None:
         """Run build() in the background unless a build for `key` is running already."""
+        from concurrent.futures import ThreadPoolExecutor  # not on a hit's path: it builds nothing
+
         with self._lock:
             if key in self._running:
                 return
@@ -68,6 +74,8 @@ class BackgroundBuilds:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the builds started so far; True when none is left running."""
+        from concurrent.futures import wait
+
         with self._lock:
             futures = list(self._running.values())
         return not wait(futures, timeout).not_done
@@ -78,9 +86,12 @@ class BackgroundBuilds:
 
 
 def _log_failure(future: Future[Artifact], what: str) -> None:
+    """One line: the caller has its results already (a traceback, for a failure that is not farm's own kind, only
+    with debug logging on)."""
+    import logging
+
     exc = future.exception()
-    if isinstance(exc, FarmError):
+    if exc is not None:
         log.warning("the library of %s could not be built in the background; it keeps running from memory: %s",
-                    what, exc)
-    elif exc is not None:
-        log.error("the background build of %s failed", what, exc_info=exc)
+                    what, exc if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}",
+                    exc_info=exc if not isinstance(exc, FarmError) and log.isEnabledFor(logging.DEBUG) else None)

@@ -7,7 +7,6 @@ the value; later requests for the same key wait on that task's result instead of
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from farm.cache.store import ArtifactMeta, ArtifactStore
 from farm.cluster.heartbeat import HEARTBEAT_SECONDS, Heartbeat, worker_status
 from farm.cluster.messages import CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.compiler.codegen.llvm import ruleset_parts, runtime_ir
-from farm.compiler.toolchain import artifact_key
+from farm.compiler.tools import artifact_key
 from farm.config import FarmConfig, masked
 from farm.errors import (
     BackendUnavailable,
@@ -40,9 +39,10 @@ from farm.errors import (
 )
 from farm.lang.serialize import ruleset_to_json
 from farm.lang.transduce import RuleSet
+from farm.log import get_logger
 from farm.targets import REGISTRY, resolve
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from farm.errors import ArtifactFormatMismatch, IntegrityError, InvalidArtifactKey
+from farm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # The layout of ArtifactMeta as stored (local JSON files, S3 objects, index rows). Raise it with any change that
 # an older reader would get wrong: a reader of another format treats the artifact as missing and rebuilds it.
@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ArtifactMeta:
+    """What is known of a stored library: its key, bytes, target, toolchain, ruleset and build."""
+
     key: str
     sha256: str
     size: int
