@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import gen_rules  # noqa: E402
 
-from bench import maude, startup  # noqa: E402
+from bench import maude, startup, tiered  # noqa: E402
 from bench.cluster import hit_latency, p50_p99_ms, prewarm  # noqa: E402
 from farm.cache.engine import Engine, load_native  # noqa: E402
 from farm.cache.jit import JitCompiler, JitConfig  # noqa: E402
@@ -238,6 +238,9 @@ TARGETS = [
     ("P5 resident KB per 1000 cached functions (batched)", lambda r: r["P5"]["kb_per_1000"], "<=", 2048),
     ("J1 warm `farm rewrite` in a new process vs the whole `maude` process (x)", lambda r: r["J1"]["ratio"], "<=",
      3),
+    ("J2 first native result for arith.farm, compile latency, tiered (ms)", lambda r: r["J2"]["arith_tiered_ms"],
+     "<=", 50),
+    ("J2 cold single rule in memory, tiered (ms)", lambda r: r["J2"]["single_rule_tiered_ms"], "<=", 10),
 ]
 
 
@@ -288,7 +291,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--patterns", type=int, default=500, help="P3: artifacts to pre-warm (half per target)")
     parser.add_argument("--functions", type=int, default=1000, help="P5: compiled functions to cache")
-    parser.add_argument("--only", help="comma-separated sections to run (P1,P2,P3,P4,P5,J1,vs_maude); default all")
+    parser.add_argument("--only", help="comma-separated sections to run (P1,P2,P3,P4,P5,J1,J2,vs_maude); default all")
     parser.add_argument("--before", default="", help="J1: git ref of the code before (default: the fork point from "
                                                      "main, or main's parent on main); 'none' to skip")
     parser.add_argument("--p5-node", nargs=3, metavar=("MODE", "CACHE", "COUNT"), help=argparse.SUPPRESS)
@@ -307,6 +310,7 @@ def main() -> int:
             ("P1", lambda: p1(tmp, args.repeat)), ("P2", lambda: p2(tmp)), ("P4", lambda: p4(tmp)),
             ("P5", lambda: p5(tmp, args.functions)), ("P3", lambda: p3(tmp, args.patterns)),
             ("J1", lambda: startup.measure(tmp, args.repeat, None if args.before == "none" else args.before)),
+            ("J2", lambda: tiered.measure(tmp)),
             ("vs_maude", maude.compare)]
         only = set(args.only.split(",")) if args.only else {name for name, _ in sections}
         for name, run in sections:
@@ -320,6 +324,9 @@ def main() -> int:
     if "J1" in report:
         text += "\n\n## J1: warm `farm rewrite` against the whole `maude` process (same run)\n\n" + \
             startup.markdown(report["J1"])
+    if "J2" in report:
+        text += "\n\n## J2: first native result of a ruleset with no library, tiered and not (same run)\n\n" + \
+            tiered.markdown(report["J2"])
     if "vs_maude" in report:
         text += "\n\n## farm vs Maude (same run)\n\n" + maude.markdown(report["vs_maude"])
     (out / "report.md").write_text(text + "\n")

@@ -114,6 +114,9 @@ class FarmConfig:
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
     # "staged" (llvm-as, opt, llc, llvm-mc) or "inprocess" (llvmlite); both link with ld.lld
     compile_path: str = "staged"
+    # a ruleset with no library runs at once from memory (-O0, no files) while its library is built in the
+    # background (farm/cache/tiered.py); off: the first call waits for the library
+    tiered: bool = True
     # cluster deployment: each one unset means the embedded default for that concern
     redis_url: str | None = None  # shared cache index, locks and counters
     broker_url: str | None = None  # Celery broker; defaults to redis_url
@@ -173,6 +176,7 @@ class FarmConfig:
         cfg.max_memory = read("FARM_MAX_MEMORY", cfg.max_memory, size)
         cfg.cache_size = read("FARM_CACHE_SIZE", cfg.cache_size, size)
         cfg.compile_path = read("FARM_COMPILE_PATH", cfg.compile_path, choice(*COMPILE_PATHS))
+        cfg.tiered = read("FARM_TIERED", cfg.tiered, flag)
         cfg.redis_url = read("FARM_REDIS_URL", cfg.redis_url, url("redis", "rediss", "unix"))
         cfg.broker_url = read("FARM_BROKER_URL", cfg.redis_url, url())
         cfg.result_url = read("FARM_RESULT_URL", cfg.result_url, url("redis", "rediss", "unix"))

@@ -129,6 +129,18 @@ class ArtifactBuilder:
         """The ruleset's library, looked up first by its direct-mode key (farm/cache/direct.py), which takes no
         code generation. On a miss, or when the library that key names is gone, the IR is generated and the
         library found or built by its content key (ensure_parts); then the direct entry is recorded."""
+        artifact = self._ruleset(ruleset, pattern_id, target, opt_level, build=True)
+        assert artifact is not None  # built when not stored
+        return artifact
+
+    def stored_ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
+                       opt_level: int | None = None) -> Artifact | None:
+        """The ruleset's library if it is stored already (found as ensure_ruleset finds it, and counted as a hit);
+        None when it would have to be built, and then nothing is counted: the build that follows counts its miss."""
+        return self._ruleset(ruleset, pattern_id, target, opt_level, build=False)
+
+    def _ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None, opt_level: int | None,
+                 build: bool) -> Artifact | None:
         check_pattern_id(pattern_id)
         start = time.perf_counter()
         resolved = self.target(target)
@@ -141,11 +153,16 @@ class ArtifactBuilder:
         from farm.compiler.codegen import llvm
         from farm.lang.serialize import ruleset_to_json
 
-        artifact = self.ensure_parts(llvm.ruleset_parts(ruleset, resolved.triple), pattern_id, resolved.name, opt,
-                                     ruleset_to_json(ruleset))
-        best_effort(f"the direct-mode entry of {artifact.meta.key[:12]}",
-                    lambda: self.index.record_direct(direct, artifact.meta.key))
-        artifact.seconds = time.perf_counter() - start
+        parts = llvm.ruleset_parts(ruleset, resolved.triple)
+        if build:
+            artifact: Artifact | None = self.ensure_parts(parts, pattern_id, resolved.name, opt,
+                                                          ruleset_to_json(ruleset))
+        else:
+            artifact = self._hit(self.key_for(parts, resolved, opt), pattern_id, resolved.name, start)
+        if artifact is not None:
+            found = artifact.meta.key
+            best_effort(f"the direct-mode entry of {found[:12]}", lambda: self.index.record_direct(direct, found))
+            artifact.seconds = time.perf_counter() - start
         return artifact
 
     def _direct_hit(self, direct: str, pattern_id: str, resolved: Target, opt: int, start: float) -> Artifact | None:

@@ -62,8 +62,9 @@ class Rewrite(Command):
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = Engine().rewrite(ruleset, graph, roots, pattern_id(args.rules), args.fuel, args.engine,
-                                      args.target)
+            engine = Engine()
+            result = engine.rewrite(ruleset, graph, roots, pattern_id(args.rules), args.fuel, args.engine,
+                                    args.target)
         for w in caught:
             say(f": {w.message}", lead="warning", style="yellow")
         elapsed = time.perf_counter() - start
@@ -72,6 +73,9 @@ class Rewrite(Command):
             f"{sum(result.firings)} rule firings")
         if args.stats:
             err().print(_firings_table(ruleset, result))
+        if engine.background.pending():  # the results are out; the library lands for the next process
+            say("storing the compiled library for the next run...")
+            engine.wait_for_builds()
         return EXIT_FAILED if failed else EXIT_OK
 
 
