@@ -4,7 +4,8 @@
   python3 bench/cluster.py [--patterns N] [--hits N]
 
 P-a: pre-warm throughput with one worker vs two (each serving both targets, concurrency 1, -O1).
-P-b: shared-hit latency of Coordinator.request (Redis index + S3 HEAD), p50/p99.
+P-b: shared-hit latency of Coordinator.request, p50/p99, on a node that holds verified copies of the artifacts (it
+     pulled them: one Redis round trip) and, alternating with it, on one that holds none (that and one S3 HEAD).
 """
 
 from __future__ import annotations
@@ -63,21 +64,31 @@ def prewarm(workers: int, n: int, seed: int, tmp: Path) -> tuple[float, int]:
         return elapsed, len(reqs)
 
 
-def hit_latency(hits: int, tmp: Path) -> list[float]:
+def hit_latency(hits: int, tmp: Path) -> dict[str, list[float]]:
+    """Seconds per shared hit, by node: "held", a node that pulled the artifacts (verified copies in its cache);
+    "unheld", a node with none. The two alternate, request by request."""
     with redis_server(tmp) as redis_url, s3_server() as s3, \
             celery_worker(",".join(TARGETS), cluster_env(redis_url, s3, tmp / "w"), tmp / "w.log"):
-        coord = make_coordinator(FarmConfig.from_env(cluster_env(redis_url, s3, tmp / "coord")))
-        while not all(coord.index.toolchain(t) for t in TARGETS):
+        nodes = {name: make_coordinator(FarmConfig.from_env(cluster_env(redis_url, s3, tmp / name)))
+                 for name in ("held", "unheld")}
+        while not all(nodes["held"].index.toolchain(t) for t in TARGETS):
             time.sleep(0.2)
         reqs = requests_for(20, 99)
-        coord.ensure(reqs, timeout=600)
-        samples = []
+        for outcome in nodes["held"].ensure(reqs, timeout=600):
+            assert nodes["held"].store.fetch(outcome.key) is not None  # pulled: downloaded and its sha256 checked
+        samples: dict[str, list[float]] = {name: [] for name in nodes}
         for i in range(hits):
-            start = time.perf_counter()
-            outcome = coord.request(reqs[i % len(reqs)])
-            samples.append(time.perf_counter() - start)
-            assert outcome.status == "cached"
+            for name, coord in nodes.items():
+                start = time.perf_counter()
+                outcome = coord.request(reqs[i % len(reqs)])
+                samples[name].append(time.perf_counter() - start)
+                assert outcome.status == "cached"
         return samples
+
+
+def p50_p99_ms(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000
 
 
 def main() -> int:
@@ -89,7 +100,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         one, count = prewarm(1, args.patterns, 1, Path(tmp) / "one")
         two, _ = prewarm(2, args.patterns, 1, Path(tmp) / "two")
-        samples = sorted(hit_latency(args.hits, Path(tmp) / "hits"))
+        samples = hit_latency(args.hits, Path(tmp) / "hits")
     table = Table(title="cluster on loopback (redis-server, moto S3, Celery prefork workers, concurrency 1)")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -97,8 +108,10 @@ def main() -> int:
                   f"{one:.1f} s = {count / one:.1f} artifacts/s")
     table.add_row("the same, 2 workers", f"{two:.1f} s = {count / two:.1f} artifacts/s")
     table.add_row("speed-up, 2 workers vs 1", f"{one / two:.2f}x")
-    table.add_row(f"shared hit latency p50 ({len(samples)} requests)", f"{statistics.median(samples) * 1000:.2f} ms")
-    table.add_row("shared hit latency p99", f"{samples[int(len(samples) * 0.99) - 1] * 1000:.2f} ms")
+    for name, node in (("held", "a node holding the artifacts"), ("unheld", "a node holding none (+ S3 HEAD)")):
+        p50, p99 = p50_p99_ms(samples[name])
+        table.add_row(f"shared hit latency p50 / p99, {node} ({len(samples[name])} requests)",
+                      f"{p50:.2f} / {p99:.2f} ms")
     console.print(table)
     return 0
 

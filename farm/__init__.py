@@ -21,12 +21,12 @@ if TYPE_CHECKING:
     from farm.lang.dsl import load_rules, parse_rules
     from farm.lang.terms import TermGraph
     from farm.lang.transduce import RuleSet, transduce_patterns
-    from farm.semantics.interp import RewriteResult
+    from farm.semantics import RewriteResult
 
     __version__: str
 
 _WHERE = {"Engine": "farm.cache.engine", "FarmConfig": "farm.config", "FarmError": "farm.errors",
-          "RewriteResult": "farm.semantics.interp", "RuleSet": "farm.lang.transduce", "TermGraph": "farm.lang.terms",
+          "RewriteResult": "farm.semantics", "RuleSet": "farm.lang.transduce", "TermGraph": "farm.lang.terms",
           "load_rules": "farm.lang.dsl", "parse_rules": "farm.lang.dsl", "transduce_patterns": "farm.lang.transduce"}
 
 

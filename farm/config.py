@@ -62,25 +62,26 @@ def default_max_memory() -> int:
     return cap if soft == resource.RLIM_INFINITY else min(cap, soft // 2)
 
 
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+# Patterns are compiled on first use (re's cache): most processes parse no size, duration or bucket name.
+_SIZE = r"(\d+)\s*([KMGT]?)(?:I?B)?"
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def size(text: str) -> int:
     """Bytes from `67108864`, `512M`, `4G`, `4GiB` (binary units); 0 means no cap."""
-    match = _SIZE.fullmatch(text.strip())
+    match = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
     if match is None:
         raise ValueError("a size in bytes, optionally with a K, M, G or T suffix (e.g. 512M, 4G)")
     return int(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
+_DURATION = r"(\d+(?:\.\d+)?)\s*([smhdw]?)"
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def duration(text: str) -> float:
     """Seconds from `3600`, `90s`, `30m`, `12h`, `7d`, `2w`."""
-    match = _DURATION.fullmatch(text.strip())
+    match = re.fullmatch(_DURATION, text.strip(), re.IGNORECASE)
     if match is None:
         raise ValueError("a duration: a number of seconds, or with an s, m, h, d or w suffix (e.g. 12h, 7d)")
     return float(match[1]) * _DURATION_UNITS[match[2].lower()]
@@ -97,6 +98,8 @@ def max_memory_from_env() -> int:
 
 @dataclass
 class FarmConfig:
+    """farm's settings, each with its embedded default (`from_env` reads the environment and config file)."""
+
     cache_dir: Path = field(default_factory=_default_cache_dir)
     work_dir: Path | None = None  # temp build dirs; defaults to cache_dir / "work"
     target: str = "native"
@@ -111,6 +114,9 @@ class FarmConfig:
     workers: int = 0  # process pool size for batch compiles; 0 = os.cpu_count()
     # "staged" (llvm-as, opt, llc, llvm-mc) or "inprocess" (llvmlite); both link with ld.lld
     compile_path: str = "staged"
+    # a ruleset with no library runs at once from memory (-O0, no files) while its library is built in the
+    # background (farm/cache/tiered.py); off: the first call waits for the library
+    tiered: bool = True
     # cluster deployment: each one unset means the embedded default for that concern
     redis_url: str | None = None  # shared cache index, locks and counters
     broker_url: str | None = None  # Celery broker; defaults to redis_url
@@ -170,6 +176,7 @@ class FarmConfig:
         cfg.max_memory = read("FARM_MAX_MEMORY", cfg.max_memory, size)
         cfg.cache_size = read("FARM_CACHE_SIZE", cfg.cache_size, size)
         cfg.compile_path = read("FARM_COMPILE_PATH", cfg.compile_path, choice(*COMPILE_PATHS))
+        cfg.tiered = read("FARM_TIERED", cfg.tiered, flag)
         cfg.redis_url = read("FARM_REDIS_URL", cfg.redis_url, url("redis", "rediss", "unix"))
         cfg.broker_url = read("FARM_BROKER_URL", cfg.redis_url, url())
         cfg.result_url = read("FARM_RESULT_URL", cfg.result_url, url("redis", "rediss", "unix"))
@@ -370,10 +377,8 @@ def choice(*allowed: str) -> Callable[[str], str]:
 
 
 def matching(pattern: str, description: str) -> Callable[[str], str]:
-    regex = re.compile(pattern)
-
     def parse(text: str) -> str:
-        if not regex.fullmatch(text):
+        if not re.fullmatch(pattern, text):
             raise ValueError(description)
         return text
 

@@ -11,6 +11,8 @@ class FarmError(Exception):
 
 @dataclass(frozen=True)
 class SourceLocation:
+    """Where something is in an input: file, line and column (from 1)."""
+
     file: str
     line: int
     column: int

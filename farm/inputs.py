@@ -34,6 +34,8 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class InputKind:
+    """A kind of input file: its name in messages and its size cap (the default, or the variable's)."""
+
     name: str  # as the messages say it: "rule file"
     variable: str  # the environment variable that overrides the cap
     default_cap: int

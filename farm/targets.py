@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import platform
+import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -17,6 +16,8 @@ _X86_V4 = _X86_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 
 @dataclass(frozen=True)
 class Target:
+    """A CPU target: what llc compiles for (triple, CPU, features), and the CPU flags a host needs to run it."""
+
     name: str
     triple: str
     cpu: str
@@ -50,7 +51,7 @@ def resolve(name: str, llc: str | None = None) -> Target:
         return REGISTRY[name]
     if name != "native":
         raise UnsupportedTarget(f"unknown target {name!r}; known targets: {', '.join(target_names())}")
-    arch = platform.machine()
+    arch = os.uname().machine  # platform.machine(), without importing platform
     triple = {"x86_64": X86, "aarch64": ARM, "arm64": ARM}.get(arch)
     if triple is None:
         raise UnsupportedTarget(f"no native target for host architecture {arch!r}")
@@ -60,6 +61,8 @@ def resolve(name: str, llc: str | None = None) -> Target:
 
 @cache
 def host_cpu(llc: str) -> str:
+    import subprocess  # not for a cache hit: farm/compiler/tools.py remembers the answer
+
     out = subprocess.run([llc, "--version"], capture_output=True, text=True, check=False).stdout
     m = re.search(r"Host CPU:\s*(\S+)", out)
     return m.group(1) if m and m.group(1) != "(unknown)" else "generic"
@@ -78,7 +81,8 @@ def host_flags() -> frozenset[str]:
 
 
 def host_can_run(target: Target) -> bool:
-    arch = {"arm64": "aarch64"}.get(platform.machine(), platform.machine())
+    machine = os.uname().machine
+    arch = {"arm64": "aarch64"}.get(machine, machine)
     return target.arch == arch and target.required_flags <= host_flags()
 
 

@@ -11,6 +11,7 @@ import pytest
 from farm.cache.engine import Engine
 from farm.cache.index.redis import RedisIndex
 from farm.cache.signing import KeyPair, write_key_pair
+from farm.cache.tiered import wait_for_all
 from farm.compiler.policy import check_module, parse_ir
 from farm.config import FarmConfig
 from farm.lang.dsl import parse_rules
@@ -32,6 +33,14 @@ def check_ir(ir_text: str, source: str = "module", provided: frozenset[str] = fr
     """The IR policy on text: LLVM's parse (StageFailed("parse") if it cannot), then check_module, as the in-process
     compile path applies them."""
     check_module(parse_ir(ir_text, source), source, provided)
+
+
+@pytest.fixture(autouse=True)
+def background_builds_finish() -> Iterator[None]:
+    """A case's engines finish the libraries they build in the background (farm/cache/tiered.py) before the next
+    case starts: no build outlives its case's temporary directory or competes with the next case for the cores."""
+    yield
+    assert wait_for_all(timeout=600), "a background build was still running 10 minutes after its case"
 
 
 @pytest.fixture

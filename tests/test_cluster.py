@@ -27,7 +27,7 @@ from farm.cache.pull import pull
 from farm.cache.signing import key_id, load_public_key, write_key_pair
 from farm.cluster.coordinator import CompileRequest, Coordinator
 from farm.cluster.messages import CompileMessage, WirePart
-from farm.compiler.toolchain import artifact_key
+from farm.compiler.tools import artifact_key
 from farm.config import FarmConfig
 from farm.errors import IntegrityError, NoWorkerForTarget, UntrustedSigner
 from farm.lang.dsl import parse_rules
@@ -203,6 +203,34 @@ def test_hit_whose_object_is_gone_is_a_miss_and_repaired(cluster: dict[str, str]
     s3 = Minio(cluster["s3"], "testing", "testing-secret", secure=False)
     s3.remove_object("farm-test", f"artifacts/{meta.key}.so")
     repaired = coord.request(request, timeout=120)
+    assert repaired.status == "compiled" and repaired.meta is not None and repaired.meta.sha256 == meta.sha256
+    s3.stat_object("farm-test", f"artifacts/{meta.key}.so")
+
+
+def test_a_node_holding_the_artifact_hits_in_one_round_trip_without_s3(cluster: dict[str, str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    coord = coordinator(cluster, "coord-held")
+    coord.TOOLCHAIN_TTL = 3600.0  # the toolchain read once, so the hit below is the only command
+    (pid, rs), = patterns_from("rule held_here: (f ?x (h 6 ?x)) => ?x")
+    request = CompileRequest.for_ruleset(pid, rs, "x86-64", 0)  # type: ignore[arg-type]
+    meta = coord.artifact(request)
+    assert coord.store.fetch(meta.key) is not None  # pulled: downloaded and verified into this node's cache
+    s3 = Minio(cluster["s3"], "testing", "testing-secret", secure=False)
+    s3.remove_object("farm-test", f"artifacts/{meta.key}.so")  # S3 lost it; this node still serves its copy
+
+    def no_s3(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a node holding the artifact asked S3")
+
+    monkeypatch.setattr(coord.store.client, "stat_object", no_s3)
+    hits = coord.index.counters().get("hits", 0)
+    commands: list[str] = []
+    execute = coord.index.r.execute_command
+    monkeypatch.setattr(coord.index.r, "execute_command", lambda *a, **k: commands.append(a[0]) or execute(*a, **k))
+    hit = coord.request(request, timeout=60)
+    monkeypatch.undo()
+    assert hit.status == "cached" and hit.meta == meta and commands == ["EVALSHA"]
+    assert coord.index.counters()["hits"] == hits + 1
+    repaired = coordinator(cluster, "coord-unheld").request(request, timeout=120)  # no copy there: HEAD, gone
     assert repaired.status == "compiled" and repaired.meta is not None and repaired.meta.sha256 == meta.sha256
     s3.stat_object("farm-test", f"artifacts/{meta.key}.so")
 

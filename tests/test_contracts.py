@@ -14,7 +14,16 @@ import pytest
 
 from farm.cache.backends import make_store
 from farm.cache.engine import Engine
-from farm.cache.index import CacheIndex, ClusterIndex, IndexedArtifact, WorkerStatus
+from farm.cache.index import (
+    GONE,
+    STORED,
+    UNKNOWN,
+    CacheIndex,
+    Claim,
+    ClusterIndex,
+    IndexedArtifact,
+    WorkerStatus,
+)
 from farm.cache.index.memory import MemoryIndex
 from farm.cache.index.redis import RedisIndex
 from farm.cache.index.sqlite import SQLiteIndex
@@ -319,6 +328,58 @@ def test_the_hot_set_ranks_patterns_by_requests_and_firings(coordination: Cluste
     assert coordination.hot(1) == [("fired", 40)]
 
 
+def test_a_request_is_a_miss_that_takes_the_lock_until_the_artifact_is_indexed(coordination: ClusterIndex,
+                                                                               tmp_path: Path) -> None:
+    _, meta = artifact(tmp_path)
+    request = lambda pattern, task, evidence: coordination.hit_or_acquire(  # noqa: E731
+        meta.key, pattern, "x86-64", task, 60, evidence)
+    assert request("p", "task-1", UNKNOWN) == Claim(holder="task-1")  # not indexed: nothing to ask the store
+    assert request("q", "task-2", meta.sha256) == Claim(holder="task-1")  # the one to wait on
+    assert request("p", "task-1", STORED) == Claim(holder="task-1")  # a retried attempt knows its own lock
+    assert coordination.inflight() == 1 and coordination.lookup("p", "x86-64") is None
+    counters = coordination.counters()
+    assert (counters["requests"], counters["misses"], counters.get("hits", 0)) == (3, 3, 0)
+    assert dict(coordination.hot(10)) == {"p": 2, "q": 1}
+    coordination.note_build("p", "x86-64", meta)  # the worker built it...
+    coordination.release(meta.key, "task-1")  # ...and let go
+    assert request("q", "task-3", STORED) == Claim(meta)  # counted as note_hit(hot=True) counts it
+    assert coordination.inflight() == 0 and coordination.lookup("q", "x86-64") == meta.key
+    counters = coordination.counters()
+    assert (counters["requests"], counters["misses"], counters["hits"]) == (4, 3, 1)
+    assert dict(coordination.hot(10)) == {"p": 2, "q": 2}
+    (entry,) = coordination.artifacts()
+    assert entry.last_hit is not None and coordination.artifact_bytes() == meta.size  # the hit adds no bytes
+
+
+def test_a_request_hits_on_the_nodes_copy_only_if_it_is_the_indexed_library(coordination: ClusterIndex,
+                                                                            tmp_path: Path) -> None:
+    _, meta = artifact(tmp_path)
+    coordination.note_build("p", "x86-64", meta)
+    request = lambda evidence, task="task-1": coordination.hit_or_acquire(  # noqa: E731
+        meta.key, "p", "x86-64", task, 60, evidence)
+    assert request(meta.sha256) == Claim(meta)  # the node's copy is the library: no need to ask the store
+    before = coordination.counters()
+    for evidence in ("0" * 64, UNKNOWN):  # other bytes, or no copy: nothing counted or taken; the caller asks the store
+        assert request(evidence) == Claim() and Claim().unsettled
+    assert coordination.counters() == before and coordination.inflight() == 0
+    assert request(GONE) == Claim(holder="task-1")  # indexed, but the store lost the object: a miss, rebuilt
+    assert request(STORED, "task-2") == Claim(meta)  # while it is rebuilt, another node may still hit
+    counters = coordination.counters()
+    assert (counters["requests"], counters["hits"], counters["misses"]) == (3, 2, 1)
+    assert dict(coordination.hot(10)) == {"p": 3}
+
+
+def test_a_request_for_metadata_of_another_format_or_unreadable_is_a_miss(coordination: ClusterIndex,
+                                                                          tmp_path: Path) -> None:
+    (_, other), (_, unreadable) = artifact(tmp_path, b"other"), artifact(tmp_path, b"unreadable")
+    other.format_version = FORMAT_VERSION + 1
+    unreadable.pattern_ids = "not a list"  # type: ignore[assignment]
+    for meta in (other, unreadable):
+        coordination.record("p", "x86-64", meta)
+        assert coordination.hit_or_acquire(meta.key, "p", "x86-64", "task-1", 60, STORED) == Claim(holder="task-1")
+    assert coordination.counters()["misses"] == 2 and coordination.inflight() == 2
+
+
 def test_a_shared_module_lives_its_ttl_and_sharing_it_again_extends_it(coordination: ClusterIndex) -> None:
     short, extended = "1" * 64, "2" * 64
     assert coordination.shared_module(short) is None
@@ -356,9 +417,20 @@ def test_a_store_keeps_artifacts_apart(store: ArtifactStore, tmp_path: Path) -> 
     assert fetched is not None and fetched[0].read_bytes() == b"b" and not store.exists(a.key)
 
 
+def test_a_store_knows_the_sha256_of_its_nodes_own_copy(store: ArtifactStore, tmp_path: Path) -> None:
+    so, meta = artifact(tmp_path)
+    assert store.held_sha256(meta.key) is None
+    store.put(so, meta)
+    assert store.held_sha256(meta.key) == meta.sha256
+    store.local_path(meta.key).write_bytes(b"changed since")  # hashed on each call: the bytes there now
+    assert store.held_sha256(meta.key) == hashlib.sha256(b"changed since").hexdigest()
+    store.delete(meta.key)
+    assert store.held_sha256(meta.key) is None
+
+
 @pytest.mark.parametrize("key", ["", "../../etc/passwd", "A" * 64, "0" * 63, "0" * 64 + "/x"])
 def test_a_store_refuses_keys_that_are_not_content_keys(store: ArtifactStore, key: str) -> None:
-    for call in (store.fetch, store.exists, store.delete):
+    for call in (store.fetch, store.exists, store.delete, store.held_sha256):
         with pytest.raises(InvalidArtifactKey):
             call(key)
 

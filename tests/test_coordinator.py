@@ -355,6 +355,46 @@ def test_an_indexed_artifact_whose_object_is_gone_is_compiled_again(farm: Farm) 
     assert farm.sent("x86-64") == ["repaired", "repaired"]
 
 
+def asked_store(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys the coordinator asks its store about (the HEADs an S3 store would send), as they are asked."""
+    asked: list[str] = []
+    exists = coordinator.store.exists
+    monkeypatch.setattr(coordinator.store, "exists", lambda key: asked.append(key) or exists(key))
+    return asked
+
+
+def test_a_node_holding_the_indexed_library_hits_without_asking_the_store(farm: Farm,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    request = request_for("held")
+    first = farm.coordinator()
+    asked = asked_store(first, monkeypatch)
+    built = first.request(request, timeout=30)
+    assert built.status == Status.COMPILED and asked == []  # a miss (not indexed) asks the store nothing
+    holder = farm.coordinator("worker-x86-64")  # on the node whose worker built it, so it holds a copy
+    asked = asked_store(holder, monkeypatch)
+    farm.bucket.delete(built.key)  # the store lost it: a node holding a copy still serves it
+    assert holder.request(request, timeout=30).status == Status.CACHED and asked == []
+    assert farm.sent("x86-64") == ["held"] and farm.index.counters()["hits"] == 1
+    elsewhere = farm.coordinator("another-node")  # no copy there: it asks the store, which lost it, so it is rebuilt
+    asked = asked_store(elsewhere, monkeypatch)
+    assert elsewhere.request(request, timeout=30).status == Status.COMPILED and asked == [built.key]
+    assert farm.sent("x86-64") == ["held", "held"] and farm.bucket.get(built.key) is not None
+
+
+def test_a_node_whose_copy_is_not_the_indexed_library_asks_the_store(farm: Farm,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    request = request_for("stale")
+    built = farm.coordinator().request(request, timeout=30)
+    node = farm.coordinator("stale-node")
+    node.store.local_path(built.key).parent.mkdir(parents=True)
+    node.store.local_path(built.key).write_bytes(b"a build of other bytes")
+    asked = asked_store(node, monkeypatch)
+    before = farm.index.counters()
+    assert node.request(request, timeout=30).status == Status.CACHED and asked == [built.key]
+    after = farm.index.counters()
+    assert (after["requests"] - before["requests"], after["hits"] - before.get("hits", 0)) == (1, 1)  # once
+
+
 def test_the_worker_side_counts_redeliveries_of_one_task(tmp_path: Path) -> None:
     farm = Farm(tmp_path)
     worker = farm.start_worker("x86-64", max_deliveries=3)

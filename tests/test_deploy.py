@@ -186,3 +186,17 @@ def test_celery_app_takes_broker_results_and_index_from_their_own_urls() -> None
     plain = FarmConfig.from_env({"FARM_REDIS_URL": urls["FARM_REDIS_URL"]})
     assert plain.result_backend == plain.broker_url == urls["FARM_REDIS_URL"]
     assert make_app(plain).conf.result_backend == urls["FARM_REDIS_URL"]
+
+
+def test_only_workers_retry_result_writes_for_about_the_outage_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker retries Celery's result writes through an outage (tests/test_faults.py meets one for real); a
+    coordinator keeps its own ride-out loop, so its app does not."""
+    from celery.signals import celeryd_init
+
+    from workers.app import make_app
+
+    monkeypatch.setenv("FARM_OUTAGE_GRACE", "30")
+    app = make_app(FarmConfig.from_env({"FARM_REDIS_URL": "redis://redis:6379/0"}))
+    assert not app.conf.result_backend_always_retry
+    celeryd_init.send(sender="worker@host", instance=None, conf=app.conf, options={})  # as `celery worker` does
+    assert app.conf.result_backend_always_retry and app.conf.result_backend_max_retries == 30

@@ -27,7 +27,7 @@ from elftools.elf.enums import ENUM_D_TAG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import farm.compiler.policy
+import farm.compiler.codegen.abi
 import farm.runtime.loader
 from farm.cache.engine import Engine
 from farm.compiler.elf_policy import (
@@ -128,7 +128,7 @@ def test_farm_libraries_pass_and_read_as_pyelftools_reads_them(farm_libraries: d
     view = read_library(path)
     assert facts_of(view) == reference_facts(path)
     assert not needed_of(view) and not view.ifuncs
-    assert set(view.undefined.values()) <= farm.compiler.policy.ALLOWED_IMPORTS
+    assert set(view.undefined.values()) <= farm.compiler.codegen.abi.ALLOWED_IMPORTS
     assert {r.type for r in view.relocations} <= set(ALLOWED_RELOCATIONS[view.machine])
     if name.startswith("pointers"):  # the table really exercises the relocations the policy allows beyond PLT
         assert len({r.type for r in view.relocations}) >= 2

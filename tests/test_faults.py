@@ -249,6 +249,40 @@ def test_redis_restart_during_prewarm_loses_nothing(tmp_path: Path) -> None:
                                 "rewrites served during the outage": 20}
 
 
+@pytest.mark.slow
+def test_redis_outage_as_a_task_finishes_loses_nothing(tmp_path: Path) -> None:
+    """The moment the Redis restart above meets only now and then: a task has done farm's part (built, indexed,
+    lock released) and Celery writes its result while Redis is away. Here Celery's Redis (broker and results)
+    is a server apart from the index's (FARM_BROKER_URL, FARM_RESULT_URL): it is stopped while the task compiles
+    and started again once the task has finished, so that moment comes every time."""
+    celery_port = free_port()
+    with ExitStack() as stack:
+        celery_redis = stack.enter_context(redis_server(tmp_path / "celery", celery_port, durable=True))
+        farm = stack.enter_context(farm_cluster(tmp_path, workers=1, FARM_BROKER_URL=celery_redis,
+                                                FARM_RESULT_URL=celery_redis))
+        index = RedisIndex(farm["redis"])
+        coord = coordinator(farm["env"])
+        thread, box = in_background(lambda: coord.ensure(requests_for(job_rulesets(1, "finish")), timeout=90))
+        worker: subprocess.Popen = farm["workers"][0]  # type: ignore[type-arg]
+        deadline = time.monotonic() + 60
+        while not (pool := compiling_pool_processes(worker)):
+            assert time.monotonic() < deadline and thread.is_alive(), "the task never started compiling"
+            time.sleep(0.005)
+        # The task is held still (its tool runs on) while Celery's Redis goes, so it cannot finish first.
+        os.kill(pool[0], signal.SIGSTOP)
+        try:
+            kill_redis(celery_port)
+        finally:
+            os.kill(pool[0], signal.SIGCONT)
+        while index.counters().get("compilations_ok", 0) < 1:  # built and indexed: its result is due now
+            assert time.monotonic() < deadline, "the task did not finish compiling"
+            time.sleep(0.05)
+        time.sleep(2)  # the task finishes and meets the outage
+        with redis_server(tmp_path / "celery", celery_port, durable=True):
+            outcomes = result_of(thread, box, 120)
+    assert_all_done(outcomes, 1)  # before the fix: FAILED, "ConnectionError: Error 111 connecting to ..."
+
+
 def kill_redis(port: int) -> None:
     """SIGKILL the redis-server listening on `port` (found through /proc, as an operator would with ss), then
     wait until the port refuses connections."""

@@ -273,7 +273,7 @@ def test_farm_modules_optimised_by_opt_still_pass() -> None:
     user optimised beforehand loads; farm's modules themselves (every test compiling a ruleset) pass as emitted."""
     from farm.compiler.codegen.llvm import ruleset_parts
     from farm.compiler.policy import defined_functions
-    from farm.compiler.toolchain import find_tool
+    from farm.compiler.tools import find_tool
 
     from .conftest import EXAMPLES, ruleset_of
 

@@ -15,7 +15,7 @@ import pytest
 from farm.cache.builder import ArtifactBuilder
 from farm.cache.engine import Engine, FallbackWarning, load_native
 from farm.compiler.elf_policy import EM_AARCH64, EM_X86_64
-from farm.compiler.toolchain import find_tool
+from farm.compiler.tools import find_tool
 from farm.config import FarmConfig
 from farm.errors import (
     FarmError,
@@ -200,7 +200,7 @@ def test_a_missing_tool_message_names_its_override_variable_once(tool: str, vari
         with pytest.raises(ToolNotFound) as overridden:
             find_tool(tool)
         monkeypatch.delenv(variable)
-        monkeypatch.setattr("farm.compiler.toolchain.shutil.which", lambda name: None)  # installed nowhere
+        monkeypatch.setattr("farm.compiler.tools.shutil.which", lambda name: None)  # installed nowhere
         find_tool.cache_clear()
         with pytest.raises(ToolNotFound) as absent:
             find_tool(tool)

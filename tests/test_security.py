@@ -23,7 +23,7 @@ from farm.cache.engine import Engine, load_native
 from farm.cache.jit import JitCompiler, JitConfig
 from farm.cache.signing import KeyPair
 from farm.compiler.elf_policy import check_library
-from farm.compiler.toolchain import find_tool
+from farm.compiler.tools import find_tool
 from farm.config import FarmConfig
 from farm.errors import BadSignature, IntegrityError, PolicyViolation, StageFailed, StageTimeout
 from farm.runtime.loader import NativeRuleset, open_library, sha256_file

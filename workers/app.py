@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from celery.signals import celeryd_init
 
 from farm.config import FarmConfig
 
@@ -50,6 +52,24 @@ def make_coordinator(config: FarmConfig) -> Coordinator:
     from farm.cluster.coordinator import Coordinator
 
     return Coordinator(config, make_app(config))
+
+
+@celeryd_init.connect
+def _worker_settings(conf: Any, **_: Any) -> None:
+    """Settings for workers only (`celery worker` sends celeryd_init before it builds the result backend), from the
+    environment as the worker's tasks read it."""
+    conf.update(_result_writes_ridden_out(FarmConfig.from_env()))
+
+
+def _result_writes_ridden_out(config: FarmConfig) -> dict[str, Any]:
+    """A finished task's result is written by Celery, not farm: its store_result reads the stored state, then
+    writes, and by default gives up at the first connection error. A task that met a Redis outage there, its
+    artifact built and indexed, was recorded FAILED with redis-py's ConnectionError, or not recorded at all while
+    its message was acknowledged. Retried instead for about the outage grace, as farm's own steps are (full jitter
+    capped at 2 s: a second a retry on average). Workers only: a coordinator rides out its reads itself, in
+    slices (Coordinator._wait), which retries inside get() would stretch."""
+    return {"result_backend_always_retry": True, "result_backend_max_sleep_between_retries_ms": 2000,
+            "result_backend_max_retries": max(1, math.ceil(config.outage_grace))}
 
 
 def _transport_options(config: FarmConfig) -> dict[str, float]:

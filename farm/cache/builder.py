@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.cache.backends import make_index, make_store
 from farm.cache.counting import best_effort
 from farm.cache.direct import direct_key
-from farm.cache.gc import LocalTier, Policy, gc_local
 from farm.cache.index import CacheIndex
-from farm.cache.objcache import UsedObjectCache, lent_objects_missing
 from farm.cache.signing import signer_of, trusted_keys_of, verify
 from farm.cache.store import ArtifactMeta, ArtifactStore, check_key
-from farm.compiler.toolchain import (
-    BuildResult,
-    Toolchain,
-    artifact_key,
-    native_target,
-    remove_build_dir,
-    tool_versions,
-)
+from farm.compiler.tools import artifact_key, native_target, tool_versions
 from farm.config import FarmConfig
 from farm.errors import (
     BackendUnavailable,
@@ -38,10 +30,16 @@ from farm.errors import (
 )
 from farm.lang.transduce import RuleSet
 from farm.locks import file_lock
+from farm.log import get_logger
 from farm.runtime.loader import sha256_file, verify_sha256
 from farm.targets import Target, resolve
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from farm.cache.gc import LocalTier
+    from farm.cache.objcache import UsedObjectCache
+    from farm.compiler.toolchain import BuildResult, Toolchain
+
+log = get_logger(__name__)
 
 MAX_PATTERN_ID = 4096
 
@@ -71,6 +69,8 @@ def build_lock(cache_dir: Path, key: str) -> AbstractContextManager[None]:
 
 @dataclass
 class Artifact:
+    """A library a request got: its metadata and local path, and whether it came from the store."""
+
     meta: ArtifactMeta
     path: Path
     cached: bool  # served from the store rather than compiled now
@@ -89,18 +89,34 @@ class ArtifactBuilder:
         self.trusted = trusted_keys_of(self.config)
         self.index = index or make_index(self.config)
         self.store = store or make_store(self.config, self.index)
-        self.objects = UsedObjectCache(self.config.cache_dir / "objcache")
-        self.toolchain = Toolchain(self.config.build_dir, self.config.stage_timeout,
-                                   memory_limit=self.config.stage_memory_mb << 20,
-                                   compile_path=self.config.compile_path, object_cache=self.objects)
-        self.local_tier = LocalTier.of(self.store, self.index, self.objects)
+
+    # What builds and what collects, made (and imported) on first use: a hit needs none of them.
+    @cached_property
+    def objects(self) -> UsedObjectCache:
+        from farm.cache.objcache import UsedObjectCache
+
+        return UsedObjectCache(self.config.cache_dir / "objcache")
+
+    @cached_property
+    def toolchain(self) -> Toolchain:
+        from farm.compiler.toolchain import Toolchain
+
+        return Toolchain(self.config.build_dir, self.config.stage_timeout,
+                         memory_limit=self.config.stage_memory_mb << 20, compile_path=self.config.compile_path,
+                         object_cache=self.objects)
+
+    @cached_property
+    def local_tier(self) -> LocalTier | None:
+        from farm.cache.gc import LocalTier
+
+        return LocalTier.of(self.store, self.index, self.objects)
 
     def target(self, name: str | None = None) -> Target:
         name = name or self.config.target
         return native_target() if name == "native" else resolve(name)
 
     def versions(self) -> dict[str, str]:
-        return tool_versions(self.toolchain.compile_path)
+        return tool_versions(self.config.compile_path)
 
     def key_for(self, parts: list[tuple[str, str]], target: Target, opt_level: int) -> str:
         return artifact_key(parts, target, opt_level, self.versions())
@@ -113,6 +129,18 @@ class ArtifactBuilder:
         """The ruleset's library, looked up first by its direct-mode key (farm/cache/direct.py), which takes no
         code generation. On a miss, or when the library that key names is gone, the IR is generated and the
         library found or built by its content key (ensure_parts); then the direct entry is recorded."""
+        artifact = self._ruleset(ruleset, pattern_id, target, opt_level, build=True)
+        assert artifact is not None  # built when not stored
+        return artifact
+
+    def stored_ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
+                       opt_level: int | None = None) -> Artifact | None:
+        """The ruleset's library if it is stored already (found as ensure_ruleset finds it, and counted as a hit);
+        None when it would have to be built, and then nothing is counted: the build that follows counts its miss."""
+        return self._ruleset(ruleset, pattern_id, target, opt_level, build=False)
+
+    def _ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None, opt_level: int | None,
+                 build: bool) -> Artifact | None:
         check_pattern_id(pattern_id)
         start = time.perf_counter()
         resolved = self.target(target)
@@ -125,11 +153,16 @@ class ArtifactBuilder:
         from farm.compiler.codegen import llvm
         from farm.lang.serialize import ruleset_to_json
 
-        artifact = self.ensure_parts(llvm.ruleset_parts(ruleset, resolved.triple), pattern_id, resolved.name, opt,
-                                     ruleset_to_json(ruleset))
-        best_effort(f"the direct-mode entry of {artifact.meta.key[:12]}",
-                    lambda: self.index.record_direct(direct, artifact.meta.key))
-        artifact.seconds = time.perf_counter() - start
+        parts = llvm.ruleset_parts(ruleset, resolved.triple)
+        if build:
+            artifact: Artifact | None = self.ensure_parts(parts, pattern_id, resolved.name, opt,
+                                                          ruleset_to_json(ruleset))
+        else:
+            artifact = self._hit(self.key_for(parts, resolved, opt), pattern_id, resolved.name, start)
+        if artifact is not None:
+            found = artifact.meta.key
+            best_effort(f"the direct-mode entry of {found[:12]}", lambda: self.index.record_direct(direct, found))
+            artifact.seconds = time.perf_counter() - start
         return artifact
 
     def _direct_hit(self, direct: str, pattern_id: str, resolved: Target, opt: int, start: float) -> Artifact | None:
@@ -208,6 +241,8 @@ class ArtifactBuilder:
     def _build(self, parts: list[tuple[str, str]], key: str, pattern_id: str, resolved: Target, opt: int,
                ruleset_json: str, start: float) -> Artifact:
         """Build, store, then index (counting the stored bytes): called under the key's build lock."""
+        from farm.compiler.toolchain import remove_build_dir
+
         if self.count_requests:
             self.index.note_miss(pattern_id)
         try:
@@ -233,6 +268,8 @@ class ArtifactBuilder:
     def _build_parts(self, parts: list[tuple[str, str]], target: Target, opt: int) -> BuildResult:
         """Toolchain.build_parts; if an object of the object cache was evicted before the link, built again
         without the object cache (every module compiled into the build directory, where nothing evicts it)."""
+        from farm.cache.objcache import lent_objects_missing
+
         with self.objects.lending() as lent:
             try:
                 return self.toolchain.build_parts(parts, target, opt)
@@ -245,6 +282,8 @@ class ArtifactBuilder:
     def _keep_within_limit(self, key: str) -> None:
         """After the local tier gained an artifact: evict the least recently used past FARM_CACHE_SIZE (never that
         artifact). A failure is logged: the artifact stored is what this request needs."""
+        from farm.cache.gc import Policy, gc_local
+
         if not self.config.cache_size or self.local_tier is None:
             return
         try:

@@ -3,13 +3,13 @@ work it counts (a cache hit stays a hit with the counters unreachable)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Protocol
 
 from farm.errors import BackendUnavailable
+from farm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class CountSink(Protocol):

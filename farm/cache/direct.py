@@ -2,7 +2,7 @@
 fingerprint, the code generator's version, the target, -O, the compile path and the tools' versions), which the
 index maps to the library's content key. A request looks it up first; on a hit the library is fetched, verified and
 loaded without generating any IR. On a miss the IR is generated and keyed by its content, which stays the
-artifact's identity (farm.compiler.toolchain.artifact_key), and the direct entry is recorded for the next request.
+artifact's identity (farm.compiler.tools.artifact_key), and the direct entry is recorded for the next request.
 
 The code generator's version is a hash of the source files that shape the IR (CODEGEN_SOURCES) and of llvmlite's
 version (its IR printer), read here and never imported: no version number to bump by hand, and a change to any of
@@ -33,7 +33,8 @@ def source_files(root: Path = FARM) -> list[Path]:
     files: list[Path] = []
     for name in CODEGEN_SOURCES:
         path = root / name
-        files.extend(sorted(path.glob("*.py")) if path.is_dir() else [path])
+        # iterdir, not glob: the same *.py files, without compiling a pattern (a hit computes this)
+        files.extend(sorted(p for p in path.iterdir() if p.suffix == ".py") if path.is_dir() else [path])
     return files
 
 
@@ -63,7 +64,7 @@ def _llvmlite_version() -> str:
 
 def direct_key(fingerprint: str, target: Target, opt_level: int, versions: dict[str, str],
                codegen: str | None = None) -> str:
-    """The direct-mode key of a ruleset's library. `versions` (farm.compiler.toolchain.tool_versions) name the
+    """The direct-mode key of a ruleset's library. `versions` (farm.compiler.tools.tool_versions) name the
     compile path and its tools; `codegen` defaults to this installation's code generator."""
     h = hashlib.sha256()
     for part in ("direct-1", fingerprint, codegen or this_codegen_version(), target.name, target.triple, target.cpu,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +11,7 @@ from farm.cache.builder import Artifact, ArtifactBuilder
 from farm.cache.counting import best_effort
 from farm.cache.signing import TrustedKeys
 from farm.cache.signing import verify as verify_signature
-from farm.compiler.toolchain import ObjectCache
+from farm.cache.tiered import TIER0_OPT_LEVEL, BackgroundBuilds
 from farm.config import FarmConfig
 from farm.errors import (
     FarmError,
@@ -24,12 +22,12 @@ from farm.errors import (
 )
 from farm.lang.terms import TermGraph
 from farm.lang.transduce import RuleSet
+from farm.log import get_logger
 from farm.runtime.loader import NativeRuleset
-from farm.semantics import DEFAULT_FUEL, check_fuel
-from farm.semantics.interp import Interpreter, RewriteResult
+from farm.semantics import DEFAULT_FUEL, RewriteResult, check_fuel
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class FallbackWarning(UserWarning):
@@ -38,6 +36,8 @@ class FallbackWarning(UserWarning):
 
 @dataclass(frozen=True)
 class CompileJob:
+    """One compile of a batch (`Engine.compile_many`)."""
+
     ruleset: RuleSet
     pattern_id: str
     target: str
@@ -62,6 +62,7 @@ class Engine:
         # Loaded libraries by (fingerprint, target, -O): a loaded ruleset keeps rewriting with no index or
         # store round trip, so it keeps serving through a Redis or S3 outage.
         self._loaded: dict[tuple[str, str, int], NativeRuleset] = {}
+        self.background = BackgroundBuilds()
 
     def compile(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
                 opt_level: int | None = None) -> Artifact:
@@ -77,8 +78,7 @@ class Engine:
         key = (resolved.name, opt)
         compiler = self._in_memory.get(key)
         if compiler is None:
-            compiler = self._in_memory[key] = InMemoryCompiler(
-                resolved, opt, self.builder.toolchain.object_cache or ObjectCache(self.config.cache_dir / "objcache"))
+            compiler = self._in_memory[key] = InMemoryCompiler(resolved, opt, self.builder.objects)
         return compiler.load(ruleset)
 
     def compile_many(self, jobs: list[CompileJob]) -> Iterator[tuple[CompileJob, Artifact | FarmError]]:
@@ -99,46 +99,85 @@ class Engine:
         check_fuel(fuel)  # before any compile
         cap = self.config.max_memory
         if engine == "interpreter":
-            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+            return _interpret(ruleset, graph, roots, fuel, cap)
         try:
-            native = self._native(ruleset, pattern_id, target)
+            native = self.load(ruleset, pattern_id, target)
         except (ToolchainError, LoadError, IncompatibleArtifact, UnsupportedTarget) as exc:  # tampering is never masked
             if engine == "native":
                 raise
             warnings.warn(f"native code unavailable ({exc}); using the interpreter", FallbackWarning, stacklevel=2)
             best_effort("a fallback to the interpreter", lambda: self.builder.index.incr("fallbacks"))
-            return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+            return _interpret(ruleset, graph, roots, fuel, cap)
         result = native.rewrite(graph, roots, fuel, cap)
         best_effort(f"the hot-pattern count of {pattern_id!r}",
                     lambda: self.builder.index.note_hot(pattern_id, sum(result.firings)))
         return result
 
-    def _native(self, ruleset: RuleSet, pattern_id: str, target: str | None) -> NativeRuleset:
+    def wait_for_builds(self, timeout: float | None = None) -> bool:
+        """Wait for the libraries being built in the background (farm/cache/tiered.py); True when all landed
+        or failed, False at the timeout."""
+        return self.background.wait(timeout)
+
+    def load(self, ruleset: RuleSet, pattern_id: str, target: str | None = None) -> NativeRuleset:
+        """The ruleset's native code, loaded once per engine: its library, or with tiering (farm/cache/tiered.py)
+        the in-memory code until the library built in the background lands (`path` is `<in-memory>` till then)."""
         memo = (ruleset.fingerprint(), self.builder.target(target).name, self.config.opt_level)
+        self._tier_up(ruleset, memo)
         native = self._loaded.get(memo)
         if native is None:
-            native = self._load(ruleset, pattern_id, target)
-            self._loaded[memo] = native
+            native = self._loaded[memo] = self._load(ruleset, pattern_id, target, memo)
         return native
+
+    def _tier_up(self, ruleset: RuleSet, memo: tuple[str, str, int]) -> None:
+        """A ruleset running from memory moves to its library once the background build has landed."""
+        artifact = self.background.landed(memo)
+        if artifact is None:
+            return
+        try:
+            self._loaded[memo] = load_native(ruleset, artifact, self.builder.trusted)
+        except FarmError as exc:  # e.g. evicted already: tier 0 keeps serving, and the next process builds it
+            log.warning("could not load the library built in the background; running from memory: %s", exc)
+
+    def _tiered(self, target: str | None) -> bool:
+        """Whether a missing library is compiled in memory first: the code must run in this process."""
+        resolved = self.builder.target(target)
+        return self.config.tiered and (resolved.name == "native" or host_can_run(resolved))
 
     EVICTION_RETRIES = 3  # loads retried after the library was evicted between its fetch and its dlopen
 
-    def _load(self, ruleset: RuleSet, pattern_id: str, target: str | None) -> NativeRuleset:
-        """Compile (or fetch) and load; an artifact evicted between the two is fetched or built again."""
+    def _load(self, ruleset: RuleSet, pattern_id: str, target: str | None,
+              memo: tuple[str, str, int]) -> NativeRuleset:
+        """The stored library; when there is none and tiering is on, the ruleset compiled in memory while its
+        library is built in the background; else compiled (or fetched) and loaded. An artifact evicted between
+        its fetch and its load is fetched or built again."""
+        artifact = self.builder.stored_ruleset(ruleset, pattern_id, target) if self._tiered(target) else None
+        if artifact is None and self._tiered(target):
+            native = self.load_in_memory(ruleset, target, TIER0_OPT_LEVEL)
+            self.background.start(memo, lambda: self.compile(ruleset, pattern_id, target), f"pattern {pattern_id!r}")
+            return native
         for attempt in range(self.EVICTION_RETRIES + 1):
-            artifact = self.compile(ruleset, pattern_id, target)
+            artifact = artifact or self.compile(ruleset, pattern_id, target)
             try:
                 return load_native(ruleset, artifact, self.builder.trusted)
             except LoadError:
                 if artifact.path.exists() or attempt == self.EVICTION_RETRIES:
                     raise
             log.info("artifact %s was evicted before it was loaded; building it again", artifact.meta.key[:12])
+            artifact = None
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _interpret(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int, cap: int) -> RewriteResult:
+    from farm.semantics.interp import Interpreter  # imported when it runs: a native rewrite needs none of it
+
+    return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
 
 
 def _leave_sigint_to_parent() -> None:
     """In a pool process: Ctrl-C reaches the whole process group; the parent stops the pool, so a worker
     prints no traceback of its own. A Python-level no-op (not SIG_IGN) so the tools it runs still stop."""
+    import signal
+
     signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 

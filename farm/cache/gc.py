@@ -17,7 +17,6 @@ cluster.Coordinator), never an error.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -28,8 +27,9 @@ from farm.cache.objcache import UsedObjectCache
 from farm.cache.store import ArtifactStore
 from farm.cache.store.local import LocalStore, StoredFiles
 from farm.errors import InvalidArgument
+from farm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Seconds an artifact or object stays after its last use, whatever the limit: what is being used right now (an
 # object handed to a build that is still linking, a library fetched and about to be opened) is not evicted. A

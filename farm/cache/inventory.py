@@ -15,7 +15,7 @@ from farm.cache.index import ArtifactIndex, IndexedArtifact
 from farm.cache.objcache import UsedObjectCache
 from farm.cache.store import ArtifactMeta, ArtifactStore
 from farm.cache.store.local import LocalStore
-from farm.compiler.toolchain import tool_versions
+from farm.compiler.tools import tool_versions
 from farm.config import FarmConfig
 from farm.errors import ConfigError, FarmError
 from farm.targets import target_names

@@ -14,7 +14,7 @@ from farm.cache.backends import make_index, make_store
 from farm.cache.builder import check_pattern_id
 from farm.cache.signing import trusted_keys_of, verify
 from farm.cache.store import ArtifactMeta
-from farm.compiler.toolchain import find_tool
+from farm.compiler.tools import find_tool
 from farm.config import FarmConfig
 from farm.errors import ArtifactMissing, IncompatibleArtifact
 from farm.lang.serialize import ruleset_from_json

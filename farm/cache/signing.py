@@ -264,6 +264,8 @@ def trusted_keys_of(config: FarmConfig) -> TrustedKeys | None:
 
 @dataclass(frozen=True)
 class KeyPair:
+    """The two key files `write_key_pair` made, and the public key's id."""
+
     private_path: Path
     public_path: Path
     key_id: str

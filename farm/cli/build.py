@@ -7,7 +7,6 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
 from rich.table import Table
 
 from farm.cli.common import (
@@ -17,16 +16,15 @@ from farm.cli.common import (
     add_opt_level,
     add_rules,
     add_targets,
-    err,
     load_ruleset,
     opt_level,
-    out,
     output_file,
     pattern_id,
     print_json,
     progress,
     write_output,
 )
+from farm.cli.console import err, out, say
 from farm.errors import FarmError
 
 if TYPE_CHECKING:
@@ -41,9 +39,6 @@ STAGES = ("parse", "llvm-as", "policy", "opt", "llc", "codegen", "as", "ld")
 
 
 class Compile(Command):
-    name = "compile"
-    summary = "compile a rule file to a shared library"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_rules(parser)
         add_opt_level(parser)
@@ -59,7 +54,7 @@ class Compile(Command):
         results = _compile_for(engine, ruleset, pattern_id(args.rules), args.targets or [engine.config.target], opt)
         for _, art in results:
             print(art.path)
-        err.print(_stage_table(f"{args.rules}: {len(ruleset.rules)} rules, -O{opt}, stage times in ms", results))
+        err().print(_stage_table(f"{args.rules}: {len(ruleset.rules)} rules, -O{opt}, stage times in ms", results))
         return EXIT_OK
 
 
@@ -127,9 +122,6 @@ def _stage_table(title: str, results: list[tuple[str, Artifact]]) -> Table:
 
 
 class Codegen(Command):
-    name = "codegen"
-    summary = "emit a ruleset as LLVM IR, Rust or OpenQASM 3 text"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_rules(parser)
         parser.add_argument("--lang", choices=("llvm", "rust", "qasm"), default="llvm", help="the backend's language")
@@ -141,7 +133,7 @@ class Codegen(Command):
         text = _generate(load_ruleset(args.rules, args.warnings), args.lang, args.main)
         if output:
             write_output(output, text.encode())
-            err.print(f"wrote {escape(args.output)} ({len(text):,} bytes of {args.lang})", highlight=False)
+            say(f"wrote {args.output} ({len(text):,} bytes of {args.lang})")
         else:
             sys.stdout.write(text)
         return EXIT_OK
@@ -164,14 +156,11 @@ def _generate(ruleset: RuleSet, lang: str, with_main: bool) -> str:
 
 
 class Targets(Command):
-    name = "targets"
-    summary = "list compilation targets"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_json(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from farm.compiler.toolchain import find_tool
+        from farm.compiler.tools import find_tool
         from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
         try:
@@ -190,5 +179,5 @@ class Targets(Command):
             runs = host_can_run(target)
             why = "yes" if runs else f"no ({', '.join(missing_flags(target)[:4]) or target.arch})"
             table.add_row(target.name, target.triple, target.cpu, why)
-        out.print(table)
+        out().print(table)
         return EXIT_OK

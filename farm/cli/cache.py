@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from farm.cli.common import EXIT_OK, Command, add_json, checked, err, out, print_json
+from farm.cli.common import EXIT_OK, Command, add_json, checked, print_json
+from farm.cli.console import out, say
 
 if TYPE_CHECKING:
     from farm.cache.gc import GcReport
@@ -19,14 +20,11 @@ if TYPE_CHECKING:
 
 
 class Cache(Command):
-    name = "cache"
-    summary = "list, show, collect (gc) and clear the artifact caches"
-
     def register(self, subparsers: argparse._SubParsersAction[Any]) -> None:
         parser = subparsers.add_parser(self.name, help=self.summary)
-        actions = parser.add_subparsers(dest="cache_command", required=True, metavar="{ls,show,gc,clear}")
-        for action in (_List(), _Show(), _Collect(), _Clear()):
-            action.register(actions)
+        actions = parser.add_subparsers(dest="cache_command", required=True, metavar=f"{{{','.join(ACTIONS)}}}")
+        for name, (action, summary) in ACTIONS.items():
+            action(name, summary).register(actions)
 
 
 def _config() -> FarmConfig:
@@ -42,9 +40,6 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
 
 
 class _List(Command):
-    name = "ls"
-    summary = "the indexed artifacts, least recently used first"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_json(parser)
 
@@ -64,15 +59,11 @@ class _List(Command):
         for entry in entries:
             table.add_row(entry.key[:16], escape(entry.target), human_bytes(entry.size), ago(entry.created_at),
                           ago(entry.last_hit))
-        out.print(table)
+        out().print(table)
         return EXIT_OK
 
 
 class _Show(Command):
-    name = "show"
-    summary = ("artifacts by key (or its first 6+ hex digits) or pattern ID: metadata, size, last hit, why a request "
-               "would miss")
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("query", metavar="KEY|PATTERN")
         add_json(parser)
@@ -85,10 +76,10 @@ class _Show(Command):
             print_json([item.to_json() for item in shown])
             return EXIT_OK
         if not shown:
-            err.print(f"no artifact has a key starting with, or a pattern ID of, {escape(args.query)!r}: a request "
-                      "for that pattern builds it", highlight=False)
+            say(f"no artifact has a key starting with, or a pattern ID of, {args.query!r}: a request for that pattern "
+                "builds it")
         for item in shown:
-            out.print(_shown_table(item))
+            out().print(_shown_table(item))
         return EXIT_OK
 
 
@@ -124,9 +115,6 @@ def _add_bounds(parser: argparse.ArgumentParser) -> None:
 
 
 class _Collect(Command):
-    name = "gc"
-    summary = "evict the least recently used (whatever was used in the last minute stays)"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         _add_bounds(parser)
         _add_shared(parser)
@@ -140,9 +128,6 @@ class _Collect(Command):
 
 
 class _Clear(Command):
-    name = "clear"
-    summary = "remove every artifact and compiled object (requests rebuild them)"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         _add_shared(parser)
         add_json(parser)
@@ -168,7 +153,17 @@ def _report(report: GcReport, as_json: bool) -> None:
                         ("index entries without files removed", f"{report.entries_repaired:,}"),
                         ("kept: used in the last minute", f"{report.kept_in_use:,}")):
         table.add_row(name, value)
-    out.print(table)
+    out().print(table)
+
+
+# `farm cache`'s actions, in the order its help lists them.
+ACTIONS: dict[str, tuple[type[Command], str]] = {
+    "ls": (_List, "the indexed artifacts, least recently used first"),
+    "show": (_Show, "artifacts by key (or its first 6+ hex digits) or pattern ID: metadata, size, last hit, why a "
+                    "request would miss"),
+    "gc": (_Collect, "evict the least recently used (whatever was used in the last minute stays)"),
+    "clear": (_Clear, "remove every artifact and compiled object (requests rebuild them)"),
+}
 
 
 def human_bytes(count: float) -> str:

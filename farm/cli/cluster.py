@@ -20,15 +20,14 @@ from farm.cli.common import (
     add_opt_level,
     add_targets,
     duration,
-    err,
     opt_level,
-    out,
     port_number,
     print_json,
     print_normal_forms,
     progress,
     whole_number,
 )
+from farm.cli.console import err, out, say
 from farm.errors import FarmError
 from farm.inputs import TERMS, read_input_text
 
@@ -42,9 +41,6 @@ if TYPE_CHECKING:
 
 
 class Prewarm(Command):
-    name = "prewarm"
-    summary = "cluster: compile every rule of a hot list for some targets, in batches"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_opt_level(parser)
         parser.add_argument("hot_list", help="rule file: each rule is one pattern (its name is the pattern ID)")
@@ -77,7 +73,7 @@ class Prewarm(Command):
         if args.json:
             print_json(_summary(args.hot_list, elapsed, outcomes))
         else:
-            err.print(_outcome_table(f"pre-warm of {args.hot_list} in {elapsed:.1f} s", outcomes))
+            err().print(_outcome_table(f"pre-warm of {args.hot_list} in {elapsed:.1f} s", outcomes))
         return _report_failures(outcomes)
 
 
@@ -114,15 +110,11 @@ def _report_failures(outcomes: list[Outcome]) -> int:
 
     failures = [o for o in outcomes if o.status not in (Status.COMPILED, Status.CACHED)]
     for o in failures[:10]:
-        err.print(f"[red]failed[/]: {escape(o.request.pattern_id)} on {o.request.target}: {escape(o.error)}",
-                  highlight=False)
+        say(f": {o.request.pattern_id} on {o.request.target}: {o.error}", lead="failed", style="red")
     return EXIT_FAILED if failures else EXIT_OK
 
 
 class Pull(Command):
-    name = "pull"
-    summary = "cluster: fetch, verify and load the best artifact of a pattern for this host"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("pattern_id", help="the pattern ID the artifact was compiled under")
         parser.add_argument("--target", help="this one target instead of the best one for the host")
@@ -134,7 +126,7 @@ class Pull(Command):
 
         config = FarmConfig.from_env()
         result = pull(args.pattern_id, config, args.target)
-        err.print(_pulled_table(f"pulled {args.pattern_id}", result))
+        err().print(_pulled_table(f"pulled {args.pattern_id}", result))
         print(result.path)
         if args.rewrite:
             _rewrite_with(result, args.pattern_id, args.rewrite, config)
@@ -170,9 +162,6 @@ def _rewrite_with(result: Pulled, pattern: str, terms: str, config: FarmConfig) 
 
 
 class Hot(Command):
-    name = "hot"
-    summary = "cluster: the hottest patterns"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--top", type=whole_number(1), default=20, metavar="N", help="how many patterns")
         add_json(parser)
@@ -189,7 +178,7 @@ class Hot(Command):
         table.add_column("score", justify="right")
         for rank, (pattern, score) in enumerate(hot, 1):
             table.add_row(str(rank), escape(pattern), f"{score:,.0f}")
-        out.print(table)
+        out().print(table)
         return EXIT_OK
 
 
@@ -206,9 +195,6 @@ def _coordination(command: str) -> Coordination:
 
 
 class Workers(Command):
-    name = "workers"
-    summary = "cluster: the live workers, their targets, toolchains and load"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_json(parser)
 
@@ -227,10 +213,10 @@ class Workers(Command):
             table.add_row(escape(w.name), escape(w.host), str(w.pid), ", ".join(w.targets),
                           escape(w.toolchain.get("llc", "?").removeprefix("llc=")), str(w.concurrency), str(w.inflight),
                           _ago(now - w.started, ""), _ago(now - w.seen, " ago"))
-        out.print(table)
+        out().print(table)
         if not workers:
-            err.print("no live worker: start one with `farm worker --targets T` (a worker stopped or silent for "
-                      "30 s is not listed)", highlight=False)
+            say("no live worker: start one with `farm worker --targets T` (a worker stopped or silent for 30 s is "
+                "not listed)")
         return EXIT_OK
 
 
@@ -244,9 +230,6 @@ def _ago(seconds: float, suffix: str) -> str:
 
 
 class Worker(Command):
-    name = "worker"
-    summary = "cluster: run a Celery worker for some targets"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_targets(parser, required=True, what="what this host builds")
         parser.add_argument("--concurrency", type=whole_number(1), default=1, metavar="N", help="compile processes")

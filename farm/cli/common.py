@@ -1,5 +1,6 @@
-"""What the commands share: the consoles and exit codes, the `Command` base, the options more than one command takes
-(each defined once here), and the helpers for rule files, output files and normal forms."""
+"""What the commands share: the exit codes, the `Command` base, the options more than one command takes (each
+defined once here), and the helpers for rule files, output files and normal forms (the consoles are in
+farm/cli/console.py)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,18 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+from farm.cli.console import err, say
 from farm.errors import OutputPathError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from farm.config import FarmConfig
     from farm.lang.transduce import RuleSet
-    from farm.semantics.interp import RewriteResult
+    from farm.semantics import RewriteResult
 
-out = Console()
-# Soft wrap: a message is one line however narrow the terminal, and never cut at 80 columns into a pipe or a log.
-err = Console(stderr=True, soft_wrap=True)
 # 2: bad input or usage (argparse's own code too); 130: interrupted (128 + SIGINT, as shells report it)
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 T = TypeVar("T")
@@ -40,11 +37,12 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class Command:
-    """One subcommand, pip-style: its name, its one-line summary, its options and its run, side by side in one
-    class. `run` returns the exit code."""
+    """One subcommand, pip-style: its options and its run, side by side in one class, made with its name and
+    one-line summary (farm.cli.COMMANDS lists them). `run` returns the exit code."""
 
-    name: ClassVar[str]
-    summary: ClassVar[str]
+    def __init__(self, name: str, summary: str) -> None:
+        self.name = name
+        self.summary = summary
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         """The command's arguments; a command without any keeps this."""
@@ -138,8 +136,10 @@ def duration() -> Callable[[str], float]:
 
 
 def progress() -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False)
+                    console=err(), transient=False)
 
 
 def load_ruleset(path: str, show_warnings: bool = False) -> RuleSet:
@@ -151,11 +151,11 @@ def load_ruleset(path: str, show_warnings: bool = False) -> RuleSet:
     if ruleset.warnings:
         if show_warnings:
             for w in ruleset.warnings:
-                err.print(f"[yellow]warning[/]: {escape(path)}: {escape(w.message)}", highlight=False)
+                say(f": {path}: {w.message}", lead="warning", style="yellow")
         else:
             kinds = sorted({w.kind for w in ruleset.warnings})
-            err.print(f"[yellow]{len(ruleset.warnings)} rule warning(s)[/] ({', '.join(kinds)}); "
-                      "--warnings lists them", highlight=False)
+            say(f" ({', '.join(kinds)}); --warnings lists them", lead=f"{len(ruleset.warnings)} rule warning(s)",
+                style="yellow")
     return ruleset
 
 

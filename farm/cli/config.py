@@ -9,13 +9,11 @@ from dataclasses import asdict
 from rich.markup import escape
 from rich.table import Table
 
-from farm.cli.common import EXIT_OK, Command, add_json, err, out, print_json
+from farm.cli.common import EXIT_OK, Command, add_json, print_json
+from farm.cli.console import out, say
 
 
 class Config(Command):
-    name = "config"
-    summary = "the effective configuration and where each value comes from"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_json(parser)
 
@@ -36,8 +34,8 @@ class Config(Command):
             table.add_column(column)
         for setting in settings:
             table.add_row(setting.name, escape(setting.value) or "[dim](unset)[/]", escape(setting.origin))
-        out.print(table)
+        out().print(table)
         if file is None:
-            err.print("a config file is TOML: `opt_level = 1`, `cache_dir = \"/srv/farm\"` (FARM_CONFIG names another "
-                      "file; the environment wins over it)", highlight=False)
+            say("a config file is TOML: `opt_level = 1`, `cache_dir = \"/srv/farm\"` (FARM_CONFIG names another file; "
+                "the environment wins over it)")
         return EXIT_OK

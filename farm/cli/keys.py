@@ -9,9 +9,6 @@ from farm.cli.common import EXIT_OK, Command
 
 
 class Keygen(Command):
-    name = "keygen"
-    summary = "make an Ed25519 key pair: PREFIX.key signs (builders), PREFIX.pub verifies (nodes)"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-o", "--output", default="farm-signing", metavar="PREFIX",
                             help="write PREFIX.key and PREFIX.pub (never overwritten); default farm-signing")

@@ -8,20 +8,18 @@ import time
 import warnings
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
 from farm.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     Command,
     add_rules,
-    err,
     load_ruleset,
     pattern_id,
     print_normal_forms,
     progress,
     whole_number,
 )
+from farm.cli.console import err, say
 from farm.inputs import TERMS, read_input_text
 
 if TYPE_CHECKING:
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
 
     from farm.lang.transduce import RuleSet
     from farm.runtime.verify import VerifyReport
-    from farm.semantics.interp import RewriteResult
+    from farm.semantics import RewriteResult
 
 
 def add_engine_options(parser: argparse.ArgumentParser, fuel: int) -> None:
@@ -46,9 +44,6 @@ def add_engine_options(parser: argparse.ArgumentParser, fuel: int) -> None:
 
 
 class Rewrite(Command):
-    name = "rewrite"
-    summary = "rewrite the terms of a file to normal form"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         from farm.semantics import DEFAULT_FUEL
 
@@ -67,16 +62,20 @@ class Rewrite(Command):
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = Engine().rewrite(ruleset, graph, roots, pattern_id(args.rules), args.fuel, args.engine,
-                                      args.target)
+            engine = Engine()
+            result = engine.rewrite(ruleset, graph, roots, pattern_id(args.rules), args.fuel, args.engine,
+                                    args.target)
         for w in caught:
-            err.print(f"[yellow]warning[/]: {escape(str(w.message))}", highlight=False)
+            say(f": {w.message}", lead="warning", style="yellow")
         elapsed = time.perf_counter() - start
         failed = print_normal_forms(result)
-        err.print(f"{len(roots)} term(s) rewritten by the {result.engine} in {elapsed * 1000:.1f} ms, "
-                  f"{sum(result.firings)} rule firings", highlight=False)
+        say(f"{len(roots)} term(s) rewritten by the {result.engine} in {elapsed * 1000:.1f} ms, "
+            f"{sum(result.firings)} rule firings")
         if args.stats:
-            err.print(_firings_table(ruleset, result))
+            err().print(_firings_table(ruleset, result))
+        if engine.background.pending():  # the results are out; the library lands for the next process
+            say("storing the compiled library for the next run...")
+            engine.wait_for_builds()
         return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -94,9 +93,6 @@ def _firings_table(ruleset: RuleSet, result: RewriteResult) -> Table:
 
 
 class Verify(Command):
-    name = "verify"
-    summary = "differential check: native == interpreter == oracle on random terms"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_rules(parser)
         add_engine_options(parser, fuel=10_000)
@@ -124,7 +120,7 @@ class Verify(Command):
                 differential(ruleset, native, n, seed, args.fuel, report)
                 seed += 1
                 bar.advance(task, n)
-        err.print(_report_table(f"differential check of {args.rules}", report, native is not None))
+        err().print(_report_table(f"differential check of {args.rules}", report, native is not None))
         for line in report.mismatches[:20]:
             print(f"MISMATCH {line}")
         return EXIT_OK if report.ok else EXIT_FAILED

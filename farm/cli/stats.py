@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
-from farm.cli.common import EXIT_OK, Command, add_json, duration, err, out, port_number, print_json, whole_number
+from farm.cli.common import EXIT_OK, Command, add_json, duration, port_number, print_json, whole_number
+from farm.cli.console import out, say
 
 if TYPE_CHECKING:
     from farm.cache.metrics import Snapshot
@@ -75,9 +76,6 @@ def _snapshot_source() -> tuple[Callable[[], Snapshot], str]:
 
 
 class Stats(Command):
-    name = "stats"
-    summary = "cache and compilation statistics"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_json(parser)
         parser.add_argument("--zero", action="store_true",
@@ -91,21 +89,18 @@ class Stats(Command):
             config = FarmConfig.from_env()
             zero_stats(config)
             where = "the cluster's Redis" if config.redis_url else str(config.cache_dir)
-            err.print(f"farm statistics zeroed ({escape(where)})", highlight=False)
+            say(f"farm statistics zeroed ({where})")
             return EXIT_OK
         take, where = _snapshot_source()
         snap = take()
         if args.json:
             print_json({"index": where, **snap.to_dict()})
         else:
-            out.print(stats_table(snap, f"farm statistics ({escape(where)})"))
+            out().print(stats_table(snap, f"farm statistics ({escape(where)})"))
         return EXIT_OK
 
 
 class Top(Command):
-    name = "top"
-    summary = "a live terminal view of the statistics"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--interval", type=duration(), default=2.0, metavar="SECONDS",
                             help="seconds between refreshes")
@@ -117,7 +112,7 @@ class Top(Command):
 
         take, where = _snapshot_source()
         previous, last = take(), time.monotonic()
-        with Live(stats_table(previous, f"farm top ({escape(where)})", previous, 0.0), console=out,
+        with Live(stats_table(previous, f"farm top ({escape(where)})", previous, 0.0), console=out(),
                   refresh_per_second=4, transient=False) as live:
             shown = 0
             while args.iterations == 0 or shown < args.iterations:
@@ -130,9 +125,6 @@ class Top(Command):
 
 
 class Exporter(Command):
-    name = "exporter"
-    summary = "serve the farm's metrics to Prometheus"
-
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--port", type=port_number(), default=9108, metavar="PORT",
                             help="TCP port of /metrics (0: any free one)")
@@ -156,7 +148,7 @@ class Exporter(Command):
         signal.pthread_sigmask(signal.SIG_BLOCK, stop)
         try:
             server, _ = start_http_server(args.port, addr=args.host, registry=registry)
-            err.print(f"farm exporter serving http://{args.host}:{server.server_port}/metrics", highlight=False)
+            say(f"farm exporter serving http://{args.host}:{server.server_port}/metrics")
             received = signal.sigwait(stop)
             server.shutdown()
         finally:

@@ -7,7 +7,6 @@ the value; later requests for the same key wait on that task's result instead of
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,13 +19,13 @@ from farm.cache import keys
 from farm.cache.backends import make_store
 from farm.cache.builder import ArtifactBuilder, check_pattern_id
 from farm.cache.counting import best_effort
-from farm.cache.index import ClusterIndex, Coordination
+from farm.cache.index import GONE, STORED, UNKNOWN, ClusterIndex, Coordination
 from farm.cache.index.redis import RedisIndex
 from farm.cache.store import ArtifactMeta, ArtifactStore
 from farm.cluster.heartbeat import HEARTBEAT_SECONDS, Heartbeat, worker_status
 from farm.cluster.messages import CompileMessage, Status, TaskResult, WirePart, content_key, shared_texts
 from farm.compiler.codegen.llvm import ruleset_parts, runtime_ir
-from farm.compiler.toolchain import artifact_key
+from farm.compiler.tools import artifact_key
 from farm.config import FarmConfig, masked
 from farm.errors import (
     BackendUnavailable,
@@ -40,9 +39,10 @@ from farm.errors import (
 )
 from farm.lang.serialize import ruleset_to_json
 from farm.lang.transduce import RuleSet
+from farm.log import get_logger
 from farm.targets import REGISTRY, resolve
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 
@@ -196,16 +196,23 @@ class Coordinator:
                                      "its queue for the next")
 
     def _hit_or_lock(self, req: CompileRequest, mine: str) -> tuple[ArtifactMeta | None, str, Any]:
-        """A shared hit; or the task ID to wait on, with the message to send if that task is ours."""
+        """A shared hit; or the task ID to wait on, with the message to send if that task is ours.
+
+        One index round trip decides and counts a miss (taking the lock), or a hit on a node that holds a copy of
+        the indexed library (the bytes the index's sha256 names, hashed now): such a node asks the store nothing. It
+        can serve the artifact whatever the store holds; a store that lost the object is repaired by the first
+        request from a node without a copy, or by a builder's fetch. A node without a copy asks the store (a HEAD)
+        about an indexed artifact before it counts a hit, so an object the store lost is a miss and is rebuilt."""
         key, versions = self.key_for(req)
-        meta = self.index.meta(key)
-        if meta is not None and self.store.exists(key):
-            self.index.note_hit(req.pattern_id, req.target, meta, hot=True)
-            return meta, "", None
-        self.index.note_miss(req.pattern_id)
-        holder = self.index.acquire(key, mine, ttl=self.config.task_time_limit * 2)
-        if holder != mine:
-            return None, holder, None
+        claim = partial(self.index.hit_or_acquire, key, req.pattern_id, req.target, mine,
+                        self.config.task_time_limit * 2)
+        found = claim(self.store.held_sha256(key) or UNKNOWN)
+        if found.unsettled:  # indexed, and no copy of it here: the store says whether the object is there
+            found = claim(STORED if self.store.exists(key) else GONE)
+        if found.meta is not None:
+            return found.meta, "", None
+        if found.holder != mine:
+            return None, found.holder, None
         message = CompileMessage(req.pattern_id, req.target, req.opt_level, key, versions,
                                  tuple(WirePart.of(name, text) for name, text in req.parts), req.ruleset_json)
         return None, mine, self.app.signature("farm.compile", args=(message.to_wire(),), task_id=mine,
@@ -360,10 +367,14 @@ def _no_worker(target: str, since: str = "") -> NoWorkerForTarget:
 @contextmanager
 def _broker_errors(config: FarmConfig) -> Iterator[None]:
     from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     try:
         yield
-    except (OperationalError, ConnectionError) as exc:
+    # kombu wraps most of the broker's errors; redis-py's own can still come through (the result backend's
+    # subscription to a task as it is published), and they are not the built-in ConnectionError
+    except (OperationalError, ConnectionError, RedisConnectionError, RedisTimeoutError) as exc:
         raise BackendUnavailable(f"the broker at {masked(config.broker_url or '')} is unreachable: {exc}") from None
 
 

@@ -5,7 +5,6 @@ fail fast with NoWorkerForTarget instead of waiting out their timeout, and `farm
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
@@ -13,8 +12,9 @@ import time
 from collections.abc import Callable
 
 from farm.cache.index import Coordination, WorkerStatus
+from farm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
 LIVE_FOR = 3 * HEARTBEAT_SECONDS  # three beats missed in a row: the worker is gone

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from farm.compiler.policy import ALLOWED_IMPORTS
+from farm.compiler.codegen.abi import ALLOWED_IMPORTS
 from farm.errors import MalformedLibrary, UnsafeLibrary
 
 EM_X86_64, EM_AARCH64 = 62, 183

@@ -15,9 +15,9 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+from farm.compiler.codegen.abi import ALLOWED_IMPORTS
 from farm.errors import PolicyViolation, StageFailed
 
-ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset"})
 MAX_IR_BYTES = 256 << 20  # a module larger than this is refused before it reaches a parser or a tool
 # The bytes a module's globals may take, as the backend lays them out. A zeroinitializer is a few bytes of text
 # for any size: without a cap, `@big = constant [1 << 36 x i8] zeroinitializer` asks the in-process path for a

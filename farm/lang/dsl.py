@@ -36,6 +36,8 @@ _BINARY_LEVEL = {op: level for level, ops in enumerate(PRECEDENCE) for op in ops
 
 @dataclass
 class RuleFile:
+    """A parsed rule file: its patterns in file order and its declared operators."""
+
     path: str
     patterns: list[TopologicalPattern] = field(default_factory=list)
     declared_ops: dict[str, int] = field(default_factory=dict)

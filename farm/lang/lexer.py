@@ -14,6 +14,8 @@ I64_MAX = 2**63 - 1
 
 @dataclass(frozen=True)
 class Token:
+    """One token of a rule or term file, with where it starts."""
+
     kind: str  # IDENT, VAR, INT, PUNCT, EOF
     text: str
     location: SourceLocation

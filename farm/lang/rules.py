@@ -12,6 +12,8 @@ from farm.errors import SourceLocation
 
 @dataclass(frozen=True)
 class Var:
+    """A pattern variable, `?name`."""
+
     name: str
 
     def __str__(self) -> str:
@@ -20,6 +22,8 @@ class Var:
 
 @dataclass(frozen=True)
 class Lit:
+    """A signed 64-bit integer literal."""
+
     value: int
 
     def __str__(self) -> str:
@@ -57,6 +61,8 @@ class _Nested:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class App(_Nested):
+    """An operator applied to arguments, `(op a1 .. an)`; a constant has none."""
+
     op: str
     args: tuple[PatternExpr, ...] = ()
 
@@ -70,6 +76,8 @@ ARITH_OPS = ("+", "-", "*", "/", "%", "&", "|", "^", "<<", ">>")
 
 @dataclass(frozen=True, eq=False, repr=False)
 class BinOp(_Nested):
+    """A literal computed from two literal expressions, `left op right` (i64 arithmetic: docs/rules.md)."""
+
     op: str
     left: LitExpr
     right: LitExpr
@@ -80,6 +88,8 @@ class BinOp(_Nested):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Neg(_Nested):
+    """A literal expression negated, `-operand` (i64 arithmetic: docs/rules.md)."""
+
     operand: LitExpr
 
     def __post_init__(self) -> None:
@@ -266,6 +276,8 @@ def from_postfix(items: list[PostfixItem]) -> Expr:
 
 @dataclass(frozen=True)
 class IsConst:
+    """The guard `const(?x)`: the variable is bound to a literal."""
+
     var: Var
 
     def __str__(self) -> str:

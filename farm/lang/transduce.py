@@ -53,6 +53,8 @@ class RewriteRule:
 
 @dataclass(frozen=True)
 class RuleWarning:
+    """A doubtful pair of rules (a duplicate, a shadowed rule, or an overlap), with its message."""
+
     kind: str  # duplicate | shadowed | overlap
     first: str
     second: str
@@ -65,6 +67,8 @@ class RuleSetWarning(UserWarning):
 
 @dataclass(frozen=True)
 class RuleSet:
+    """Checked rules in firing order, and the operator signature they share."""
+
     rules: tuple[RewriteRule, ...]
     signature: tuple[tuple[str, int], ...]  # operator name and arity; the index is the op id
 

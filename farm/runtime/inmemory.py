@@ -12,7 +12,8 @@ from typing import Any
 
 from farm.compiler.codegen.llvm import ruleset_parts
 from farm.compiler.policy import check_module, defined_function_names, defined_functions, parse_ir
-from farm.compiler.toolchain import ObjectCache, cache_key, emit_module, emit_object_in_process, tool_versions
+from farm.compiler.toolchain import ObjectCache, emit_module, emit_object_in_process
+from farm.compiler.tools import cache_key, tool_versions
 from farm.errors import IncompatibleArtifact
 from farm.lang.transduce import RuleSet
 from farm.runtime.loader import NativeRuleset

@@ -42,8 +42,16 @@ from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTerminat
 from farm.lang.terms import ID_TYPECODE, LIT, MAX_NODES, VALUE_TYPECODE, Column, TermGraph, bulk
 from farm.lang.transduce import RuleSet
 from farm.runtime.mapped import address, zeroed_columns
-from farm.semantics import DEFAULT_FUEL, calls_error, check_fuel, cycle_error, depth_error, fuel_error, memory_error
-from farm.semantics.interp import RewriteResult
+from farm.semantics import (
+    DEFAULT_FUEL,
+    RewriteResult,
+    calls_error,
+    check_fuel,
+    cycle_error,
+    depth_error,
+    fuel_error,
+    memory_error,
+)
 
 
 class ArenaStruct(ctypes.Structure):

@@ -10,7 +10,8 @@ from farm.lang.rules import Computed, Lit, PatternExpr, Var, fold_apps, subexprs
 from farm.lang.terms import TermGraph
 from farm.lang.transduce import RuleSet
 from farm.runtime.loader import NativeRuleset
-from farm.semantics.interp import Interpreter, RewriteResult
+from farm.semantics import RewriteResult
+from farm.semantics.interp import Interpreter
 from farm.semantics.oracle import Oracle, from_graph, to_text
 
 FREE_ATOMS = ("x", "y", "z")

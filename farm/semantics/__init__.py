@@ -1,12 +1,21 @@
-"""Definitions every evaluator shares (interpreter, oracle, native loader): arithmetic and errors."""
+"""Definitions every evaluator shares (interpreter, oracle, native loader): arithmetic, errors and results."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from farm.errors import ArenaOutOfMemory, CallsTooDeep, ConditionsTooDeep, FuelExhausted, InvalidArgument, RewriteCycle
+from farm.errors import (
+    ArenaOutOfMemory,
+    CallsTooDeep,
+    ConditionsTooDeep,
+    FuelExhausted,
+    InvalidArgument,
+    NonTermination,
+    RewriteCycle,
+)
 from farm.lang.rules import BinOp, Expr, Lit, LitExpr, Neg, Var, fold
-from farm.lang.terms import wrap_i64
+from farm.lang.terms import TermGraph, wrap_i64
 
 DEFAULT_FUEL = 10_000_000
 MAX_FUEL = (1 << 63) - 1  # the native ABI passes fuel as an i64
@@ -22,6 +31,23 @@ MAX_CONDITION_DEPTH = 1_000
 MAX_CALL_DEPTH = 1 << 22
 # Entries the memo of a memoised operator's calls holds at once (docs/rules.md, "Memo").
 MAX_MEMO_ENTRIES = 1 << 18
+
+
+@dataclass
+class RewriteResult:
+    """Normal form (a node of `graph`) or the error, per root; firing counts per rule index."""
+
+    graph: TermGraph
+    outcomes: list[int | NonTermination]
+    firings: list[int]
+    engine: str = "interpreter"
+    steps: list[int] = field(default_factory=list)
+    # native: import, thread (starting the thread calls run on: a first call from a thread), rewrite (in the
+    # .so), collect (export); their sum is the call end to end
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def texts(self) -> list[str]:
+        return [self.graph.to_text(o) if isinstance(o, int) else f"error: {o}" for o in self.outcomes]
 
 
 def check_fuel(fuel: int) -> int:

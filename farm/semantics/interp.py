@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Generator
-from dataclasses import dataclass, field
 
 from farm.config import max_memory_from_env
 from farm.errors import NonTermination
@@ -31,6 +30,7 @@ from farm.semantics import (
     MAX_CALL_DEPTH,
     MAX_CONDITION_DEPTH,
     MAX_MEMO_ENTRIES,
+    RewriteResult,
     calls_error,
     check_fuel,
     compare,
@@ -66,23 +66,6 @@ I_CALL, I_CONS, I_LIT, I_COMPUTED, I_ISCONST, I_COMPARE, I_ENTER, I_COND, I_FIRE
 Request = tuple[str, tuple[int, ...]]  # a call: operator and normal-form arguments (the memo's key)
 Call = tuple[str, tuple[int, ...], bool]  # a call a rule attempt makes, and whether it is tracked if its op is
 Attempt = Generator[Call, int, int]  # one call in progress: yields its calls, returns its normal form
-
-
-@dataclass
-class RewriteResult:
-    """Normal form (a node of `graph`) or the error, per root; firing counts per rule index."""
-
-    graph: TermGraph
-    outcomes: list[int | NonTermination]
-    firings: list[int]
-    engine: str = "interpreter"
-    steps: list[int] = field(default_factory=list)
-    # native: import, thread (starting the thread calls run on: a first call from a thread), rewrite (in the
-    # .so), collect (export); their sum is the call end to end
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def texts(self) -> list[str]:
-        return [self.graph.to_text(o) if isinstance(o, int) else f"error: {o}" for o in self.outcomes]
 
 
 class _Plan:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from farm.cache.store import ArtifactMeta
+from farm.errors import IntegrityError
 
 COUNTERS = ("requests", "hits", "misses", "compilations_ok", "compilations_failed", "fallbacks")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, math.inf)
@@ -260,8 +261,51 @@ class Coordination(ABC):
     def inflight(self) -> int: ...
 
 
+# What a caller of ClusterIndex.hit_or_acquire knows of an artifact's object: the shared store has it (STORED), it
+# does not (GONE), nothing yet (UNKNOWN: no copy here, the store not asked); or the sha256 of the copy this node
+# holds (ArtifactStore.held_sha256).
+STORED = "stored"
+GONE = "gone"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ClusterIndex.hit_or_acquire decided: a hit (`meta`); a miss (`holder`: the task that builds the artifact,
+    the caller's or another's); or neither (`unsettled`), when the artifact is indexed but what the caller knows
+    does not vouch for its object: nothing was counted or taken, and the caller asks the shared store and calls
+    again with STORED or GONE."""
+
+    meta: ArtifactMeta | None = None
+    holder: str = ""
+
+    @property
+    def unsettled(self) -> bool:
+        return self.meta is None and not self.holder
+
+
 class ClusterIndex(CacheIndex, Coordination):
     """All three roles in one backend: what the cluster's coordinators and workers share (RedisIndex; MemoryIndex
     within one process)."""
 
     shared = True
+
+    def hit_or_acquire(self, key: str, pattern_id: str, target: str, task_id: str, ttl: float,
+                       evidence: str) -> Claim:
+        """A coordinator's request for `key`, decided and counted in one step (RedisIndex: one round trip). A hit
+        when the index has the artifact's metadata (in this format) and `evidence` vouches for its object: STORED, or
+        the sha256 of this node's copy when the metadata names those bytes; counted as note_hit(hot=True). No usable
+        metadata, or GONE: a miss, counted as note_miss, and the single-flight lock taken as acquire() takes it.
+        Indexed, with UNKNOWN or a copy of other bytes: Claim.unsettled. Backends make this atomic; this composition
+        of the other methods is what it does."""
+        try:
+            meta = self.meta(key)
+        except IntegrityError:  # unreadable metadata: a miss, rebuilt and indexed again, as another format's
+            meta = None
+        if meta is not None and evidence != GONE:
+            if evidence not in (STORED, meta.sha256):
+                return Claim()
+            self.note_hit(pattern_id, target, meta, hot=True)
+            return Claim(meta)
+        self.note_miss(pattern_id)
+        return Claim(holder=self.acquire(key, task_id, ttl))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from farm.cache.index import ClusterIndex, IndexedArtifact, WorkerStatus, indexed_from, least_recent_first
+from farm.cache.index import Claim, ClusterIndex, IndexedArtifact, WorkerStatus, indexed_from, least_recent_first
 from farm.cache.store import ArtifactMeta, stored_meta
 
 V = TypeVar("V")
@@ -141,6 +141,11 @@ class MemoryIndex(ClusterIndex):
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._guard:
             super().note_build(pattern_id, target, meta)
+
+    def hit_or_acquire(self, key: str, pattern_id: str, target: str, task_id: str, ttl: float,
+                       evidence: str) -> Claim:
+        with self._guard:
+            return super().hit_or_acquire(key, pattern_id, target, task_id, ttl, evidence)
 
     # --- Coordination ---
     def note_hot(self, pattern_id: str, amount: float = 1) -> None:

@@ -11,23 +11,36 @@ from typing import Any, TypeVar
 import redis
 
 from farm.cache import keys
-from farm.cache.index import ClusterIndex, IndexedArtifact, WorkerStatus, build_fields, indexed_from, least_recent_first
-from farm.cache.store import ArtifactMeta, stored_meta
+from farm.cache.index import (
+    GONE,
+    Claim,
+    ClusterIndex,
+    IndexedArtifact,
+    WorkerStatus,
+    build_fields,
+    indexed_from,
+    least_recent_first,
+)
+from farm.cache.store import FORMAT_VERSION, ArtifactMeta, stored_meta
 from farm.config import masked
-from farm.errors import BackendRefusedWrite, BackendUnavailable
+from farm.errors import BackendRefusedWrite, BackendUnavailable, IntegrityError
 
 T = TypeVar("T")
 
 # The lock, or its holder, in one round trip; a lock taken is filed under its expiry (Redis's clock) in the
-# locks ZSET, so the work in flight is counted without a SCAN over the whole keyspace.
-_ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local now = redis.call('TIME')
-  redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000) + ARGV[2], KEYS[1])
-  return ARGV[1]
+# locks ZSET, so the work in flight is counted without a SCAN over the whole keyspace. A function, for the scripts
+# that take it (this one and _HIT_OR_ACQUIRE). Keys: farm:lock:{key}, farm:locks. Args: task ID, TTL (ms).
+_ACQUIRE_FN = """
+local function acquire(lock, locks, task, ttl)
+  if redis.call('SET', lock, task, 'NX', 'PX', ttl) then
+    local now = redis.call('TIME')
+    redis.call('ZADD', locks, now[1] * 1000 + math.floor(now[2] / 1000) + ttl, lock)
+    return task
+  end
+  return redis.call('GET', lock)
 end
-return redis.call('GET', KEYS[1])
 """
+_ACQUIRE = _ACQUIRE_FN + "return acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2])\n"
 # Delete the lock only if it still names this task (compare-and-delete).
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -44,17 +57,57 @@ return redis.call('ZCARD', KEYS[1])
 """
 # Index an artifact; the first time its key is indexed, add its size to the stored bytes (a counter, so a
 # scrape reads the store's size without going through every artifact) and note what was added ('counted'), which
-# an eviction takes off again. Keys: farm:art:{key}, farm:artifacts, farm:idx:{target}, farm:counters,
-# farm:refs:{key}. Args: meta JSON, key, pattern ID, size, target, created_at.
-_RECORD = """
-redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'size', ARGV[4], 'target', ARGV[5], 'created', ARGV[6])
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[2])
-redis.call('SADD', KEYS[5], ARGV[5] .. '\\0' .. ARGV[3])
-if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
-  redis.call('HINCRBYFLOAT', KEYS[4], 'artifact_bytes_indexed', ARGV[4])
-  redis.call('HSET', KEYS[1], 'counted', ARGV[4])
+# an eviction takes off again. A function, for the scripts that index (this one and _HIT_OR_ACQUIRE). Keys:
+# farm:art:{key}, farm:artifacts, farm:idx:{target}, farm:counters, farm:refs:{key}. Args: meta JSON, key,
+# pattern ID, size, target, created_at.
+_RECORD_FN = """
+local function record(art, artifacts, index, counters, refs, meta, key, pattern, size, target, created)
+  redis.call('HSET', art, 'meta', meta, 'size', size, 'target', target, 'created', created)
+  redis.call('HSET', index, pattern, key)
+  redis.call('SADD', refs, target .. '\\0' .. pattern)
+  if redis.call('SADD', artifacts, key) == 1 then
+    redis.call('HINCRBYFLOAT', counters, 'artifact_bytes_indexed', size)
+    redis.call('HSET', art, 'counted', size)
+  end
 end
+"""
+_RECORD = _RECORD_FN + """
+record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return 0
+"""
+# A coordinator's request, decided and counted in one round trip (ClusterIndex.hit_or_acquire). A hit when the
+# metadata decodes, is of this format and ARGV[4] vouches for the object ('stored', or the sha256 of the node's copy
+# when the metadata names those bytes): indexed and counted as note_hit(hot=True) does, returning {1, meta}. No usable
+# metadata, or 'gone': a miss, counted as note_miss does, and the lock taken: {0, holder}. Otherwise ('unknown', a
+# copy of other bytes): {2}, nothing done. Keys: farm:art:{key}, farm:artifacts, farm:idx:{target}, farm:counters,
+# farm:refs:{key}, farm:hot, farm:lock:{key}, farm:locks. Args: key, pattern ID, target, evidence, format version,
+# now (the last-hit time, the caller's clock as touch() writes it), task ID, lock TTL (ms).
+_HIT_OR_ACQUIRE = _RECORD_FN + _ACQUIRE_FN + """
+local function usable(text)
+  local ok, meta = pcall(cjson.decode, text)
+  if ok and type(meta) == 'table' and meta.format_version == tonumber(ARGV[5]) and type(meta.sha256) == 'string'
+      and type(meta.size) == 'number' and type(meta.created_at) == 'number' then
+    return meta
+  end
+end
+local text = redis.call('HGET', KEYS[1], 'meta')
+local meta = text and usable(text)
+if meta and ARGV[4] ~= 'gone' then
+  if ARGV[4] ~= 'stored' and ARGV[4] ~= meta.sha256 then
+    return {2}
+  end
+  record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], text, ARGV[1], ARGV[2], string.format('%d', meta.size),
+         ARGV[3], string.format('%.17g', meta.created_at))
+  redis.call('HSET', KEYS[1], 'last_hit', ARGV[6])
+  redis.call('HINCRBYFLOAT', KEYS[4], 'requests', 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'hits', 1)
+  redis.call('ZINCRBY', KEYS[6], 1, ARGV[2])
+  return {1, text}
+end
+redis.call('HINCRBYFLOAT', KEYS[4], 'requests', 1)
+redis.call('HINCRBYFLOAT', KEYS[4], 'misses', 1)
+redis.call('ZINCRBY', KEYS[6], 1, ARGV[2])
+return {0, acquire(KEYS[7], KEYS[8], ARGV[7], ARGV[8])}
 """
 # Evict an artifact's entry (the caller deletes its object afterwards): unless it was used after ARGV[2] (when
 # given), remove the index entries still pointing at it (farm:idx:{target} hashes, named from ARGV[3], the
@@ -128,6 +181,7 @@ class RedisIndex(ClusterIndex):
         self._release = self.r.register_script(_RELEASE)
         self._inflight = self.r.register_script(_INFLIGHT)
         self._record_script = self.r.register_script(_RECORD)
+        self._hit_or_acquire = self.r.register_script(_HIT_OR_ACQUIRE)
         self._forget = self.r.register_script(_FORGET)
         self._zero = self.r.register_script(_ZERO)
 
@@ -184,6 +238,24 @@ class RedisIndex(ClusterIndex):
             pipe.hincrbyfloat(keys.COUNTERS, "misses", 1)
             pipe.zincrby(keys.HOT, 1, pattern_id)
             pipe.execute()
+
+    def hit_or_acquire(self, key: str, pattern_id: str, target: str, task_id: str, ttl: float,
+                       evidence: str) -> Claim:
+        reply = self._call(lambda: self._hit_or_acquire(
+            keys=[keys.artifact(key), keys.ARTIFACTS, keys.index(target), keys.COUNTERS, keys.refs(key), keys.HOT,
+                  keys.lock(key), keys.LOCKS],
+            args=[key, pattern_id, target, evidence, FORMAT_VERSION, time.time(), task_id, int(ttl * 1000)]))
+        if reply[0] == 0:
+            return Claim(holder=bytes(reply[1]).decode())
+        if reply[0] == 2:
+            return Claim()
+        try:
+            meta = stored_meta(bytes(reply[1]).decode())
+        except IntegrityError:
+            meta = None
+        if meta is None:  # metadata Lua took for usable and Python does not (edited by hand): a miss, as elsewhere
+            return self.hit_or_acquire(key, pattern_id, target, task_id, ttl, GONE)
+        return Claim(meta)
 
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._errors():

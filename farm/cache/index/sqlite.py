@@ -12,11 +12,11 @@ read; a file from before versions (0) has version 1's tables and is stamped.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +26,9 @@ from farm.cache.index import CacheIndex, IndexedArtifact, build_fields, indexed_
 from farm.cache.store import ArtifactMeta, stored_meta
 from farm.errors import WorkDirError
 from farm.locks import file_lock
+from farm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -165,6 +166,10 @@ class SQLiteIndex(CacheIndex):
             raise WorkDirError(f"cannot open the cache index {self.path}: {exc.strerror or exc}") from None
         self._identity = _file_identity(self.path)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        # Closed when this index goes, or at exit if it is still there: a connection is in a reference cycle (its
+        # statement cache), which only the cyclic collector would otherwise close; closing the last connection
+        # checkpoints the WAL into the file.
+        weakref.finalize(self, db.close)
         try:
             version = _check_file(db)  # before writing anything: a file that is not farm's is moved aside as it was
             db.execute("PRAGMA journal_mode=WAL")

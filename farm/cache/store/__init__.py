@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from farm.errors import ArtifactFormatMismatch, IntegrityError, InvalidArtifactKey
+from farm.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # The layout of ArtifactMeta as stored (local JSON files, S3 objects, index rows). Raise it with any change that
 # an older reader would get wrong: a reader of another format treats the artifact as missing and rebuilds it.
@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ArtifactMeta:
+    """What is known of a stored library: its key, bytes, target, toolchain, ruleset and build."""
+
     key: str
     sha256: str
     size: int
@@ -119,6 +121,20 @@ class ArtifactStore(ABC):
     @abstractmethod
     def local_path(self, key: str) -> Path:
         """Where this node keeps its copy of the .so (valid right after put)."""
+
+    def held_sha256(self, key: str) -> str | None:
+        """The sha256 of this node's own copy of the .so, hashed now, or None when it keeps none (or none it can
+        read): with a shared store, what a hit can be decided on without asking the store (the caller compares it
+        with the indexed sha256). Costs reading the copy, no round trip."""
+        from farm.runtime.loader import sha256_file
+
+        path = self.local_path(key)
+        try:
+            return sha256_file(path)
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.info("cannot read this node's copy %s, asking the store instead: %s", path, exc)
+            return None
 
     @abstractmethod
     def delete(self, key: str) -> None: ...

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 ABI_VERSION = 8
 
+# The only functions a library may import (the C library's, which the runtime calls): the IR and ELF policies
+# (farm/compiler/policy.py, elf_policy.py) refuse any other.
+ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset"})
+
 # Result codes below zero: a call's or a root's error (every other result is a node id, >= 0).
 NO_MATCH = -1  # internal: no memo entry found / claimed nothing
 ERR_FUEL, ERR_CYCLE, ERR_OOM, ERR_INPUT, ERR_DEPTH, ERR_CALLS, ERR_STACK = -2, -3, -4, -5, -6, -7, -8

@@ -120,8 +120,9 @@ class FunctionBuilder:
 
     # arena fields
     def _field(self, name: str) -> ir.Value:
-        return self.b.gep(self.arena, [ir.Constant(I32, 0), ir.Constant(I32, ARENA_INDEX[name])],
-                          source_etype=ARENA)
+        # The field's word (every field is 8 bytes, abi.py), not a struct GEP: the same address, without the
+        # whole struct type spelled out on each of the thousands of lines that read the arena
+        return self.b.gep(self.arena, [c64(ARENA_INDEX[name])], inbounds=True, source_etype=I64)
 
     def get(self, name: str) -> ir.Value:
         value = self.b.load(self._field(name), typ=ARENA.elements[ARENA_INDEX[name]])

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""J2 (issue 14, goal 2): compile latency to the first native result for a ruleset with no library, tiered
+(compiled in memory at -O0, the library built in the background) against untiered (the library built first), in
+one run, alternating; plus a cold single rule in memory.
+
+Each sample is a ruleset no cache has seen (the example with one extra rule of a fresh name), in this process
+with its imports warm and the runtime's object compiled (a first, untimed sample): `Engine.load` is timed, which
+is what a first `Engine.rewrite` waits for before it rewrites. The background build of a sample is waited for,
+untimed, before the next one starts. Each phase of the tiered path is timed too (code generation, in-memory
+compile and link), for the profile of what is left.
+
+Standalone: `python bench/tiered.py [--repeat N]`; in the suite: `scripts/bench --only J2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from farm.cache.engine import Engine  # noqa: E402
+from farm.compiler.codegen import llvm  # noqa: E402
+from farm.config import FarmConfig  # noqa: E402
+from farm.lang.dsl import parse_rules  # noqa: E402
+from farm.lang.transduce import RuleSet, transduce_patterns  # noqa: E402
+
+REPEAT = 7
+ARITH = (ROOT / "examples/arith.farm").read_text()
+_fresh = itertools.count()
+
+
+def fresh(base: str) -> RuleSet:
+    """`base` and one rule no cache has seen: a new fingerprint, the same code to generate and compile."""
+    n = f"probe_{time.time_ns()}_{next(_fresh)}"
+    declare = f"op {n}/1\n" if "\nop " in base else ""
+    rules = parse_rules(f"{base}\n{declare}rule {n}: ({n} ?x) => ?x\n", "bench.farm")
+    return transduce_patterns(rules.patterns, rules.declared_ops, warn=False)
+
+
+def first_load(engine: Engine, ruleset: RuleSet) -> float:
+    start = time.perf_counter()
+    engine.load(ruleset, "bench")
+    seconds = time.perf_counter() - start
+    engine.wait_for_builds()
+    return seconds
+
+
+def phases(engine: Engine, ruleset: RuleSet) -> dict[str, float]:
+    """The tiered path's parts, timed apart: code generation, then compile and link in memory at -O0."""
+    start = time.perf_counter()
+    llvm.ruleset_parts(ruleset, engine.builder.target().triple)
+    generated = time.perf_counter()
+    engine.load_in_memory(ruleset, opt_level=0)
+    return {"codegen_ms": (generated - start) * 1000, "in_memory_compile_ms": (time.perf_counter() - generated) * 1000}
+
+
+def measure(tmp: Path, repeat: int = REPEAT) -> dict[str, Any]:
+    tiered = Engine(FarmConfig(cache_dir=tmp / "j2-tiered"))
+    untiered = Engine(FarmConfig(cache_dir=tmp / "j2-untiered", tiered=False))
+    single = "rule r: (f ?x) => (g ?x)"
+    runs: dict[str, list[float]] = {"tiered": [], "untiered": [], "single_rule_tiered": []}
+    samples: dict[str, Callable[[], float]] = {
+        "tiered": lambda: first_load(tiered, fresh(ARITH)),
+        "untiered": lambda: first_load(untiered, fresh(ARITH)),
+        "single_rule_tiered": lambda: first_load(tiered, fresh(single))}
+    for run in samples.values():  # warm: imports, the runtime's objects at -O0 and -O2
+        run()
+    for _ in range(repeat):
+        for name, run in samples.items():
+            runs[name].append(run())
+    parts = [phases(tiered, fresh(ARITH)) for _ in range(repeat)]
+    best = {name: min(values) * 1000 for name, values in runs.items()}
+    return {"arith_tiered_ms": best["tiered"], "arith_untiered_ms": best["untiered"],
+            "speedup": best["untiered"] / best["tiered"], "single_rule_tiered_ms": best["single_rule_tiered"],
+            "arith_tiered_phases_min_ms": {k: min(p[k] for p in parts) for k in parts[0]},
+            "runs_ms": {name: [round(v * 1000, 2) for v in values] for name, values in runs.items()},
+            "repeat": repeat}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    phases_ = report["arith_tiered_phases_min_ms"]
+    return "\n".join([
+        "| first native result, compile latency (min of each, alternating) | ms |", "|---|---|",
+        f"| arith.farm (45 rules), untiered: the library built first | {report['arith_untiered_ms']:.1f} |",
+        f"| arith.farm, tiered: in memory at -O0, the library in the background | {report['arith_tiered_ms']:.1f} |",
+        f"| of which code generation | {phases_['codegen_ms']:.1f} |",
+        f"| of which in-memory compile and link | {phases_['in_memory_compile_ms']:.1f} |",
+        f"| one rule, tiered | {report['single_rule_tiered_ms']:.1f} |",
+        f"| untiered / tiered | {report['speedup']:.1f}x |"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=REPEAT)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = measure(Path(tmp), args.repeat)
+    print(json.dumps(report, indent=2) if args.json else markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
