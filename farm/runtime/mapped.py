@@ -1,12 +1,17 @@
 """Columns for a native export, sized exactly once farm_mark has counted the nodes.
 
 A large export's columns are fresh memory that farm_export then writes through: as arrays, each 4 KiB page is
-a page fault on first touch (~2 us on a VM; the 7 MB of columns of a 362,881-node normal form took 1,775 of
+a page fault on first touch (~2 us on a VM; the 7 MB of columns of a 362,881-node normal form took 1,420-1,775 of
 them, a third of the export). So they are views of one private anonymous mapping instead, asked for in huge
 pages (MADV_HUGEPAGE: one fault per 2 MiB where the kernel has them) and populated in one call before the
 export writes (MADV_POPULATE_WRITE, Linux 5.14+: no fault per page even without huge pages). Each advice is
 only advice: where the kernel refuses it, the pages fault in one by one as before. A small export keeps plain
 arrays: a mapping costs system calls and takes at least a page (here, rounded up to a huge page).
+
+Measured on the 2-core VM (7 MiB of columns, written once): arrays 4.0-5.0 ms; populated 4 KiB pages 2.5-3.0 ms;
+huge pages 0.75-1.0 ms, but in some stretches 14-19 ms with the same 4 faults: most likely pages the host had
+taken back (the VM's balloon reports free blocks of 2 MiB and more to the host) and backs again on first touch.
+Without MADV_HUGEPAGE the time stays at the populated figure.
 
 The views are the result graph's columns (farm.lang.terms.Column); they keep the mapping alive, and it is
 unmapped when the last of them goes.
