@@ -9,13 +9,13 @@ resident memory and a wall timeout; a side that fails is a row with its error, n
 
 Each side runs REPEAT times per program (--repeat), alternately, and its fastest run is reported (these
 machines are shared and noisy; every run's time is kept in the JSON). Reported per program: farm's rewrite
-steps, time inside the library (RewriteResult.seconds["rewrite"]) and end to end (the sum of the call's
-phases: import, starting the big-stack thread, rewrite, export), peak RSS; Maude's rewrite count, cpu time
-(`set show timing on`) and peak RSS; the ratio farm library time / Maude cpu; and whether the normal forms
-are identical. A small result is compared as printed (Maude's `f(a, b)` read as `(f a b)`); a large one as its
-prefix token sequence with every Peano numeral read as its value (Maude's printer stops partway through deep
-terms, so Maude computes that sequence itself, in a second, untimed run). Each program is also checked on a
-small input: farm's reference interpreter against Maude.
+steps, time inside the library (RewriteResult.seconds["rewrite"]) and
+end to end (import, rewrite, export), peak RSS; Maude's rewrite count, cpu time (`set show timing on`) and
+peak RSS; the ratio farm library time / Maude cpu; and whether the normal forms are identical. A small result
+is compared as printed (Maude's `f(a, b)` read as `(f a b)`); a large one as its prefix token sequence with
+every Peano numeral read as its value (Maude's printer stops partway through deep terms, so Maude computes
+that sequence itself, in a second, untimed run). Each program is also checked on a small input: farm's
+reference interpreter against Maude.
 
 Standalone: `FARM_CACHE_DIR=... python bench/maude.py [--only KEY] [--json PATH]`.
 """

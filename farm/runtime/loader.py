@@ -180,34 +180,25 @@ STACK_BYTES = 1 << 30
 STACK_MARGIN = 4 << 20
 
 
-_Jobs = queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]]]
-
-
 class _BigStack(threading.local):
     """One thread with a STACK_BYTES stack per calling thread, started on first use, that runs calls into
     the library. Starting a thread per call costs milliseconds; handing a call over costs microseconds."""
 
-    jobs: _Jobs | None = None
-
-    def start(self) -> _Jobs:
-        """The calling thread's big-stack thread, started if it has none yet (~0.2 ms, once per calling
-        thread: a rewrite times it as a phase of its own, outside the time in the library)."""
-        if self.jobs is None:
-            jobs: _Jobs = queue.SimpleQueue()
-            with _STACK_SIZE_LOCK:
-                previous = threading.stack_size(STACK_BYTES)
-                try:
-                    threading.Thread(target=_serve, args=(jobs,), name="farm-native", daemon=True).start()
-                finally:
-                    threading.stack_size(previous)
-            self.jobs = jobs
-        return self.jobs
+    jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]]] | None = None
 
     def run(self, job: Callable[[], Any], interrupt: Callable[[], None]) -> Any:
         """job() on the big stack; on Ctrl-C, interrupt() (which must make the job end soon), then re-raise
         once it has: the job owns memory the caller is about to free."""
+        if self.jobs is None:
+            self.jobs = queue.SimpleQueue()
+            with _STACK_SIZE_LOCK:
+                previous = threading.stack_size(STACK_BYTES)
+                try:
+                    threading.Thread(target=_serve, args=(self.jobs,), name="farm-native", daemon=True).start()
+                finally:
+                    threading.stack_size(previous)
         done: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        self.start().put((job, done))
+        self.jobs.put((job, done))
         try:
             ok, value = done.get()
         except KeyboardInterrupt:
@@ -219,7 +210,7 @@ class _BigStack(threading.local):
         return value
 
 
-def _serve(jobs: _Jobs) -> None:
+def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]]]) -> None:
     while True:
         job, done = jobs.get()
         try:
@@ -325,8 +316,6 @@ class NativeRuleset:
             root_rows = array("q", roots)
             out, info = _zeros(len(roots)), _zeros(2 * len(roots))
             columns = [_ptr(column) for column in (ops, graph.arities, graph.vals, graph.kid_ids)]
-            imported = time.perf_counter()
-            _BIG_STACK.start()  # on the first call from this thread: timed apart, it is no time in the library
             prepared = time.perf_counter()
 
             def rewrite() -> int:
@@ -344,8 +333,8 @@ class NativeRuleset:
                 raise TermError(f"the native library rejected the term graph (code {code}): an arity does not "
                                 "match the ruleset or a child index is out of order")
             result = self._collect(arena, graph, to_native, out, info, fuel, cap)
-            result.seconds = {"import": imported - started, "thread": prepared - imported,
-                              "rewrite": rewritten - prepared, "collect": time.perf_counter() - rewritten}
+            result.seconds = {"import": prepared - started, "rewrite": rewritten - prepared,
+                              "collect": time.perf_counter() - rewritten}
             return result
         finally:
             self.lib.farm_arena_free(arena)

@@ -2,16 +2,15 @@
 
 A large export's columns are fresh memory that farm_export then writes through: as arrays, each 4 KiB page is
 a page fault on first touch (~2 us on a VM; the 7 MB of columns of a 362,881-node normal form took 1,420-1,775 of
-them, a third of the export). So they are views of one private anonymous mapping instead, asked for in huge
-pages (MADV_HUGEPAGE: one fault per 2 MiB where the kernel has them) and populated in one call before the
-export writes (MADV_POPULATE_WRITE, Linux 5.14+: no fault per page even without huge pages). Each advice is
-only advice: where the kernel refuses it, the pages fault in one by one as before. A small export keeps plain
-arrays: a mapping costs system calls and takes at least a page (here, rounded up to a huge page).
+them, a third of the export). So they are views of one private anonymous mapping instead, populated in one call
+before the export writes (MADV_POPULATE_WRITE, Linux 5.14+: no fault per page). The advice is only advice: where
+the kernel refuses it, the pages fault in one by one as before. A small export keeps plain arrays: a mapping costs
+system calls.
 
-Measured on the 2-core VM (7 MiB of columns, written once): arrays 4.0-5.0 ms; populated 4 KiB pages 2.5-3.0 ms;
-huge pages 0.75-1.0 ms, but in some stretches 14-19 ms with the same 4 faults: most likely pages the host had
-taken back (the VM's balloon reports free blocks of 2 MiB and more to the host) and backs again on first touch.
-Without MADV_HUGEPAGE the time stays at the populated figure.
+Measured on the 2-core VM (7 MiB of columns, written once): arrays 4.0-5.0 ms; populated pages 2.5-3.0 ms. Huge
+pages (MADV_HUGEPAGE) measured 0.75-1.0 ms, but in some stretches 14-19 ms with the same 4 faults (most likely
+pages the host had taken back through the VM's balloon and backs again on first touch): not asked for, so the
+figure stays predictable.
 
 The views are the result graph's columns (farm.lang.terms.Column); they keep the mapping alive, and it is
 unmapped when the last of them goes.
@@ -27,7 +26,6 @@ from array import array
 
 from farm.lang.terms import Column, Typecode
 
-HUGE_PAGE = 2 << 20  # x86-64 and aarch64 (4 KiB base pages)
 # Below this, arrays (measured, columns written once: 0.5 MiB 0.18 ms as arrays, 0.28 ms mapped; 1 MiB 0.54 and
 # 0.29 ms; 7 MiB 4.2 and 0.97 ms, 1,794 page faults and 4)
 MAPPED_MIN_BYTES = 1 << 20
@@ -45,12 +43,9 @@ def zeroed_columns(layout: list[tuple[Typecode, int]]) -> list[Column]:
     total = starts[-1]
     if total < MAPPED_MIN_BYTES or not sys.platform.startswith("linux"):
         return [array(typecode, [0]) * length for typecode, length in layout]  # one write per page
-    # A length in whole huge pages: the kernel places such an anonymous mapping on a huge-page boundary.
-    region = mmap.mmap(-1, -(-total // HUGE_PAGE) * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    for advice, length in ((mmap.MADV_HUGEPAGE, len(region)), (MADV_POPULATE_WRITE, total)):
-        # refused (THP disabled, a kernel before 5.14): the first writes fault the pages in instead
-        with contextlib.suppress(OSError):
-            region.madvise(advice, 0, length)
+    region = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(OSError):  # refused (a kernel before 5.14): the first writes fault the pages in
+        region.madvise(MADV_POPULATE_WRITE, 0, total)
     whole = memoryview(region)
     return [whole[start:start + size].cast(typecode)
             for (typecode, _), start, size in zip(layout, starts, sizes)]
