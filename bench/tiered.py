@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """J2 (issue 14, goal 2): compile latency to the first native result for a ruleset with no library, tiered
 (compiled in memory at -O0, the library built in the background) against untiered (the library built first), in
-one run, alternating; plus a cold single rule in memory.
+one run, alternating; plus a cold single rule in memory, and a 1000-rule generated ruleset (issue 14, goal 3) each
+way once.
 
 Each sample is a ruleset no cache has seen (the example with one extra rule of a fresh name), in this process
 with its imports warm and the runtime's object compiled (a first, untimed sample): `Engine.load` is timed, which
@@ -27,6 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))
+
+import gen_rules  # noqa: E402
 
 from farm.cache.engine import Engine  # noqa: E402
 from farm.compiler.codegen import llvm  # noqa: E402
@@ -35,6 +39,7 @@ from farm.lang.dsl import parse_rules  # noqa: E402
 from farm.lang.transduce import RuleSet, transduce_patterns  # noqa: E402
 
 REPEAT = 7
+LARGE = 1000  # rules of examples/gen_rules.py's ruleset (issue 14, goal 3)
 ARITH = (ROOT / "examples/arith.farm").read_text()
 _fresh = itertools.count()
 
@@ -44,6 +49,13 @@ def fresh(base: str) -> RuleSet:
     n = f"probe_{time.time_ns()}_{next(_fresh)}"
     declare = f"op {n}/1\n" if "\nop " in base else ""
     rules = parse_rules(f"{base}\n{declare}rule {n}: ({n} ?x) => ?x\n", "bench.farm")
+    return transduce_patterns(rules.patterns, rules.declared_ops, warn=False)
+
+
+def fresh_rule() -> RuleSet:
+    """One rule on an operator of a fresh name: a single-rule ruleset no cache has seen."""
+    n = f"f_{time.time_ns()}_{next(_fresh)}"
+    rules = parse_rules(f"rule r: ({n} ?x) => (g ?x)\n", "bench.farm")
     return transduce_patterns(rules.patterns, rules.declared_ops, warn=False)
 
 
@@ -67,22 +79,24 @@ def phases(engine: Engine, ruleset: RuleSet) -> dict[str, float]:
 def measure(tmp: Path, repeat: int = REPEAT) -> dict[str, Any]:
     tiered = Engine(FarmConfig(cache_dir=tmp / "j2-tiered"))
     untiered = Engine(FarmConfig(cache_dir=tmp / "j2-untiered", tiered=False))
-    single = "rule r: (f ?x) => (g ?x)"
     runs: dict[str, list[float]] = {"tiered": [], "untiered": [], "single_rule_tiered": []}
     samples: dict[str, Callable[[], float]] = {
         "tiered": lambda: first_load(tiered, fresh(ARITH)),
         "untiered": lambda: first_load(untiered, fresh(ARITH)),
-        "single_rule_tiered": lambda: first_load(tiered, fresh(single))}
+        "single_rule_tiered": lambda: first_load(tiered, fresh_rule())}
     for run in samples.values():  # warm: imports, the runtime's objects at -O0 and -O2
         run()
     for _ in range(repeat):
         for name, run in samples.items():
             runs[name].append(run())
     parts = [phases(tiered, fresh(ARITH)) for _ in range(repeat)]
+    large = gen_rules.generate(LARGE)[0]  # once each: a sample takes seconds
+    large_tiered, large_untiered = first_load(tiered, fresh(large)), first_load(untiered, fresh(large))
     best = {name: min(values) * 1000 for name, values in runs.items()}
     return {"arith_tiered_ms": best["tiered"], "arith_untiered_ms": best["untiered"],
             "speedup": best["untiered"] / best["tiered"], "single_rule_tiered_ms": best["single_rule_tiered"],
             "arith_tiered_phases_min_ms": {k: min(p[k] for p in parts) for k in parts[0]},
+            "rules_1000_tiered_s": large_tiered, "rules_1000_untiered_s": large_untiered,
             "runs_ms": {name: [round(v * 1000, 2) for v in values] for name, values in runs.items()},
             "repeat": repeat}
 
@@ -96,7 +110,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"| of which code generation | {phases_['codegen_ms']:.1f} |",
         f"| of which in-memory compile and link | {phases_['in_memory_compile_ms']:.1f} |",
         f"| one rule, tiered | {report['single_rule_tiered_ms']:.1f} |",
-        f"| untiered / tiered | {report['speedup']:.1f}x |"])
+        f"| untiered / tiered | {report['speedup']:.1f}x |",
+        f"| {LARGE} generated rules, untiered (one sample), s | {report['rules_1000_untiered_s']:.2f} |",
+        f"| {LARGE} generated rules, tiered (one sample), s | {report['rules_1000_tiered_s']:.2f} |"])
 
 
 def main() -> int:
