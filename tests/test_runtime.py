@@ -42,6 +42,7 @@ from farm.lang.terms import ID_TYPECODE, LIT, VALUE_TYPECODE, TermGraph
 from farm.lang.transduce import RuleSet, transduce_patterns
 from farm.runtime import loader
 from farm.runtime.loader import NativeRuleset
+from farm.runtime.mapped import MAPPED_MIN_BYTES
 from farm.runtime.verify import TermGenerator
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.semantics.callgraph import untracked_calls
@@ -839,6 +840,28 @@ def test_rewriting_again_after_an_export_on_the_same_arena(engine: Engine) -> No
         assert second.code == 0 and arena.contents.marked == 0
         assert second.info[0] == 0  # (mkm 300) is the first call's list, from the memo
         assert collect_on(native, arena, g2, second).texts()[1:] == ["true"] * 3
+
+
+def test_a_large_export_on_mapped_columns(engine: Engine) -> None:
+    """Normal forms of more than MAPPED_MIN_BYTES come back over mapped columns (farm/runtime/mapped.py): the
+    graph walks them, rewrites again natively from them, and copies them into arrays when Python adds a node
+    to it; a small export keeps arrays."""
+    rs, native = native_of(engine, COLLECTOR_PROGRAMS["numerals"][0])
+    g = TermGraph(rs.make_signature())
+    result = native.rewrite(g, g.parse("(mul (num 300) (num 300)) (num 2)"), max_memory=0)
+    graph, (big, two) = result.graph, result.outcomes
+    assert isinstance(big, int) and isinstance(two, int)
+    columns = (graph.ops, graph.vals, graph.arities, graph.kid_ids)
+    assert all(isinstance(column, memoryview) for column in columns)
+    assert 16 * len(graph) + 4 * len(graph.kid_ids) >= MAPPED_MIN_BYTES
+    assert graph.depth(big) == 90_001 and graph.to_text(two) == "(s (s 0))"
+    assert native.rewrite(graph, [big, two]).texts() == result.texts()
+    root = graph.app_named("plus", [two, two])
+    assert all(isinstance(column, array) for column in (graph.ops, graph.vals, graph.arities, graph.kid_ids))
+    assert graph.depth(big) == 90_001 and graph.to_text(root) == "(plus (s (s 0)) (s (s 0)))"
+    assert native.rewrite(graph, [root]).texts() == ["(s (s (s (s 0))))"]
+    small = TermGraph(rs.make_signature())
+    assert isinstance(native.rewrite(small, small.parse("(num 3)")).graph.ops, array)
 
 
 def test_export_without_mark_numbers_the_nodes_itself_a_million_levels_deep(engine: Engine) -> None:

@@ -12,7 +12,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, Literal, TypeVar
 
 from farm.errors import ParseError, SourceLocation, TermError
 from farm.lang.lexer import I64_MAX, I64_MIN
@@ -33,8 +33,13 @@ LIT = -1  # op id of an integer literal node
 # Operator ids, arities and child ids are 32-bit columns, literal values and child offsets 64-bit: a unary
 # node takes 20 bytes instead of 32, and a large normal form's export is mostly the first touch of its
 # columns' fresh pages. The native ABI reads and writes these widths (docs/abi.md).
-ID_TYPECODE, VALUE_TYPECODE = "i", "q"
+Typecode = Literal["i", "q"]
+ID_TYPECODE: Final[Typecode] = "i"
+VALUE_TYPECODE: Final[Typecode] = "q"
 assert array(ID_TYPECODE).itemsize == 4 and array(VALUE_TYPECODE).itemsize == 8
+# A column of a term graph: an array, or a typed view of memory mapped for a large native export (read and
+# written in place, never resized: the graph copies it into an array before it adds a node).
+Column = array | memoryview
 MAX_NODES = 2**31 - 1  # node ids are 32-bit
 
 
@@ -49,6 +54,15 @@ def bulk() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _owned(column: Column, typecode: str) -> array:
+    """The column as an array Python may append to: itself, or a mapped column's cells copied."""
+    if isinstance(column, array):
+        return column
+    owned = array(typecode)
+    owned.frombytes(column.cast("B"))
+    return owned
 
 
 def wrap_i64(value: int) -> int:
@@ -100,23 +114,29 @@ class TermGraph:
 
     def __init__(self, signature: Signature | None = None) -> None:
         self.signature = signature.copy() if signature is not None else Signature()
-        self.ops = array(ID_TYPECODE)
-        self.vals = array(VALUE_TYPECODE)
-        self.arities = array(ID_TYPECODE)
-        self.kid_ids = array(ID_TYPECODE)
-        self._cons: dict[tuple[int, object], int] | None = {}
+        ops, vals, arities, kid_ids = array(ID_TYPECODE), array(VALUE_TYPECODE), array(ID_TYPECODE), \
+            array(ID_TYPECODE)
+        self.ops: Column = ops
+        self.vals: Column = vals
+        self.arities: Column = arities
+        self.kid_ids: Column = kid_ids
+        # What adding a node takes: the interning table, and the columns as arrays. None for a graph over
+        # columns someone else filled until Python first adds a node to it (_start_adding).
+        self._adding: tuple[dict[tuple[int, object], int], array, array, array, array] | None = \
+            ({}, ops, vals, arities, kid_ids)
         # The children tuples the interning keys hold anyway, kept per node so Python-side walks (the
         # interpreter) need not slice the columns; absent for graphs built from native columns.
         self._kid_tuples: list[tuple[int, ...]] | None = []
 
     @classmethod
-    def from_columns(cls, signature: Signature, ops: array, vals: array, arities: array,
-                     kid_ids: array) -> TermGraph:
+    def from_columns(cls, signature: Signature, ops: Column, vals: Column, arities: Column,
+                     kid_ids: Column) -> TermGraph:
         """A graph over columns someone else filled (a native export): already hash-consed, children
-        first. The interning table is rebuilt only if Python adds nodes to it later."""
+        first. The interning table is rebuilt, and mapped columns copied into arrays, only if Python adds
+        nodes to it later."""
         graph = cls(signature)
         graph.ops, graph.vals, graph.arities, graph.kid_ids = ops, vals, arities, kid_ids
-        graph._cons = None
+        graph._adding = None
         graph._kid_tuples = None
         return graph
 
@@ -134,29 +154,35 @@ class TermGraph:
         return self.app(self.signature.declare(name, len(kids)), kids)
 
     def _intern(self, op: int, payload: object, kids: tuple[int, ...]) -> int:
-        cons = self._cons if self._cons is not None else self._rebuild_cons()
+        cons, ops, vals, arities, kid_ids = self._adding or self._start_adding()
         key = (op, payload)
         node = cons.get(key)
         if node is None:
-            node = len(self.ops)
+            node = len(ops)
             if node == MAX_NODES:
                 raise TermError(f"a term graph holds at most {MAX_NODES} nodes (node ids are 32-bit)")
-            self.ops.append(op)
+            ops.append(op)
             if op == LIT:
-                self.vals.append(payload)  # type: ignore[arg-type]
-                self.arities.append(0)
+                vals.append(payload)  # type: ignore[arg-type]
+                arities.append(0)
             else:
-                self.vals.append(len(self.kid_ids))
-                self.arities.append(len(kids))
-                self.kid_ids.extend(kids)
+                vals.append(len(kid_ids))
+                arities.append(len(kids))
+                kid_ids.extend(kids)
             cons[key] = node
             if self._kid_tuples is not None:
                 self._kid_tuples.append(kids)
         return node
 
-    def _rebuild_cons(self) -> dict[tuple[int, object], int]:
-        self._cons = {(op, self.vals[n] if op == LIT else self.kids(n)): n for n, op in enumerate(self.ops)}
-        return self._cons
+    def _start_adding(self) -> tuple[dict[tuple[int, object], int], array, array, array, array]:
+        """Make a graph over filled columns ready for new nodes: its columns as arrays (mapped ones, a large
+        native export's, are copied) and its interning table rebuilt."""
+        ops, vals, arities, kid_ids = (_owned(self.ops, ID_TYPECODE), _owned(self.vals, VALUE_TYPECODE),
+                                       _owned(self.arities, ID_TYPECODE), _owned(self.kid_ids, ID_TYPECODE))
+        self.ops, self.vals, self.arities, self.kid_ids = ops, vals, arities, kid_ids
+        cons = {(op, vals[n] if op == LIT else self.kids(n)): n for n, op in enumerate(ops)}
+        self._adding = cons, ops, vals, arities, kid_ids
+        return self._adding
 
     def is_lit(self, node: int) -> bool:
         return self.ops[node] == LIT

@@ -39,8 +39,9 @@ from farm.compiler.codegen.abi import (
 from farm.compiler.elf_policy import check_library
 from farm.config import max_memory_from_env
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
-from farm.lang.terms import ID_TYPECODE, LIT, MAX_NODES, VALUE_TYPECODE, TermGraph, bulk
+from farm.lang.terms import ID_TYPECODE, LIT, MAX_NODES, VALUE_TYPECODE, Column, TermGraph, bulk
 from farm.lang.transduce import RuleSet
+from farm.runtime.mapped import address, zeroed_columns
 from farm.semantics import (
     DEFAULT_FUEL,
     RewriteResult,
@@ -345,14 +346,14 @@ class NativeRuleset:
         if sizes[0] > MAX_NODES:
             raise TermError(f"the normal forms have {sizes[0]} nodes; a term graph holds at most {MAX_NODES}")
         nodes, children = sizes
-        ops, vals, arities, kids = _zeros(nodes, ID_TYPECODE), _zeros(nodes), _zeros(nodes, ID_TYPECODE), \
-            _zeros(children, ID_TYPECODE)
+        ops, vals, arities, kids = zeroed_columns([(ID_TYPECODE, nodes), (VALUE_TYPECODE, nodes),
+                                                   (ID_TYPECODE, nodes), (ID_TYPECODE, children)])
         mapped = _zeros(len(out))
         self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals), _ptr(arities),
                              _ptr(kids))
         if to_native is not None or len(graph.signature.names) < len(self.ruleset.signature):
             ops = array(ID_TYPECODE, map(self._graph_op(graph, to_native), ops))
-        # _zeros made the columns exactly as long as farm_mark counted: they are the graph's, uncopied
+        # the columns are exactly as long as farm_mark counted: they are the graph's, uncopied
         result_graph = TermGraph.from_columns(graph.signature, ops, vals, arities, kids)
         names = [r.name for r in self.ruleset.rules]
         outcomes: list[int | NonTermination] = []
@@ -417,10 +418,9 @@ def _zeros(count: int, typecode: str = VALUE_TYPECODE) -> array:
     return array(typecode, [0]) * count  # one write per page; array(.., bytes(n)) touched each page twice
 
 
-def _ptr(values: array) -> int:
-    """The address of an array's buffer (an "i64*" or "i32*" argument), valid while the array is alive and not
-    resized."""
-    return values.buffer_info()[0]
+def _ptr(values: Column) -> int:
+    """The address of a column's cells (an "i64*" or "i32*" argument), valid while it is alive and not resized."""
+    return address(values)
 
 
 __all__ = ["ERR_INPUT", "NativeRuleset", "open_library", "sha256_file", "verify_sha256"]

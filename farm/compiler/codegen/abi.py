@@ -35,7 +35,8 @@ NO_LIMIT = 2**63 - 1  # the arena's `limit` until a loader sets the memory cap
 # The arena struct: every field is 8 bytes, in this order ("ptr" or "i64").
 ARENA_FIELDS: list[tuple[str, str]] = [
     ("heap", "ptr"), ("top", "i64"), ("cap", "i64"),  # the current space: i64 words, bump pointer, capacity
-    ("spare", "ptr"), ("spare_cap", "i64"),  # the other space: the collector copies into it
+    ("spare", "ptr"), ("spare_cap", "i64"),  # the other space: the collector copies into it (NULL from a growth
+    # of the spaces until the next collection allocates it)
     ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
     ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
     ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_done", "i64"), ("memo_width", "i64"),

@@ -86,6 +86,7 @@ class Collector(RuntimePart):
         b = f.b
         arena, need = f.args
         self._grow_instead(f)
+        self._allocate_spare(f)
         scanned = f.get("top")
         to = f.get("spare")
         to_top = f.var(c64(0))
@@ -150,6 +151,16 @@ class Collector(RuntimePart):
             f.return_if(b.and_(grown, b.icmp_signed("<=", b.add(f.get("top"), f.args[1]), f.get("cap"))), c64(0))
 
     @staticmethod
+    def _allocate_spare(f: FunctionBuilder) -> None:
+        """The spare space, if growing the spaces freed it (grow_spaces): `spare_cap` words, charged already;
+        returns ERR_OOM from the function when malloc refuses."""
+        b = f.b
+        with b.if_then(b.icmp_unsigned("==", f.get("spare"), NULL), likely=False):
+            spare = call(f, "malloc", b.mul(f.get("spare_cap"), c64(8)))
+            f.return_if(b.icmp_unsigned("==", spare, NULL), c64(ERR_OOM))
+            f.put("spare", spare)
+
+    @staticmethod
     def _forward_parents(f: FunctionBuilder, top: ir.Value) -> None:
         """After a copy: each parent word in the new space names its parent's new id, or SHARED_PARENT when
         the parent was not copied (parent words do not keep nodes alive)."""
@@ -164,7 +175,14 @@ class Collector(RuntimePart):
                 f.set_word(slot, 0, b.select(moved, new_id, c64(SHARED_PARENT)))
 
     def _grow_spaces(self) -> None:
-        """grow_spaces(arena, words): both spaces at least that large (doubling); false when out of memory."""
+        """grow_spaces(arena, words): both spaces at least that large (doubling), charged at once; false when
+        out of memory. The heap is reallocated (its nodes stay); the spare space, whose contents do not matter,
+        is freed, and the next collection allocates it (_allocate_spare). Reallocating it as well copied its
+        garbage into fresh pages: where glibc serves the spaces from its heap, realloc moves a block it cannot
+        extend, and the old blocks' pages, all touched, went unused. Freed first, the old spare (with the
+        old heap, when realloc moved it) serves that allocation: reverse-1000's farm_rewrite takes 508 page
+        faults instead of 750 on a first call, and none instead of 734 on a later call in the same process.
+        Spaces glibc maps on their own (above its mmap threshold) lose the old spare's pages instead."""
         f = self.new("grow_spaces", I1, [PTR, I64])
         b = f.b
         want = f.args[1]
@@ -174,17 +192,13 @@ class Collector(RuntimePart):
         old_bytes = b.mul(b.add(cap, f.get("spare_cap")), c64(8))
         new_bytes = b.mul(new_cap, c64(8))
         f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, b.mul(new_bytes, c64(2)))), FALSE)
-        # Both reallocated: the spare space's contents do not matter, but its pages already in memory do (a
-        # fresh block's first touch is a page fault, ~1.5 us here; the export's order lands there too).
+        call(f, "free", f.get("spare"))
+        f.put("spare", NULL)  # spare_cap words, still charged
         heap = call(f, "realloc", f.get("heap"), new_bytes)
-        spare = call(f, "realloc", f.get("spare"), new_bytes)
-        for name, block in (("heap", heap), ("spare", spare)):
-            with b.if_then(b.icmp_unsigned("!=", block, NULL)):
-                f.put(name, block)  # realloc kept the block; only its capacity may stay as it was
-        failed = b.or_(b.icmp_unsigned("==", heap, NULL), b.icmp_unsigned("==", spare, NULL))
-        with b.if_then(failed, likely=False):
-            call(f, "charge", f.arena, b.mul(new_bytes, c64(2)), old_bytes)
+        with b.if_then(b.icmp_unsigned("==", heap, NULL), likely=False):
+            call(f, "charge", f.arena, b.mul(new_bytes, c64(2)), old_bytes)  # realloc kept the heap as it was
             b.ret(FALSE)
+        f.put("heap", heap)
         f.put("cap", new_cap)
         f.put("spare_cap", new_cap)
         b.ret(TRUE)
