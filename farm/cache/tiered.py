@@ -102,11 +102,11 @@ def _wait_at_exit() -> None:
     work: threading runs these hooks in the reverse order of their registration, and concurrent.futures.thread
     registered its hook when it was imported (by start(), before this). atexit would run after the threads are
     joined: too late."""
+    from contextlib import suppress
+
     if _WAIT_AT_EXIT.acquire(blocking=False):
-        try:
+        with suppress(RuntimeError):  # the interpreter is shutting down already: the build may fail, as logged
             threading._register_atexit(wait_for_all)  # type: ignore[attr-defined]
-        except RuntimeError:  # the interpreter is shutting down already: the build may fail, as logged
-            pass
 
 
 def _log_failure(future: Future[Artifact], what: str) -> None:
