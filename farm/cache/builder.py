@@ -247,7 +247,7 @@ class ArtifactBuilder:
             self.index.note_miss(pattern_id)
         try:
             build = self._build_parts(parts, resolved, opt)
-        except FarmError:
+        except Exception:  # not only farm's own errors: the miss counted above gets its outcome either way
             best_effort("a failed compilation", lambda: self._count_failure(resolved.name))
             raise
         try:

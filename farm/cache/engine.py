@@ -139,9 +139,13 @@ class Engine:
             log.warning("could not load the library built in the background; running from memory: %s", exc)
 
     def _tiered(self, target: str | None) -> bool:
-        """Whether a missing library is compiled in memory first: the code must run in this process."""
+        """Whether a missing library is compiled in memory first: the code must run in this process, and this
+        process must be able to load the library it builds. A node that loads only signed libraries and holds no
+        signing key refuses its own build (UnsignedArtifact): it must not run the same code from memory either."""
         resolved = self.builder.target(target)
-        return self.config.tiered and (resolved.name == "native" or host_can_run(resolved))
+        refuses_own_build = self.builder.trusted is not None and self.builder.signer is None
+        return (self.config.tiered and not refuses_own_build
+                and (resolved.name == "native" or host_can_run(resolved)))
 
     EVICTION_RETRIES = 3  # loads retried after the library was evicted between its fetch and its dlopen
 

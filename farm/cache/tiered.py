@@ -7,7 +7,10 @@ build), for the next process and for other nodes. When it lands, the engine move
 calls run the optimised code. Normal forms are the same on both tiers; only the speed differs.
 
 A background build that fails leaves tier 0 serving; the failure is logged and counted like any failed build.
-The build threads are not daemons: a process that exits waits for them, so the library it started lands.
+The build threads are not daemons: a process that exits waits for them, so the library it started lands. The wait
+runs when the main thread ends, before concurrent.futures stops taking work (a staged build submits its stages to a
+pool of its own, which would then fail with "cannot schedule new futures after interpreter shutdown"). A build
+thread that cannot start (RLIMIT_AS, RLIMIT_NPROC) is one log line: tier 0 keeps serving.
 
 Threads and LLVM: llvmlite serialises every call into LLVM with one lock, so the build thread's reading back and
 checking of modules and the calling thread's in-memory compiles share LLVM's global context one call at a time.
@@ -35,6 +38,7 @@ log = get_logger(__name__)
 
 TIER0_OPT_LEVEL = 0
 _EVERY: weakref.WeakSet[BackgroundBuilds] = weakref.WeakSet()
+_WAIT_AT_EXIT = threading.Lock()  # held once the exit hook is registered: registered once per process
 
 
 def wait_for_all(timeout: float | None = None) -> bool:
@@ -58,8 +62,16 @@ class BackgroundBuilds:
             if key in self._running:
                 return
             if self._pool is None:  # one thread: a build already uses every core (the staged tools in parallel)
+                _wait_at_exit()
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-tier-up")
-            future = self._pool.submit(build)
+            try:
+                future = self._pool.submit(build)
+            except RuntimeError as exc:  # the thread could not start, or the interpreter is shutting down
+                pool, self._pool = self._pool, None
+                pool.shutdown(wait=False, cancel_futures=True)  # the queued build must not run later by surprise
+                log.warning("the library of %s is not built in the background; it keeps running from memory: %s",
+                            what, exc)
+                return
             self._running[key] = future
         future.add_done_callback(lambda done: _log_failure(done, what))
 
@@ -83,6 +95,18 @@ class BackgroundBuilds:
     def pending(self) -> int:
         with self._lock:
             return sum(not future.done() for future in self._running.values())
+
+
+def _wait_at_exit() -> None:
+    """Wait for every engine's builds when the main thread ends, before concurrent.futures' own exit hook stops new
+    work: threading runs these hooks in the reverse order of their registration, and concurrent.futures.thread
+    registered its hook when it was imported (by start(), before this). atexit would run after the threads are
+    joined: too late."""
+    from contextlib import suppress
+
+    if _WAIT_AT_EXIT.acquire(blocking=False):
+        with suppress(RuntimeError):  # the interpreter is shutting down already: the build may fail, as logged
+            threading._register_atexit(wait_for_all)  # type: ignore[attr-defined]
 
 
 def _log_failure(future: Future[Artifact], what: str) -> None:
