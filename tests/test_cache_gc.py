@@ -78,6 +78,11 @@ def library_bytes(tier: LocalTier, key: str) -> int:
     return sum(p.stat().st_size for p in (tier.store.root / "objects" / key[:2]).glob(f"{key}.*"))
 
 
+def object_bytes(tier: LocalTier, key: str) -> int:
+    """The object and the sha256 kept beside it."""
+    return sum(p.stat().st_size for p in (tier.objects.root / key[:2]).glob(f"{key}.*"))
+
+
 def test_the_least_recently_used_go_first_until_the_cache_fits(tmp_path: Path) -> None:
     tier = local_tier(tmp_path / "cache")
     now = time.time()
@@ -87,7 +92,7 @@ def test_the_least_recently_used_go_first_until_the_cache_fits(tmp_path: Path) -
     recent_object = put_object(tier, "rules.o", 4000, now - 2000)
     new = put_artifact(tier, "new", 3000, now - 1000)
     total = tier.size()
-    limit = total - 4000 - library_bytes(tier, old) - 1  # the oldest object and artifact are not enough
+    limit = total - object_bytes(tier, oldest_object) - library_bytes(tier, old) - 1  # the oldest two: not enough
     report = gc_local(tier, Policy(max_size=limit))
     assert (report.artifacts_evicted, report.objects_evicted) == (2, 1)
     assert report.bytes_before == total and report.bytes_after == tier.size() <= limit

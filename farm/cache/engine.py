@@ -144,7 +144,7 @@ class Engine:
         signing key refuses its own build (UnsignedArtifact): it must not run the same code from memory either."""
         resolved = self.builder.target(target)
         refuses_own_build = self.builder.trusted is not None and self.builder.signer is None
-        return (self.config.tiered and not refuses_own_build
+        return (self.config.tiered and not refuses_own_build and not _address_space_capped()
                 and (resolved.name == "native" or host_can_run(resolved)))
 
     EVICTION_RETRIES = 3  # loads retried after the library was evicted between its fetch and its dlopen
@@ -175,6 +175,14 @@ def _interpret(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int, 
     from farm.semantics.interp import Interpreter  # imported when it runs: a native rewrite needs none of it
 
     return Interpreter(ruleset).rewrite(graph, roots, fuel, cap)
+
+
+def _address_space_capped() -> bool:
+    """Under an address-space cap (ulimit -v), LLVM's in-process JIT aborts the process when it cannot map the code
+    it links, with no error to catch: the library is built first there, whose failures are errors."""
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
 
 
 def _leave_sigint_to_parent() -> None:

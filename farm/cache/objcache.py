@@ -50,10 +50,11 @@ class UsedObjectCache(ObjectCache):
             self._lent.paths = None
 
     def stored(self) -> list[StoredFiles]:
-        return keyed_files(self.root, ("o",))
+        return keyed_files(self.root, ("o", "sha256"))
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+        self.digest_path(key).unlink(missing_ok=True)
 
 
 def lent_objects_missing(lent: list[Path]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import resource
@@ -55,14 +56,28 @@ class ObjectCache:
         path = self.path(key)
         return path if path.exists() else None
 
+    def digest_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.sha256"
+
     def put(self, key: str, source: Path | bytes) -> Path:
+        """The object, then the sha256 of its bytes beside it (what `verified` checks)."""
         from farm.files import atomic_write
 
-        if isinstance(source, bytes):
-            atomic_write(self.path(key), data=source)
-        else:
-            atomic_write(self.path(key), source=source)
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        atomic_write(self.path(key), data=data)
+        atomic_write(self.digest_path(key), data=hashlib.sha256(data).hexdigest().encode())
         return self.path(key)
+
+    def verified(self, key: str) -> bytes | None:
+        """The object's bytes, if they are the ones put: an in-process JIT takes an object as it is, and a truncated
+        or altered one can crash the process (ld.lld refuses one with an error). None: missing, or not those bytes."""
+        path = self.get(key)
+        try:
+            data = path.read_bytes() if path is not None else None
+            recorded = self.digest_path(key).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return data if data is not None and hashlib.sha256(data).hexdigest() == recorded else None
 
 
 T = TypeVar("T")
@@ -360,17 +375,19 @@ def remove_stale_build_dirs(work_dir: Path) -> list[Path]:
 
 
 _llvm_ready = False
-_MACHINES: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+_MACHINES: dict[tuple[str, str, str, int, str], tuple[Any, Any]] = {}
 
 
-def _machine(target: Target, opt_level: int) -> tuple[Any, Any]:
-    """One target machine and pass builder per (triple, CPU, features, level), reused for every module."""
+def _machine(target: Target, opt_level: int, code_model: str) -> tuple[Any, Any]:
+    """One target machine and pass builder per (triple, CPU, features, level, code model), reused for every
+    module."""
     import llvmlite.binding as llvm
 
-    key = (target.triple, target.cpu, target.features, opt_level)
+    key = (target.triple, target.cpu, target.features, opt_level, code_model)
     if key not in _MACHINES:
         machine = llvm.Target.from_triple(target.triple).create_target_machine(
-            cpu=target.cpu, features=target.features, opt=opt_level, reloc="pic", codemodel="default")
+            cpu=target.cpu, features=target.features, opt=opt_level, codemodel=code_model,
+            reloc="static" if code_model == "large" else "pic")  # large: absolute addresses, for a JIT
         tuning = llvm.create_pipeline_tuning_options(speed_level=opt_level)
         _MACHINES[key] = (machine, llvm.create_pass_builder(machine, tuning) if opt_level else None)
     return _MACHINES[key]
@@ -382,7 +399,8 @@ def _add(total: dict[str, float], more: dict[str, float]) -> None:
 
 
 def emit_object_in_process(ir_text: str, target: Target, opt_level: int, source: str = "module",
-                           provided: frozenset[str] = frozenset()) -> tuple[bytes, dict[str, float]]:
+                           provided: frozenset[str] = frozenset(),
+                           code_model: str = "default") -> tuple[bytes, dict[str, float]]:
     """The fast path for one module: parse, check, optimise at the same level and emit the object for the same
     triple and CPU, all inside this process through llvmlite; the load policy checks the very module that is
     then optimised and emitted. `provided`: functions the other modules linked with this one define. Errors
@@ -393,12 +411,14 @@ def emit_object_in_process(ir_text: str, target: Target, opt_level: int, source:
     start = time.perf_counter()
     check_module(module, source, provided)
     seconds["policy"] = time.perf_counter() - start
-    data, more = emit_module(module, target, opt_level)
+    data, more = emit_module(module, target, opt_level, code_model)
     return data, seconds | more
 
 
-def emit_module(module: Any, target: Target, opt_level: int) -> tuple[bytes, dict[str, float]]:
-    """Optimise and emit a parsed module the policy has already checked."""
+def emit_module(module: Any, target: Target, opt_level: int,
+                code_model: str = "default") -> tuple[bytes, dict[str, float]]:
+    """Optimise and emit a parsed module the policy has already checked. code_model "large" for objects an
+    in-process JIT links (farm/runtime/inmemory.py)."""
     import llvmlite.binding as llvm
 
     global _llvm_ready
@@ -408,7 +428,7 @@ def emit_module(module: Any, target: Target, opt_level: int) -> tuple[bytes, dic
         _llvm_ready = True
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    machine, builder = _machine(target, opt_level)
+    machine, builder = _machine(target, opt_level, code_model)
     if builder is not None:
         builder.getModulePassManager().run(module, builder)
     seconds["opt"] = time.perf_counter() - start

@@ -19,6 +19,12 @@ from farm.lang.transduce import RuleSet
 from farm.runtime.loader import NativeRuleset
 from farm.targets import Target, host_can_run, missing_flags
 
+# MCJIT places each object's sections wherever memory is free: in a long-running process (1 GiB thread stacks,
+# many libraries) two of them can end up more than 2 GiB apart, past what the default (small) code model's 32-bit
+# relocations reach (RuntimeDyldELF asserts and aborts the process). The large code model with absolute
+# (static) relocations reaches anywhere; the toolchain compiles JIT objects so (farm/compiler/toolchain.py).
+JIT_CODE = "large"
+
 
 class InMemoryCompiler:
     def __init__(self, target: Target, opt_level: int, object_cache: ObjectCache) -> None:
@@ -39,7 +45,8 @@ class InMemoryCompiler:
                                                                for name, module in modules)]
         # The engine takes ownership of its target machine and module: a fresh pair for each engine.
         machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
-            cpu=self.target.cpu, features=self.target.features, opt=self.opt_level, reloc="pic")
+            cpu=self.target.cpu, features=self.target.features, opt=self.opt_level, reloc="static",
+            codemodel=JIT_CODE)
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(f'target triple = "{self.target.triple}"'),
                                             machine)
         for data in objects:
@@ -50,12 +57,13 @@ class InMemoryCompiler:
     def _runtime_object(self, text: str, provided: frozenset[str]) -> bytes:
         """The shared runtime: compiled once per target and -O level, kept on disk and in memory."""
         if self._runtime is None:
-            key = cache_key(text, self.target, self.opt_level, tool_versions("inprocess"))
-            cached = self.objects.get(key)
+            key = cache_key(text, self.target, self.opt_level, tool_versions("inprocess") | {"code model": JIT_CODE})
+            cached = self.objects.verified(key)  # MCJIT takes the bytes as they are: only the ones compiled
             if cached is not None:
-                self._runtime = cached.read_bytes()
+                self._runtime = cached
             else:
-                self._runtime = emit_object_in_process(text, self.target, self.opt_level, "runtime", provided)[0]
+                self._runtime = emit_object_in_process(text, self.target, self.opt_level, "runtime", provided,
+                                                       JIT_CODE)[0]
                 self.objects.put(key, self._runtime)
         return self._runtime
 
@@ -63,4 +71,4 @@ class InMemoryCompiler:
         """A module compiled straight to memory, through the load policy like every other module; a ruleset's
         own modules are never written to disk."""
         check_module(module, name, provided)
-        return emit_module(module, self.target, self.opt_level)[0]
+        return emit_module(module, self.target, self.opt_level, JIT_CODE)[0]

@@ -67,16 +67,22 @@ class LocalStore(ArtifactStore):
 
 def keyed_files(root: Path, suffixes: tuple[str, ...]) -> list[StoredFiles]:
     """Files named root/<2 hex>/<key>.<suffix>, grouped by key (the layout of the local store and the object
-    cache); anything else there (temp files of a write in progress) is left out."""
-    found: dict[str, list[os.stat_result]] = {}
+    cache); anything else there (temp files of a write in progress) is left out. A key's last use is its first
+    suffix's file's mtime (the library, the object: what is marked used), else its newest file's."""
+    found: dict[str, list[tuple[str, os.stat_result]]] = {}
     for folder in _subfolders(root):
         for entry in _entries(folder):
             key, dot, suffix = entry.name.partition(".")
             stat = _stat(entry) if dot and suffix in suffixes and _is_key(key) else None
             if stat is not None:
-                found.setdefault(key, []).append(stat)
-    return [StoredFiles(key, sum(s.st_size for s in stats), max(s.st_mtime for s in stats))
-            for key, stats in found.items()]
+                found.setdefault(key, []).append((suffix, stat))
+    return [StoredFiles(key, sum(s.st_size for _, s in files), _last_used(files, suffixes[0]))
+            for key, files in found.items()]
+
+
+def _last_used(files: list[tuple[str, os.stat_result]], primary: str) -> float:
+    marked = [stat.st_mtime for suffix, stat in files if suffix == primary]
+    return max(marked or [stat.st_mtime for _, stat in files])
 
 
 def mark_used(path: Path) -> None:

@@ -19,6 +19,7 @@ evaluation order from farm/semantics/callgraph.py.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import cache
@@ -102,18 +103,22 @@ class LLVMCodegen:
 
 _IR_MEMO: OrderedDict[tuple[str, str | None, int, str], object] = OrderedDict()
 _IR_MEMO_SIZE = 64
+_IR_MEMO_LOCK = threading.Lock()
 
 
 def _memo(kind: str, ruleset: RuleSet, triple: str | None, tree_budget: int, make: Callable[[], object]) -> object:
     """IR is a pure function of the ruleset: memoised by fingerprint, so a cache hit does not pay for
     code generation just to compute its key."""
     key = (ruleset.fingerprint(), triple, tree_budget, kind)
-    value = _IR_MEMO.get(key)
+    with _IR_MEMO_LOCK:
+        value = _IR_MEMO.get(key)
     if value is None:
-        value = _IR_MEMO[key] = make()
+        value = make()  # outside the lock: two threads may both generate a new ruleset's IR, never corrupt the memo
+    with _IR_MEMO_LOCK:  # a tiered engine's background build asks for the IR its caller generated
+        _IR_MEMO[key] = value
+        _IR_MEMO.move_to_end(key)
         while len(_IR_MEMO) > _IR_MEMO_SIZE:
             _IR_MEMO.popitem(last=False)
-    _IR_MEMO.move_to_end(key)
     return value
 
 
