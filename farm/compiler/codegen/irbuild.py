@@ -120,9 +120,17 @@ class FunctionBuilder:
 
     # arena fields
     def _field(self, name: str) -> ir.Value:
-        # The field's word (every field is 8 bytes, abi.py), not a struct GEP: the same address, without the
-        # whole struct type spelled out on each of the thousands of lines that read the arena
-        return self.b.gep(self.arena, [c64(ARENA_INDEX[name])], inbounds=True, source_etype=I64)
+        """The field's word (every field is 8 bytes, abi.py), not a struct GEP: the same address, without the
+        whole struct type spelled out on each line. Computed once per function, at the top of its entry block,
+        when the arena is the function's argument: a fifth of a rules module's instructions were these."""
+        if not isinstance(self.arena, ir.Argument):  # made in the body (farm_arena_new): where it is used
+            return self.b.gep(self.arena, [c64(ARENA_INDEX[name])], inbounds=True, source_etype=I64)
+        fields: dict[str, ir.Value] = self.__dict__.setdefault("_fields", {})
+        if name not in fields:
+            with self.b.goto_block(self.entry):
+                self.b.position_at_start(self.entry)
+                fields[name] = self.b.gep(self.arena, [c64(ARENA_INDEX[name])], inbounds=True, source_etype=I64)
+        return fields[name]
 
     def get(self, name: str) -> ir.Value:
         value = self.b.load(self._field(name), typ=ARENA.elements[ARENA_INDEX[name]])
