@@ -154,8 +154,9 @@ class Engine:
         """The stored library; when there is none and tiering is on, the ruleset compiled in memory while its
         library is built in the background; else compiled (or fetched) and loaded. An artifact evicted between
         its fetch and its load is fetched or built again."""
-        artifact = self.builder.stored_ruleset(ruleset, pattern_id, target) if self._tiered(target) else None
-        if artifact is None and self._tiered(target):
+        tiered = self._tiered(target)
+        artifact = self.builder.stored_ruleset(ruleset, pattern_id, target) if tiered else None
+        if artifact is None and tiered:
             native = self.load_in_memory(ruleset, target, TIER0_OPT_LEVEL)
             self.background.start(memo, lambda: self.compile(ruleset, pattern_id, target), f"pattern {pattern_id!r}")
             return native

@@ -69,6 +69,7 @@ class FunctionBuilder:
         self.entry = self.fn.append_basic_block("entry")
         self.b = ir.IRBuilder(self.entry)
         self.arena: ir.Value = self.fn.args[0] if args and args[0] == PTR else NULL
+        self._fields: dict[str, ir.Value] = {}  # arena field addresses, at the top of the entry block
 
     @classmethod
     def body_of(cls, fn: ir.Function) -> FunctionBuilder:
@@ -76,6 +77,7 @@ class FunctionBuilder:
         self = cls.__new__(cls)
         self.fn, self.entry = fn, fn.append_basic_block("entry")
         self.b, self.arena = ir.IRBuilder(self.entry), fn.args[0]
+        self._fields = {}
         return self
 
     @property
@@ -125,12 +127,12 @@ class FunctionBuilder:
         when the arena is the function's argument: a fifth of a rules module's instructions were these."""
         if not isinstance(self.arena, ir.Argument):  # made in the body (farm_arena_new): where it is used
             return self.b.gep(self.arena, [c64(ARENA_INDEX[name])], inbounds=True, source_etype=I64)
-        fields: dict[str, ir.Value] = self.__dict__.setdefault("_fields", {})
-        if name not in fields:
+        if name not in self._fields:
             with self.b.goto_block(self.entry):
                 self.b.position_at_start(self.entry)
-                fields[name] = self.b.gep(self.arena, [c64(ARENA_INDEX[name])], inbounds=True, source_etype=I64)
-        return fields[name]
+                self._fields[name] = self.b.gep(self.arena, [c64(ARENA_INDEX[name])], inbounds=True,
+                                                source_etype=I64)
+        return self._fields[name]
 
     def get(self, name: str) -> ir.Value:
         value = self.b.load(self._field(name), typ=ARENA.elements[ARENA_INDEX[name]])
