@@ -27,6 +27,7 @@ import pytest
 from minio import Minio
 
 from farm.cache import keys
+from farm.cache.builder import ArtifactBuilder
 from farm.cache.engine import Engine
 from farm.cache.index.redis import RedisIndex
 from farm.cache.signing import write_key_pair
@@ -196,7 +197,8 @@ def test_sigkilled_workers_lose_no_job_and_index_nothing_partial(tmp_path: Path)
         dead = coord.index.dead_letters()
     assert pool_kills >= 20 and node_kills == 2
     assert stored == len(distinct) == 200
-    # Once in effect: a job killed after storing its object finds it on redelivery and compiles nothing.
+    # Once in effect: a job killed after storing its object finds it on redelivery and compiles nothing (the
+    # compilation that stored it is counted then, test_a_build_killed_before_it_was_indexed_is_counted_once).
     assert 200 <= counters["compilations_ok"] <= 200 + pool_kills + node_kills * 2
     assert counters.get("redeliveries", 0) == sum(d - 1 for d in delivered) >= 1
     assert counters.get("dead_letters", 0) == 0 and dead == []
@@ -204,6 +206,30 @@ def test_sigkilled_workers_lose_no_job_and_index_nothing_partial(tmp_path: Path)
                           "jobs lost": 0, "corrupt artifacts indexed": 0,
                           "redeliveries": int(counters.get("redeliveries", 0)),
                           "compilations": int(counters["compilations_ok"])}
+
+
+@pytest.mark.parametrize("count_requests", [False, True], ids=["worker", "engine"])
+def test_a_build_killed_before_it_was_indexed_is_counted_once(tmp_path: Path, count_requests: bool) -> None:
+    """A builder killed between storing its library and indexing it: whoever finds the library next indexes it
+    and counts that compilation, once (the 200-job SIGKILL test saw 199 compilations for 200 libraries)."""
+    config = FarmConfig(cache_dir=tmp_path / "cache", opt_level=0, tiered=False)
+    ruleset = ruleset_of("rule r: (f ?x) => (g ?x)\n")
+    killed = ArtifactBuilder(config)
+
+    def died_here(*args: object) -> None:
+        raise SystemExit("SIGKILL between store.put and index.note_build")
+
+    killed.index.note_build = died_here  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        killed.ensure_ruleset(ruleset, "p", "x86-64")
+    found = ArtifactBuilder(config, count_requests=count_requests)
+    assert found.index.counters().get("compilations_ok", 0) == 0
+    for _ in range(2):
+        artifact = found.ensure_ruleset(ruleset, "p", "x86-64")
+        assert artifact.cached and found.index.lookup("p", "x86-64") == artifact.meta.key
+        counters = found.index.counters()
+        assert counters["compilations_ok"] == 1 and counters.get("compilations_failed", 0) == 0
+    assert counters.get("hits", 0) == (2 if count_requests else 0)
 
 
 # ---- Redis restart ----

@@ -229,10 +229,26 @@ class ArtifactBuilder:
         if copied:
             self._keep_within_limit(key)
         if self.count_requests:
-            best_effort(f"a hit on {key[:12]}", lambda: self.index.note_hit(pattern_id, target, meta))
+            best_effort(f"a hit on {key[:12]}", lambda: self._note_hit(pattern_id, target, meta))
+        else:
+            self._note_hit(pattern_id, target, meta)
+        return Artifact(meta, path, True, time.perf_counter() - start)
+
+    def _note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
+        if not self._indexed(meta.key):
+            # Stored but never indexed: its builder died between the two (a SIGKILLed worker, whose job was then
+            # redelivered here). That compilation happened; it is counted once, now that the index gets its entry.
+            self.index.note_build(pattern_id, target, meta)
+        if self.count_requests:
+            self.index.note_hit(pattern_id, target, meta)
         else:
             self.index.record(pattern_id, target, meta)
-        return Artifact(meta, path, True, time.perf_counter() - start)
+
+    def _indexed(self, key: str) -> bool:
+        try:
+            return self.index.meta(key) is not None
+        except IntegrityError:  # an entry is there, unreadable: note_hit/record rewrite it
+            return True
 
     def _count_failure(self, target: str) -> None:
         self.index.incr("compilations_failed")
