@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import ARENA_FIELDS, ARENA_INDEX, CONTENT_AT, EXPORTS
 
 I1, I32, I64, PTR, VOID = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType(), ir.VoidType()
-ARENA = ir.LiteralStructType([PTR if kind == "ptr" else I64 for _, kind in ARENA_FIELDS])
+FIELD_TYPES = [PTR if kind == "ptr" else I64 for _, kind in ARENA_FIELDS]  # each arena field's type
 KINDS = {"i64": I64, "ptr": PTR, "arena": PTR, "i64*": PTR, "i32*": PTR, "str": PTR, "void": VOID}
 TBAA_KINDS = ("arena", "heap", "roots", "cell", "column")
 
@@ -31,13 +30,6 @@ NULL = ir.Constant(PTR, None)
 def export_type(name: str) -> ir.FunctionType:
     ret, args = EXPORTS[name]
     return ir.FunctionType(KINDS[ret], [KINDS[a] for a in args])
-
-
-def opaque(slot: ir.AllocaInstr) -> ir.AllocaInstr:
-    """llvmlite types an alloca as a typed pointer (printed `i64*`); make it `ptr` like every other
-    pointer, so the module is opaque-pointer IR throughout."""
-    slot.type = PTR
-    return slot
 
 
 def function(module: ir.Module, name: str, fnty: ir.FunctionType, internal: bool) -> ir.Function:
@@ -91,33 +83,33 @@ class FunctionBuilder:
     def block(self, name: str = "") -> ir.Block:
         return self.fn.append_basic_block(name)
 
-    def var(self, init: ir.Value, ty: ir.Type = I64) -> ir.AllocaInstr:
+    def var(self, init: ir.Value, ty: ir.Type = I64) -> ir.Value:
         """A mutable local; opt's mem2reg turns it into SSA form."""
         with self.b.goto_block(self.entry):
             self.b.position_at_start(self.entry)
-            slot = opaque(self.b.alloca(ty))
+            slot = self.b.alloca(ty)
         self.b.store(init, slot)
         return slot
 
-    def read(self, slot: ir.AllocaInstr, ty: ir.Type = I64) -> ir.Value:
+    def read(self, slot: ir.Value, ty: ir.Type = I64) -> ir.Value:
         return self.b.load(slot, typ=ty)
 
     def buffer(self, count: int) -> ir.Value:
         """`count` i64 cells in this function's frame."""
         with self.b.goto_block(self.entry):
             self.b.position_at_start(self.entry)
-            return opaque(self.b.alloca(I64, size=max(1, count)))
+            return self.b.alloca(I64, size=max(1, count))
 
     def _tbaa(self, kind: str) -> ir.MDValue:
         module = self.module
-        tags = getattr(module, "_farm_tbaa", None)
+        tags: dict[str, ir.MDValue] | None = module.memo.get("tbaa")
         if tags is None:
             root = module.add_metadata([ir.MetaDataString(module, "farm tbaa")])
             tags = {}
             for name in TBAA_KINDS:
                 node = module.add_metadata([ir.MetaDataString(module, f"farm {name}"), root, c64(0)])
                 tags[name] = module.add_metadata([node, node, c64(0)])
-            module._farm_tbaa = tags
+            module.memo["tbaa"] = tags
         return tags[kind]
 
     # arena fields
@@ -135,7 +127,7 @@ class FunctionBuilder:
         return self._fields[name]
 
     def get(self, name: str) -> ir.Value:
-        value = self.b.load(self._field(name), typ=ARENA.elements[ARENA_INDEX[name]])
+        value = self.b.load(self._field(name), typ=FIELD_TYPES[ARENA_INDEX[name]])
         value.set_metadata("tbaa", self._tbaa("arena"))
         return value
 

@@ -24,8 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import cache
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import ABI_VERSION
 from farm.compiler.codegen.operators import RulesModule
 from farm.compiler.codegen.runtime import RuntimeModule

@@ -18,9 +18,8 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from llvmlite import ir
-
 from farm.compiler import matchprog as mp
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import (
     ERR_CALLS,
     ERR_CYCLE,
@@ -479,7 +478,7 @@ class _ProgramPrinter:
         (lit_a, a), (lit_b, b_) = self._literal(c.left), self._literal(c.right)
         checks = [lit for lit in (lit_a, lit_b) if lit is not None]
         if len(checks) == 2:
-            checks = [b.and_(lit_a, lit_b)]
+            checks = [b.and_(checks[0], checks[1])]
         return b.and_(checks[0], b.icmp_signed(c.op, a, b_)) if checks else b.icmp_signed(c.op, a, b_)
 
     def _is_lit(self, node: ir.Value) -> ir.Value:
