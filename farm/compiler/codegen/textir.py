@@ -409,6 +409,12 @@ class IRBuilder:
     def __init__(self, block: Block) -> None:
         self.block = block
         self._anchor = len(block.instructions)
+        self.calls = 0  # calls built so far: what a caller caching loads across instructions checks
+
+    @property
+    def at_end(self) -> bool:
+        """Whether the next instruction goes at the end of the current block."""
+        return self._anchor == len(self.block.instructions)
 
     @property
     def function(self) -> Function:
@@ -592,6 +598,7 @@ class IRBuilder:
 
     # -- calls and terminators --
     def call(self, fn: Function, args: Sequence[Value]) -> Instruction:
+        self.calls += 1
         ret = fn.ftype.return_type
         return self._emit(ret, f"call {ret} {fn.ref}({', '.join([a.typed() for a in args])})")
 
