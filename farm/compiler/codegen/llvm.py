@@ -70,25 +70,34 @@ class LLVMCodegen:
     def parts(self) -> list[tuple[str, str]]:
         """(name, IR text) of every module to compile and link for this ruleset, runtime first. A small
         ruleset is one module besides the runtime; a large one has a manifest and one module per chunk."""
-        out = [("runtime", runtime_ir(self.triple))]
         chunks = self.chunks()
         if len(chunks) <= 1:
-            module = self._module()
-            rules = self._rules(module, internal=True)
-            rules.emit_manifest()
-            for op_name in chunks[0] if chunks else []:
-                rules.emit_operator(op_name)
-            return [*out, ("rules", str(module))]
-        manifest = self._module()
-        self._rules(manifest, internal=False).emit_manifest()
-        out.append(("manifest", str(manifest)))
-        for i, chunk in enumerate(chunks):
-            module = self._module()
-            rules = self._rules(module, internal=False)
-            for op_name in chunk:
-                rules.emit_operator(op_name)
-            out.append((f"chunk{i}", str(module)))
-        return out
+            return [("runtime", runtime_ir(self.triple)), self.rules_part(chunks[0] if chunks else [])]
+        return [("runtime", runtime_ir(self.triple)), self.manifest_part(),
+                *(self.chunk_part(i, chunk) for i, chunk in enumerate(chunks))]
+
+    def rules_part(self, op_names: list[str]) -> tuple[str, str]:
+        """A small ruleset's one module: the manifest and every operator, private to it."""
+        module = self._module()
+        rules = self._rules(module, internal=True)
+        rules.emit_manifest()
+        for op_name in op_names:
+            rules.emit_operator(op_name)
+        return "rules", str(module)
+
+    def manifest_part(self) -> tuple[str, str]:
+        module = self._module()
+        self._rules(module, internal=False).emit_manifest()
+        return "manifest", str(module)
+
+    def chunk_part(self, index: int, op_names: list[str]) -> tuple[str, str]:
+        """Chunk `index` of chunks(): the functions of these operators (independent of the other chunks, so
+        chunks can be generated apart, farm/compiler/parallel.py)."""
+        module = self._module()
+        rules = self._rules(module, internal=False)
+        for op_name in op_names:
+            rules.emit_operator(op_name)
+        return f"chunk{index}", str(module)
 
     def single_module(self) -> str:
         module = self._module()
@@ -113,12 +122,22 @@ def _memo(kind: str, ruleset: RuleSet, triple: str | None, tree_budget: int, mak
         value = _IR_MEMO.get(key)
     if value is None:
         value = make()  # outside the lock: two threads may both generate a new ruleset's IR, never corrupt the memo
+    _remember(key, value)
+    return value
+
+
+def _remember(key: tuple[str, str | None, int, str], value: object) -> None:
     with _IR_MEMO_LOCK:  # a tiered engine's background build asks for the IR its caller generated
         _IR_MEMO[key] = value
         _IR_MEMO.move_to_end(key)
         while len(_IR_MEMO) > _IR_MEMO_SIZE:
             _IR_MEMO.popitem(last=False)
-    return value
+
+
+def remember_parts(ruleset: RuleSet, triple: str | None, parts: list[tuple[str, str]],
+                   tree_budget: int = NODE_BUDGET) -> None:
+    """Parts generated elsewhere (chunks in worker processes): what ruleset_parts returns from now on."""
+    _remember((ruleset.fingerprint(), triple, tree_budget, "parts"), parts)
 
 
 @cache
@@ -144,4 +163,4 @@ def ruleset_parts(ruleset: RuleSet, triple: str | None = None,
                  lambda: LLVMCodegen(ruleset, triple, tree_budget).parts())  # type: ignore[return-value]
 
 
-__all__ = ["ABI_VERSION", "LLVMCodegen", "generate_llvm_ir", "ruleset_parts", "runtime_ir"]
+__all__ = ["ABI_VERSION", "LLVMCodegen", "generate_llvm_ir", "remember_parts", "ruleset_parts", "runtime_ir"]
