@@ -161,6 +161,7 @@ class _OperatorEmitter:
         self.env: dict[Occurrence, tuple[ir.Value, int]] = {}
         self._generations = itertools.count(1)
         self.generation = 0
+        self._exit: tuple[ir.Block, ir.Value] | None = None  # the shared way out (leave()) and its value's slot
 
     def emit(self) -> None:
         f, b = self.f, self.b
@@ -171,6 +172,10 @@ class _OperatorEmitter:
         node = self.intern(self.arity << 32 | self.op, [f.root(f.plus(self.base, i)) for i in range(self.arity)], 0)
         f.return_if_error(node)
         self.leave(node)
+        if self._exit is not None:
+            exit_block, result = self._exit
+            b.position_at_end(exit_block)
+            self._leave(f.read(result))
 
     def _enter(self) -> None:
         """Stack checks, then the frame: arguments, and the other slots cleared (the collector reads them)."""
@@ -321,14 +326,26 @@ class _OperatorEmitter:
         self.f.bump("calls", -1)
 
     def leave(self, value: ir.Value) -> None:
-        f = self.f
+        """Return the normal form. A memoised or tracked call has more to do on its way out than pop its frame:
+        that is emitted once, in a block every return branches to (it was a tenth of a rules module, once per
+        rule)."""
+        if not (self.memoised or self.tracked):
+            self._leave(value)
+            return
+        if self._exit is None:
+            self._exit = (self.f.block("leave"), self.f.var(c64(0)))
+        exit_block, result = self._exit
+        self.b.store(value, result)
+        self.b.branch(exit_block)
+
+    def _leave(self, value: ir.Value) -> None:
         if self.memoised:
             self._memo_leave(value)
         if self.tracked:
             with self._if_tracked():
                 self._untrack()
         self._pop()
-        f.b.ret(value)
+        self.f.b.ret(value)
 
     def occurrence(self, occ: Occurrence) -> ir.Value:
         """The node at a path from the arguments. A switch loads its case's children once (`env`); after a
