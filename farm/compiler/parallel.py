@@ -26,7 +26,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +38,8 @@ from farm.errors import FarmError, StageFailed
 from farm.lang.transduce import RuleSet
 from farm.targets import Target
 
-MIN_CHUNKS = 4  # fewer chunks than this are compiled here: a worker's round trip would cost more than it saves
+MIN_CHUNKS = 4  # fewer chunks than this are not sent to workers: a round trip would cost more than it saves
+TIER0_PIECES = 4  # a small ruleset is cut into about this many modules for the pipeline (at least 8 rules each)
 _HEADER = struct.Struct("<Q")
 _WORKERS: list[_Worker] = []
 _WORKERS_LOCK = threading.Lock()  # one caller at a time uses the workers (each serves one request at a time)
@@ -55,38 +58,53 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def worth_it(chunk_count: int) -> bool:
-    return chunk_count >= MIN_CHUNKS and cores() > 1
-
-
 def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model: str,
                    compile_module: Callable[[Any, str], bytes]) -> list[CompiledChunk]:
-    """The manifest and every chunk, checked and compiled, in this process and the workers; the ruleset's parts
-    are remembered as ruleset_parts would have made them, for the build of its library. `compile_module(module,
-    name)` is this process's compile of a parsed module (its object code)."""
+    """The ruleset as a manifest and chunks, each generated, checked and compiled (`compile_module(module,
+    name)`: this process's compile of a parsed module, to object code).
+
+    Here, code generation (Python) runs while a thread compiles the chunk generated before (LLVM, which lets go of
+    the interpreter lock): a small ruleset is cut into a few chunks for that, not into the library's layout. A
+    ruleset large enough to have MIN_CHUNKS chunks of the library's own layout is shared with worker processes
+    too, and its parts are remembered as ruleset_parts makes them, for the build of its library."""
     codegen = LLVMCodegen(ruleset, target.triple)
     chunks = codegen.chunks()
-    shares = [list(range(k, len(chunks), cores())) for k in range(cores())]  # every n-th: sizes spread evenly
-    request = pickle.dumps((ruleset, target, opt_level, code_model), protocol=pickle.HIGHEST_PROTOCOL)
+    library_layout = len(chunks) >= MIN_CHUNKS and cores() > 1
+    if not library_layout:
+        chunks = codegen.chunks(max(8, -(-len(ruleset.rules) // TIER0_PIECES)))
+    shares = [list(range(k, len(chunks), cores())) for k in range(cores())] if library_layout \
+        else [list(range(len(chunks)))]  # every n-th chunk to each: sizes spread evenly
     with _WORKERS_LOCK:
         workers = _workers(len(shares) - 1)
         try:
-            for worker, share in zip(workers, shares[1:], strict=True):
-                worker.send(request, share)
-            here = [_compiled(*codegen.chunk_part(i, chunks[i]), compile_module) for i in shares[0]]
-            manifest = _compiled(*codegen.manifest_part(), compile_module)
+            if workers:
+                request = pickle.dumps((ruleset, target, opt_level, code_model), protocol=pickle.HIGHEST_PROTOCOL)
+                for worker, share in zip(workers, shares[1:], strict=True):
+                    worker.send(request, share)
+            here = _pipeline([codegen.manifest_part, *(partial(codegen.chunk_part, i, chunks[i])
+                                                       for i in shares[0])], compile_module)
             done = [*here, *(chunk for worker in workers for chunk in worker.receive())]
         except BaseException:  # a request left half done (Ctrl-C, an error here): those workers start afresh
             for worker in workers:
                 worker.stop_if_busy()
             raise
-    done.sort(key=lambda chunk: int(chunk.name.removeprefix("chunk")))
-    provided = frozenset().union(_runtime_defines(target.triple), manifest.defines, *(c.defines for c in done))
-    for chunk in (manifest, *done):
+    manifest, *rest = done
+    rest.sort(key=lambda chunk: int(chunk.name.removeprefix("chunk")))
+    provided = frozenset().union(_runtime_defines(target.triple), manifest.defines, *(c.defines for c in rest))
+    for chunk in (manifest, *rest):
         check_provided(chunk.imports, provided, chunk.name)
-    remember_parts(ruleset, target.triple, [("runtime", runtime_ir(target.triple)),
-                                            (manifest.name, manifest.ir_text), *((c.name, c.ir_text) for c in done)])
-    return [manifest, *done]
+    if library_layout:
+        remember_parts(ruleset, target.triple, [("runtime", runtime_ir(target.triple)),
+                                                *((c.name, c.ir_text) for c in (manifest, *rest))])
+    return [manifest, *rest]
+
+
+def _pipeline(generators: list[Callable[[], tuple[str, str]]],
+              compile_module: Callable[[Any, str], bytes]) -> list[CompiledChunk]:
+    """Each module generated here while a thread parses, checks and compiles the one before."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-tier0") as compiler:
+        pending = [compiler.submit(_compiled, *generate(), compile_module) for generate in generators]
+        return [future.result() for future in pending]
 
 
 def _compiled(name: str, ir_text: str, compile_module: Callable[[Any, str], bytes]) -> CompiledChunk:
@@ -211,4 +229,4 @@ if __name__ == "__main__":
     parallel.main()
 
 
-__all__ = ["MIN_CHUNKS", "CompiledChunk", "compile_chunks", "worth_it"]
+__all__ = ["MIN_CHUNKS", "CompiledChunk", "compile_chunks"]

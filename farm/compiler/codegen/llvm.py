@@ -51,16 +51,16 @@ class LLVMCodegen:
     def _rules(self, module: ir.Module, internal: bool) -> RulesModule:
         return RulesModule(module, self.ruleset, internal, self.tree_budget)
 
-    def chunks(self) -> list[list[str]]:
-        """Root operators grouped, in signature order, into chunks of at most CHUNK_RULES rules: one object
-        each. Per-chunk rather than per-operator objects keep the number of tool runs low."""
+    def chunks(self, limit: int = CHUNK_RULES) -> list[list[str]]:
+        """Root operators grouped, in signature order, into chunks of at most `limit` rules (or one operator's):
+        one object each. Per-chunk rather than per-operator objects keep the number of tool runs low."""
         by_root = self.ruleset.rules_by_root()
         out: list[list[str]] = []
         size = 0
         for op_name, _ in self.ruleset.signature:
             if op_name not in by_root:
                 continue
-            if not out or size + len(by_root[op_name]) > CHUNK_RULES:
+            if not out or size + len(by_root[op_name]) > limit:
                 out.append([])
                 size = 0
             out[-1].append(op_name)
