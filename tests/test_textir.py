@@ -31,7 +31,7 @@ steps = st.lists(st.tuples(st.sampled_from(["binop", "icmp", "select", "cast", "
 
 def play(ir: Any, program: list[Step], triple: str) -> str:
     """The builder calls of `program` on the IR module `ir` (llvmlite.ir or textir); the module's text."""
-    i64, i1, ptr = ir.IntType(64), ir.IntType(1), ir.PointerType()
+    i64, ptr = ir.IntType(64), ir.PointerType()
     module = ir.Module(name="farm")
     module.triple = triple
     helper = ir.Function(module, ir.FunctionType(i64, [ptr, i64]), "helper")
