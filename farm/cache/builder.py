@@ -134,9 +134,17 @@ class ArtifactBuilder:
         return artifact
 
     def stored_ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
-                       opt_level: int | None = None) -> Artifact | None:
+                       opt_level: int | None = None, direct_only: bool = False) -> Artifact | None:
         """The ruleset's library if it is stored already (found as ensure_ruleset finds it, and counted as a hit);
-        None when it would have to be built, and then nothing is counted: the build that follows counts its miss."""
+        None when it would have to be built, and then nothing is counted: the build that follows counts its miss.
+        `direct_only`: by its direct-mode key alone, with no code generation (a library stored under its content
+        key with no direct entry is then found by the build that follows, which counts it a hit)."""
+        if direct_only:
+            check_pattern_id(pattern_id)
+            resolved = self.target(target)
+            opt = self.config.opt_level if opt_level is None else opt_level
+            return self._direct_hit(self.direct_key_for(ruleset, resolved, opt), pattern_id, resolved, opt,
+                                    time.perf_counter())
         return self._ruleset(ruleset, pattern_id, target, opt_level, build=False)
 
     def _ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None, opt_level: int | None,

@@ -4,11 +4,11 @@ index maps to the library's content key. A request looks it up first; on a hit t
 loaded without generating any IR. On a miss the IR is generated and keyed by its content, which stays the
 artifact's identity (farm.compiler.tools.artifact_key), and the direct entry is recorded for the next request.
 
-The code generator's version is a hash of the source files that shape the IR (CODEGEN_SOURCES) and of llvmlite's
-version (its IR printer), read here and never imported: no version number to bump by hand, and a change to any of
-them misses every direct key. Such a miss costs one code generation, not a build: IR that came out the same finds
-its library by content key. So the list errs on the side of too much (a file that does not change the IR costs one
-code generation after an edit; one missing from it would serve a library built from other IR), and
+The code generator's version is a hash of the source files that shape the IR (CODEGEN_SOURCES; the IR is printed
+by farm's own writer, farm/compiler/codegen/textir.py), read here: no version number to bump by hand, and a change
+to any of them misses every direct key. Such a miss costs one code generation, not a build: IR that came out the
+same finds its library by content key. So the list errs on the side of too much (a file that does not change the
+IR costs one code generation after an edit; one missing from it would serve a library built from other IR), and
 tests/test_direct.py checks that it covers every farm module the code generator imports.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
-from importlib.util import find_spec
 from pathlib import Path
 
 from farm.targets import Target
@@ -39,11 +38,10 @@ def source_files(root: Path = FARM) -> list[Path]:
 
 
 def codegen_version(root: Path = FARM) -> str:
-    """The hash of the code generator's sources under `root` and of llvmlite's version (see the module's note)."""
+    """The hash of the code generator's sources under `root` (see the module's note)."""
     h = hashlib.sha256()
     for path in source_files(root):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    h.update(_llvmlite_version().encode())
     return h.hexdigest()
 
 
@@ -51,15 +49,6 @@ def codegen_version(root: Path = FARM) -> str:
 def this_codegen_version() -> str:
     """codegen_version() of this installation, computed once per process (about a millisecond)."""
     return codegen_version()
-
-
-def _llvmlite_version() -> str:
-    """llvmlite's version file, read rather than imported (importing it costs more than all of a hit)."""
-    spec = find_spec("llvmlite")
-    if spec is None or spec.origin is None:
-        return "no llvmlite"
-    version = Path(spec.origin).parent / "_version.py"
-    return version.read_text(encoding="utf-8", errors="replace") if version.exists() else spec.origin
 
 
 def direct_key(fingerprint: str, target: Target, opt_level: int, versions: dict[str, str],

@@ -155,7 +155,11 @@ class Engine:
         library is built in the background; else compiled (or fetched) and loaded. An artifact evicted between
         its fetch and its load is fetched or built again."""
         tiered = self._tiered(target)
-        artifact = self.builder.stored_ruleset(ruleset, pattern_id, target) if tiered else None
+        # A local miss by direct key goes straight to tier 0, whose compile starts as its code is generated; the
+        # full lookup (the IR generated to find the library by content key) is the background build's. A shared
+        # index's libraries are often built by the cluster, with no direct entry: there the full lookup runs first.
+        artifact = self.builder.stored_ruleset(ruleset, pattern_id, target,
+                                               direct_only=not self.builder.index.shared) if tiered else None
         if artifact is None and tiered:
             native = self.load_in_memory(ruleset, target, TIER0_OPT_LEVEL)
             self.background.start(memo, lambda: self.compile(ruleset, pattern_id, target), f"pattern {pattern_id!r}")

@@ -65,7 +65,7 @@ class BackgroundBuilds:
                 _wait_at_exit()
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-tier-up")
             try:
-                future = self._pool.submit(build)
+                future = self._pool.submit(_logging_failure, build, what)
             except RuntimeError as exc:  # the thread could not start, or the interpreter is shutting down
                 pool, self._pool = self._pool, None
                 pool.shutdown(wait=False, cancel_futures=True)  # the queued build must not run later by surprise
@@ -73,7 +73,6 @@ class BackgroundBuilds:
                             what, exc)
                 return
             self._running[key] = future
-        future.add_done_callback(lambda done: _log_failure(done, what))
 
     def landed(self, key: object) -> Artifact | None:
         """The library built for `key`, once (it is forgotten after); None while it builds, or if it failed."""
@@ -109,13 +108,16 @@ def _wait_at_exit() -> None:
             threading._register_atexit(wait_for_all)  # type: ignore[attr-defined]
 
 
-def _log_failure(future: Future[Artifact], what: str) -> None:
-    """One line: the caller has its results already (a traceback, for a failure that is not farm's own kind, only
-    with debug logging on)."""
+def _logging_failure(build: Callable[[], Artifact], what: str) -> Artifact:
+    """build(), whose failure is one line in the log, written before its future is done: whoever waits for the
+    build sees the line once the wait returns (a done-callback runs after the waiters wake). The caller has its
+    results already (a traceback, for a failure that is not farm's own kind, only with debug logging on)."""
     import logging
 
-    exc = future.exception()
-    if exc is not None:
+    try:
+        return build()
+    except BaseException as exc:
         log.warning("the library of %s could not be built in the background; it keeps running from memory: %s",
                     what, exc if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}",
                     exc_info=exc if not isinstance(exc, FarmError) and log.isEnabledFor(logging.DEBUG) else None)
+        raise

@@ -92,18 +92,34 @@ def parse_bitcode(data: bytes, source: str = "module") -> Any:
 def check_module(module: Any, source: str = "module", provided: frozenset[str] = frozenset()) -> None:
     """Refuse a parsed module (a llvmlite ModuleRef) that would import or run anything beyond the allow-list;
     PolicyViolation names the module, then the function and instruction or the global at fault.
-    `provided`: functions the other modules linked into the same library define.
+    `provided`: functions the other modules linked into the same library define."""
+    check_provided(check_module_alone(module, source), provided, source)
+
+
+def check_module_alone(module: Any, source: str = "module") -> tuple[str, ...]:
+    """Every check of check_module that needs no other module; returns the functions the module imports from
+    the library's other modules, for check_provided once they are all parsed (in other processes, maybe).
 
     Functions and globals come from llvmlite's API. What it does not expose (module asm, aliases, ifuncs,
     sections, prologue data, attribute groups, named metadata), and inline asm, are read from LLVM's
     canonical printout: walking every instruction through llvmlite costs seconds on a large module, the
     printout a tenth of the parse."""
-    _check_functions(module, source, provided)
+    imports = _check_functions(module, source)
     _check_globals(module, source)
     _check_printout(str(module), source)
+    return imports
 
 
-def _check_functions(module: Any, source: str, provided: frozenset[str]) -> None:
+def check_provided(imports: tuple[str, ...], provided: frozenset[str], source: str = "module") -> None:
+    """Refuse a module that imports a function (check_module_alone) that no module of the library defines."""
+    for name in imports:
+        if name not in provided:
+            raise PolicyViolation(f"{source}: declares the external function @{name}; only {_allowed()}, the "
+                                  "allowed LLVM intrinsics and the library's own functions may be imported")
+
+
+def _check_functions(module: Any, source: str) -> tuple[str, ...]:
+    imports: list[str] = []
     for fn in module.functions:
         name = fn.name
         if not _is_declaration(fn):
@@ -115,9 +131,9 @@ def _check_functions(module: Any, source: str, provided: frozenset[str]) -> None
             if _intrinsic_base(name) not in ALLOWED_INTRINSICS:
                 raise PolicyViolation(f"{source}: declares the intrinsic @{name}, which is not in the allow-list "
                                       "(farm.compiler.policy.ALLOWED_INTRINSICS)")
-        elif name not in ALLOWED_IMPORTS and name not in provided:
-            raise PolicyViolation(f"{source}: declares the external function @{name}; only {_allowed()}, the "
-                                  "allowed LLVM intrinsics and the library's own functions may be imported")
+        elif name not in ALLOWED_IMPORTS:
+            imports.append(name)
+    return tuple(imports)
 
 
 def _check_globals(module: Any, source: str) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from farm.compiler.codegen.llvm import ruleset_parts
-from farm.compiler.policy import check_module, defined_function_names, defined_functions, parse_ir
+from farm.compiler import parallel
+from farm.compiler.codegen.llvm import runtime_ir
+from farm.compiler.policy import defined_functions
 from farm.compiler.toolchain import ObjectCache, emit_module, emit_object_in_process
 from farm.compiler.tools import cache_key, tool_versions
 from farm.errors import IncompatibleArtifact
@@ -38,11 +39,7 @@ class InMemoryCompiler:
     def load(self, ruleset: RuleSet) -> NativeRuleset:
         import llvmlite.binding as llvm
 
-        (_, runtime), *rules = ruleset_parts(ruleset, self.target.triple)
-        modules = [(name, parse_ir(text, name)) for name, text in rules]  # each parsed once, checked, compiled
-        provided = defined_functions(runtime).union(*(defined_function_names(module) for _, module in modules))
-        objects = [self._runtime_object(runtime, provided), *(self._compile(module, name, provided)
-                                                               for name, module in modules)]
+        objects = self._objects(ruleset)
         # The engine takes ownership of its target machine and module: a fresh pair for each engine.
         machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
             cpu=self.target.cpu, features=self.target.features, opt=self.opt_level, reloc="static",
@@ -53,6 +50,14 @@ class InMemoryCompiler:
             engine.add_object_file(llvm.ObjectFileRef.from_data(data))
         engine.finalize_object()
         return NativeRuleset.in_memory(engine.get_function_address, ruleset, keepalive=engine)
+
+    def _objects(self, ruleset: RuleSet) -> list[bytes]:
+        """The runtime's object and the ruleset's: generated, checked and compiled as a pipeline, and a large
+        ruleset's chunks in worker processes too (farm/compiler/parallel.py)."""
+        compiled = parallel.compile_chunks(ruleset, self.target, self.opt_level, JIT_CODE, self._compile)
+        runtime = runtime_ir(self.target.triple)
+        provided = defined_functions(runtime).union(*(chunk.defines for chunk in compiled))
+        return [self._runtime_object(runtime, provided), *(chunk.object_code for chunk in compiled)]
 
     def _runtime_object(self, text: str, provided: frozenset[str]) -> bytes:
         """The shared runtime: compiled once per target and -O level, kept on disk and in memory."""
@@ -67,8 +72,7 @@ class InMemoryCompiler:
                 self.objects.put(key, self._runtime)
         return self._runtime
 
-    def _compile(self, module: Any, name: str, provided: frozenset[str]) -> bytes:
-        """A module compiled straight to memory, through the load policy like every other module; a ruleset's
-        own modules are never written to disk."""
-        check_module(module, name, provided)
+    def _compile(self, module: Any, name: str) -> bytes:
+        """A module the load policy passed (farm/compiler/parallel.py checks each), compiled straight to memory; a
+        ruleset's own modules are never written to disk."""
         return emit_module(module, self.target, self.opt_level, JIT_CODE)[0]

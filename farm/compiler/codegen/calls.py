@@ -4,8 +4,7 @@ the call runs) and the tracked calls in progress (to catch a loop)."""
 
 from collections.abc import Callable
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import (
     ERR_CYCLE,
     ERR_OOM,

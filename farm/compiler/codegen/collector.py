@@ -2,8 +2,7 @@
 
 
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import (
     CONTENT_AT,
     ERR_OOM,

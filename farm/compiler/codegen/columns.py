@@ -3,8 +3,7 @@
 
 from collections.abc import Callable
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import (
     CONTENT_AT,
     ERR_INPUT,
@@ -152,8 +151,8 @@ class Columns(RuntimePart):
             f.put(name, value)
         exhausted = f.var(FALSE, I1)
         with f.loop(c64(0), n_roots) as i:
-            for name, value in (("steps", 0), ("last_rule", -1), ("depth", 1), ("calls", 0), ("rsp", 0)):
-                f.put(name, c64(value))
+            for name, initial in (("steps", 0), ("last_rule", -1), ("depth", 1), ("calls", 0), ("rsp", 0)):
+                f.put(name, c64(initial))
             # After running out of memory the arena may be half rebuilt: no root runs on it any more.
             result = f.var(c64(ERR_OOM))
             with b.if_then(b.not_(f.read(exhausted, I1))):

@@ -5,8 +5,7 @@ helpers every part of the runtime (farm/compiler/codegen/runtime.py and its part
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import (
     LIT_OP,
     MARK_BASE,

@@ -6,14 +6,15 @@ hash is the runtime's hash_words, unrolled, so each finds what the other files.
 
 from __future__ import annotations
 
-from llvmlite import ir
+from collections.abc import Sequence
 
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import NO_PARENT
 from farm.compiler.codegen.heap import K1, K2, TAG_SHIFT, call, parent_at, same_node
 from farm.compiler.codegen.irbuild import I64, PTR, TRUE, FunctionBuilder, c64
 
 
-def hash_words(b: ir.IRBuilder, head: ir.Value, words: list[ir.Value]) -> ir.Value:
+def hash_words(b: ir.IRBuilder, head: ir.Value, words: Sequence[ir.Value]) -> ir.Value:
     """The runtime's hash_words, unrolled: the runtime finds what this code files, and back."""
     h = b.mul(head, c64(K1))
     for word in words:
@@ -22,9 +23,9 @@ def hash_words(b: ir.IRBuilder, head: ir.Value, words: list[ir.Value]) -> ir.Val
     return b.xor(h, b.lshr(h, c64(32)))
 
 
-def kids_equal(f: FunctionBuilder, node: ir.Value, kids: list[ir.Value]) -> ir.Value:
+def kids_equal(f: FunctionBuilder, node: ir.Value, kids: Sequence[ir.Value]) -> ir.Value:
     """Whether `node`'s children are these (unrolled; the caller checked its header)."""
-    same = TRUE
+    same: ir.Value = TRUE
     for k, kid in enumerate(kids):
         same = f.b.and_(same, f.b.icmp_signed("==", f.content(node, k), kid))
     return same
@@ -67,7 +68,7 @@ def intern_function(module: ir.Module, arity: int, inline: bool) -> ir.Function:
     return f.fn
 
 
-def _bump_node(f: FunctionBuilder, head: ir.Value, kids: list[ir.Value], slow: ir.Block) -> ir.Value:
+def _bump_node(f: FunctionBuilder, head: ir.Value, kids: Sequence[ir.Value], slow: ir.Block) -> ir.Value:
     """A new node at `top` with no parent yet, when the space has room; else on to `slow`."""
     b = f.b
     top = f.get("top")
@@ -80,7 +81,7 @@ def _bump_node(f: FunctionBuilder, head: ir.Value, kids: list[ir.Value], slow: i
     return top
 
 
-def _first_probe(f: FunctionBuilder, head: ir.Value, kids: list[ir.Value], slow: ir.Block) -> None:
+def _first_probe(f: FunctionBuilder, head: ir.Value, kids: Sequence[ir.Value], slow: ir.Block) -> None:
     """The table's first slot for this content: free (a new node, filed there) or holding it; else on to
     `slow`."""
     b = f.b

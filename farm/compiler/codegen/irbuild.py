@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import ARENA_FIELDS, ARENA_INDEX, CONTENT_AT, EXPORTS
 
 I1, I32, I64, PTR, VOID = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.PointerType(), ir.VoidType()
-ARENA = ir.LiteralStructType([PTR if kind == "ptr" else I64 for _, kind in ARENA_FIELDS])
+FIELD_TYPES = [PTR if kind == "ptr" else I64 for _, kind in ARENA_FIELDS]  # each arena field's type
 KINDS = {"i64": I64, "ptr": PTR, "arena": PTR, "i64*": PTR, "i32*": PTR, "str": PTR, "void": VOID}
 TBAA_KINDS = ("arena", "heap", "roots", "cell", "column")
 
@@ -31,13 +30,6 @@ NULL = ir.Constant(PTR, None)
 def export_type(name: str) -> ir.FunctionType:
     ret, args = EXPORTS[name]
     return ir.FunctionType(KINDS[ret], [KINDS[a] for a in args])
-
-
-def opaque(slot: ir.AllocaInstr) -> ir.AllocaInstr:
-    """llvmlite types an alloca as a typed pointer (printed `i64*`); make it `ptr` like every other
-    pointer, so the module is opaque-pointer IR throughout."""
-    slot.type = PTR
-    return slot
 
 
 def function(module: ir.Module, name: str, fnty: ir.FunctionType, internal: bool) -> ir.Function:
@@ -70,6 +62,7 @@ class FunctionBuilder:
         self.b = ir.IRBuilder(self.entry)
         self.arena: ir.Value = self.fn.args[0] if args and args[0] == PTR else NULL
         self._fields: dict[str, ir.Value] = {}  # arena field addresses, at the top of the entry block
+        self._loaded: dict[str, tuple[ir.Block, int, ir.Value]] = {}  # see get()
 
     @classmethod
     def body_of(cls, fn: ir.Function) -> FunctionBuilder:
@@ -77,7 +70,7 @@ class FunctionBuilder:
         self = cls.__new__(cls)
         self.fn, self.entry = fn, fn.append_basic_block("entry")
         self.b, self.arena = ir.IRBuilder(self.entry), fn.args[0]
-        self._fields = {}
+        self._fields, self._loaded = {}, {}
         return self
 
     @property
@@ -91,33 +84,33 @@ class FunctionBuilder:
     def block(self, name: str = "") -> ir.Block:
         return self.fn.append_basic_block(name)
 
-    def var(self, init: ir.Value, ty: ir.Type = I64) -> ir.AllocaInstr:
+    def var(self, init: ir.Value, ty: ir.Type = I64) -> ir.Value:
         """A mutable local; opt's mem2reg turns it into SSA form."""
         with self.b.goto_block(self.entry):
             self.b.position_at_start(self.entry)
-            slot = opaque(self.b.alloca(ty))
+            slot = self.b.alloca(ty)
         self.b.store(init, slot)
         return slot
 
-    def read(self, slot: ir.AllocaInstr, ty: ir.Type = I64) -> ir.Value:
+    def read(self, slot: ir.Value, ty: ir.Type = I64) -> ir.Value:
         return self.b.load(slot, typ=ty)
 
     def buffer(self, count: int) -> ir.Value:
         """`count` i64 cells in this function's frame."""
         with self.b.goto_block(self.entry):
             self.b.position_at_start(self.entry)
-            return opaque(self.b.alloca(I64, size=max(1, count)))
+            return self.b.alloca(I64, size=max(1, count))
 
     def _tbaa(self, kind: str) -> ir.MDValue:
         module = self.module
-        tags = getattr(module, "_farm_tbaa", None)
+        tags: dict[str, ir.MDValue] | None = module.memo.get("tbaa")
         if tags is None:
             root = module.add_metadata([ir.MetaDataString(module, "farm tbaa")])
             tags = {}
             for name in TBAA_KINDS:
                 node = module.add_metadata([ir.MetaDataString(module, f"farm {name}"), root, c64(0)])
                 tags[name] = module.add_metadata([node, node, c64(0)])
-            module._farm_tbaa = tags
+            module.memo["tbaa"] = tags
         return tags[kind]
 
     # arena fields
@@ -135,12 +128,26 @@ class FunctionBuilder:
         return self._fields[name]
 
     def get(self, name: str) -> ir.Value:
-        value = self.b.load(self._field(name), typ=ARENA.elements[ARENA_INDEX[name]])
+        """The field's value. Loaded once per stretch of a block: a field changes only through put() or a call
+        (the callee may grow or move what it points at), so the last load in this block, with no call or put of
+        it since, is still its value. A fifth of a rules module's instructions were reloads of `roots` and `heap`,
+        which tier 0 (no optimisation) compiled and ran as they came."""
+        b = self.b
+        cached = self._loaded.get(name)
+        if cached is not None and cached[0] is b.block and cached[1] == b.calls and b.at_end:
+            return cached[2]
+        value = b.load(self._field(name), typ=FIELD_TYPES[ARENA_INDEX[name]])
         value.set_metadata("tbaa", self._tbaa("arena"))
+        if b.at_end:
+            self._loaded[name] = (b.block, b.calls, value)
         return value
 
     def put(self, name: str, value: ir.Value) -> None:
         self.b.store(value, self._field(name)).set_metadata("tbaa", self._tbaa("arena"))
+        if self.b.at_end:
+            self._loaded[name] = (self.b.block, self.b.calls, value)
+        else:
+            self._loaded.pop(name, None)
 
     def bump(self, name: str, by: int) -> ir.Value:
         """field += by; the new value."""
@@ -175,14 +182,18 @@ class FunctionBuilder:
         store = self.b.store(self.b.trunc(value, I32), self.b.gep(base, [index], source_etype=I32))
         store.set_metadata("tbaa", self._tbaa("column"))
 
-    # heap words (the heap pointer is reloaded each time: a collection may have moved it)
+    def plus(self, value: ir.Value, k: int | ir.Value) -> ir.Value:
+        """value + k, with no instruction for + 0 (tier 0 compiles every instruction as it comes)."""
+        if isinstance(k, int):
+            return value if k == 0 else self.b.add(value, c64(k))
+        return self.b.add(value, k)
+
+    # heap words (the heap pointer is reloaded after anything that may collect: get())
     def word(self, node: ir.Value, k: int | ir.Value) -> ir.Value:
-        index = self.b.add(node, c64(k) if isinstance(k, int) else k)
-        return self.load_at(self.get("heap"), index, "heap")
+        return self.load_at(self.get("heap"), self.plus(node, k), "heap")
 
     def set_word(self, node: ir.Value, k: int | ir.Value, value: ir.Value) -> None:
-        index = self.b.add(node, c64(k) if isinstance(k, int) else k)
-        self.store_at(self.get("heap"), index, value, "heap")
+        self.store_at(self.get("heap"), self.plus(node, k), value, "heap")
 
     def content(self, node: ir.Value, k: int | ir.Value) -> ir.Value:
         """Content word k of a node: its child k, or (k = 0) a literal's value."""

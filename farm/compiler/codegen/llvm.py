@@ -24,8 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import cache
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import ABI_VERSION
 from farm.compiler.codegen.operators import RulesModule
 from farm.compiler.codegen.runtime import RuntimeModule
@@ -52,16 +51,16 @@ class LLVMCodegen:
     def _rules(self, module: ir.Module, internal: bool) -> RulesModule:
         return RulesModule(module, self.ruleset, internal, self.tree_budget)
 
-    def chunks(self) -> list[list[str]]:
-        """Root operators grouped, in signature order, into chunks of at most CHUNK_RULES rules: one object
-        each. Per-chunk rather than per-operator objects keep the number of tool runs low."""
+    def chunks(self, limit: int = CHUNK_RULES) -> list[list[str]]:
+        """Root operators grouped, in signature order, into chunks of at most `limit` rules (or one operator's):
+        one object each. Per-chunk rather than per-operator objects keep the number of tool runs low."""
         by_root = self.ruleset.rules_by_root()
         out: list[list[str]] = []
         size = 0
         for op_name, _ in self.ruleset.signature:
             if op_name not in by_root:
                 continue
-            if not out or size + len(by_root[op_name]) > CHUNK_RULES:
+            if not out or size + len(by_root[op_name]) > limit:
                 out.append([])
                 size = 0
             out[-1].append(op_name)
@@ -71,25 +70,34 @@ class LLVMCodegen:
     def parts(self) -> list[tuple[str, str]]:
         """(name, IR text) of every module to compile and link for this ruleset, runtime first. A small
         ruleset is one module besides the runtime; a large one has a manifest and one module per chunk."""
-        out = [("runtime", runtime_ir(self.triple))]
         chunks = self.chunks()
         if len(chunks) <= 1:
-            module = self._module()
-            rules = self._rules(module, internal=True)
-            rules.emit_manifest()
-            for op_name in chunks[0] if chunks else []:
-                rules.emit_operator(op_name)
-            return [*out, ("rules", str(module))]
-        manifest = self._module()
-        self._rules(manifest, internal=False).emit_manifest()
-        out.append(("manifest", str(manifest)))
-        for i, chunk in enumerate(chunks):
-            module = self._module()
-            rules = self._rules(module, internal=False)
-            for op_name in chunk:
-                rules.emit_operator(op_name)
-            out.append((f"chunk{i}", str(module)))
-        return out
+            return [("runtime", runtime_ir(self.triple)), self.rules_part(chunks[0] if chunks else [])]
+        return [("runtime", runtime_ir(self.triple)), self.manifest_part(),
+                *(self.chunk_part(i, chunk) for i, chunk in enumerate(chunks))]
+
+    def rules_part(self, op_names: list[str]) -> tuple[str, str]:
+        """A small ruleset's one module: the manifest and every operator, private to it."""
+        module = self._module()
+        rules = self._rules(module, internal=True)
+        rules.emit_manifest()
+        for op_name in op_names:
+            rules.emit_operator(op_name)
+        return "rules", str(module)
+
+    def manifest_part(self) -> tuple[str, str]:
+        module = self._module()
+        self._rules(module, internal=False).emit_manifest()
+        return "manifest", str(module)
+
+    def chunk_part(self, index: int, op_names: list[str]) -> tuple[str, str]:
+        """Chunk `index` of chunks(): the functions of these operators (independent of the other chunks, so
+        chunks can be generated apart, farm/compiler/parallel.py)."""
+        module = self._module()
+        rules = self._rules(module, internal=False)
+        for op_name in op_names:
+            rules.emit_operator(op_name)
+        return f"chunk{index}", str(module)
 
     def single_module(self) -> str:
         module = self._module()
@@ -114,12 +122,22 @@ def _memo(kind: str, ruleset: RuleSet, triple: str | None, tree_budget: int, mak
         value = _IR_MEMO.get(key)
     if value is None:
         value = make()  # outside the lock: two threads may both generate a new ruleset's IR, never corrupt the memo
+    _remember(key, value)
+    return value
+
+
+def _remember(key: tuple[str, str | None, int, str], value: object) -> None:
     with _IR_MEMO_LOCK:  # a tiered engine's background build asks for the IR its caller generated
         _IR_MEMO[key] = value
         _IR_MEMO.move_to_end(key)
         while len(_IR_MEMO) > _IR_MEMO_SIZE:
             _IR_MEMO.popitem(last=False)
-    return value
+
+
+def remember_parts(ruleset: RuleSet, triple: str | None, parts: list[tuple[str, str]],
+                   tree_budget: int = NODE_BUDGET) -> None:
+    """Parts generated elsewhere (chunks in worker processes): what ruleset_parts returns from now on."""
+    _remember((ruleset.fingerprint(), triple, tree_budget, "parts"), parts)
 
 
 @cache
@@ -145,4 +163,4 @@ def ruleset_parts(ruleset: RuleSet, triple: str | None = None,
                  lambda: LLVMCodegen(ruleset, triple, tree_budget).parts())  # type: ignore[return-value]
 
 
-__all__ = ["ABI_VERSION", "LLVMCodegen", "generate_llvm_ir", "ruleset_parts", "runtime_ir"]
+__all__ = ["ABI_VERSION", "LLVMCodegen", "generate_llvm_ir", "remember_parts", "ruleset_parts", "runtime_ir"]

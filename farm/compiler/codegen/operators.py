@@ -18,9 +18,8 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from llvmlite import ir
-
 from farm.compiler import matchprog as mp
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import (
     ERR_CALLS,
     ERR_CYCLE,
@@ -162,6 +161,7 @@ class _OperatorEmitter:
         self.env: dict[Occurrence, tuple[ir.Value, int]] = {}
         self._generations = itertools.count(1)
         self.generation = 0
+        self._exit: tuple[ir.Block, ir.Value] | None = None  # the shared way out (leave()) and its value's slot
 
     def emit(self) -> None:
         f, b = self.f, self.b
@@ -169,9 +169,13 @@ class _OperatorEmitter:
         no_rule = f.block("no_rule")
         run(_ProgramPrinter(self).program(self.program.body, no_rule))
         b.position_at_end(no_rule)
-        node = self.intern(self.arity << 32 | self.op, [f.root(b.add(self.base, c64(i))) for i in range(self.arity)], 0)
+        node = self.intern(self.arity << 32 | self.op, [f.root(f.plus(self.base, i)) for i in range(self.arity)], 0)
         f.return_if_error(node)
         self.leave(node)
+        if self._exit is not None:
+            exit_block, result = self._exit
+            b.position_at_end(exit_block)
+            self._leave(f.read(result))
 
     def _enter(self) -> None:
         """Stack checks, then the frame: arguments, and the other slots cleared (the collector reads them)."""
@@ -182,13 +186,13 @@ class _OperatorEmitter:
         f.return_if(b.icmp_signed(">", calls, c64(MAX_CALL_DEPTH)), c64(ERR_CALLS))
         f.put("calls", calls)
         self.base = f.get("rsp")
-        need = b.add(self.base, c64(self.frame))
+        need = f.plus(self.base, self.frame)
         with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
             f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
         for i, value in enumerate(f.args[1:1 + self.arity]):
-            f.set_root(b.add(self.base, c64(i)), value)
+            f.set_root(f.plus(self.base, i), value)
         for i in range(self.arity, self.frame):
-            f.set_root(b.add(self.base, c64(i)), c64(-1))
+            f.set_root(f.plus(self.base, i), c64(-1))
         f.put("rsp", need)
         if self.tracked:
             with self._if_tracked():
@@ -201,7 +205,7 @@ class _OperatorEmitter:
         in progress) or is free with room to claim it (then the slot and the table's epoch are kept for
         _memo_leave); otherwise the runtime's farm_memo_enter."""
         f, b = self.f, self.b
-        args = [f.root(b.add(self.base, c64(i))) for i in range(self.arity)]
+        args = [f.root(f.plus(self.base, i)) for i in range(self.arity)]
         tag = c64(self.arity << 32 | (self.op + 1))
         memo, width, mask = f.get("memo"), f.get("memo_width"), f.get("memo_mask")
         slot = b.and_(self.hash(tag, args), mask)
@@ -214,10 +218,10 @@ class _OperatorEmitter:
                                                                      "memo_slow", "memo_asked"))
         same = b.icmp_signed("==", found, tag)
         for k, arg in enumerate(args):
-            same = b.and_(same, b.icmp_signed("==", f.load_at(memo, b.add(entry, c64(2 + k))), arg))
+            same = b.and_(same, b.icmp_signed("==", f.load_at(memo, f.plus(entry, 2 + k)), arg))
         b.cbranch(same, hit, other)
         b.position_at_end(hit)
-        value = f.load_at(memo, b.add(entry, c64(1)))
+        value = f.load_at(memo, f.plus(entry, 1))
         b.store(b.select(b.icmp_signed("==", value, c64(IN_PROGRESS)), c64(ERR_CYCLE), value), known)
         b.branch(done)
         b.position_at_end(other)
@@ -227,7 +231,7 @@ class _OperatorEmitter:
         b.cbranch(b.and_(b.icmp_signed("==", found, c64(0)), roomy), claim, slow)
         b.position_at_end(claim)
         for k, word in enumerate([tag, c64(IN_PROGRESS), *args]):
-            f.store_at(memo, b.add(entry, c64(k)), word)
+            f.store_at(memo, f.plus(entry, k), word)
         f.bump("memo_count", 1)
         b.store(slot, self.memo_slot)
         b.branch(done)
@@ -262,7 +266,7 @@ class _OperatorEmitter:
         and the table has room (then the slot and the table's epoch are kept, for _untrack); otherwise the
         runtime's farm_track_enter, which also finds a call already in progress (ERR_CYCLE)."""
         f, b = self.f, self.b
-        args = [f.root(b.add(self.base, c64(i))) for i in range(self.arity)]
+        args = [f.root(f.plus(self.base, i)) for i in range(self.arity)]
         tag = c64(self.arity << 32 | (self.op + 1))
         table, width = f.get("track"), f.get("track_width")
         mask = f.get("track_mask")
@@ -275,7 +279,7 @@ class _OperatorEmitter:
         with b.if_else(b.and_(free, roomy)) as (fast, slow):
             with fast:
                 for k, word in enumerate([tag, *args]):
-                    f.store_at(table, b.add(entry, c64(k)), word)
+                    f.store_at(table, f.plus(entry, k), word)
                 f.bump("track_count", 1)
                 b.store(slot, self.track_slot)
             with slow:
@@ -297,7 +301,7 @@ class _OperatorEmitter:
             with fast:
                 entry = b.mul(slot, width)
                 for k in range(1 + self.arity):
-                    f.store_at(table, b.add(entry, c64(k)), c64(0))
+                    f.store_at(table, f.plus(entry, k), c64(0))
                 f.bump("track_count", -1)
             with slow:
                 call(f, "farm_track_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
@@ -306,7 +310,7 @@ class _OperatorEmitter:
         """The shared node (head, kids), whose kids are also in frame slots from `slot` on."""
         f = self.f
         return f.b.call(self.rm.intern_function(len(kids)),
-                        [f.arena, c64(head), *kids, f.root_ptr(self.b.add(self.base, c64(slot)))])
+                        [f.arena, c64(head), *kids, f.root_ptr(self.f.plus(self.base, slot))])
 
     @contextmanager
     def _if_tracked(self) -> Iterator[None]:
@@ -322,14 +326,26 @@ class _OperatorEmitter:
         self.f.bump("calls", -1)
 
     def leave(self, value: ir.Value) -> None:
-        f = self.f
+        """Return the normal form. A memoised or tracked call has more to do on its way out than pop its frame:
+        that is emitted once, in a block every return branches to (it was a tenth of a rules module, once per
+        rule)."""
+        if not (self.memoised or self.tracked):
+            self._leave(value)
+            return
+        if self._exit is None:
+            self._exit = (self.f.block("leave"), self.f.var(c64(0)))
+        exit_block, result = self._exit
+        self.b.store(value, result)
+        self.b.branch(exit_block)
+
+    def _leave(self, value: ir.Value) -> None:
         if self.memoised:
             self._memo_leave(value)
         if self.tracked:
             with self._if_tracked():
                 self._untrack()
         self._pop()
-        f.b.ret(value)
+        self.f.b.ret(value)
 
     def occurrence(self, occ: Occurrence) -> ir.Value:
         """The node at a path from the arguments. A switch loads its case's children once (`env`); after a
@@ -337,7 +353,7 @@ class _OperatorEmitter:
         depth = len(occ)
         while depth > 1 and self.env.get(occ[:depth], (None, -1))[1] != self.generation:
             depth -= 1
-        node = self.env[occ[:depth]][0] if depth > 1 else self.f.root(self.b.add(self.base, c64(occ[0])))
+        node = self.env[occ[:depth]][0] if depth > 1 else self.f.root(self.f.plus(self.base, occ[0]))
         for j in occ[depth:]:
             node = self.f.content(node, j)
         return node
@@ -448,10 +464,10 @@ class _ProgramPrinter:
             return self.op.occurrence(value.occurrence)
         if value.index in self.fresh:
             return self.fresh[value.index]
-        return self.f.root(self.b.add(self.op.base, c64(self.op.values_at + value.index)))
+        return self.f.root(self.f.plus(self.op.base, self.op.values_at + value.index))
 
     def _eval(self, step: mp.Eval) -> None:
-        f, b, op = self.f, self.b, self.op
+        f, op = self.f, self.op
         expr = step.expr
         if isinstance(expr, (mp.MakeLit, mp.Compute)):
             literal = c64(expr.value) if isinstance(expr, mp.MakeLit) else self._arith(expr)
@@ -461,14 +477,14 @@ class _ProgramPrinter:
         else:
             args = [self.read(arg) for arg in expr.args]
             for j, arg in enumerate(args):
-                f.set_root(b.add(op.base, c64(op.scratch_at + j)), arg)
+                f.set_root(f.plus(op.base, op.scratch_at + j), arg)
             value = op.intern(len(args) << 32 | op.rm.op_ids[expr.op], args, op.scratch_at)
         op.invalidate()
         f.return_if_error(value)
         if step.returned:
             self.fresh[step.dest.index] = value
         else:
-            f.set_root(b.add(op.base, c64(op.values_at + step.dest.index)), value)
+            f.set_root(f.plus(op.base, op.values_at + step.dest.index), value)
 
     def _condition(self, c: mp.Condition) -> ir.Value:
         b = self.b
@@ -479,7 +495,7 @@ class _ProgramPrinter:
         (lit_a, a), (lit_b, b_) = self._literal(c.left), self._literal(c.right)
         checks = [lit for lit in (lit_a, lit_b) if lit is not None]
         if len(checks) == 2:
-            checks = [b.and_(lit_a, lit_b)]
+            checks = [b.and_(checks[0], checks[1])]
         return b.and_(checks[0], b.icmp_signed(c.op, a, b_)) if checks else b.icmp_signed(c.op, a, b_)
 
     def _is_lit(self, node: ir.Value) -> ir.Value:

@@ -13,8 +13,7 @@ the shadow stack (or in the memo, the input rows' normal forms or the results), 
 
 from collections.abc import Callable
 
-from llvmlite import ir
-
+from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import (
     ABI_VERSION,
     ARENA_FIELDS,
@@ -283,8 +282,8 @@ class RuntimeModule(Collector, CallTables, Columns):
                  "memo": b.mul(memo_slots, width),
                  "track": b.mul(track_slots, track_width),
                  "counters": counters}
-        missing = FALSE
-        held = c64(0)
+        missing: ir.Value = FALSE
+        held: ir.Value = c64(0)
         for name, cells in sizes.items():
             # Blocks every word of which is written before it is read are not cleared: clearing a block
             # that glibc takes from memory it had before touches each page (~250 page faults on a first call).

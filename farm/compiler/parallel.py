@@ -1,0 +1,232 @@
+"""A large ruleset's chunks generated and compiled in worker processes, for the in-memory path (tier 0).
+
+Code generation is Python and llvmlite serialises every call into LLVM with one lock, so in one process a
+1000-rule ruleset's 17 chunks go one after the other (issue 14, goal 3: about 1.3 s of code generation and 1.8 s
+of parsing, checking and compiling). Chunks are independent (farm/compiler/codegen/llvm.py), so each worker process
+generates its share from the pickled ruleset, parses it, runs every check of the load policy that needs no other
+module (farm.compiler.policy.check_module_alone) and compiles it; this process does a share too, then checks that
+every function a chunk imports is defined by some module of the library (check_provided): the decision
+check_module makes, on the same parses.
+
+Workers are `python -m farm.compiler.parallel` processes, started on first use and kept: one fewer than the cores
+(this process is the other), each serving one request at a time over its stdin and stdout (length-prefixed
+pickles). Not multiprocessing: a fork would copy this process's threads' held locks (a tiered engine's background
+build holds llvmlite's), and spawn or forkserver run the caller's main script again in the child, which a script
+without a `__main__` guard does not survive. A worker ignores Ctrl-C (the caller handles it) and exits when its
+stdin closes, so it never outlives the process that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+from farm.compiler.codegen.llvm import LLVMCodegen, remember_parts, runtime_ir
+from farm.compiler.policy import check_module_alone, check_provided, defined_function_names, parse_ir
+from farm.errors import FarmError, StageFailed
+from farm.lang.transduce import RuleSet
+from farm.targets import Target
+
+MIN_CHUNKS = 4  # fewer chunks than this are not sent to workers: a round trip would cost more than it saves
+TIER0_PIECES = 4  # a small ruleset is cut into about this many modules for the pipeline (at least 8 rules each)
+_HEADER = struct.Struct("<Q")
+_WORKERS: list[_Worker] = []
+_WORKERS_LOCK = threading.Lock()  # one caller at a time uses the workers (each serves one request at a time)
+
+
+@dataclass(frozen=True)
+class CompiledChunk:
+    name: str
+    ir_text: str
+    object_code: bytes
+    defines: frozenset[str]
+    imports: tuple[str, ...]
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model: str,
+                   compile_module: Callable[[Any, str], bytes]) -> list[CompiledChunk]:
+    """The ruleset as a manifest and chunks, each generated, checked and compiled (`compile_module(module,
+    name)`: this process's compile of a parsed module, to object code).
+
+    Here, code generation (Python) runs while a thread compiles the chunk generated before (LLVM, which lets go of
+    the interpreter lock): a small ruleset is cut into a few chunks for that, not into the library's layout. A
+    ruleset large enough to have MIN_CHUNKS chunks of the library's own layout is shared with worker processes
+    too, and its parts are remembered as ruleset_parts makes them, for the build of its library."""
+    codegen = LLVMCodegen(ruleset, target.triple)
+    chunks = codegen.chunks()
+    library_layout = len(chunks) >= MIN_CHUNKS and cores() > 1
+    if not library_layout:
+        chunks = codegen.chunks(max(8, -(-len(ruleset.rules) // TIER0_PIECES)))
+    shares = [list(range(k, len(chunks), cores())) for k in range(cores())] if library_layout \
+        else [list(range(len(chunks)))]  # every n-th chunk to each: sizes spread evenly
+    with _WORKERS_LOCK:
+        workers = _workers(len(shares) - 1)
+        try:
+            if workers:
+                request = pickle.dumps((ruleset, target, opt_level, code_model), protocol=pickle.HIGHEST_PROTOCOL)
+                for worker, share in zip(workers, shares[1:], strict=True):
+                    worker.send(request, share)
+            here = _pipeline([codegen.manifest_part, *(partial(codegen.chunk_part, i, chunks[i])
+                                                       for i in shares[0])], compile_module)
+            done = [*here, *(chunk for worker in workers for chunk in worker.receive())]
+        except BaseException:  # a request left half done (Ctrl-C, an error here): those workers start afresh
+            for worker in workers:
+                worker.stop_if_busy()
+            raise
+    manifest, *rest = done
+    rest.sort(key=lambda chunk: int(chunk.name.removeprefix("chunk")))
+    provided = frozenset().union(_runtime_defines(target.triple), manifest.defines, *(c.defines for c in rest))
+    for chunk in (manifest, *rest):
+        check_provided(chunk.imports, provided, chunk.name)
+    if library_layout:
+        remember_parts(ruleset, target.triple, [("runtime", runtime_ir(target.triple)),
+                                                *((c.name, c.ir_text) for c in (manifest, *rest))])
+    return [manifest, *rest]
+
+
+def _pipeline(generators: list[Callable[[], tuple[str, str]]],
+              compile_module: Callable[[Any, str], bytes]) -> list[CompiledChunk]:
+    """Each module generated here while a thread parses, checks and compiles the one before."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-tier0") as compiler:
+        pending = [compiler.submit(_compiled, *generate(), compile_module) for generate in generators]
+        return [future.result() for future in pending]
+
+
+def _compiled(name: str, ir_text: str, compile_module: Callable[[Any, str], bytes]) -> CompiledChunk:
+    module = parse_ir(ir_text, name)
+    imports = check_module_alone(module, name)
+    return CompiledChunk(name, ir_text, compile_module(module, name), defined_function_names(module), imports)
+
+
+def _runtime_defines(triple: str | None) -> frozenset[str]:
+    from farm.compiler.policy import defined_functions
+
+    return defined_functions(runtime_ir(triple))
+
+
+# ---- the worker processes ----
+
+class _Worker:
+    def __init__(self) -> None:
+        root = str(Path(__file__).resolve().parents[2])  # where `farm` is imported from here
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+        self.process = subprocess.Popen([sys.executable, "-m", "farm.compiler.parallel"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
+        self.busy = False
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, request: bytes, indices: list[int]) -> None:
+        assert self.process.stdin is not None
+        self.busy = True
+        try:
+            _write(self.process.stdin, request)
+            _write(self.process.stdin, pickle.dumps(indices))
+        except OSError:
+            raise self._died() from None
+
+    def receive(self) -> list[CompiledChunk]:
+        assert self.process.stdout is not None
+        reply = _read(self.process.stdout)
+        if reply is None:
+            raise self._died()
+        self.busy = False
+        kind, value = pickle.loads(reply)
+        if kind == "error":
+            raise value
+        return list(value)
+
+    def stop_if_busy(self) -> None:
+        if self.busy:
+            self.process.kill()
+            self.process.wait()
+
+    def _died(self) -> StageFailed:
+        self.process.kill()
+        code = self.process.wait()
+        return StageFailed("compile worker", code, "the worker process compiling chunks in parallel exited "
+                                                   "(its error, if any, is on this process's stderr)")
+
+
+def _workers(count: int) -> list[_Worker]:
+    """`count` live workers: the ones started before, and new ones for those that died."""
+    _WORKERS[:] = [w for w in _WORKERS if w.alive()]
+    while len(_WORKERS) < count:
+        _WORKERS.append(_Worker())
+    return _WORKERS[:count]
+
+
+def _write(stream: IO[bytes], data: bytes) -> None:
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read(stream: IO[bytes]) -> bytes | None:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    size = _HEADER.unpack(header)[0]
+    data = stream.read(size)
+    return data if len(data) == size else None
+
+
+def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """A worker's life: a request (the ruleset, target, -O and code model; then chunk indices) in, the compiled
+    chunks (or the FarmError that stopped them) out; until stdin closes."""
+    from farm.compiler.toolchain import emit_module
+
+    while (request := _read(requests)) is not None and (indices := _read(requests)) is not None:
+        ruleset, target, opt_level, code_model = pickle.loads(request)
+        codegen = LLVMCodegen(ruleset, target.triple)
+        chunks = codegen.chunks()
+
+        def compile_module(module: Any, name: str, target: Target = target, opt_level: int = opt_level,
+                           code_model: str = code_model) -> bytes:
+            return emit_module(module, target, opt_level, code_model)[0]
+
+        try:
+            done = [_compiled(*codegen.chunk_part(i, chunks[i]), compile_module) for i in pickle.loads(indices)]
+            reply = pickle.dumps(("chunks", done), protocol=pickle.HIGHEST_PROTOCOL)
+        except FarmError as exc:
+            try:
+                reply = pickle.dumps(("error", exc))
+                pickle.loads(reply)  # an error whose constructor takes other arguments does not come back
+            except Exception:  # noqa: BLE001 - any unpicklable error is reported by its text
+                reply = pickle.dumps(("error", StageFailed("compile worker", 1, f"{type(exc).__name__}: {exc}")))
+        _write(replies, reply)
+
+
+def main() -> None:
+    """The worker's entry point. Replies go out on a copy of stdout, and stdout itself is pointed at stderr:
+    nothing printed along the way can corrupt a reply."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; stdin closing ends this
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    _serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    from farm.compiler import parallel  # the classes a reply pickles are this module's, not __main__'s
+
+    parallel.main()
+
+
+__all__ = ["MIN_CHUNKS", "CompiledChunk", "compile_chunks"]

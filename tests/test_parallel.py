@@ -1,0 +1,98 @@
+"""A large ruleset compiled in memory by worker processes and this one (farm/compiler/parallel.py): the same IR and
+normal forms as one process makes, the load policy's decision across modules kept, workers that die replaced."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm.cache.engine import Engine
+from farm.compiler import parallel
+from farm.compiler.codegen import llvm
+from farm.compiler.policy import check_provided
+from farm.config import FarmConfig
+from farm.errors import PolicyViolation, StageFailed
+from farm.lang.terms import TermGraph
+from farm.runtime.verify import differential
+
+from .test_incremental import generated
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker process beside this one, on any machine."""
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+
+
+def test_chunks_compiled_by_workers_rewrite_like_the_interpreter_and_keep_the_ir(tmp_path: Path) -> None:
+    ruleset = generated(400)
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=0))
+    target = engine.builder.target()
+    assert len(llvm.LLVMCodegen(ruleset, target.triple).chunks()) >= parallel.MIN_CHUNKS
+    native = engine.load_in_memory(ruleset)
+    report = differential(ruleset, native, cases=300, seed=5, fuel=10_000)
+    assert report.ok, report.mismatches[:3]
+    # What the workers generated is what one process generates, for the library's build to key and compile
+    assert llvm.ruleset_parts(ruleset, target.triple) == llvm.LLVMCodegen(ruleset, target.triple).parts()
+    assert all(w.alive() and not w.busy for w in parallel._WORKERS)
+
+
+def test_a_tiered_engine_builds_the_library_from_the_chunks_the_workers_made(tmp_path: Path) -> None:
+    ruleset = generated(300)
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=0))
+    first = engine.load(ruleset, "big")
+    assert str(first.path) == "<in-memory>"
+    engine.wait_for_builds()
+    library = engine.load(ruleset, "big")
+    assert library.path.suffix == ".so"
+    graph = TermGraph(ruleset.make_signature())
+    roots = graph.parse("(f0 (c1 c0) 5) (f3 (c2 1 c0) (c1 3))")
+    a, b = first.rewrite(graph, roots, 10_000), library.rewrite(graph, roots, 10_000)
+    assert [a.graph.to_text(x) for x in a.outcomes] == [b.graph.to_text(x) for x in b.outcomes]  # type: ignore[arg-type]
+
+
+def test_a_worker_that_dies_fails_the_compile_and_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ruleset = generated(300)
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=0))
+    send = parallel._Worker.send
+
+    def send_then_die(self: parallel._Worker, request: bytes, indices: list[int]) -> None:
+        send(self, request, indices)
+        self.process.kill()
+
+    monkeypatch.setattr(parallel._Worker, "send", send_then_die)
+    with pytest.raises(StageFailed, match="compile worker"):
+        engine.load_in_memory(ruleset)
+    monkeypatch.setattr(parallel._Worker, "send", send)
+    report = differential(ruleset, engine.load_in_memory(ruleset), cases=100, seed=6, fuel=10_000)
+    assert report.ok, report.mismatches[:3]
+
+
+def test_a_chunk_importing_what_no_module_defines_is_refused() -> None:
+    check_provided(("farm_norm_op3",), frozenset({"farm_norm_op3"}), "chunk1")
+    with pytest.raises(PolicyViolation, match="chunk1: declares the external function @system"):
+        check_provided(("farm_norm_op3", "system"), frozenset({"farm_norm_op3"}), "chunk1")
+
+
+def test_a_script_without_a_main_guard_compiles_in_parallel(tmp_path: Path) -> None:
+    """Workers are not multiprocessing's: nothing runs the caller's script again."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from farm.compiler import parallel\n"
+        "parallel.cores = lambda: 2\n"
+        "from farm.cache.engine import Engine\n"
+        "from farm.config import FarmConfig\n"
+        "from tests.test_incremental import generated\n"
+        "print('RAN')\n"
+        f"Engine(FarmConfig(cache_dir={str(tmp_path / 'cache')!r}, opt_level=0)).load_in_memory(generated(300))\n"
+        "print('LOADED', len(parallel._WORKERS))\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["RAN", "LOADED", "1"]
