@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
 from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import ARENA_FIELDS, ARENA_INDEX, CONTENT_AT, EXPORTS
@@ -19,7 +20,9 @@ KINDS = {"i64": I64, "ptr": PTR, "arena": PTR, "i64*": PTR, "i32*": PTR, "str": 
 TBAA_KINDS = ("arena", "heap", "roots", "cell", "column")
 
 
+@lru_cache(maxsize=1 << 14)
 def c64(value: int) -> ir.Constant:
+    """The i64 constant (wrapped to 64 bits); shared: a constant is never changed once made."""
     return ir.Constant(I64, ((value + 2**63) % 2**64) - 2**63)
 
 

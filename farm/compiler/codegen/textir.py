@@ -214,28 +214,30 @@ class Argument(Value):
 
 
 class Instruction(Value):
-    """One line: `head` is its text without the metadata, which llvmlite prints last (then strips the line)."""
+    """One line: `head` is its text without the metadata, which llvmlite prints last (then strips the line).
+    `name` is the `.N` the builder gave it: nothing to quote."""
 
-    __slots__ = ("head", "metadata", "name")
+    __slots__ = ("head", "metadata", "name", "_meta")
 
     def __init__(self, type: Type, name: str, head: str) -> None:
-        super().__init__(type, _quoted("%", name))
-        self.name = name
-        self.head = head if type.text == "void" else f"{self.ref} = {head}"
+        ref = f'%"{name}"'
+        self.type, self.ref, self.name = type, ref, name
+        self.head = head if type.text == "void" else f"{ref} = {head}"
         self.metadata: dict[str, MDValue] | None = None
+        self._meta = ""  # the metadata as printed, kept up to date by set_metadata
 
     def set_metadata(self, kind: str, node: MDValue) -> None:
         if self.metadata is None:
             self.metadata = {}
+        replaced = kind in self.metadata
         self.metadata[kind] = node
-
-    def _meta(self) -> str:
-        if not self.metadata:
-            return ""
-        return "".join([f", !{kind} {node.ref}" for kind, node in self.metadata.items()])
+        if replaced:  # a kind set again keeps its place, as in a dict
+            self._meta = "".join([f", !{k} {n.ref}" for k, n in self.metadata.items()])
+        else:
+            self._meta += f", !{kind} {node.ref}"
 
     def line(self) -> str:
-        return (self.head + self._meta()).rstrip()
+        return (self.head + self._meta).rstrip()
 
 
 class AllocaInstr(Instruction):
@@ -271,7 +273,7 @@ class SwitchInstr(Instruction):
         self.cases.append(f"{case.typed()}, label {block.ref}")
 
     def line(self) -> str:
-        return f"{self.head}[{' '.join(self.cases)}]  {self._meta()}".rstrip()
+        return f"{self.head}[{' '.join(self.cases)}]  {self._meta}".rstrip()
 
 
 class Block(Value):
@@ -295,7 +297,8 @@ class Block(Value):
     def lines(self, out: list[str]) -> None:
         name = self.name if _SIMPLE_LABEL.match(self.name) else _quoted("", self.name)
         out.append(f"{name}:\n")
-        out.extend([f"  {i.line()}\n" for i in self.instructions])
+        out.extend([f"  {(i.head + i._meta).rstrip() if type(i) is Instruction else i.line()}\n"
+                    for i in self.instructions])
 
 
 class _Attributes(set[str]):
@@ -493,7 +496,16 @@ class IRBuilder:
         return instr
 
     def _emit(self, type: Type, head: str) -> Instruction:
-        return self._insert(Instruction(type, self._name(), head))
+        scope = self.block.function.scope
+        scope.unnamed += 1
+        instr = Instruction(type, f".{scope.unnamed}", head)
+        block = self.block
+        if self._anchor == len(block.instructions):
+            block.instructions.append(instr)
+        else:
+            block.instructions.insert(self._anchor, instr)
+        self._anchor += 1
+        return instr
 
     def _terminate(self, instr: Instruction) -> Instruction:
         assert self.block.terminator is None, "block already terminated"
