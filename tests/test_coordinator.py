@@ -17,6 +17,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 
 from farm.cache import keys
+from farm.cache.builder import ArtifactBuilder
 from farm.cache.index.memory import MemoryIndex
 from farm.cache.store.memory import MemoryBucket, MemoryStore
 from farm.cluster.coordinator import CompileRequest, Coordinator, Outcome, Worker, start_heartbeat, worker_compile
@@ -409,3 +410,15 @@ def test_the_worker_side_counts_redeliveries_of_one_task(tmp_path: Path) -> None
         outcomes.append(deliver())
         assert farm.index.inflight() == 0  # each outcome released it
     assert outcomes == ["compiled", "cached", "cached", "dead-letter"]
+
+
+def test_a_ruleset_the_cluster_built_is_a_direct_hit_on_a_node(farm: Farm) -> None:
+    """The coordinator records the ruleset's direct-mode entry: a node finds the library without generating IR."""
+    ruleset = ruleset_of("rule direct: (f ?x 7) => (g ?x)")
+    [outcome] = farm.coordinator().ensure([CompileRequest.for_ruleset("direct", ruleset, "x86-64", 0)], timeout=30)
+    assert outcome.status == Status.COMPILED and outcome.meta is not None
+    node = ArtifactBuilder(node_config(farm.root / "node"), farm.index, farm.node("node"))
+    found = node.stored_ruleset(ruleset, "direct", "x86-64", opt_level=0, direct_only=True)
+    assert found is not None and found.cached and found.meta.key == outcome.key
+    other = ruleset_of("rule direct: (f ?x 8) => (g ?x)")  # another ruleset has no entry
+    assert node.stored_ruleset(other, "direct", "x86-64", opt_level=0, direct_only=True) is None

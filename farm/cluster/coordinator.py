@@ -19,6 +19,7 @@ from farm.cache import keys
 from farm.cache.backends import make_store
 from farm.cache.builder import ArtifactBuilder, check_pattern_id
 from farm.cache.counting import best_effort
+from farm.cache.direct import direct_key
 from farm.cache.index import GONE, STORED, UNKNOWN, ClusterIndex, Coordination
 from farm.cache.index.redis import RedisIndex
 from farm.cache.store import ArtifactMeta, ArtifactStore
@@ -69,13 +70,15 @@ class CompileRequest:
     opt_level: int
     parts: tuple[tuple[str, str], ...]  # (module name, IR text), linked in this order
     ruleset_json: str = ""
+    fingerprint: str = ""  # the ruleset's, for its direct-mode entry (farm/cache/direct.py); "" for raw IR
 
     @classmethod
     def for_ruleset(cls, pattern_id: str, ruleset: RuleSet, target: str, opt_level: int) -> CompileRequest:
         if target not in REGISTRY:
             raise UnsupportedTarget(f"cluster targets must be named ({', '.join(REGISTRY)}), not {target!r}")
         parts = tuple(ruleset_parts(ruleset, REGISTRY[target].triple))
-        return cls(check_pattern_id(pattern_id), target, opt_level, parts, ruleset_to_json(ruleset))
+        return cls(check_pattern_id(pattern_id), target, opt_level, parts, ruleset_to_json(ruleset),
+                   ruleset.fingerprint())
 
 
 @dataclass
@@ -338,9 +341,17 @@ class Coordinator:
             meta = self.index.meta(key)
             if meta is not None:
                 self.index.record(req.pattern_id, req.target, meta)
+                self._record_direct(req, meta)
                 return Outcome(req, key, result.status, meta, seconds=seconds)
             return Outcome(req, key, Status.FAILED, error=EVICTED_MEANWHILE, seconds=seconds)
         return Outcome(req, key, result.status, error=result.error, seconds=seconds)
+
+    def _record_direct(self, req: CompileRequest, meta: ArtifactMeta) -> None:
+        """The ruleset's direct-mode entry, keyed with the toolchain its library was built with: a node with the
+        same code generator and tools then finds it without generating any IR (ArtifactBuilder.stored_ruleset)."""
+        if req.fingerprint and meta.toolchain:
+            direct = direct_key(req.fingerprint, resolve(req.target), req.opt_level, meta.toolchain)
+            best_effort(f"the direct-mode entry of {meta.key[:12]}", lambda: self.index.record_direct(direct, meta.key))
 
     def artifact(self, request: CompileRequest, timeout: float = 600.0) -> ArtifactMeta:
         outcome = self.request(request, timeout)
