@@ -145,6 +145,22 @@ class FunctionBuilder:
             self._loaded[name] = (b.block, b.calls, value)
         return value
 
+    def snapshot(self) -> dict[str, ir.Value]:
+        """The fields whose value get() has at this point: to carry() into a block entered only from here."""
+        b = self.b
+        if not b.at_end:
+            return {}
+        return {name: value for name, (block, calls, value) in self._loaded.items()
+                if block is b.block and calls == b.calls}
+
+    def carry(self, fields: dict[str, ir.Value]) -> None:
+        """At the top of a block whose every way in comes from where `fields` was taken (a switch's case, a test's
+        branch), with no call on the way: those values hold here too, and get() does not load them again."""
+        b = self.b
+        assert b.at_end and not b.block.instructions, "carry() goes at the top of a fresh block"
+        for name, value in fields.items():
+            self._loaded[name] = (b.block, b.calls, value)
+
     def put(self, name: str, value: ir.Value) -> None:
         self.b.store(value, self._field(name)).set_metadata("tbaa", self._tbaa("arena"))
         if self.b.at_end:

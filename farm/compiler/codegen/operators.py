@@ -403,28 +403,36 @@ class _ProgramPrinter:
         head = f.word(node, 0)
         default = f.block("default")
         entry = op.generation  # every case and the default start from what holds at the switch
+        fields = f.snapshot()  # and so do the arena fields loaded here (no block on the way calls anything)
         if switch.literals:
             lit_block, app_block = f.block("literal"), f.block("application")
             b.cbranch(b.icmp_signed("==", head, c64(LIT_HEADER)), lit_block, app_block)
             b.position_at_end(lit_block)
+            f.carry(fields)
             on_value = b.switch(f.content(node, 0), default)
+            at_literal = f.snapshot()
             for value, sub in switch.literals:
                 case = f.block("lit")
                 on_value.add_case(c64(value), case)
                 b.position_at_end(case)
+                f.carry(at_literal)
                 op.generation = entry
                 yield self.program(sub, on_fail)
             b.position_at_end(app_block)
+            f.carry(fields)
         on_op = b.switch(f.op_of(head), default)
+        at_application = f.snapshot()
         for op_case in switch.operators:
             case = f.block("app")
             on_op.add_case(c64(op.rm.op_ids[op_case.op]), case)
             b.position_at_end(case)
+            f.carry(at_application)
             op.generation = entry
             for j, child in enumerate(op_case.children):
                 op.env[child] = (f.content(node, j), entry)
             yield self.program(op_case.body, on_fail)
         b.position_at_end(default)
+        f.carry(fields)
         op.generation = entry
         yield self.program(switch.default, on_fail)
 
@@ -438,7 +446,9 @@ class _ProgramPrinter:
                 passed = f.block("passed")
                 held = (passed, otherwise) if step.holds else (otherwise, passed)
                 b.cbranch(self._condition(step.condition), *held)
+                fields = f.snapshot()
                 b.position_at_end(passed)
+                f.carry(fields)
             elif isinstance(step, mp.Eval):
                 self._eval(step)
             elif isinstance(step, mp.EnterCondition):
