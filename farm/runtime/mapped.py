@@ -30,22 +30,47 @@ from farm.lang.terms import Column, Typecode
 # 0.29 ms; 7 MiB 4.2 and 0.97 ms, 1,794 page faults and 4)
 MAPPED_MIN_BYTES = 1 << 20
 MADV_POPULATE_WRITE = 23  # <linux/mman.h>; Python's mmap module has no name for it
-_ALIGN = 8  # each column starts 8-byte aligned (the 64-bit one included)
+_ALIGN = 8  # each column starts 8-byte aligned (the 64-bit one included; farm_export's populate needs it)
+_MAP_NORESERVE = 0x4000  # <sys/mman.h> on Linux; Python's mmap module has no name for it
 
 
 def zeroed_columns(layout: list[tuple[Typecode, int]]) -> list[Column]:
     """Zeroed columns of these (typecode, length): arrays, or views of one mapping when they take
-    MAPPED_MIN_BYTES or more in all (on Linux)."""
+    MAPPED_MIN_BYTES or more in all (on Linux), populated before they are returned."""
+    if _bytes(layout) < MAPPED_MIN_BYTES or not sys.platform.startswith("linux"):
+        return [array(typecode, [0]) * length for typecode, length in layout]  # one write per page
+    return _mapped(layout, populate=True)
+
+
+def bounded_columns(layout: list[tuple[Typecode, int]]) -> list[Column] | None:
+    """Columns of these (typecode, length) bounds, as views of one mapping whose pages nobody touched yet
+    (their writer populates the pages it writes: farm_export), when they take MAPPED_MIN_BYTES or more (on
+    Linux); else None. Only address space is reserved (MAP_NORESERVE): a bound far above what is written
+    costs nothing more. The caller slices the views to what was written."""
+    if _bytes(layout) < MAPPED_MIN_BYTES or not sys.platform.startswith("linux"):
+        return None
+    return _mapped(layout, populate=False)
+
+
+def _starts(layout: list[tuple[Typecode, int]]) -> tuple[list[int], list[int]]:
     sizes = [array(typecode).itemsize * length for typecode, length in layout]
     starts = [0]
     for size in sizes:
         starts.append(starts[-1] + -(-size // _ALIGN) * _ALIGN)
+    return starts, sizes
+
+
+def _bytes(layout: list[tuple[Typecode, int]]) -> int:
+    return _starts(layout)[0][-1]
+
+
+def _mapped(layout: list[tuple[Typecode, int]], populate: bool) -> list[Column]:
+    starts, sizes = _starts(layout)
     total = starts[-1]
-    if total < MAPPED_MIN_BYTES or not sys.platform.startswith("linux"):
-        return [array(typecode, [0]) * length for typecode, length in layout]  # one write per page
-    region = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with contextlib.suppress(OSError):  # refused (a kernel before 5.14): the first writes fault the pages in
-        region.madvise(MADV_POPULATE_WRITE, 0, total)
+    region = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    if populate:
+        with contextlib.suppress(OSError):  # refused (a kernel before 5.14): the first writes fault the pages in
+            region.madvise(MADV_POPULATE_WRITE, 0, total)
     whole = memoryview(region)
     return [whole[start:start + size].cast(typecode)
             for (typecode, _), start, size in zip(layout, starts, sizes)]

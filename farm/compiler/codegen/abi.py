@@ -3,11 +3,12 @@ llvmlite types from here and the loader its ctypes types, so the two cannot drif
 
 from __future__ import annotations
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 # The only functions a library may import (the C library's, which the runtime calls): the IR and ELF policies
 # (farm/compiler/policy.py, elf_policy.py) refuse any other.
-ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset"})
+# madvise only asks the kernel to populate pages the runtime is about to write (MADV_POPULATE_WRITE).
+ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset", "madvise"})
 
 # Result codes below zero: a call's or a root's error (every other result is a node id, >= 0).
 NO_MATCH = -1  # internal: no memo entry found / claimed nothing
@@ -34,7 +35,9 @@ NO_LIMIT = 2**63 - 1  # the arena's `limit` until a loader sets the memory cap
 
 # The arena struct: every field is 8 bytes, in this order ("ptr" or "i64").
 ARENA_FIELDS: list[tuple[str, str]] = [
-    ("heap", "ptr"), ("top", "i64"), ("cap", "i64"),  # the current space: i64 words, bump pointer, capacity
+    ("heap", "ptr"), ("top", "i64"),  # the current space: i64 words, bump pointer
+    ("cap", "i64"),  # the bump pointer's limit: the space's words whose pages are populated (at most heap_cap)
+    ("heap_cap", "i64"),  # the current space's capacity in words
     ("spare", "ptr"), ("spare_cap", "i64"),  # the other space: the collector copies into it (NULL from a growth
     # of the spaces until the next collection allocates it)
     ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
@@ -73,3 +76,10 @@ EXPORTS: dict[str, tuple[str, list[str]]] = {
     # (arena, roots, root ids, mapped roots, ops, values, arities, kids)
     "farm_export": ("i64", ["arena", "i64", "i64*", "i64*", "i32*", "i64*", "i32*", "i32*"]),
 }
+
+
+def export_bound(top: int) -> tuple[int, int]:
+    """The rows and children an export can write at most from a space filled up to `top` words (the arena's
+    `top`): a node takes two words at least (header and parent word), and each child one. farm_export
+    without a farm_mark before it writes into columns of these sizes."""
+    return top // 2, top
