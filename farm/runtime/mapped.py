@@ -29,6 +29,10 @@ from farm.lang.terms import Column, Typecode
 # Below this, arrays (measured, columns written once: 0.5 MiB 0.18 ms as arrays, 0.28 ms mapped; 1 MiB 0.54 and
 # 0.29 ms; 7 MiB 4.2 and 0.97 ms, 1,794 page faults and 4)
 MAPPED_MIN_BYTES = 1 << 20
+# Columns sized by a bound (bounded_columns) from this much: below, counting the nodes first (farm_mark) and
+# filling exact arrays costs less than a mapping (reverse-1000: its space bounds 1.1 MB of columns for a normal
+# form of 2,000 nodes; its export took 0.17-0.25 ms that way, 0.28-0.35 ms through a bounded mapping).
+BOUNDED_MIN_BYTES = 4 << 20
 MADV_POPULATE_WRITE = 23  # <linux/mman.h>; Python's mmap module has no name for it
 _ALIGN = 8  # each column starts 8-byte aligned (the 64-bit one included; farm_export's populate needs it)
 _MAP_NORESERVE = 0x4000  # <sys/mman.h> on Linux; Python's mmap module has no name for it
@@ -44,10 +48,10 @@ def zeroed_columns(layout: list[tuple[Typecode, int]]) -> list[Column]:
 
 def bounded_columns(layout: list[tuple[Typecode, int]]) -> list[Column] | None:
     """Columns of these (typecode, length) bounds, as views of one mapping whose pages nobody touched yet
-    (their writer populates the pages it writes: farm_export), when they take MAPPED_MIN_BYTES or more (on
+    (their writer populates the pages it writes: farm_export), when they take BOUNDED_MIN_BYTES or more (on
     Linux); else None. Only address space is reserved (MAP_NORESERVE): a bound far above what is written
     costs nothing more. The caller slices the views to what was written."""
-    if _bytes(layout) < MAPPED_MIN_BYTES or not sys.platform.startswith("linux"):
+    if _bytes(layout) < BOUNDED_MIN_BYTES or not sys.platform.startswith("linux"):
         return None
     return _mapped(layout, populate=False)
 

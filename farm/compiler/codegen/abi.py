@@ -38,8 +38,9 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("heap", "ptr"), ("top", "i64"),  # the current space: i64 words, bump pointer
     ("cap", "i64"),  # the bump pointer's limit: the space's words whose pages are populated (at most heap_cap)
     ("heap_cap", "i64"),  # the current space's capacity in words
-    ("spare", "ptr"), ("spare_cap", "i64"),  # the other space: the collector copies into it (NULL from a growth
-    # of the spaces until the next collection allocates it)
+    # the other space: the collector copies into it (NULL from a growth of the spaces until the next collection
+    # allocates it), its capacity, and its words whose pages are populated
+    ("spare", "ptr"), ("spare_cap", "i64"), ("spare_ready", "i64"),
     ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
     ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
     ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_done", "i64"), ("memo_width", "i64"),
@@ -54,7 +55,9 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("rule_base", "ptr"),  # the index of each ruleset operator's first rule
     ("depth", "i64"),  # condition nesting (a root is 1)
     ("calls", "i64"),  # calls in progress
-    ("stack_bytes", "i64"), ("stack_floor", "i64"),  # native stack the caller provides (0: unchecked)
+    ("stack_bytes", "i64"),  # native stack the caller provides (0: unchecked)
+    ("stack_floor", "i64"),  # a call whose frame is below this address asks farm_stack first (0: never)
+    ("stack_end", "i64"),  # the lowest address a call's frame may be at: below, the call fails (ERR_STACK)
     ("stack_top", "i64"),  # farm_rewrite's frame: the stack below it counts toward `limit` as memory held
     ("limit", "i64"), ("held", "i64"),  # the memory cap in bytes, and the bytes the arena holds
     ("collections", "i64"), ("peak_words", "i64"),  # statistics: collections run, largest live heap

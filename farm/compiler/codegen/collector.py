@@ -7,6 +7,7 @@ from llvmlite import ir
 from farm.compiler.codegen.abi import (
     CONTENT_AT,
     ERR_OOM,
+    ERR_STACK,
     FORWARDED,
     SHARED_PARENT,
 )
@@ -16,7 +17,9 @@ from farm.compiler.codegen.heap import (
     LIVE_FRACTION,
     MADV_POPULATE_WRITE,
     MAX_CHUNK,
+    MAX_STACK_CHUNK,
     MIN_CHUNK,
+    MIN_STACK_CHUNK,
     PAGE_BYTES,
     SURVIVAL_DENOMINATOR,
     SURVIVAL_NUMERATOR,
@@ -56,6 +59,14 @@ class Collector(RuntimePart):
         f.return_if(b.icmp_signed("==", head, c64(FORWARDED)), f.word(node, 1))
         fresh = b.load(to_top, typ=I64)
         size = node_words(f, head)
+        # the copy writes the spare space's pages in order: populated ahead, as the heap's (reach)
+        with b.if_then(b.icmp_signed(">", b.add(fresh, size), f.get("spare_ready")), likely=False):
+            ready = f.get("spare_ready")
+            new_ready = frontier(f, ready, b.add(fresh, size), f.get("spare_cap"), MIN_CHUNK, MAX_CHUNK)
+            base = b.ptrtoint(to, I64)
+            call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(ready, c64(8))),
+                          b.add(base, b.mul(new_ready, c64(8))))
+            f.put("spare_ready", new_ready)
         with f.loop(c64(0), size) as j:
             f.store_at(to, b.add(fresh, j), f.word(node, j), "heap")
         b.store(b.add(fresh, size), to_top)
@@ -109,11 +120,13 @@ class Collector(RuntimePart):
         old, old_cap = f.get("heap"), f.get("heap_cap")
         f.put("heap", to)
         f.put("heap_cap", f.get("spare_cap"))
+        ready, old_ready = f.get("spare_ready"), f.get("cap")
         f.put("spare", old)
         f.put("spare_cap", old_cap)
+        f.put("spare_ready", old_ready)
         top = f.read(to_top)
         f.put("top", top)
-        f.put("cap", top)  # the copy wrote the pages up to here; room() populates on from there
+        f.put("cap", ready)  # the pages populated (by the copy, or when this space was the heap before)
         self._forward_parents(f, top)
         f.bump("collections", 1)
         kept_most = b.icmp_signed(">", b.mul(top, c64(SURVIVAL_DENOMINATOR)), b.mul(scanned, c64(SURVIVAL_NUMERATOR)))
@@ -203,6 +216,7 @@ class Collector(RuntimePart):
         f.return_if(b.not_(call(f, "charge", f.arena, old_bytes, b.mul(new_bytes, c64(2)))), FALSE)
         call(f, "free", f.get("spare"))
         f.put("spare", NULL)  # spare_cap words, still charged
+        f.put("spare_ready", c64(0))
         heap = call(f, "realloc", f.get("heap"), new_bytes)
         with b.if_then(b.icmp_unsigned("==", heap, NULL), likely=False):
             call(f, "charge", f.arena, b.mul(new_bytes, c64(2)), old_bytes)  # realloc kept the heap as it was
@@ -235,25 +249,44 @@ class Collector(RuntimePart):
         words = f.args[1]
         cap = f.get("cap")
         new_cap = frontier(f, cap, words, f.get("heap_cap"), MIN_CHUNK, MAX_CHUNK)
-        call_internal(f, "populate", VOID, [PTR, I64, I64], f.get("heap"), b.mul(cap, c64(8)),
-                      b.mul(new_cap, c64(8)))
+        base = b.ptrtoint(f.get("heap"), I64)
+        call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(cap, c64(8))),
+                      b.add(base, b.mul(new_cap, c64(8))))
         f.put("cap", new_cap)
         b.ret_void()
 
     def _populate(self) -> None:
-        """populate(base, from, to): ask the kernel to populate the pages of bytes base[from .. to) for
-        writing (MADV_POPULATE_WRITE), from the first page boundary at or above `from` (the page below holds
-        bytes populated already, or the block's start). `base` must be 8-byte aligned. The advice is only
-        advice: refused (a kernel before 5.14, another page size), the pages fault in on first touch."""
-        f = self.new("populate", VOID, [PTR, I64, I64])
+        """populate(from, to): ask the kernel to populate the pages of the addresses [from, to) for writing
+        (MADV_POPULATE_WRITE), from the first page boundary at or above `from` (the page below holds bytes
+        populated already, or the block's start). The advice is only advice: refused (a kernel before 5.14,
+        another page size, addresses not mapped), the pages fault in on first touch."""
+        f = self.new("populate", VOID, [I64, I64])
         b = f.b
-        base, start, end = f.args
-        at = b.ptrtoint(base, I64)
-        first = b.sub(b.and_(b.add(b.add(at, start), c64(PAGE_BYTES - 1)), c64(-PAGE_BYTES)), at)
-        with b.if_then(b.icmp_signed(">", end, first)):
-            call(f, "madvise", f.elem(base, b.ashr(first, c64(3))), b.sub(end, first),
-                 ir.Constant(I32, MADV_POPULATE_WRITE))
+        start, end = f.args
+        first = b.and_(b.add(start, c64(PAGE_BYTES - 1)), c64(-PAGE_BYTES))
+        with b.if_then(b.icmp_unsigned(">", end, first)):
+            call(f, "madvise", b.inttoptr(first, PTR), b.sub(end, first), ir.Constant(I32, MADV_POPULATE_WRITE))
         b.ret_void()
+
+    def _stack(self) -> None:
+        """farm_stack(arena, frame address): a call's frame is below `stack_floor`. ERR_STACK when it is
+        below `stack_end` too; else populate the next stack pages below the floor (a chunk as large as the
+        stack populated so far, MIN_STACK_CHUNK to MAX_STACK_CHUNK bytes, not past `stack_end`) and lower the
+        floor: deep recursion touches fresh stack pages one after the other, as the heap does. 0."""
+        f = self.new("farm_stack", I64, [PTR, I64], internal=False)
+        b = f.b
+        here = f.args[1]
+        end = f.get("stack_end")
+        f.return_if(b.icmp_unsigned("<", here, end), c64(ERR_STACK))
+        floor = f.get("stack_floor")
+        depth = b.sub(f.get("stack_top"), floor)
+        chunk = b.select(b.icmp_signed("<", depth, c64(MIN_STACK_CHUNK)), c64(MIN_STACK_CHUNK),
+                         b.select(b.icmp_signed(">", depth, c64(MAX_STACK_CHUNK)), c64(MAX_STACK_CHUNK), depth))
+        below = b.sub(b.select(b.icmp_unsigned("<", here, floor), here, floor), chunk)
+        new_floor = b.select(b.icmp_unsigned("<", below, end), end, below)
+        call_internal(f, "populate", VOID, [I64, I64], new_floor, floor)
+        f.put("stack_floor", new_floor)
+        b.ret(c64(0))
 
     def _grow_roots(self) -> None:
         f = self.new("farm_grow_roots", I1, [PTR, I64], internal=False)

@@ -17,6 +17,7 @@ from farm.compiler.codegen.heap import (
     LIT_HEADER,
     MAX_EXPORT_CHUNK,
     MIN_EXPORT_CHUNK,
+    MIN_STACK_CHUNK,
     NO_NODE,
     RuntimePart,
     call,
@@ -143,7 +144,12 @@ class Columns(RuntimePart):
         f.return_if_false(call_internal(f, "unmark", I1, [PTR], arena), ERR_OOM)
         here = b.ptrtoint(f.buffer(1), I64)
         stack = f.get("stack_bytes")
-        f.put("stack_floor", b.select(b.icmp_signed(">", stack, c64(0)), b.sub(here, stack), c64(0)))
+        checked = b.icmp_signed(">", stack, c64(0))
+        f.put("stack_end", b.select(checked, b.sub(here, stack), c64(0)))
+        # The first MIN_STACK_CHUNK bytes fault in as they are touched (most calls go no deeper); calls below
+        # go through farm_stack, which populates the stack's pages a chunk at a time, down to stack_end.
+        floor = b.sub(here, b.select(b.icmp_unsigned("<", stack, c64(MIN_STACK_CHUNK)), stack, c64(MIN_STACK_CHUNK)))
+        f.put("stack_floor", b.select(checked, floor, c64(0)))
         f.put("stack_top", here)
         nf_bytes = b.mul(rows, c64(8))
         f.return_if_false(call(f, "charge", arena, c64(0), nf_bytes), ERR_OOM)
@@ -299,8 +305,9 @@ class Columns(RuntimePart):
                 old = f.read(ready)
                 new = frontier(f, old, need, limit, MIN_EXPORT_CHUNK, MAX_EXPORT_CHUNK)
                 for column, width in columns:
-                    call_internal(f, "populate", VOID, [PTR, I64, I64], column, b.mul(old, c64(width)),
-                                  b.mul(new, c64(width)))
+                    base = b.ptrtoint(column, I64)
+                    call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(old, c64(width))),
+                                  b.add(base, b.mul(new, c64(width))))
                 b.store(new, ready)
 
         def emit(node: ir.Value, arity: ir.Value) -> None:

@@ -36,6 +36,7 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
     "farm_memo_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR, I64]),  # (arena, op, arity, args*, nf)
     "farm_track_enter": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
     "farm_track_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
+    "farm_stack": ir.FunctionType(I64, [PTR, I64]),  # (arena, a frame's address) -> 0 or ERR_STACK
     "farm_call": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*): in the rules
     "farm_op_arity": ir.FunctionType(I64, [I64]),  # a ruleset operator's arity: in the rules
     "farm_op_first_rule": ir.FunctionType(I64, [I64]),  # the index of its first rule: in the rules
@@ -50,6 +51,7 @@ MADV_POPULATE_WRITE = 23
 PAGE_BYTES = 4096  # the chunks' start is rounded down to it (a larger page size: madvise refuses, pages fault)
 MIN_CHUNK, MAX_CHUNK = 1 << 13, 1 << 17
 MIN_EXPORT_CHUNK, MAX_EXPORT_CHUNK = 1 << 12, 1 << 16  # the same for an export's columns, in rows (children)
+MIN_STACK_CHUNK, MAX_STACK_CHUNK = 1 << 16, 1 << 20  # and for the native stack, in bytes
 SURVIVAL_NUMERATOR, SURVIVAL_DENOMINATOR = 7, 8  # a collection keeping more than 7/8 of the space: grow next
 MIN_TABLE = 1 << 12  # the hash-consing table's slots at first; a collection may shrink it back to this
 INITIAL_MEMO = 1 << 8

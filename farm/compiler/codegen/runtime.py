@@ -61,11 +61,11 @@ class RuntimeModule(Collector, CallTables, Columns):
 
     def emit(self) -> None:
         for part in (self._charge, self._grow_array, self._hash, self._rebuild_table, self._intern, self._lit,
-                     self._forward, self._collect, self._room, self._reach, self._populate, self._grow_spaces,
-                     self._grow_roots, self._memo_rebuild, self._entry_find, self._memo_enter, self._memo_leave,
-                     self._track_rebuild, self._track_enter, self._track_leave, self._check_rows,
-                     self._normalize_row, self._rewrite, self._walk, self._mark, self._export, self._unmark,
-                     self._arena_free, self._arena_new):
+                     self._forward, self._collect, self._room, self._reach, self._populate, self._stack,
+                     self._grow_spaces, self._grow_roots, self._memo_rebuild, self._entry_find, self._memo_enter,
+                     self._memo_leave, self._track_rebuild, self._track_enter, self._track_leave,
+                     self._check_rows, self._normalize_row, self._rewrite, self._walk, self._mark, self._export,
+                     self._unmark, self._arena_free, self._arena_new):
             part()
         f = self.export("farm_abi_version")
         f.b.ret(c64(ABI_VERSION))
