@@ -42,7 +42,9 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     # allocates it), its capacity, and its words whose pages are populated
     ("spare", "ptr"), ("spare_cap", "i64"), ("spare_ready", "i64"),
     ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
-    ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
+    ("roots", "ptr"), ("rsp", "i64"),  # the shadow stack: node ids of calls in progress
+    ("roots_cap", "i64"),  # the cells a call may use without asking farm_grow_roots: populated ones
+    ("roots_alloc", "i64"),  # the shadow stack's capacity in cells
     ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_done", "i64"), ("memo_width", "i64"),
     ("memo_epoch", "i64"),  # counts the memo's rebuilds: a slot kept across one is stale
     ("track", "ptr"), ("track_mask", "i64"), ("track_count", "i64"), ("track_width", "i64"),

@@ -289,5 +289,18 @@ class Collector(RuntimePart):
         b.ret(c64(0))
 
     def _grow_roots(self) -> None:
+        """farm_grow_roots(arena, cells): the shadow stack's first `cells` cells usable (below `roots_cap`),
+        false when out of memory. Deep recursion pushes frames onto fresh pages one after the other: the
+        stack grows (doubling, charged) only at its capacity, `roots_alloc`, and its pages are populated a
+        chunk ahead of the frames, as the heap's (reach)."""
         f = self.new("farm_grow_roots", I1, [PTR, I64], internal=False)
-        f.b.ret(self.grow(f, "roots", "roots_cap", f.args[1]))
+        b = f.b
+        need = f.args[1]
+        f.return_if(b.not_(self.grow(f, "roots", "roots_alloc", need)), FALSE)
+        ready = f.get("roots_cap")
+        new_ready = frontier(f, ready, need, f.get("roots_alloc"), MIN_CHUNK, MAX_CHUNK)
+        base = b.ptrtoint(f.get("roots"), I64)
+        call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(ready, c64(8))),
+                      b.add(base, b.mul(new_ready, c64(8))))
+        f.put("roots_cap", new_ready)
+        b.ret(TRUE)

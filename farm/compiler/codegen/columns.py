@@ -105,7 +105,8 @@ class Columns(RuntimePart):
                 self.push_frame(f, sp, kid)
                 b.branch(head)
         base = f.get("rsp")
-        f.return_if_false(self.grow(f, "roots", "roots_cap", b.add(base, arity)), ERR_OOM)
+        with b.if_then(b.icmp_signed(">", b.add(base, arity), f.get("roots_cap"))):
+            f.return_if_false(call(f, "farm_grow_roots", f.arena, b.add(base, arity)), ERR_OOM)
         with f.loop(c64(0), arity) as j:
             f.set_root(b.add(base, j), f.load_at(f.get("nf"), f.load_i32(kids, b.add(offset, j))))
         f.put("rsp", b.add(base, arity))

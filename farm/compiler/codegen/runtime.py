@@ -297,6 +297,7 @@ class RuntimeModule(Collector, CallTables, Columns):
         # `cap` is 0: the first node populates the first pages (room)
         for name, value in (("heap_cap", c64(INITIAL_WORDS)), ("spare_cap", c64(INITIAL_WORDS)),
                             ("table_mask", c64(MIN_TABLE - 1)), ("roots_cap", c64(INITIAL_CELLS)),
+                            ("roots_alloc", c64(INITIAL_CELLS)),
                             ("work_cap", c64(INITIAL_CELLS)), ("memo_mask", b.sub(memo_slots, c64(1))),
                             ("memo_width", width), ("track_mask", b.sub(track_slots, c64(1))),
                             ("track_width", track_width), ("last_rule", c64(-1)), ("limit", c64(NO_LIMIT)),
