@@ -1,4 +1,5 @@
-"""Columns for a native export, sized exactly once farm_mark has counted the nodes.
+"""Columns for a native export: sized exactly once farm_mark has counted the nodes (zeroed_columns), or, for a
+large export, sized by a bound and populated by farm_export itself as it writes, in one walk (bounded_columns).
 
 A large export's columns are fresh memory that farm_export then writes through: as arrays, each 4 KiB page is
 a page fault on first touch (~2 us on a VM; the 7 MB of columns of a 362,881-node normal form took 1,420-1,775 of
