@@ -324,3 +324,24 @@ def test_a_few_bytes_of_ir_cannot_ask_for_gigabytes_of_data(form: str, path: str
         else:
             Toolchain(tmp_path, compile_path=path).build_parts([("module", ir)], REGISTRY["x86-64"], 0)
     check_ir(BIG_DATA[form].format(n=1 << 20, k=1 << 10, q=1 << 10) + "\n")  # a megabyte is fine
+
+
+# ---- madvise: populating pages only ----
+
+MADVISE = "declare i32 @madvise(ptr, i64, i32)\n\ndefine void @f(ptr %p, i64 %n, i32 %a) {{\n  {body}\n  ret void\n}}\n"
+
+
+def test_madvise_populating_pages_passes() -> None:
+    check_ir(MADVISE.format(body="%r = call i32 @madvise(ptr %p, i64 %n, i32 23)"))
+
+
+@pytest.mark.parametrize("body", [
+    "%r = call i32 @madvise(ptr %p, i64 %n, i32 4)",  # MADV_DONTNEED: zeroes memory
+    "%r = call i32 @madvise(ptr %p, i64 %n, i32 9)",  # MADV_REMOVE: frees a file's blocks
+    "%r = call i32 @madvise(ptr %p, i64 %n, i32 %a)",  # an advice decided at run time
+    "%r = tail call i32 @madvise(ptr %p, i64 %n, i32 123)",
+    "store ptr @madvise, ptr %p",  # its address, for a call through a pointer later
+])
+def test_madvise_with_any_other_advice_is_refused(body: str) -> None:
+    with pytest.raises(PolicyViolation, match="madvise may only be called directly, with the advice"):
+        check_ir(MADVISE.format(body=body))

@@ -175,7 +175,7 @@ def rewrite_on(native: NativeRuleset, arena: Any, columns: tuple[array, array, a
                                            fuel))
 
     code = loader._BIG_STACK.run(call, lambda: None)
-    stats = {name: getattr(arena.contents, name) for name in ("collections", "peak_words", "cap", "memo_count",
+    stats = {name: getattr(arena.contents, name) for name in ("collections", "peak_words", "heap_cap", "memo_count",
                                                               "memo_done")}
     return Raw(code, list(out), list(info), stats)
 
@@ -315,7 +315,7 @@ def test_a_term_that_only_grows_is_not_copied_again(engine: Engine) -> None:
     native, _ = both(engine, GROWING, parsed(terms))
     stats = arena_stats(engine, GROWING, parsed(terms))
     assert stats["collections"] == 1, stats
-    assert stats["cap"] >= 8 * 512 * 1024, stats
+    assert stats["heap_cap"] >= 8 * 512 * 1024, stats
 
 
 def test_a_term_that_grows_then_garbage_under_a_tight_cap(engine: Engine) -> None:

@@ -65,7 +65,7 @@ def play(ir: Any, program: list[Step], triple: str) -> str:
             slot.type = ptr
             b.store(a, slot).set_metadata("tbaa", tag)
             ints.append(b.load(slot, typ=i64))
-            ints.append(b.ptrtoint(slot, i64))
+            ints.append(b.ptrtoint(b.inttoptr(b.ptrtoint(slot, i64), ptr), i64))
         elif kind == "gep":
             at = b.gep(fn.args[0], [ir.Constant(i64, x % 7)], inbounds=bool(y % 2), source_etype=i64)
             ints.append(b.load(at, typ=i64))

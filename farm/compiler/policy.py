@@ -15,7 +15,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from farm.compiler.codegen.abi import ALLOWED_IMPORTS
+from farm.compiler.codegen.abi import ALLOWED_IMPORTS, MADV_POPULATE_WRITE
 from farm.errors import PolicyViolation, StageFailed
 
 MAX_IR_BYTES = 256 << 20  # a module larger than this is refused before it reaches a parser or a tool
@@ -226,9 +226,31 @@ def _check_printout(text: str, source: str) -> None:
     if '!"Linker Options"' in text:
         raise PolicyViolation(f"{source}: the module flag \"Linker Options\" is refused (it makes the linker add "
                               "libraries)")
+    _check_madvise(text, source)
     if f'!"{_SECTION_FLAG}"' in text:  # the printout prints this ASCII key verbatim, however it was written
         raise PolicyViolation(f"{source}: the module flag \"{_SECTION_FLAG}\" is refused (the ELF backend writes "
                               "its data into the section it names; a section such as .init_array runs code on load)")
+
+
+# madvise is allowed for one advice only: the runtime populates pages it is about to write (MADV_POPULATE_WRITE).
+# Any other advice changes what memory holds or how it is shared (MADV_DONTNEED zeroes it, MADV_REMOVE frees a
+# file's blocks, MADV_DONTFORK...), so every mention of @madvise must be a direct call with that constant advice.
+_MADVISE_NAME = re.compile(r"@madvise(?![-\w$.])")  # the name itself, not a longer one
+_MADVISE_CALL = re.compile(r"(?:(?:tail|musttail|notail) )?call i32 @madvise\(ptr(?: noundef)? [^,]+, "
+                           rf"i64(?: noundef)? [^,]+, i32(?: noundef)? {MADV_POPULATE_WRITE}\)(?: #\d+)?$")
+
+
+def _check_madvise(text: str, source: str) -> None:
+    at = text.find("@madvise")
+    while at >= 0:
+        line_start = text.rfind("\n", 0, at) + 1
+        line = _line_at(text, line_start)
+        code = _code_of(line).strip()
+        if _MADVISE_NAME.search(code) and not code.startswith(("declare ", "define ")) \
+                and not _MADVISE_CALL.search(code):
+            raise PolicyViolation(f"{source}: {_where(text, line_start, line)}: madvise may only be called "
+                                  f"directly, with the advice MADV_POPULATE_WRITE ({MADV_POPULATE_WRITE})")
+        at = text.find("@madvise", line_start + len(line))
 
 
 def _code_of(line: str) -> str:

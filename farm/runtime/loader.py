@@ -35,13 +35,14 @@ from farm.compiler.codegen.abi import (
     ERR_STACK,
     EXPORTS,
     NO_LIMIT,
+    export_bound,
 )
 from farm.compiler.elf_policy import check_library
 from farm.config import max_memory_from_env
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.lang.terms import ID_TYPECODE, LIT, MAX_NODES, VALUE_TYPECODE, Column, TermGraph, bulk
 from farm.lang.transduce import RuleSet
-from farm.runtime.mapped import address, zeroed_columns
+from farm.runtime.mapped import address, bounded_columns, zeroed_columns
 from farm.semantics import (
     DEFAULT_FUEL,
     RewriteResult,
@@ -341,16 +342,14 @@ class NativeRuleset:
 
     def _collect(self, arena: Any, graph: TermGraph, to_native: list[int] | None, out: array, info: array,
                  fuel: int, cap: int) -> RewriteResult:
-        sizes = _zeros(2)
-        self.lib.farm_mark(arena, len(out), _ptr(out), _ptr(sizes))  # it allocates nothing: it cannot fail
-        if sizes[0] > MAX_NODES:
-            raise TermError(f"the normal forms have {sizes[0]} nodes; a term graph holds at most {MAX_NODES}")
-        nodes, children = sizes
-        ops, vals, arities, kids = zeroed_columns([(ID_TYPECODE, nodes), (VALUE_TYPECODE, nodes),
-                                                   (ID_TYPECODE, nodes), (ID_TYPECODE, children)])
+        (ops, vals, arities, kids), bounded = self._export(arena, out)
         mapped = _zeros(len(out))
-        self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals), _ptr(arities),
-                             _ptr(kids))
+        nodes = self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals),
+                                     _ptr(arities), _ptr(kids))
+        if nodes > MAX_NODES:
+            raise TermError(f"the normal forms have {nodes} nodes; a term graph holds at most {MAX_NODES}")
+        if bounded:  # views of what was written
+            ops, vals, arities, kids = ops[:nodes], vals[:nodes], arities[:nodes], kids[:arena.contents.marked_kids]
         if to_native is not None or len(graph.signature.names) < len(self.ruleset.signature):
             ops = array(ID_TYPECODE, map(self._graph_op(graph, to_native), ops))
         # the columns are exactly as long as farm_mark counted: they are the graph's, uncopied
@@ -379,6 +378,22 @@ class NativeRuleset:
         counters = _zeros(len(names))
         ctypes.memmove(_ptr(counters), arena.contents.counters, 8 * len(names))
         return RewriteResult(result_graph, outcomes, counters.tolist(), "native", list(info[0::2]))
+
+    def _export(self, arena: Any, out: array) -> tuple[list[Column], bool]:
+        """Columns for farm_export. A large export goes in one walk, into columns sized by the bound
+        (export_bound: mapped, only the pages written become memory, populated by the export as it goes);
+        the columns are then sliced to the rows written. Else farm_mark counts the nodes first (a second
+        walk), and the columns are exactly that large."""
+        bound_rows, bound_kids = export_bound(arena.contents.top)
+        bounded = bounded_columns([(ID_TYPECODE, bound_rows), (VALUE_TYPECODE, bound_rows),
+                                   (ID_TYPECODE, bound_rows), (ID_TYPECODE, bound_kids)])
+        if bounded is not None:
+            return bounded, True
+        sizes = _zeros(2)
+        self.lib.farm_mark(arena, len(out), _ptr(out), _ptr(sizes))  # it allocates nothing: it cannot fail
+        nodes, children = sizes
+        return zeroed_columns([(ID_TYPECODE, nodes), (VALUE_TYPECODE, nodes), (ID_TYPECODE, nodes),
+                               (ID_TYPECODE, children)]), False
 
     def _graph_op(self, graph: TermGraph, to_native: list[int] | None) -> Callable[[int], int]:
         """Native op id -> the graph's op id. A normal form may apply a ruleset operator the graph never

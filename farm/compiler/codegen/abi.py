@@ -3,11 +3,14 @@ llvmlite types from here and the loader its ctypes types, so the two cannot drif
 
 from __future__ import annotations
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 # The only functions a library may import (the C library's, which the runtime calls): the IR and ELF policies
 # (farm/compiler/policy.py, elf_policy.py) refuse any other.
-ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset"})
+# madvise only asks the kernel to populate pages the runtime is about to write: the IR policy refuses any call
+# with another advice (farm/compiler/policy.py).
+ALLOWED_IMPORTS = frozenset({"malloc", "calloc", "realloc", "free", "memcpy", "memmove", "memset", "madvise"})
+MADV_POPULATE_WRITE = 23  # <linux/mman.h>, Linux 5.14+
 
 # Result codes below zero: a call's or a root's error (every other result is a node id, >= 0).
 NO_MATCH = -1  # internal: no memo entry found / claimed nothing
@@ -34,11 +37,16 @@ NO_LIMIT = 2**63 - 1  # the arena's `limit` until a loader sets the memory cap
 
 # The arena struct: every field is 8 bytes, in this order ("ptr" or "i64").
 ARENA_FIELDS: list[tuple[str, str]] = [
-    ("heap", "ptr"), ("top", "i64"), ("cap", "i64"),  # the current space: i64 words, bump pointer, capacity
-    ("spare", "ptr"), ("spare_cap", "i64"),  # the other space: the collector copies into it (NULL from a growth
-    # of the spaces until the next collection allocates it)
+    ("heap", "ptr"), ("top", "i64"),  # the current space: i64 words, bump pointer
+    ("cap", "i64"),  # the bump pointer's limit: the space's words whose pages are populated (at most heap_cap)
+    ("heap_cap", "i64"),  # the current space's capacity in words
+    # the other space: the collector copies into it (NULL from a growth of the spaces until the next collection
+    # allocates it), its capacity, and its words whose pages are populated
+    ("spare", "ptr"), ("spare_cap", "i64"), ("spare_ready", "i64"),
     ("table", "ptr"), ("table_mask", "i64"), ("table_count", "i64"),  # hash-consing: node ids by content
-    ("roots", "ptr"), ("rsp", "i64"), ("roots_cap", "i64"),  # the shadow stack: node ids of calls in progress
+    ("roots", "ptr"), ("rsp", "i64"),  # the shadow stack: node ids of calls in progress
+    ("roots_cap", "i64"),  # the cells a call may use without asking farm_grow_roots: populated ones
+    ("roots_alloc", "i64"),  # the shadow stack's capacity in cells
     ("memo", "ptr"), ("memo_mask", "i64"), ("memo_count", "i64"), ("memo_done", "i64"), ("memo_width", "i64"),
     ("memo_epoch", "i64"),  # counts the memo's rebuilds: a slot kept across one is stale
     ("track", "ptr"), ("track_mask", "i64"), ("track_count", "i64"), ("track_width", "i64"),
@@ -51,7 +59,9 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("rule_base", "ptr"),  # the index of each ruleset operator's first rule
     ("depth", "i64"),  # condition nesting (a root is 1)
     ("calls", "i64"),  # calls in progress
-    ("stack_bytes", "i64"), ("stack_floor", "i64"),  # native stack the caller provides (0: unchecked)
+    ("stack_bytes", "i64"),  # native stack the caller provides (0: unchecked)
+    ("stack_floor", "i64"),  # a call whose frame is below this address asks farm_stack first (0: never)
+    ("stack_end", "i64"),  # the lowest address a call's frame may be at: below, the call fails (ERR_STACK)
     ("stack_top", "i64"),  # farm_rewrite's frame: the stack below it counts toward `limit` as memory held
     ("limit", "i64"), ("held", "i64"),  # the memory cap in bytes, and the bytes the arena holds
     ("collections", "i64"), ("peak_words", "i64"),  # statistics: collections run, largest live heap
@@ -73,3 +83,10 @@ EXPORTS: dict[str, tuple[str, list[str]]] = {
     # (arena, roots, root ids, mapped roots, ops, values, arities, kids)
     "farm_export": ("i64", ["arena", "i64", "i64*", "i64*", "i32*", "i64*", "i32*", "i32*"]),
 }
+
+
+def export_bound(top: int) -> tuple[int, int]:
+    """The rows and children an export can write at most from a space filled up to `top` words (the arena's
+    `top`): a node takes two words at least (header and parent word), and each child one. farm_export
+    without a farm_mark before it writes into columns of these sizes."""
+    return top // 2, top

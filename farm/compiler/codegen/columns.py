@@ -14,10 +14,14 @@ from farm.compiler.codegen.abi import (
 )
 from farm.compiler.codegen.heap import (
     LIT_HEADER,
+    MAX_EXPORT_CHUNK,
+    MIN_EXPORT_CHUNK,
+    MIN_STACK_CHUNK,
     NO_NODE,
     RuntimePart,
     call,
     call_internal,
+    frontier,
     heap_nodes,
     is_marked,
     number_of,
@@ -100,7 +104,8 @@ class Columns(RuntimePart):
                 self.push_frame(f, sp, kid)
                 b.branch(head)
         base = f.get("rsp")
-        f.return_if_false(self.grow(f, "roots", "roots_cap", b.add(base, arity)), ERR_OOM)
+        with b.if_then(b.icmp_signed(">", b.add(base, arity), f.get("roots_cap"))):
+            f.return_if_false(call(f, "farm_grow_roots", f.arena, b.add(base, arity)), ERR_OOM)
         with f.loop(c64(0), arity) as j:
             f.set_root(b.add(base, j), f.load_at(f.get("nf"), f.load_i32(kids, b.add(offset, j))))
         f.put("rsp", b.add(base, arity))
@@ -139,7 +144,12 @@ class Columns(RuntimePart):
         f.return_if_false(call_internal(f, "unmark", I1, [PTR], arena), ERR_OOM)
         here = b.ptrtoint(f.buffer(1), I64)
         stack = f.get("stack_bytes")
-        f.put("stack_floor", b.select(b.icmp_signed(">", stack, c64(0)), b.sub(here, stack), c64(0)))
+        checked = b.icmp_signed(">", stack, c64(0))
+        f.put("stack_end", b.select(checked, b.sub(here, stack), c64(0)))
+        # The first MIN_STACK_CHUNK bytes fault in as they are touched (most calls go no deeper); calls below
+        # go through farm_stack, which populates the stack's pages a chunk at a time, down to stack_end.
+        floor = b.sub(here, b.select(b.icmp_unsigned("<", stack, c64(MIN_STACK_CHUNK)), stack, c64(MIN_STACK_CHUNK)))
+        f.put("stack_floor", b.select(checked, floor, c64(0)))
         f.put("stack_top", here)
         nf_bytes = b.mul(rows, c64(8))
         f.return_if_false(call(f, "charge", arena, c64(0), nf_bytes), ERR_OOM)
@@ -266,25 +276,45 @@ class Columns(RuntimePart):
         f.b.ret(c64(0))
 
     def _export(self) -> None:
-        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the numbered nodes as columns
-        (the TermGraph layout: children first, numbered from 0), and the roots mapped; the rows written.
-        It walks the roots again in the order farm_mark did, so the k-th node it finishes is the one numbered
-        k: a node is done when its number is below the rows written. Each row goes out as its node finishes,
-        its children's numbers read from their parent words, hot from their own rows a moment before. After
-        farm_mark with the same roots the numbering walk finds them numbered and does nothing; without it,
-        it numbers them here."""
+        """farm_export(arena, n, roots, out_roots, ops, values, arities, kids): the nodes the roots reach as
+        columns (the TermGraph layout: children first, numbered from 0), and the roots mapped; the rows
+        written. One post-order walk: each row goes out as its node finishes, its children's numbers read
+        from their parent words, hot from their own rows a moment before, and the node's number goes into its
+        own parent word (a mark, as farm_mark's); a node is done when it is marked with a number below the
+        rows written. After farm_mark with the same roots the walk meets the nodes in the order farm_mark
+        numbered them, so the numbers stay. Without it the columns are sized by the bound (export_bound:
+        a node takes two words at least, a child one), and their pages are populated ahead of the writes,
+        a chunk at a time (populate): a large normal form's columns are mostly fresh pages."""
         f = self.export("farm_export")
         b = f.b
         arena, n, roots, out_roots, ops, values, arities, kids = f.args
-        call_internal(f, "walk", VOID, [PTR, I64, PTR], arena, n, roots)
         rows, written = f.var(c64(0)), f.var(c64(0))
+        numbering = b.icmp_signed("==", f.get("marked"), c64(0))
+        max_rows, max_kids = b.sdiv(f.get("top"), c64(2)), f.get("top")
+        # How far the columns' pages are populated (rows, children): all of them when farm_mark sized them
+        rows_ready = f.var(b.select(numbering, c64(0), max_rows))
+        kids_ready = f.var(b.select(numbering, c64(0), max_kids))
 
         def exported(node: ir.Value) -> ir.Value:
-            return b.icmp_signed("<", number_of(f, node), f.read(rows))
+            # (no `and` of the two: an unmarked node's "number" is below zero)
+            return b.select(is_marked(f, node), b.icmp_signed("<", number_of(f, node), f.read(rows)), FALSE)
+
+        def populate(columns: list[tuple[ir.Value, int]], ready: ir.Value, need: ir.Value,
+                     limit: ir.Value) -> None:
+            with b.if_then(b.icmp_signed(">", need, f.read(ready)), likely=False):
+                old = f.read(ready)
+                new = frontier(f, old, need, limit, MIN_EXPORT_CHUNK, MAX_EXPORT_CHUNK)
+                for column, width in columns:
+                    base = b.ptrtoint(column, I64)
+                    call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(old, c64(width))),
+                                  b.add(base, b.mul(new, c64(width))))
+                b.store(new, ready)
 
         def emit(node: ir.Value, arity: ir.Value) -> None:
             row, start = f.read(rows), f.read(written)
-            f.set_word(parent_at(f, node), 0, b.sub(c64(MARK_BASE), row))  # its number, put back
+            populate([(ops, 4), (values, 8), (arities, 4)], rows_ready, b.add(row, c64(1)), max_rows)
+            populate([(kids, 4)], kids_ready, b.add(start, arity), max_kids)
+            f.set_word(parent_at(f, node), 0, b.sub(c64(MARK_BASE), row))  # its number
             node_head = f.word(node, 0)
             is_lit = b.icmp_signed("==", node_head, c64(LIT_HEADER))
             f.store_i32(ops, row, f.op_of(node_head))
@@ -299,6 +329,9 @@ class Columns(RuntimePart):
             root = f.load_at(roots, i)
             with b.if_then(b.icmp_signed(">=", root, c64(0))), b.if_then(b.not_(exported(root))):
                 self._reversing_walk(f, root, exported, emit)
+        # the nodes numbered: a later farm_rewrite on the arena puts their parent words right (unmark)
+        f.put("marked", f.read(rows))
+        f.put("marked_kids", f.read(written))
         with f.loop(c64(0), n) as i:
             mapped = f.var(f.load_at(roots, i))
             with b.if_then(b.icmp_signed(">=", f.read(mapped), c64(0))):

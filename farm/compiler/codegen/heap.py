@@ -13,6 +13,7 @@ from farm.compiler.codegen.abi import (
 )
 from farm.compiler.codegen.irbuild import (
     I1,
+    I32,
     I64,
     PTR,
     VOID,
@@ -26,6 +27,7 @@ from farm.compiler.codegen.irbuild import (
 RUNTIME_CALLS: dict[str, ir.FunctionType] = {
     "malloc": ir.FunctionType(PTR, [I64]), "calloc": ir.FunctionType(PTR, [I64, I64]),
     "realloc": ir.FunctionType(PTR, [PTR, I64]), "free": ir.FunctionType(VOID, [PTR]),
+    "madvise": ir.FunctionType(I32, [PTR, I64, I32]),
     "farm_intern": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, header, words, words*) -> id
     "farm_lit": ir.FunctionType(I64, [PTR, I64]),  # (arena, value) -> id of the literal
     "farm_grow_roots": ir.FunctionType(I1, [PTR, I64]),  # (arena, cells needed in all) -> grown?
@@ -33,6 +35,7 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
     "farm_memo_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR, I64]),  # (arena, op, arity, args*, nf)
     "farm_track_enter": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
     "farm_track_leave": ir.FunctionType(VOID, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*)
+    "farm_stack": ir.FunctionType(I64, [PTR, I64]),  # (arena, a frame's address) -> 0 or ERR_STACK
     "farm_call": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*): in the rules
     "farm_op_arity": ir.FunctionType(I64, [I64]),  # a ruleset operator's arity: in the rules
     "farm_op_first_rule": ir.FunctionType(I64, [I64]),  # the index of its first rule: in the rules
@@ -40,6 +43,13 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
 LIT_HEADER = LIT_OP & 0xFFFFFFFF
 INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill more than 1 / LIVE_FRACTION of it
 LIVE_FRACTION = 8
+# The pages of a space are populated in bulk ahead of the bump pointer (MADV_POPULATE_WRITE, Linux 5.14+): one
+# call per chunk instead of one page fault per page. A chunk is as large as the populated part already (at least
+# MIN_CHUNK words, at most MAX_CHUNK), so a small program populates little beyond what it uses.
+PAGE_BYTES = 4096  # the chunks' start is rounded down to it (a larger page size: madvise refuses, pages fault)
+MIN_CHUNK, MAX_CHUNK = 1 << 13, 1 << 17
+MIN_EXPORT_CHUNK, MAX_EXPORT_CHUNK = 1 << 10, 1 << 16  # the same for an export's columns, in rows (children)
+MIN_STACK_CHUNK, MAX_STACK_CHUNK = 1 << 16, 1 << 20  # and for the native stack, in bytes
 SURVIVAL_NUMERATOR, SURVIVAL_DENOMINATOR = 7, 8  # a collection keeping more than 7/8 of the space: grow next
 MIN_TABLE = 1 << 12  # the hash-consing table's slots at first; a collection may shrink it back to this
 INITIAL_MEMO = 1 << 8
@@ -188,6 +198,18 @@ def table_slots(f: FunctionBuilder, entries: ir.Value) -> ir.Value:
     with f.loop(c64(0), c64(64)), b.if_then(b.icmp_signed("<", f.read(slots), wanted)):
         b.store(b.mul(f.read(slots), c64(2)), slots)
     return f.read(slots)
+
+
+def frontier(f: FunctionBuilder, ready: ir.Value, need: ir.Value, limit: ir.Value, smallest: int, largest: int) \
+        -> ir.Value:
+    """Where to move a populated frontier at `ready` that must reach `need`: a chunk ahead as large as the
+    part populated already (from `smallest` to `largest`), or to `need` if further, at most `limit`."""
+    b = f.b
+    chunk = b.select(b.icmp_signed("<", ready, c64(smallest)), c64(smallest),
+                     b.select(b.icmp_signed(">", ready, c64(largest)), c64(largest), ready))
+    ahead = b.add(ready, chunk)
+    wanted = b.select(b.icmp_signed(">", need, ahead), need, ahead)
+    return b.select(b.icmp_signed(">", wanted, limit), limit, wanted)
 
 
 def call_internal(f: FunctionBuilder, name: str, ret: ir.Type, args: list[ir.Type], *values: ir.Value) -> ir.Value:

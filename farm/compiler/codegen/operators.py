@@ -26,7 +26,6 @@ from farm.compiler.codegen.abi import (
     ERR_DEPTH,
     ERR_FUEL,
     ERR_OOM,
-    ERR_STACK,
     IN_PROGRESS,
     NO_MATCH,
 )
@@ -181,7 +180,8 @@ class _OperatorEmitter:
         """Stack checks, then the frame: arguments, and the other slots cleared (the collector reads them)."""
         f, b = self.f, self.b
         here = b.ptrtoint(f.buffer(1), I64)
-        f.return_if(b.icmp_unsigned("<", here, f.get("stack_floor")), c64(ERR_STACK))
+        with b.if_then(b.icmp_unsigned("<", here, f.get("stack_floor")), likely=False):
+            f.return_if_error(call(f, "farm_stack", f.arena, here))  # ERR_STACK, or stack pages populated
         calls = b.add(f.get("calls"), c64(1))
         f.return_if(b.icmp_signed(">", calls, c64(MAX_CALL_DEPTH)), c64(ERR_CALLS))
         f.put("calls", calls)

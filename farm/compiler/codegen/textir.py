@@ -584,6 +584,9 @@ class IRBuilder:
     def ptrtoint(self, value: Value, type: Type) -> Value:
         return self._cast("ptrtoint", value, type)
 
+    def inttoptr(self, value: Value, type: Type) -> Value:
+        return self._cast("inttoptr", value, type)
+
     # -- memory --
     def alloca(self, type: Type, size: Value | int | None = None) -> AllocaInstr:
         count = Constant(_I32, size) if isinstance(size, int) else size
