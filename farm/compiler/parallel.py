@@ -99,12 +99,24 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
     return [manifest, *rest]
 
 
+PIPELINE_SWITCH_INTERVAL = 0.0002  # seconds; see _pipeline
+
+
 def _pipeline(generators: list[Callable[[], tuple[str, str]]],
               compile_module: Callable[[Any, str], bytes]) -> list[CompiledChunk]:
-    """Each module generated here while a thread parses, checks and compiles the one before."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-tier0") as compiler:
-        pending = [compiler.submit(_compiled, *generate(), compile_module) for generate in generators]
-        return [future.result() for future in pending]
+    """Each module generated here while a thread parses, checks and compiles the one before.
+
+    The compiling thread needs the interpreter lock back after each call into LLVM (checking a module makes
+    hundreds), and by default waits up to 5 ms for it while code generation runs: the two barely overlapped (arith:
+    min 67 ms against 69 one after the other, in one run). Switching every 0.2 ms meanwhile: 53 ms."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, PIPELINE_SWITCH_INTERVAL))
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-tier0") as compiler:
+            pending = [compiler.submit(_compiled, *generate(), compile_module) for generate in generators]
+            return [future.result() for future in pending]
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def _compiled(name: str, ir_text: str, compile_module: Callable[[Any, str], bytes]) -> CompiledChunk:
