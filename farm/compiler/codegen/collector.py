@@ -15,9 +15,7 @@ from farm.compiler.codegen.heap import (
     ARGS_AT,
     LIT_HEADER,
     LIVE_FRACTION,
-    MAX_CHUNK,
     MAX_STACK_CHUNK,
-    MIN_CHUNK,
     MIN_STACK_CHUNK,
     PAGE_BYTES,
     SURVIVAL_DENOMINATOR,
@@ -25,10 +23,10 @@ from farm.compiler.codegen.heap import (
     RuntimePart,
     call,
     call_internal,
-    frontier,
     heap_nodes,
     node_words,
     parent_at,
+    populate_ahead,
     table_slots,
 )
 from farm.compiler.codegen.irbuild import (
@@ -60,12 +58,7 @@ class Collector(RuntimePart):
         size = node_words(f, head)
         # the copy writes the spare space's pages in order: populated ahead, as the heap's (reach)
         with b.if_then(b.icmp_signed(">", b.add(fresh, size), f.get("spare_ready")), likely=False):
-            ready = f.get("spare_ready")
-            new_ready = frontier(f, ready, b.add(fresh, size), f.get("spare_cap"), MIN_CHUNK, MAX_CHUNK)
-            base = b.ptrtoint(to, I64)
-            call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(ready, c64(8))),
-                          b.add(base, b.mul(new_ready, c64(8))))
-            f.put("spare_ready", new_ready)
+            populate_ahead(f, to, "spare_ready", b.add(fresh, size), "spare_cap")
         with f.loop(c64(0), size) as j:
             f.store_at(to, b.add(fresh, j), f.word(node, j), "heap")
         b.store(b.add(fresh, size), to_top)
@@ -244,15 +237,8 @@ class Collector(RuntimePart):
         instead of 2-3 on a VM). The advice is only advice: refused (a kernel before 5.14, another page
         size), the pages fault in on first touch as before."""
         f = self.new("reach", VOID, [PTR, I64])
-        b = f.b
-        words = f.args[1]
-        cap = f.get("cap")
-        new_cap = frontier(f, cap, words, f.get("heap_cap"), MIN_CHUNK, MAX_CHUNK)
-        base = b.ptrtoint(f.get("heap"), I64)
-        call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(cap, c64(8))),
-                      b.add(base, b.mul(new_cap, c64(8))))
-        f.put("cap", new_cap)
-        b.ret_void()
+        populate_ahead(f, f.get("heap"), "cap", f.args[1], "heap_cap")
+        f.b.ret_void()
 
     def _populate(self) -> None:
         """populate(from, to): ask the kernel to populate the pages of the addresses [from, to) for writing
@@ -296,10 +282,5 @@ class Collector(RuntimePart):
         b = f.b
         need = f.args[1]
         f.return_if(b.not_(self.grow(f, "roots", "roots_alloc", need)), FALSE)
-        ready = f.get("roots_cap")
-        new_ready = frontier(f, ready, need, f.get("roots_alloc"), MIN_CHUNK, MAX_CHUNK)
-        base = b.ptrtoint(f.get("roots"), I64)
-        call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(ready, c64(8))),
-                      b.add(base, b.mul(new_ready, c64(8))))
-        f.put("roots_cap", new_ready)
+        populate_ahead(f, f.get("roots"), "roots_cap", need, "roots_alloc")
         b.ret(TRUE)

@@ -212,6 +212,18 @@ def frontier(f: FunctionBuilder, ready: ir.Value, need: ir.Value, limit: ir.Valu
     return b.select(b.icmp_signed(">", wanted, limit), limit, wanted)
 
 
+def populate_ahead(f: FunctionBuilder, words: ir.Value, ready_field: str, need: ir.Value, limit_field: str) -> None:
+    """Move the populated frontier `ready_field` of the i64 array at `words` to `need` or a chunk beyond (at most
+    `limit_field`), populating the pages in between with one call (the runtime's `populate`)."""
+    b = f.b
+    ready = f.get(ready_field)
+    new_ready = frontier(f, ready, need, f.get(limit_field), MIN_CHUNK, MAX_CHUNK)
+    base = b.ptrtoint(words, I64)
+    call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(ready, c64(8))),
+                  b.add(base, b.mul(new_ready, c64(8))))
+    f.put(ready_field, new_ready)
+
+
 def call_internal(f: FunctionBuilder, name: str, ret: ir.Type, args: list[ir.Type], *values: ir.Value) -> ir.Value:
     """A call to a function of the runtime module itself (defined or declared in this module)."""
     return f.b.call(declare(f.module, name, ir.FunctionType(ret, args)), list(values))

@@ -35,10 +35,10 @@ def _escape(data: bytes | bytearray | str) -> str:
 # ---- types ----
 
 class Type:
-    __slots__ = ("text",)
+    __slots__ = ("text", "null")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, text: str, null: str = "zeroinitializer") -> None:
+        self.text, self.null = text, null  # null: how a constant None of this type prints
 
     def __str__(self) -> str:
         return self.text
@@ -52,10 +52,6 @@ class Type:
     def as_pointer(self) -> PointerType:
         return PointerType()  # opaque pointers throughout
 
-    @property
-    def null(self) -> str:
-        return "zeroinitializer"
-
     def __call__(self, value: Any) -> Constant:
         return Constant(self, value)
 
@@ -64,23 +60,15 @@ class IntType(Type):
     __slots__ = ("width",)
 
     def __init__(self, width: int) -> None:
-        super().__init__(f"i{width}")
+        super().__init__(f"i{width}", "0")
         self.width = width
-
-    @property
-    def null(self) -> str:
-        return "0"
 
 
 class PointerType(Type):
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__("ptr")
-
-    @property
-    def null(self) -> str:
-        return "null"
+        super().__init__("ptr", "null")
 
 
 class VoidType(Type):
@@ -496,16 +484,7 @@ class IRBuilder:
         return instr
 
     def _emit(self, type: Type, head: str) -> Instruction:
-        scope = self.block.function.scope
-        scope.unnamed += 1
-        instr = Instruction(type, f".{scope.unnamed}", head)
-        block = self.block
-        if self._anchor == len(block.instructions):
-            block.instructions.append(instr)
-        else:
-            block.instructions.insert(self._anchor, instr)
-        self._anchor += 1
-        return instr
+        return self._insert(Instruction(type, self._name(), head))
 
     def _terminate(self, instr: Instruction) -> Instruction:
         assert self.block.terminator is None, "block already terminated"
