@@ -171,3 +171,26 @@ def test_a_library_stored_by_content_key_only_is_found_by_the_background_build(t
     assert (counts.get("misses"), counts.get("hits", 0), counts.get("compilations_ok")) == (1, 1, 1), counts
     # The next engine finds it by direct key at once
     assert Engine(config).load(ruleset, "arith").path.suffix == ".so"
+
+
+# ---- counting a stored but unindexed library (farm/cache/builder.py _note_hit) ----
+
+def test_a_library_fetched_from_a_shared_store_is_not_counted_as_compiled_here(tmp_path: Path) -> None:
+    """_note_hit counted a compilation for any stored library its index did not know: a node with its own SQLite
+    index and a shared S3 store counted every library another node built as compiled here, on its first hit."""
+    from .servers import s3_server
+
+    ruleset = ruleset_of((EXAMPLES / "arith.farm").read_text(), "arith.farm")
+    with s3_server() as endpoint:
+        def node(name: str) -> Engine:
+            return Engine(FarmConfig(cache_dir=tmp_path / name, opt_level=0, s3_endpoint=endpoint,
+                                     s3_bucket="farm-review", s3_access_key="testing",
+                                     s3_secret_key="testing-secret", tiered=False))
+
+        built = node("a").compile(ruleset, "arith")
+        fetched = node("b")
+        again = fetched.compile(ruleset, "arith")
+        assert again.meta.key == built.meta.key and again.cached
+        counts = fetched.builder.index.counters()
+    assert counts.get("hits") == 1
+    assert counts.get("compilations_ok", 0) == 0, counts  # node b compiled nothing
