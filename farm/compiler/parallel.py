@@ -138,8 +138,9 @@ class _Worker:
         root = str(Path(__file__).resolve().parents[2])  # where `farm` is imported from here
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-        self.process = subprocess.Popen([sys.executable, "-m", "farm.compiler.parallel"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env)
+        # -P: `-m` would put the working directory first on sys.path, and a `farm` there would be imported instead
+        self.process = subprocess.Popen([sys.executable, "-P", "-m", "farm.compiler.parallel"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.busy = False
 
     def alive(self) -> bool:
