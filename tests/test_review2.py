@@ -256,3 +256,19 @@ def test_a_worker_imports_this_farm_not_one_in_the_working_directory(tmp_path: P
     assert not marker.exists()
     report = differential(ruleset, native, cases=50, seed=9, fuel=10_000)
     assert report.ok, report.mismatches[:3]
+
+
+def test_an_import_only_an_internal_definition_provides_is_refused() -> None:
+    """An `internal` (or private) function of another module is not visible to the linker: a module's import of that
+    name resolved to whatever the process has under it (MCJIT looks unresolved symbols up in the process, and the
+    in-memory path has no ELF check after it), e.g. libc's system, and the cross-module check let it through."""
+    from farm.compiler.policy import defined_functions
+
+    importer = ("declare i32 @system(ptr)\ndefine i32 @f(ptr %p) {\n  %r = call i32 @system(ptr %p)\n"
+                "  ret i32 %r\n}\n")
+    for linkage in ("internal", "private"):
+        provider = f"define {linkage} i32 @system(ptr %p) {{\n  ret i32 0\n}}\n"
+        assert "system" not in defined_functions(provider)
+        with pytest.raises(PolicyViolation, match="@system"):
+            check_ir(importer, provided=defined_functions(provider))
+    check_ir(importer, provided=defined_functions("define i32 @system(ptr %p) {\n  ret i32 0\n}\n"))

@@ -324,7 +324,13 @@ def defined_functions(ir_text: str) -> frozenset[str]:
 
 
 def defined_function_names(module: Any) -> frozenset[str]:
-    return frozenset(fn.name for fn in module.functions if not _is_declaration(fn))
+    """The functions the module defines for other modules: an internal or private one is not visible to the
+    linker, and another module's import of its name would resolve to whatever else has it (the process's, in
+    memory)."""
+    import llvmlite.binding as llvm
+
+    local = (llvm.Linkage.internal, llvm.Linkage.private)
+    return frozenset(fn.name for fn in module.functions if not _is_declaration(fn) and fn.linkage not in local)
 
 
 def _allowed() -> str:
