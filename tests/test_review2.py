@@ -272,3 +272,26 @@ def test_an_import_only_an_internal_definition_provides_is_refused() -> None:
         with pytest.raises(PolicyViolation, match="@system"):
             check_ir(importer, provided=defined_functions(provider))
     check_ir(importer, provided=defined_functions("define i32 @system(ptr %p) {\n  ret i32 0\n}\n"))
+
+
+@pytest.mark.usefixtures("two_cores")
+def test_what_a_worker_prints_as_it_starts_is_not_read_as_a_reply(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replies went out on the worker's stdout, where a sitecustomize's print lands before the worker runs: its
+    bytes were read as a reply's length (a MemoryError here; a shorter print, gigabytes allocated and a wait for
+    bytes that never come)."""
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("print('hello from sitecustomize')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    _stop_workers()
+    ruleset = generated(300)
+    engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
+    try:
+        native = engine.load_in_memory(ruleset)
+    finally:
+        _stop_workers()
+    report = differential(ruleset, native, cases=50, seed=10, fuel=10_000)
+    assert report.ok, report.mismatches[:3]
