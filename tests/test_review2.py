@@ -295,3 +295,25 @@ def test_what_a_worker_prints_as_it_starts_is_not_read_as_a_reply(tmp_path: Path
         _stop_workers()
     report = differential(ruleset, native, cases=50, seed=10, fuel=10_000)
     assert report.ok, report.mismatches[:3]
+
+
+def test_a_process_forked_while_a_thread_compiles_can_compile(tmp_path: Path) -> None:
+    """_WORKERS_LOCK held by a compiling thread at a fork stayed held forever in the child: its first in-memory
+    load waited for a thread that does not exist there."""
+    import os
+    import signal
+
+    ruleset = ruleset_of((EXAMPLES / "arith.farm").read_text(), "arith.farm")
+    engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
+    engine.load_in_memory(ruleset)  # LLVM initialised here, before the fork
+    with parallel._WORKERS_LOCK:  # as a thread in the middle of compile_chunks holds it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            signal.alarm(60)
+            try:
+                Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0)).load_in_memory(ruleset)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -187,6 +187,17 @@ class _Worker:
                                                    "(its error, if any, is on this process's stderr)")
 
 
+def _after_fork_in_child() -> None:
+    """A fork's child starts with the lock free: a thread of the parent that held it does not exist here. (The
+    parent's workers are not the child's: poll() reports them gone, and _workers() starts the child's own.)"""
+    global _WORKERS_LOCK
+    _WORKERS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _workers(count: int) -> list[_Worker]:
     """`count` live workers: the ones started before, and new ones for those that died."""
     _WORKERS[:] = [w for w in _WORKERS if w.alive()]
