@@ -237,15 +237,16 @@ class ArtifactBuilder:
         if copied:
             self._keep_within_limit(key)
         if self.count_requests:
-            best_effort(f"a hit on {key[:12]}", lambda: self._note_hit(pattern_id, target, meta))
+            best_effort(f"a hit on {key[:12]}", lambda: self._note_hit(pattern_id, target, meta, copied))
         else:
-            self._note_hit(pattern_id, target, meta)
+            self._note_hit(pattern_id, target, meta, copied)
         return Artifact(meta, path, True, time.perf_counter() - start)
 
-    def _note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
-        if not self._indexed(meta.key):
+    def _note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, copied: bool = False) -> None:
+        if (self.index.shared or not copied) and not self._indexed(meta.key):
             # Stored but never indexed: its builder died between the two (a SIGKILLed worker, whose job was then
             # redelivered here). That compilation happened; it is counted once, now that the index gets its entry.
+            # Not so a library copied from a shared store into a node's own index: another node built it.
             self.index.note_build(pattern_id, target, meta)
         if self.count_requests:
             self.index.note_hit(pattern_id, target, meta)

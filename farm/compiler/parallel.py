@@ -138,8 +138,19 @@ class _Worker:
         root = str(Path(__file__).resolve().parents[2])  # where `farm` is imported from here
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-        self.process = subprocess.Popen([sys.executable, "-m", "farm.compiler.parallel"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env)
+        # -P: `-m` would put the working directory first on sys.path, and a `farm` there would be imported instead.
+        # Replies come on a pipe of their own, not stdout: whatever the interpreter prints as it starts (a
+        # sitecustomize, a .pth file) would be read as a reply's length.
+        reader, writer = os.pipe()
+        try:
+            self.process = subprocess.Popen([sys.executable, "-P", "-m", "farm.compiler.parallel", str(writer)],
+                                            stdin=subprocess.PIPE, pass_fds=(writer,), env=env)
+        except BaseException:
+            os.close(reader)
+            raise
+        finally:
+            os.close(writer)
+        self.replies = os.fdopen(reader, "rb")
         self.busy = False
 
     def alive(self) -> bool:
@@ -155,8 +166,7 @@ class _Worker:
             raise self._died() from None
 
     def receive(self) -> list[CompiledChunk]:
-        assert self.process.stdout is not None
-        reply = _read(self.process.stdout)
+        reply = _read(self.replies)
         if reply is None:
             raise self._died()
         self.busy = False
@@ -175,6 +185,17 @@ class _Worker:
         code = self.process.wait()
         return StageFailed("compile worker", code, "the worker process compiling chunks in parallel exited "
                                                    "(its error, if any, is on this process's stderr)")
+
+
+def _after_fork_in_child() -> None:
+    """A fork's child starts with the lock free: a thread of the parent that held it does not exist here. (The
+    parent's workers are not the child's: poll() reports them gone, and _workers() starts the child's own.)"""
+    global _WORKERS_LOCK
+    _WORKERS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _workers(count: int) -> list[_Worker]:
@@ -227,10 +248,10 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 def main() -> None:
-    """The worker's entry point. Replies go out on a copy of stdout, and stdout itself is pointed at stderr:
-    nothing printed along the way can corrupt a reply."""
+    """The worker's entry point. Replies go out on the pipe whose descriptor is the argument (or a copy of stdout,
+    without one), and stdout itself is pointed at stderr: nothing printed along the way can corrupt a reply."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; stdin closing ends this
-    replies = os.fdopen(os.dup(1), "wb")
+    replies = os.fdopen(int(sys.argv[1]), "wb") if len(sys.argv) > 1 else os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     _serve(sys.stdin.buffer, replies)
 

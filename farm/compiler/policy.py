@@ -236,6 +236,7 @@ def _check_printout(text: str, source: str) -> None:
 # Any other advice changes what memory holds or how it is shared (MADV_DONTNEED zeroes it, MADV_REMOVE frees a
 # file's blocks, MADV_DONTFORK...), so every mention of @madvise must be a direct call with that constant advice.
 _MADVISE_NAME = re.compile(r"@madvise(?![-\w$.])")  # the name itself, not a longer one
+_HEADER_NAME = re.compile(r"@(?:\"\"|[-\w$.]+)\(")  # a declare/define line's function name (strings emptied)
 _MADVISE_CALL = re.compile(r"(?:(?:tail|musttail|notail) )?call i32 @madvise\(ptr(?: noundef)? [^,]+, "
                            rf"i64(?: noundef)? [^,]+, i32(?: noundef)? {MADV_POPULATE_WRITE}\)(?: #\d+)?$")
 
@@ -246,8 +247,13 @@ def _check_madvise(text: str, source: str) -> None:
         line_start = text.rfind("\n", 0, at) + 1
         line = _line_at(text, line_start)
         code = _code_of(line).strip()
-        if _MADVISE_NAME.search(code) and not code.startswith(("declare ", "define ")) \
-                and not _MADVISE_CALL.search(code):
+        if code.startswith(("declare ", "define ")):  # its own name may be @madvise; any other mention (a
+            header = _HEADER_NAME.search(code)         # personality, which the unwinder calls) may not
+            code = code[header.end():] if header else code
+            refused = _MADVISE_NAME.search(code) is not None
+        else:
+            refused = _MADVISE_NAME.search(code) is not None and not _MADVISE_CALL.search(code)
+        if refused:
             raise PolicyViolation(f"{source}: {_where(text, line_start, line)}: madvise may only be called "
                                   f"directly, with the advice MADV_POPULATE_WRITE ({MADV_POPULATE_WRITE})")
         at = text.find("@madvise", line_start + len(line))
@@ -318,7 +324,13 @@ def defined_functions(ir_text: str) -> frozenset[str]:
 
 
 def defined_function_names(module: Any) -> frozenset[str]:
-    return frozenset(fn.name for fn in module.functions if not _is_declaration(fn))
+    """The functions the module defines for other modules: an internal or private one is not visible to the
+    linker, and another module's import of its name would resolve to whatever else has it (the process's, in
+    memory)."""
+    import llvmlite.binding as llvm
+
+    local = (llvm.Linkage.internal, llvm.Linkage.private)
+    return frozenset(fn.name for fn in module.functions if not _is_declaration(fn) and fn.linkage not in local)
 
 
 def _allowed() -> str:
