@@ -162,6 +162,14 @@ class StageFailed(ToolchainError):
         self.stderr = stderr
 
 
+class CompileWorkerLost(StageFailed):
+    """A worker process compiling chunks in parallel (farm/compiler/parallel.py) could not start or exited: its
+    share is compiled in the calling process instead."""
+
+    def __init__(self, detail: str, returncode: int = 1) -> None:
+        super().__init__("compile worker", returncode, detail)
+
+
 class StageTimeout(ToolchainError):
     def __init__(self, stage: str, seconds: float) -> None:
         super().__init__(f"{stage} did not finish within {seconds:g} s")

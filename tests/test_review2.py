@@ -132,9 +132,6 @@ def test_the_switch_interval_is_restored_when_code_generation_fails() -> None:
 
 @pytest.mark.usefixtures("two_cores")
 @pytest.mark.parametrize("executable", ["/bin/false", "/nonexistent/python3"])
-@pytest.mark.xfail(strict=True, reason="a worker that cannot start (sys.executable is not a Python that imports "
-                   "farm: an embedded or frozen interpreter) fails every tier-0 compile of a large ruleset; its "
-                   "share should be compiled in this process instead")
 def test_workers_that_cannot_start_fall_back_to_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              executable: str) -> None:
     _stop_workers()

@@ -34,10 +34,12 @@ from typing import IO, Any
 
 from farm.compiler.codegen.llvm import LLVMCodegen, remember_parts, runtime_ir
 from farm.compiler.policy import check_module_alone, check_provided, defined_function_names, parse_ir
-from farm.errors import FarmError, StageFailed
+from farm.errors import CompileWorkerLost, FarmError, StageFailed
 from farm.lang.transduce import RuleSet
+from farm.log import get_logger
 from farm.targets import Target
 
+log = get_logger(__name__)
 MIN_CHUNKS = 4  # fewer chunks than this are not sent to workers: a round trip would cost more than it saves
 TIER0_PIECES = 4  # a small ruleset is cut into about this many modules for the pipeline (at least 8 rules each)
 _HEADER = struct.Struct("<Q")
@@ -76,14 +78,21 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
         else [list(range(len(chunks)))]  # every n-th chunk to each: sizes spread evenly
     with _WORKERS_LOCK:
         workers = _workers(len(shares) - 1)
+        sent: list[tuple[_Worker, list[int]]] = []
+        mine = [i for share in (shares[0], *shares[1 + len(workers):]) for i in share]  # no worker for the rest
         try:
             if workers:
                 request = pickle.dumps((ruleset, target, opt_level, code_model), protocol=pickle.HIGHEST_PROTOCOL)
-                for worker, share in zip(workers, shares[1:], strict=True):
-                    worker.send(request, share)
-            here = _pipeline([codegen.manifest_part, *(partial(codegen.chunk_part, i, chunks[i])
-                                                       for i in shares[0])], compile_module)
-            done = [*here, *(chunk for worker in workers for chunk in worker.receive())]
+                for worker, share in zip(workers, shares[1:]):
+                    if _sent(worker, request, share):
+                        sent.append((worker, share))
+                    else:
+                        mine += share
+            done = _pipeline([codegen.manifest_part, *(partial(codegen.chunk_part, i, chunks[i]) for i in mine)],
+                             compile_module)
+            for worker, share in sent:
+                done += _received(worker) or [_compiled(*codegen.chunk_part(i, chunks[i]), compile_module)
+                                              for i in share]
         except BaseException:  # a request left half done (Ctrl-C, an error here): those workers start afresh
             for worker in workers:
                 worker.stop_if_busy()
@@ -119,6 +128,24 @@ def _pipeline(generators: list[Callable[[], tuple[str, str]]],
         sys.setswitchinterval(previous)
 
 
+def _sent(worker: _Worker, request: bytes, share: list[int]) -> bool:
+    try:
+        worker.send(request, share)
+    except CompileWorkerLost as exc:
+        log.warning("%s; compiling its chunks in this process", exc)
+        return False
+    return True
+
+
+def _received(worker: _Worker) -> list[CompiledChunk] | None:
+    """The worker's chunks; None when it died on the way (then its share is compiled here)."""
+    try:
+        return worker.receive()
+    except CompileWorkerLost as exc:
+        log.warning("%s; compiling its chunks in this process", exc)
+        return None
+
+
 def _compiled(name: str, ir_text: str, compile_module: Callable[[Any, str], bytes]) -> CompiledChunk:
     module = parse_ir(ir_text, name)
     imports = check_module_alone(module, name)
@@ -145,6 +172,9 @@ class _Worker:
         try:
             self.process = subprocess.Popen([sys.executable, "-P", "-m", "farm.compiler.parallel", str(writer)],
                                             stdin=subprocess.PIPE, pass_fds=(writer,), env=env)
+        except OSError as exc:  # no such interpreter, or no process to be had
+            os.close(reader)
+            raise CompileWorkerLost(f"could not start {sys.executable}: {exc.strerror or exc}") from None
         except BaseException:
             os.close(reader)
             raise
@@ -180,11 +210,12 @@ class _Worker:
             self.process.kill()
             self.process.wait()
 
-    def _died(self) -> StageFailed:
+    def _died(self) -> CompileWorkerLost:
         self.process.kill()
         code = self.process.wait()
-        return StageFailed("compile worker", code, "the worker process compiling chunks in parallel exited "
-                                                   "(its error, if any, is on this process's stderr)")
+        self.busy = False
+        return CompileWorkerLost(f"a worker process compiling chunks in parallel exited (code {code}; its error, if "
+                                 "any, is on this process's stderr)", code)
 
 
 def _after_fork_in_child() -> None:
@@ -199,10 +230,16 @@ if hasattr(os, "register_at_fork"):
 
 
 def _workers(count: int) -> list[_Worker]:
-    """`count` live workers: the ones started before, and new ones for those that died."""
+    """Up to `count` live workers: the ones started before, and new ones for those that died; fewer when one
+    cannot start (sys.executable is no Python that imports farm: an embedded interpreter), whose share is then
+    compiled in this process."""
     _WORKERS[:] = [w for w in _WORKERS if w.alive()]
     while len(_WORKERS) < count:
-        _WORKERS.append(_Worker())
+        try:
+            _WORKERS.append(_Worker())
+        except CompileWorkerLost as exc:
+            log.warning("%s; compiling every chunk in this process", exc)
+            break
     return _WORKERS[:count]
 
 
