@@ -208,12 +208,8 @@ def test_sigkilled_workers_lose_no_job_and_index_nothing_partial(tmp_path: Path)
                           "compilations": int(counters["compilations_ok"])}
 
 
-@pytest.mark.parametrize("count_requests", [False, True], ids=["worker", "engine"])
-def test_a_build_killed_before_it_was_indexed_is_counted_once(tmp_path: Path, count_requests: bool) -> None:
-    """A builder killed between storing its library and indexing it: whoever finds the library next indexes it
-    and counts that compilation, once (the 200-job SIGKILL test saw 199 compilations for 200 libraries)."""
-    config = FarmConfig(cache_dir=tmp_path / "cache", opt_level=0, tiered=False)
-    ruleset = ruleset_of("rule r: (f ?x) => (g ?x)\n")
+def stored_but_unindexed(config: FarmConfig, ruleset: RuleSet) -> None:
+    """The ruleset's library stored by a builder killed before it indexed it."""
     killed = ArtifactBuilder(config)
 
     def died_here(*args: object) -> None:
@@ -222,6 +218,15 @@ def test_a_build_killed_before_it_was_indexed_is_counted_once(tmp_path: Path, co
     killed.index.note_build = died_here  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
         killed.ensure_ruleset(ruleset, "p", "x86-64")
+
+
+@pytest.mark.parametrize("count_requests", [False, True], ids=["worker", "engine"])
+def test_a_build_killed_before_it_was_indexed_is_counted_once(tmp_path: Path, count_requests: bool) -> None:
+    """A builder killed between storing its library and indexing it: whoever finds the library next indexes it
+    and counts that compilation, once (the 200-job SIGKILL test saw 199 compilations for 200 libraries)."""
+    config = FarmConfig(cache_dir=tmp_path / "cache", opt_level=0, tiered=False)
+    ruleset = ruleset_of("rule r: (f ?x) => (g ?x)\n")
+    stored_but_unindexed(config, ruleset)
     found = ArtifactBuilder(config, count_requests=count_requests)
     assert found.index.counters().get("compilations_ok", 0) == 0
     for _ in range(2):

@@ -15,6 +15,7 @@ from farm.errors import PolicyViolation
 from farm.runtime.verify import differential
 
 from .conftest import EXAMPLES, check_ir, ruleset_of
+from .test_faults import stored_but_unindexed
 from .test_incremental import generated
 
 DECLARE = "declare i32 @madvise(ptr, i64, i32)\n"
@@ -98,6 +99,20 @@ def _stop_workers() -> None:
     parallel._WORKERS.clear()
 
 
+def _load_with_new_workers(cache_dir: Path, seed: int) -> None:
+    """A 300-rule ruleset loaded in memory by workers started for it (stopped after), under the conditions the
+    caller set up; its normal forms compared with the interpreter's."""
+    _stop_workers()
+    ruleset = generated(300)
+    engine = Engine(FarmConfig(cache_dir=cache_dir, opt_level=0))
+    try:
+        native = engine.load_in_memory(ruleset)
+    finally:
+        _stop_workers()
+    report = differential(ruleset, native, cases=50, seed=seed, fuel=10_000)
+    assert report.ok, report.mismatches[:3]
+
+
 @pytest.mark.usefixtures("two_cores")
 def test_an_error_between_send_and_receive_leaves_no_stale_reply(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,14 +151,7 @@ def test_workers_that_cannot_start_fall_back_to_this_process(tmp_path: Path, mon
                                                              executable: str) -> None:
     _stop_workers()
     monkeypatch.setattr(sys, "executable", executable)
-    ruleset = generated(300)
-    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=0))
-    try:
-        native = engine.load_in_memory(ruleset)
-    finally:
-        _stop_workers()
-    report = differential(ruleset, native, cases=50, seed=8, fuel=10_000)
-    assert report.ok, report.mismatches[:3]
+    _load_with_new_workers(tmp_path, seed=8)
 
 
 # ---- the tiered engine's direct-only lookup (farm/cache/engine.py _load) ----
@@ -205,14 +213,7 @@ def test_two_finders_of_an_unindexed_library_count_its_compilation_once(tmp_path
 
     config = FarmConfig(cache_dir=tmp_path / "cache", opt_level=0, tiered=False)
     ruleset = ruleset_of("rule r: (f ?x) => (g ?x)\n")
-    killed = ArtifactBuilder(config)
-
-    def died_here(*args: object) -> None:
-        raise SystemExit("SIGKILL between store.put and index.note_build")
-
-    killed.index.note_build = died_here  # type: ignore[method-assign]
-    with pytest.raises(SystemExit):
-        killed.ensure_ruleset(ruleset, "p", "x86-64")
+    stored_but_unindexed(config, ruleset)
 
     both_looked = threading.Barrier(2, timeout=30)
     finders = [ArtifactBuilder(config, count_requests=False) for _ in range(2)]
@@ -242,17 +243,9 @@ def test_a_worker_imports_this_farm_not_one_in_the_working_directory(tmp_path: P
     (elsewhere / "farm").mkdir(parents=True)
     marker = tmp_path / "imported"
     (elsewhere / "farm" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n")
-    _stop_workers()
     monkeypatch.chdir(elsewhere)
-    ruleset = generated(300)
-    engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
-    try:
-        native = engine.load_in_memory(ruleset)
-    finally:
-        _stop_workers()
-    assert not marker.exists()
-    report = differential(ruleset, native, cases=50, seed=9, fuel=10_000)
-    assert report.ok, report.mismatches[:3]
+    _load_with_new_workers(tmp_path / "cache", seed=9)
+    assert not marker.exists()  # no worker imported the farm in its working directory
 
 
 def test_an_import_only_an_internal_definition_provides_is_refused() -> None:
@@ -283,15 +276,7 @@ def test_what_a_worker_prints_as_it_starts_is_not_read_as_a_reply(tmp_path: Path
     site.mkdir()
     (site / "sitecustomize.py").write_text("print('hello from sitecustomize')\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    _stop_workers()
-    ruleset = generated(300)
-    engine = Engine(FarmConfig(cache_dir=tmp_path / "cache", opt_level=0))
-    try:
-        native = engine.load_in_memory(ruleset)
-    finally:
-        _stop_workers()
-    report = differential(ruleset, native, cases=50, seed=10, fuel=10_000)
-    assert report.ok, report.mismatches[:3]
+    _load_with_new_workers(tmp_path / "cache", seed=10)
 
 
 def test_a_process_forked_while_a_thread_compiles_can_compile(tmp_path: Path) -> None:
