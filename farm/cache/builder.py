@@ -139,23 +139,17 @@ class ArtifactBuilder:
         None when it would have to be built, and then nothing is counted: the build that follows counts its miss.
         `direct_only`: by its direct-mode key alone, with no code generation (a library stored under its content
         key with no direct entry is then found by the build that follows, which counts it a hit)."""
-        if direct_only:
-            check_pattern_id(pattern_id)
-            resolved = self.target(target)
-            opt = self.config.opt_level if opt_level is None else opt_level
-            return self._direct_hit(self.direct_key_for(ruleset, resolved, opt), pattern_id, resolved, opt,
-                                    time.perf_counter())
-        return self._ruleset(ruleset, pattern_id, target, opt_level, build=False)
+        return self._ruleset(ruleset, pattern_id, target, opt_level, build=False, direct_only=direct_only)
 
     def _ruleset(self, ruleset: RuleSet, pattern_id: str, target: str | None, opt_level: int | None,
-                 build: bool) -> Artifact | None:
+                 build: bool, direct_only: bool = False) -> Artifact | None:
         check_pattern_id(pattern_id)
         start = time.perf_counter()
         resolved = self.target(target)
         opt = self.config.opt_level if opt_level is None else opt_level
         direct = self.direct_key_for(ruleset, resolved, opt)
         hit = self._direct_hit(direct, pattern_id, resolved, opt, start)
-        if hit is not None:
+        if hit is not None or direct_only:
             return hit
         # The code generator (and llvmlite under it) is imported only here: a hit never needs it.
         from farm.compiler.codegen import llvm

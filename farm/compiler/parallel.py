@@ -61,9 +61,10 @@ def cores() -> int:
 
 
 def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model: str,
-                   compile_module: Callable[[Any, str], bytes]) -> list[CompiledChunk]:
+                   compile_module: Callable[[Any, str], bytes]) -> tuple[list[CompiledChunk], frozenset[str]]:
     """The ruleset as a manifest and chunks, each generated, checked and compiled (`compile_module(module,
-    name)`: this process's compile of a parsed module, to object code).
+    name)`: this process's compile of a parsed module, to object code); and the functions the library will
+    define, the runtime's included (what the runtime module's own check takes as provided).
 
     Here, code generation (Python) runs while a thread compiles the chunk generated before (LLVM, which lets go of
     the interpreter lock): a small ruleset is cut into a few chunks for that, not into the library's layout. A
@@ -105,7 +106,7 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
     if library_layout:
         remember_parts(ruleset, target.triple, [("runtime", runtime_ir(target.triple)),
                                                 *((c.name, c.ir_text) for c in (manifest, *rest))])
-    return [manifest, *rest]
+    return [manifest, *rest], provided
 
 
 PIPELINE_SWITCH_INTERVAL = 0.0002  # seconds; see _pipeline

@@ -12,7 +12,6 @@ from typing import Any
 
 from farm.compiler import parallel
 from farm.compiler.codegen.llvm import runtime_ir
-from farm.compiler.policy import defined_functions
 from farm.compiler.toolchain import ObjectCache, emit_module, emit_object_in_process
 from farm.compiler.tools import cache_key, tool_versions
 from farm.errors import IncompatibleArtifact
@@ -54,10 +53,9 @@ class InMemoryCompiler:
     def _objects(self, ruleset: RuleSet) -> list[bytes]:
         """The runtime's object and the ruleset's: generated, checked and compiled as a pipeline, and a large
         ruleset's chunks in worker processes too (farm/compiler/parallel.py)."""
-        compiled = parallel.compile_chunks(ruleset, self.target, self.opt_level, JIT_CODE, self._compile)
-        runtime = runtime_ir(self.target.triple)
-        provided = defined_functions(runtime).union(*(chunk.defines for chunk in compiled))
-        return [self._runtime_object(runtime, provided), *(chunk.object_code for chunk in compiled)]
+        compiled, provided = parallel.compile_chunks(ruleset, self.target, self.opt_level, JIT_CODE, self._compile)
+        return [self._runtime_object(runtime_ir(self.target.triple), provided),
+                *(chunk.object_code for chunk in compiled)]
 
     def _runtime_object(self, text: str, provided: frozenset[str]) -> bytes:
         """The shared runtime: compiled once per target and -O level, kept on disk and in memory."""
