@@ -46,9 +46,9 @@ def test_attempt_steps_follow_firing_order_and_evaluate_each_expression_once() -
     assert isinstance(pick, Attempt) and pick.rule.name == "pick"
     a, b = Node((0,)), Node((1,))
     assert pick.steps == (
-        EnterCondition(), Eval(Temp(0), Call("le", (a, b), True)), Eval(Temp(1), Build("true", ())),
+        EnterCondition(), Eval(Temp(0), Call("le", (a, b), True), kept=0), Eval(Temp(1), Build("true", ())),
         LeaveCondition(), Check(Same(Temp(0), Temp(1))), Fire(pick.rule.index),
-        Eval(Temp(2), Build("pair", (b, b)), returned=True), Return(Temp(2)))
+        Eval(Temp(2), Build("pair", (b, b))), Return(Temp(2)))
     same = pick.otherwise
     assert isinstance(same, Attempt) and same.steps == (Check(Same(a, b)), Fire(same.rule.index), Return(a))
     lits = same.otherwise
@@ -56,14 +56,14 @@ def test_attempt_steps_follow_firing_order_and_evaluate_each_expression_once() -
         Check(IsLit(b)), Check(IsLit(a)),  # the transducer adds const(?b) before the rule's own guards
         Check(LitCompare("<", a, b)), Check(LitCompare("==", b, 3), holds=False),
         Fire(lits.rule.index),
-        Eval(Temp(0), Compute((Payload(a), Const(2), Binary("*", 0, 1), Payload(b), Binary("+", 2, 3))), True),
+        Eval(Temp(0), Compute((Payload(a), Const(2), Binary("*", 0, 1), Payload(b), Binary("+", 2, 3)))),
         Return(Temp(0)))
     fallback = lits.otherwise
-    assert isinstance(fallback, Attempt) and fallback.steps[-2:] == (Eval(Temp(0), MakeLit(7), True),
+    assert isinstance(fallback, Attempt) and fallback.steps[-2:] == (Eval(Temp(0), MakeLit(7)),
                                                                       Return(Temp(0)))
     assert isinstance(fallback.otherwise, NoMatch)
-    # kept values: the two sides of pick's condition; the widest node built: pair
-    assert (program.temps, program.widest_build, program.first_rule) == (2, 2, pick.rule.index)
+    # kept: the call's value, read past the Eval of `true`; `true` itself is read before the next Eval
+    assert (program.temps, program.first_rule) == (1, pick.rule.index)
 
 
 def test_switch_binds_children_and_the_call_itself_is_not_switched_on() -> None:
@@ -75,5 +75,23 @@ def test_switch_binds_children_and_the_call_itself_is_not_switched_on() -> None:
     assert isinstance(inner, Switch) and inner.occurrence == (1,)
     le_s = inner.operators[0].body
     assert isinstance(le_s, Attempt)
-    assert le_s.steps[1] == Eval(Temp(0), Call("le", (Node((0, 0)), Node((1, 0))), True), returned=True)
-    assert isinstance(switch.default, NoMatch) and (program.temps, program.widest_build) == (0, 0)
+    assert le_s.steps[1] == Eval(Temp(0), Call("le", (Node((0, 0)), Node((1, 0))), True))
+    assert isinstance(switch.default, NoMatch) and program.temps == 0
+
+
+def test_a_value_is_kept_only_when_read_past_the_next_eval() -> None:
+    """Every Eval may collect: a value read after a later Eval must be where the collector sees it; one that
+    only the next Eval reads (as an argument, before it allocates) need not be."""
+    program = Lowering(ruleset_of("""
+rule h: (h ?x) => (s ?x)
+rule k: (k ?x) => (s (s ?x))
+rule f: (f ?x) => (pair (h ?x) (s (k ?x)))
+""")).operator("f")
+    attempt = program.body
+    assert isinstance(attempt, Attempt)
+    x = Node((0,))
+    assert attempt.steps[1:] == (
+        Eval(Temp(0), Call("h", (x,), True), kept=0),  # read by the pair, past k's call and the s
+        Eval(Temp(1), Call("k", (x,), True)), Eval(Temp(2), Build("s", (Temp(1),))),
+        Eval(Temp(3), Build("pair", (Temp(0), Temp(2)))), Return(Temp(3)))
+    assert program.temps == 1

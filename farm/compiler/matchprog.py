@@ -188,12 +188,14 @@ class LeaveCondition:
 
 @dataclass(frozen=True)
 class Eval:
-    """Temp `dest` := `expr`. `returned`: only the Return right after reads it, so a backend need not keep it
-    where a collection would see it."""
+    """Temp `dest` := `expr`. Every Eval may allocate, so a backend's collector may run in it. `kept`: which of
+    the attempt's kept values this one is (numbered from 0), when a later step past another Eval reads it, so a
+    backend keeps it where a collection sees it; None when only steps up to the next Eval read it (that Eval
+    reads its arguments before it allocates)."""
 
     dest: Temp
     expr: Expr
-    returned: bool = False
+    kept: int | None = None
 
 
 @dataclass(frozen=True)
@@ -259,8 +261,7 @@ class OperatorProgram:
     tracked: bool
     flagged: bool  # some calls of it are not tracked: its function takes whether this call is
     first_rule: int  # index of its first rule in firing order
-    temps: int  # the most values one attempt keeps (Evals not `returned`)
-    widest_build: int  # the most children of a node an attempt builds
+    temps: int  # the most values one attempt keeps (Eval.kept)
     body: Program  # NoMatch at the top: the call's own node is its normal form
 
 
@@ -280,19 +281,16 @@ class Lowering:
 
     def operator(self, op_name: str) -> OperatorProgram:
         rules = self.by_root[op_name]
-        shapes = [self._shape(rule) for rule in rules]
+        kept = [self._kept(rule) for rule in rules]
         body = run(self._program(build_tree(rules, self.tree_budget), op_name))
         return OperatorProgram(op_name, self.arities[op_name], op_name in self.memoised, op_name in self.tracked,
-                               op_name in self.flagged, rules[0].index, max(t for t, _ in shapes),
-                               max(w for _, w in shapes), body)
+                               op_name in self.flagged, rules[0].index, max(kept), body)
 
-    def _shape(self, rule: RewriteRule) -> tuple[int, int]:
-        """(values kept, widest node built) of the rule's attempt, whatever leaf it is tried at."""
+    def _kept(self, rule: RewriteRule) -> int:
+        """The values the rule's attempt keeps (Eval.kept), whatever leaf it is tried at."""
         bindings = {name: occs[0] for name, occs in variable_occurrences(rule.source).items()}
         steps = self._rule_steps(rule, bindings)  # the leaves of a linear rule bind it the same way
-        evals = [step for step in steps if isinstance(step, Eval)]
-        return (sum(not e.returned for e in evals),
-                max((len(e.expr.args) for e in evals if isinstance(e.expr, Build)), default=0))
+        return sum(isinstance(step, Eval) and step.kept is not None for step in steps)
 
     def _program(self, tree: matchtree.Tree, op_name: str) -> Step[Program]:
         """A trampoline step (farm/trampoline.py): trees are as deep as patterns are large."""
@@ -351,9 +349,9 @@ class _RuleLowering:
         target = self.rule.target
         units = fresh_subexpressions(target, self.seen)
         for unit in units:
-            self._eval(unit, returned=unit is target)
+            self._eval(unit)
         self.out.append(Return(self.value(target)))
-        return tuple(self.out)
+        return keep_across_evals(self.out)
 
     def value(self, expr: PatternExpr | LitExpr) -> Value:
         if isinstance(expr, Var):
@@ -365,9 +363,9 @@ class _RuleLowering:
             self._eval(unit)
         return self.value(expr)
 
-    def _eval(self, unit: PatternExpr, returned: bool = False) -> None:
+    def _eval(self, unit: PatternExpr) -> None:
         temp = self.values[unit] = Temp(len(self.values))
-        self.out.append(Eval(temp, self._expr(unit), returned))
+        self.out.append(Eval(temp, self._expr(unit)))
 
     def _expr(self, unit: PatternExpr) -> Expr:
         if isinstance(unit, Lit):
@@ -421,6 +419,40 @@ class _RuleLowering:
         if isinstance(left, Var) and isinstance(right, Var):
             return Same(self.value(left), self.value(right))
         return LitCompare("==", self._side(left), self._side(right))
+
+
+def keep_across_evals(steps: list[Instruction]) -> tuple[Instruction, ...]:
+    """The steps, each Eval whose value is read past the next Eval numbered as kept (Eval.kept)."""
+    last_read: dict[int, int] = {}
+    for at, step in enumerate(steps):
+        for temp in _temps_read(step):
+            last_read[temp] = at
+    evals = [at for at, step in enumerate(steps) if isinstance(step, Eval)]
+    kept = 0
+    out: list[Instruction] = []
+    for at, step in enumerate(steps):
+        if isinstance(step, Eval):
+            next_eval = min((e for e in evals if e > at), default=len(steps))
+            if last_read.get(step.dest.index, at) > next_eval:
+                step = Eval(step.dest, step.expr, kept)
+                kept += 1
+        out.append(step)
+    return tuple(out)
+
+
+def _temps_read(step: Instruction) -> list[int]:
+    values: list[Value | int] = []
+    if isinstance(step, Eval) and isinstance(step.expr, (Call, Build)):
+        values = list(step.expr.args)
+    elif isinstance(step, Eval) and isinstance(step.expr, Compute):
+        values = [item.value for item in step.expr.items if isinstance(item, Payload)]
+    elif isinstance(step, Test) and isinstance(step.condition, IsLit):
+        values = [step.condition.value]
+    elif isinstance(step, Test):
+        values = [step.condition.left, step.condition.right]
+    elif isinstance(step, Return):
+        values = [step.value]
+    return [value.index for value in values if isinstance(value, Temp)]
 
 
 __all__ = ["Arith", "Attempt", "Binary", "Build", "Call", "Chain", "Compute", "Condition", "Const",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from farm.compiler.codegen import textir as ir
-from farm.compiler.codegen.abi import NO_PARENT
+from farm.compiler.codegen.abi import ERR_OOM, NO_PARENT
 from farm.compiler.codegen.heap import K1, K2, TAG_SHIFT, call, parent_at, same_node
 from farm.compiler.codegen.irbuild import I64, PTR, TRUE, FunctionBuilder, c64
 
@@ -32,20 +32,20 @@ def kids_equal(f: FunctionBuilder, node: ir.Value, kids: Sequence[ir.Value]) -> 
 
 
 def intern_function(module: ir.Module, arity: int, inline: bool) -> ir.Function:
-    """intern<n>(arena, header, kid 0 .. kid n-1, kids*): the shared node (farm_intern's contract), with
-    the common cases in this module: the last kid was never a last kid (the node is new: no hashing, no
-    table), its registered parent is this node, or the first table slot probed is free or holds it.
-    The others go to farm_intern (further probes, a collection), which reads the kids at `kids*` (frame
-    slots on the shadow stack)."""
+    """intern<n>(arena, header, kid 0 .. kid n-1): the shared node (farm_intern's contract), with the common
+    cases in this module: the last kid was never a last kid (the node is new: no hashing, no table), its
+    registered parent is this node, or the first table slot probed is free or holds it. The others go to
+    farm_intern (further probes, a collection), given the kids pushed on the shadow stack, where a collection
+    finds and moves them."""
     name = f"intern{arity}"
     existing = module.globals.get(name)
     if isinstance(existing, ir.Function):
         return existing
-    f = FunctionBuilder(module, name, I64, [PTR, I64] + [I64] * arity + [PTR])
+    f = FunctionBuilder(module, name, I64, [PTR, I64] + [I64] * arity)
     if inline:
         f.fn.attributes.add("alwaysinline")
     b = f.b
-    head, kids, kids_at = f.args[1], list(f.args[2:2 + arity]), f.args[-1]
+    head, kids = f.args[1], list(f.args[2:2 + arity])
     slow = f.block("slow")
     if kids:
         last = parent_at(f, kids[-1])
@@ -64,8 +64,23 @@ def intern_function(module: ir.Module, arity: int, inline: bool) -> ir.Function:
                 b.ret(parent)
     _first_probe(f, head, kids, slow)
     b.position_at_end(slow)
-    b.ret(call(f, "farm_intern", f.arena, head, c64(arity), kids_at))
+    b.ret(_pushed_intern(f, head, kids))
     return f.fn
+
+
+def _pushed_intern(f: FunctionBuilder, head: ir.Value, kids: Sequence[ir.Value]) -> ir.Value:
+    """farm_intern, the kids pushed on the shadow stack for the call's length."""
+    b = f.b
+    base = f.get("rsp")
+    need = f.plus(base, len(kids))
+    with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
+        f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
+    for k, kid in enumerate(kids):
+        f.set_root(f.plus(base, k), kid)
+    f.put("rsp", need)
+    node = call(f, "farm_intern", f.arena, head, c64(len(kids)), f.root_ptr(base))
+    f.put("rsp", base)
+    return node
 
 
 def _bump_node(f: FunctionBuilder, head: ir.Value, kids: Sequence[ir.Value], slow: ir.Block) -> ir.Value:

@@ -150,10 +150,9 @@ class _OperatorEmitter:
         self.op = rules_module.op_ids[program.op]
         self.arity = program.arity
         self.memoised, self.tracked = program.memoised, program.tracked
-        self.values_at = self.arity  # slots of the values an attempt keeps (Temp k at values_at + k)
-        self.scratch_at = self.values_at + program.temps
-        # Calls take their arguments in registers: only the children of a node being interned need slots.
-        self.frame = self.scratch_at + program.widest_build
+        self.values_at = self.arity  # slots of the values an attempt keeps (Eval.kept k at values_at + k)
+        # Calls and interning take their arguments in registers (interning's slow path pushes them).
+        self.frame = self.values_at + program.temps
         self.base: ir.Value = c64(0)
         # Loaded children by occurrence, with the generation they were loaded in: valid while no call was
         # emitted since on the path being emitted. Each occurrence a subtree reads is loaded on its own path.
@@ -168,7 +167,7 @@ class _OperatorEmitter:
         no_rule = f.block("no_rule")
         run(_ProgramPrinter(self).program(self.program.body, no_rule))
         b.position_at_end(no_rule)
-        node = self.intern(self.arity << 32 | self.op, [f.root(f.plus(self.base, i)) for i in range(self.arity)], 0)
+        node = self.intern(self.arity << 32 | self.op, [f.root(f.plus(self.base, i)) for i in range(self.arity)])
         f.return_if_error(node)
         self.leave(node)
         if self._exit is not None:
@@ -306,11 +305,9 @@ class _OperatorEmitter:
             with slow:
                 call(f, "farm_track_leave", f.arena, c64(self.op), c64(self.arity), f.root_ptr(self.base))
 
-    def intern(self, head: int, kids: list[ir.Value], slot: int) -> ir.Value:
-        """The shared node (head, kids), whose kids are also in frame slots from `slot` on."""
-        f = self.f
-        return f.b.call(self.rm.intern_function(len(kids)),
-                        [f.arena, c64(head), *kids, f.root_ptr(self.f.plus(self.base, slot))])
+    def intern(self, head: int, kids: list[ir.Value]) -> ir.Value:
+        """The shared node (head, kids)."""
+        return self.f.b.call(self.rm.intern_function(len(kids)), [self.f.arena, c64(head), *kids])
 
     @contextmanager
     def _if_tracked(self) -> Iterator[None]:
@@ -380,7 +377,8 @@ class _ProgramPrinter:
 
     def __init__(self, op: _OperatorEmitter) -> None:
         self.op, self.f, self.b = op, op.f, op.f.b
-        self.fresh: dict[int, ir.Value] = {}  # the attempt's values not kept in a slot (Eval.returned)
+        self.fresh: dict[int, ir.Value] = {}  # the attempt's values not kept in a slot
+        self.kept: dict[int, int] = {}  # the slot of each value kept (Eval.kept), by Temp index
 
     def program(self, node: mp.Program, on_fail: ir.Block) -> Step[None]:
         """A trampoline step (farm/trampoline.py): programs are as deep as patterns are large."""
@@ -440,7 +438,7 @@ class _ProgramPrinter:
         b, f, op = self.b, self.f, self.op
         otherwise = f.block("otherwise")
         entry = after_tests = op.generation
-        self.fresh = {}
+        self.fresh, self.kept = {}, {}
         for step in attempt.steps:
             if isinstance(step, mp.Test):
                 passed = f.block("passed")
@@ -474,7 +472,7 @@ class _ProgramPrinter:
             return self.op.occurrence(value.occurrence)
         if value.index in self.fresh:
             return self.fresh[value.index]
-        return self.f.root(self.f.plus(self.op.base, self.op.values_at + value.index))
+        return self.f.root(self.f.plus(self.op.base, self.kept[value.index]))
 
     def _eval(self, step: mp.Eval) -> None:
         f, op = self.f, self.op
@@ -486,15 +484,14 @@ class _ProgramPrinter:
             value = op.rm.call_norm(f, expr.op, [self.read(arg) for arg in expr.args], expr.tracked)
         else:
             args = [self.read(arg) for arg in expr.args]
-            for j, arg in enumerate(args):
-                f.set_root(f.plus(op.base, op.scratch_at + j), arg)
-            value = op.intern(len(args) << 32 | op.rm.op_ids[expr.op], args, op.scratch_at)
+            value = op.intern(len(args) << 32 | op.rm.op_ids[expr.op], args)
         op.invalidate()
         f.return_if_error(value)
-        if step.returned:
+        if step.kept is None:
             self.fresh[step.dest.index] = value
         else:
-            f.set_root(f.plus(op.base, op.values_at + step.dest.index), value)
+            slot = self.kept[step.dest.index] = op.values_at + step.kept
+            f.set_root(f.plus(op.base, slot), value)
 
     def _condition(self, c: mp.Condition) -> ir.Value:
         b = self.b
