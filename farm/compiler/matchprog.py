@@ -446,10 +446,9 @@ def _temps_read(step: Instruction) -> list[int]:
         values = list(step.expr.args)
     elif isinstance(step, Eval) and isinstance(step.expr, Compute):
         values = [item.value for item in step.expr.items if isinstance(item, Payload)]
-    elif isinstance(step, Test) and isinstance(step.condition, IsLit):
-        values = [step.condition.value]
     elif isinstance(step, Test):
-        values = [step.condition.left, step.condition.right]
+        condition = step.condition
+        values = [condition.value] if isinstance(condition, IsLit) else [condition.left, condition.right]
     elif isinstance(step, Return):
         values = [step.value]
     return [value.index for value in values if isinstance(value, Temp)]
