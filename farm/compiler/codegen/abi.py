@@ -3,7 +3,7 @@ llvmlite types from here and the loader its ctypes types, so the two cannot drif
 
 from __future__ import annotations
 
-ABI_VERSION = 9
+ABI_VERSION = 10
 
 # The only functions a library may import (the C library's, which the runtime calls): the IR and ELF policies
 # (farm/compiler/policy.py, elf_policy.py) refuse any other.
@@ -58,7 +58,6 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("steps", "i64"), ("fuel", "i64"), ("counters", "ptr"), ("last_rule", "i64"),
     ("rule_base", "ptr"),  # the index of each ruleset operator's first rule
     ("depth", "i64"),  # condition nesting (a root is 1)
-    ("calls", "i64"),  # calls in progress
     ("stack_bytes", "i64"),  # native stack the caller provides (0: unchecked)
     ("stack_floor", "i64"),  # a call whose frame is below this address asks farm_stack first (0: never)
     ("stack_end", "i64"),  # the lowest address a call's frame may be at: below, the call fails (ERR_STACK)

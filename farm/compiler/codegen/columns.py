@@ -161,7 +161,7 @@ class Columns(RuntimePart):
             f.put(name, value)
         exhausted = f.var(FALSE, I1)
         with f.loop(c64(0), n_roots) as i:
-            for name, initial in (("steps", 0), ("last_rule", -1), ("depth", 1), ("calls", 0), ("rsp", 0)):
+            for name, initial in (("steps", 0), ("last_rule", -1), ("depth", 1), ("rsp", 0)):
                 f.put(name, c64(initial))
             # After running out of memory the arena may be half rebuilt: no root runs on it any more.
             result = f.var(c64(ERR_OOM))

@@ -47,8 +47,10 @@ def norm_name(op: int) -> str:
 
 
 def norm_type(arity: int, flagged: bool) -> ir.FunctionType:
-    """(arena, arguments[, tracked]): an operator some of whose calls are not tracked takes a flag."""
-    return ir.FunctionType(I64, [PTR] + [I64] * arity + ([I1] if flagged else []))
+    """(arena, depth, arguments[, tracked]): `depth` counts the calls nested down to this one (an input row's
+    is 1), passed in a register rather than counted in the arena, which each call would read and write twice.
+    An operator some of whose calls are not tracked takes a flag."""
+    return ir.FunctionType(I64, [PTR, I64] + [I64] * arity + ([I1] if flagged else []))
 
 
 class RulesModule:
@@ -73,10 +75,12 @@ class RulesModule:
             fn.linkage = "internal"
         return fn
 
-    def call_norm(self, f: FunctionBuilder, op_name: str, args: list[ir.Value], tracked: bool = True) -> ir.Value:
-        """A call of an operator's function; `tracked` False for a call farm/semantics/callgraph.py leaves untracked."""
+    def call_norm(self, f: FunctionBuilder, op_name: str, depth: ir.Value, args: list[ir.Value],
+                  tracked: bool = True) -> ir.Value:
+        """A call of an operator's function at `depth` (norm_type); `tracked` False for a call
+        farm/semantics/callgraph.py leaves untracked."""
         flag = [ir.Constant(I1, int(tracked))] if op_name in self.flagged else []
-        return f.b.call(self.norm_function(op_name), [f.arena, *args, *flag])
+        return f.b.call(self.norm_function(op_name), [f.arena, depth, *args, *flag])
 
     def intern_function(self, arity: int) -> ir.Function:
         return intern_function(self.m, arity, len(self.ruleset.rules) <= INLINE_INTERN_RULES)
@@ -125,7 +129,7 @@ class RulesModule:
             switch.add_case(c64(self.op_ids[op_name]), case)
             f.b.position_at_end(case)
             values = [f.load_at(args, c64(j), "roots") for j in range(self.arities[op_name])]
-            f.b.ret(self.call_norm(f, op_name, values))
+            f.b.ret(self.call_norm(f, op_name, c64(1), values))
         f.b.position_at_end(constructor)
         f.b.ret(call(f, "farm_intern", f.arena, header(f, op, arity), arity, args))
 
@@ -154,6 +158,7 @@ class _OperatorEmitter:
         # Calls and interning take their arguments in registers (interning's slow path pushes them).
         self.frame = self.values_at + program.temps
         self.base: ir.Value = c64(0)
+        self.depth = f.args[1]  # norm_type
         # Loaded children by occurrence, with the generation they were loaded in: valid while no call was
         # emitted since on the path being emitted. Each occurrence a subtree reads is loaded on its own path.
         self.env: dict[Occurrence, tuple[ir.Value, int]] = {}
@@ -181,14 +186,12 @@ class _OperatorEmitter:
         here = b.ptrtoint(f.buffer(1), I64)
         with b.if_then(b.icmp_unsigned("<", here, f.get("stack_floor")), likely=False):
             f.return_if_error(call(f, "farm_stack", f.arena, here))  # ERR_STACK, or stack pages populated
-        calls = b.add(f.get("calls"), c64(1))
-        f.return_if(b.icmp_signed(">", calls, c64(MAX_CALL_DEPTH)), c64(ERR_CALLS))
-        f.put("calls", calls)
+        f.return_if(b.icmp_signed(">", self.depth, c64(MAX_CALL_DEPTH)), c64(ERR_CALLS))
         self.base = f.get("rsp")
         need = f.plus(self.base, self.frame)
         with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
             f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
-        for i, value in enumerate(f.args[1:1 + self.arity]):
+        for i, value in enumerate(f.args[2:2 + self.arity]):
             f.set_root(f.plus(self.base, i), value)
         for i in range(self.arity, self.frame):
             f.set_root(f.plus(self.base, i), c64(-1))
@@ -315,12 +318,11 @@ class _OperatorEmitter:
         if self.op_name not in self.rm.flagged:
             yield
             return
-        with self.b.if_then(self.f.args[1 + self.arity]):
+        with self.b.if_then(self.f.args[2 + self.arity]):
             yield
 
     def _pop(self) -> None:
         self.f.put("rsp", self.base)
-        self.f.bump("calls", -1)
 
     def leave(self, value: ir.Value) -> None:
         """Return the normal form. A memoised or tracked call has more to do on its way out than pop its frame:
@@ -481,7 +483,8 @@ class _ProgramPrinter:
             literal = c64(expr.value) if isinstance(expr, mp.MakeLit) else self._arith(expr)
             value = call(f, "farm_lit", f.arena, literal)
         elif isinstance(expr, mp.Call):
-            value = op.rm.call_norm(f, expr.op, [self.read(arg) for arg in expr.args], expr.tracked)
+            value = op.rm.call_norm(f, expr.op, f.plus(op.depth, 1), [self.read(arg) for arg in expr.args],
+                                    expr.tracked)
         else:
             args = [self.read(arg) for arg in expr.args]
             value = op.intern(len(args) << 32 | op.rm.op_ids[expr.op], args)
