@@ -5,9 +5,11 @@ S3-protocol server (moto) on loopback, started only for the tests that use them 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from farm.cache.index import (
     ClusterIndex,
     IndexedArtifact,
     WorkerStatus,
+    build_fields,
 )
 from farm.cache.index.memory import MemoryIndex
 from farm.cache.index.redis import RedisIndex
@@ -141,6 +144,55 @@ def test_counters_add_up(index: CacheIndex, tmp_path: Path) -> None:
     assert (counters["requests"], counters["hits"], counters["misses"]) == (2, 1, 1)
     assert counters["compilations_ok"] == 1
     assert index.lookup("p", "x86-64") == index.lookup("q", "x86-64") == meta.key
+
+
+def test_a_build_found_unindexed_is_indexed_and_counted_only_if_its_entry_is_new(index: CacheIndex,
+                                                                                 tmp_path: Path) -> None:
+    (_, found), (_, built) = artifact(tmp_path, b"found unindexed"), artifact(tmp_path, b"built and indexed")
+    assert index.note_build_if_new("p", "x86-64", found)
+    counted = build_fields("x86-64", found)
+    assert {name: index.counters()[name] for name in counted} == counted  # as note_build counts it
+    assert index.lookup("p", "x86-64") == found.key and index.artifact_bytes() == found.size
+    assert not index.note_build_if_new("q", "aarch64", found)  # its entry is there: nothing done
+    index.note_build("p", "x86-64", built)
+    assert not index.note_build_if_new("p", "x86-64", built)
+    assert index.counters()["compilations_ok"] == 2 and index.lookup("q", "aarch64") is None
+    assert index.artifact_bytes() == found.size + built.size
+    _, unreadable = artifact(tmp_path, b"indexed by another format")
+    unreadable.format_version = FORMAT_VERSION + 1
+    index.record("r", "x86-64", unreadable)
+    unreadable.format_version = FORMAT_VERSION
+    assert not index.note_build_if_new("r", "x86-64", unreadable)  # an entry, if one this farm cannot read
+    assert index.counters()["compilations_ok"] == 2
+
+
+def another_handle(index: CacheIndex) -> CacheIndex:
+    """The same index through a connection of its own, as another process has it (a MemoryIndex is in this process
+    alone: itself)."""
+    if isinstance(index, SQLiteIndex):
+        return SQLiteIndex(index.path)
+    if isinstance(index, RedisIndex):
+        return RedisIndex(index.url)
+    return index
+
+
+def test_of_finders_racing_to_index_an_unindexed_build_one_counts_it(index: CacheIndex, tmp_path: Path) -> None:
+    racers = [another_handle(index) for _ in range(6)]
+    builds = [artifact(tmp_path, f"found unindexed {n}".encode())[1] for n in range(10)]
+    start = threading.Barrier(len(racers), timeout=30)
+
+    def race(racer: CacheIndex) -> list[bool]:
+        won = []
+        for meta in builds:
+            start.wait()  # every racer at the same build at once
+            won.append(racer.note_build_if_new("p", "x86-64", meta))
+        return won
+
+    with ThreadPoolExecutor(len(racers)) as pool:
+        won = list(pool.map(race, racers))
+    assert [sum(column) for column in zip(*won)] == [1] * len(builds)
+    assert index.counters()["compilations_ok"] == len(builds)
+    assert index.artifact_bytes() == sum(meta.size for meta in builds)
 
 
 def test_metadata_of_another_format_reads_as_a_miss(index: CacheIndex, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -201,13 +202,11 @@ def test_a_library_fetched_from_a_shared_store_is_not_counted_as_compiled_here(t
     assert counts.get("compilations_ok", 0) == 0, counts  # node b compiled nothing
 
 
-@pytest.mark.xfail(strict=True, reason="_note_hit checks the index (_indexed) and counts the build (note_build) in two "
-                   "transactions: two processes finding the same stored but unindexed library at once both count "
-                   "its compilation. Fix: one index operation that records the entry and counts the build only if "
-                   "the entry was new (SQLite: INSERT ... ON CONFLICT DO NOTHING, then count if a row changed; "
-                   "Redis: HSETNX in the script)")
 def test_two_finders_of_an_unindexed_library_count_its_compilation_once(tmp_path: Path) -> None:
+    """_note_hit asked the index whether the library had an entry (meta), then counted its build (note_build): two
+    transactions, so two processes finding the same stored but unindexed library at once both counted it."""
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from farm.cache.builder import ArtifactBuilder
 
@@ -216,21 +215,24 @@ def test_two_finders_of_an_unindexed_library_count_its_compilation_once(tmp_path
     stored_but_unindexed(config, ruleset)
 
     both_looked = threading.Barrier(2, timeout=30)
+
+    def then_wait(step: Callable[..., object]) -> Callable[..., object]:
+        def in_step(*args: object) -> object:
+            answer = step(*args)
+            both_looked.wait()  # neither finder goes on before both have looked, as two processes can
+            return answer
+
+        return in_step
+
     finders = [ArtifactBuilder(config, count_requests=False) for _ in range(2)]
     for finder in finders:
-        indexed = finder._indexed
-
-        def in_step(key: str, indexed: object = indexed) -> bool:
-            seen = indexed(key)  # type: ignore[operator]
-            both_looked.wait()  # the two processes' lookups interleave so
-            return bool(seen)
-
-        finder._indexed = in_step  # type: ignore[method-assign]
-    threads = [threading.Thread(target=finder.ensure_ruleset, args=(ruleset, "p", "x86-64")) for finder in finders]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+        # How a finder learns whether the library is indexed: it asked the index (meta), now it indexes it if
+        # new (note_build_if_new); either way both take that step before either goes on.
+        for step in ("meta", "note_build_if_new"):
+            setattr(finder.index, step, then_wait(getattr(finder.index, step)))
+    with ThreadPoolExecutor(len(finders)) as pool:
+        found = list(pool.map(lambda finder: finder.ensure_ruleset(ruleset, "p", "x86-64"), finders))
+    assert all(artifact.cached for artifact in found)
     assert finders[0].index.counters()["compilations_ok"] == 1
 
 

@@ -237,21 +237,17 @@ class ArtifactBuilder:
         return Artifact(meta, path, True, time.perf_counter() - start)
 
     def _note_hit(self, pattern_id: str, target: str, meta: ArtifactMeta, copied: bool = False) -> None:
-        if (self.index.shared or not copied) and not self._indexed(meta.key):
-            # Stored but never indexed: its builder died between the two (a SIGKILLed worker, whose job was then
-            # redelivered here). That compilation happened; it is counted once, now that the index gets its entry.
+        if self.index.shared or not copied:
+            # Stored but maybe never indexed: its builder died between the two (a SIGKILLed worker, whose job was
+            # then redelivered here). That compilation happened; it is counted once, by whichever finder gives the
+            # index its entry (one step: of two finders at once, one counts it). An entry already there, even an
+            # unreadable one, is left to note_hit/record, which rewrite it.
             # Not so a library copied from a shared store into a node's own index: another node built it.
-            self.index.note_build(pattern_id, target, meta)
+            self.index.note_build_if_new(pattern_id, target, meta)
         if self.count_requests:
             self.index.note_hit(pattern_id, target, meta)
         else:
             self.index.record(pattern_id, target, meta)
-
-    def _indexed(self, key: str) -> bool:
-        try:
-            return self.index.meta(key) is not None
-        except IntegrityError:  # an entry is there, unreadable: note_hit/record rewrite it
-            return True
 
     def _count_failure(self, target: str) -> None:
         self.index.incr("compilations_failed")

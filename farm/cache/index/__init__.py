@@ -159,6 +159,13 @@ class CacheIndex(ArtifactIndex, Counters):
         for name, amount in build_fields(target, meta).items():
             self.incr(name, amount)
 
+    @abstractmethod
+    def note_build_if_new(self, pattern_id: str, target: str, meta: ArtifactMeta) -> bool:
+        """note_build, only if the index has no entry for meta.key (readable or not; with one, nothing is done): a
+        library stored by a builder that died before indexing it, found by another. Looking for the entry and
+        indexing it are one atomic step, so of the finders racing to index it, one counts its compilation. True if
+        this call did."""
+
 
 @dataclass(frozen=True)
 class WorkerStatus:

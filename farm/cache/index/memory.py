@@ -142,6 +142,13 @@ class MemoryIndex(ClusterIndex):
         with self._guard:
             super().note_build(pattern_id, target, meta)
 
+    def note_build_if_new(self, pattern_id: str, target: str, meta: ArtifactMeta) -> bool:
+        with self._guard:
+            if meta.key in self._metas:
+                return False
+            self.note_build(pattern_id, target, meta)
+            return True
+
     def hit_or_acquire(self, key: str, pattern_id: str, target: str, task_id: str, ttl: float,
                        evidence: str) -> Claim:
         with self._guard:

@@ -75,6 +75,19 @@ _RECORD = _RECORD_FN + """
 record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return 0
 """
+# A build indexed and counted in one round trip (note_build; note_build_if_new when ARGV[7] is '1': then only if the
+# artifact has no entry, i.e. no metadata, yet). Keys and ARGV[1..6] as _RECORD's; ARGV[8..]: counter, amount, ...
+# (build_fields). Returns 1 if it indexed and counted the build.
+_NOTE_BUILD = _RECORD_FN + """
+if ARGV[7] == '1' and redis.call('HEXISTS', KEYS[1], 'meta') == 1 then
+  return 0
+end
+record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+for i = 8, #ARGV, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[4], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
 # A coordinator's request, decided and counted in one round trip (ClusterIndex.hit_or_acquire). A hit when the
 # metadata decodes, is of this format and ARGV[4] vouches for the object ('stored', or the sha256 of the node's copy
 # when the metadata names those bytes): indexed and counted as note_hit(hot=True) does, returning {1, meta}. No usable
@@ -181,6 +194,7 @@ class RedisIndex(ClusterIndex):
         self._release = self.r.register_script(_RELEASE)
         self._inflight = self.r.register_script(_INFLIGHT)
         self._record_script = self.r.register_script(_RECORD)
+        self._note_build_script = self.r.register_script(_NOTE_BUILD)
         self._hit_or_acquire = self.r.register_script(_HIT_OR_ACQUIRE)
         self._forget = self.r.register_script(_FORGET)
         self._zero = self.r.register_script(_ZERO)
@@ -209,10 +223,7 @@ class RedisIndex(ClusterIndex):
         return stored_meta(value.decode()) if value else None
 
     def _record(self, pipe: Any, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
-        self._record_script(keys=[keys.artifact(meta.key), keys.ARTIFACTS, keys.index(target), keys.COUNTERS,
-                                  keys.refs(meta.key)],
-                            args=[meta.to_json(), meta.key, pattern_id, meta.size, target, meta.created_at],
-                            client=pipe)
+        self._record_script(*_record_call(pattern_id, target, meta), client=pipe)
 
     def record(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
         with self._errors():
@@ -258,12 +269,16 @@ class RedisIndex(ClusterIndex):
         return Claim(meta)
 
     def note_build(self, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
-        with self._errors():
-            pipe = self.r.pipeline(transaction=True)
-            self._record(pipe, pattern_id, target, meta)
-            for name, amount in build_fields(target, meta).items():
-                pipe.hincrbyfloat(keys.COUNTERS, name, amount)
-            pipe.execute()
+        self._note_build(pattern_id, target, meta, only_if_new=False)
+
+    def note_build_if_new(self, pattern_id: str, target: str, meta: ArtifactMeta) -> bool:
+        return self._note_build(pattern_id, target, meta, only_if_new=True)
+
+    def _note_build(self, pattern_id: str, target: str, meta: ArtifactMeta, only_if_new: bool) -> bool:
+        record_keys, record_args = _record_call(pattern_id, target, meta)
+        counts = [part for pair in build_fields(target, meta).items() for part in pair]
+        return bool(self._call(lambda: self._note_build_script(keys=record_keys,
+                                                               args=[*record_args, int(only_if_new), *counts])))
 
     def lookup_direct(self, direct_key: str) -> str | None:
         value = self._call(lambda: self.r.get(keys.direct(direct_key)))
@@ -423,6 +438,12 @@ class RedisIndex(ClusterIndex):
     def toolchain(self, target: str) -> dict[str, str] | None:
         value = self._call(lambda: self.r.get(keys.toolchain(target)))
         return json.loads(value) if value else None
+
+
+def _record_call(pattern_id: str, target: str, meta: ArtifactMeta) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of _RECORD (and of the scripts that index as it does) for one artifact."""
+    return ([keys.artifact(meta.key), keys.ARTIFACTS, keys.index(target), keys.COUNTERS, keys.refs(meta.key)],
+            [meta.to_json(), meta.key, pattern_id, meta.size, target, meta.created_at])
 
 
 def _entry(key: str, size: bytes | None, target: bytes | None, created: bytes | None, last_hit: bytes | None,

@@ -245,10 +245,13 @@ class SQLiteIndex(CacheIndex):
 
     @staticmethod
     def _record(db: sqlite3.Connection, pattern_id: str, target: str, meta: ArtifactMeta) -> None:
-        db.execute("INSERT INTO artifacts(key, meta, last_hit) VALUES (?, ?, NULL) "
-                   "ON CONFLICT(key) DO UPDATE SET meta = excluded.meta", (meta.key, meta.to_json()))
+        db.execute(_INSERT_ARTIFACT + "UPDATE SET meta = excluded.meta", (meta.key, meta.to_json()))
+        SQLiteIndex._point(db, pattern_id, target, meta.key)
+
+    @staticmethod
+    def _point(db: sqlite3.Connection, pattern_id: str, target: str, key: str) -> None:
         db.execute("INSERT OR REPLACE INTO patterns(pattern_id, target, key) VALUES (?, ?, ?)",
-                   (pattern_id, target, meta.key))
+                   (pattern_id, target, key))
 
     @staticmethod
     def _add(db: sqlite3.Connection, counters: dict[str, float]) -> None:
@@ -272,6 +275,15 @@ class SQLiteIndex(CacheIndex):
         with self._transaction() as db:
             self._record(db, pattern_id, target, meta)
             self._add(db, build_fields(target, meta))
+
+    @_recovering
+    def note_build_if_new(self, pattern_id: str, target: str, meta: ArtifactMeta) -> bool:
+        with self._transaction() as db:
+            if not db.execute(_INSERT_ARTIFACT + "NOTHING", (meta.key, meta.to_json())).rowcount:
+                return False  # indexed already (the indexed bytes are the entries' sizes: nothing to add either)
+            self._point(db, pattern_id, target, meta.key)
+            self._add(db, build_fields(target, meta))
+            return True
 
     @_recovering
     def lookup_direct(self, direct_key: str) -> str | None:
@@ -324,6 +336,8 @@ class SQLiteIndex(CacheIndex):
         self._write("DELETE FROM counters")
 
 
+# An artifact's entry, new or, after it, what to do with one already there: "UPDATE SET ..." or "NOTHING".
+_INSERT_ARTIFACT = "INSERT INTO artifacts(key, meta, last_hit) VALUES (?, ?, NULL) ON CONFLICT(key) DO "
 # An artifact's recency in SQL, as IndexedArtifact.last_used has it.
 _LAST_USED = "COALESCE(last_hit, json_extract(meta, '$.created_at'), 0)"
 
