@@ -36,6 +36,7 @@ def play(ir: Any, program: list[Step], triple: str) -> str:
     module.triple = triple
     helper = ir.Function(module, ir.FunctionType(i64, [ptr, i64]), "helper")
     helper.attributes.add("nounwind")
+    helper.calling_convention = "ghccc"  # as the operators' functions (operators.norm_convention)
     fn = ir.Function(module, ir.FunctionType(i64, [ptr, i64, i64]), "f")
     fn.attributes.add("nounwind")
     fn.attributes.add("alwaysinline")

@@ -46,6 +46,17 @@ def norm_name(op: int) -> str:
     return f"farm_norm_op{op}"
 
 
+# Operator functions call each other in LLVM's GHC convention where it can take their parameters: it has no
+# callee-saved registers, so a call does not push and pop six of them around its body (reverse-1000 17% faster).
+# Its parameters are all registers, at most 10 on aarch64 (llc aborts past that), and no i1 there.
+GHC_CONVENTION_PARAMETERS = 10
+
+
+def norm_convention(arity: int, flagged: bool) -> str:
+    """The calling convention of an operator's function (norm_type)."""
+    return "ghccc" if not flagged and 2 + arity <= GHC_CONVENTION_PARAMETERS else ""
+
+
 def norm_type(arity: int, flagged: bool) -> ir.FunctionType:
     """(arena, depth, arguments[, tracked]): `depth` counts the calls nested down to this one (an input row's
     is 1), passed in a register rather than counted in the arena, which each call would read and write twice.
@@ -70,7 +81,9 @@ class RulesModule:
 
     def norm_function(self, op_name: str) -> ir.Function:
         op = self.op_ids[op_name]
-        fn = declare(self.m, norm_name(op), norm_type(self.arities[op_name], op_name in self.flagged))
+        arity, flagged = self.arities[op_name], op_name in self.flagged
+        fn = declare(self.m, norm_name(op), norm_type(arity, flagged))
+        fn.calling_convention = norm_convention(arity, flagged)
         if self.internal:
             fn.linkage = "internal"
         return fn

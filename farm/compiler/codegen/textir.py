@@ -594,7 +594,8 @@ class IRBuilder:
     def call(self, fn: Function, args: Sequence[Value]) -> Instruction:
         self.calls += 1
         ret = fn.ftype.return_type
-        return self._emit(ret, f"call {ret} {fn.ref}({', '.join([a.typed() for a in args])})")
+        convention = f"{fn.calling_convention} " if fn.calling_convention else ""
+        return self._emit(ret, f"call {convention}{ret} {fn.ref}({', '.join([a.typed() for a in args])})")
 
     def ret(self, value: Value) -> Instruction:
         return self._terminate(Instruction(VOID, self._name(), f"ret {value.type} {value.ref}"))
