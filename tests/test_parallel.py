@@ -106,3 +106,16 @@ def test_a_script_without_a_main_guard_compiles_in_parallel(tmp_path: Path) -> N
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["RAN", "LOADED", "1"]
+
+
+@pytest.mark.parametrize(("opt_level", "register_calls"), [(0, False), (2, True)])
+def test_tier_0s_own_pieces_call_in_the_c_convention_at_o0(tmp_path: Path, opt_level: int,
+                                                             register_calls: bool) -> None:
+    """A small ruleset's pieces at -O0 (tier 0) call operators in the C convention, which -O0's fast instruction
+    selection takes (the GHC one falls back to the slow path at each call); the library's parts, and a compile at
+    -O1 and above, in the GHC convention (operators.norm_convention)."""
+    ruleset = generated(40)
+    target = Engine(FarmConfig(cache_dir=tmp_path)).builder.target()
+    assert all("ghccc" in text for name, text in llvm.ruleset_parts(ruleset, target.triple) if name != "runtime")
+    chunks, _ = parallel.compile_chunks(ruleset, target, opt_level, "small", lambda module, name: b"")
+    assert [("ghccc" in chunk.ir_text) for chunk in chunks[1:]] == [register_calls] * (len(chunks) - 1)

@@ -75,6 +75,8 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
     library_layout = len(chunks) >= MIN_CHUNKS and cores() > 1
     if not library_layout:
         chunks = codegen.chunks(max(8, -(-len(ruleset.rules) // TIER0_PIECES)))
+        # pieces of this compile only, not the library's parts: at -O0 in the C convention (norm_convention)
+        codegen.register_calls = opt_level > 0
     shares = [list(range(k, len(chunks), cores())) for k in range(cores())] if library_layout \
         else [list(range(len(chunks)))]  # every n-th chunk to each: sizes spread evenly
     with _WORKERS_LOCK:

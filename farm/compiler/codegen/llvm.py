@@ -37,10 +37,12 @@ CHUNK_RULES = 64
 class LLVMCodegen:
     """Builds the IR modules of one ruleset."""
 
-    def __init__(self, ruleset: RuleSet, triple: str | None = None, tree_budget: int = NODE_BUDGET) -> None:
+    def __init__(self, ruleset: RuleSet, triple: str | None = None, tree_budget: int = NODE_BUDGET,
+                 register_calls: bool = True) -> None:
         self.ruleset = ruleset
         self.triple = triple
         self.tree_budget = tree_budget
+        self.register_calls = register_calls  # operators.norm_convention
 
     def _module(self) -> ir.Module:
         m = ir.Module(name="farm")
@@ -49,7 +51,7 @@ class LLVMCodegen:
         return m
 
     def _rules(self, module: ir.Module, internal: bool) -> RulesModule:
-        return RulesModule(module, self.ruleset, internal, self.tree_budget)
+        return RulesModule(module, self.ruleset, internal, self.tree_budget, self.register_calls)
 
     def chunks(self, limit: int = CHUNK_RULES) -> list[list[str]]:
         """Root operators grouped, in signature order, into chunks of at most `limit` rules (or one operator's):

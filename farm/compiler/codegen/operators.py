@@ -48,13 +48,15 @@ def norm_name(op: int) -> str:
 
 # Operator functions call each other in LLVM's GHC convention where it can take their parameters: it has no
 # callee-saved registers, so a call does not push and pop six of them around its body (reverse-1000 17% faster).
-# Its parameters are all registers, at most 10 on aarch64 (llc aborts past that), and no i1 there.
+# Its parameters are all registers, at most 10 on aarch64 (llc aborts past that), and no i1 there. Not for code
+# compiled at -O0 (tier 0): instruction selection's fast path does not take that convention and falls back to the
+# slow one for each call (arith's rules: 303 fallbacks instead of 39, llc -O0 10-20% slower).
 GHC_CONVENTION_PARAMETERS = 10
 
 
-def norm_convention(arity: int, flagged: bool) -> str:
+def norm_convention(arity: int, flagged: bool, register_calls: bool = True) -> str:
     """The calling convention of an operator's function (norm_type)."""
-    return "ghccc" if not flagged and 2 + arity <= GHC_CONVENTION_PARAMETERS else ""
+    return "ghccc" if register_calls and not flagged and 2 + arity <= GHC_CONVENTION_PARAMETERS else ""
 
 
 def norm_type(arity: int, flagged: bool) -> ir.FunctionType:
@@ -67,10 +69,12 @@ def norm_type(arity: int, flagged: bool) -> ir.FunctionType:
 class RulesModule:
     """Emits operator functions and the manifest of one ruleset into a module."""
 
-    def __init__(self, module: ir.Module, ruleset: RuleSet, internal: bool, tree_budget: int = NODE_BUDGET) -> None:
+    def __init__(self, module: ir.Module, ruleset: RuleSet, internal: bool, tree_budget: int = NODE_BUDGET,
+                 register_calls: bool = True) -> None:
         self.m = module
         self.ruleset = ruleset
         self.internal = internal  # all operators in this one module: their functions are private to it
+        self.register_calls = register_calls  # norm_convention
         self.tree_budget = tree_budget
         self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
         self.arities = dict(ruleset.signature)
@@ -83,7 +87,7 @@ class RulesModule:
         op = self.op_ids[op_name]
         arity, flagged = self.arities[op_name], op_name in self.flagged
         fn = declare(self.m, norm_name(op), norm_type(arity, flagged))
-        fn.calling_convention = norm_convention(arity, flagged)
+        fn.calling_convention = norm_convention(arity, flagged, self.register_calls)
         if self.internal:
             fn.linkage = "internal"
         return fn
