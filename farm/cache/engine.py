@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,14 +56,21 @@ def load_native(ruleset: RuleSet, artifact: Artifact, trusted: TrustedKeys | Non
 
 
 class Engine:
-    def __init__(self, config: FarmConfig | None = None, builder: ArtifactBuilder | None = None) -> None:
+    def __init__(self, config: FarmConfig | None = None, builder: ArtifactBuilder | None = None,
+                 keep_loaded: int | None = None) -> None:
+        """keep_loaded: the loaded libraries kept, least recently used dropped first (None: all of them)."""
         self.config = config or FarmConfig.from_env()
         self.builder = builder or ArtifactBuilder(self.config)
         self._in_memory: dict[tuple[str, int], Any] = {}
         # Loaded libraries by (fingerprint, target, -O): a loaded ruleset keeps rewriting with no index or
         # store round trip, so it keeps serving through a Redis or S3 outage.
-        self._loaded: dict[tuple[str, str, int], NativeRuleset] = {}
+        self._loaded: OrderedDict[tuple[str, str, int], NativeRuleset] = OrderedDict()
+        self._keep_loaded = keep_loaded
         self.background = BackgroundBuilds()
+
+    def loaded(self) -> list[tuple[str, str, int, str]]:
+        """The libraries this engine holds, least recently used first: (ruleset fingerprint, target, -O, path)."""
+        return [(*memo, str(native.path)) for memo, native in self._loaded.items()]
 
     def compile(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
                 opt_level: int | None = None) -> Artifact:
@@ -126,6 +134,9 @@ class Engine:
         native = self._loaded.get(memo)
         if native is None:
             native = self._loaded[memo] = self._load(ruleset, pattern_id, target, memo)
+            if self._keep_loaded is not None and len(self._loaded) > self._keep_loaded:
+                self._loaded.popitem(last=False)
+        self._loaded.move_to_end(memo)
         return native
 
     def _tier_up(self, ruleset: RuleSet, memo: tuple[str, str, int]) -> None:
@@ -174,6 +185,47 @@ class Engine:
             log.info("artifact %s was evicted before it was loaded; building it again", artifact.meta.key[:12])
             artifact = None
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class HeldEngines:
+    """The engines of a long-lived process that runs many commands (`farm server`): one per configuration, so a
+    command finds the libraries an earlier one with the same FARM_* settings loaded, and loads no .so again. At
+    most `configurations` engines, each keeping `libraries` loaded libraries, least recently used dropped first."""
+
+    def __init__(self, configurations: int = 4, libraries: int = 16) -> None:
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._configurations = configurations
+        self._libraries = libraries
+
+    def get(self, config: FarmConfig) -> Engine:
+        key = repr(config)  # every setting, the environment's and the config file's
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = self._engines[key] = Engine(config, keep_loaded=self._libraries)
+            if len(self._engines) > self._configurations:
+                self._engines.popitem(last=False)[1].wait_for_builds()
+        self._engines.move_to_end(key)
+        return engine
+
+    def loaded(self) -> list[tuple[str, str, int, str]]:
+        """Every library held, as Engine.loaded gives them."""
+        return [library for engine in self._engines.values() for library in engine.loaded()]
+
+
+_held: HeldEngines | None = None  # set by `hold_engines` in a server; a one-shot command makes its own engine
+
+
+def hold_engines(held: HeldEngines | None) -> None:
+    """Make `command_engine` return held engines (None: a new engine each time, as a one-shot command)."""
+    global _held
+    _held = held
+
+
+def command_engine() -> Engine:
+    """The engine a CLI command uses: a new one for this process's configuration, or in a process that holds
+    engines (a server), the one held for it."""
+    config = FarmConfig.from_env()
+    return Engine(config) if _held is None else _held.get(config)
 
 
 def _interpret(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int, cap: int) -> RewriteResult:
