@@ -20,6 +20,7 @@ import sys
 from farm import locations, rendezvous
 
 SERVED = ("rewrite",)
+INTERRUPTED = 130  # farm.cli.common.EXIT_INTERRUPTED, which costs farm.cli's imports to read
 CONNECT_TIMEOUT = 0.5  # seconds: a server that does not accept by then is wedged, and the command runs here
 
 
@@ -48,15 +49,23 @@ def ask_server(argv: list[str]) -> int | None:
         cache_dir = locations.cache_dir(os.environ)
         if cache_dir is None:
             return None
-        import socket
+        # _socket, not socket: the wrapper module costs a new process some 2.5 ms (selectors, enum classes) and
+        # adds nothing a connect, a send and recv need
+        import _socket
 
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             conn.settimeout(CONNECT_TIMEOUT)
             conn.connect(rendezvous.socket_path(cache_dir))
             conn.settimeout(None)  # a command may run for long
             conn.sendall(rendezvous.frame(rendezvous.REQUEST, rendezvous.encode(request(argv, cache_dir))))
-            return relay(conn.makefile("rb"))
-    except (OSError, ValueError, rendezvous.Unsafe):  # no server, or it went away before answering
+            return relay(conn)
+        except KeyboardInterrupt:  # as farm.cli.main says it; the server finishes the command, its output dropped
+            sys.stderr.write("farm: interrupted\n")
+            return INTERRUPTED
+        finally:
+            conn.close()
+    except (OSError, rendezvous.Unsafe):  # no server, or it went away before answering
         return None
 
 
@@ -73,21 +82,19 @@ def request(argv: list[str], cache_dir: str) -> dict[str, object]:
             "encodings": [_encoding(sys.stdout), _encoding(sys.stderr)]}
 
 
-def relay(answer: object) -> int | None:
+def relay(conn: object) -> int | None:
     """Write the server's output frames to stdout and stderr as they come; the exit code at the end. None when
-    the server refused before any output; a connection lost after some output is an error here (running the
-    command again would repeat that output)."""
-    read = answer.read  # type: ignore[attr-defined]
+    the server refused, or went away, before any output; a connection lost after some output is an error here
+    (running the command again would repeat that output)."""
     started = False
     while True:
-        header = read(rendezvous.HEADER.size)
-        if len(header) < rendezvous.HEADER.size:
+        try:
+            kind, payload = rendezvous.read_frame(conn)
+        except (OSError, ValueError):
             if not started:
                 return None
             sys.stderr.write("farm: error: the farm server closed the connection before the command finished\n")
             return 2
-        kind, length = rendezvous.HEADER.unpack(header)
-        payload = read(length)
         if kind in (rendezvous.OUT, rendezvous.ERR):
             stream = sys.stdout if kind == rendezvous.OUT else sys.stderr
             stream.flush()

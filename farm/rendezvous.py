@@ -94,3 +94,20 @@ def decode(data: bytes) -> dict[str, Any]:
 
 def frame(kind: bytes, payload: bytes) -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
+
+
+def read_exactly(conn: Any, size: int) -> bytes:
+    """`size` bytes from a connected socket; ValueError if the peer closes it first."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ValueError("the peer closed the connection mid-frame")
+        data += chunk
+    return bytes(data)
+
+
+def read_frame(conn: Any) -> tuple[bytes, bytes]:
+    """One frame's kind and payload."""
+    kind, length = HEADER.unpack(read_exactly(conn, HEADER.size))
+    return kind, read_exactly(conn, length)

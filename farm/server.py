@@ -78,7 +78,8 @@ def _exit_on_signal(signum: int, frame: Any) -> None:
 
 @contextmanager
 def _exclusive(lock_path: str) -> Iterator[bool]:
-    """An advisory lock held while the server runs: of two servers started at once, one serves."""
+    """An advisory lock held while the server runs: of two servers started at once, one serves. The file holds
+    the pid of the server that has it (for a server that no longer answers: `kill $(cat ...sock.lock)`)."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -86,6 +87,8 @@ def _exclusive(lock_path: str) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield True
     finally:
         os.close(fd)
@@ -155,23 +158,13 @@ def _answer(conn: socket.socket, state: ServerState, handler: Handler, held: Hel
 
 
 def _read_request(conn: socket.socket) -> dict[str, Any]:
-    kind, length = rendezvous.HEADER.unpack(_read_exactly(conn, rendezvous.HEADER.size))
+    kind, length = rendezvous.HEADER.unpack(rendezvous.read_exactly(conn, rendezvous.HEADER.size))
     if kind != rendezvous.REQUEST or length > rendezvous.MAX_REQUEST:
         raise ValueError(f"not a request of at most {rendezvous.MAX_REQUEST} bytes")
-    message = rendezvous.decode(_read_exactly(conn, length))
+    message = rendezvous.decode(rendezvous.read_exactly(conn, length))
     if message.get("protocol", rendezvous.PROTOCOL) != rendezvous.PROTOCOL:
         raise ValueError(f"protocol {message.get('protocol')!r}, not {rendezvous.PROTOCOL}")
     return message
-
-
-def _read_exactly(conn: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ValueError("the client closed the connection mid-request")
-        data += chunk
-    return bytes(data)
 
 
 def _send_quietly(conn: socket.socket, kind: bytes, payload: bytes) -> bool:
@@ -295,8 +288,8 @@ def ask(cache_dir: str, control: str, timeout: float = 5.0) -> dict[str, Any] | 
             conn.settimeout(timeout)
             conn.connect(rendezvous.socket_path(cache_dir))
             conn.sendall(rendezvous.frame(rendezvous.REQUEST, rendezvous.encode({"control": control})))
-            kind, length = rendezvous.HEADER.unpack(_read_exactly(conn, rendezvous.HEADER.size))
-            return rendezvous.decode(_read_exactly(conn, length)) if kind == rendezvous.REPLY else None
+            kind, payload = rendezvous.read_frame(conn)
+            return rendezvous.decode(payload) if kind == rendezvous.REPLY else None
     except (OSError, ValueError):
         return None
 
@@ -311,8 +304,12 @@ def start(cache_dir: str, command: list[str], log_path: str) -> tuple[dict[str, 
     if running is not None:
         stop(cache_dir)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    # This farm, wherever it was imported from (a checkout's working directory too): the server runs in /, so that
+    # it holds no directory of the user's, and must import the code its clients will name.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (os.path.dirname(rendezvous.FARM_DIR),
+                                                                     os.environ.get("PYTHONPATH"))))}
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
-        process = subprocess.Popen(command, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, cwd="/",
+        process = subprocess.Popen(command, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, cwd="/", env=env,
                                    start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
