@@ -148,6 +148,37 @@ def test_a_bad_input_file_is_reported_as_a_local_run_reports_it(farm: Farm, tmp_
     assert _served(farm, 0) == 1
 
 
+def test_terminals_get_what_a_local_run_writes_to_a_terminal(farm: Farm) -> None:
+    farm.start()
+    args = ("rewrite", RULES, TERMS, "--stats")  # a rich table: colours and width are the terminal's
+    remote, local = _on_terminal(farm, *args), _on_terminal(farm, *args, FARM_SERVER="off")
+    times = re.compile(rb"\d+\.\d+ ms")
+    assert b"\x1b[" in remote and times.sub(b"T", remote) == times.sub(b"T", local)
+    assert _served(farm, 0) == 1
+
+
+def _on_terminal(farm: Farm, *args: str, **env: str) -> bytes:
+    """What a command writes to a terminal (stdout and stderr both), 100 columns wide."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: run the command on the terminal
+        os.chdir(farm.cwd)
+        os.execve(sys.executable, [sys.executable, "-m", "farm", *args], {**farm.env, "COLUMNS": "100", **env})
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return b"".join(chunks)
+
+
 def test_relative_paths_are_the_clients(farm: Farm, tmp_path: Path) -> None:
     shutil.copy(RULES, tmp_path / "r.farm")
     shutil.copy(TERMS, tmp_path / "t.terms")

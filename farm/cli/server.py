@@ -18,12 +18,16 @@ def _cache_dir() -> str:
     return str(FarmConfig.from_env().cache_dir)
 
 
+def _add_idle_timeout(parser: argparse.ArgumentParser) -> None:
+    from farm.server import DEFAULT_IDLE_TIMEOUT
+
+    parser.add_argument("--idle-timeout", type=duration(), default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
+                        help="the server exits after this many seconds without a request")
+
+
 class _Start(Command):
     def add_options(self, parser: argparse.ArgumentParser) -> None:
-        from farm.server import DEFAULT_IDLE_TIMEOUT
-
-        parser.add_argument("--idle-timeout", type=duration(), default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
-                            help="exit after this many seconds without a request")
+        _add_idle_timeout(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from farm.server import start
@@ -77,6 +81,8 @@ def _status_table(status: dict[str, Any]) -> Any:
     from farm.cli.cache import ago
 
     table = Table(title="farm server", show_header=False)
+    table.add_column("measure")
+    table.add_column("value", overflow="fold")  # a path whole, over several lines if it must
     for name, value in [("pid", status["pid"]), ("socket", status["socket"]), ("cache directory", status["cache_dir"]),
                         ("started", ago(status["started"])), ("uptime", f"{status['uptime']:.0f} s"),
                         ("idle timeout", f"{status['idle_timeout']:g} s"), ("requests served", status["requests"]),
@@ -89,10 +95,7 @@ def _status_table(status: dict[str, Any]) -> Any:
 
 class _Run(Command):
     def add_options(self, parser: argparse.ArgumentParser) -> None:
-        from farm.server import DEFAULT_IDLE_TIMEOUT
-
-        parser.add_argument("--idle-timeout", type=duration(), default=DEFAULT_IDLE_TIMEOUT, metavar="SECONDS",
-                            help="exit after this many seconds without a request")
+        _add_idle_timeout(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from farm.server import serve
