@@ -179,6 +179,20 @@ def _on_terminal(farm: Farm, *args: str, **env: str) -> bytes:
     return b"".join(chunks)
 
 
+def test_a_library_cleared_from_the_cache_is_built_again_as_a_local_run_would(farm: Farm, tmp_path: Path) -> None:
+    farm.env["FARM_CACHE_DIR"] = str(tmp_path / "cache")  # a cache of its own, cleared below
+    assert farm.local("rewrite", RULES, TERMS).returncode == 0
+    farm.start()
+    assert farm("rewrite", RULES, TERMS).returncode == 0 and _served(farm, 0) == 1  # the server holds the library
+    results = []
+    for env in ({}, {"FARM_SERVER": "off"}):
+        assert farm("cache", "clear").returncode == 0
+        results.append(farm("rewrite", RULES, TERMS, **env))
+    assert "storing the compiled library" in results[0].stderr
+    _same(*results)
+    assert _served(farm, 0) == 2
+
+
 def test_relative_paths_are_the_clients(farm: Farm, tmp_path: Path) -> None:
     shutil.copy(RULES, tmp_path / "r.farm")
     shutil.copy(TERMS, tmp_path / "t.terms")

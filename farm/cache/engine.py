@@ -24,7 +24,7 @@ from farm.errors import (
 from farm.lang.terms import TermGraph
 from farm.lang.transduce import RuleSet
 from farm.log import get_logger
-from farm.runtime.loader import NativeRuleset
+from farm.runtime.loader import IN_MEMORY, NativeRuleset
 from farm.semantics import DEFAULT_FUEL, RewriteResult, check_fuel
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
@@ -132,6 +132,9 @@ class Engine:
         memo = (ruleset.fingerprint(), self.builder.target(target).name, self.config.opt_level)
         self._tier_up(ruleset, memo)
         native = self._loaded.get(memo)
+        if native is not None and self._keep_loaded is not None and _removed(native):
+            native = None  # a long-lived engine's library cleared or collected: built and stored again, as a new
+            # process would (which is what a `farm server`'s client must see)
         if native is None:
             native = self._loaded[memo] = self._load(ruleset, pattern_id, target, memo)
             if self._keep_loaded is not None and len(self._loaded) > self._keep_loaded:
@@ -226,6 +229,11 @@ def command_engine() -> Engine:
     engines (a server), the one held for it."""
     config = FarmConfig.from_env()
     return Engine(config) if _held is None else _held.get(config)
+
+
+def _removed(native: NativeRuleset) -> bool:
+    """Whether a loaded library's file is gone from the cache (code compiled in memory has none)."""
+    return native.path != IN_MEMORY and not native.path.exists()
 
 
 def _interpret(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int, cap: int) -> RewriteResult:
