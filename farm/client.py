@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from typing import Any
 
 from farm import locations, rendezvous
 
 SERVED = ("rewrite",)
-INTERRUPTED = 130  # farm.cli.common.EXIT_INTERRUPTED, which costs farm.cli's imports to read
-CONNECT_TIMEOUT = 0.5  # seconds: a server that does not accept by then is wedged, and the command runs here
+ERROR, INTERRUPTED = 2, 130  # farm.cli.common's EXIT_ERROR and EXIT_INTERRUPTED, which cost farm.cli's imports
+CONNECT_TIMEOUT = 0.5  # seconds: a server whose queue of connections stays full that long is wedged
 
 
 def main() -> int:
@@ -46,27 +47,39 @@ def ask_server(argv: list[str]) -> int | None:
     """The command's exit code, its output written here as the server wrote it; None when the server did not take
     it (the caller runs it)."""
     try:
-        cache_dir = locations.cache_dir(os.environ)
-        if cache_dir is None:
-            return None
-        # _socket, not socket: the wrapper module costs a new process some 2.5 ms (selectors, enum classes) and
-        # adds nothing a connect, a send and recv need
-        import _socket
-
-        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        try:
-            conn.settimeout(CONNECT_TIMEOUT)
-            conn.connect(rendezvous.socket_path(cache_dir))
-            conn.settimeout(None)  # a command may run for long
-            conn.sendall(rendezvous.frame(rendezvous.REQUEST, rendezvous.encode(request(argv, cache_dir))))
-            return relay(conn)
-        except KeyboardInterrupt:  # as farm.cli.main says it; the server finishes the command, its output dropped
-            sys.stderr.write("farm: interrupted\n")
-            return INTERRUPTED
-        finally:
-            conn.close()
-    except (OSError, rendezvous.Unsafe):  # no server, or it went away before answering
+        conn = _connect_and_send(argv)
+    except (OSError, rendezvous.Unsafe):  # no server (or not one of ours): the command runs here
         return None
+    if conn is None:
+        return None
+    try:
+        return relay(conn)
+    except KeyboardInterrupt:  # as farm.cli.main says it; the server finishes the command, its output dropped
+        sys.stderr.write("farm: interrupted\n")
+        return INTERRUPTED
+    finally:
+        conn.close()
+
+
+def _connect_and_send(argv: list[str]) -> Any:
+    """A connection to the server that has the request; None when the configuration cannot be read here."""
+    cache_dir = locations.cache_dir(os.environ)
+    if cache_dir is None:
+        return None
+    # _socket, not socket: the wrapper module costs a new process some 2.5 ms (selectors, enum classes) and adds
+    # nothing a connect, a send and recv need
+    import _socket
+
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        conn.settimeout(CONNECT_TIMEOUT)
+        conn.connect(rendezvous.socket_path(cache_dir))
+        conn.settimeout(None)  # a command may run for long
+        conn.sendall(rendezvous.frame(rendezvous.REQUEST, rendezvous.encode(request(argv, cache_dir))))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def request(argv: list[str], cache_dir: str) -> dict[str, object]:
@@ -82,7 +95,7 @@ def request(argv: list[str], cache_dir: str) -> dict[str, object]:
             "encodings": [_encoding(sys.stdout), _encoding(sys.stderr)]}
 
 
-def relay(conn: object) -> int | None:
+def relay(conn: Any) -> int | None:
     """Write the server's output frames to stdout and stderr as they come; the exit code at the end. None when
     the server refused, or went away, before any output; a connection lost after some output is an error here
     (running the command again would repeat that output)."""
@@ -91,20 +104,27 @@ def relay(conn: object) -> int | None:
         try:
             kind, payload = rendezvous.read_frame(conn)
         except (OSError, ValueError):
-            if not started:
-                return None
-            sys.stderr.write("farm: error: the farm server closed the connection before the command finished\n")
-            return 2
-        if kind in (rendezvous.OUT, rendezvous.ERR):
-            stream = sys.stdout if kind == rendezvous.OUT else sys.stderr
+            return None if not started else _error("the farm server closed the connection before the command "
+                                                   "finished")
+        if kind == rendezvous.EXIT:
+            return int(payload)
+        if kind not in (rendezvous.OUT, rendezvous.ERR):  # REFUSED, STALE: the command runs here
+            return None if not started else _error(f"the farm server stopped the command: {payload!r}")
+        stream = sys.stdout if kind == rendezvous.OUT else sys.stderr
+        try:
             stream.flush()
             stream.buffer.write(payload)
             stream.buffer.flush()
-            started = True
-        elif kind == rendezvous.EXIT:
-            return int(payload)
-        else:  # REFUSED, STALE: the command runs here
-            return None if not started else 2
+        except OSError as exc:  # e.g. `farm rewrite ... | head -1`: as farm.cli.main reports it
+            return _error(exc.strerror or str(exc))
+        started = True
+
+
+def _error(message: str) -> int:
+    """One line, as farm.cli.main writes an error, and its exit code."""
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"farm: error: {message}\n")
+    return ERROR
 
 
 def _isatty(stream: object) -> bool:

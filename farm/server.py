@@ -55,7 +55,7 @@ class ServerState:
 def serve(cache_dir: str, handler: Handler, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> bool:
     """Run the server in this process until it is told to stop or idles out. False (at once) when another server
     holds this socket."""
-    path = rendezvous.socket_path(cache_dir)
+    path = _socket_path(cache_dir)
     with _exclusive(path + ".lock") as mine:
         if not mine:
             _log(f"a server already runs on {path}")
@@ -70,6 +70,13 @@ def serve(cache_dir: str, handler: Handler, idle_timeout: float = DEFAULT_IDLE_T
         finally:
             hold_engines(None)
     return True
+
+
+def _socket_path(cache_dir: str) -> str:
+    try:
+        return rendezvous.socket_path(cache_dir)
+    except rendezvous.Unsafe as exc:
+        raise ServerError(f"refusing to use the socket directory: {exc}") from None
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
@@ -283,10 +290,11 @@ def _log(text: str) -> None:
 
 def ask(cache_dir: str, control: str, timeout: float = 5.0) -> dict[str, Any] | None:
     """A control message's reply from the server of `cache_dir`; None when none answers."""
+    path = _socket_path(cache_dir)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
-            conn.connect(rendezvous.socket_path(cache_dir))
+            conn.connect(path)
             conn.sendall(rendezvous.frame(rendezvous.REQUEST, rendezvous.encode({"control": control})))
             kind, payload = rendezvous.read_frame(conn)
             return rendezvous.decode(payload) if kind == rendezvous.REPLY else None
@@ -306,8 +314,10 @@ def start(cache_dir: str, command: list[str], log_path: str) -> tuple[dict[str, 
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     # This farm, wherever it was imported from (a checkout's working directory too): the server runs in /, so that
     # it holds no directory of the user's, and must import the code its clients will name.
+    # Its cache directory absolute, as it is in the socket's name.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (os.path.dirname(rendezvous.FARM_DIR),
-                                                                     os.environ.get("PYTHONPATH"))))}
+                                                                     os.environ.get("PYTHONPATH")))),
+           "FARM_CACHE_DIR": os.path.abspath(cache_dir)}
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         process = subprocess.Popen(command, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, cwd="/", env=env,
                                    start_new_session=True)

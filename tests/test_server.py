@@ -202,6 +202,15 @@ def test_relative_paths_are_the_clients(farm: Farm, tmp_path: Path) -> None:
     assert remote.returncode == 0 and _served(farm, 0) == 1
 
 
+def test_a_relative_cache_directory_is_the_clients(farm: Farm, tmp_path: Path) -> None:
+    farm.env["FARM_CACHE_DIR"], farm.cwd = "cache", tmp_path  # tmp_path/cache, while the server runs in /
+    farm.start()
+    _same(farm("rewrite", RULES, TERMS), farm.local("rewrite", RULES, TERMS))
+    status = farm.status()
+    assert status is not None and status["requests"] == 1 and status["cache_dir"] == str(tmp_path / "cache")
+    assert (tmp_path / "cache" / "server.log").exists()
+
+
 def test_the_clients_farm_variables_are_honoured(farm: Farm, tmp_path: Path) -> None:
     farm.start()
     other_cache = tmp_path / "other-cache"
@@ -244,6 +253,14 @@ def test_start_twice_status_and_stop(farm: Farm) -> None:
     assert stopped.returncode == 0 and "stopped" in stopped.stderr
     assert farm.status() is None and not Path(status["socket"]).exists()
     _wait_until(lambda: not _alive(status["pid"]))
+
+
+def test_a_socket_directory_open_to_others_is_not_used(farm: Farm) -> None:
+    (Path(farm.env["XDG_RUNTIME_DIR"]) / "farm").mkdir(mode=0o755)
+    os.chmod(Path(farm.env["XDG_RUNTIME_DIR"]) / "farm", 0o755)  # whatever the umask
+    started = farm("server", "start")
+    assert started.returncode == 2 and "not a directory private to user" in started.stderr
+    _same(farm("rewrite", RULES, TERMS), farm.local("rewrite", RULES, TERMS))  # run here
 
 
 def test_an_idle_server_exits_and_removes_its_socket(farm: Farm) -> None:

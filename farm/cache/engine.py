@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -201,7 +202,7 @@ class HeldEngines:
         self._libraries = libraries
 
     def get(self, config: FarmConfig) -> Engine:
-        key = repr(config)  # every setting, the environment's and the config file's
+        key = _held_key(config)
         engine = self._engines.get(key)
         if engine is None:
             engine = self._engines[key] = Engine(config, keep_loaded=self._libraries)
@@ -213,6 +214,14 @@ class HeldEngines:
     def loaded(self) -> list[tuple[str, str, int, str]]:
         """Every library held, as Engine.loaded gives them."""
         return [library for engine in self._engines.values() for library in engine.loaded()]
+
+
+def _held_key(config: FarmConfig) -> str:
+    """Every setting (the environment's and the config file's), and the working directory when a path among them
+    is relative to it: the same text elsewhere names other files."""
+    paths = [config.cache_dir, config.work_dir, config.signing_key, *config.verify_keys]
+    relative = any(path is not None and not path.is_absolute() for path in paths)
+    return f"{os.getcwd() if relative else ''}\0{config!r}"
 
 
 _held: HeldEngines | None = None  # set by `hold_engines` in a server; a one-shot command makes its own engine
