@@ -150,15 +150,16 @@ def _answer(conn: socket.socket, state: ServerState, handler: Handler, held: Hel
         reply = {**state.__dict__, "uptime": time.time() - state.started, "libraries": held.loaded()}
         _send_quietly(conn, rendezvous.REPLY, rendezvous.encode(reply))
         return control != "stop"
-    if message.get("stamp") != state.stamp or message.get("cache_dir") != state.cache_dir:
-        _log("a client of other farm code (or cache directory): exiting")
-        _send_quietly(conn, rendezvous.STALE, b"")
-        return message.get("stamp") == state.stamp
+    if message["stamp"] != state.stamp:
+        _log("a client of other farm code: exiting")
+        return not _send_quietly(conn, rendezvous.STALE, b"")
+    if message["cache_dir"] != state.cache_dir:  # two names' checksums alike: that client runs its command
+        return _send_quietly(conn, rendezvous.REFUSED, b"a server of another cache directory")
     state.requests += 1
     start = time.perf_counter()
     try:
         code = _run(message, _Relay(conn), handler)
-    except OSError as exc:  # e.g. the client's directory is gone: nothing was sent, so the client runs it
+    except (OSError, LookupError) as exc:  # the client's directory gone, an unknown encoding: nothing was sent yet
         return _send_quietly(conn, rendezvous.REFUSED, str(exc).encode())
     _log(f"{message['argv']} in {message['cwd']}: exit {code}, {(time.perf_counter() - start) * 1000:.1f} ms")
     return True
@@ -169,9 +170,18 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
     if kind != rendezvous.REQUEST or length > rendezvous.MAX_REQUEST:
         raise ValueError(f"not a request of at most {rendezvous.MAX_REQUEST} bytes")
     message = rendezvous.decode(rendezvous.read_exactly(conn, length))
-    if message.get("protocol", rendezvous.PROTOCOL) != rendezvous.PROTOCOL:
+    if "control" in message:
+        return message
+    if message.get("protocol") != rendezvous.PROTOCOL:
         raise ValueError(f"protocol {message.get('protocol')!r}, not {rendezvous.PROTOCOL}")
+    for name, kind in REQUEST_FIELDS.items():
+        if not isinstance(message.get(name), kind):
+            raise ValueError(f"a request without its {name} ({kind.__name__})")
     return message
+
+
+REQUEST_FIELDS = {"stamp": str, "cache_dir": str, "argv": list, "cwd": str, "env": dict, "terminals": list,
+                  "encodings": list}  # what farm/client.py's `request` sends; each checked before it is used
 
 
 def _send_quietly(conn: socket.socket, kind: bytes, payload: bytes) -> bool:

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from farm import locations
+from farm.cache.engine import HeldEngines
 from farm.config import FarmConfig
 
-from .conftest import EXAMPLES, ROOT
+from .conftest import EXAMPLES, ROOT, ruleset_of
 
 RULES, TERMS = str(EXAMPLES / "arith.farm"), str(EXAMPLES / "arith.terms")
 
@@ -291,6 +292,18 @@ def test_a_server_of_other_code_is_told_and_exits(farm: Farm, tmp_path: Path) ->
     _same(farm("rewrite", RULES, TERMS), farm.local("rewrite", RULES, TERMS))  # run locally
     _wait_until(lambda: not _alive(status["pid"]))
     assert not Path(status["socket"]).exists()
+
+
+def test_held_engines_keep_the_most_recently_used(tmp_path: Path) -> None:
+    held = HeldEngines(configurations=1, libraries=1)
+    engine = held.get(FarmConfig(cache_dir=tmp_path))
+    assert held.get(FarmConfig(cache_dir=tmp_path)) is engine  # the same settings, the same engine
+    first, second = ruleset_of("rule a: (f ?x) => ?x\n"), ruleset_of("rule b: (g ?x) => ?x\n")
+    engine.load(first, "first")
+    engine.load(second, "second")
+    assert [library[0] for library in held.loaded()] == [second.fingerprint()]
+    assert held.get(FarmConfig(cache_dir=tmp_path, opt_level=1)) is not engine
+    assert held.get(FarmConfig(cache_dir=tmp_path)) is not engine  # dropped for the other configuration
 
 
 @pytest.mark.parametrize("case", ["variable", "config file", "default"])
