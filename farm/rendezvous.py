@@ -42,22 +42,25 @@ class Unsafe(Exception):
     """The socket directory is not private to this user (someone else's, a symlink, or open to others)."""
 
 
-def socket_directory() -> str:
-    """The user's private directory for the socket, made 0700 if missing; Unsafe if it is not private."""
+def socket_directory(create: bool = False) -> str:
+    """The user's private directory for the socket (made 0700 if missing and `create`: a server's); Unsafe if it is
+    not private, FileNotFoundError if it is missing."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     path = os.path.join(runtime, "farm") if runtime else f"/tmp/farm-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise Unsafe(f"{path} is not a directory private to user {os.getuid()} (mode 0700, owned by the user)")
     return path
 
 
-def socket_path(cache_dir: str) -> str:
-    """The socket of the server for this cache directory, this interpreter and this copy of farm."""
+def socket_path(cache_dir: str, create: bool = False) -> str:
+    """The socket of the server for this cache directory, this interpreter and this copy of farm (its directory
+    made if `create`)."""
     name = "\0".join((os.path.abspath(cache_dir), sys.executable, FARM_DIR)).encode("utf-8", "surrogateescape")
-    return os.path.join(socket_directory(), f"{zlib.crc32(name):08x}{zlib.adler32(name):08x}.sock")
+    return os.path.join(socket_directory(create), f"{zlib.crc32(name):08x}{zlib.adler32(name):08x}.sock")
 
 
 def code_stamp() -> str:

@@ -55,7 +55,7 @@ class ServerState:
 def serve(cache_dir: str, handler: Handler, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> bool:
     """Run the server in this process until it is told to stop or idles out. False (at once) when another server
     holds this socket."""
-    path = _socket_path(cache_dir)
+    path = _socket_path(cache_dir, create=True)
     with _exclusive(path + ".lock") as mine:
         if not mine:
             _log(f"a server already runs on {path}")
@@ -72,9 +72,9 @@ def serve(cache_dir: str, handler: Handler, idle_timeout: float = DEFAULT_IDLE_T
     return True
 
 
-def _socket_path(cache_dir: str) -> str:
+def _socket_path(cache_dir: str, create: bool = False) -> str:
     try:
-        return rendezvous.socket_path(cache_dir)
+        return rendezvous.socket_path(cache_dir, create)
     except rendezvous.Unsafe as exc:
         raise ServerError(f"refusing to use the socket directory: {exc}") from None
 
@@ -300,11 +300,10 @@ def _log(text: str) -> None:
 
 def ask(cache_dir: str, control: str, timeout: float = 5.0) -> dict[str, Any] | None:
     """A control message's reply from the server of `cache_dir`; None when none answers."""
-    path = _socket_path(cache_dir)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
-            conn.connect(path)
+            conn.connect(_socket_path(cache_dir))  # no directory (FileNotFoundError): no server
             conn.sendall(rendezvous.frame(rendezvous.REQUEST, rendezvous.encode({"control": control})))
             kind, payload = rendezvous.read_frame(conn)
             return rendezvous.decode(payload) if kind == rendezvous.REPLY else None

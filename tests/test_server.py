@@ -237,6 +237,7 @@ def test_farm_server_off_and_stdin_are_never_served(farm: Farm) -> None:
 def test_without_a_server_the_command_runs_locally(farm: Farm) -> None:
     assert farm.status() is None
     _same(farm("rewrite", RULES, TERMS), farm.local("rewrite", RULES, TERMS))
+    assert not (Path(farm.env["XDG_RUNTIME_DIR"]) / "farm").exists()  # made by a server only
     stopped = farm("server", "stop")
     assert stopped.returncode == 0 and "no farm server is running" in stopped.stderr
 
