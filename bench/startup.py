@@ -6,7 +6,9 @@ Each side is a whole process, timed from spawn to exit, run `repeat` times in al
 is reported (these machines are shared and noisy: the minimum is the least disturbed; every run is kept).
   farm    `farm rewrite examples/arith.farm examples/arith.terms` with the artifact cached: a first, untimed run
           compiles it and writes the bytecode, as an installed package has it (so PYTHONDONTWRITEBYTECODE is
-          dropped for these processes)
+          dropped for these processes); FARM_SERVER=off, so the command runs in its own process
+  server  the same command with a `farm server` running (started before the runs, stopped after, its first
+          request untimed): the process is farm's thin client, which hands the command to the server
   before  the same command on the code before this change (a git worktree of `before`, by default the fork point
           from main, or main's parent once the change is merged), with a cache of its own
   maude   `maude` on bench/maude.py's factorial program, its small input (fact 5 on Peano naturals)
@@ -39,17 +41,19 @@ from bench import maude  # noqa: E402
 
 REPEAT = 15
 PROGRAM = "factorial"  # bench/maude.py's program, run on its small input
-CLI = "import sys; from farm.cli import main; sys.exit(main())"  # what the `farm` console script runs
+CLI = "import sys; from farm.{} import main; sys.exit(main())"  # what the `farm` console script runs
 REWRITE = ["rewrite", "examples/arith.farm", "examples/arith.terms"]
 
 
-def farm_argv(*python_options: str) -> list[str]:
-    return [sys.executable, *python_options, "-c", CLI, *REWRITE]
+def farm_argv(checkout: Path, *python_options: str) -> list[str]:
+    """The command line of the console script of the code in `checkout` (farm.client's main since there is one)."""
+    entry = "client" if (checkout / "farm" / "client.py").exists() else "cli"
+    return [sys.executable, *python_options, "-c", CLI.format(entry), *REWRITE]
 
 
-def farm_env(checkout: Path, cache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return {**env, "PYTHONPATH": str(checkout), "FARM_CACHE_DIR": str(cache)}
+def farm_env(checkout: Path, cache: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("FARM_")}
+    return {**env, "PYTHONPATH": str(checkout), "FARM_CACHE_DIR": str(cache), "FARM_SERVER": "off", **extra}
 
 
 def wall(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, str]:
@@ -84,7 +88,7 @@ def worktree(ref: str, where: Path) -> Iterator[Path]:
 
 def import_profile(env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """-X importtime of one warm run: the total and every top-level import of 1 ms or more, in ms (cumulative)."""
-    proc = subprocess.run(farm_argv("-X", "importtime"), capture_output=True, text=True, env=env, cwd=cwd,
+    proc = subprocess.run(farm_argv(cwd, "-X", "importtime"), capture_output=True, text=True, env=env, cwd=cwd,
                           check=True)
     top: dict[str, float] = {}
     loaded = set()
@@ -105,15 +109,19 @@ def measure(tmp: Path, repeat: int = REPEAT, before: str | None = "") -> dict[st
     program = maude.BY_KEY[PROGRAM]
     source = tmp / "startup.maude"
     source.write_text(maude.maude_source(program, f"red {maude.maude_term(program.small_term)} ."))
+    # the server's socket in a directory of this run's: a server the user runs is not disturbed, nor used
+    served = farm_env(ROOT, tmp / "startup-cache", FARM_SERVER="auto", XDG_RUNTIME_DIR=str(tmp / "run"))
     sides: dict[str, tuple[list[str], dict[str, str] | None, Path | None]] = {
-        "farm": (farm_argv(), farm_env(ROOT, tmp / "startup-cache"), ROOT),
+        "farm": (farm_argv(ROOT), farm_env(ROOT, tmp / "startup-cache"), ROOT),
+        "server": (farm_argv(ROOT), served, ROOT),
         "maude": (["maude", "-no-banner", "-no-advise", str(source)], None, None),
         "python": ([sys.executable, "-c", "pass"], None, None),
     }
     ref = None if before is None else before or default_before()
-    with _before_side(tmp, ref) as checkout:
+    (tmp / "run").mkdir(mode=0o700)
+    with _before_side(tmp, ref) as checkout, farm_server(served):
         if checkout is not None:
-            sides["before"] = (farm_argv(), farm_env(checkout, tmp / "startup-cache-before"), checkout)
+            sides["before"] = (farm_argv(checkout), farm_env(checkout, tmp / "startup-cache-before"), checkout)
         outputs = {}
         for name, (argv, env, cwd) in sides.items():  # warm-up: compile, write bytecode, check the output
             outputs[name] = wall(argv, env, cwd)[1]
@@ -121,11 +129,16 @@ def measure(tmp: Path, repeat: int = REPEAT, before: str | None = "") -> dict[st
             raise RuntimeError(f"unexpected Maude output: {outputs['maude'][-300:]}")
         if "before" in outputs and outputs["before"] != outputs["farm"]:
             raise RuntimeError("the code before the change gives other normal forms")
+        if outputs["server"] != outputs["farm"]:
+            raise RuntimeError("the server gives other normal forms")
         runs: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(repeat):
             for name, (argv, env, cwd) in sides.items():
                 runs[name].append(wall(argv, env, cwd)[0])
-        imports = {"farm": import_profile(*sides["farm"][1:])}  # type: ignore[arg-type]
+        if server_requests(served) < repeat + 1:
+            raise RuntimeError("the server side's commands did not all go to the server")
+        imports = {"farm": import_profile(*sides["farm"][1:]),  # type: ignore[arg-type]
+                   "server": import_profile(*sides["server"][1:])}  # type: ignore[arg-type]
         if "before" in sides:
             imports["before"] = import_profile(*sides["before"][1:])  # type: ignore[arg-type]
     best = {name: min(times) * 1000 for name, times in runs.items()}
@@ -133,12 +146,35 @@ def measure(tmp: Path, repeat: int = REPEAT, before: str | None = "") -> dict[st
         "repeat": repeat, "maude_program": f"{program.key}, small input {program.small_term}",
         "farm_ms": best["farm"], "maude_ms": best["maude"], "python_ms": best["python"],
         "ratio": best["farm"] / best["maude"], "python_floor_ratio": best["python"] / best["maude"],
+        "server_ms": best["server"], "server_ratio": best["server"] / best["maude"],
         "runs_ms": {name: [round(t * 1000, 1) for t in times] for name, times in runs.items()},
         "imports": imports}
     if "before" in best:
         report.update(before_ref=ref, before_ms=best["before"], before_ratio=best["before"] / best["maude"],
                       speedup=best["before"] / best["farm"])
     return report
+
+
+def farm_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "farm.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120, check=False)
+
+
+@contextmanager
+def farm_server(env: dict[str, str]) -> Iterator[None]:
+    """A `farm server` for the server side, stopped at the end."""
+    started = farm_cli(env, "server", "start", "--idle-timeout", "900")
+    if started.returncode != 0:
+        raise RuntimeError(f"farm server start exited {started.returncode}: {started.stderr.strip()[-500:]}")
+    try:
+        yield
+    finally:
+        farm_cli(env, "server", "stop")
+
+
+def server_requests(env: dict[str, str]) -> int:
+    status = json.loads(farm_cli(env, "server", "status", "--json").stdout)
+    return int(status.get("requests", 0))
 
 
 @contextmanager
@@ -151,7 +187,9 @@ def _before_side(tmp: Path, before: str | None) -> Iterator[Path | None]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    rows = [("warm `farm rewrite` (new process)", report["farm_ms"], report["ratio"])]
+    rows = [("warm `farm rewrite` (new process)", report["farm_ms"], report["ratio"]),
+            ("the same through a running `farm server` (a new client process)", report["server_ms"],
+             report["server_ratio"])]
     if "before_ms" in report:
         rows.append((f"the same, before ({report['before_ref']})", report["before_ms"], report["before_ratio"]))
     rows += [("`python -c pass` (the floor)", report["python_ms"], report["python_floor_ratio"]),

@@ -238,6 +238,8 @@ TARGETS = [
     ("P5 resident KB per 1000 cached functions (batched)", lambda r: r["P5"]["kb_per_1000"], "<=", 2048),
     ("J1 warm `farm rewrite` in a new process vs the whole `maude` process (x)", lambda r: r["J1"]["ratio"], "<=",
      3),
+    ("J1 the same through a running `farm server` vs the whole `maude` process (x)",
+     lambda r: r["J1"]["server_ratio"], "<=", 3),
     ("J2 first native result for arith.farm, compile latency, tiered (ms)", lambda r: r["J2"]["arith_tiered_ms"],
      "<=", 50),
     ("J2 cold single rule in memory, tiered (ms)", lambda r: r["J2"]["single_rule_tiered_ms"], "<=", 10),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from farm import locations
 from farm.errors import ConfigError, InvalidSetting
 from farm.targets import target_names
 
@@ -30,8 +31,7 @@ SHARED_MODES = ("read-write", "read-only")
 
 
 def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "farm"
+    return Path(locations.default_cache_dir(os.environ))
 
 
 _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
@@ -211,18 +211,16 @@ class FarmConfig:
 
 
 def default_config_file(env: Mapping[str, str]) -> Path | None:
-    """$XDG_CONFIG_HOME/farm/config.toml (else ~/.config/farm/config.toml), from the variables of `env` only, so a
-    configuration read from a given mapping does not depend on the caller's home."""
-    base = env.get("XDG_CONFIG_HOME") or (str(Path(env["HOME"]) / ".config") if env.get("HOME") else "")
-    return Path(base) / "farm" / "config.toml" if base else None
+    """farm.locations.default_config_file, as a Path."""
+    path = locations.default_config_file(env)
+    return None if path is None else Path(path)
 
 
 def config_file_of(env: Mapping[str, str]) -> Path | None:
-    """FARM_CONFIG if set (empty: none), else the default location when a file is there."""
-    if "FARM_CONFIG" in env:
-        return Path(env["FARM_CONFIG"]) if env["FARM_CONFIG"].strip() else None
-    default = default_config_file(env)
-    return default if default is not None and default.is_file() else None
+    """farm.locations.config_file_of, as a Path: FARM_CONFIG if set (empty: none), else the default location when a
+    file is there."""
+    path = locations.config_file_of(env)
+    return None if path is None else Path(path)
 
 
 def read_config_file(path: Path) -> dict[str, tuple[str, int]]:
@@ -249,12 +247,8 @@ def read_config_file(path: Path) -> dict[str, tuple[str, int]]:
     settings: dict[str, tuple[str, int]] = {}
     for key, value in document.items():
         line = _line_of(lines, key)
-        settings[_setting_name(key)] = (_setting_text(path, key, value, line), line)
+        settings[locations.setting_name(key)] = (_setting_text(path, key, value, line), line)
     return settings
-
-
-def _setting_name(key: str) -> str:
-    return key if key.startswith("FARM_") else f"FARM_{key.upper()}"
 
 
 def _line_of(lines: list[str], key: str) -> int:

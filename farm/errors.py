@@ -367,3 +367,7 @@ class BadSignature(SignatureError):
 
 class LegacySignature(SignatureError):
     """An HMAC signature from before farm signed with Ed25519: no node accepts shared-secret signatures."""
+
+
+class ServerError(FarmError):
+    """`farm server` could not start, stop or reach its server."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,7 @@ from farm.errors import (
 from farm.lang.terms import TermGraph
 from farm.lang.transduce import RuleSet
 from farm.log import get_logger
-from farm.runtime.loader import NativeRuleset
+from farm.runtime.loader import IN_MEMORY, NativeRuleset
 from farm.semantics import DEFAULT_FUEL, RewriteResult, check_fuel
 from farm.targets import REGISTRY, host_can_run, missing_flags, resolve
 
@@ -55,14 +57,21 @@ def load_native(ruleset: RuleSet, artifact: Artifact, trusted: TrustedKeys | Non
 
 
 class Engine:
-    def __init__(self, config: FarmConfig | None = None, builder: ArtifactBuilder | None = None) -> None:
+    def __init__(self, config: FarmConfig | None = None, builder: ArtifactBuilder | None = None,
+                 keep_loaded: int | None = None) -> None:
+        """keep_loaded: the loaded libraries kept, least recently used dropped first (None: all of them)."""
         self.config = config or FarmConfig.from_env()
         self.builder = builder or ArtifactBuilder(self.config)
         self._in_memory: dict[tuple[str, int], Any] = {}
         # Loaded libraries by (fingerprint, target, -O): a loaded ruleset keeps rewriting with no index or
         # store round trip, so it keeps serving through a Redis or S3 outage.
-        self._loaded: dict[tuple[str, str, int], NativeRuleset] = {}
+        self._loaded: OrderedDict[tuple[str, str, int], NativeRuleset] = OrderedDict()
+        self._keep_loaded = keep_loaded
         self.background = BackgroundBuilds()
+
+    def loaded(self) -> list[tuple[str, str, int, str]]:
+        """The libraries this engine holds, least recently used first: (ruleset fingerprint, target, -O, path)."""
+        return [(*memo, str(native.path)) for memo, native in self._loaded.items()]
 
     def compile(self, ruleset: RuleSet, pattern_id: str, target: str | None = None,
                 opt_level: int | None = None) -> Artifact:
@@ -124,8 +133,14 @@ class Engine:
         memo = (ruleset.fingerprint(), self.builder.target(target).name, self.config.opt_level)
         self._tier_up(ruleset, memo)
         native = self._loaded.get(memo)
+        if native is not None and self._keep_loaded is not None and _removed(native):
+            native = None  # a long-lived engine's library cleared or collected: built and stored again, as a new
+            # process would (which is what a `farm server`'s client must see)
         if native is None:
             native = self._loaded[memo] = self._load(ruleset, pattern_id, target, memo)
+            if self._keep_loaded is not None and len(self._loaded) > self._keep_loaded:
+                self._loaded.popitem(last=False)
+        self._loaded.move_to_end(memo)
         return native
 
     def _tier_up(self, ruleset: RuleSet, memo: tuple[str, str, int]) -> None:
@@ -174,6 +189,60 @@ class Engine:
             log.info("artifact %s was evicted before it was loaded; building it again", artifact.meta.key[:12])
             artifact = None
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class HeldEngines:
+    """The engines of a long-lived process that runs many commands (`farm server`): one per configuration, so a
+    command finds the libraries an earlier one with the same FARM_* settings loaded, and loads no .so again. At
+    most `configurations` engines, each keeping `libraries` loaded libraries, least recently used dropped first."""
+
+    def __init__(self, configurations: int = 4, libraries: int = 16) -> None:
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._configurations = configurations
+        self._libraries = libraries
+
+    def get(self, config: FarmConfig) -> Engine:
+        key = _held_key(config)
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = self._engines[key] = Engine(config, keep_loaded=self._libraries)
+            if len(self._engines) > self._configurations:
+                self._engines.popitem(last=False)[1].wait_for_builds()
+        self._engines.move_to_end(key)
+        return engine
+
+    def loaded(self) -> list[tuple[str, str, int, str]]:
+        """Every library held, as Engine.loaded gives them."""
+        return [library for engine in self._engines.values() for library in engine.loaded()]
+
+
+def _held_key(config: FarmConfig) -> str:
+    """Every setting (the environment's and the config file's), and the working directory when a path among them
+    is relative to it: the same text elsewhere names other files."""
+    paths = [config.cache_dir, config.work_dir, config.signing_key, *config.verify_keys]
+    relative = any(path is not None and not path.is_absolute() for path in paths)
+    return f"{os.getcwd() if relative else ''}\0{config!r}"
+
+
+_held: HeldEngines | None = None  # set by `hold_engines` in a server; a one-shot command makes its own engine
+
+
+def hold_engines(held: HeldEngines | None) -> None:
+    """Make `command_engine` return held engines (None: a new engine each time, as a one-shot command)."""
+    global _held
+    _held = held
+
+
+def command_engine() -> Engine:
+    """The engine a CLI command uses: a new one for this process's configuration, or in a process that holds
+    engines (a server), the one held for it."""
+    config = FarmConfig.from_env()
+    return Engine(config) if _held is None else _held.get(config)
+
+
+def _removed(native: NativeRuleset) -> bool:
+    """Whether a loaded library's file is gone from the cache (code compiled in memory has none)."""
+    return native.path != IN_MEMORY and not native.path.exists()
 
 
 def _interpret(ruleset: RuleSet, graph: TermGraph, roots: list[int], fuel: int, cap: int) -> RewriteResult:

@@ -1,5 +1,5 @@
 """The `farm` command. Each subcommand is a `Command` in the module of its group (build, rewrite, stats, cluster,
-cache, config, keys), owning its options; this module lists them (pip-style: a table of names, modules and
+cache, server, config, keys), owning its options; this module lists them (pip-style: a table of names, modules and
 summaries, a command's module imported only when it runs or its help is asked for), parses, runs one, and turns an
 expected failure into one clear line and an exit code (the traceback only with -v)."""
 
@@ -37,6 +37,8 @@ COMMANDS: dict[str, CommandInfo] = {
     "top": CommandInfo("farm.cli.stats", "Top", "a live terminal view of the statistics"),
     "exporter": CommandInfo("farm.cli.stats", "Exporter", "serve the farm's metrics to Prometheus"),
     "cache": CommandInfo("farm.cli.cache", "Cache", "list, show, collect (gc) and clear the artifact caches"),
+    "server": CommandInfo("farm.cli.server", "Server",
+                          "start, stop or show the local server that runs commands without a new process's start-up"),
     "prewarm": CommandInfo("farm.cli.cluster", "Prewarm",
                            "cluster: compile every rule of a hot list for some targets, in batches"),
     "pull": CommandInfo("farm.cli.cluster", "Pull",

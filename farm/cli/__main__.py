@@ -1,7 +1,8 @@
-"""`python -m farm.cli`, the same as the `farm` command."""
+"""`python -m farm.cli`, the same as the `farm` command (its thin client, which runs the command here when no
+server takes it)."""
 
 import sys
 
-from farm.cli import main
+from farm.client import main
 
 sys.exit(main())

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
-from farm.cli.common import EXIT_OK, Command, add_json, checked, print_json
+from farm.cli.common import EXIT_OK, Command, Group, add_json, checked, print_json
 from farm.cli.console import out, say
 
 if TYPE_CHECKING:
     from farm.cache.gc import GcReport
     from farm.cache.inventory import Shown
     from farm.config import FarmConfig
-
-
-class Cache(Command):
-    def register(self, subparsers: argparse._SubParsersAction[Any]) -> None:
-        parser = subparsers.add_parser(self.name, help=self.summary)
-        actions = parser.add_subparsers(dest="cache_command", required=True, metavar=f"{{{','.join(ACTIONS)}}}")
-        for name, (action, summary) in ACTIONS.items():
-            action(name, summary).register(actions)
 
 
 def _config() -> FarmConfig:
@@ -164,6 +156,10 @@ ACTIONS: dict[str, tuple[type[Command], str]] = {
     "gc": (_Collect, "evict the least recently used (whatever was used in the last minute stays)"),
     "clear": (_Clear, "remove every artifact and compiled object (requests rebuild them)"),
 }
+
+
+class Cache(Group):
+    actions = ACTIONS
 
 
 def human_bytes(count: float) -> str:

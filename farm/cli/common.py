@@ -57,6 +57,19 @@ class Command:
         parser.set_defaults(handler=self.run)
 
 
+class Group(Command):
+    """A command of actions (`farm cache ls`, `farm server start`): `actions` names each one's class and summary."""
+
+    actions: dict[str, tuple[type[Command], str]] = {}
+
+    def register(self, subparsers: argparse._SubParsersAction[Any]) -> None:
+        parser = subparsers.add_parser(self.name, help=self.summary)
+        actions = parser.add_subparsers(dest=f"{self.name}_command", required=True,
+                                        metavar=f"{{{','.join(self.actions)}}}")
+        for name, (action, summary) in self.actions.items():
+            action(name, summary).register(actions)
+
+
 # Options taken by several commands: one definition each, so that their spellings and defaults cannot drift apart.
 
 def add_rules(parser: argparse.ArgumentParser) -> None:

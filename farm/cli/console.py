@@ -53,3 +53,10 @@ def _plain(stream: TextIO) -> bool:
         return not stream.isatty()
     except (AttributeError, ValueError):  # a replaced or closed stream: left to rich
         return False
+
+
+def forget_consoles() -> None:
+    """The next out() and err() are made anew: a console settles its colours and width when made, from the streams
+    and variables of that moment, and a server's next command has the streams and variables of another client."""
+    out.cache_clear()
+    err.cache_clear()

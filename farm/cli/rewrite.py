@@ -53,7 +53,7 @@ class Rewrite(Command):
         add_engine_options(parser, fuel=DEFAULT_FUEL)
 
     def run(self, args: argparse.Namespace) -> int:
-        from farm.cache.engine import Engine
+        from farm.cache.engine import command_engine
         from farm.lang.terms import TermGraph
 
         ruleset = load_ruleset(args.rules, args.warnings)
@@ -62,7 +62,7 @@ class Rewrite(Command):
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            engine = Engine()
+            engine = command_engine()
             result = engine.rewrite(ruleset, graph, roots, pattern_id(args.rules), args.fuel, args.engine,
                                     args.target)
         for w in caught:
@@ -101,13 +101,13 @@ class Verify(Command):
                                                                 "terms)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from farm.cache.engine import Engine, load_native
+        from farm.cache.engine import command_engine, load_native
         from farm.runtime.verify import VerifyReport, differential
 
         ruleset = load_ruleset(args.rules, args.warnings)
         native = None
         if args.engine != "interpreter":
-            engine = Engine()
+            engine = command_engine()
             native = load_native(ruleset, engine.compile(ruleset, pattern_id(args.rules), args.target),
                                  engine.builder.trusted)
         report = VerifyReport()

@@ -256,6 +256,9 @@ def _from_addresses(address: Callable[[str], int]) -> _Bound:
     return _Bound(lambda name, restype, argtypes: ctypes.CFUNCTYPE(restype, *argtypes)(address(name)))
 
 
+IN_MEMORY = Path("<in-memory>")  # the `path` of code compiled in memory, which has no file
+
+
 class NativeRuleset:
     """A loaded ruleset library. Not thread-safe per call: each rewrite() owns a fresh arena."""
 
@@ -272,7 +275,7 @@ class NativeRuleset:
         """Code loaded into this process by a JIT: `address(name)` finds each function; `keepalive` owns
         the memory the code lives in."""
         self = cls.__new__(cls)
-        self.path = Path("<in-memory>")
+        self.path = IN_MEMORY
         self.ruleset = ruleset
         self.lib = _from_addresses(address)
         self._keepalive = keepalive

@@ -1,0 +1,138 @@
+"""The `farm` command's entry: a thin client that hands a command to a running `farm server` when there is one, and
+otherwise runs it in this process, exactly as `farm.cli.main` does.
+
+A new Python process that imports farm and rewrites a file pays some 60 ms before its first rewrite step; a server
+holding farm imported and the rule libraries loaded answers the same command in a few. This module imports only
+what finding and asking the server takes (farm.locations, farm.rendezvous: os, struct, zlib, marshal; socket when
+there is a socket to ask), sccache-style: the server is never started on the user's behalf (`farm server start`).
+
+A command goes to the server when it is one the server runs (SERVED), reads no standard input (`-`), FARM_SERVER
+is not `off`, and a server of this user, cache directory, interpreter and farm code listens. Anything else (no
+server, a refusal, a server of older code, a broken connection before the first byte of output) and the command
+runs here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Any
+
+from farm import locations, rendezvous
+
+SERVED = ("rewrite",)
+ERROR, INTERRUPTED = 2, 130  # farm.cli.common's EXIT_ERROR and EXIT_INTERRUPTED, which cost farm.cli's imports
+CONNECT_TIMEOUT = 0.5  # seconds: a server whose queue of connections stays full that long is wedged
+
+
+def main() -> int:
+    """Run this process's command line, on the server when one can take it; the exit code."""
+    argv = sys.argv[1:]
+    if os.environ.get("FARM_SERVER", "").strip().lower() != "off" and served(argv):
+        code = ask_server(argv)
+        if code is not None:
+            return code
+    from farm.cli import main as run_here
+
+    return run_here()
+
+
+def served(argv: list[str]) -> bool:
+    """Whether the server may run this command line: a served command (after -v at most), no input from stdin."""
+    command = next((arg for arg in argv if arg not in ("-v", "--verbose")), None)
+    return command in SERVED and "-" not in argv
+
+
+def ask_server(argv: list[str]) -> int | None:
+    """The command's exit code, its output written here as the server wrote it; None when the server did not take
+    it (the caller runs it)."""
+    try:
+        conn = _connect_and_send(argv)
+    except (OSError, rendezvous.Unsafe):  # no server (or not one of ours): the command runs here
+        return None
+    if conn is None:
+        return None
+    try:
+        return relay(conn)
+    except KeyboardInterrupt:  # as farm.cli.main says it; the server finishes the command, its output dropped
+        sys.stderr.write("farm: interrupted\n")
+        return INTERRUPTED
+    finally:
+        conn.close()
+
+
+def _connect_and_send(argv: list[str]) -> Any:
+    """A connection to the server that has the request; None when the configuration cannot be read here."""
+    cache_dir = locations.cache_dir(os.environ)
+    if cache_dir is None:
+        return None
+    # _socket, not socket: the wrapper module costs a new process some 2.5 ms (selectors, enum classes) and adds
+    # nothing a connect, a send and recv need
+    import _socket
+
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        conn.settimeout(CONNECT_TIMEOUT)
+        conn.connect(rendezvous.socket_path(cache_dir))
+        conn.settimeout(None)  # a command may run for long
+        conn.sendall(rendezvous.frame(rendezvous.REQUEST, rendezvous.encode(request(argv, cache_dir))))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def request(argv: list[str], cache_dir: str) -> dict[str, object]:
+    """What the server needs to run the command as this process would."""
+    env = {name: value for name, value in os.environ.items()
+           if name.startswith("FARM_") or name in rendezvous.FORWARDED}
+    terminals = [_isatty(sys.stdout), _isatty(sys.stderr)]
+    if any(terminals) and "COLUMNS" not in env:  # the server has no terminal to measure: this one's width
+        with contextlib.suppress(OSError):
+            env["COLUMNS"] = str(os.get_terminal_size(1 if terminals[0] else 2).columns)
+    return {"protocol": rendezvous.PROTOCOL, "stamp": rendezvous.code_stamp(), "cache_dir": os.path.abspath(cache_dir),
+            "argv": argv, "cwd": os.getcwd(), "env": env, "terminals": terminals,
+            "encodings": [_encoding(sys.stdout), _encoding(sys.stderr)]}
+
+
+def relay(conn: Any) -> int | None:
+    """Write the server's output frames to stdout and stderr as they come; the exit code at the end. None when
+    the server refused, or went away, before any output; a connection lost after some output is an error here
+    (running the command again would repeat that output)."""
+    started = False
+    while True:
+        try:
+            kind, payload = rendezvous.read_frame(conn)
+        except (OSError, ValueError):
+            return None if not started else _error("the farm server closed the connection before the command "
+                                                   "finished")
+        if kind == rendezvous.EXIT:
+            return int(payload)
+        if kind not in (rendezvous.OUT, rendezvous.ERR):  # REFUSED, STALE: the command runs here
+            return None if not started else _error(f"the farm server stopped the command: {payload!r}")
+        stream = sys.stdout if kind == rendezvous.OUT else sys.stderr
+        try:
+            stream.flush()
+            stream.buffer.write(payload)
+            stream.buffer.flush()
+        except OSError as exc:  # e.g. `farm rewrite ... | head -1`: as farm.cli.main reports it
+            return _error(exc.strerror or str(exc))
+        started = True
+
+
+def _error(message: str) -> int:
+    """One line, as farm.cli.main writes an error, and its exit code."""
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"farm: error: {message}\n")
+    return ERROR
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
+def _encoding(stream: object) -> list[str]:
+    return [getattr(stream, "encoding", None) or "utf-8", getattr(stream, "errors", None) or "strict"]
