@@ -139,8 +139,9 @@ class FarmConfig:
     visibility_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        self.cache_dir = Path(self.cache_dir)
-        self.work_dir = Path(self.work_dir) if self.work_dir is not None else None
+        # absolute: the tools and the background build run in directories of their own
+        self.cache_dir = Path(self.cache_dir).absolute()
+        self.work_dir = Path(self.work_dir).absolute() if self.work_dir is not None else None
         self.signing_key = Path(self.signing_key) if self.signing_key else None
         self.verify_keys = tuple(Path(p) for p in self.verify_keys)
 
@@ -390,8 +391,9 @@ def flag(text: str) -> bool:
 
 
 def directory(text: str) -> Path:
-    """A directory path; it need not exist yet (farm creates it), but must not be something else."""
-    path = Path(text)
+    """A directory path, made absolute (the tools and the background build run in directories of their own); it need
+    not exist yet (farm creates it), but must not be something else."""
+    path = Path(text).absolute()
     if "\0" in text:
         raise ValueError("a directory path (without a NUL byte)")
     existing = next((p for p in (path, *path.parents) if p.exists()), None)

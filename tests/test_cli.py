@@ -202,3 +202,15 @@ def test_farm_config_shows_each_value_and_where_it_comes_from(tmp_path: Path) ->
     table = subprocess.run([sys.executable, "-m", "farm.cli", "config"], capture_output=True, text=True, cwd=ROOT,
                            env=env, timeout=60, check=False)
     assert f"{config_file}:1" in table.stdout and "hunter2" not in table.stdout
+
+
+def test_a_relative_cache_directory_is_the_one_under_the_working_directory(tmp_path: Path) -> None:
+    """FARM_CACHE_DIR=cache: the library built in the background (its objects linked by ld.lld, which runs
+    elsewhere) lands under this directory's cache, and the next process finds it there."""
+    env = {**os.environ, "FARM_CACHE_DIR": "cache", "FARM_SERVER": "off"}
+    arith, terms = str(EXAMPLES / "arith.farm"), str(EXAMPLES / "arith.terms")
+    runs = [subprocess.run([sys.executable, "-m", "farm.cli", "rewrite", arith, terms], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=300, check=False) for _ in range(2)]
+    assert [run.returncode for run in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    assert list((tmp_path / "cache").rglob("*.so")), runs[0].stderr
+    assert "storing the compiled library" not in runs[1].stderr  # a hit: nothing left to build

@@ -206,6 +206,7 @@ def test_relative_paths_are_the_clients(farm: Farm, tmp_path: Path) -> None:
 def test_a_relative_cache_directory_is_the_clients(farm: Farm, tmp_path: Path) -> None:
     farm.env["FARM_CACHE_DIR"], farm.cwd = "cache", tmp_path  # tmp_path/cache, while the server runs in /
     farm.start()
+    assert farm.local("rewrite", RULES, TERMS).returncode == 0  # the library built under tmp_path/cache: hits next
     _same(farm("rewrite", RULES, TERMS), farm.local("rewrite", RULES, TERMS))
     status = farm.status()
     assert status is not None and status["requests"] == 1 and status["cache_dir"] == str(tmp_path / "cache")
