@@ -1,12 +1,13 @@
 """The rules' code: one function per defined operator, and the manifest.
 
-`farm_norm_op<k>(arena, a0 .. an-1)` takes the normal forms of a call's arguments and returns the call's
-normal form (docs/rules.md, "Semantics"): it prints the operator's match program (farm/compiler/matchprog.py: the
-decision tree of farm/compiler/matchtree.py, exactly the first rule in firing order, with each rule's tests, firing
-and target lowered once), calling the defined operators a target applies and interning the rest (intern<n>,
-farm/compiler/codegen/intern.py). A redex is never built. Its frame on the shadow stack holds the arguments, the
-values an attempt keeps, and the children of the node being interned: all the node ids a collection must see
-and rewrite, so every id is read back from there after a call.
+`farm_norm_op<k>(arena, depth, a0 .. an-1[, tracked])` (norm_type, in the convention norm_convention says) takes
+the normal forms of a call's arguments and returns the call's normal form (docs/rules.md, "Semantics"): it prints
+the operator's match program (farm/compiler/matchprog.py: the decision tree of farm/compiler/matchtree.py, exactly
+the first rule in firing order, with each rule's tests, firing and target lowered once), calling the defined
+operators a target applies and interning the rest (intern<n>, farm/compiler/codegen/intern.py). A redex is never
+built. Its frame on the shadow stack holds the arguments and the values an attempt reads past a later Eval
+(Eval.kept): with the children intern<n>'s slow path pushes, all the node ids a collection must see and rewrite, so
+every id is read back from there after a call; a value read only up to the next Eval stays in a register.
 
 The manifest holds what depends on the whole ruleset: the dispatch on an input row's operator
 (farm_call), counts, arities, first rule of each operator, memo width and fingerprint.
