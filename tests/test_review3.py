@@ -125,7 +125,7 @@ def test_calls_too_deep_at_the_same_depth_as_the_interpreter_in_memory(engine: E
     expected = interp_result(DEPTH_RULES, text)
     kinds = {type(o).__name__ for o in expected.outcomes}
     assert "CallsTooDeep" in kinds and "int" in kinds
-    for opt in (0, 1, 2, 3):
+    for opt in (0, 2):  # tier 0's C convention and the GHC one (norm_convention)
         native = engine.load_in_memory(rs, opt_level=opt)
         g = TermGraph(rs.make_signature())
         assert_same(native.rewrite(g, g.parse(text), 100_000, 0), expected, rs)
@@ -135,7 +135,7 @@ def test_calls_too_deep_at_the_same_depth_as_the_interpreter_in_a_library(engine
     rs = ruleset_of(DEPTH_RULES)
     text = depth_terms()
     expected = interp_result(DEPTH_RULES, text)
-    for opt in (0, 3):
+    for opt in (0, 2):
         engine.config.opt_level = opt  # type: ignore[misc]
         native = load_native(rs, engine.compile(rs, f"depth{opt}", opt_level=opt))
         g = TermGraph(rs.make_signature())
@@ -196,9 +196,9 @@ def check_against_interpreter(rs, native, text: str) -> None:  # type: ignore[no
     assert_same(a, b, rs)
     gen = TermGenerator(rs, random.Random(3))
     g3 = TermGraph(rs.make_signature())
-    texts = " ".join(g3.to_text(gen.term(g3)) for _ in range(150))
+    texts = " ".join(g3.to_text(gen.term(g3)) for _ in range(60))
     g4, g5 = TermGraph(rs.make_signature()), TermGraph(rs.make_signature())
-    assert_same(native.rewrite(g4, g4.parse(texts), 20_000, 0), Interpreter(rs).rewrite(g5, g5.parse(texts), 20_000, 0),
+    assert_same(native.rewrite(g4, g4.parse(texts), 3_000, 0), Interpreter(rs).rewrite(g5, g5.parse(texts), 3_000, 0),
                 rs)
 
 
@@ -206,13 +206,13 @@ def test_conventions_in_memory_at_every_level(engine: Engine) -> None:
     rs = ruleset_of(CONVENTIONS)
     conv = farm.compiler.codegen.operators.norm_convention
     assert conv(8, False) == "ghccc" and conv(9, False) == "" and conv(3, True) == "" and conv(0, False) == "ghccc"
-    for opt in (0, 1, 2, 3):
+    for opt in (0, 2):  # tier 0's C convention and the GHC one (norm_convention)
         check_against_interpreter(rs, engine.load_in_memory(rs, opt_level=opt), CONVENTION_TERMS)
 
 
 def test_conventions_in_a_library_at_every_level(engine: Engine) -> None:
     rs = ruleset_of(CONVENTIONS)
-    for opt in (0, 1, 2, 3):
+    for opt in (0, 2):
         check_against_interpreter(rs, load_native(rs, engine.compile(rs, f"conv{opt}", opt_level=opt)),
                                   CONVENTION_TERMS)
 
@@ -235,10 +235,8 @@ def test_conventions_across_chunks(engine: Engine) -> None:
                 flagged = "i1" in line.split("@farm_norm_op")[1] if " call " not in line else None
                 if flagged is not None:
                     assert ("ghccc" in line) == (not flagged and arity <= 8), line
-    for opt in (0, 2):
-        check_against_interpreter(rs, engine.load_in_memory(rs, opt_level=opt), CONVENTION_TERMS)
-        check_against_interpreter(rs, load_native(rs, engine.compile(rs, f"chunks{opt}", opt_level=opt)),
-                                  CONVENTION_TERMS)
+    check_against_interpreter(rs, engine.load_in_memory(rs, opt_level=0), CONVENTION_TERMS)  # the library layout
+    check_against_interpreter(rs, load_native(rs, engine.compile(rs, "chunks", opt_level=2)), CONVENTION_TERMS)
 
 
 # ---- values in registers between Evals, under collections ----
