@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import (
+    ERR_OOM,
     LIT_OP,
     MARK_BASE,
     PARENT_AT,
@@ -222,6 +223,20 @@ def populate_ahead(f: FunctionBuilder, words: ir.Value, ready_field: str, need: 
     call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(ready, c64(8))),
                   b.add(base, b.mul(new_ready, c64(8))))
     f.put(ready_field, new_ready)
+
+
+def push_roots(f: FunctionBuilder, values: list[ir.Value]) -> ir.Value:
+    """Push `values` on the shadow stack (grown first when past `roots_cap`; ERR_OOM from the function when it
+    cannot grow), where a collection finds and moves them; the frame's base. The caller pops: put("rsp", base)."""
+    b = f.b
+    base = f.get("rsp")
+    need = f.plus(base, len(values))
+    with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
+        f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
+    for i, value in enumerate(values):
+        f.set_root(f.plus(base, i), value)
+    f.put("rsp", need)
+    return base
 
 
 def call_internal(f: FunctionBuilder, name: str, ret: ir.Type, args: list[ir.Type], *values: ir.Value) -> ir.Value:

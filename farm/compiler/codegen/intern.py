@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from farm.compiler.codegen import textir as ir
-from farm.compiler.codegen.abi import ERR_OOM, NO_PARENT
-from farm.compiler.codegen.heap import K1, K2, TAG_SHIFT, call, parent_at, same_node
+from farm.compiler.codegen.abi import NO_PARENT
+from farm.compiler.codegen.heap import K1, K2, TAG_SHIFT, call, parent_at, push_roots, same_node
 from farm.compiler.codegen.irbuild import I64, PTR, TRUE, FunctionBuilder, c64
 
 
@@ -70,14 +70,7 @@ def intern_function(module: ir.Module, arity: int, inline: bool) -> ir.Function:
 
 def _pushed_intern(f: FunctionBuilder, head: ir.Value, kids: Sequence[ir.Value]) -> ir.Value:
     """farm_intern, the kids pushed on the shadow stack for the call's length."""
-    b = f.b
-    base = f.get("rsp")
-    need = f.plus(base, len(kids))
-    with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
-        f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
-    for k, kid in enumerate(kids):
-        f.set_root(f.plus(base, k), kid)
-    f.put("rsp", need)
+    base = push_roots(f, list(kids))
     node = call(f, "farm_intern", f.arena, head, c64(len(kids)), f.root_ptr(base))
     f.put("rsp", base)
     return node

@@ -26,11 +26,10 @@ from farm.compiler.codegen.abi import (
     ERR_CYCLE,
     ERR_DEPTH,
     ERR_FUEL,
-    ERR_OOM,
     IN_PROGRESS,
     NO_MATCH,
 )
-from farm.compiler.codegen.heap import LIT_HEADER, call, header, track_room
+from farm.compiler.codegen.heap import LIT_HEADER, call, header, push_roots, track_room
 from farm.compiler.codegen.intern import hash_words, intern_function
 from farm.compiler.codegen.irbuild import I1, I64, PTR, FunctionBuilder, c64, declare
 from farm.compiler.matchtree import NODE_BUDGET, Occurrence
@@ -205,15 +204,7 @@ class _OperatorEmitter:
         with b.if_then(b.icmp_unsigned("<", here, f.get("stack_floor")), likely=False):
             f.return_if_error(call(f, "farm_stack", f.arena, here))  # ERR_STACK, or stack pages populated
         f.return_if(b.icmp_signed(">", self.depth, c64(MAX_CALL_DEPTH)), c64(ERR_CALLS))
-        self.base = f.get("rsp")
-        need = f.plus(self.base, self.frame)
-        with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
-            f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
-        for i, value in enumerate(f.args[2:2 + self.arity]):
-            f.set_root(f.plus(self.base, i), value)
-        for i in range(self.arity, self.frame):
-            f.set_root(f.plus(self.base, i), c64(-1))
-        f.put("rsp", need)
+        self.base = push_roots(f, [*f.args[2:2 + self.arity], *[c64(-1)] * (self.frame - self.arity)])
         if self.tracked:
             with self._if_tracked():
                 self._track()
