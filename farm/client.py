@@ -84,8 +84,7 @@ def _connect_and_send(argv: list[str]) -> Any:
 
 def request(argv: list[str], cache_dir: str) -> dict[str, object]:
     """What the server needs to run the command as this process would."""
-    env = {name: value for name, value in os.environ.items()
-           if name.startswith("FARM_") or name in rendezvous.FORWARDED}
+    env = {name: value for name, value in os.environ.items() if rendezvous.forwarded(name)}
     terminals = [_isatty(sys.stdout), _isatty(sys.stderr)]
     if any(terminals) and "COLUMNS" not in env:  # the server has no terminal to measure: this one's width
         with contextlib.suppress(OSError):

@@ -38,6 +38,11 @@ FORWARDED = ("TTY_COMPATIBLE", "FORCE_COLOR", "NO_COLOR", "COLUMNS", "LINES", "T
 FARM_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def forwarded(name: str) -> bool:
+    """Whether a request carries the client's value of this variable (and the server sets it, or unsets its own)."""
+    return name.startswith("FARM_") or name in FORWARDED
+
+
 class Unsafe(Exception):
     """The socket directory is not private to this user (someone else's, a symlink, or open to others)."""
 

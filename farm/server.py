@@ -271,11 +271,11 @@ def _exit_code(handler: Handler, argv: list[str]) -> int:
 
 @contextmanager
 def _as_client(cwd: str, env: dict[str, str], stdout: TextIO, stderr: TextIO) -> Iterator[None]:
-    """The client's directory, variables (FARM_* and rendezvous.FORWARDED: the server's own are unset) and streams
+    """The client's directory, variables (rendezvous.forwarded: the server's own are unset) and streams
     for the time of a request; the server's back after it."""
     saved_env, saved_cwd, saved_streams = dict(os.environ), os.getcwd(), (sys.stdout, sys.stderr)
     try:
-        for name in [name for name in os.environ if name.startswith("FARM_") or name in rendezvous.FORWARDED]:
+        for name in [name for name in os.environ if rendezvous.forwarded(name)]:
             del os.environ[name]
         os.environ.update(env)
         os.chdir(cwd)

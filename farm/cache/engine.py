@@ -217,10 +217,9 @@ class HeldEngines:
 
 
 def _held_key(config: FarmConfig) -> str:
-    """Every setting (the environment's and the config file's), and the working directory when a path among them
-    is relative to it: the same text elsewhere names other files."""
-    paths = [config.cache_dir, config.work_dir, config.signing_key, *config.verify_keys]
-    relative = any(path is not None and not path.is_absolute() for path in paths)
+    """Every setting (the environment's and the config file's), and the working directory when a key's path is
+    relative to it (the cache and work directories are made absolute): the same text elsewhere names other files."""
+    relative = any(path is not None and not path.is_absolute() for path in (config.signing_key, *config.verify_keys))
     return f"{os.getcwd() if relative else ''}\0{config!r}"
 
 

@@ -355,7 +355,7 @@ class NativeRuleset:
             ops, vals, arities, kids = ops[:nodes], vals[:nodes], arities[:nodes], kids[:arena.contents.marked_kids]
         if to_native is not None or len(graph.signature.names) < len(self.ruleset.signature):
             ops = array(ID_TYPECODE, map(self._graph_op(graph, to_native), ops))
-        # the columns are exactly as long as farm_mark counted: they are the graph's, uncopied
+        # the columns (exactly as long as farm_mark counted, or views of the rows written) are the graph's, uncopied
         result_graph = TermGraph.from_columns(graph.signature, ops, vals, arities, kids)
         names = [r.name for r in self.ruleset.rules]
         outcomes: list[int | NonTermination] = []
