@@ -7,7 +7,9 @@ initial space cannot quietly turn a collector test into one that never moves a n
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import random
 import subprocess
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 
 from farm.cache.engine import Engine
 from farm.compiler.codegen.abi import ERR_INPUT
+from farm.compiler.codegen.heap import POPULATE_LEAD
 from farm.config import FarmConfig
 from farm.errors import (
     ArenaOutOfMemory,
@@ -40,9 +43,9 @@ from farm.lang.dsl import parse_rules
 from farm.lang.rules import TopologicalPattern
 from farm.lang.terms import ID_TYPECODE, LIT, VALUE_TYPECODE, TermGraph
 from farm.lang.transduce import RuleSet, transduce_patterns
-from farm.runtime import loader
+from farm.runtime import loader, mapped
 from farm.runtime.loader import NativeRuleset
-from farm.runtime.mapped import MAPPED_MIN_BYTES
+from farm.runtime.mapped import MAPPED_MIN_BYTES, address, bounded_columns
 from farm.runtime.verify import TermGenerator
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
 from farm.semantics.callgraph import untracked_calls
@@ -864,6 +867,81 @@ def test_a_large_export_on_mapped_columns(engine: Engine) -> None:
     assert isinstance(native.rewrite(small, small.parse("(num 3)")).graph.ops, array)
 
 
+def _resident_pages(address: int, length: int) -> list[bool]:
+    """Which pages of the mapping at `address` are in memory (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    pages = -(-length // mmap.PAGESIZE)
+    vector = ctypes.create_string_buffer(pages)
+    assert libc.mincore(address, length, vector) == 0, os.strerror(ctypes.get_errno())
+    return [byte & 1 == 1 for byte in vector.raw[:pages]]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bounded columns are a Linux mapping")
+def test_farm_populate_populates_each_column_from_its_lead_to_its_cap_while_an_export_runs(engine: Engine) -> None:
+    """farm_populate populates the pages of rows [POPULATE_LEAD, rows) of the row columns and [POPULATE_LEAD,
+    children) of the child column, and no others (the export's own, below the lead; past the caps), while
+    the arena's `exporting` is set; not at all once it is clear."""
+    _, native = native_of(engine, COLLECTOR_PROGRAMS["numerals"][0])
+    rows, children, bound = 300_000, 200_000, 1 << 20
+    layout = [(ID_TYPECODE, bound), (VALUE_TYPECODE, bound), (ID_TYPECODE, bound), (ID_TYPECODE, 2 * bound)]
+    for exporting in (0, 1):
+        columns = bounded_columns(layout)
+        assert columns is not None
+        base, length = address(columns[0]), address(columns[-1]) + 4 * len(columns[-1]) - address(columns[0])
+        with fresh_arena(native) as arena:
+            arena.contents.exporting = exporting
+            reached = native.lib.farm_populate(arena, *map(address, columns), rows, children)
+        resident = _resident_pages(base, length)
+        if not exporting:
+            assert reached == POPULATE_LEAD and not any(resident)
+            continue
+        assert reached >= rows and any(resident), "the kernel refuses MADV_POPULATE_WRITE (before Linux 5.14)?"
+        expected = [False] * len(resident)
+        for column, width, cells in zip(columns, (4, 8, 4, 4), (rows, rows, rows, children)):
+            first, last = address(column) - base + POPULATE_LEAD * width, address(column) - base + cells * width
+            for page in range(-(-first // mmap.PAGESIZE), -(-last // mmap.PAGESIZE)):
+                expected[page] = True
+        assert resident == expected
+
+
+@pytest.mark.parametrize("path", ["bounded", "exact"])
+def test_a_large_export_is_the_same_with_its_pages_populated_alongside(engine: Engine, path: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export into fresh mapped columns (bounded, or exact after farm_mark) runs on the library's thread
+    while this one populates their pages ahead of it (farm_populate): the same graph as exporting alone into
+    arrays after farm_mark."""
+    rs, native = native_of(engine, COLLECTOR_PROGRAMS["numerals"][0])
+    if path == "exact":
+        monkeypatch.setattr(mapped, "BOUNDED_MIN_BYTES", 1 << 60)
+    reached: list[int] = []
+    populate = native.lib.farm_populate
+
+    def counted(*args: Any) -> int:
+        reached.append(populate(*args))
+        return reached[-1]
+
+    monkeypatch.setattr(native.lib, "farm_populate", counted)
+    terms = f"(plus {numeral(200_000)} (num 3)) (mul (num 40) (num 40))"
+    g = TermGraph(rs.make_signature())
+    result = native.rewrite(g, g.parse(terms), max_memory=0)
+    assert len(reached) == 1 and reached[0] > POPULATE_LEAD, "the export ended before a page was populated"
+    graph = result.graph
+    assert all(isinstance(column, memoryview) for column in (graph.ops, graph.vals, graph.arities, graph.kid_ids))
+    with fresh_arena(native) as arena:
+        g2 = TermGraph(rs.make_signature())
+        out = array("q", rewrite_on(native, arena, columns_of(g2), g2.parse(terms)).out)
+        sizes, roots = loader._zeros(2), loader._zeros(len(out))
+        native.lib.farm_mark(arena, len(out), loader._ptr(out), loader._ptr(sizes))
+        nodes, children = sizes
+        columns = [loader._zeros(nodes, ID_TYPECODE), loader._zeros(nodes), loader._zeros(nodes, ID_TYPECODE),
+                   loader._zeros(children, ID_TYPECODE)]
+        assert native.lib.farm_export(arena, len(out), loader._ptr(out), loader._ptr(roots),
+                                      *map(loader._ptr, columns)) == nodes
+    assert columns == [graph.ops, graph.vals, graph.arities, graph.kid_ids]
+    assert result.outcomes == list(roots) and graph.depth(result.outcomes[0]) == 200_004  # type: ignore[arg-type]
+
+
 def test_export_without_mark_numbers_the_nodes_itself_a_million_levels_deep(engine: Engine) -> None:
     """farm_export after farm_mark writes what the mark numbered; called alone it numbers the nodes itself,
     with the same columns, on a numeral a million levels deep (the walk's stack is explicit). Exporting and
@@ -871,7 +949,7 @@ def test_export_without_mark_numbers_the_nodes_itself_a_million_levels_deep(engi
     rs, native = native_of(engine, COLLECTOR_PROGRAMS["numerals"][0])
     terms = f"(plus {numeral(1_000_000)} (num 3)) (num 3) (plus (num 2) (s (num 2)))"
     g = TermGraph(rs.make_signature())
-    expected = native.rewrite(g, g.parse(terms), max_memory=0)  # farm_mark, then farm_export
+    expected = native.rewrite(g, g.parse(terms), max_memory=0)  # bounded columns: farm_export alone
     graph = expected.graph
     assert graph.depth(expected.outcomes[0]) == 1_000_004  # type: ignore[arg-type]
     with fresh_arena(native) as arena:

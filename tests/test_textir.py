@@ -24,7 +24,7 @@ CMPS = ["==", "!=", "<", "<=", ">", ">="]
 
 Step = tuple[str, int, int, int]
 steps = st.lists(st.tuples(st.sampled_from(["binop", "icmp", "select", "cast", "memory", "gep", "call", "if_then",
-                                            "if_else", "block", "switch", "not", "meta"]),
+                                            "if_else", "block", "switch", "not", "meta", "atomic"]),
                            st.integers(0, 10**6), st.integers(0, 10**6), st.integers(-2**40, 2**40)),
                  max_size=40)
 
@@ -71,6 +71,14 @@ def play(ir: Any, program: list[Step], triple: str) -> str:
             at = b.gep(fn.args[0], [ir.Constant(i64, x % 7)], inbounds=bool(y % 2), source_etype=i64)
             ints.append(b.load(at, typ=i64))
             ints[-1].set_metadata("tbaa", module.add_metadata([node, node, ir.Constant(i64, 0)]))  # `tag` again
+        elif kind == "atomic":
+            at = b.gep(fn.args[0], [ir.Constant(i64, x % 7)], inbounds=True, source_etype=i64)
+            ordering = ["monotonic", "release"][y % 2]
+            if hasattr(ir, "instructions"):  # llvmlite's builder checks a pointee, which an opaque pointer has not
+                b._insert(ir.instructions.StoreAtomicInstr(b.block, a, at, ordering, 8))
+            else:
+                b.store_atomic(a, at, ordering, 8)
+            ints.append(b.load_atomic(at, ["monotonic", "acquire"][x % 2], 8, typ=i64))
         elif kind == "call":
             ints.append(b.call(helper, [fn.args[0], a]))
         elif kind in ("if_then", "if_else"):

@@ -42,7 +42,7 @@ from farm.config import max_memory_from_env
 from farm.errors import ArenaOutOfMemory, IntegrityError, LoadError, NonTermination, TermError
 from farm.lang.terms import ID_TYPECODE, LIT, MAX_NODES, VALUE_TYPECODE, Column, TermGraph, bulk
 from farm.lang.transduce import RuleSet
-from farm.runtime.mapped import address, bounded_columns, zeroed_columns
+from farm.runtime.mapped import address, bounded_columns, exact_columns
 from farm.semantics import (
     DEFAULT_FUEL,
     RewriteResult,
@@ -187,9 +187,11 @@ class _BigStack(threading.local):
 
     jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]]] | None = None
 
-    def run(self, job: Callable[[], Any], interrupt: Callable[[], None]) -> Any:
+    def run(self, job: Callable[[], Any], interrupt: Callable[[], None],
+            alongside: Callable[[], object] | None = None) -> Any:
         """job() on the big stack; on Ctrl-C, interrupt() (which must make the job end soon), then re-raise
-        once it has: the job owns memory the caller is about to free."""
+        once it has: the job owns memory the caller is about to free. Meanwhile this thread runs alongside(),
+        if given."""
         if self.jobs is None:
             self.jobs = queue.SimpleQueue()
             with _STACK_SIZE_LOCK:
@@ -201,6 +203,8 @@ class _BigStack(threading.local):
         done: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         self.jobs.put((job, done))
         try:
+            if alongside is not None:
+                alongside()
             ok, value = done.get()
         except KeyboardInterrupt:
             interrupt()
@@ -237,6 +241,7 @@ class _Bound:
     farm_rewrite: Any
     farm_mark: Any
     farm_export: Any
+    farm_populate: Any
 
     def __init__(self, resolve: Callable[[str, Any, list[Any]], Any]) -> None:
         for name, (restype, argtypes) in ABI.items():
@@ -345,10 +350,20 @@ class NativeRuleset:
 
     def _collect(self, arena: Any, graph: TermGraph, to_native: list[int] | None, out: array, info: array,
                  fuel: int, cap: int) -> RewriteResult:
-        (ops, vals, arities, kids), bounded = self._export(arena, out)
+        (ops, vals, arities, kids), fresh, bounded = self._export(arena, out)
         mapped = _zeros(len(out))
-        nodes = self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), _ptr(ops), _ptr(vals),
-                                     _ptr(arities), _ptr(kids))
+        columns = [_ptr(ops), _ptr(vals), _ptr(arities), _ptr(kids)]
+
+        def export() -> int:
+            return int(self.lib.farm_export(arena, len(out), _ptr(out), _ptr(mapped), *columns))
+
+        if fresh is None:
+            nodes = export()
+        else:  # on the library's thread, while this one populates the columns' pages ahead of it
+            rows, children = fresh
+            arena.contents.exporting = 1
+            nodes = _BIG_STACK.run(export, lambda: None,  # nothing to interrupt: an export always ends
+                                   lambda: self.lib.farm_populate(arena, *columns, rows, children))
         if nodes > MAX_NODES:
             raise TermError(f"the normal forms have {nodes} nodes; a term graph holds at most {MAX_NODES}")
         if bounded:  # views of what was written
@@ -382,21 +397,27 @@ class NativeRuleset:
         ctypes.memmove(_ptr(counters), arena.contents.counters, 8 * len(names))
         return RewriteResult(result_graph, outcomes, counters.tolist(), "native", list(info[0::2]))
 
-    def _export(self, arena: Any, out: array) -> tuple[list[Column], bool]:
-        """Columns for farm_export. A large export goes in one walk, into columns sized by the bound
-        (export_bound: mapped, only the pages written become memory, populated by the export as it goes);
+    def _export(self, arena: Any, out: array) -> tuple[list[Column], tuple[int, int] | None, bool]:
+        """Columns for farm_export; if they are fresh pages, how many of their rows and children to populate
+        alongside the export (farm_populate); whether they are sized by a bound. A large export goes in one
+        walk, into columns sized by the bound (export_bound: mapped, only the pages written become memory);
         the columns are then sliced to the rows written. Else farm_mark counts the nodes first (a second
         walk), and the columns are exactly that large."""
-        bound_rows, bound_kids = export_bound(arena.contents.top)
+        top = arena.contents.top
+        bound_rows, bound_kids = export_bound(top)
         bounded = bounded_columns([(ID_TYPECODE, bound_rows), (VALUE_TYPECODE, bound_rows),
                                    (ID_TYPECODE, bound_rows), (ID_TYPECODE, bound_kids)])
         if bounded is not None:
-            return bounded, True
+            # Populated alongside, at most the rows the space can hold of nodes that are not nullary constants
+            # (those take 3 words at least; a constant is shared, one per operator): the export populates
+            # itself any further rows, and the pages populated ahead are at most the heap's.
+            return bounded, (top // 3, top // 3), True
         sizes = _zeros(2)
         self.lib.farm_mark(arena, len(out), _ptr(out), _ptr(sizes))  # it allocates nothing: it cannot fail
         nodes, children = sizes
-        return zeroed_columns([(ID_TYPECODE, nodes), (VALUE_TYPECODE, nodes), (ID_TYPECODE, nodes),
-                               (ID_TYPECODE, children)]), False
+        columns, fresh = exact_columns([(ID_TYPECODE, nodes), (VALUE_TYPECODE, nodes), (ID_TYPECODE, nodes),
+                                        (ID_TYPECODE, children)])
+        return columns, (nodes, children) if fresh else None, False
 
     def _graph_op(self, graph: TermGraph, to_native: list[int] | None) -> Callable[[int], int]:
         """Native op id -> the graph's op id. A normal form may apply a ruleset operator the graph never

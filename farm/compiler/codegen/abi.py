@@ -3,7 +3,7 @@ llvmlite types from here and the loader its ctypes types, so the two cannot drif
 
 from __future__ import annotations
 
-ABI_VERSION = 10
+ABI_VERSION = 11
 
 # The only functions a library may import (the C library's, which the runtime calls): the IR and ELF policies
 # (farm/compiler/policy.py, elf_policy.py) refuse any other.
@@ -65,6 +65,9 @@ ARENA_FIELDS: list[tuple[str, str]] = [
     ("limit", "i64"), ("held", "i64"),  # the memory cap in bytes, and the bytes the arena holds
     ("collections", "i64"), ("peak_words", "i64"),  # statistics: collections run, largest live heap
     ("grow_next", "i64"),  # 1: the last collection kept nearly all it found, so the next full space grows instead
+    # nonzero while an export runs that farm_populate (on another thread) populates ahead of: set by the
+    # caller before both start, cleared by farm_export as it ends (atomically: two threads read or write it)
+    ("exporting", "i64"),
 ]
 ARENA_INDEX = {name: i for i, (name, _) in enumerate(ARENA_FIELDS)}
 
@@ -81,6 +84,8 @@ EXPORTS: dict[str, tuple[str, list[str]]] = {
     "farm_mark": ("i64", ["arena", "i64", "i64*", "i64*"]),
     # (arena, roots, root ids, mapped roots, ops, values, arities, kids)
     "farm_export": ("i64", ["arena", "i64", "i64*", "i64*", "i32*", "i64*", "i32*", "i32*"]),
+    # (arena, ops, values, arities, kids, rows, children): populate the columns' pages ahead of a farm_export
+    "farm_populate": ("i64", ["arena", "i32*", "i64*", "i32*", "i32*", "i64", "i64"]),
 }
 
 

@@ -1,5 +1,6 @@
 """The runtime's entry points over term-graph columns: checking and normalising the input rows
-(farm_rewrite), then numbering and exporting the normal forms (farm_mark, farm_export)."""
+(farm_rewrite), then numbering and exporting the normal forms (farm_mark, farm_export), with their columns'
+pages populated alongside (farm_populate)."""
 
 from collections.abc import Callable
 
@@ -18,6 +19,8 @@ from farm.compiler.codegen.heap import (
     MIN_EXPORT_CHUNK,
     MIN_STACK_CHUNK,
     NO_NODE,
+    POPULATE_LEAD,
+    POPULATE_STEP,
     RuntimePart,
     call,
     call_internal,
@@ -332,12 +335,42 @@ class Columns(RuntimePart):
         # the nodes numbered: a later farm_rewrite on the arena puts their parent words right (unmark)
         f.put("marked", f.read(rows))
         f.put("marked_kids", f.read(written))
+        f.put_atomic("exporting", c64(0))  # a farm_populate alongside stops
         with f.loop(c64(0), n) as i:
             mapped = f.var(f.load_at(roots, i))
             with b.if_then(b.icmp_signed(">=", f.read(mapped), c64(0))):
                 b.store(number_of(f, f.read(mapped)), mapped)
             f.store_at(out_roots, i, f.read(mapped))
         b.ret(f.read(rows))
+
+    def _populate_ahead(self) -> None:
+        """farm_populate(arena, ops, values, arities, kids, rows, children): on another thread than a
+        farm_export into these columns, populate their pages ahead of its writes while the arena's
+        `exporting` is set: from row POPULATE_LEAD on, POPULATE_STEP rows (children) of each column at a
+        time, at most `rows` of the row columns and `children` of the child column. Populating a page costs
+        more than the export's walk (1.5 us a page on a VM), and what this misses the export populates or
+        faults in itself. The row it reached."""
+        f = self.export("farm_populate")
+        b = f.b
+        _, ops, values, arities, kids, rows, children = f.args
+        at = f.var(c64(POPULATE_LEAD))
+        head, body, done = f.block("populate_head"), f.block("populate_step"), f.block("populated")
+        b.branch(head)
+        b.position_at_end(head)
+        more = b.or_(b.icmp_signed("<", f.read(at), rows), b.icmp_signed("<", f.read(at), children))
+        b.cbranch(b.and_(more, b.icmp_signed("!=", f.get_atomic("exporting"), c64(0))), body, done)
+        b.position_at_end(body)
+        start = f.read(at)
+        end = b.add(start, c64(POPULATE_STEP))
+        for column, width, cells in ((ops, 4, rows), (values, 8, rows), (arities, 4, rows), (kids, 4, children)):
+            base = b.ptrtoint(column, I64)
+            last = b.select(b.icmp_signed("<", end, cells), end, cells)
+            call_internal(f, "populate", VOID, [I64, I64], b.add(base, b.mul(start, c64(width))),
+                          b.add(base, b.mul(last, c64(width))))
+        b.store(end, at)
+        b.branch(head)
+        b.position_at_end(done)
+        b.ret(f.read(at))
 
     def _unmark(self) -> None:
         """unmark(arena): after farm_mark the numbered nodes' parent words hold marks, so their registered

@@ -168,6 +168,14 @@ class FunctionBuilder:
         else:
             self._loaded.pop(name, None)
 
+    def get_atomic(self, name: str) -> ir.Value:
+        """The field's value, loaded again each time, atomically: another thread writes it (put_atomic)."""
+        return self.b.load_atomic(self._field(name), "monotonic", 8, typ=FIELD_TYPES[ARENA_INDEX[name]])
+
+    def put_atomic(self, name: str, value: ir.Value) -> None:
+        self.b.store_atomic(value, self._field(name), "monotonic", 8)
+        self._loaded.pop(name, None)
+
     def bump(self, name: str, by: int) -> ir.Value:
         """field += by; the new value."""
         value = self.b.add(self.get(name), c64(by))

@@ -65,7 +65,7 @@ class RuntimeModule(Collector, CallTables, Columns):
                      self._grow_spaces, self._grow_roots, self._memo_rebuild, self._entry_find, self._memo_enter,
                      self._memo_leave, self._track_rebuild, self._track_enter, self._track_leave,
                      self._check_rows, self._normalize_row, self._rewrite, self._walk, self._mark, self._export,
-                     self._unmark, self._arena_free, self._arena_new):
+                     self._populate_ahead, self._unmark, self._arena_free, self._arena_new):
             part()
         f = self.export("farm_abi_version")
         f.b.ret(c64(ABI_VERSION))

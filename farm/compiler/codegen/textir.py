@@ -583,6 +583,14 @@ class IRBuilder:
     def store(self, value: Value, ptr: Value) -> Instruction:
         return self._emit(VOID, f"store {value.type} {value.ref}, {ptr.type} {ptr.ref}")
 
+    def load_atomic(self, ptr: Value, ordering: str, align: int, typ: Type | None = None) -> Instruction:
+        assert typ is not None, "a load from an opaque pointer needs its type"
+        return self._emit(typ, f"load atomic {typ}, {ptr.type} {ptr.ref} {ordering}, align {align}")
+
+    def store_atomic(self, value: Value, ptr: Value, ordering: str, align: int) -> Instruction:
+        return self._emit(VOID, f"store atomic {value.type} {value.ref}, {ptr.type} {ptr.ref} {ordering}, "
+                                f"align {align}")
+
     def gep(self, ptr: Value, indices: Sequence[Value], inbounds: bool = False,
             source_etype: Type | None = None) -> Instruction:
         assert source_etype is not None, "opaque pointers: a GEP needs its source element type"
