@@ -155,6 +155,8 @@ def _answer(conn: socket.socket, state: ServerState, handler: Handler, held: Hel
         return not _send_quietly(conn, rendezvous.STALE, b"")
     if message["cache_dir"] != state.cache_dir:  # two names' checksums alike: that client runs its command
         return _send_quietly(conn, rendezvous.REFUSED, b"a server of another cache directory")
+    if message["path"] != os.environ.get("PATH", ""):  # its tools (LLVM's) may not be the client's
+        return _send_quietly(conn, rendezvous.REFUSED, b"a server started with another PATH")
     state.requests += 1
     start = time.perf_counter()
     try:
@@ -180,8 +182,9 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
     return message
 
 
-REQUEST_FIELDS = {"stamp": str, "cache_dir": str, "argv": list, "cwd": str, "env": dict, "terminals": list,
-                  "encodings": list}  # what farm/client.py's `request` sends; each checked before it is used
+# what farm/client.py's `request` sends; each checked before it is used
+REQUEST_FIELDS = {"stamp": str, "cache_dir": str, "path": str, "argv": list, "cwd": str, "env": dict,
+                  "terminals": list, "encodings": list}
 
 
 def _send_quietly(conn: socket.socket, kind: bytes, payload: bytes) -> bool:
@@ -311,25 +314,36 @@ def ask(cache_dir: str, control: str, timeout: float = 5.0) -> dict[str, Any] | 
         return None
 
 
-def start(cache_dir: str, command: list[str], log_path: str) -> tuple[dict[str, Any], bool]:
-    """Start a server (`command` runs it in the foreground) detached, in a session of its own, its output to
-    `log_path`; return once it answers, with its status and whether it was started (False: one was running). A
-    running server of other farm code is stopped first."""
-    running = ask(cache_dir, "status")
-    if running is not None and running["stamp"] == rendezvous.code_stamp():
-        return running, False
-    if running is not None:
-        stop(cache_dir)
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+def log_path(cache_dir: str) -> str:
+    return os.path.join(cache_dir, "server.log")
+
+
+def spawn(cache_dir: str, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> subprocess.Popen[bytes]:
+    """A server for `cache_dir` started detached, in a session of its own, its output to its log; not waited for.
+    Of two started at once, one serves and the other exits (`serve`)."""
+    log = log_path(cache_dir)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
     # This farm, wherever it was imported from (a checkout's working directory too): the server runs in /, so that
     # it holds no directory of the user's, and must import the code its clients will name.
     # Its cache directory absolute, as it is in the socket's name.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (os.path.dirname(rendezvous.FARM_DIR),
                                                                      os.environ.get("PYTHONPATH")))),
            "FARM_CACHE_DIR": os.path.abspath(cache_dir)}
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
-        process = subprocess.Popen(command, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, cwd="/", env=env,
-                                   start_new_session=True)
+    command = [sys.executable, "-m", "farm.cli", "server", "run", "--idle-timeout", str(idle_timeout)]
+    with open(log, "ab") as output, open(os.devnull, "rb") as devnull:
+        return subprocess.Popen(command, stdin=devnull, stdout=output, stderr=subprocess.STDOUT, cwd="/", env=env,
+                                start_new_session=True)
+
+
+def start(cache_dir: str, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> tuple[dict[str, Any], bool]:
+    """Start a server (spawn) and return once it answers, with its status and whether it was started (False: one
+    was running). A running server of other farm code is stopped first."""
+    running = ask(cache_dir, "status")
+    if running is not None and running["stamp"] == rendezvous.code_stamp():
+        return running, False
+    if running is not None:
+        stop(cache_dir)
+    process = spawn(cache_dir, idle_timeout)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         status = ask(cache_dir, "status")
@@ -337,9 +351,9 @@ def start(cache_dir: str, command: list[str], log_path: str) -> tuple[dict[str, 
             return status, True
         if process.poll() is not None and ask(cache_dir, "status") is None:
             raise ServerError(f"the farm server exited with code {process.returncode} before it answered; see "
-                              f"{log_path}")
+                              f"{log_path(cache_dir)}")
         time.sleep(0.02)
-    raise ServerError(f"the farm server did not answer within {START_TIMEOUT:g} s; see {log_path}")
+    raise ServerError(f"the farm server did not answer within {START_TIMEOUT:g} s; see {log_path(cache_dir)}")
 
 
 def stop(cache_dir: str) -> dict[str, Any] | None:

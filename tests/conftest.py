@@ -19,6 +19,10 @@ from farm.lang.transduce import RuleSet, transduce_patterns
 
 from .servers import celery_worker, cluster_env, free_port, redis_server, s3_server
 
+# No test starts a `farm server` behind its back: a `farm rewrite` run for want of one starts one otherwise
+# (farm/client.py). tests/test_server.py sets FARM_SERVER for what it tests.
+os.environ["FARM_SERVER"] = "off"
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))

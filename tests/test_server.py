@@ -70,8 +70,9 @@ def warm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _base_env() -> dict[str, str]:
+    """No FARM_* variable but FARM_SERVER=manual: a server is used, and started only by a case that says so."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    return {**env, "PYTHONPATH": str(ROOT)}
+    return {**env, "PYTHONPATH": str(ROOT), "FARM_SERVER": "manual"}
 
 
 @pytest.fixture
@@ -241,6 +242,59 @@ def test_without_a_server_the_command_runs_locally(farm: Farm) -> None:
     assert not (Path(farm.env["XDG_RUNTIME_DIR"]) / "farm").exists()  # made by a server only
     stopped = farm("server", "stop")
     assert stopped.returncode == 0 and "no farm server is running" in stopped.stderr
+
+
+def test_a_command_run_for_want_of_a_server_starts_one_for_the_next(farm: Farm) -> None:
+    """FARM_SERVER unset (auto): a rewrite with no server runs here, exactly as a local run, and starts a server
+    in the background, which serves the next one."""
+    del farm.env["FARM_SERVER"]
+    assert farm.status() is None
+    _same(farm("rewrite", RULES, TERMS), farm.local("rewrite", RULES, TERMS))
+    _wait_until(lambda: farm.status() is not None)
+    status = farm.status()
+    assert status is not None and status["requests"] == 0
+    farm.started.append(status["pid"])
+    _same(farm("rewrite", RULES, TERMS), farm.local("rewrite", RULES, TERMS))
+    assert _served(farm, 0) == 1
+    assert f"serving on {status['socket']}" in (Path(farm.env["FARM_CACHE_DIR"]) / "server.log").read_text()
+
+
+@pytest.mark.parametrize(("mode", "argv", "starts"), [
+    ("auto", ["rewrite", RULES, TERMS], True), ("", ["rewrite", RULES, TERMS], True),
+    ("manual", ["rewrite", RULES, TERMS], False), ("off", ["rewrite", RULES, TERMS], False),
+    ("auto", ["targets", "--json"], False), ("auto", ["rewrite", RULES, "-"], False)])
+def test_which_commands_start_a_server(warm_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str], mode: str, argv: list[str],
+                                       starts: bool) -> None:
+    """Run for want of a server, a command the server runs starts one (farm.server.spawn), with FARM_SERVER auto
+    or unset; not with manual or off, nor a command it does not run (another one, or one reading stdin)."""
+    from farm import client, server
+
+    spawned: list[str] = []
+    monkeypatch.setattr(server, "spawn", spawned.append)
+    monkeypatch.setenv("FARM_SERVER", mode)
+    monkeypatch.setenv("FARM_CACHE_DIR", str(warm_cache))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no server there
+    monkeypatch.setattr(sys, "argv", ["farm", *argv])
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))  # noqa: SIM115 (closed with the process)
+    code = client.main()
+    assert code == (2 if "-" in argv else 0), capsys.readouterr().err
+    assert spawned == ([str(warm_cache)] if starts else [])
+
+
+def test_a_bad_farm_server_value_is_an_error(farm: Farm) -> None:
+    done = farm("rewrite", RULES, TERMS, FARM_SERVER="sometimes")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "farm: error: FARM_SERVER is 'sometimes'; expected one of auto, manual, off (unset: auto)\n"
+
+
+def test_a_server_started_with_another_path_declines(farm: Farm) -> None:
+    """The toolchain a command finds is its PATH's: a server started with another runs nothing for it."""
+    farm.start()
+    path = os.environ["PATH"] + os.pathsep + "/nonexistent"
+    _same(farm("rewrite", RULES, TERMS, PATH=path), farm.local("rewrite", RULES, TERMS, PATH=path))
+    assert _served(farm, 0) == 0
+    assert farm("rewrite", RULES, TERMS).returncode == 0 and _served(farm, 0) == 1
 
 
 def test_start_twice_status_and_stop(farm: Farm) -> None:

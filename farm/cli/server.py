@@ -4,8 +4,6 @@ client (farm/client.py) without a new process's start-up; farm/server.py is the 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any
 
 from farm.cli.common import EXIT_FAILED, EXIT_OK, Command, Group, add_json, duration, print_json
@@ -30,14 +28,12 @@ class _Start(Command):
         _add_idle_timeout(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from farm.server import start
+        from farm.server import log_path, start
 
         cache_dir = _cache_dir()
-        log = os.path.join(cache_dir, "server.log")
-        command = [sys.executable, "-m", "farm.cli", "server", "run", "--idle-timeout", str(args.idle_timeout)]
-        status, started = start(cache_dir, command, log)
+        status, started = start(cache_dir, args.idle_timeout)
         what = "started" if started else "already running"
-        say(f"farm server {what}: pid {status['pid']}, socket {status['socket']}, log {log}")
+        say(f"farm server {what}: pid {status['pid']}, socket {status['socket']}, log {log_path(cache_dir)}")
         return EXIT_OK
 
 
