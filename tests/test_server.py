@@ -362,6 +362,28 @@ def test_held_engines_keep_the_most_recently_used(tmp_path: Path) -> None:
     assert held.get(FarmConfig(cache_dir=tmp_path)) is not engine  # dropped for the other configuration
 
 
+def test_a_rule_file_is_parsed_once_per_name_and_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """What a server's requests share: a rule file read again is parsed again only if its content (or the name it
+    is given by) changed; its warnings are shown each time. At most PARSED_RULE_FILES are kept."""
+    from farm.cli import common
+
+    monkeypatch.chdir(tmp_path)
+    rules = tmp_path / "r.farm"
+    rules.write_text("rule a: (f ?x) => ?x\nrule b: (f 1) => 2\n")  # b is shadowed by a: a warning
+    first = common.load_ruleset("r.farm")
+    assert common.load_ruleset("r.farm") is first and len(first.warnings) == 1
+    assert capsys.readouterr().err.count("1 rule warning(s)") == 2
+    assert common.load_ruleset(str(rules)) is not first  # another name: messages name the file so
+    rules.write_text("rule a: (f ?x) => (g ?x)\n")
+    changed = common.load_ruleset("r.farm")
+    assert changed is not first and [rule.name for rule in changed.rules] == ["a"] and not changed.warnings
+    for i in range(common.PARSED_RULE_FILES):
+        (tmp_path / f"{i}.farm").write_text(f"rule r{i}: (f{i} ?x) => ?x\n")
+        common.load_ruleset(f"{i}.farm")
+    assert common.load_ruleset("r.farm") is not changed  # the least recently used, dropped
+
+
 @pytest.mark.parametrize("case", ["variable", "config file", "default"])
 def test_the_client_finds_the_cache_directory_farm_config_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 case: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -155,12 +156,26 @@ def progress() -> Progress:
                     console=err(), transient=False)
 
 
-def load_ruleset(path: str, show_warnings: bool = False) -> RuleSet:
-    from farm.lang.dsl import load_rules
-    from farm.lang.transduce import transduce_patterns
+# Rule files parsed and checked by this process, by name and content: a `farm server` answers the same file's
+# requests without parsing it again (arith.farm: 5.3 ms a request). A RuleSet is immutable, its warnings and
+# fingerprint computed once. A few files: a server's clients mostly run one or two.
+PARSED_RULE_FILES = 4
+_parsed: OrderedDict[tuple[str, bytes], RuleSet] = OrderedDict()
 
-    rule_file = load_rules(path)
-    ruleset = transduce_patterns(rule_file.patterns, rule_file.declared_ops, warn=False)
+
+def load_ruleset(path: str, show_warnings: bool = False) -> RuleSet:
+    import hashlib
+
+    from farm.inputs import RULES, read_input_text
+
+    text = read_input_text(path, RULES)
+    key = (path, hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest())
+    ruleset = _parsed.get(key)
+    if ruleset is None:
+        ruleset = _parsed[key] = _checked_rules(path, text)
+        if len(_parsed) > PARSED_RULE_FILES:
+            _parsed.popitem(last=False)
+    _parsed.move_to_end(key)
     if ruleset.warnings:
         if show_warnings:
             for w in ruleset.warnings:
@@ -170,6 +185,14 @@ def load_ruleset(path: str, show_warnings: bool = False) -> RuleSet:
             say(f" ({', '.join(kinds)}); --warnings lists them", lead=f"{len(ruleset.warnings)} rule warning(s)",
                 style="yellow")
     return ruleset
+
+
+def _checked_rules(path: str, text: str) -> RuleSet:
+    from farm.lang.dsl import parse_rules
+    from farm.lang.transduce import transduce_patterns
+
+    rule_file = parse_rules(text, path)
+    return transduce_patterns(rule_file.patterns, rule_file.declared_ops, warn=False)
 
 
 def pattern_id(path: str) -> str:
