@@ -27,7 +27,7 @@ import sys
 import zlib
 from typing import Any
 
-PROTOCOL = 2  # 2: a request carries the client's PATH
+PROTOCOL = 1  # a server of another one exits (STALE), as one of other code does; a field added keeps it
 MAX_REQUEST = 1 << 20  # bytes: argv, cwd and some variables take a few KiB
 HEADER = struct.Struct("!cI")  # kind, payload length
 REQUEST, REPLY, OUT, ERR, EXIT, REFUSED, STALE = b"q", b"a", b"1", b"2", b"x", b"r", b"s"

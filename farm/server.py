@@ -150,9 +150,17 @@ def _answer(conn: socket.socket, state: ServerState, handler: Handler, held: Hel
         reply = {**state.__dict__, "uptime": time.time() - state.started, "libraries": held.loaded()}
         _send_quietly(conn, rendezvous.REPLY, rendezvous.encode(reply))
         return control != "stop"
-    if message["stamp"] != state.stamp:
+    # Other code first, before the rest of the request's form: a client of another protocol is of other code too,
+    # and this server (the older, always: a client's stamp is its files' now) makes way for one of the client's.
+    stamp = message.get("stamp")
+    if isinstance(stamp, str) and (stamp != state.stamp or message.get("protocol") != rendezvous.PROTOCOL):
         _log("a client of other farm code: exiting")
         return not _send_quietly(conn, rendezvous.STALE, b"")
+    try:
+        _check_fields(message)
+    except ValueError as exc:
+        _log(f"a bad request: {exc}")
+        return _send_quietly(conn, rendezvous.REFUSED, str(exc).encode())
     if message["cache_dir"] != state.cache_dir:  # two names' checksums alike: that client runs its command
         return _send_quietly(conn, rendezvous.REFUSED, b"a server of another cache directory")
     if message["path"] != os.environ.get("PATH", ""):  # its tools (LLVM's) may not be the client's
@@ -171,15 +179,13 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
     kind, length = rendezvous.HEADER.unpack(rendezvous.read_exactly(conn, rendezvous.HEADER.size))
     if kind != rendezvous.REQUEST or length > rendezvous.MAX_REQUEST:
         raise ValueError(f"not a request of at most {rendezvous.MAX_REQUEST} bytes")
-    message = rendezvous.decode(rendezvous.read_exactly(conn, length))
-    if "control" in message:
-        return message
-    if message.get("protocol") != rendezvous.PROTOCOL:
-        raise ValueError(f"protocol {message.get('protocol')!r}, not {rendezvous.PROTOCOL}")
+    return rendezvous.decode(rendezvous.read_exactly(conn, length))
+
+
+def _check_fields(message: dict[str, Any]) -> None:
     for name, kind in REQUEST_FIELDS.items():
         if not isinstance(message.get(name), kind):
             raise ValueError(f"a request without its {name} ({kind.__name__})")
-    return message
 
 
 # what farm/client.py's `request` sends; each checked before it is used

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from farm import client, server
+from farm import client, rendezvous, server
 from farm.cache.engine import Engine
 from farm.compiler.codegen.heap import POPULATE_LEAD
 from farm.config import FarmConfig
@@ -187,9 +187,6 @@ def test_ctrl_c_while_populating_waits_for_the_export(natives: dict[str, tuple[R
     assert result.graph.to_text(result.outcomes[0]) == "70000"  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="_BigStack.run waits for the job only on KeyboardInterrupt: any other "
-                   "exception raised on the calling thread (a signal handler's, e.g. a SIGALRM timeout's) while "
-                   "farm_populate or done.get() runs frees the arena under the running export")
 def test_another_exception_while_populating_waits_for_the_export(
         natives: dict[str, tuple[RuleSet, NativeRuleset]], monkeypatch: pytest.MonkeyPatch) -> None:
     rs, native = natives["so"]
@@ -317,17 +314,15 @@ def test_a_server_of_other_code_is_replaced_in_auto_mode(runner: Farm, tmp_path:
     assert status is not None and status["pid"] == new and status["requests"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a server of an older PROTOCOL (e.g. 1, before this commit) answers a "
-                   "newer client with REFUSED ('protocol 2, not 1'), which the client takes as DECLINED: the old "
-                   "server never exits (each refusal restarts its idle timeout) and no new server is started")
 def test_a_server_of_an_older_protocol_is_replaced_in_auto_mode(runner: Farm, tmp_path: Path) -> None:
-    """The same as above for an upgrade that changed rendezvous.PROTOCOL, as 722f79b did (1 -> 2): the server of
-    the old code is the one there was "of other code", which should exit and be replaced."""
+    """The same as above for an upgrade that changes rendezvous.PROTOCOL: the server of the old code is the one
+    there was "of other code", which exits and is replaced (722f79b's bump to 2 left it refusing every client)."""
     code = _code_copy(runner, tmp_path)
     rendezvous_py = code / "rendezvous.py"
     text = rendezvous_py.read_text()
-    assert "\nPROTOCOL = 2" in text
-    rendezvous_py.write_text(text.replace("\nPROTOCOL = 2", "\nPROTOCOL = 1", 1))  # the code before the upgrade
+    protocol = rendezvous.PROTOCOL
+    assert f"\nPROTOCOL = {protocol} " in text
+    rendezvous_py.write_text(text.replace(f"\nPROTOCOL = {protocol} ", f"\nPROTOCOL = {protocol - 1} ", 1))  # before
     old = runner.start(FARM_SERVER="manual")
     rendezvous_py.write_text(text)  # the upgrade, in place
     os.utime(rendezvous_py, ns=(rendezvous_py.stat().st_atime_ns, rendezvous_py.stat().st_mtime_ns + 10**9))

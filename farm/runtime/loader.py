@@ -189,9 +189,9 @@ class _BigStack(threading.local):
 
     def run(self, job: Callable[[], Any], interrupt: Callable[[], None],
             alongside: Callable[[], object] | None = None) -> Any:
-        """job() on the big stack; on Ctrl-C, interrupt() (which must make the job end soon), then re-raise
-        once it has: the job owns memory the caller is about to free. Meanwhile this thread runs alongside(),
-        if given."""
+        """job() on the big stack; meanwhile this thread runs alongside(), if given. On Ctrl-C, or any exception
+        raised here meanwhile (a signal handler's: SIGALRM's timeout), interrupt() (which must make the job end
+        soon), then re-raise once the job has ended: it owns memory the caller is about to free."""
         if self.jobs is None:
             self.jobs = queue.SimpleQueue()
             with _STACK_SIZE_LOCK:
@@ -206,13 +206,23 @@ class _BigStack(threading.local):
             if alongside is not None:
                 alongside()
             ok, value = done.get()
-        except KeyboardInterrupt:
+        except BaseException:
             interrupt()
-            done.get()
+            _wait_for(done)
             raise
         if not ok:
             raise value
         return value
+
+
+def _wait_for(done: queue.SimpleQueue[tuple[bool, Any]]) -> None:
+    """The job's end, whatever else is raised here while waiting (a second Ctrl-C): its memory is freed next."""
+    while True:
+        try:
+            done.get()
+            return
+        except BaseException:  # noqa: S112 (the first exception is the one raised, once the job has ended)
+            continue
 
 
 def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]]]) -> None:
