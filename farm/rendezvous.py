@@ -4,8 +4,8 @@ Only the standard library's cheapest modules are imported (os, stat, sys, struct
 before anything else of farm, in every `farm` process.
 
 The place: a Unix socket in a directory of the user's own (`$XDG_RUNTIME_DIR/farm`, else `/tmp/farm-<uid>`, mode
-0700), named by a checksum of what makes a server's answers the client's: the cache directory, the interpreter and
-farm's source directory. farm's code itself is not in the name but in every request (`code_stamp`): a server whose
+0700), named by a checksum of what makes a server's answers the client's: the cache directory, the interpreter,
+farm's source directory and PATH. farm's code itself is not in the name but in every request (`code_stamp`): a server whose
 code is older than its client's is told so and exits, instead of idling beside a new one.
 
 The talk, one request per connection: the client sends one REQUEST frame, a `marshal`led dict (both ends are the
@@ -62,9 +62,11 @@ def socket_directory(create: bool = False) -> str:
 
 
 def socket_path(cache_dir: str, create: bool = False) -> str:
-    """The socket of the server for this cache directory, this interpreter and this copy of farm (its directory
-    made if `create`)."""
-    name = "\0".join((os.path.abspath(cache_dir), sys.executable, FARM_DIR)).encode("utf-8", "surrogateescape")
+    """The socket of the server for this cache directory, this interpreter, this copy of farm and this PATH (where
+    the LLVM tools are found: a shell that changes it, activating an environment, gets a server of its own rather
+    than one that would refuse it) (its directory made if `create`)."""
+    name = "\0".join((os.path.abspath(cache_dir), sys.executable, FARM_DIR, os.environ.get("PATH", "")))
+    name = name.encode("utf-8", "surrogateescape")
     return os.path.join(socket_directory(create), f"{zlib.crc32(name):08x}{zlib.adler32(name):08x}.sock")
 
 

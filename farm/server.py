@@ -1,7 +1,7 @@
 """`farm server`: a long-lived process that runs `farm` commands for the thin client of farm/client.py, so that a
 command pays neither Python's imports nor the loading of its rule library again (sccache's design, for farm).
 
-One server per user, cache directory, interpreter and copy of farm (farm/rendezvous.py names its socket). It runs
+One server per user, cache directory, interpreter, copy of farm and PATH (farm/rendezvous.py names its socket). It runs
 requests one at a time, each as the client's process would: the client's working directory, its FARM_* variables
 and those that decide colours and widths set for the request and restored after it, sys.stdout and sys.stderr
 relayed to the client (terminals where the client's are). Rule libraries stay loaded between requests
@@ -163,7 +163,7 @@ def _answer(conn: socket.socket, state: ServerState, handler: Handler, held: Hel
         return _send_quietly(conn, rendezvous.REFUSED, str(exc).encode())
     if message["cache_dir"] != state.cache_dir:  # two names' checksums alike: that client runs its command
         return _send_quietly(conn, rendezvous.REFUSED, b"a server of another cache directory")
-    if message["path"] != os.environ.get("PATH", ""):  # its tools (LLVM's) may not be the client's
+    if message["path"] != os.environ.get("PATH", ""):  # two names' checksums alike: its tools may not be ours
         return _send_quietly(conn, rendezvous.REFUSED, b"a server started with another PATH")
     state.requests += 1
     start = time.perf_counter()

@@ -253,17 +253,15 @@ def test_a_pipeline_ends_with_farm_and_the_spawned_server_holds_nothing_of_the_c
     assert environ["FARM_CACHE_DIR"] == str(warm_cache) and environ["PATH"] == env["PATH"]
 
 
-def test_a_served_or_declined_command_starts_no_server(runner: Farm) -> None:
+def test_a_served_command_starts_no_server(runner: Farm) -> None:
     """With a server listening (started with FARM_SERVER=auto in its environment): a command it serves starts
-    none (neither the client nor the server itself), nor one it refuses (another PATH: DECLINED). Fails if a
-    refusal counted as no server (ABSENT), or if the server ran the client's entry (farm.client.main) for a
-    request: a second server would start, log "a server already runs" and exit."""
+    none (neither the client nor the server itself). Fails if the server ran the client's entry
+    (farm.client.main) for a request: a second server would start, log "a server already runs" and exit."""
     runner.start(FARM_SERVER="auto")
     log = Path(runner.env["FARM_CACHE_DIR"]) / "server.log"
     before = log.read_text().count("already runs")
     served = runner("rewrite", RULES, TERMS, FARM_SERVER="auto")
-    other = runner("rewrite", RULES, TERMS, FARM_SERVER="auto", PATH=os.environ["PATH"] + os.pathsep + "/nonexistent")
-    assert served.returncode == other.returncode == 0 and served.stdout == other.stdout
+    assert served.returncode == 0 and "(add x 6)" in served.stdout
     time.sleep(2)  # a server started by mistake would have tried the lock by now
     assert log.read_text().count("already runs") == before
     status = runner.status()

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -262,17 +263,22 @@ def test_a_command_run_for_want_of_a_server_starts_one_for_the_next(farm: Farm) 
 @pytest.mark.parametrize(("mode", "argv", "starts"), [
     ("auto", ["rewrite", RULES, TERMS], True), ("", ["rewrite", RULES, TERMS], True),
     ("manual", ["rewrite", RULES, TERMS], False), ("off", ["rewrite", RULES, TERMS], False),
-    ("auto", ["targets", "--json"], False), ("auto", ["rewrite", RULES, "-"], False)])
+    ("auto", ["targets", "--json"], False), ("auto", ["rewrite", RULES, "-"], False),
+    ("unsafe", ["rewrite", RULES, TERMS], False)])
 def test_which_commands_start_a_server(warm_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str], mode: str, argv: list[str],
                                        starts: bool) -> None:
     """Run for want of a server, a command the server runs starts one (farm.server.spawn), with FARM_SERVER auto
-    or unset; not with manual or off, nor a command it does not run (another one, or one reading stdin)."""
+    or unset; not with manual or off, nor a command it does not run (another one, or one reading stdin), nor when
+    the socket directory is not private to the user ("unsafe": a server there would be refused too)."""
     from farm import client, server
 
     spawned: list[str] = []
     monkeypatch.setattr(server, "spawn", spawned.append)
-    monkeypatch.setenv("FARM_SERVER", mode)
+    if mode == "unsafe":
+        (tmp_path / "farm").mkdir()
+        os.chmod(tmp_path / "farm", 0o755)
+    monkeypatch.setenv("FARM_SERVER", "auto" if mode == "unsafe" else mode)
     monkeypatch.setenv("FARM_CACHE_DIR", str(warm_cache))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no server there
     monkeypatch.setattr(sys, "argv", ["farm", *argv])
@@ -288,13 +294,34 @@ def test_a_bad_farm_server_value_is_an_error(farm: Farm) -> None:
     assert done.stderr == "farm: error: FARM_SERVER is 'sometimes'; expected one of auto, manual, off (unset: auto)\n"
 
 
-def test_a_server_started_with_another_path_declines(farm: Farm) -> None:
-    """The toolchain a command finds is its PATH's: a server started with another runs nothing for it."""
+def test_another_path_has_a_server_of_its_own(farm: Farm) -> None:
+    """The toolchain a command finds is its PATH's: a client of another PATH is not the running server's; in auto
+    mode it starts one of its own, which serves it next."""
     farm.start()
     path = os.environ["PATH"] + os.pathsep + "/nonexistent"
-    _same(farm("rewrite", RULES, TERMS, PATH=path), farm.local("rewrite", RULES, TERMS, PATH=path))
+    other = farm("rewrite", RULES, TERMS, PATH=path, FARM_SERVER="auto")
+    _same(other, farm.local("rewrite", RULES, TERMS, PATH=path))
     assert _served(farm, 0) == 0
-    assert farm("rewrite", RULES, TERMS).returncode == 0 and _served(farm, 0) == 1
+    _wait_until(lambda: farm.status(PATH=path) is not None)
+    second = farm.status(PATH=path)
+    assert second is not None and second["pid"] != farm.status()["pid"]  # type: ignore[index]
+    farm.started.append(second["pid"])
+    assert farm("rewrite", RULES, TERMS, PATH=path).returncode == 0 and _served(farm, 0, PATH=path) == 1
+    assert _served(farm, 0) == 0
+
+
+def test_a_request_of_another_path_is_refused(farm: Farm) -> None:
+    """Should two PATHs' socket names collide, the server runs nothing for a client whose PATH is not its own."""
+    from farm import client, rendezvous
+
+    status = farm.start()
+    message = {**client.request(["rewrite", RULES, TERMS], status["cache_dir"]), "path": "/elsewhere"}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(30)
+        conn.connect(status["socket"])
+        conn.sendall(rendezvous.frame(rendezvous.REQUEST, rendezvous.encode(message)))
+        assert rendezvous.read_frame(conn) == (rendezvous.REFUSED, b"a server started with another PATH")
+    assert _served(farm, 0) == 0
 
 
 def test_start_twice_status_and_stop(farm: Farm) -> None:
