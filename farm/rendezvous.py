@@ -5,8 +5,8 @@ before anything else of farm, in every `farm` process.
 
 The place: a Unix socket in a directory of the user's own (`$XDG_RUNTIME_DIR/farm`, else `/tmp/farm-<uid>`, mode
 0700), named by a checksum of what makes a server's answers the client's: the cache directory, the interpreter,
-farm's source directory and PATH. farm's code itself is not in the name but in every request (`code_stamp`): a server whose
-code is older than its client's is told so and exits, instead of idling beside a new one.
+farm's source directory and PATH. farm's code itself is not in the name but in every request (`code_stamp`): a
+server whose code is older than its client's is told so and exits, instead of idling beside a new one.
 
 The talk, one request per connection: the client sends one REQUEST frame, a `marshal`led dict (both ends are the
 same interpreter, named in the socket's name; the server reads it only from a peer of its own user, and at most
@@ -65,8 +65,8 @@ def socket_path(cache_dir: str, create: bool = False) -> str:
     """The socket of the server for this cache directory, this interpreter, this copy of farm and this PATH (where
     the LLVM tools are found: a shell that changes it, activating an environment, gets a server of its own rather
     than one that would refuse it) (its directory made if `create`)."""
-    name = "\0".join((os.path.abspath(cache_dir), sys.executable, FARM_DIR, os.environ.get("PATH", "")))
-    name = name.encode("utf-8", "surrogateescape")
+    parts = (os.path.abspath(cache_dir), sys.executable, FARM_DIR, os.environ.get("PATH", ""))
+    name = "\0".join(parts).encode("utf-8", "surrogateescape")
     return os.path.join(socket_directory(create), f"{zlib.crc32(name):08x}{zlib.adler32(name):08x}.sock")
 
 
