@@ -289,7 +289,8 @@ def test_concurrent_compiles_build_once(tmp_path: Path) -> None:
     cache, rules = tmp_path / "cache", str(EXAMPLES / "arith.farm")
     procs = [_farm("compile", rules, cache=cache) for _ in range(4)]
     outputs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    failed = [f"exit {p.returncode}:\n{err}" for p, (_, err) in zip(procs, outputs) if p.returncode != 0]
+    assert not failed, "\n".join(failed)  # each failure whole (a list's repr was cut to its first, good, entry)
     paths = {out.strip() for out, _ in outputs}
     assert len(paths) == 1
     artifact = Path(paths.pop())
