@@ -66,6 +66,9 @@ def serve(cache_dir: str, handler: Handler, idle_timeout: float = DEFAULT_IDLE_T
         try:
             with _listening(path) as listener:
                 _log(f"serving on {path} (pid {state.pid}, idle timeout {idle_timeout:g} s)")
+                from farm.compiler.parallel import prestart_worker  # not for `farm server status` and the client
+
+                prestart_worker()  # a new ruleset's first compile (tier 0) shares its chunks with it
                 _accept_loop(listener, state, handler, held)
         finally:
             hold_engines(None)

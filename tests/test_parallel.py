@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,47 @@ def test_tier_0s_own_pieces_call_in_the_c_convention_at_o0(tmp_path: Path, opt_l
     assert all("ghccc" in text for name, text in llvm.ruleset_parts(ruleset, target.triple) if name != "runtime")
     chunks, _ = parallel.compile_chunks(ruleset, target, opt_level, "small", lambda module, name: b"")
     assert [("ghccc" in chunk.ir_text) for chunk in chunks[1:]] == [register_calls] * (len(chunks) - 1)
+
+
+def test_a_small_ruleset_shares_its_chunks_only_with_a_worker_that_has_started_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tier 0 of a small ruleset (not the library's layout) starts no worker: one costs more than the compile. With
+    one started up beforehand (prestart_worker, as a farm server does), it sends it a share of its pieces, which
+    the worker cuts and compiles as this process would: the code rewrites as the interpreter does."""
+    monkeypatch.setattr(parallel, "_WORKERS", [])
+    engine = Engine(FarmConfig(cache_dir=tmp_path, opt_level=0))
+    first = generated(40)
+    report = differential(first, engine.load_in_memory(first), cases=100, seed=8, fuel=10_000)
+    assert report.ok and parallel._WORKERS == []
+    shares: list[list[int]] = []
+    send = parallel._Worker.send
+    monkeypatch.setattr(parallel._Worker, "send",
+                        lambda self, request, indices: (shares.append(indices), send(self, request, indices))[1])
+    try:
+        parallel.prestart_worker()
+        deadline = time.monotonic() + 120
+        while not parallel._ready_workers(1):
+            assert time.monotonic() < deadline, "the worker never started up"
+            time.sleep(0.02)
+        second = generated(41)
+        pieces = llvm.LLVMCodegen(second, engine.builder.target().triple).chunks(
+            max(8, -(-len(second.rules) // parallel.TIER0_PIECES)))
+        report = differential(second, engine.load_in_memory(second), cases=100, seed=9, fuel=10_000)
+        assert report.ok, report.mismatches[:3]
+        assert len(shares) == 1 and 0 < len(shares[0]) < len(pieces)
+    finally:
+        for worker in parallel._WORKERS:
+            assert worker.process.stdin is not None
+            worker.process.stdin.close()  # it exits when its stdin closes
+            worker.process.wait(timeout=60)
+
+
+def test_the_worker_gets_the_share_it_finishes_sooner() -> None:
+    """Largest chunk first, to the side that would finish it sooner, the worker's rules costing WORKER_COST and
+    this process starting with the manifest's MANIFEST_RULES; every chunk in one share, each in chunk order."""
+    sizes = [8, 6, 12, 11, 9]
+    mine, theirs = parallel._shared_with_a_worker(sizes)
+    assert sorted(mine + theirs) == list(range(len(sizes))) and mine == sorted(mine) and theirs == sorted(theirs)
+    load = [parallel.MANIFEST_RULES + sum(sizes[i] for i in mine), parallel.WORKER_COST * sum(sizes[i] for i in theirs)]
+    assert abs(load[0] - load[1]) <= max(sizes)
+    assert parallel._shared_with_a_worker([5]) in ([[0], []], [[], [0]])

@@ -29,7 +29,7 @@ from farm.runtime.loader import NativeRuleset
 
 from .conftest import ruleset_of
 from .test_runtime import LISTS, columns_of, fresh_arena, rewrite_on
-from .test_server import RULES, TERMS, Farm, _alive, _base_env, _stop_all, _wait_until
+from .test_server import RULES, TERMS, Farm, _alive, _base_env, _children, _cmdline, _stop_all, _wait_until
 
 # A list of 60,000 cells (v n t), each with its own literal and one shared subterm: 180,000 rows, 20 bytes each
 # (3.6 MB of columns, 1 MiB or more: mapped), some of them literals, some shared.
@@ -247,7 +247,12 @@ def test_a_pipeline_ends_with_farm_and_the_spawned_server_holds_nothing_of_the_c
     pid = _server_pid(runner)
     fds = {name: os.readlink(f"/proc/{pid}/fd/{name}") for name in os.listdir(f"/proc/{pid}/fd")}
     assert fds["0"] == os.devnull and fds["1"] == fds["2"] == str(warm_cache / "server.log")
-    assert not any(target.startswith(("pipe:", "/dev/pts", "/dev/tty")) for target in fds.values()), fds
+    # its only pipes are to its compile worker (farm.compiler.parallel.prestart_worker)
+    _wait_until(lambda: any(b"farm.compiler.parallel" in _cmdline(child) for child in _children(pid)))
+    worker = next(child for child in _children(pid) if b"farm.compiler.parallel" in _cmdline(child))
+    worker_pipes = {os.readlink(f"/proc/{worker}/fd/{name}") for name in os.listdir(f"/proc/{worker}/fd")}
+    assert not any(target.startswith(("/dev/pts", "/dev/tty")) for target in fds.values()), fds
+    assert {target for target in fds.values() if target.startswith("pipe:")} <= worker_pipes, fds
     assert os.getsid(pid) == pid and os.readlink(f"/proc/{pid}/cwd") == "/"
     environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if item)
     assert environ["FARM_CACHE_DIR"] == str(warm_cache) and environ["PATH"] == env["PATH"]

@@ -324,6 +324,41 @@ def test_a_request_of_another_path_is_refused(farm: Farm) -> None:
     assert _served(farm, 0) == 0
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a compile worker is kept on two cores or more")
+def test_a_server_keeps_a_compile_worker_started(farm: Farm) -> None:
+    """A server starts a compile worker (farm.compiler.parallel.prestart_worker) for the first compile of a new
+    ruleset, which shares its pieces with it; the worker ends with the server."""
+    status = farm.start()
+
+    def workers() -> list[int]:
+        return [pid for pid in _children(status["pid"]) if b"farm.compiler.parallel" in _cmdline(pid)]
+
+    _wait_until(lambda: len(workers()) == 1)
+    worker = workers()[0]
+    assert farm("server", "stop").returncode == 0
+    _wait_until(lambda: not _alive(worker))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_start_twice_status_and_stop(farm: Farm) -> None:
     status = farm.start()
     again = farm("server", "start")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import struct
 import subprocess
@@ -69,23 +70,34 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
     Here, code generation (Python) runs while a thread compiles the chunk generated before (LLVM, which lets go of
     the interpreter lock): a small ruleset is cut into a few chunks for that, not into the library's layout. A
     ruleset large enough to have MIN_CHUNKS chunks of the library's own layout is shared with worker processes
-    too, and its parts are remembered as ruleset_parts makes them, for the build of its library."""
+    too, and its parts are remembered as ruleset_parts makes them, for the build of its library. A small one's
+    chunks are shared with a worker only if one has started up already (prestart_worker: a farm server's)."""
     codegen = LLVMCodegen(ruleset, target.triple)
     chunks = codegen.chunks()
     library_layout = len(chunks) >= MIN_CHUNKS and cores() > 1
+    pieces = None
     if not library_layout:
-        chunks = codegen.chunks(max(8, -(-len(ruleset.rules) // TIER0_PIECES)))
+        pieces = max(8, -(-len(ruleset.rules) // TIER0_PIECES))
+        chunks = codegen.chunks(pieces)
         # pieces of this compile only, not the library's parts: at -O0 in the C convention (norm_convention)
         codegen.register_calls = opt_level > 0
-    shares = [list(range(k, len(chunks), cores())) for k in range(cores())] if library_layout \
-        else [list(range(len(chunks)))]  # every n-th chunk to each: sizes spread evenly
     with _WORKERS_LOCK:
-        workers = _workers(len(shares) - 1)
+        if library_layout:  # every n-th chunk to each: sizes spread evenly
+            shares = [list(range(k, len(chunks), cores())) for k in range(cores())]
+            workers = _workers(len(shares) - 1)
+        else:  # a worker's share only if one is ready (a farm server keeps one): starting one costs more
+            workers = _ready_workers(1) if len(chunks) > 1 and cores() > 1 else []
+            by_root = ruleset.rules_by_root()
+            shares = _shared_with_a_worker([sum(len(by_root[op]) for op in chunk) for chunk in chunks]) \
+                if workers else [list(range(len(chunks)))]
+            if len(shares) > 1 and not shares[1]:
+                shares, workers = shares[:1], []
         sent: list[tuple[_Worker, list[int]]] = []
         mine = [i for share in (shares[0], *shares[1 + len(workers):]) for i in share]  # no worker for the rest
         try:
             if workers:
-                request = pickle.dumps((ruleset, target, opt_level, code_model), protocol=pickle.HIGHEST_PROTOCOL)
+                request = pickle.dumps((ruleset, target, opt_level, code_model, pieces, codegen.register_calls),
+                                       protocol=pickle.HIGHEST_PROTOCOL)
                 for worker, share in zip(workers, shares[1:]):
                     if _sent(worker, request, share):
                         sent.append((worker, share))
@@ -109,6 +121,34 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
         remember_parts(ruleset, target.triple, [("runtime", runtime_ir(target.triple)),
                                                 *((c.name, c.ir_text) for c in (manifest, *rest))])
     return [manifest, *rest], provided
+
+
+# A worker's rule costs it WORKER_COST of one here, where the manifest costs about MANIFEST_RULES rules: the worker
+# generates and compiles its share alone on its core, while here code generation and the compile thread share one
+# interpreter lock. arith.farm's first load, 2 x 6 alternating samples with and without a ready worker (fastest):
+# 1.4: 47-60 ms; 1.0: 46-49 ms; 0.8: 39-41 ms (without: 62-80 ms; the machine was noisy then).
+WORKER_COST, MANIFEST_RULES = 0.8, 2
+
+
+def _shared_with_a_worker(sizes: list[int]) -> list[list[int]]:
+    """Chunk indices for this process and for one worker, by their rules (`sizes`), the largest first to the one
+    that would finish it sooner; each share in chunk order."""
+    shares: list[list[int]] = [[], []]
+    load = [float(MANIFEST_RULES), 0.0]
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        here, there = load[0] + sizes[i], load[1] + sizes[i] * WORKER_COST
+        side = 0 if here <= there else 1
+        load[side] = here if side == 0 else there
+        shares[side].append(i)
+    return [sorted(share) for share in shares]
+
+
+def prestart_worker() -> None:
+    """Start one worker for later compiles of small rulesets, which use a ready worker only (a long-lived process:
+    `farm server`); not waited for. Nothing on one core, or when it cannot start."""
+    if cores() > 1:
+        with _WORKERS_LOCK:
+            _workers(1)
 
 
 PIPELINE_SWITCH_INTERVAL = 0.0002  # seconds; see _pipeline
@@ -185,9 +225,24 @@ class _Worker:
             os.close(writer)
         self.replies = os.fdopen(reader, "rb")
         self.busy = False
+        self.started_up = False  # its first frame (empty: _serve's) read
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def ready(self) -> bool:
+        """Whether it has started up (imported farm and LLVM): its first, empty, frame has come."""
+        if not self.started_up and select.select([self.replies], [], [], 0)[0]:
+            try:
+                self._started()
+            except CompileWorkerLost:  # it died starting up (killed): not used, and replaced when needed
+                return False
+        return self.started_up
+
+    def _started(self) -> None:
+        if _read(self.replies) != b"":
+            raise self._died()
+        self.started_up = True
 
     def send(self, request: bytes, indices: list[int]) -> None:
         assert self.process.stdin is not None
@@ -199,6 +254,8 @@ class _Worker:
             raise self._died() from None
 
     def receive(self) -> list[CompiledChunk]:
+        if not self.started_up:
+            self._started()
         reply = _read(self.replies)
         if reply is None:
             raise self._died()
@@ -232,6 +289,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _ready_workers(count: int) -> list[_Worker]:
+    """Up to `count` live workers that have started up, none started here."""
+    _WORKERS[:] = [w for w in _WORKERS if w.alive()]
+    return [w for w in _WORKERS if w.ready()][:count]
+
+
 def _workers(count: int) -> list[_Worker]:
     """Up to `count` live workers: the ones started before, and new ones for those that died; fewer when one
     cannot start (sys.executable is no Python that imports farm: an embedded interpreter), whose share is then
@@ -262,14 +325,18 @@ def _read(stream: IO[bytes]) -> bytes | None:
 
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """A worker's life: a request (the ruleset, target, -O and code model; then chunk indices) in, the compiled
+    """A worker's life: an empty frame once it has started up; then a request (the ruleset, target, -O, code model,
+    the rules per chunk (None: the library's) and the calling convention; then chunk indices) in, the compiled
     chunks (or the FarmError that stopped them) out; until stdin closes."""
-    from farm.compiler.toolchain import emit_module
+    from farm.compiler.toolchain import emit_module, ready_llvm
 
+    ready_llvm()
+    _write(replies, b"")  # started up: a small ruleset's compile may now share its chunks with this one
     while (request := _read(requests)) is not None and (indices := _read(requests)) is not None:
-        ruleset, target, opt_level, code_model = pickle.loads(request)
+        ruleset, target, opt_level, code_model, pieces, register_calls = pickle.loads(request)
         codegen = LLVMCodegen(ruleset, target.triple)
-        chunks = codegen.chunks()
+        chunks = codegen.chunks(pieces) if pieces else codegen.chunks()  # as the caller cut them
+        codegen.register_calls = register_calls
 
         def compile_module(module: Any, name: str, target: Target = target, opt_level: int = opt_level,
                            code_model: str = code_model) -> bytes:

@@ -378,6 +378,17 @@ _llvm_ready = False
 _MACHINES: dict[tuple[str, str, str, int, str], tuple[Any, Any]] = {}
 
 
+def ready_llvm() -> None:
+    """LLVM's targets and assembly printers registered, once per process (before the first emit)."""
+    import llvmlite.binding as llvm
+
+    global _llvm_ready
+    if not _llvm_ready:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        _llvm_ready = True
+
+
 def _machine(target: Target, opt_level: int, code_model: str) -> tuple[Any, Any]:
     """One target machine and pass builder per (triple, CPU, features, level, code model), reused for every
     module."""
@@ -419,13 +430,8 @@ def emit_module(module: Any, target: Target, opt_level: int,
                 code_model: str = "default") -> tuple[bytes, dict[str, float]]:
     """Optimise and emit a parsed module the policy has already checked. code_model "large" for objects an
     in-process JIT links (farm/runtime/inmemory.py)."""
-    import llvmlite.binding as llvm
 
-    global _llvm_ready
-    if not _llvm_ready:
-        llvm.initialize_all_targets()
-        llvm.initialize_all_asmprinters()
-        _llvm_ready = True
+    ready_llvm()
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     machine, builder = _machine(target, opt_level, code_model)
