@@ -8,7 +8,7 @@ there is a socket to ask), sccache-style: the first command the server could hav
 starts one in the background (not waited for: this command is done), which exits after its idle timeout.
 
 A command goes to the server when it is one the server runs (SERVED), reads no standard input (`-`), FARM_SERVER
-is not `off`, and a server of this user, cache directory, interpreter and farm code listens. Anything else (no
+is not `off`, and a server of this user, cache directory, interpreter, PATH and farm code listens. Anything else (no
 server, a refusal, a server of older code, a broken connection before the first byte of output) and the command
 runs here. FARM_SERVER: `auto` (the default) also starts a server when none listened, or the one there was of other
 code (it exits); `manual` never starts one (`farm server start` does); `off` never asks one."""

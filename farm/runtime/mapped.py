@@ -34,7 +34,8 @@ MAPPED_MIN_BYTES = 1 << 20
 # Columns sized by a bound (bounded_columns) from this much: below, counting the nodes first (farm_mark) and
 # filling exact columns costs less than a mapping (reverse-1000: its space bounds 1.1 MB of columns for a normal
 # form of 2,000 nodes; its export took 0.17-0.25 ms that way, 0.28-0.35 ms through a bounded mapping). At 2 MiB
-# instead, fibonacci's 75,026-node export (2.7 MB bound) took the same: 1.5-2.7 ms against 1.6-2.3.
+# instead, fibonacci's 75,026-node export (2.7 MB bound) took about the same, populated alongside: 1.4-2.1 ms
+# against 1.5-3.1 (8 alternating processes each).
 BOUNDED_MIN_BYTES = 4 << 20
 _ALIGN = 8  # each column starts 8-byte aligned (the 64-bit one included; farm_export's populate needs it)
 _MAP_NORESERVE = 0x4000  # <sys/mman.h> on Linux; Python's mmap module has no name for it
