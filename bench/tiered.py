@@ -107,7 +107,10 @@ def measure(tmp: Path, repeat: int = REPEAT) -> dict[str, Any]:
     large_untiered = first_load(untiered, fresh(large))
     # tier 0 as a farm server runs it, with a compile worker started up beforehand (the large ruleset's)
     parallel.prestart_worker()
+    deadline = time.monotonic() + 60
     while parallel.cores() > 1 and not parallel._ready_workers(1):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the compile worker did not start up within 60 s")
         time.sleep(0.01)
     runs["tiered_with_worker"] = [first_load(tiered, fresh(ARITH)) for _ in range(repeat)]
     best = {name: min(values) * 1000 for name, values in runs.items()}

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One worker process beside this one, on any machine."""
+    """One worker process beside this one, on any machine; none kept by an earlier test's prestart_worker."""
     monkeypatch.setattr(parallel, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "_keep_one", False)
 
 
 def test_chunks_compiled_by_workers_rewrite_like_the_interpreter_and_keep_the_ir(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ def workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[parallel._Worker]]
 
     monkeypatch.setattr(parallel._Worker, "__init__", tracked)
     monkeypatch.setattr(parallel, "_WORKERS", [])
+    monkeypatch.setattr(parallel, "_keep_one", False)  # prestart_worker's flag: this test's only
     try:
         yield started
     finally:
@@ -269,13 +270,12 @@ if sys.argv[1] == "after":
 
 @pytest.mark.parametrize("exit_when", [
     "after",
-    pytest.param("at once", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: a worker whose parent exited before it started up writes its startup frame to a "
-        "closed pipe: BrokenPipeError traceback on the stderr it shares (the terminal, server.log)"))])
+    "at once"])
 def test_a_prestarted_worker_exits_quietly_with_the_process_that_started_it(tmp_path: Path, exit_when: str) -> None:
     """A process that prestarts a worker and exits, after the worker started up or at once: the worker exits too
     (its stdin closes), printing nothing. `after` fails if the worker outlived its parent (run() waits for the
-    stderr the worker holds; the pid check); `at once` fails today: see the xfail."""
+    stderr the worker holds; the pid check); `at once` fails if the worker's startup frame to a closed pipe raises
+    (a BrokenPipeError traceback on the stderr it shares: the terminal, server.log)."""
     script = tmp_path / "script.py"
     script.write_text(PRESTART_THEN_EXIT)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -299,8 +299,6 @@ def _running(pid: int) -> bool:
 
 # ---- bugs ----
 
-@pytest.mark.xfail(strict=True, reason="BUG: _Worker.ready() uses select.select, which raises ValueError for a "
-                   "descriptor >= FD_SETSIZE (1024): a small ruleset's tier-0 compile fails outright")
 def test_a_ready_worker_whose_pipe_is_descriptor_1024_or_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process with many files open (a server with many clients, a raised RLIMIT_NOFILE) starts a worker whose
     reply pipe is descriptor 1024 or above. Today: ValueError 'filedescriptor out of range in select()' out of
@@ -327,9 +325,6 @@ def test_a_ready_worker_whose_pipe_is_descriptor_1024_or_more(tmp_path: Path, mo
     assert [pid for pid, _ in sends] == [worker.process.pid]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a dead worker dropped by _ready_workers (or _workers) leaves its "
-                   "stdin and reply pipe to the garbage collector: two 'unclosed file' ResourceWarnings, which "
-                   "`farm rewrite` prints as warnings (through a server whose worker died)")
 def test_a_dead_workers_pipes_are_closed_not_left_to_the_collector(tmp_path: Path,
                                                                    workers: list[parallel._Worker]) -> None:
     """The prestarted worker dies (killed: the OOM killer, or stop_if_busy after an error); the next small
@@ -348,8 +343,6 @@ def test_a_dead_workers_pipes_are_closed_not_left_to_the_collector(tmp_path: Pat
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a server keeps a compile worker on two cores or more")
-@pytest.mark.xfail(strict=True, reason="BUG: a server's prestarted worker that dies is never replaced: "
-                   "_ready_workers starts none, so every later tier-0 compile runs alone")
 def test_a_server_replaces_its_compile_worker_when_it_dies(tmp_path: Path) -> None:
     """The README: 'On two cores or more it keeps one compile worker process'. Kill it, run a rewrite of a new
     ruleset through the server: a worker is running again soon after (today: none, ever)."""

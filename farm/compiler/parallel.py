@@ -18,6 +18,7 @@ stdin closes, so it never outlives the process that started it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -47,6 +48,7 @@ TIER0_PIECES = 4  # a small ruleset is cut into about this many modules for the 
 _HEADER = struct.Struct("<Q")
 _WORKERS: list[_Worker] = []
 _WORKERS_LOCK = threading.Lock()  # one caller at a time uses the workers (each serves one request at a time)
+_keep_one = False  # prestart_worker was called: a small ruleset's compile replaces a worker that died
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
             shares = [list(range(k, len(chunks), cores())) for k in range(cores())]
             workers = _workers(len(shares) - 1)
         else:  # a worker's share only if one is ready (a farm server keeps one): starting one costs more
+            if _keep_one and cores() > 1:
+                _workers(1)  # one that died is replaced, for the next compile: it is not ready for this one
             workers = _ready_workers(1) if len(chunks) > 1 and cores() > 1 else []
             by_root = ruleset.rules_by_root()
             shares = _shared_with_a_worker([sum(len(by_root[op]) for op in chunk) for chunk in chunks]) \
@@ -145,10 +149,12 @@ def _shared_with_a_worker(sizes: list[int]) -> list[list[int]]:
 
 
 def prestart_worker() -> None:
-    """Start one worker for later compiles of small rulesets, which use a ready worker only (a long-lived process:
-    `farm server`); not waited for. Nothing on one core, or when it cannot start."""
+    """Start one worker for later compiles of small rulesets, which use a ready worker only, and keep one from now
+    on (a long-lived process: `farm server`); not waited for. Nothing on one core, or when it cannot start."""
+    global _keep_one
     if cores() > 1:
         with _WORKERS_LOCK:
+            _keep_one = True
             _workers(1)
 
 
@@ -228,12 +234,24 @@ class _Worker:
 
     def ready(self) -> bool:
         """Whether it has started up (imported farm and LLVM): its first, empty, frame has come."""
-        if not self.started_up and select.select([self.replies], [], [], 0)[0]:
+        if not self.started_up and self._has_data():
             try:
                 self._started()
             except CompileWorkerLost:  # it died starting up (killed): not used, and replaced when needed
                 return False
         return self.started_up
+
+    def _has_data(self) -> bool:
+        poller = select.poll()  # not select.select, which refuses a descriptor of 1024 or more
+        poller.register(self.replies.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
+        """Its pipes closed (a dead worker's: not left to the collector, which warns)."""
+        for stream in (self.process.stdin, self.replies):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
     def _started(self) -> None:
         if _read(self.replies) != b"":
@@ -287,15 +305,21 @@ if hasattr(os, "register_at_fork"):
 
 def _ready_workers(count: int) -> list[_Worker]:
     """Up to `count` live workers that have started up, none started here."""
-    _WORKERS[:] = [w for w in _WORKERS if w.alive()]
+    _drop_dead()
     return [w for w in _WORKERS if w.ready()][:count]
+
+
+def _drop_dead() -> None:
+    for worker in [w for w in _WORKERS if not w.alive()]:
+        worker.close()
+        _WORKERS.remove(worker)
 
 
 def _workers(count: int) -> list[_Worker]:
     """Up to `count` live workers: the ones started before, and new ones for those that died; fewer when one
     cannot start (sys.executable is no Python that imports farm: an embedded interpreter), whose share is then
     compiled in this process."""
-    _WORKERS[:] = [w for w in _WORKERS if w.alive()]
+    _drop_dead()
     while len(_WORKERS) < count:
         try:
             _WORKERS.append(_Worker())
@@ -327,7 +351,10 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     from farm.compiler.toolchain import emit_module, ready_llvm
 
     ready_llvm()
-    _write(replies, b"")  # started up: a small ruleset's compile may now share its chunks with this one
+    try:
+        _write(replies, b"")  # started up: a small ruleset's compile may now share its chunks with this one
+    except BrokenPipeError:  # the process that started this one is gone: quietly (a return would flush again)
+        os._exit(0)
     while (request := _read(requests)) is not None and (indices := _read(requests)) is not None:
         ruleset, target, opt_level, code_model, pieces, register_calls = pickle.loads(request)
         codegen = LLVMCodegen(ruleset, target.triple)
