@@ -158,8 +158,6 @@ def prestart_worker() -> None:
             _workers(1)
 
 
-
-
 def _pipeline(generators: list[Callable[[], tuple[str, str]]],
               compile_module: Callable[[Any, str], bytes]) -> list[CompiledChunk]:
     """Each module generated here while a thread parses, checks and compiles the one before.
