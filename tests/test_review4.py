@@ -28,7 +28,7 @@ from farm.runtime import loader, mapped
 from farm.runtime.loader import NativeRuleset
 
 from .conftest import ruleset_of
-from .test_runtime import LISTS, columns_of, fresh_arena, rewrite_on
+from .test_runtime import LISTS, columns_of, fresh_arena, marked_export, rewrite_on
 from .test_server import RULES, TERMS, Farm, _alive, _base_env, _children, _cmdline, _stop_all, _wait_until
 
 # A list of 60,000 cells (v n t), each with its own literal and one shared subterm: 180,000 rows, 20 bytes each
@@ -43,21 +43,6 @@ def natives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[RuleSet
     engine = Engine(FarmConfig(cache_dir=tmp_path_factory.mktemp("review4-cache"), opt_level=1))
     rs = ruleset_of(PROGRAM)
     return {"jit": (rs, engine.load_in_memory(rs)), "so": (rs, engine.load(rs, "review4"))}
-
-
-def _reference(native: NativeRuleset, rs: RuleSet, terms: str) -> tuple[list[array], list[int]]:
-    """farm_mark, then farm_export alone on this thread into plain arrays (no populate alongside)."""
-    with fresh_arena(native) as arena:
-        g = TermGraph(rs.make_signature())
-        out = array("q", rewrite_on(native, arena, columns_of(g), g.parse(terms)).out)
-        sizes, roots = loader._zeros(2), loader._zeros(len(out))
-        native.lib.farm_mark(arena, len(out), loader._ptr(out), loader._ptr(sizes))
-        nodes, children = sizes
-        columns = [loader._zeros(nodes, ID_TYPECODE), loader._zeros(nodes), loader._zeros(nodes, ID_TYPECODE),
-                   loader._zeros(children, ID_TYPECODE)]
-        assert native.lib.farm_export(arena, len(out), loader._ptr(out), loader._ptr(roots),
-                                      *map(loader._ptr, columns)) == nodes
-    return columns, list(roots)
 
 
 @pytest.mark.parametrize("how", ["jit", "so"])
@@ -97,7 +82,7 @@ def test_columns_populated_alongside_are_the_marked_exports(natives: dict[str, t
     assert len(calls) == 1
     rows, children, reached = calls[0]
     assert reached >= POPULATE_LEAD
-    columns, roots = _reference(native, rs, TERMS_BIG)
+    columns, roots = marked_export(native, rs, TERMS_BIG)
     assert [list(c) for c in columns] == [list(c) for c in (graph.ops, graph.vals, graph.arities, graph.kid_ids)]
     assert result.outcomes == roots
     if path == "exact":

@@ -183,6 +183,22 @@ def rewrite_on(native: NativeRuleset, arena: Any, columns: tuple[array, array, a
     return Raw(code, list(out), list(info), stats)
 
 
+def marked_export(native: NativeRuleset, rs: RuleSet, terms: str) -> tuple[list[array], list[int]]:
+    """The terms' normal forms as farm_mark then farm_export write them on this thread, into plain arrays (no pages
+    populated alongside): the columns and the mapped roots."""
+    with fresh_arena(native) as arena:
+        g = TermGraph(rs.make_signature())
+        out = array("q", rewrite_on(native, arena, columns_of(g), g.parse(terms)).out)
+        sizes, roots = loader._zeros(2), loader._zeros(len(out))
+        native.lib.farm_mark(arena, len(out), loader._ptr(out), loader._ptr(sizes))
+        nodes, children = sizes
+        columns = [loader._zeros(nodes, ID_TYPECODE), loader._zeros(nodes), loader._zeros(nodes, ID_TYPECODE),
+                   loader._zeros(children, ID_TYPECODE)]
+        assert native.lib.farm_export(arena, len(out), loader._ptr(out), loader._ptr(roots),
+                                      *map(loader._ptr, columns)) == nodes
+    return columns, list(roots)
+
+
 def columns_of(g: TermGraph) -> tuple[array, array, array, array]:
     return g.ops, g.arities, g.vals, g.kid_ids
 
@@ -928,18 +944,9 @@ def test_a_large_export_is_the_same_with_its_pages_populated_alongside(engine: E
     assert len(reached) == 1 and reached[0] > POPULATE_LEAD, "the export ended before a page was populated"
     graph = result.graph
     assert all(isinstance(column, memoryview) for column in (graph.ops, graph.vals, graph.arities, graph.kid_ids))
-    with fresh_arena(native) as arena:
-        g2 = TermGraph(rs.make_signature())
-        out = array("q", rewrite_on(native, arena, columns_of(g2), g2.parse(terms)).out)
-        sizes, roots = loader._zeros(2), loader._zeros(len(out))
-        native.lib.farm_mark(arena, len(out), loader._ptr(out), loader._ptr(sizes))
-        nodes, children = sizes
-        columns = [loader._zeros(nodes, ID_TYPECODE), loader._zeros(nodes), loader._zeros(nodes, ID_TYPECODE),
-                   loader._zeros(children, ID_TYPECODE)]
-        assert native.lib.farm_export(arena, len(out), loader._ptr(out), loader._ptr(roots),
-                                      *map(loader._ptr, columns)) == nodes
+    columns, roots = marked_export(native, rs, terms)
     assert columns == [graph.ops, graph.vals, graph.arities, graph.kid_ids]
-    assert result.outcomes == list(roots) and graph.depth(result.outcomes[0]) == 200_004  # type: ignore[arg-type]
+    assert result.outcomes == roots and graph.depth(result.outcomes[0]) == 200_004  # type: ignore[arg-type]
 
 
 def test_export_without_mark_numbers_the_nodes_itself_a_million_levels_deep(engine: Engine) -> None:
