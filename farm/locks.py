@@ -34,7 +34,7 @@ def file_lock(path: Path) -> Iterator[None]:
 # A thread that wants the interpreter lock waits for its holder to drop it at most this long (sys.setswitchinterval;
 # Python's default is 5 ms): where a thread generates code in the background, the one that needs the lock for a
 # moment (a compile thread's return from LLVM, the first rewrite's Python parts) gets it within 0.2 ms.
-QUICK_SWITCH_INTERVAL = 0.0002  # seconds
+QUICK_SWITCH_INTERVAL = 0.00005  # seconds
 _quick_users = 0
 _quick_lock = threading.Lock()
 _usual_interval = 0.0

@@ -108,3 +108,19 @@ def test_native_equals_interpreter_equals_oracle(session_engine: Engine, pattern
     artifact = session_engine.compile(ruleset, f"hypothesis-{ruleset.fingerprint()[:16]}", opt_level=0)
     report = differential(ruleset, load_native(ruleset, artifact), cases=60, seed=seed, fuel=200)
     assert report.ok, "\n".join(report.mismatches[:5]) + "\nrules:\n" + "\n".join(map(str, ruleset.rules))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(rule(), min_size=1, max_size=7), st.integers(0, 2**32))
+def test_tier_0s_quick_code_equals_interpreter_equals_oracle(session_engine: Engine, patterns: list[TopologicalPattern],
+                                                             seed: int) -> None:
+    """Tier 0's code (in memory at -O0: quick modules, irbuild.quick) calls through tables, tests cases one by one and
+    counts firings and interns through the runtime: the same normal forms, outcomes and counts as the interpreter."""
+    try:
+        ruleset = transduce_patterns(patterns, warn=False)
+    except RuleError:
+        assume(False)
+        return
+    native = session_engine.load_in_memory(ruleset, opt_level=0)
+    report = differential(ruleset, native, cases=60, seed=seed, fuel=200)
+    assert report.ok, "\n".join(report.mismatches[:5]) + "\nrules:\n" + "\n".join(map(str, ruleset.rules))

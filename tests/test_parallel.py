@@ -110,17 +110,44 @@ def test_a_script_without_a_main_guard_compiles_in_parallel(tmp_path: Path) -> N
     assert run.stdout.split() == ["RAN", "LOADED", "1"]
 
 
-@pytest.mark.parametrize(("opt_level", "register_calls"), [(0, False), (2, True)])
-def test_tier_0s_own_pieces_call_in_the_c_convention_at_o0(tmp_path: Path, opt_level: int,
-                                                             register_calls: bool) -> None:
-    """A small ruleset's pieces at -O0 (tier 0) call operators in the C convention, which -O0's fast instruction
-    selection takes (the GHC one falls back to the slow path at each call); the library's parts, and a compile at
-    -O1 and above, in the GHC convention (operators.norm_convention)."""
+@pytest.mark.parametrize("opt_level", [0, 2])
+def test_tier_0s_own_pieces_are_quick_at_o0_and_the_librarys_parts_never(tmp_path: Path, opt_level: int) -> None:
+    """A small ruleset's pieces at -O0 (tier 0) are quick modules (irbuild.quick): C calls, each through the module's
+    call table, tests instead of small switches, no alias tags or branch weights, the runtime's intern<n> and
+    farm_fire. The library's parts, and a compile at -O1 and above, are not: GHC calls, direct, tagged."""
     ruleset = generated(40)
     target = Engine(FarmConfig(cache_dir=tmp_path)).builder.target()
-    assert all("ghccc" in text for name, text in llvm.ruleset_parts(ruleset, target.triple) if name != "runtime")
+    for name, text in llvm.ruleset_parts(ruleset, target.triple):
+        if name != "runtime":
+            assert "ghccc" in text and "!tbaa" in text and "@callees" not in text
     chunks, _ = parallel.compile_chunks(ruleset, target, opt_level, "small", lambda module, name: b"")
-    assert [("ghccc" in chunk.ir_text) for chunk in chunks[1:]] == [register_calls] * (len(chunks) - 1)
+    quick = opt_level == 0
+    for chunk in chunks[1:]:
+        assert ("ghccc" in chunk.ir_text, "!tbaa" in chunk.ir_text) == (not quick, not quick)
+        assert ('call i64 %' in chunk.ir_text, '@"farm_fire"' in chunk.ir_text) == (quick, quick)
+
+
+def test_llvms_fast_instruction_selector_takes_a_quick_modules_code_in_the_jits_code_model(tmp_path: Path) -> None:
+    """What quick modules are for: llc's -O0 instruction selection (FastISel) takes all their code in the large code
+    model the JIT compiles for (farm/runtime/inmemory.py), but the one load of each function's call table address;
+    every instruction it cannot take goes to the slow selector (SelectionDAG), one at a time. Fails with a direct
+    call or a switch in a quick module: arith's pieces had 173 such fallbacks, and emitting them took 50% longer."""
+    from farm.compiler.tools import find_tool
+
+    ruleset = generated(40)
+    target = Engine(FarmConfig(cache_dir=tmp_path)).builder.target()
+    chunks, _ = parallel.compile_chunks(ruleset, target, 0, "large", lambda module, name: b"")
+    assert len(chunks) > 2
+    for chunk in chunks:
+        source = tmp_path / f"{chunk.name}.ll"
+        source.write_text(chunk.ir_text)
+        run = subprocess.run([find_tool("llc"), "-O0", "-code-model=large", "-relocation-model=static",
+                              "-pass-remarks-missed=sdagisel", "-filetype=obj", str(source), "-o", "/dev/null"],
+                             capture_output=True, text=True, timeout=120, check=True)
+        missed = [line for line in run.stderr.splitlines() if "FastISel missed" in line]
+        allowed = [line for line in missed if "ptr @callees, i64 0" in line or "function: farm_fingerprint" in line]
+        assert missed == allowed, missed
+        assert len(allowed) <= chunk.ir_text.count("\ndefine ")
 
 
 def test_a_small_ruleset_shares_its_chunks_only_with_a_worker_that_has_started_up(

@@ -1,5 +1,5 @@
 """Review of bb99e0e: tier 0 shares a small ruleset's pieces with a compile worker that has started up
-(farm/compiler/parallel.py: prestart_worker, _ready_workers, the empty startup frame, the (pieces, register_calls)
+(farm/compiler/parallel.py: prestart_worker, _ready_workers, the empty startup frame, the (pieces, quick)
 request fields); a farm server keeps one. Real worker processes throughout; every one started is stopped."""
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def test_a_workers_pieces_are_this_processs_cut_convention_level_and_code_model(
                                                                                  opt_level: int) -> None:
     """Every chunk a ready worker compiled for a small ruleset is, IR and object code, what this process makes of
     the same piece: the same cut (pieces), calling convention (C at -O0, GHC above), -O level and code model.
-    Fails if the worker ignored the request's pieces or register_calls (the IR differs), or compiled at another
+    Fails if the worker ignored the request's pieces or quick flag (the IR differs), or compiled at another
     -O level, code model or target (the object code differs)."""
     worker = _ready_worker()
     sends = _record_sends(monkeypatch)
@@ -117,7 +117,7 @@ def test_a_workers_pieces_are_this_processs_cut_convention_level_and_code_model(
     assert len(sends) == 1 and sends[0][0] == worker.process.pid
     theirs = {f"chunk{i}" for i in sends[0][1]}
     assert theirs and theirs < {chunk.name for chunk in chunks}
-    codegen = llvm.LLVMCodegen(ruleset, target.triple, register_calls=opt_level > 0)
+    codegen = llvm.LLVMCodegen(ruleset, target.triple, quick=opt_level == 0)
     pieces = codegen.chunks(max(8, -(-len(ruleset.rules) // parallel.TIER0_PIECES)))
     for chunk in chunks[1:]:
         index = int(chunk.name.removeprefix("chunk"))

@@ -82,8 +82,8 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
     if not library_layout:
         pieces = max(8, -(-len(ruleset.rules) // TIER0_PIECES))
         chunks = codegen.chunks(pieces)
-        # pieces of this compile only, not the library's parts: at -O0 in the C convention (norm_convention)
-        codegen.register_calls = opt_level > 0
+        # pieces of this compile only, not the library's parts: at -O0 shaped for fast instruction selection
+        codegen.quick = opt_level == 0
     with _WORKERS_LOCK:
         if library_layout:  # every n-th chunk to each: sizes spread evenly
             shares = [list(range(k, len(chunks), cores())) for k in range(cores())]
@@ -101,7 +101,7 @@ def compile_chunks(ruleset: RuleSet, target: Target, opt_level: int, code_model:
         mine = [i for share in (shares[0], *shares[1 + len(workers):]) for i in share]  # no worker for the rest
         try:
             if workers:
-                request = pickle.dumps((ruleset, target, opt_level, code_model, pieces, codegen.register_calls),
+                request = pickle.dumps((ruleset, target, opt_level, code_model, pieces, codegen.quick),
                                        protocol=pickle.HIGHEST_PROTOCOL)
                 for worker, share in zip(workers, shares[1:]):
                     if _sent(worker, request, share):
@@ -354,10 +354,9 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     except BrokenPipeError:  # the process that started this one is gone: quietly (a return would flush again)
         os._exit(0)
     while (request := _read(requests)) is not None and (indices := _read(requests)) is not None:
-        ruleset, target, opt_level, code_model, pieces, register_calls = pickle.loads(request)
-        codegen = LLVMCodegen(ruleset, target.triple)
+        ruleset, target, opt_level, code_model, pieces, quick = pickle.loads(request)
+        codegen = LLVMCodegen(ruleset, target.triple, quick=quick)  # the caller's code: the same IR
         chunks = codegen.chunks(pieces) if pieces else codegen.chunks()  # as the caller cut them
-        codegen.register_calls = register_calls
 
         def compile_module(module: Any, name: str, target: Target = target, opt_level: int = opt_level,
                            code_model: str = code_model) -> bytes:

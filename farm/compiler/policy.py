@@ -212,13 +212,14 @@ def _check_printout(text: str, source: str) -> None:
                 raise PolicyViolation(f"{source}: {_where(text, line_start, line)}: "
                                       f"{_reason(keyword.group(1), line)}")
             at = text.find(word, line_start + len(line))
-    # Attribute groups and named metadata follow the functions in the printout: search from the first one.
-    for group in _SECTION_ATTRIBUTE.finditer(text, max(text.find("\nattributes #"), 0)):
+    # Attribute groups and named metadata follow the functions in the printout: search from the first one (none:
+    # no search, which would read the whole printout).
+    for group in _SECTION_ATTRIBUTE.finditer(text, _first_line(text, "attributes #")):
         line = _line_at(text, group.start())
         if any("section" in string for string in _STRING_IN_PRINTOUT.findall(line)):
             raise PolicyViolation(f"{source}: an attribute group places code or data in a section "
                                   f"(`{_shorten(line)}`); a section such as .init_array runs code on load")
-    for name, value in _NAMED_METADATA.findall(text, max(text.find("\n!"), 0)):
+    for name, value in _NAMED_METADATA.findall(text, _first_line(text, "!")):
         name = unescape_name(name)
         if name.startswith("llvm.") and name not in ALLOWED_NAMED_METADATA and value.strip() != "!{}":
             raise PolicyViolation(f"{source}: named metadata !{name} is refused (llvm.dependent-libraries and "
@@ -257,6 +258,14 @@ def _check_madvise(text: str, source: str) -> None:
             raise PolicyViolation(f"{source}: {_where(text, line_start, line)}: madvise may only be called "
                                   f"directly, with the advice MADV_POPULATE_WRITE ({MADV_POPULATE_WRITE})")
         at = text.find("@madvise", line_start + len(line))
+
+
+def _first_line(text: str, start: str) -> int:
+    """Where the first line beginning with `start` begins; the text's length if none does."""
+    if text.startswith(start):
+        return 0
+    at = text.find("\n" + start)
+    return len(text) if at < 0 else at + 1
 
 
 def _code_of(line: str) -> str:

@@ -24,6 +24,9 @@ from farm.compiler.codegen.irbuild import (
     export_type,
 )
 
+# The runtime defines intern<n> (farm/compiler/codegen/intern.py) up to this arity, for code compiled without
+# optimisation, which calls it rather than define its own in each module (a fifth of arith's tier-0 code).
+SHARED_INTERN_ARITY = 4
 # Functions one module calls in another (runtime <-> rules), besides the exports of abi.EXPORTS.
 RUNTIME_CALLS: dict[str, ir.FunctionType] = {
     "malloc": ir.FunctionType(PTR, [I64]), "calloc": ir.FunctionType(PTR, [I64, I64]),
@@ -40,6 +43,9 @@ RUNTIME_CALLS: dict[str, ir.FunctionType] = {
     "farm_call": ir.FunctionType(I64, [PTR, I64, I64, PTR]),  # (arena, op, arity, args*): in the rules
     "farm_op_arity": ir.FunctionType(I64, [I64]),  # a ruleset operator's arity: in the rules
     "farm_op_first_rule": ir.FunctionType(I64, [I64]),  # the index of its first rule: in the rules
+    "farm_fire": ir.FunctionType(I64, [PTR, I64, I64]),  # (arena, op, k): count_firing; 0, or ERR_FUEL
+    # farm_intern<n>(arena, header, kid 0 .. kid n-1): farm/compiler/codegen/intern.py's intern<n>, shared
+    **{f"farm_intern{n}": ir.FunctionType(I64, [PTR, I64] + [I64] * n) for n in range(SHARED_INTERN_ARITY + 1)},
 }
 LIT_HEADER = LIT_OP & 0xFFFFFFFF
 INITIAL_WORDS = 1 << 16  # each space; a space grows when the live nodes fill more than 1 / LIVE_FRACTION of it
@@ -84,9 +90,9 @@ def call(f: FunctionBuilder, name: str, *args: ir.Value) -> ir.Value:
     """A call to a function of this module, or of another part (RUNTIME_CALLS, abi.EXPORTS)."""
     existing = f.module.globals.get(name)
     if isinstance(existing, ir.Function):
-        return f.b.call(existing, list(args))
+        return f.call(existing, list(args))
     fnty = RUNTIME_CALLS.get(name) or export_type(name)
-    return f.b.call(declare(f.module, name, fnty), list(args))
+    return f.call(declare(f.module, name, fnty), list(args))
 
 
 def header(f: FunctionBuilder, op: ir.Value, arity: ir.Value) -> ir.Value:
@@ -96,6 +102,18 @@ def header(f: FunctionBuilder, op: ir.Value, arity: ir.Value) -> ir.Value:
 def node_content(f: FunctionBuilder, head: ir.Value) -> ir.Value:
     """Words after the header that identify a node: a literal's value, an application's children."""
     return f.b.select(f.b.icmp_signed("==", head, c64(LIT_HEADER)), c64(1), f.arity_of(head))
+
+
+def count_firing(f: FunctionBuilder, op: ir.Value, k: ir.Value) -> ir.Value:
+    """Count a firing of operator `op`'s k-th rule (its first rule's index comes from the arena, so the rules' code
+    does not change when other operators' rules are added or reordered) and the step; the steps taken."""
+    b = f.b
+    index = b.add(f.load_at(f.get("rule_base"), op), k)
+    counters = f.get("counters")
+    f.store_at(counters, index, b.add(f.load_at(counters, index), c64(1)))
+    steps = f.bump("steps", 1)
+    f.put("last_rule", index)
+    return steps
 
 
 def node_words(f: FunctionBuilder, head: ir.Value) -> ir.Value:
@@ -236,7 +254,7 @@ def push_roots(f: FunctionBuilder, values: list[ir.Value]) -> ir.Value:
     b = f.b
     base = f.get("rsp")
     need = f.plus(base, len(values))
-    with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=False):
+    with b.if_then(b.icmp_signed(">", need, f.get("roots_cap")), likely=f.unlikely()):
         f.return_if_false(call(f, "farm_grow_roots", f.arena, need), ERR_OOM)
     for i, value in enumerate(values):
         f.set_root(f.plus(base, i), value)
@@ -246,4 +264,4 @@ def push_roots(f: FunctionBuilder, values: list[ir.Value]) -> ir.Value:
 
 def call_internal(f: FunctionBuilder, name: str, ret: ir.Type, args: list[ir.Type], *values: ir.Value) -> ir.Value:
     """A call to a function of the runtime module itself (defined or declared in this module)."""
-    return f.b.call(declare(f.module, name, ir.FunctionType(ret, args)), list(values))
+    return f.call(declare(f.module, name, ir.FunctionType(ret, args)), list(values))

@@ -31,17 +31,22 @@ def kids_equal(f: FunctionBuilder, node: ir.Value, kids: Sequence[ir.Value]) -> 
     return same
 
 
-def intern_function(module: ir.Module, arity: int, inline: bool) -> ir.Function:
+def shared_intern_name(arity: int) -> str:
+    """The runtime's intern<n> (heap.SHARED_INTERN_ARITY), which other modules may call."""
+    return f"farm_intern{arity}"
+
+
+def intern_function(module: ir.Module, arity: int, inline: bool, shared: bool = False) -> ir.Function:
     """intern<n>(arena, header, kid 0 .. kid n-1): the shared node (farm_intern's contract), with the common
     cases in this module: the last kid was never a last kid (the node is new: no hashing, no table), its
     registered parent is this node, or the first table slot probed is free or holds it. The others go to
     farm_intern (further probes, a collection), given the kids pushed on the shadow stack, where a collection
-    finds and moves them."""
-    name = f"intern{arity}"
+    finds and moves them. `shared`: the runtime's, which other modules call (shared_intern_name)."""
+    name = shared_intern_name(arity) if shared else f"intern{arity}"
     existing = module.globals.get(name)
     if isinstance(existing, ir.Function):
         return existing
-    f = FunctionBuilder(module, name, I64, [PTR, I64] + [I64] * arity)
+    f = FunctionBuilder(module, name, I64, [PTR, I64] + [I64] * arity, internal=not shared)
     if inline:
         f.fn.attributes.add("alwaysinline")
     b = f.b
@@ -117,4 +122,4 @@ def _first_probe(f: FunctionBuilder, head: ir.Value, kids: Sequence[ir.Value], s
 
 
 
-__all__ = ["hash_words", "intern_function", "kids_equal"]
+__all__ = ["hash_words", "intern_function", "kids_equal", "shared_intern_name"]

@@ -26,6 +26,7 @@ from functools import cache
 
 from farm.compiler.codegen import textir as ir
 from farm.compiler.codegen.abi import ABI_VERSION
+from farm.compiler.codegen.irbuild import quick
 from farm.compiler.codegen.operators import RulesModule
 from farm.compiler.codegen.runtime import RuntimeModule
 from farm.compiler.matchtree import NODE_BUDGET
@@ -38,20 +39,24 @@ class LLVMCodegen:
     """Builds the IR modules of one ruleset."""
 
     def __init__(self, ruleset: RuleSet, triple: str | None = None, tree_budget: int = NODE_BUDGET,
-                 register_calls: bool = True) -> None:
+                 quick: bool = False) -> None:
         self.ruleset = ruleset
         self.triple = triple
         self.tree_budget = tree_budget
-        self.register_calls = register_calls  # operators.norm_convention
+        # Code for the -O0 in-memory compile (tier 0): C calls (operators.norm_convention), shaped for FastISel
+        # (irbuild.quick). Pieces of one compile only: never a library's parts.
+        self.quick = quick
 
     def _module(self) -> ir.Module:
         m = ir.Module(name="farm")
         if self.triple:
             m.triple = self.triple
+        if self.quick:
+            quick(m)
         return m
 
     def _rules(self, module: ir.Module, internal: bool) -> RulesModule:
-        return RulesModule(module, self.ruleset, internal, self.tree_budget, self.register_calls)
+        return RulesModule(module, self.ruleset, internal, self.tree_budget, self.quick)
 
     def chunks(self, limit: int = CHUNK_RULES) -> list[list[str]]:
         """Root operators grouped, in signature order, into chunks of at most `limit` rules (or one operator's):

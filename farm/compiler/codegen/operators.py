@@ -29,8 +29,17 @@ from farm.compiler.codegen.abi import (
     IN_PROGRESS,
     NO_MATCH,
 )
-from farm.compiler.codegen.heap import LIT_HEADER, call, header, push_roots, track_room
-from farm.compiler.codegen.intern import hash_words, intern_function
+from farm.compiler.codegen.heap import (
+    LIT_HEADER,
+    RUNTIME_CALLS,
+    SHARED_INTERN_ARITY,
+    call,
+    count_firing,
+    header,
+    push_roots,
+    track_room,
+)
+from farm.compiler.codegen.intern import hash_words, intern_function, shared_intern_name
 from farm.compiler.codegen.irbuild import I1, I64, PTR, FunctionBuilder, c64, declare
 from farm.compiler.matchtree import NODE_BUDGET, Occurrence
 from farm.lang.transduce import RuleSet
@@ -70,11 +79,12 @@ class RulesModule:
     """Emits operator functions and the manifest of one ruleset into a module."""
 
     def __init__(self, module: ir.Module, ruleset: RuleSet, internal: bool, tree_budget: int = NODE_BUDGET,
-                 register_calls: bool = True) -> None:
+                 quick: bool = False) -> None:
         self.m = module
         self.ruleset = ruleset
         self.internal = internal  # all operators in this one module: their functions are private to it
-        self.register_calls = register_calls  # norm_convention
+        self.quick = quick  # the module is quick (irbuild.quick): C calls, the runtime's intern<n> and farm_fire
+        self.register_calls = not quick  # norm_convention
         self.tree_budget = tree_budget
         self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
         self.arities = dict(ruleset.signature)
@@ -97,9 +107,12 @@ class RulesModule:
         """A call of an operator's function at `depth` (norm_type); `tracked` False for a call
         farm/semantics/callgraph.py leaves untracked."""
         flag = [ir.Constant(I1, int(tracked))] if op_name in self.flagged else []
-        return f.b.call(self.norm_function(op_name), [f.arena, depth, *args, *flag])
+        return f.call(self.norm_function(op_name), [f.arena, depth, *args, *flag])
 
     def intern_function(self, arity: int) -> ir.Function:
+        """intern<n>: this module's own (inlined at -O2 in a small ruleset), or in a quick module the runtime's."""
+        if self.quick and arity <= SHARED_INTERN_ARITY:
+            return declare(self.m, shared_intern_name(arity), RUNTIME_CALLS[shared_intern_name(arity)])
         return intern_function(self.m, arity, len(self.ruleset.rules) <= INLINE_INTERN_RULES)
 
     def emit_operator(self, op_name: str) -> None:
@@ -125,10 +138,9 @@ class RulesModule:
         """name(op): values[op], -1 for an operator outside the ruleset."""
         f = FunctionBuilder(self.m, name, I64, [I64], internal=False)
         unknown = f.block("unknown")
-        switch = f.b.switch(f.args[0], unknown)
-        for op, value in enumerate(values):
-            case = f.block(f"op{op}")
-            switch.add_case(c64(op), case)
+        cases = [(op, f.block(f"op{op}")) for op in range(len(values))]
+        f.dispatch(f.args[0], unknown, cases)
+        for (_, case), value in zip(cases, values):
             f.b.position_at_end(case)
             f.b.ret(c64(value))
         f.b.position_at_end(unknown)
@@ -140,10 +152,9 @@ class RulesModule:
         f = FunctionBuilder(self.m, "farm_call", I64, [PTR, I64, I64, PTR], internal=False)
         _, op, arity, args = f.args
         constructor = f.block("constructor")
-        switch = f.b.switch(op, constructor)
-        for op_name in self.by_root:
-            case = f.block(f"op{self.op_ids[op_name]}")
-            switch.add_case(c64(self.op_ids[op_name]), case)
+        cases = [(self.op_ids[op_name], f.block(f"op{self.op_ids[op_name]}")) for op_name in self.by_root]
+        f.dispatch(op, constructor, cases)
+        for op_name, (_, case) in zip(self.by_root, cases):
             f.b.position_at_end(case)
             values = [f.load_at(args, c64(j), "roots") for j in range(self.arities[op_name])]
             f.b.ret(self.call_norm(f, op_name, c64(1), values))
@@ -201,7 +212,7 @@ class _OperatorEmitter:
         """Stack checks, then the frame: arguments, and the other slots cleared (the collector reads them)."""
         f, b = self.f, self.b
         here = b.ptrtoint(f.buffer(1), I64)
-        with b.if_then(b.icmp_unsigned("<", here, f.get("stack_floor")), likely=False):
+        with b.if_then(b.icmp_unsigned("<", here, f.get("stack_floor")), likely=f.unlikely()):
             f.return_if_error(call(f, "farm_stack", f.arena, here))  # ERR_STACK, or stack pages populated
         f.return_if(b.icmp_signed(">", self.depth, c64(MAX_CALL_DEPTH)), c64(ERR_CALLS))
         self.base = push_roots(f, [*f.args[2:2 + self.arity], *[c64(-1)] * (self.frame - self.arity)])
@@ -319,7 +330,7 @@ class _OperatorEmitter:
 
     def intern(self, head: int, kids: list[ir.Value]) -> ir.Value:
         """The shared node (head, kids)."""
-        return self.f.b.call(self.rm.intern_function(len(kids)), [self.f.arena, c64(head), *kids])
+        return self.f.call(self.rm.intern_function(len(kids)), [self.f.arena, c64(head), *kids])
 
     @contextmanager
     def _if_tracked(self) -> Iterator[None]:
@@ -371,15 +382,13 @@ class _OperatorEmitter:
         self.generation = next(self._generations)
 
     def fire(self, rule: int) -> None:
-        """Count the firing and the step (the operator's first rule's index comes from the arena, so this
-        code does not change when other operators' rules are added or reordered)."""
-        f, b = self.f, self.b
-        index = b.add(f.load_at(f.get("rule_base"), c64(self.op)), c64(rule - self.program.first_rule))
-        counters = f.get("counters")
-        f.store_at(counters, index, b.add(f.load_at(counters, index), c64(1)))
-        steps = f.bump("steps", 1)
-        f.put("last_rule", index)
-        f.return_if(b.icmp_signed(">", steps, f.get("fuel")), c64(ERR_FUEL))
+        """Count the firing and the step, inline; in a quick module, by the runtime's farm_fire (the count inline
+        was a quarter of arith's tier-0 code)."""
+        f, k = self.f, c64(rule - self.program.first_rule)
+        if f.quick:
+            f.return_if_error(call(f, "farm_fire", f.arena, c64(self.op), k))
+        else:
+            f.return_if(f.b.icmp_signed(">", count_firing(f, c64(self.op), k), f.get("fuel")), c64(ERR_FUEL))
 
 
 class _ProgramPrinter:
@@ -418,22 +427,22 @@ class _ProgramPrinter:
             b.cbranch(b.icmp_signed("==", head, c64(LIT_HEADER)), lit_block, app_block)
             b.position_at_end(lit_block)
             f.carry(fields)
-            on_value = b.switch(f.content(node, 0), default)
+            payload = f.content(node, 0)
             at_literal = f.snapshot()
-            for value, sub in switch.literals:
-                case = f.block("lit")
-                on_value.add_case(c64(value), case)
+            literal_cases = [(value, f.block("lit")) for value, _ in switch.literals]
+            f.dispatch(payload, default, literal_cases)
+            for (_, case), (_, sub) in zip(literal_cases, switch.literals):
                 b.position_at_end(case)
                 f.carry(at_literal)
                 op.generation = entry
                 yield self.program(sub, on_fail)
             b.position_at_end(app_block)
             f.carry(fields)
-        on_op = b.switch(f.op_of(head), default)
+        operator = f.op_of(head)
         at_application = f.snapshot()
-        for op_case in switch.operators:
-            case = f.block("app")
-            on_op.add_case(c64(op.rm.op_ids[op_case.op]), case)
+        operator_cases = [(op.rm.op_ids[op_case.op], f.block("app")) for op_case in switch.operators]
+        f.dispatch(operator, default, operator_cases)
+        for (_, case), op_case in zip(operator_cases, switch.operators):
             b.position_at_end(case)
             f.carry(at_application)
             op.generation = entry

@@ -18,6 +18,7 @@ from farm.compiler.codegen.abi import (
     ABI_VERSION,
     ARENA_FIELDS,
     CONTENT_AT,
+    ERR_FUEL,
     ERR_OOM,
     NO_LIMIT,
     NO_PARENT,
@@ -34,14 +35,17 @@ from farm.compiler.codegen.heap import (
     K2,
     LIT_HEADER,
     MIN_TABLE,
+    SHARED_INTERN_ARITY,
     TAG_SHIFT,
     call,
     call_internal,
+    count_firing,
     heap_nodes,
     node_content,
     parent_at,
     same_node,
 )
+from farm.compiler.codegen.intern import intern_function
 from farm.compiler.codegen.irbuild import (
     FALSE,
     I1,
@@ -61,6 +65,7 @@ class RuntimeModule(Collector, CallTables, Columns):
 
     def emit(self) -> None:
         for part in (self._charge, self._grow_array, self._hash, self._rebuild_table, self._intern, self._lit,
+                     self._shared_interns, self._fire,
                      self._forward, self._collect, self._room, self._reach, self._populate, self._stack,
                      self._grow_spaces, self._grow_roots, self._memo_rebuild, self._entry_find, self._memo_enter,
                      self._memo_leave, self._track_rebuild, self._track_enter, self._track_leave,
@@ -257,6 +262,18 @@ class RuntimeModule(Collector, CallTables, Columns):
         cell = f.buffer(1)
         f.b.store(f.args[1], cell)
         f.b.ret(call(f, "farm_intern", f.arena, c64(LIT_HEADER), c64(1), cell))
+
+    def _shared_interns(self) -> None:
+        """intern<n> for the rules' modules compiled without optimisation (heap.SHARED_INTERN_ARITY)."""
+        for arity in range(SHARED_INTERN_ARITY + 1):
+            intern_function(self.m, arity, inline=False, shared=True)
+
+    def _fire(self) -> None:
+        """farm_fire(arena, op, k): count_firing for the rules' modules compiled without optimisation; 0, or
+        ERR_FUEL when the step takes the run past its fuel."""
+        f = self.new("farm_fire", I64, [PTR, I64, I64], internal=False)
+        steps = count_firing(f, f.args[1], f.args[2])
+        f.b.ret(f.b.select(f.b.icmp_signed(">", steps, f.get("fuel")), c64(ERR_FUEL), c64(0)))
 
     # ---- the arena ----
 

@@ -129,6 +129,8 @@ class Constant(Value):
             ref = f'c"{_escape(constant)}"'
         elif isinstance(constant, bool):
             ref = str(constant).lower()
+        elif isinstance(constant, list):  # an array of these values
+            ref = f"[{', '.join([value.typed() for value in constant])}]"
         else:
             ref = str(constant)
         super().__init__(type, ref)
@@ -599,11 +601,13 @@ class IRBuilder:
                                     f"{', '.join([i.typed() for i in indices])} ")
 
     # -- calls and terminators --
-    def call(self, fn: Function, args: Sequence[Value]) -> Instruction:
+    def call(self, fn: Function, args: Sequence[Value], through: Value | None = None) -> Instruction:
+        """fn(args); `through`: the address to call instead of fn's own (a pointer to fn, loaded)."""
         self.calls += 1
         ret = fn.ftype.return_type
         convention = f"{fn.calling_convention} " if fn.calling_convention else ""
-        return self._emit(ret, f"call {convention}{ret} {fn.ref}({', '.join([a.typed() for a in args])})")
+        callee = fn.ref if through is None else through.ref
+        return self._emit(ret, f"call {convention}{ret} {callee}({', '.join([a.typed() for a in args])})")
 
     def ret(self, value: Value) -> Instruction:
         return self._terminate(Instruction(VOID, self._name(), f"ret {value.type} {value.ref}"))
