@@ -974,3 +974,46 @@ def test_export_without_mark_numbers_the_nodes_itself_a_million_levels_deep(engi
         sizes = loader._zeros(2)
         assert native.lib.farm_mark(arena, len(out), loader._ptr(out), loader._ptr(sizes)) == 0
         assert list(sizes) == [len(graph), len(graph.kid_ids)]
+
+
+FORKED_REWRITE = """
+import os, sys, time
+from pathlib import Path
+from farm.cache.engine import Engine
+from farm.config import FarmConfig
+from farm.lang.terms import TermGraph
+from tests.conftest import ruleset_of
+ruleset = ruleset_of("op z/0, s/1, add/2\\nrule a0: (add z ?y) => ?y\\nrule a1: (add (s ?x) ?y) => (s (add ?x ?y))\\n")
+native = Engine(FarmConfig(cache_dir=Path(sys.argv[1]))).load_in_memory(ruleset, opt_level=0)
+
+def once() -> str:
+    graph = TermGraph(ruleset.make_signature())
+    return native.rewrite(graph, graph.parse("(add (s (s z)) (s z))"), 100).texts()[0]
+
+print("parent", once(), flush=True)  # the parent's big-stack thread runs it
+pid = os.fork()
+if pid == 0:
+    print("child", once(), flush=True)
+    os._exit(0)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print("the child hung", flush=True)
+sys.exit(3)
+"""
+
+
+def test_a_forked_child_rewrites_natively_after_its_parent_did(tmp_path: Path) -> None:
+    """A process that forks after rewriting natively (a pre-forking server, a pool): the child's rewrites run on a
+    big-stack thread of its own. The parent's does not exist in the child; handing it the job hung for ever."""
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_REWRITE)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "cache")], capture_output=True, text=True,
+                         timeout=120, check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.stdout.split("\n")[:2] == ["parent (s (s (s z)))", "child (s (s (s z)))"], run.stdout + run.stderr
+    assert run.returncode == 0, run.stderr[-2000:]

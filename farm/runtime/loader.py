@@ -238,6 +238,18 @@ _STACK_SIZE_LOCK = threading.Lock()
 _BIG_STACK = _BigStack()
 
 
+def _forget_big_stack() -> None:
+    """In a forked child: the thread that forked is the only one left, and its big-stack thread is gone (a job
+    handed to it would wait for ever); its next call starts one of its own."""
+    global _STACK_SIZE_LOCK
+    _STACK_SIZE_LOCK = threading.Lock()  # another thread may have held it at the fork
+    _BIG_STACK.jobs = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_big_stack)
+
+
 class _Bound:
     """The ABI's functions as ctypes callables, from a dlopen'ed library or from raw addresses."""
 
