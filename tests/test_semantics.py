@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
@@ -276,3 +277,24 @@ def test_interpreter_equals_oracle(patterns: list[TopologicalPattern], seed: int
         return
     report = differential(ruleset, None, cases=60, seed=seed, fuel=200)
     assert report.ok, "\n".join(report.mismatches[:5]) + "\nrules:\n" + "\n".join(map(str, ruleset.rules))
+
+
+def test_the_oracle_compares_terms_that_share_subterms_once_per_pair() -> None:
+    """A right-hand side that uses a variable twice makes the oracle's term refer to one tuple twice: 60 doublings
+    are a tree of 2^60 nodes. Comparing two such terms built apart (a non-linear pattern, an == guard) visits each
+    pair of tuples once; as trees, it never ended (a random ruleset's `farm verify` hung in it). In a process of
+    its own, so that a regression fails on the timeout rather than hang the suite."""
+    check = """
+from farm.semantics.oracle import same
+def doubled(times, leaf):
+    term = leaf
+    for _ in range(times):
+        term = ("c", term, term)
+    return term
+assert same(doubled(60, ("z",)), doubled(60, ("z",)))
+assert not same(doubled(60, ("z",)), doubled(60, ("y",)))
+assert not same(("c", doubled(59, ("z",)), doubled(59, ("z",))), ("c", doubled(59, ("z",)), ("d",)))
+print("compared")
+"""
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=False)
+    assert run.stdout.strip() == "compared", run.stderr[-2000:]

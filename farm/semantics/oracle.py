@@ -67,8 +67,11 @@ def to_text(term: Term) -> str:
 
 
 def same(a: Term, b: Term) -> bool:
-    """Structural equality of nested tuples without recursion (`==` on tuples recurses in C)."""
+    """Structural equality of nested tuples without recursion (`==` on tuples recurses in C). A pair of tuples is
+    compared once: a right-hand side that uses a variable twice refers to one tuple twice, so a term of a few
+    thousand tuples can be a tree of 2^1000 nodes, and comparing it as a tree never ended."""
     pairs = [(a, b)]
+    compared: set[tuple[int, int]] = set()  # ids of pairs of tuples met so far (all alive: a and b hold them)
     while pairs:
         x, y = pairs.pop()
         if x is y:
@@ -78,7 +81,8 @@ def same(a: Term, b: Term) -> bool:
                 return False
         elif len(x) != len(y) or x[0] != y[0]:
             return False
-        else:
+        elif (id(x), id(y)) not in compared:
+            compared.add((id(x), id(y)))
             pairs.extend(zip(x[1:], y[1:]))
     return True
 
