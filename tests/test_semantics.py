@@ -282,8 +282,8 @@ def test_interpreter_equals_oracle(patterns: list[TopologicalPattern], seed: int
 def test_the_oracle_compares_terms_that_share_subterms_once_per_pair() -> None:
     """A right-hand side that uses a variable twice makes the oracle's term refer to one tuple twice: 60 doublings
     are a tree of 2^60 nodes. Comparing two such terms built apart (a non-linear pattern, an == guard) visits each
-    pair of tuples once; as trees, it never ended (a random ruleset's `farm verify` hung in it). In a process of
-    its own, so that a regression fails on the timeout rather than hang the suite."""
+    pair of tuples once; as trees, it never ended. In a process of its own, so that a regression fails on the
+    timeout rather than hang the suite."""
     check = """
 from farm.semantics.oracle import same
 def doubled(times, leaf):
