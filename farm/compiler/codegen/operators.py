@@ -84,7 +84,6 @@ class RulesModule:
         self.ruleset = ruleset
         self.internal = internal  # all operators in this one module: their functions are private to it
         self.quick = quick  # the module is quick (irbuild.quick): C calls, the runtime's intern<n> and farm_fire
-        self.register_calls = not quick  # norm_convention
         self.tree_budget = tree_budget
         self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
         self.arities = dict(ruleset.signature)
@@ -97,7 +96,7 @@ class RulesModule:
         op = self.op_ids[op_name]
         arity, flagged = self.arities[op_name], op_name in self.flagged
         fn = declare(self.m, norm_name(op), norm_type(arity, flagged))
-        fn.calling_convention = norm_convention(arity, flagged, self.register_calls)
+        fn.calling_convention = norm_convention(arity, flagged, register_calls=not self.quick)
         if self.internal:
             fn.linkage = "internal"
         return fn
@@ -112,7 +111,8 @@ class RulesModule:
     def intern_function(self, arity: int) -> ir.Function:
         """intern<n>: this module's own (inlined at -O2 in a small ruleset), or in a quick module the runtime's."""
         if self.quick and arity <= SHARED_INTERN_ARITY:
-            return declare(self.m, shared_intern_name(arity), RUNTIME_CALLS[shared_intern_name(arity)])
+            name = shared_intern_name(arity)
+            return declare(self.m, name, RUNTIME_CALLS[name])
         return intern_function(self.m, arity, len(self.ruleset.rules) <= INLINE_INTERN_RULES)
 
     def emit_operator(self, op_name: str) -> None:
