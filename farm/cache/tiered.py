@@ -116,7 +116,7 @@ def _logging_failure(build: Callable[[], Artifact], what: str) -> Artifact:
     import logging
 
     try:
-        with quick_switching():  # the code generation here gives way to the caller's first rewrite within 0.2 ms
+        with quick_switching():  # the code generation here gives way at once to the caller's first rewrite
             return build()
     except BaseException as exc:
         log.warning("the library of %s could not be built in the background; it keeps running from memory: %s",

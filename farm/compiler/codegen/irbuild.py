@@ -58,6 +58,10 @@ def quick(module: ir.Module) -> None:
     module.memo["quick"] = _CallTable(module)
 
 
+def is_quick(module: ir.Module) -> bool:
+    return "quick" in module.memo
+
+
 class _CallTable:
     """A quick module's callees, by address: `@callees`, an internal constant array of them, which each function
     loads its callees' addresses from (the array's address computed once, in the entry block)."""

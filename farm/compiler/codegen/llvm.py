@@ -56,7 +56,7 @@ class LLVMCodegen:
         return m
 
     def _rules(self, module: ir.Module, internal: bool) -> RulesModule:
-        return RulesModule(module, self.ruleset, internal, self.tree_budget, self.quick)
+        return RulesModule(module, self.ruleset, internal, self.tree_budget)
 
     def chunks(self, limit: int = CHUNK_RULES) -> list[list[str]]:
         """Root operators grouped, in signature order, into chunks of at most `limit` rules (or one operator's):

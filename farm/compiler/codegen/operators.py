@@ -40,7 +40,7 @@ from farm.compiler.codegen.heap import (
     track_room,
 )
 from farm.compiler.codegen.intern import hash_words, intern_function, shared_intern_name
-from farm.compiler.codegen.irbuild import I1, I64, PTR, FunctionBuilder, c64, declare
+from farm.compiler.codegen.irbuild import I1, I64, PTR, FunctionBuilder, c64, declare, is_quick
 from farm.compiler.matchtree import NODE_BUDGET, Occurrence
 from farm.lang.transduce import RuleSet
 from farm.semantics import MAX_CALL_DEPTH, MAX_CONDITION_DEPTH, MAX_MEMO_ENTRIES
@@ -78,12 +78,11 @@ def norm_type(arity: int, flagged: bool) -> ir.FunctionType:
 class RulesModule:
     """Emits operator functions and the manifest of one ruleset into a module."""
 
-    def __init__(self, module: ir.Module, ruleset: RuleSet, internal: bool, tree_budget: int = NODE_BUDGET,
-                 quick: bool = False) -> None:
+    def __init__(self, module: ir.Module, ruleset: RuleSet, internal: bool, tree_budget: int = NODE_BUDGET) -> None:
         self.m = module
         self.ruleset = ruleset
         self.internal = internal  # all operators in this one module: their functions are private to it
-        self.quick = quick  # the module is quick (irbuild.quick): C calls, the runtime's intern<n> and farm_fire
+        self.quick = is_quick(module)  # irbuild.quick: C calls, the runtime's intern<n> and farm_fire
         self.tree_budget = tree_budget
         self.op_ids = {name: i for i, (name, _) in enumerate(ruleset.signature)}
         self.arities = dict(ruleset.signature)
